@@ -1,0 +1,38 @@
+# SPDX-License-Identifier: MIT
+# Thin wrapper around meson; every target configures build/ when needed.
+
+BUILD ?= build
+ASAN_BUILD ?= build-asan
+
+.PHONY: all asan check check-unit check-asan check-iotests bench install clean
+
+all: $(BUILD)/build.ninja
+	ninja -C $(BUILD)
+
+$(BUILD)/build.ninja:
+	./configure --builddir=$(BUILD)
+
+$(ASAN_BUILD)/build.ninja:
+	./configure --builddir=$(ASAN_BUILD) --sanitize
+
+asan: $(ASAN_BUILD)/build.ninja
+	ninja -C $(ASAN_BUILD)
+
+# All tests; the last line is "N passed, N failed".
+check: all asan
+	tests/run-all --build=$(BUILD) --asan-build=$(ASAN_BUILD)
+
+check-unit: all
+	tests/run-all --build=$(BUILD) --only=unit
+
+check-iotests: all
+	tests/run-all --build=$(BUILD) --only=iotests
+
+bench: all
+	tests/bench/run --build=$(BUILD)
+
+install: all
+	meson install -C $(BUILD)
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

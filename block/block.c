@@ -1,0 +1,818 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The generic image layer: format probing, open options, backing chains,
+ * request validation and the public API in include/qguard.h.
+ *
+ * Copyright (c) 2026 The qguard authors
+ *
+ * Every public entry point takes the top image's lock, so an image may be
+ * shared between threads (the NBD export); backing images are private to
+ * the image above them and are reached only under that lock.
+ */
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "block_int.h"
+#include "qcow2-overlap.h"
+
+#define MAX_BACKING_DEPTH 1024
+#define PROBE_BYTES 4096
+
+static const BlockDriver *const drivers[] = { &bdrv_qcow2, &bdrv_raw };
+
+static QGuardReportFunc *message_handler;
+static void *message_opaque;
+
+void qguard_set_message_handler(QGuardReportFunc *fn, void *opaque)
+{
+    message_handler = fn;
+    message_opaque = opaque;
+}
+
+void qguard_message(const char *fmt, ...)
+{
+    g_autofree char *line = NULL;
+    va_list ap;
+
+    va_start(ap, fmt);
+    line = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    if (message_handler) {
+        message_handler(message_opaque, line);
+    } else {
+        fprintf(stderr, "%s\n", line);
+    }
+}
+
+static const BlockDriver *find_driver(const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < G_N_ELEMENTS(drivers); i++) {
+        if (!strcmp(drivers[i]->format_name, name)) {
+            return drivers[i];
+        }
+    }
+    return NULL;
+}
+
+static const BlockDriver *probe_driver(HostFile *file)
+{
+    uint8_t buf[PROBE_BYTES];
+    int64_t len = host_file_length(file);
+    const BlockDriver *best = &bdrv_raw;
+    int best_score = 0;
+    size_t i;
+
+    if (len <= 0 || host_file_pread(file, 0, buf, sizeof(buf)) < 0) {
+        return &bdrv_raw;
+    }
+    for (i = 0; i < G_N_ELEMENTS(drivers); i++) {
+        int score = drivers[i]->probe ?
+                    drivers[i]->probe(buf, MIN((uint64_t)len, sizeof(buf))) : 0;
+        if (score > best_score) {
+            best = drivers[i];
+            best_score = score;
+        }
+    }
+    return best;
+}
+
+/* Options the generic layer consumes itself. */
+static bool is_generic_option(const char *key)
+{
+    return !strcmp(key, "driver") || !strcmp(key, "file.filename") ||
+           !strcmp(key, "file.driver") || !strcmp(key, "read-only") ||
+           !strcmp(key, "file") || !strcmp(key, "backing") ||
+           g_str_has_prefix(key, "backing.");
+}
+
+static int check_options(const BlockDriver *drv, const QGuardOpts *opts,
+                         GError **errp)
+{
+    guint i;
+
+    for (i = 0; i < qguard_opts_count(opts); i++) {
+        const char *key = qguard_opts_key(opts, i);
+        if (is_generic_option(key)) {
+            continue;
+        }
+        if (!drv->is_runtime_option || !drv->is_runtime_option(key)) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "Block format '%s' does not support the option '%s'",
+                        drv->format_name, key);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+static void image_free(QGuardImage *img)
+{
+    if (!img) {
+        return;
+    }
+    if (img->drv && img->drv->close && img->opaque) {
+        img->drv->close(img);
+    }
+    if (img->backing) {
+        image_free(img->backing);
+    }
+    host_file_close(img->file);
+    g_free(img->filename);
+    g_free(img->backing_file);
+    g_free(img->full_backing_file);
+    g_free(img->backing_format);
+    g_mutex_clear(&img->lock);
+    g_free(img);
+}
+
+/* Is @file already open further up the chain that @parent belongs to? */
+static bool chain_contains(QGuardImage *parent, HostFile *file)
+{
+    uint64_t dev, ino, d2, i2;
+
+    host_file_identity(file, &dev, &ino);
+    for (; parent; parent = parent->parent) {
+        host_file_identity(parent->file, &d2, &i2);
+        if (dev == d2 && ino == i2) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static int open_image(QGuardImage **pimg, const char *filename,
+                      const char *format, const QGuardOpts *opts,
+                      unsigned flags, QGuardImage *parent, GError **errp)
+{
+    int depth = parent ? parent->chain_depth + 1 : 0;
+    const char *driver_opt = qguard_opts_get(opts, "driver");
+    const char *file_opt = qguard_opts_get(opts, "file.filename");
+    const char *file_driver = qguard_opts_get(opts, "file.driver");
+    const char *ro_opt = qguard_opts_get(opts, "read-only");
+    g_autoptr(GError) local_err = NULL;
+    const BlockDriver *drv = NULL;
+    QGuardImage *img;
+    bool read_only;
+    int ret;
+
+    if (!filename) {
+        filename = file_opt;
+    }
+    if (!filename) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "The 'file' block driver requires a file name");
+        return -EINVAL;
+    }
+    if (file_driver && strcmp(file_driver, "file")) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Unknown protocol driver '%s' (only 'file' is supported)",
+                    file_driver);
+        return -EINVAL;
+    }
+    if (driver_opt) {
+        if (format && strcmp(format, driver_opt)) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "Cannot use format '%s' with driver option '%s'",
+                        format, driver_opt);
+            return -EINVAL;
+        }
+        format = driver_opt;
+    }
+    if (format) {
+        drv = find_driver(format);
+        if (!drv) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL, "Unknown driver '%s'",
+                        format);
+            return -EINVAL;
+        }
+    }
+    read_only = !(flags & QGUARD_OPEN_RDWR);
+    if (ro_opt && !qguard_parse_bool("read-only", ro_opt, &read_only, errp)) {
+        return -EINVAL;
+    }
+
+    img = g_new0(QGuardImage, 1);
+    g_mutex_init(&img->lock);
+    img->filename = g_strdup(filename);
+    img->flags = read_only ? flags & ~QGUARD_OPEN_RDWR : flags;
+    img->read_only = read_only;
+    img->chain_depth = depth;
+    img->parent = parent;
+    if (depth > MAX_BACKING_DEPTH) {
+        g_set_error(errp, QGUARD_ERROR, ELOOP,
+                    "Backing chain is longer than %d images",
+                    MAX_BACKING_DEPTH);
+        ret = -ELOOP;
+        goto fail;
+    }
+    ret = host_file_open(&img->file, filename,
+                         read_only ? 0 : HOST_FILE_RDWR, &local_err);
+    if (ret < 0) {
+        g_set_error(errp, QGUARD_ERROR, -ret, "Could not open '%s': %s",
+                    filename, g_strerror(-ret));
+        goto fail;
+    }
+    if (chain_contains(parent, img->file)) {
+        g_set_error(errp, QGUARD_ERROR, ELOOP,
+                    "Backing file '%s' forms a loop in the backing chain",
+                    filename);
+        ret = -ELOOP;
+        goto fail;
+    }
+    if (!drv) {
+        drv = probe_driver(img->file);
+    }
+    ret = check_options(drv, opts, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    img->drv = drv;
+    ret = drv->open(img, opts, errp);
+    if (ret < 0) {
+        img->drv = NULL;
+        goto fail;
+    }
+    *pimg = img;
+    return 0;
+
+fail:
+    image_free(img);
+    return ret;
+}
+
+int qguard_image_open(QGuardImage **pimg, const char *filename,
+                      const char *format, const QGuardOpts *opts,
+                      unsigned flags, GError **errp)
+{
+    *pimg = NULL;
+    return open_image(pimg, filename, format, opts, flags, NULL, errp);
+}
+
+char *bdrv_resolve_backing_path(const char *image_path, const char *backing)
+{
+    g_autofree char *dir = NULL;
+
+    if (g_path_is_absolute(backing)) {
+        return g_strdup(backing);
+    }
+    dir = g_path_get_dirname(image_path);
+    if (!strcmp(dir, ".")) {
+        return g_strdup(backing);
+    }
+    return g_build_filename(dir, backing, NULL);
+}
+
+int bdrv_open_backing(QGuardImage *img, const QGuardOpts *opts,
+                      GError **errp)
+{
+    g_autoptr(GError) local_err = NULL;
+    QGuardOpts *backing_opts = bdrv_opts_subset(opts, "backing");
+    int ret;
+
+    ret = open_image(&img->backing, img->full_backing_file,
+                     img->backing_format, backing_opts, 0, img, &local_err);
+    qguard_opts_free(backing_opts);
+    if (ret < 0) {
+        img->backing = NULL;
+        g_set_error(errp, QGUARD_ERROR, -ret, "%s", local_err->message);
+    }
+    return ret;
+}
+
+int bdrv_backing_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,
+                       void *buf)
+{
+    QGuardImage *b = img->backing;
+    uint64_t avail = 0;
+    int ret;
+
+    if (offset < b->total_size) {
+        avail = MIN(bytes, b->total_size - offset);
+        ret = b->drv->pread(b, offset, avail, buf);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    memset((uint8_t *)buf + avail, 0, bytes - avail);
+    return 0;
+}
+
+int qguard_image_close(QGuardImage *img, GError **errp)
+{
+    int ret = 0;
+
+    if (!img) {
+        return 0;
+    }
+    if (!img->read_only && !img->broken && img->drv->flush) {
+        ret = img->drv->flush(img);
+        if (ret < 0) {
+            g_set_error(errp, QGUARD_ERROR, -ret,
+                        "Failed to flush the image: %s", g_strerror(-ret));
+        }
+    }
+    image_free(img);
+    return ret;
+}
+
+const char *qguard_image_filename(const QGuardImage *img)
+{
+    return img->filename;
+}
+
+const char *qguard_image_format(const QGuardImage *img)
+{
+    return img->drv->format_name;
+}
+
+uint64_t qguard_image_size(const QGuardImage *img)
+{
+    return img->total_size;
+}
+
+bool qguard_image_is_read_only(const QGuardImage *img)
+{
+    return img->read_only;
+}
+
+QGuardImage *qguard_image_backing(QGuardImage *img)
+{
+    return img->backing;
+}
+
+/* ---- Requests ----------------------------------------------------------- */
+
+static int set_io_error(QGuardImage *img, int ret, GError **errp)
+{
+    const char *detail = img->drv->last_error ? img->drv->last_error(img)
+                                              : NULL;
+
+    if (ret < 0) {
+        g_set_error(errp, QGUARD_ERROR, -ret, "%s",
+                    detail ? detail : g_strerror(-ret));
+    }
+    return ret;
+}
+
+static int check_request(QGuardImage *img, uint64_t offset, uint64_t bytes,
+                         bool write, GError **errp)
+{
+    if (img->broken) {
+        /* After a fatal corruption QEMU detaches the driver; so do we. */
+        g_set_error(errp, QGUARD_ERROR, ENOMEDIUM, "%s",
+                    g_strerror(ENOMEDIUM));
+        return -ENOMEDIUM;
+    }
+    if (offset > img->total_size || bytes > img->total_size - offset) {
+        g_set_error(errp, QGUARD_ERROR, EIO, "%s", g_strerror(EIO));
+        return -EIO;
+    }
+    if (write && img->read_only) {
+        g_set_error(errp, QGUARD_ERROR, EPERM, "%s", g_strerror(EPERM));
+        return -EPERM;
+    }
+    return 0;
+}
+
+int qguard_image_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,
+                       void *buf, GError **errp)
+{
+    int ret;
+
+    g_mutex_lock(&img->lock);
+    ret = check_request(img, offset, bytes, false, errp);
+    if (ret == 0 && bytes) {
+        ret = set_io_error(img, img->drv->pread(img, offset, bytes, buf),
+                           errp);
+    }
+    g_mutex_unlock(&img->lock);
+    return ret;
+}
+
+int qguard_image_pwrite(QGuardImage *img, uint64_t offset, uint64_t bytes,
+                        const void *buf, unsigned flags, GError **errp)
+{
+    int ret;
+
+    g_mutex_lock(&img->lock);
+    ret = check_request(img, offset, bytes, true, errp);
+    if (ret == 0 && bytes) {
+        ret = set_io_error(img, img->drv->pwrite(img, offset, bytes, buf,
+                                                 flags), errp);
+    }
+    g_mutex_unlock(&img->lock);
+    return ret;
+}
+
+int qguard_image_pwrite_zeroes(QGuardImage *img, uint64_t offset,
+                               uint64_t bytes, unsigned flags, GError **errp)
+{
+    int ret;
+
+    g_mutex_lock(&img->lock);
+    ret = check_request(img, offset, bytes, true, errp);
+    if (ret == 0 && bytes) {
+        ret = set_io_error(img, img->drv->pwrite_zeroes(img, offset, bytes,
+                                                        flags), errp);
+    }
+    g_mutex_unlock(&img->lock);
+    return ret;
+}
+
+int qguard_image_discard(QGuardImage *img, uint64_t offset, uint64_t bytes,
+                         GError **errp)
+{
+    int ret;
+
+    g_mutex_lock(&img->lock);
+    ret = check_request(img, offset, bytes, true, errp);
+    if (ret == 0 && bytes && img->drv->discard) {
+        ret = set_io_error(img, img->drv->discard(img, offset, bytes), errp);
+    }
+    g_mutex_unlock(&img->lock);
+    return ret;
+}
+
+int qguard_image_flush(QGuardImage *img, GError **errp)
+{
+    int ret = 0;
+
+    g_mutex_lock(&img->lock);
+    if (img->broken) {
+        ret = check_request(img, 0, 0, false, errp);
+    } else if (!img->read_only && img->drv->flush) {
+        ret = set_io_error(img, img->drv->flush(img), errp);
+    }
+    g_mutex_unlock(&img->lock);
+    return ret;
+}
+
+int qguard_image_truncate(QGuardImage *img, uint64_t size, bool shrink,
+                          const char *prealloc, GError **errp)
+{
+    int ret;
+
+    g_mutex_lock(&img->lock);
+    ret = check_request(img, 0, 0, true, errp);
+    if (ret == 0) {
+        if (!img->drv->truncate) {
+            g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                        "Image format driver does not support resize");
+            ret = -ENOTSUP;
+        } else {
+            ret = img->drv->truncate(img, size, shrink, prealloc, errp);
+        }
+    }
+    g_mutex_unlock(&img->lock);
+    return ret;
+}
+
+/* ---- Block status ------------------------------------------------------- */
+
+/*
+ * A data extent whose host range is a hole in the file reads as zeros; say
+ * so, as QEMU does when it asks the protocol layer.
+ */
+static void add_file_zero_status(QGuardImage *img, QGuardBlockStatus *st)
+{
+    uint64_t bytes = st->bytes;
+    bool hole;
+
+    if (!(st->flags & QGUARD_BLOCK_OFFSET_VALID) ||
+        !(st->flags & QGUARD_BLOCK_DATA) ||
+        host_file_is_hole(img->file, st->host_offset, &bytes, &hole) < 0) {
+        return;
+    }
+    st->bytes = bytes;
+    if (hole) {
+        st->flags |= QGUARD_BLOCK_ZERO;
+    }
+}
+
+int qguard_image_block_status(QGuardImage *img, uint64_t offset,
+                              uint64_t bytes, QGuardBlockStatus *st,
+                              GError **errp)
+{
+    QGuardImage *layer = img;
+    int depth = 0;
+    int ret;
+
+    g_mutex_lock(&img->lock);
+    ret = check_request(img, offset, bytes, false, errp);
+    if (ret < 0 || !bytes) {
+        g_mutex_unlock(&img->lock);
+        return ret;
+    }
+    for (;;) {
+        memset(st, 0, sizeof(*st));
+        ret = layer->drv->block_status(layer, offset, bytes, st);
+        if (ret < 0) {
+            set_io_error(layer, ret, errp);
+            break;
+        }
+        st->depth = depth;
+        st->image = layer;
+        if (st->flags & QGUARD_BLOCK_ALLOCATED) {
+            add_file_zero_status(layer, st);
+            break;
+        }
+        bytes = st->bytes;
+        if (!layer->backing || offset >= layer->backing->total_size) {
+            /* Unallocated all the way down: reads as zeros. */
+            st->flags = QGUARD_BLOCK_ZERO;
+            break;
+        }
+        bytes = MIN(bytes, layer->backing->total_size - offset);
+        layer = layer->backing;
+        depth++;
+    }
+    g_mutex_unlock(&img->lock);
+    return ret;
+}
+
+/* ---- Information, check, overlap statistics ------------------------------ */
+
+int qguard_image_get_info(QGuardImage *img, QGuardImageInfo **pinfo,
+                          GError **errp)
+{
+    QGuardImageInfo *info = g_new0(QGuardImageInfo, 1);
+    int ret = 0;
+
+    g_mutex_lock(&img->lock);
+    info->filename = g_strdup(img->filename);
+    info->format = g_strdup(img->drv->format_name);
+    info->virtual_size = img->total_size;
+    info->actual_size = host_file_allocated(img->file);
+    info->backing_filename = g_strdup(img->backing_file);
+    info->full_backing_filename = g_strdup(img->full_backing_file);
+    info->backing_format = g_strdup(img->backing_format);
+    if (img->drv->get_info) {
+        ret = img->drv->get_info(img, info, errp);
+    }
+    g_mutex_unlock(&img->lock);
+    if (ret < 0) {
+        qguard_image_info_free(info);
+        return ret;
+    }
+    *pinfo = info;
+    return 0;
+}
+
+void qguard_image_info_free(QGuardImageInfo *info)
+{
+    guint i;
+
+    if (!info) {
+        return;
+    }
+    for (i = 0; i < info->nb_snapshots; i++) {
+        g_free(info->snapshots[i].id);
+        g_free(info->snapshots[i].name);
+    }
+    for (i = 0; i < info->nb_bitmaps; i++) {
+        g_free(info->bitmaps[i].name);
+    }
+    g_free(info->snapshots);
+    g_free(info->bitmaps);
+    g_free(info->filename);
+    g_free(info->format);
+    g_free(info->backing_filename);
+    g_free(info->full_backing_filename);
+    g_free(info->backing_format);
+    g_free(info->compat);
+    g_free(info->compression_type);
+    g_free(info);
+}
+
+int qguard_image_check(QGuardImage *img, unsigned fix,
+                       QGuardCheckResult *result, QGuardReportFunc *report,
+                       void *opaque, GError **errp)
+{
+    int ret;
+
+    memset(result, 0, sizeof(*result));
+    if (!img->drv->check) {
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                    "This image format does not support checks");
+        return -ENOTSUP;
+    }
+    if (fix && img->read_only) {
+        g_set_error(errp, QGUARD_ERROR, EPERM,
+                    "Cannot repair an image opened read-only");
+        return -EPERM;
+    }
+    g_mutex_lock(&img->lock);
+    ret = img->drv->check(img, fix, result, report, opaque, errp);
+    g_mutex_unlock(&img->lock);
+    return ret;
+}
+
+int qguard_image_overlap_stats(QGuardImage *img, QGuardOverlapStats *stats)
+{
+    int ret;
+
+    if (!img->drv->overlap_stats) {
+        return -ENOTSUP;
+    }
+    g_mutex_lock(&img->lock);
+    ret = img->drv->overlap_stats(img, stats);
+    g_mutex_unlock(&img->lock);
+    return ret;
+}
+
+void qguard_image_overlap_stats_reset(QGuardImage *img)
+{
+    if (img->drv->overlap_stats_reset) {
+        g_mutex_lock(&img->lock);
+        img->drv->overlap_stats_reset(img);
+        g_mutex_unlock(&img->lock);
+    }
+}
+
+/* ---- Creation ------------------------------------------------------------ */
+
+static const BlockDriver *create_driver(const char *format, GError **errp)
+{
+    const BlockDriver *drv = find_driver(format ? format : "raw");
+
+    if (!drv || !drv->create) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL, "Unknown file format '%s'",
+                    format);
+        return NULL;
+    }
+    return drv;
+}
+
+char *qguard_create_prepare(const char *filename, const char *format,
+                            QGuardOpts *opts, bool unsafe, GError **errp)
+{
+    const BlockDriver *drv = create_driver(format, errp);
+    const char *backing, *backing_fmt;
+    char *desc;
+
+    if (!drv) {
+        return NULL;
+    }
+    desc = drv->create_describe(opts, errp);
+    if (!desc) {
+        return NULL;
+    }
+    backing = qguard_opts_get(opts, "backing_file");
+    backing_fmt = qguard_opts_get(opts, "backing_fmt");
+    if (backing) {
+        g_autofree char *path = bdrv_resolve_backing_path(filename, backing);
+        QGuardImage *b = NULL;
+        int ret;
+
+        if (!strcmp(filename, backing)) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "Error: Trying to create an image with the same "
+                        "filename as the backing file");
+            goto fail;
+        }
+        if (!backing_fmt) {
+            HostFile *f = NULL;
+            const char *probed = "raw";
+            if (host_file_open(&f, path, 0, NULL) == 0) {
+                probed = probe_driver(f)->format_name;
+                host_file_close(f);
+            }
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "Backing file specified without backing format\n"
+                        "Detected format of %s.", probed);
+            goto fail;
+        }
+        if (!unsafe || !qguard_opts_has(opts, "size")) {
+            g_autoptr(GError) local_err = NULL;
+            ret = qguard_image_open(&b, path, backing_fmt, NULL, 0,
+                                    &local_err);
+            if (ret < 0) {
+                g_set_error(errp, QGUARD_ERROR, -ret,
+                            "%s\nCould not open backing image.",
+                            local_err->message);
+                goto fail;
+            }
+            if (!qguard_opts_has(opts, "size")) {
+                g_autofree char *size = g_strdup_printf(
+                    "%" PRIu64, qguard_image_size(b));
+                qguard_opts_set(opts, "size", size);
+            }
+            qguard_image_close(b, NULL);
+            /* The size may have been filled in: describe again. */
+            g_free(desc);
+            desc = drv->create_describe(opts, errp);
+            if (!desc) {
+                return NULL;
+            }
+        }
+    }
+    if (!qguard_opts_has(opts, "size")) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Image creation needs a size parameter");
+        goto fail;
+    }
+    return desc;
+
+fail:
+    g_free(desc);
+    return NULL;
+}
+
+int qguard_image_create(const char *filename, const char *format,
+                        const QGuardOpts *opts, QGuardProgressFunc *progress,
+                        void *opaque, GError **errp)
+{
+    const BlockDriver *drv = create_driver(format, errp);
+
+    if (!drv) {
+        return -EINVAL;
+    }
+    return drv->create(filename, opts, progress, opaque, errp);
+}
+
+char *qguard_create_help(const char *format, GError **errp)
+{
+    const BlockDriver *drv = create_driver(format, errp);
+
+    return drv ? drv->create_help() : NULL;
+}
+
+const char *qguard_overlap_type_name(int bitnr)
+{
+    return qcow2_overlap_type_name(bitnr);
+}
+
+int qguard_overlap_type_count(void)
+{
+    return QCOW2_OL_MAX_BITNR;
+}
+
+/* ---- Internal snapshots -------------------------------------------------- */
+
+static int snapshot_op(QGuardImage *img, int op, const char *name,
+                       GError **errp)
+{
+    int ret;
+
+    if (!img->drv->snapshot) {
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                    "Block format '%s' used by device '%s' does not support "
+                    "internal snapshots", img->drv->format_name,
+                    img->filename);
+        return -ENOTSUP;
+    }
+    g_mutex_lock(&img->lock);
+    ret = check_request(img, 0, 0, true, errp);
+    if (ret == 0) {
+        ret = img->drv->snapshot(img, op, name, errp);
+    }
+    g_mutex_unlock(&img->lock);
+    return ret;
+}
+
+int qguard_snapshot_create(QGuardImage *img, const char *name, GError **errp)
+{
+    return snapshot_op(img, BDRV_SNAPSHOT_CREATE, name, errp);
+}
+
+int qguard_snapshot_apply(QGuardImage *img, const char *id_or_name,
+                          GError **errp)
+{
+    return snapshot_op(img, BDRV_SNAPSHOT_APPLY, id_or_name, errp);
+}
+
+int qguard_snapshot_delete(QGuardImage *img, const char *id_or_name,
+                           GError **errp)
+{
+    return snapshot_op(img, BDRV_SNAPSHOT_DELETE, id_or_name, errp);
+}
+
+int qguard_snapshot_list(QGuardImage *img, QGuardSnapshotInfo **list,
+                         guint *count, GError **errp)
+{
+    QGuardImageInfo *info;
+    int ret = qguard_image_get_info(img, &info, errp);
+
+    if (ret < 0) {
+        return ret;
+    }
+    *list = info->snapshots;
+    *count = info->nb_snapshots;
+    info->snapshots = NULL;
+    info->nb_snapshots = 0;
+    qguard_image_info_free(info);
+    return 0;
+}
+
+void qguard_snapshot_info_clear(QGuardSnapshotInfo *info)
+{
+    g_free(info->id);
+    g_free(info->name);
+    memset(info, 0, sizeof(*info));
+}

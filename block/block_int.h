@@ -1,0 +1,111 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Internal interface between the generic image layer and format drivers.
+ *
+ * Copyright (c) 2026 The qguard authors
+ */
+#ifndef QGUARD_BLOCK_INT_H
+#define QGUARD_BLOCK_INT_H
+
+#include <errno.h>
+#include <sys/uio.h>
+
+#include "qguard.h"
+#include "host-file.h"
+
+#ifndef ROUND_UP
+/* Round @n up to a multiple of @d (any positive @d). */
+#define ROUND_UP(n, d) ((((n) + (d) - 1) / (d)) * (d))
+#endif
+
+typedef struct BlockDriver BlockDriver;
+
+struct QGuardImage {
+    const BlockDriver *drv;
+    void *opaque;               /* driver state */
+    HostFile *file;
+    char *filename;
+    unsigned flags;             /* QGUARD_OPEN_* */
+    bool read_only;
+    uint64_t total_size;        /* virtual size in bytes */
+    QGuardImage *backing;
+    /* as the image names it, and resolved relative to the image */
+    char *backing_file;
+    char *full_backing_file;
+    char *backing_format;
+    int chain_depth;            /* 0 for the top image */
+    QGuardImage *parent;        /* the image this one is the backing of */
+    GMutex lock;                /* taken by every public entry point */
+    /* Set after a fatal corruption: every further request fails. */
+    bool broken;
+};
+
+/* Driver entry points.  Requests have been bounds-checked by block.c. */
+struct BlockDriver {
+    const char *format_name;
+    /* Score 0..100 for how sure the driver is that @buf starts its format. */
+    int (*probe)(const uint8_t *buf, size_t len);
+    int (*open)(QGuardImage *img, const QGuardOpts *opts, GError **errp);
+    void (*close)(QGuardImage *img);
+    int (*create)(const char *filename, const QGuardOpts *opts,
+                  QGuardProgressFunc *progress, void *opaque, GError **errp);
+    char *(*create_describe)(const QGuardOpts *opts, GError **errp);
+    char *(*create_help)(void);
+    int (*pread)(QGuardImage *img, uint64_t offset, uint64_t bytes,
+                 void *buf);
+    int (*pwrite)(QGuardImage *img, uint64_t offset, uint64_t bytes,
+                  const void *buf, unsigned flags);
+    int (*pwrite_zeroes)(QGuardImage *img, uint64_t offset, uint64_t bytes,
+                         unsigned flags);
+    int (*discard)(QGuardImage *img, uint64_t offset, uint64_t bytes);
+    int (*flush)(QGuardImage *img);
+    int (*truncate)(QGuardImage *img, uint64_t size, bool shrink,
+                    const char *prealloc, GError **errp);
+    /* Status of this layer only; ALLOCATED unset means "ask the backing". */
+    int (*block_status)(QGuardImage *img, uint64_t offset, uint64_t bytes,
+                        QGuardBlockStatus *st);
+    int (*get_info)(QGuardImage *img, QGuardImageInfo *info, GError **errp);
+    int (*check)(QGuardImage *img, unsigned fix, QGuardCheckResult *result,
+                 QGuardReportFunc *report, void *opaque, GError **errp);
+    int (*overlap_stats)(QGuardImage *img, QGuardOverlapStats *stats);
+    void (*overlap_stats_reset)(QGuardImage *img);
+    /* Report a driver error that the generic layer should pass on. */
+    const char *(*last_error)(QGuardImage *img);
+    /* Internal snapshots: BDRV_SNAPSHOT_* on the snapshot named @name. */
+    int (*snapshot)(QGuardImage *img, int op, const char *name,
+                    GError **errp);
+    /* Is @name an open-time option of this driver? */
+    bool (*is_runtime_option)(const char *name);
+};
+
+enum {
+    BDRV_SNAPSHOT_CREATE,
+    BDRV_SNAPSHOT_APPLY,
+    BDRV_SNAPSHOT_DELETE,
+};
+
+extern const BlockDriver bdrv_qcow2;
+extern const BlockDriver bdrv_raw;
+
+/*
+ * Open a backing image for @img (used by drivers at open time).  Detects
+ * loops and bounds the chain depth.
+ */
+int bdrv_open_backing(QGuardImage *img, const QGuardOpts *opts,
+                      GError **errp);
+/* Read from the backing chain; zeros past its end. */
+int bdrv_backing_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,
+                       void *buf);
+/* Resolve a backing file name relative to the directory of @image_path. */
+char *bdrv_resolve_backing_path(const char *image_path, const char *backing);
+/* The options in @opts under "prefix." with the prefix stripped. */
+QGuardOpts *bdrv_opts_subset(const QGuardOpts *opts, const char *prefix);
+
+/* Print a diagnostic line through the message handler (stderr default). */
+void qguard_message(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+
+/* Option value parsing with QEMU's messages. */
+bool qguard_parse_bool(const char *name, const char *value, bool *out,
+                       GError **errp);
+
+#endif

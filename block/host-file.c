@@ -1,0 +1,342 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Host file I/O.
+ *
+ * Copyright (c) 2026 The qguard authors
+ *
+ * Every read, write and flush of an image file passes through here, so this
+ * is where short transfers and EINTR are dealt with once, and where tests
+ * inject faults or record writes (see host_file_set_hook()).
+ */
+#include "host-file.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct HostFile {
+    int fd;
+    char *filename;
+    bool read_only;
+    bool unsynced;          /* written since the last fdatasync */
+    dev_t dev;
+    ino_t ino;
+};
+
+static HostFileHookFunc *test_hook;
+static void *test_hook_opaque;
+
+void host_file_set_hook(HostFileHookFunc *hook, void *opaque)
+{
+    test_hook = hook;
+    test_hook_opaque = opaque;
+}
+
+static int run_hook(HostFile *file, HostFileOp op, uint64_t offset,
+                    uint64_t bytes, const struct iovec *iov, int iovcnt)
+{
+    if (!test_hook) {
+        return 0;
+    }
+    return test_hook(test_hook_opaque, file, op, offset, bytes, iov, iovcnt);
+}
+
+int host_file_open(HostFile **pfile, const char *filename, unsigned flags,
+                   GError **errp)
+{
+    int oflags = O_CLOEXEC;
+    struct stat st;
+    HostFile *file;
+    int fd;
+
+    oflags |= (flags & HOST_FILE_RDWR) ? O_RDWR : O_RDONLY;
+    if (flags & HOST_FILE_CREATE) {
+        oflags |= O_CREAT | O_TRUNC;
+    }
+    do {
+        fd = open(filename, oflags, 0644);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0) {
+        int err = errno;
+        g_set_error(errp, G_FILE_ERROR, g_file_error_from_errno(err),
+                    "Could not open '%s': %s", filename, g_strerror(err));
+        return -err;
+    }
+    if (fstat(fd, &st) < 0) {
+        int err = errno;
+        close(fd);
+        g_set_error(errp, G_FILE_ERROR, g_file_error_from_errno(err),
+                    "Could not stat '%s': %s", filename, g_strerror(err));
+        return -err;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        close(fd);
+        g_set_error(errp, G_FILE_ERROR, G_FILE_ERROR_ISDIR,
+                    "'%s' is not a file", filename);
+        return -EISDIR;
+    }
+    file = g_new0(HostFile, 1);
+    file->fd = fd;
+    file->filename = g_strdup(filename);
+    file->read_only = !(flags & HOST_FILE_RDWR);
+    file->dev = st.st_dev;
+    file->ino = st.st_ino;
+    *pfile = file;
+    return 0;
+}
+
+void host_file_close(HostFile *file)
+{
+    if (!file) {
+        return;
+    }
+    close(file->fd);
+    g_free(file->filename);
+    g_free(file);
+}
+
+const char *host_file_name(const HostFile *file)
+{
+    return file->filename;
+}
+
+bool host_file_is_read_only(const HostFile *file)
+{
+    return file->read_only;
+}
+
+void host_file_identity(const HostFile *file, uint64_t *dev, uint64_t *ino)
+{
+    *dev = file->dev;
+    *ino = file->ino;
+}
+
+int host_file_pread(HostFile *file, uint64_t offset, void *buf, size_t bytes)
+{
+    uint8_t *p = buf;
+    int ret;
+
+    ret = run_hook(file, HOST_FILE_READ, offset, bytes, NULL, 0);
+    if (ret < 0) {
+        return ret;
+    }
+    while (bytes > 0) {
+        ssize_t n = pread(file->fd, p, MIN(bytes, (size_t)SSIZE_MAX), offset);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -errno;
+        }
+        if (n == 0) {
+            memset(p, 0, bytes);
+            break;
+        }
+        p += n;
+        offset += n;
+        bytes -= n;
+    }
+    return 0;
+}
+
+int host_file_pwrite(HostFile *file, uint64_t offset, const void *buf,
+                     size_t bytes)
+{
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = bytes };
+
+    return host_file_pwritev(file, offset, &iov, 1);
+}
+
+int host_file_pwritev(HostFile *file, uint64_t offset,
+                      const struct iovec *iov_in, int iovcnt)
+{
+    struct iovec local[64];
+    struct iovec *copy = local;
+    struct iovec *iov;
+    uint64_t total = 0;
+    int ret = 0;
+    int i;
+
+    if (file->read_only) {
+        return -EBADF;
+    }
+    for (i = 0; i < iovcnt; i++) {
+        total += iov_in[i].iov_len;
+    }
+    ret = run_hook(file, HOST_FILE_WRITE, offset, total, iov_in, iovcnt);
+    if (ret < 0) {
+        return ret;
+    }
+    file->unsynced = true;
+    /* pwritev may write partially; keep a private copy we can advance. */
+    if (iovcnt > (int)G_N_ELEMENTS(local)) {
+        copy = g_new(struct iovec, iovcnt);
+    }
+    memcpy(copy, iov_in, iovcnt * sizeof(*copy));
+    iov = copy;
+    while (iovcnt > 0) {
+        ssize_t n = pwritev(file->fd, iov, MIN(iovcnt, IOV_MAX), offset);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            ret = -errno;
+            break;
+        }
+        if (n == 0) {
+            ret = -EIO;
+            break;
+        }
+        offset += n;
+        while (n > 0 && iovcnt > 0) {
+            if ((size_t)n >= iov->iov_len) {
+                n -= iov->iov_len;
+                iov++;
+                iovcnt--;
+            } else {
+                iov->iov_base = (uint8_t *)iov->iov_base + n;
+                iov->iov_len -= n;
+                n = 0;
+            }
+        }
+        /* Skip empty elements so that pwritev never sees zero progress. */
+        while (iovcnt > 0 && iov->iov_len == 0) {
+            iov++;
+            iovcnt--;
+        }
+    }
+    if (copy != local) {
+        g_free(copy);
+    }
+    return ret;
+}
+
+int host_file_flush(HostFile *file)
+{
+    int ret;
+
+    /* Ordering flushes are frequent; one with nothing to sync is free. */
+    if (file->read_only || !file->unsynced) {
+        return 0;
+    }
+    ret = run_hook(file, HOST_FILE_FLUSH, 0, 0, NULL, 0);
+    if (ret < 0) {
+        return ret;
+    }
+    while (fdatasync(file->fd) < 0) {
+        if (errno != EINTR) {
+            return -errno;
+        }
+    }
+    file->unsynced = false;
+    return 0;
+}
+
+int64_t host_file_length(HostFile *file)
+{
+    struct stat st;
+
+    if (fstat(file->fd, &st) < 0) {
+        return -errno;
+    }
+    return st.st_size;
+}
+
+int64_t host_file_allocated(HostFile *file)
+{
+    struct stat st;
+
+    if (fstat(file->fd, &st) < 0) {
+        return -errno;
+    }
+    return (int64_t)st.st_blocks * 512;
+}
+
+int host_file_truncate(HostFile *file, uint64_t length)
+{
+    int ret;
+
+    if (file->read_only) {
+        return -EBADF;
+    }
+    if (length > INT64_MAX) {
+        return -EFBIG;
+    }
+    ret = run_hook(file, HOST_FILE_TRUNCATE, length, 0, NULL, 0);
+    if (ret < 0) {
+        return ret;
+    }
+    file->unsynced = true;
+    while (ftruncate(file->fd, length) < 0) {
+        if (errno != EINTR) {
+            return -errno;
+        }
+    }
+    return 0;
+}
+
+int host_file_allocate(HostFile *file, uint64_t offset, uint64_t bytes)
+{
+    int ret;
+
+    if (file->read_only) {
+        return -EBADF;
+    }
+    ret = run_hook(file, HOST_FILE_WRITE, offset, bytes, NULL, 0);
+    if (ret < 0) {
+        return ret;
+    }
+    file->unsynced = true;
+    ret = posix_fallocate(file->fd, offset, bytes);
+    return -ret;
+}
+
+int host_file_discard(HostFile *file, uint64_t offset, uint64_t bytes)
+{
+    int ret;
+
+    if (file->read_only) {
+        return -EBADF;
+    }
+    ret = run_hook(file, HOST_FILE_DISCARD, offset, bytes, NULL, 0);
+    if (ret < 0) {
+        return ret;
+    }
+    file->unsynced = true;
+    if (fallocate(file->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  offset, bytes) < 0) {
+        return errno == EOPNOTSUPP ? -ENOTSUP : -errno;
+    }
+    return 0;
+}
+
+int host_file_is_hole(HostFile *file, uint64_t offset, uint64_t *bytes,
+                      bool *hole)
+{
+    off_t data, next_hole;
+
+    data = lseek(file->fd, offset, SEEK_DATA);
+    if (data < 0) {
+        if (errno == ENXIO) {
+            /* Past the last data extent: the rest is a hole. */
+            *hole = true;
+            return 0;
+        }
+        *hole = false;
+        return 0;
+    }
+    if ((uint64_t)data > offset) {
+        *hole = true;
+        *bytes = MIN(*bytes, (uint64_t)data - offset);
+        return 0;
+    }
+    next_hole = lseek(file->fd, offset, SEEK_HOLE);
+    *hole = false;
+    if (next_hole > (off_t)offset) {
+        *bytes = MIN(*bytes, (uint64_t)next_hole - offset);
+    }
+    return 0;
+}

@@ -1,0 +1,71 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Host file I/O: the only place that issues syscalls on image files.
+ *
+ * Copyright (c) 2026 The qguard authors
+ */
+#ifndef QGUARD_HOST_FILE_H
+#define QGUARD_HOST_FILE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+#include <glib.h>
+
+typedef struct HostFile HostFile;
+
+typedef enum HostFileOp {
+    HOST_FILE_READ,
+    HOST_FILE_WRITE,
+    HOST_FILE_FLUSH,
+    HOST_FILE_TRUNCATE,
+    HOST_FILE_DISCARD,
+} HostFileOp;
+
+/*
+ * Test hook: called before every operation reaches the kernel.  A non-zero
+ * return (a negative errno) fails the operation without performing it.
+ * For writes, @iov/@iovcnt describe the data, so a recorder can keep it.
+ */
+typedef int HostFileHookFunc(void *opaque, HostFile *file, HostFileOp op,
+                             uint64_t offset, uint64_t bytes,
+                             const struct iovec *iov, int iovcnt);
+void host_file_set_hook(HostFileHookFunc *hook, void *opaque);
+
+enum {
+    HOST_FILE_RDWR   = 1 << 0,
+    HOST_FILE_CREATE = 1 << 1,   /* create or truncate to 0 */
+};
+
+int host_file_open(HostFile **pfile, const char *filename, unsigned flags,
+                   GError **errp);
+void host_file_close(HostFile *file);
+
+const char *host_file_name(const HostFile *file);
+bool host_file_is_read_only(const HostFile *file);
+/* Identity of the underlying file (for backing chain loop detection). */
+void host_file_identity(const HostFile *file, uint64_t *dev, uint64_t *ino);
+
+/* Reads past the end of the file return zeros. */
+int host_file_pread(HostFile *file, uint64_t offset, void *buf, size_t bytes);
+int host_file_pwrite(HostFile *file, uint64_t offset, const void *buf,
+                     size_t bytes);
+int host_file_pwritev(HostFile *file, uint64_t offset,
+                      const struct iovec *iov, int iovcnt);
+int host_file_flush(HostFile *file);
+int64_t host_file_length(HostFile *file);
+/* Allocated bytes on the host (st_blocks * 512). */
+int64_t host_file_allocated(HostFile *file);
+int host_file_truncate(HostFile *file, uint64_t length);
+/* Reserve blocks (posix_fallocate semantics, keeps zeros). */
+int host_file_allocate(HostFile *file, uint64_t offset, uint64_t bytes);
+/* Punch a hole; best effort, -ENOTSUP if the filesystem cannot. */
+int host_file_discard(HostFile *file, uint64_t offset, uint64_t bytes);
+/*
+ * Is [offset, offset + *bytes) a hole?  On return *bytes is shortened to the
+ * extent that has the same answer.  Files without SEEK_HOLE report data.
+ */
+int host_file_is_hole(HostFile *file, uint64_t offset, uint64_t *bytes,
+                      bool *hole);
+
+#endif

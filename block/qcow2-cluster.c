@@ -1,0 +1,1040 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2 guest-to-host mapping: lookups, reads, allocating writes with
+ * copy-on-write, zero clusters, discard, L1/L2 table management.
+ *
+ * Copyright (c) 2026 The qguard authors
+ *
+ * Requests are split at L2-table boundaries.  Inside one L2 table, clusters
+ * that need the same treatment and are contiguous on the host form one run:
+ * one lookup, one allocation, one overlap check and one pwritev per run.
+ *
+ * Ordering for an allocating write (see qcow2-cache.c for the caches):
+ *   1. allocate clusters (refcount +1, in the refcount-block cache);
+ *   2. write guest data together with the copy-on-write head and tail;
+ *   3. make the L2 cache depend on the refcount-block cache, then point the
+ *      L2 entries at the new clusters;
+ *   4. release the old clusters (refcount -1; the refcount-block cache then
+ *      depends on the L2 cache).
+ *
+ * A new L2 table is referenced from the in-memory L1 table at once, but the
+ * L1 entry reaches the disk only in qcow2_write_l1_dirty(), after the L2
+ * cache (and through its dependency the refcount blocks) has been flushed.
+ * A crash before that loses only unflushed writes and leaks their clusters.
+ */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "qcow2.h"
+
+/* ---- L1 table ----------------------------------------------------------- */
+
+#define L1_SECTOR_ENTRIES 64
+
+void qcow2_l1_mark_dirty(BDRVQcow2State *s, uint64_t index)
+{
+    uint64_t sector = index / L1_SECTOR_ENTRIES;
+    uint64_t nsectors = ((uint64_t)s->l1_size + L1_SECTOR_ENTRIES - 1) /
+                        L1_SECTOR_ENTRIES;
+
+    if (s->l1_dirty_nsectors < nsectors) {
+        uint64_t words = (nsectors + 63) / 64;
+        uint64_t old_words = (s->l1_dirty_nsectors + 63) / 64;
+        s->l1_dirty_bits = g_renew(uint64_t, s->l1_dirty_bits, words);
+        memset(s->l1_dirty_bits + old_words, 0, (words - old_words) * 8);
+        s->l1_dirty_nsectors = nsectors;
+    }
+    s->l1_dirty_bits[sector / 64] |= 1ULL << (sector % 64);
+    s->l1_dirty = true;
+}
+
+static bool l1_sector_dirty(BDRVQcow2State *s, uint64_t sector)
+{
+    return sector < s->l1_dirty_nsectors &&
+           (s->l1_dirty_bits[sector / 64] & (1ULL << (sector % 64)));
+}
+
+static int write_l1_sectors(BDRVQcow2State *s, uint64_t first, uint64_t n)
+{
+    uint64_t start = first * L1_SECTOR_ENTRIES;
+    uint64_t end = MIN((first + n) * L1_SECTOR_ENTRIES, (uint64_t)s->l1_size);
+    g_autofree uint64_t *buf = g_new(uint64_t, end - start);
+    uint64_t i;
+
+    for (i = start; i < end; i++) {
+        buf[i - start] = GUINT64_TO_BE(s->l1_table[i]);
+    }
+    return qcow2_pwrite_meta(s, QCOW2_OL_ACTIVE_L1,
+                             s->l1_table_offset + start * 8, buf,
+                             (end - start) * 8);
+}
+
+/*
+ * Bring the on-disk L1 table up to date.  Every L2 table a dirty entry
+ * points at, and its refcount, reach the disk first.
+ */
+int qcow2_write_l1_dirty(BDRVQcow2State *s)
+{
+    uint64_t sector, run_start = 0;
+    bool in_run = false;
+    int ret;
+
+    if (!s->l1_dirty) {
+        return 0;
+    }
+    ret = qcow2_cache_flush(s, s->l2_table_cache);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = qcow2_flush_refcounts(s);
+    if (ret < 0) {
+        return ret;
+    }
+    for (sector = 0; sector <= s->l1_dirty_nsectors; sector++) {
+        bool dirty = sector < s->l1_dirty_nsectors &&
+                     l1_sector_dirty(s, sector);
+        if (dirty && !in_run) {
+            run_start = sector;
+            in_run = true;
+        } else if (!dirty && in_run) {
+            ret = write_l1_sectors(s, run_start, sector - run_start);
+            if (ret < 0) {
+                return ret;
+            }
+            in_run = false;
+        }
+    }
+    ret = host_file_flush(s->file);
+    if (ret < 0) {
+        return ret;
+    }
+    memset(s->l1_dirty_bits, 0, ((s->l1_dirty_nsectors + 63) / 64) * 8);
+    s->l1_dirty = false;
+    return 0;
+}
+
+int qcow2_grow_l1_table(BDRVQcow2State *s, uint64_t min_size, bool exact_size)
+{
+    uint64_t new_size, new_bytes, i;
+    int64_t new_offset;
+    g_autofree uint64_t *new_table = NULL;
+    g_autofree uint64_t *disk_table = NULL;
+    uint64_t old_offset = s->l1_table_offset;
+    uint64_t old_bytes = (uint64_t)s->l1_size * 8;
+    uint8_t hdr[12];
+    int ret;
+
+    if (min_size <= s->l1_size) {
+        return 0;
+    }
+    if (exact_size) {
+        new_size = min_size;
+    } else {
+        /* Grow by half again, as QEMU does, to amortise relocations. */
+        new_size = MAX(s->l1_size, 1);
+        while (min_size > new_size) {
+            new_size = (new_size * 3 + 1) / 2;
+        }
+    }
+    if (new_size > QCOW_MAX_L1_SIZE / 8) {
+        new_size = QCOW_MAX_L1_SIZE / 8;
+        if (min_size > new_size) {
+            qcow2_set_error(s, "L1 table would exceed the maximum size");
+            return -EFBIG;
+        }
+    }
+    new_bytes = new_size * 8;
+    new_table = g_try_new0(uint64_t, new_size);
+    disk_table = g_try_malloc0(ROUND_UP(new_bytes, s->cluster_size));
+    if (!new_table || !disk_table) {
+        return -ENOMEM;
+    }
+    memcpy(new_table, s->l1_table, old_bytes);
+    for (i = 0; i < new_size; i++) {
+        disk_table[i] = GUINT64_TO_BE(new_table[i]);
+    }
+
+    /* The new table carries the dirty entries too: their L2s go first. */
+    ret = qcow2_cache_flush(s, s->l2_table_cache);
+    if (ret < 0) {
+        return ret;
+    }
+    new_offset = qcow2_alloc_clusters_exact(s, size_to_clusters(s, new_bytes));
+    if (new_offset < 0) {
+        return new_offset;
+    }
+    ret = qcow2_flush_refcounts(s);
+    if (ret < 0) {
+        goto fail;
+    }
+    ret = qcow2_pwrite_meta(s, QCOW2_OL_ACTIVE_L1, new_offset, disk_table,
+                            new_bytes);
+    if (ret < 0) {
+        goto fail;
+    }
+    ret = host_file_flush(s->file);
+    if (ret < 0) {
+        goto fail;
+    }
+    be_put32(hdr, new_size);
+    be_put64(hdr + 4, new_offset);
+    ret = qcow2_write_header_field(s, HDR_OFF_L1_SIZE, hdr, 12);
+    if (ret < 0) {
+        goto fail;
+    }
+
+    qcow2_map_remove(s, old_offset, old_bytes, QCOW2_OL_ACTIVE_L1);
+    qcow2_map_enter(s, new_offset, new_bytes, QCOW2_OL_ACTIVE_L1);
+    g_free(s->l1_table);
+    s->l1_table = g_steal_pointer(&new_table);
+    s->l1_table_offset = new_offset;
+    s->l1_size = new_size;
+    if (s->l1_dirty) {
+        memset(s->l1_dirty_bits, 0, ((s->l1_dirty_nsectors + 63) / 64) * 8);
+        s->l1_dirty = false;
+    }
+    qcow2_free_clusters(s, old_offset, old_bytes, QCOW2_DISCARD_OTHER);
+    return 0;
+
+fail:
+    qcow2_free_clusters(s, new_offset, new_bytes, QCOW2_DISCARD_OTHER);
+    return ret;
+}
+
+/* ---- L2 tables ---------------------------------------------------------- */
+
+static int l2_offset_from_l1(BDRVQcow2State *s, uint64_t l1_index,
+                             uint64_t *l2_offset)
+{
+    uint64_t entry = l1_index < s->l1_size ? s->l1_table[l1_index] : 0;
+
+    *l2_offset = entry & L1E_OFFSET_MASK;
+    if (*l2_offset && !is_cluster_aligned(s, *l2_offset)) {
+        qcow2_signal_corruption(s, true, -1, -1,
+                                "L2 table offset %#" PRIx64 " unaligned "
+                                "(L1 index: %#" PRIx64 ")",
+                                *l2_offset, l1_index);
+        return -EIO;
+    }
+    return 0;
+}
+
+/*
+ * Give L1 entry @l1_index a table of its own with refcount 1: a fresh zeroed
+ * one if there was none, or a copy of a shared one.
+ */
+static int l2_allocate(BDRVQcow2State *s, uint64_t l1_index)
+{
+    uint64_t old_offset = s->l1_table[l1_index] & L1E_OFFSET_MASK;
+    int64_t new_offset;
+    void *new_table;
+    void *old_table;
+    int ret;
+
+    new_offset = qcow2_alloc_clusters_exact(s, 1);
+    if (new_offset < 0) {
+        return new_offset;
+    }
+    if (new_offset == 0) {
+        qcow2_signal_corruption(s, true, -1, -1,
+                                "Preventing invalid allocation of L2 table at "
+                                "offset 0");
+        return -EIO;
+    }
+    if (!(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+        ret = qcow2_cache_set_dependency(s, s->l2_table_cache,
+                                         s->refcount_block_cache);
+        if (ret < 0) {
+            goto fail;
+        }
+    }
+    ret = qcow2_cache_get_empty(s, s->l2_table_cache, new_offset, &new_table);
+    if (ret < 0) {
+        goto fail;
+    }
+    if (old_offset) {
+        ret = qcow2_cache_get(s, s->l2_table_cache, old_offset, &old_table);
+        if (ret < 0) {
+            qcow2_cache_put(s->l2_table_cache, &new_table);
+            qcow2_cache_discard(s->l2_table_cache, new_offset);
+            goto fail;
+        }
+        memcpy(new_table, old_table, s->cluster_size);
+        qcow2_cache_put(s->l2_table_cache, &old_table);
+    } else {
+        memset(new_table, 0, s->cluster_size);
+    }
+    qcow2_cache_entry_mark_dirty(s->l2_table_cache, new_table);
+    qcow2_cache_put(s->l2_table_cache, &new_table);
+    qcow2_map_enter(s, new_offset, s->cluster_size, QCOW2_OL_ACTIVE_L2);
+
+    s->l1_table[l1_index] = new_offset | QCOW_OFLAG_COPIED;
+    qcow2_l1_mark_dirty(s, l1_index);
+    if (old_offset) {
+        /*
+         * The shared table loses a reference: the disk must stop pointing
+         * at it from this L1 entry before its refcount drops.
+         */
+        ret = qcow2_write_l1_dirty(s);
+        if (ret < 0) {
+            return ret;
+        }
+        qcow2_map_remove(s, old_offset, s->cluster_size, QCOW2_OL_ACTIVE_L2);
+        qcow2_free_clusters(s, old_offset, s->cluster_size,
+                            QCOW2_DISCARD_OTHER);
+    }
+    return 0;
+
+fail:
+    qcow2_free_clusters(s, new_offset, s->cluster_size, QCOW2_DISCARD_NEVER);
+    return ret;
+}
+
+/* The L2 table for @l1_index, allocated or unshared as needed; pinned. */
+static int get_l2_for_write(BDRVQcow2State *s, uint64_t l1_index,
+                            void **l2_table, uint64_t *l2_offset)
+{
+    int ret;
+
+    if (l1_index >= s->l1_size) {
+        ret = qcow2_grow_l1_table(s, l1_index + 1, false);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    ret = l2_offset_from_l1(s, l1_index, l2_offset);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!*l2_offset || !(s->l1_table[l1_index] & QCOW_OFLAG_COPIED)) {
+        ret = l2_allocate(s, l1_index);
+        if (ret < 0) {
+            return ret;
+        }
+        *l2_offset = s->l1_table[l1_index] & L1E_OFFSET_MASK;
+    }
+    return qcow2_cache_get(s, s->l2_table_cache, *l2_offset, l2_table);
+}
+
+/* ---- Lookups and reads -------------------------------------------------- */
+
+void qcow2_parse_compressed_entry(BDRVQcow2State *s, uint64_t l2_entry,
+                                  uint64_t *coffset, int *csize)
+{
+    int nb_csectors;
+
+    *coffset = l2_entry & s->cluster_offset_mask;
+    nb_csectors = ((l2_entry >> s->csize_shift) & s->csize_mask) + 1;
+    *csize = nb_csectors * QCOW2_COMPRESSED_SECTOR_SIZE -
+             (*coffset & (QCOW2_COMPRESSED_SECTOR_SIZE - 1));
+}
+
+/*
+ * Map guest @offset.  On return *bytes is shortened to the extent that has
+ * the same cluster type and, for allocated clusters, contiguous host
+ * offsets; it never crosses an L2 table.
+ */
+int qcow2_get_host_offset(BDRVQcow2State *s, uint64_t offset,
+                          uint64_t *bytes, uint64_t *host_offset,
+                          QCow2ClusterType *type)
+{
+    uint64_t l1_index = offset_to_l1_index(s, offset);
+    int l2_index = offset_to_l2_index(s, offset);
+    uint64_t in_cluster = offset_into_cluster(s, offset);
+    uint64_t avail = ((uint64_t)(s->l2_size - l2_index) << s->cluster_bits) -
+                     in_cluster;
+    uint64_t nclusters, l2_offset, entry, host, n;
+    void *l2_table;
+    int ret;
+
+    *bytes = MIN(*bytes, avail);
+    *host_offset = 0;
+    ret = l2_offset_from_l1(s, l1_index, &l2_offset);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!l2_offset) {
+        *type = QCOW2_CLUSTER_UNALLOCATED;
+        return 0;
+    }
+    ret = qcow2_cache_get(s, s->l2_table_cache, l2_offset, &l2_table);
+    if (ret < 0) {
+        return ret;
+    }
+    nclusters = size_to_clusters(s, in_cluster + *bytes);
+    entry = l2_get(l2_table, l2_index);
+    *type = qcow2_get_cluster_type(s, entry);
+    host = entry & L2E_OFFSET_MASK;
+
+    switch (*type) {
+    case QCOW2_CLUSTER_COMPRESSED:
+        *host_offset = entry & s->cluster_offset_mask;
+        n = 1;
+        break;
+    case QCOW2_CLUSTER_NORMAL:
+    case QCOW2_CLUSTER_ZERO_ALLOC:
+        if (offset_into_cluster(s, host)) {
+            qcow2_cache_put(s->l2_table_cache, &l2_table);
+            qcow2_signal_corruption(s, true, -1, -1,
+                                    "Cluster allocation offset %#" PRIx64
+                                    " unaligned (L2 offset: %#" PRIx64
+                                    ", L2 index: %#x)", host, l2_offset,
+                                    l2_index);
+            return -EIO;
+        }
+        for (n = 1; n < nclusters; n++) {
+            uint64_t next = l2_get(l2_table, l2_index + n);
+            if (qcow2_get_cluster_type(s, next) != *type ||
+                (next & L2E_OFFSET_MASK) != host + (n << s->cluster_bits)) {
+                break;
+            }
+        }
+        *host_offset = host + in_cluster;
+        break;
+    default:
+        for (n = 1; n < nclusters; n++) {
+            if (qcow2_get_cluster_type(s, l2_get(l2_table, l2_index + n)) !=
+                *type) {
+                break;
+            }
+        }
+        break;
+    }
+    qcow2_cache_put(s->l2_table_cache, &l2_table);
+    *bytes = MIN(*bytes, (n << s->cluster_bits) - in_cluster);
+    return 0;
+}
+
+int qcow2_decompress_cluster(BDRVQcow2State *s, uint64_t l2_entry,
+                             uint8_t *out)
+{
+    uint64_t coffset;
+    int csize;
+    g_autofree uint8_t *in = NULL;
+    z_stream strm = { 0 };
+    int ret, zret;
+
+    qcow2_parse_compressed_entry(s, l2_entry, &coffset, &csize);
+    in = g_try_malloc(csize);
+    if (!in) {
+        return -ENOMEM;
+    }
+    ret = host_file_pread(s->file, coffset, in, csize);
+    if (ret < 0) {
+        return ret;
+    }
+    if (inflateInit2(&strm, -12) != Z_OK) {
+        return -EIO;
+    }
+    strm.next_in = in;
+    strm.avail_in = csize;
+    strm.next_out = out;
+    strm.avail_out = s->cluster_size;
+    zret = inflate(&strm, Z_FINISH);
+    /* Decompression stops once a whole cluster has been produced. */
+    ret = ((zret == Z_STREAM_END || zret == Z_BUF_ERROR) &&
+           strm.avail_out == 0) ? 0 : -EIO;
+    inflateEnd(&strm);
+    return ret;
+}
+
+static int read_compressed(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
+                           uint8_t *buf)
+{
+    uint64_t l1_index = offset_to_l1_index(s, offset);
+    uint64_t l2_offset, entry;
+    void *l2_table;
+    int ret;
+
+    ret = l2_offset_from_l1(s, l1_index, &l2_offset);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = qcow2_cache_get(s, s->l2_table_cache, l2_offset, &l2_table);
+    if (ret < 0) {
+        return ret;
+    }
+    entry = l2_get(l2_table, offset_to_l2_index(s, offset));
+    qcow2_cache_put(s->l2_table_cache, &l2_table);
+
+    if (!s->decomp_buf) {
+        s->decomp_buf = g_malloc(s->cluster_size);
+    }
+    if (s->decomp_entry != entry) {
+        s->decomp_entry = 0;
+        ret = qcow2_decompress_cluster(s, entry, s->decomp_buf);
+        if (ret < 0) {
+            qcow2_set_error(s, "Could not decompress cluster at guest offset "
+                            "%" PRIu64, start_of_cluster(s, offset));
+            return ret;
+        }
+        s->decomp_entry = entry;
+    }
+    memcpy(buf, s->decomp_buf + offset_into_cluster(s, offset), bytes);
+    return 0;
+}
+
+int qcow2_read_guest(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
+                     uint8_t *buf)
+{
+    QGuardImage *img = s->img;
+
+    while (bytes > 0) {
+        uint64_t cur = bytes, host;
+        QCow2ClusterType type;
+        int ret;
+
+        ret = qcow2_get_host_offset(s, offset, &cur, &host, &type);
+        if (ret < 0) {
+            return ret;
+        }
+        switch (type) {
+        case QCOW2_CLUSTER_UNALLOCATED:
+            if (img->backing) {
+                ret = bdrv_backing_pread(img, offset, cur, buf);
+            } else {
+                memset(buf, 0, cur);
+            }
+            break;
+        case QCOW2_CLUSTER_ZERO_PLAIN:
+        case QCOW2_CLUSTER_ZERO_ALLOC:
+            memset(buf, 0, cur);
+            break;
+        case QCOW2_CLUSTER_NORMAL:
+            ret = host_file_pread(s->file, host, buf, cur);
+            break;
+        case QCOW2_CLUSTER_COMPRESSED:
+            ret = read_compressed(s, offset, cur, buf);
+            break;
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        offset += cur;
+        buf += cur;
+        bytes -= cur;
+    }
+    return 0;
+}
+
+/* ---- Writes ------------------------------------------------------------- */
+
+typedef enum RunKind {
+    RUN_IN_PLACE,   /* allocated, refcount 1: overwrite */
+    RUN_REUSE,      /* preallocated zero cluster, refcount 1: fill and keep */
+    RUN_ALLOCATE,   /* needs a new cluster (and maybe copy-on-write) */
+} RunKind;
+
+static RunKind run_kind(BDRVQcow2State *s, uint64_t entry)
+{
+    switch (qcow2_get_cluster_type(s, entry)) {
+    case QCOW2_CLUSTER_NORMAL:
+        return (entry & QCOW_OFLAG_COPIED) ? RUN_IN_PLACE : RUN_ALLOCATE;
+    case QCOW2_CLUSTER_ZERO_ALLOC:
+        return (entry & QCOW_OFLAG_COPIED) ? RUN_REUSE : RUN_ALLOCATE;
+    default:
+        return RUN_ALLOCATE;
+    }
+}
+
+static int mark_dirty_for_lazy_refcounts(BDRVQcow2State *s)
+{
+    if (s->use_lazy_refcounts &&
+        !(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+        return qcow2_mark_dirty(s);
+    }
+    return 0;
+}
+
+/*
+ * Write one run inside one L2 table.  Returns the number of guest bytes
+ * written (at least one cluster's worth or the rest of @bytes), or a
+ * negative errno.
+ */
+static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
+                         const uint8_t *buf)
+{
+    uint64_t l1_index = offset_to_l1_index(s, offset);
+    int l2_index = offset_to_l2_index(s, offset);
+    uint64_t in_cluster = offset_into_cluster(s, offset);
+    uint64_t nclusters = size_to_clusters(s, in_cluster + bytes);
+    uint64_t l2_offset, entry, host, n, got, run_bytes, head, tail, i;
+    struct iovec iov[3];
+    int iovcnt = 0;
+    uint64_t *old_entries = NULL;
+    uint64_t old_local[64];
+    void *l2_table;
+    RunKind kind;
+    int ret;
+
+    ret = get_l2_for_write(s, l1_index, &l2_table, &l2_offset);
+    if (ret < 0) {
+        return ret;
+    }
+    entry = l2_get(l2_table, l2_index);
+    kind = run_kind(s, entry);
+    host = entry & L2E_OFFSET_MASK;
+    for (n = 1; n < nclusters; n++) {
+        uint64_t next = l2_get(l2_table, l2_index + n);
+        if (run_kind(s, next) != kind) {
+            break;
+        }
+        if (kind != RUN_ALLOCATE &&
+            (next & L2E_OFFSET_MASK) != host + (n << s->cluster_bits)) {
+            break;
+        }
+    }
+    qcow2_cache_put(s->l2_table_cache, &l2_table);
+
+    if (kind != RUN_ALLOCATE && offset_into_cluster(s, host)) {
+        qcow2_signal_corruption(s, true, -1, -1,
+                                "Cluster allocation offset %#" PRIx64
+                                " unaligned (L2 offset: %#" PRIx64
+                                ", L2 index: %#x)", host, l2_offset, l2_index);
+        return -EIO;
+    }
+
+    if (kind == RUN_IN_PLACE) {
+        run_bytes = MIN(bytes, (n << s->cluster_bits) - in_cluster);
+        iov[0] = (struct iovec){ (void *)buf, run_bytes };
+        ret = qcow2_pwritev_checked(s, 0, host + in_cluster, iov, 1,
+                                    run_bytes);
+        return ret < 0 ? ret : (int64_t)run_bytes;
+    }
+
+    ret = mark_dirty_for_lazy_refcounts(s);
+    if (ret < 0) {
+        return ret;
+    }
+    got = n;
+    if (kind == RUN_ALLOCATE) {
+        int64_t alloc = qcow2_alloc_clusters(s, n, &got);
+        if (alloc < 0) {
+            return alloc;
+        }
+        host = alloc;
+    }
+    run_bytes = MIN(bytes, (got << s->cluster_bits) - in_cluster);
+    head = in_cluster;
+    tail = (size_to_clusters(s, in_cluster + run_bytes) << s->cluster_bits) -
+           (in_cluster + run_bytes);
+
+    /* Copy-on-write: the untouched parts of the first and last cluster. */
+    if (head) {
+        ret = qcow2_read_guest(s, offset - head, head, s->cow_buf);
+        if (ret < 0) {
+            goto fail;
+        }
+        iov[iovcnt++] = (struct iovec){ s->cow_buf, head };
+    }
+    iov[iovcnt++] = (struct iovec){ (void *)buf, run_bytes };
+    if (tail) {
+        ret = qcow2_read_guest(s, offset + run_bytes, tail,
+                               s->cow_buf + s->cluster_size);
+        if (ret < 0) {
+            goto fail;
+        }
+        iov[iovcnt++] = (struct iovec){ s->cow_buf + s->cluster_size, tail };
+    }
+    ret = qcow2_pwritev_checked(s, 0, host, iov, iovcnt,
+                                head + run_bytes + tail);
+    if (ret < 0) {
+        goto fail;
+    }
+
+    /* The new refcounts must reach the disk before the L2 entries do. */
+    if (!(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+        ret = qcow2_cache_set_dependency(s, s->l2_table_cache,
+                                         s->refcount_block_cache);
+        if (ret < 0) {
+            goto fail;
+        }
+    }
+    ret = qcow2_cache_get(s, s->l2_table_cache, l2_offset, &l2_table);
+    if (ret < 0) {
+        goto fail;
+    }
+    nclusters = size_to_clusters(s, head + run_bytes);
+    old_entries = nclusters <= G_N_ELEMENTS(old_local)
+                  ? old_local : g_new(uint64_t, nclusters);
+    for (i = 0; i < nclusters; i++) {
+        old_entries[i] = l2_get(l2_table, l2_index + i);
+        l2_set(l2_table, l2_index + i,
+               (host + (i << s->cluster_bits)) | QCOW_OFLAG_COPIED);
+    }
+    qcow2_cache_entry_mark_dirty(s->l2_table_cache, l2_table);
+    qcow2_cache_put(s->l2_table_cache, &l2_table);
+    if (kind == RUN_ALLOCATE) {
+        for (i = 0; i < nclusters; i++) {
+            qcow2_free_any_cluster(s, old_entries[i], QCOW2_DISCARD_NEVER);
+        }
+    }
+    if (old_entries != old_local) {
+        g_free(old_entries);
+    }
+    return run_bytes;
+
+fail:
+    if (kind == RUN_ALLOCATE) {
+        qcow2_free_clusters(s, host, got << s->cluster_bits,
+                            QCOW2_DISCARD_NEVER);
+    }
+    return ret;
+}
+
+int qcow2_write_guest(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
+                      const uint8_t *buf)
+{
+    while (bytes > 0) {
+        int l2_index = offset_to_l2_index(s, offset);
+        uint64_t in_table = ((uint64_t)(s->l2_size - l2_index) <<
+                             s->cluster_bits) - offset_into_cluster(s, offset);
+        int64_t done = write_run(s, offset, MIN(bytes, in_table), buf);
+
+        if (done < 0) {
+            return done;
+        }
+        offset += done;
+        buf += done;
+        bytes -= done;
+    }
+    return 0;
+}
+
+/* ---- Zero clusters and discard ------------------------------------------ */
+
+static bool cluster_is_allocated(QCow2ClusterType type)
+{
+    return type == QCOW2_CLUSTER_NORMAL || type == QCOW2_CLUSTER_ZERO_ALLOC ||
+           type == QCOW2_CLUSTER_COMPRESSED;
+}
+
+/* Both operations below take whole clusters inside one L2 table. */
+typedef uint64_t NewEntryFunc(BDRVQcow2State *s, uint64_t old, bool flag,
+                              bool *free_old);
+
+static uint64_t zero_entry(BDRVQcow2State *s, uint64_t old, bool may_unmap,
+                           bool *free_old)
+{
+    QCow2ClusterType type = qcow2_get_cluster_type(s, old);
+    bool unmap = type == QCOW2_CLUSTER_COMPRESSED ||
+                 (may_unmap && cluster_is_allocated(type));
+
+    *free_old = unmap;
+    /* Without unmap a preallocated cluster keeps its host offset. */
+    return (unmap ? 0 : old) | QCOW_OFLAG_ZERO;
+}
+
+static uint64_t discard_entry(BDRVQcow2State *s, uint64_t old,
+                              bool full_discard, bool *free_old)
+{
+    QCow2ClusterType type = qcow2_get_cluster_type(s, old);
+
+    *free_old = cluster_is_allocated(type);
+    /*
+     * A discarded cluster reads as zeros on v3 images; a full discard (or a
+     * v2 image, which has no zero flag) lets it fall through to the backing
+     * file instead.
+     */
+    if (!full_discard && (s->img->backing || cluster_is_allocated(type)) &&
+        s->qcow_version >= 3) {
+        return QCOW_OFLAG_ZERO;
+    }
+    return 0;
+}
+
+static int update_l2_range(BDRVQcow2State *s, uint64_t offset,
+                           uint64_t nclusters, NewEntryFunc *fn, bool flag,
+                           Qcow2DiscardType type, bool allocate_l2)
+{
+    uint64_t l1_index = offset_to_l1_index(s, offset);
+    int l2_index = offset_to_l2_index(s, offset);
+    uint64_t l2_offset, i;
+    g_autofree uint64_t *freed = g_new(uint64_t, nclusters);
+    uint64_t nfreed = 0;
+    void *l2_table;
+    bool dirty = false;
+    int ret;
+
+    if (!allocate_l2) {
+        ret = l2_offset_from_l1(s, l1_index, &l2_offset);
+        if (ret < 0 || !l2_offset) {
+            return ret;
+        }
+    }
+    ret = get_l2_for_write(s, l1_index, &l2_table, &l2_offset);
+    if (ret < 0) {
+        return ret;
+    }
+    for (i = 0; i < nclusters; i++) {
+        uint64_t old = l2_get(l2_table, l2_index + i);
+        bool free_old;
+        uint64_t new = fn(s, old, flag, &free_old);
+
+        if (new == old) {
+            continue;
+        }
+        l2_set(l2_table, l2_index + i, new);
+        dirty = true;
+        if (free_old) {
+            freed[nfreed++] = old;
+        }
+    }
+    if (dirty) {
+        qcow2_cache_entry_mark_dirty(s->l2_table_cache, l2_table);
+    }
+    qcow2_cache_put(s->l2_table_cache, &l2_table);
+    /* Entries first, then the refcounts (the caches keep that order). */
+    for (i = 0; i < nfreed; i++) {
+        qcow2_free_any_cluster(s, freed[i], type);
+    }
+    return 0;
+}
+
+static int for_each_l2_range(BDRVQcow2State *s, uint64_t offset,
+                             uint64_t bytes, NewEntryFunc *fn, bool flag,
+                             Qcow2DiscardType type, bool allocate_l2)
+{
+    uint64_t end = offset + bytes;
+    int ret;
+
+    ret = mark_dirty_for_lazy_refcounts(s);
+    if (ret < 0) {
+        return ret;
+    }
+    while (offset < end) {
+        int l2_index = offset_to_l2_index(s, offset);
+        uint64_t n = MIN((uint64_t)(s->l2_size - l2_index),
+                         size_to_clusters(s, end - offset));
+        ret = update_l2_range(s, offset, n, fn, flag, type, allocate_l2);
+        if (ret < 0) {
+            break;
+        }
+        offset += n << s->cluster_bits;
+    }
+    qcow2_process_discards(s);
+    return ret;
+}
+
+/* Set the zero flag on whole clusters (v3 only). */
+int qcow2_zero_clusters(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
+                        bool may_unmap)
+{
+    g_assert(s->qcow_version >= 3);
+    return for_each_l2_range(s, offset, bytes, zero_entry, may_unmap,
+                             QCOW2_DISCARD_REQUEST, true);
+}
+
+int qcow2_discard_clusters(BDRVQcow2State *s, uint64_t offset,
+                           uint64_t bytes, bool full_discard,
+                           Qcow2DiscardType type)
+{
+    /* Turning unallocated clusters into zero clusters needs an L2 table. */
+    bool allocate_l2 = !full_discard && s->img->backing &&
+                       s->qcow_version >= 3;
+
+    return for_each_l2_range(s, offset, bytes, discard_entry, full_discard,
+                             type, allocate_l2);
+}
+
+/* ---- Preallocation ------------------------------------------------------ */
+
+#define ZERO_CHUNK (1024 * 1024)
+
+static int fill_run(BDRVQcow2State *s, uint64_t host, uint64_t bytes,
+                    Qcow2PreallocMode mode)
+{
+    static const uint8_t zeros[ZERO_CHUNK];
+    int ret;
+
+    if (mode == QCOW2_PREALLOC_FALLOC) {
+        ret = qcow2_pre_write_overlap_check(s, 0, host, bytes);
+        return ret < 0 ? ret : host_file_allocate(s->file, host, bytes);
+    }
+    if (mode == QCOW2_PREALLOC_FULL) {
+        while (bytes > 0) {
+            uint64_t cur = MIN(bytes, (uint64_t)ZERO_CHUNK);
+            struct iovec iov = { (void *)zeros, cur };
+            ret = qcow2_pwritev_checked(s, 0, host, &iov, 1, cur);
+            if (ret < 0) {
+                return ret;
+            }
+            host += cur;
+            bytes -= cur;
+        }
+    }
+    return 0;
+}
+
+/*
+ * Allocate data clusters for the unallocated clusters of one L2 table.
+ * Clusters below @zero_end may hold stale data, so on v3 they are entered
+ * as preallocated zero clusters.
+ */
+static int preallocate_l2(BDRVQcow2State *s, uint64_t offset, uint64_t n,
+                          Qcow2PreallocMode mode, uint64_t zero_end)
+{
+    uint64_t l1_index = offset_to_l1_index(s, offset);
+    int l2_index = offset_to_l2_index(s, offset);
+    uint64_t l2_offset, i = 0;
+    void *l2_table;
+    int ret;
+
+    while (i < n) {
+        uint64_t run = 0, got, c;
+        int64_t host;
+
+        ret = get_l2_for_write(s, l1_index, &l2_table, &l2_offset);
+        if (ret < 0) {
+            return ret;
+        }
+        while (i < n) {
+            uint64_t e = l2_get(l2_table, l2_index + i);
+            QCow2ClusterType t = qcow2_get_cluster_type(s, e);
+            if (t == QCOW2_CLUSTER_UNALLOCATED || t == QCOW2_CLUSTER_ZERO_PLAIN) {
+                break;
+            }
+            i++;
+        }
+        while (i + run < n) {
+            QCow2ClusterType t = qcow2_get_cluster_type(
+                s, l2_get(l2_table, l2_index + i + run));
+            if (t != QCOW2_CLUSTER_UNALLOCATED && t != QCOW2_CLUSTER_ZERO_PLAIN) {
+                break;
+            }
+            run++;
+        }
+        qcow2_cache_put(s->l2_table_cache, &l2_table);
+        if (!run) {
+            break;
+        }
+        host = qcow2_alloc_clusters(s, run, &got);
+        if (host < 0) {
+            return host;
+        }
+        ret = fill_run(s, host, got << s->cluster_bits, mode);
+        if (ret < 0) {
+            qcow2_free_clusters(s, host, got << s->cluster_bits,
+                                QCOW2_DISCARD_NEVER);
+            return ret;
+        }
+        if (!(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+            ret = qcow2_cache_set_dependency(s, s->l2_table_cache,
+                                             s->refcount_block_cache);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        ret = qcow2_cache_get(s, s->l2_table_cache, l2_offset, &l2_table);
+        if (ret < 0) {
+            return ret;
+        }
+        for (c = 0; c < got; c++) {
+            uint64_t h = host + (c << s->cluster_bits);
+            uint64_t e = h | QCOW_OFLAG_COPIED;
+            if (h < zero_end && mode != QCOW2_PREALLOC_FULL &&
+                s->qcow_version >= 3) {
+                e |= QCOW_OFLAG_ZERO;
+            }
+            l2_set(l2_table, l2_index + i + c, e);
+        }
+        qcow2_cache_entry_mark_dirty(s->l2_table_cache, l2_table);
+        qcow2_cache_put(s->l2_table_cache, &l2_table);
+        i += got;
+    }
+    return 0;
+}
+
+/*
+ * Allocate L2 tables and data clusters for guest range [offset, end).
+ * L2 tables for up to a sector's worth of L1 entries are allocated together
+ * so that they sit next to each other and are written back with one pwritev.
+ */
+int qcow2_preallocate(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
+                      Qcow2PreallocMode mode, QGuardProgressFunc *progress,
+                      void *opaque)
+{
+    uint64_t start = start_of_cluster(s, offset);
+    uint64_t end = offset + bytes;
+    uint64_t l2_span = l2_entries_to_bytes(s);
+    int64_t file_len = host_file_length(s->file);
+    uint64_t zero_end = file_len > 0 ? (uint64_t)file_len : 0;
+    uint64_t pos = start;
+    int ret;
+
+    if (!bytes || mode == QCOW2_PREALLOC_OFF) {
+        return 0;
+    }
+    ret = mark_dirty_for_lazy_refcounts(s);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = qcow2_grow_l1_table(s, size_to_l1(s, end), true);
+    if (ret < 0) {
+        return ret;
+    }
+    while (pos < end) {
+        uint64_t l1_first = offset_to_l1_index(s, pos);
+        uint64_t l1_last = MIN(offset_to_l1_index(s, end - 1),
+                               l1_first + L1_SECTOR_ENTRIES - 1);
+        uint64_t missing = 0, i, got;
+        int64_t tables;
+
+        for (i = l1_first; i <= l1_last; i++) {
+            if (!(s->l1_table[i] & L1E_OFFSET_MASK)) {
+                missing++;
+            }
+        }
+        /* Fresh L2 tables for this batch, placed together where possible. */
+        while (missing) {
+            tables = qcow2_alloc_clusters(s, missing, &got);
+            if (tables < 0) {
+                return tables;
+            }
+            if (!(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+                ret = qcow2_cache_set_dependency(s, s->l2_table_cache,
+                                                 s->refcount_block_cache);
+                if (ret < 0) {
+                    return ret;
+                }
+            }
+            for (i = l1_first; i <= l1_last && got; i++) {
+                void *l2_table;
+                if (s->l1_table[i] & L1E_OFFSET_MASK) {
+                    continue;
+                }
+                ret = qcow2_cache_get_empty(s, s->l2_table_cache, tables,
+                                            &l2_table);
+                if (ret < 0) {
+                    return ret;
+                }
+                memset(l2_table, 0, s->cluster_size);
+                qcow2_cache_entry_mark_dirty(s->l2_table_cache, l2_table);
+                qcow2_cache_put(s->l2_table_cache, &l2_table);
+                qcow2_map_enter(s, tables, s->cluster_size,
+                                QCOW2_OL_ACTIVE_L2);
+                s->l1_table[i] = tables | QCOW_OFLAG_COPIED;
+                qcow2_l1_mark_dirty(s, i);
+                tables += s->cluster_size;
+                got--;
+                missing--;
+            }
+        }
+        for (i = l1_first; i <= l1_last; i++) {
+            uint64_t from = MAX(pos, i * l2_span);
+            uint64_t to = MIN(end, (i + 1) * l2_span);
+            ret = preallocate_l2(s, from, size_to_clusters(s, to - from),
+                                 mode, zero_end);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        pos = MIN(end, (l1_last + 1) * l2_span);
+        if (progress) {
+            progress(opaque, 100.0 * (pos - start) / (end - start));
+        }
+    }
+    return 0;
+}

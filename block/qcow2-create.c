@@ -1,0 +1,447 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2 image creation.
+ *
+ * Copyright (c) 2026 The qguard authors
+ *
+ * A new image starts as three clusters written directly: the header, a
+ * one-cluster refcount table and one refcount block that counts those three.
+ * Everything after that (the L1 table sized for the disk, the backing file
+ * name, preallocation) goes through the normal driver paths on the opened
+ * image, so creation exercises the same allocation, ordering and overlap
+ * checks as any other write.
+ */
+#include <inttypes.h>
+#include <string.h>
+
+#include "qcow2.h"
+
+typedef enum OptType {
+    OPT_STRING,
+    OPT_SIZE,
+    OPT_NUMBER,
+    OPT_BOOL,
+} OptType;
+
+typedef struct CreateOpt {
+    const char *name;
+    OptType type;
+    const char *def;        /* shown in the description when not given */
+    const char *help;
+} CreateOpt;
+
+/* In the order qemu-img prints them in its "Formatting" line. */
+static const CreateOpt qcow2_create_opts[] = {
+    { "cluster_size", OPT_SIZE, "65536", "qcow2 cluster size (512 B to 2 MiB)" },
+    { "extended_l2", OPT_BOOL, "off", "Extended L2 entries (not supported)" },
+    { "preallocation", OPT_STRING, NULL,
+      "Preallocation mode: off, metadata, falloc, full" },
+    { "compression_type", OPT_STRING, "zlib",
+      "Compression method for compressed clusters (zlib)" },
+    { "size", OPT_SIZE, NULL, "Virtual disk size" },
+    { "compat", OPT_STRING, NULL,
+      "Compatibility level: 0.10 (v2) or 1.1 (v3, default)" },
+    { "backing_file", OPT_STRING, NULL, "File name of a base image" },
+    { "backing_fmt", OPT_STRING, NULL, "Image format of the base image" },
+    { "data_file", OPT_STRING, NULL, "External data file (not supported)" },
+    { "data_file_raw", OPT_BOOL, NULL, "External data file is raw (not supported)" },
+    { "encryption", OPT_BOOL, NULL, "Encryption (not supported)" },
+    { "encrypt.format", OPT_STRING, NULL, "Encryption format (not supported)" },
+    { "lazy_refcounts", OPT_BOOL, "off", "Postpone refcount updates (v3)" },
+    { "refcount_bits", OPT_NUMBER, "16",
+      "Width of a refcount entry in bits: 1, 2, 4, 8, 16, 32 or 64" },
+};
+
+static const CreateOpt *find_create_opt(const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < G_N_ELEMENTS(qcow2_create_opts); i++) {
+        if (!strcmp(qcow2_create_opts[i].name, name)) {
+            return &qcow2_create_opts[i];
+        }
+    }
+    return NULL;
+}
+
+static bool parse_number(const char *str, uint64_t *value)
+{
+    char *end;
+
+    if (!*str || *str == '-' || !g_ascii_isdigit(*str)) {
+        return false;
+    }
+    *value = g_ascii_strtoull(str, &end, 0);
+    return *end == '\0';
+}
+
+/* Syntax errors that qemu-img reports before its "Formatting" line. */
+static bool check_opt_syntax(const char *name, const char *value,
+                             OptType type, GError **errp)
+{
+    uint64_t n;
+    bool b;
+
+    switch (type) {
+    case OPT_SIZE:
+        if (!qguard_parse_size(value, &n, NULL)) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "Parameter '%s' expects a non-negative number below "
+                        "2^64\nOptional suffix k, M, G, T, P or E means "
+                        "kilo-, mega-, giga-, tera-, peta-\nand exabytes, "
+                        "respectively.", name);
+            return false;
+        }
+        return true;
+    case OPT_NUMBER:
+        if (!parse_number(value, &n)) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "Parameter '%s' expects a number", name);
+            return false;
+        }
+        return true;
+    case OPT_BOOL:
+        return qguard_parse_bool(name, value, &b, errp);
+    case OPT_STRING:
+        return true;
+    }
+    return true;
+}
+
+char *qcow2_create_describe(const QGuardOpts *opts, GError **errp)
+{
+    GString *str = g_string_new("fmt=qcow2");
+    guint i;
+
+    for (i = 0; i < qguard_opts_count(opts); i++) {
+        const char *key = qguard_opts_key(opts, i);
+        const CreateOpt *opt = find_create_opt(key);
+        if (!opt && !qcow2_is_runtime_option(key)) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "Invalid parameter '%s'", key);
+            goto fail;
+        }
+        if (opt && !check_opt_syntax(key, qguard_opts_value(opts, i),
+                                     opt->type, errp)) {
+            goto fail;
+        }
+    }
+    for (i = 0; i < G_N_ELEMENTS(qcow2_create_opts); i++) {
+        const CreateOpt *opt = &qcow2_create_opts[i];
+        const char *value = qguard_opts_get(opts, opt->name);
+        uint64_t n;
+
+        if (!value) {
+            value = opt->def;
+        }
+        if (!value) {
+            continue;
+        }
+        if (opt->type == OPT_SIZE && qguard_parse_size(value, &n, NULL)) {
+            g_string_append_printf(str, " %s=%" PRIu64, opt->name, n);
+        } else {
+            g_string_append_printf(str, " %s=%s", opt->name, value);
+        }
+    }
+    return g_string_free(str, FALSE);
+
+fail:
+    g_string_free(str, TRUE);
+    return NULL;
+}
+
+char *qcow2_create_help(void)
+{
+    GString *str = g_string_new("Supported qcow2 options:\n");
+    size_t i;
+
+    for (i = 0; i < G_N_ELEMENTS(qcow2_create_opts); i++) {
+        const CreateOpt *opt = &qcow2_create_opts[i];
+        static const char *const types[] = {
+            [OPT_STRING] = "str", [OPT_SIZE] = "size",
+            [OPT_NUMBER] = "num", [OPT_BOOL] = "bool (on/off)",
+        };
+        g_autofree char *left = g_strdup_printf("%s=<%s>", opt->name,
+                                                types[opt->type]);
+        g_string_append_printf(str, "  %-22s - %s\n", left, opt->help);
+    }
+    g_string_append(str,
+        "\nRuntime options (overlap-check, overlap-check.<type>, "
+        "overlap-check.algorithm,\noverlap-check.cache-size, l2-cache-size, "
+        "...) are accepted too and apply\nwhile the image is preallocated.\n");
+    return g_string_free(str, FALSE);
+}
+
+typedef struct Qcow2CreateParams {
+    uint64_t size;
+    int cluster_bits;
+    int refcount_order;
+    int version;
+    bool lazy_refcounts;
+    Qcow2PreallocMode prealloc;
+    const char *prealloc_name;
+    const char *backing_file;
+    const char *backing_fmt;
+} Qcow2CreateParams;
+
+static int parse_create_params(const QGuardOpts *opts, Qcow2CreateParams *p,
+                               GError **errp)
+{
+    const char *str;
+    uint64_t n;
+    bool b;
+
+    memset(p, 0, sizeof(*p));
+    str = qguard_opts_get(opts, "size");
+    if (!str || !qguard_parse_size(str, &p->size, NULL)) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Image creation needs a size parameter");
+        return -EINVAL;
+    }
+    /* The block layer works in 512-byte sectors; QEMU rounds up likewise. */
+    p->size = ROUND_UP(p->size, 512);
+
+    n = 65536;
+    str = qguard_opts_get(opts, "cluster_size");
+    if (str && !qguard_parse_size(str, &n, NULL)) {
+        n = 0;
+    }
+    if (n < 512 || n > (1 << MAX_CLUSTER_BITS) || (n & (n - 1))) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Cluster size must be a power of two between 512 and "
+                    "2048k");
+        return -EINVAL;
+    }
+    p->cluster_bits = g_bit_nth_lsf(n, -1);
+
+    p->version = 3;
+    str = qguard_opts_get(opts, "compat");
+    if (str) {
+        if (!strcmp(str, "0.10") || !strcmp(str, "v2")) {
+            p->version = 2;
+        } else if (strcmp(str, "1.1") && strcmp(str, "v3")) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "Parameter 'version' does not accept value '%s'", str);
+            return -EINVAL;
+        }
+    }
+
+    str = qguard_opts_get(opts, "refcount_bits");
+    n = 16;
+    if (str && !parse_number(str, &n)) {
+        n = 0;
+    }
+    if (n == 0 || n > 64 || (n & (n - 1))) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Refcount width must be a power of two and may not "
+                    "exceed 64 bits");
+        return -EINVAL;
+    }
+    p->refcount_order = g_bit_nth_lsf(n, -1);
+    if (p->version < 3 && n != 16) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Different refcount widths than 16 bits require "
+                    "compatibility level 1.1 or above (use version=v3 or "
+                    "greater)");
+        return -EINVAL;
+    }
+
+    str = qguard_opts_get(opts, "lazy_refcounts");
+    if (str && !qguard_parse_bool("lazy_refcounts", str, &p->lazy_refcounts,
+                                  errp)) {
+        return -EINVAL;
+    }
+    if (p->lazy_refcounts && p->version < 3) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Lazy refcounts only supported with compatibility level "
+                    "1.1 and above (use version=v3 or greater)");
+        return -EINVAL;
+    }
+
+    str = qguard_opts_get(opts, "preallocation");
+    p->prealloc_name = str ? str : "off";
+    if (!str || !strcmp(str, "off")) {
+        p->prealloc = QCOW2_PREALLOC_OFF;
+    } else if (!strcmp(str, "metadata")) {
+        p->prealloc = QCOW2_PREALLOC_METADATA;
+    } else if (!strcmp(str, "falloc")) {
+        p->prealloc = QCOW2_PREALLOC_FALLOC;
+    } else if (!strcmp(str, "full")) {
+        p->prealloc = QCOW2_PREALLOC_FULL;
+    } else {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Parameter 'preallocation' does not accept value '%s'",
+                    str);
+        return -EINVAL;
+    }
+
+    str = qguard_opts_get(opts, "compression_type");
+    if (str && strcmp(str, "zlib")) {
+        if (strcmp(str, "zstd")) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "Parameter 'compression-type' does not accept value "
+                        "'%s'", str);
+            return -EINVAL;
+        }
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                    "zstd compression is not supported by qguard");
+        return -ENOTSUP;
+    }
+    str = qguard_opts_get(opts, "extended_l2");
+    if (str && (!qguard_parse_bool("extended_l2", str, &b, errp) || b)) {
+        if (b) {
+            g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                        "Extended L2 entries are not supported by qguard");
+        }
+        return -ENOTSUP;
+    }
+    if (qguard_opts_get(opts, "data_file") ||
+        qguard_opts_get(opts, "data_file_raw")) {
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                    "External data files are not supported by qguard");
+        return -ENOTSUP;
+    }
+    str = qguard_opts_get(opts, "encryption");
+    if (qguard_opts_get(opts, "encrypt.format") ||
+        (str && qguard_parse_bool("encryption", str, &b, NULL) && b)) {
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                    "Encrypted images are not supported by qguard");
+        return -ENOTSUP;
+    }
+
+    p->backing_file = qguard_opts_get(opts, "backing_file");
+    p->backing_fmt = qguard_opts_get(opts, "backing_fmt");
+    if (p->backing_file && p->prealloc != QCOW2_PREALLOC_OFF) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Backing file and preallocation can only be used at the "
+                    "same time if extended_l2 is on");
+        return -EINVAL;
+    }
+    {
+        int l2_bits = p->cluster_bits - 3;
+        int shift = p->cluster_bits + l2_bits;
+        uint64_t l1 = (p->size >> shift) + !!(p->size & ((1ULL << shift) - 1));
+        if (l1 > QCOW_MAX_L1_SIZE / 8 || p->size > INT64_MAX) {
+            g_set_error(errp, QGUARD_ERROR, EFBIG,
+                        "The image size is too large for file format 'qcow2' "
+                        "(try using a larger cluster size)");
+            return -EFBIG;
+        }
+    }
+    return 0;
+}
+
+/* Header, refcount table and one refcount block: an image with no L1. */
+static int write_empty_image(HostFile *file, const Qcow2CreateParams *p,
+                             GError **errp)
+{
+    QGuardImage img = { .total_size = 0, .file = file };
+    BDRVQcow2State s = { 0 };
+    uint64_t cs = 1ULL << p->cluster_bits;
+    g_autofree uint8_t *buf = g_malloc0(2 * cs);
+    int ret;
+
+    s.img = &img;
+    s.file = file;
+    s.qcow_version = p->version;
+    s.cluster_bits = p->cluster_bits;
+    s.cluster_size = cs;
+    s.refcount_order = p->refcount_order;
+    qcow2_refcount_setup_order(&s);
+    s.header_length = QCOW2_V3_HEADER_LENGTH;
+    s.refcount_table_offset = cs;
+    s.refcount_table_size = cs / 8;
+    s.compatible_features = p->lazy_refcounts ? QCOW2_COMPAT_LAZY_REFCOUNTS
+                                              : 0;
+    s.unknown_header_ext = g_ptr_array_new();
+    ret = qcow2_update_header(&s);
+    g_ptr_array_free(s.unknown_header_ext, TRUE);
+    g_free(s.last_error);
+    if (ret < 0) {
+        goto fail;
+    }
+    be_put64(buf, 2 * cs);
+    s.set_refcount(buf + cs, 0, 1);
+    s.set_refcount(buf + cs, 1, 1);
+    s.set_refcount(buf + cs, 2, 1);
+    ret = host_file_pwrite(file, cs, buf, 2 * cs);
+    if (ret < 0) {
+        goto fail;
+    }
+    ret = host_file_flush(file);
+    if (ret >= 0) {
+        return 0;
+    }
+fail:
+    g_set_error(errp, QGUARD_ERROR, -ret, "Could not write qcow2 header: %s",
+                g_strerror(-ret));
+    return ret;
+}
+
+int qcow2_create(const char *filename, const QGuardOpts *opts,
+                 QGuardProgressFunc *progress, void *opaque, GError **errp)
+{
+    Qcow2CreateParams p;
+    g_autoptr(GError) local_err = NULL;
+    QGuardOpts *runtime = NULL;
+    QGuardImage *img = NULL;
+    BDRVQcow2State *s;
+    HostFile *file;
+    guint i;
+    int ret;
+
+    ret = parse_create_params(opts, &p, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = host_file_open(&file, filename, HOST_FILE_RDWR | HOST_FILE_CREATE,
+                         &local_err);
+    if (ret < 0) {
+        g_set_error(errp, QGUARD_ERROR, -ret, "Could not create '%s': %s",
+                    filename, g_strerror(-ret));
+        return ret;
+    }
+    ret = write_empty_image(file, &p, errp);
+    host_file_close(file);
+    if (ret < 0) {
+        return ret;
+    }
+
+    runtime = qguard_opts_new();
+    for (i = 0; i < qguard_opts_count(opts); i++) {
+        if (qcow2_is_runtime_option(qguard_opts_key(opts, i))) {
+            qguard_opts_set(runtime, qguard_opts_key(opts, i),
+                            qguard_opts_value(opts, i));
+        }
+    }
+    ret = qguard_image_open(&img, filename, "qcow2", runtime,
+                            QGUARD_OPEN_RDWR | QGUARD_OPEN_NO_BACKING, errp);
+    qguard_opts_free(runtime);
+    if (ret < 0) {
+        return ret;
+    }
+    s = img->opaque;
+    if (p.backing_file) {
+        s->image_backing_file = g_strdup(p.backing_file);
+        s->image_backing_format = g_strdup(p.backing_fmt);
+        ret = qcow2_update_header(s);
+        if (ret < 0) {
+            g_set_error(errp, QGUARD_ERROR, -ret,
+                        "Could not assign backing file '%s': %s",
+                        p.backing_file, g_strerror(-ret));
+            goto out;
+        }
+    }
+    ret = qcow2_resize(img, p.size, false, p.prealloc_name, progress, opaque,
+                       errp);
+out:
+    if (img) {
+        GError *close_err = NULL;
+        int ret2 = qguard_image_close(img, ret < 0 ? NULL : &close_err);
+        if (ret >= 0 && ret2 < 0) {
+            g_propagate_error(errp, close_err);
+            ret = ret2;
+        }
+    }
+    return ret;
+}

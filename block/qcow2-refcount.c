@@ -1,0 +1,1130 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2 refcounts: lookup, allocation, freeing, refcount-table growth.
+ *
+ * Copyright (c) 2026 The qguard authors
+ *
+ * On-disk ordering rules this file relies on and keeps:
+ *
+ *   - A new refcount block is written (with its own refcount, if it describes
+ *     itself) and flushed before the refcount-table entry that points at it.
+ *   - A grown refcount table is written, together with the refcount blocks
+ *     that describe it, into clusters past everything the old table covers
+ *     (those clusters are free by definition), flushed, and only then does
+ *     the header point at it.  The old table is freed last.
+ *   - Refcount increments are made before the tables that reference the
+ *     clusters (see qcow2-cache.c for the L2 dependency); decrements make the
+ *     refcount-block cache depend on the L2 cache.
+ *
+ * Allocation never has to create a refcount block in the middle of an
+ * update: callers find a free run first, then make sure refcount blocks
+ * exist for all of it (which may take free clusters, possibly from the run
+ * itself, in which case the search starts again), and only then increment.
+ */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qcow2.h"
+
+/* ---- Refcount entry accessors, one per refcount_order -------------------- */
+
+static uint64_t get_refcount_ro0(const void *a, uint64_t i)
+{
+    return (((const uint8_t *)a)[i / 8] >> (i % 8)) & 0x1;
+}
+
+static void set_refcount_ro0(void *a, uint64_t i, uint64_t v)
+{
+    uint8_t *p = (uint8_t *)a + i / 8;
+    *p = (*p & ~(0x1 << (i % 8))) | (v << (i % 8));
+}
+
+static uint64_t get_refcount_ro1(const void *a, uint64_t i)
+{
+    return (((const uint8_t *)a)[i / 4] >> (2 * (i % 4))) & 0x3;
+}
+
+static void set_refcount_ro1(void *a, uint64_t i, uint64_t v)
+{
+    uint8_t *p = (uint8_t *)a + i / 4;
+    *p = (*p & ~(0x3 << (2 * (i % 4)))) | (v << (2 * (i % 4)));
+}
+
+static uint64_t get_refcount_ro2(const void *a, uint64_t i)
+{
+    return (((const uint8_t *)a)[i / 2] >> (4 * (i % 2))) & 0xf;
+}
+
+static void set_refcount_ro2(void *a, uint64_t i, uint64_t v)
+{
+    uint8_t *p = (uint8_t *)a + i / 2;
+    *p = (*p & ~(0xf << (4 * (i % 2)))) | (v << (4 * (i % 2)));
+}
+
+static uint64_t get_refcount_ro3(const void *a, uint64_t i)
+{
+    return ((const uint8_t *)a)[i];
+}
+
+static void set_refcount_ro3(void *a, uint64_t i, uint64_t v)
+{
+    ((uint8_t *)a)[i] = v;
+}
+
+static uint64_t get_refcount_ro4(const void *a, uint64_t i)
+{
+    return be_get16((const uint8_t *)a + i * 2);
+}
+
+static void set_refcount_ro4(void *a, uint64_t i, uint64_t v)
+{
+    be_put16((uint8_t *)a + i * 2, v);
+}
+
+static uint64_t get_refcount_ro5(const void *a, uint64_t i)
+{
+    return be_get32((const uint8_t *)a + i * 4);
+}
+
+static void set_refcount_ro5(void *a, uint64_t i, uint64_t v)
+{
+    be_put32((uint8_t *)a + i * 4, v);
+}
+
+static uint64_t get_refcount_ro6(const void *a, uint64_t i)
+{
+    return be_get64((const uint8_t *)a + i * 8);
+}
+
+static void set_refcount_ro6(void *a, uint64_t i, uint64_t v)
+{
+    be_put64((uint8_t *)a + i * 8, v);
+}
+
+static Qcow2GetRefcountFunc *const get_refcount_funcs[] = {
+    get_refcount_ro0, get_refcount_ro1, get_refcount_ro2, get_refcount_ro3,
+    get_refcount_ro4, get_refcount_ro5, get_refcount_ro6,
+};
+
+static Qcow2SetRefcountFunc *const set_refcount_funcs[] = {
+    set_refcount_ro0, set_refcount_ro1, set_refcount_ro2, set_refcount_ro3,
+    set_refcount_ro4, set_refcount_ro5, set_refcount_ro6,
+};
+
+void qcow2_refcount_setup_order(BDRVQcow2State *s)
+{
+    s->refcount_bits = 1 << s->refcount_order;
+    s->refcount_max = s->refcount_bits == 64 ? UINT64_MAX
+                                             : (1ULL << s->refcount_bits) - 1;
+    s->refcount_block_bits = s->cluster_bits - (s->refcount_order - 3);
+    s->refcount_block_size = 1 << s->refcount_block_bits;
+    s->get_refcount = get_refcount_funcs[s->refcount_order];
+    s->set_refcount = set_refcount_funcs[s->refcount_order];
+}
+
+static void update_max_refcount_table_index(BDRVQcow2State *s)
+{
+    uint32_t i = s->refcount_table_size;
+
+    while (i > 0 && !(s->refcount_table[i - 1] & REFT_OFFSET_MASK)) {
+        i--;
+    }
+    s->max_refcount_table_index = i ? i - 1 : 0;
+}
+
+int qcow2_refcount_init(BDRVQcow2State *s, GError **errp)
+{
+    uint64_t bytes = (uint64_t)s->refcount_table_size * 8;
+    uint32_t i;
+    int ret;
+
+    s->refcount_table = g_try_malloc(bytes ? bytes : 1);
+    if (!s->refcount_table) {
+        g_set_error(errp, QGUARD_ERROR, ENOMEM,
+                    "Could not allocate the refcount table");
+        return -ENOMEM;
+    }
+    ret = host_file_pread(s->file, s->refcount_table_offset,
+                          s->refcount_table, bytes);
+    if (ret < 0) {
+        g_set_error(errp, QGUARD_ERROR, -ret,
+                    "Could not read the refcount table: %s",
+                    g_strerror(-ret));
+        return ret;
+    }
+    for (i = 0; i < s->refcount_table_size; i++) {
+        s->refcount_table[i] = GUINT64_FROM_BE(s->refcount_table[i]);
+    }
+    update_max_refcount_table_index(s);
+    s->pending_discards = g_array_new(FALSE, FALSE, sizeof(Qcow2DiscardRange));
+    return 0;
+}
+
+void qcow2_refcount_close(BDRVQcow2State *s)
+{
+    g_free(s->refcount_table);
+    s->refcount_table = NULL;
+    if (s->pending_discards) {
+        g_array_free(s->pending_discards, TRUE);
+        s->pending_discards = NULL;
+    }
+}
+
+/* The refcount block for @table_index, or 0 if none is allocated. */
+static int refblock_offset(BDRVQcow2State *s, uint64_t table_index,
+                           uint64_t *offset)
+{
+    uint64_t entry;
+
+    *offset = 0;
+    if (table_index >= s->refcount_table_size) {
+        return 0;
+    }
+    entry = s->refcount_table[table_index];
+    *offset = entry & REFT_OFFSET_MASK;
+    if (*offset && !is_cluster_aligned(s, *offset)) {
+        qcow2_signal_corruption(s, true, *offset, -1,
+                                "Refblock offset %#" PRIx64 " unaligned "
+                                "(reftable index: %#" PRIx64 ")",
+                                *offset, table_index);
+        return -EIO;
+    }
+    return 0;
+}
+
+int qcow2_get_refcount(BDRVQcow2State *s, uint64_t cluster_index,
+                       uint64_t *refcount)
+{
+    uint64_t table_index = cluster_index >> s->refcount_block_bits;
+    uint64_t block;
+    void *refblock;
+    int ret;
+
+    ret = refblock_offset(s, table_index, &block);
+    if (ret < 0 || !block) {
+        *refcount = 0;
+        return ret;
+    }
+    ret = qcow2_cache_get(s, s->refcount_block_cache, block, &refblock);
+    if (ret < 0) {
+        return ret;
+    }
+    *refcount = s->get_refcount(refblock, cluster_index &
+                                (s->refcount_block_size - 1));
+    qcow2_cache_put(s->refcount_block_cache, &refblock);
+    return 0;
+}
+
+/*
+ * The cluster index just past the last cluster with a non-zero refcount:
+ * found from the top of the refcount table down, so it costs one refcount
+ * block, not a scan of the image.
+ */
+int64_t qcow2_host_end_cluster(BDRVQcow2State *s)
+{
+    int64_t i;
+
+    for (i = (int64_t)s->refcount_table_size - 1; i >= 0; i--) {
+        uint64_t block;
+        void *refblock;
+        int64_t j;
+        int ret;
+
+        ret = refblock_offset(s, i, &block);
+        if (ret < 0) {
+            return ret;
+        }
+        if (!block) {
+            continue;
+        }
+        ret = qcow2_cache_get(s, s->refcount_block_cache, block, &refblock);
+        if (ret < 0) {
+            return ret;
+        }
+        for (j = s->refcount_block_size - 1; j >= 0; j--) {
+            if (s->get_refcount(refblock, j)) {
+                break;
+            }
+        }
+        qcow2_cache_put(s->refcount_block_cache, &refblock);
+        if (j >= 0) {
+            return (i << s->refcount_block_bits) + j + 1;
+        }
+    }
+    return 0;
+}
+
+/*
+ * Find the first run of free clusters at or after free_cluster_index, up to
+ * @n long.  With @exact, only a run of exactly @n clusters is accepted and
+ * shorter holes are skipped over.  Returns the first cluster index.
+ */
+static int64_t find_free_run(BDRVQcow2State *s, uint64_t n, bool exact,
+                             uint64_t *got)
+{
+    uint64_t mask = s->refcount_block_size - 1;
+    uint64_t i = s->free_cluster_index;
+    uint64_t run_start = i, run_len = 0;
+    uint64_t limit = QCOW2_MAX_HOST_OFFSET >> s->cluster_bits;
+
+    while (run_len < n) {
+        uint64_t table_index = i >> s->refcount_block_bits;
+        uint64_t block_end = (table_index + 1) << s->refcount_block_bits;
+        uint64_t block;
+        void *refblock;
+        int ret;
+
+        if (i >= limit) {
+            return -EFBIG;
+        }
+        ret = refblock_offset(s, table_index, &block);
+        if (ret < 0) {
+            return ret;
+        }
+        if (!block) {
+            /* No refcount block: every cluster it would cover is free. */
+            uint64_t avail = block_end - i;
+            if (avail >= n - run_len) {
+                run_len = n;
+                break;
+            }
+            run_len += avail;
+            i = block_end;
+            continue;
+        }
+        ret = qcow2_cache_get(s, s->refcount_block_cache, block, &refblock);
+        if (ret < 0) {
+            return ret;
+        }
+        for (; i < block_end && run_len < n; i++) {
+            if (s->get_refcount(refblock, i & mask) == 0) {
+                run_len++;
+            } else if (run_len && !exact) {
+                break;
+            } else {
+                run_start = i + 1;
+                run_len = 0;
+            }
+        }
+        qcow2_cache_put(s->refcount_block_cache, &refblock);
+        if (run_len && !exact && i < block_end) {
+            break;
+        }
+        if (!run_len) {
+            /* Clusters up to here are in use; later searches skip them. */
+            s->free_cluster_index = run_start;
+        }
+    }
+    if (run_start + run_len > limit) {
+        return -EFBIG;
+    }
+    *got = run_len;
+    return run_start;
+}
+
+static int write_reftable_entry(BDRVQcow2State *s, uint64_t index)
+{
+    uint8_t buf[8];
+    int ret;
+
+    be_put64(buf, s->refcount_table[index]);
+    ret = qcow2_pwrite_meta(s, QCOW2_OL_REFCOUNT_TABLE,
+                            s->refcount_table_offset + index * 8, buf, 8);
+    if (ret < 0) {
+        return ret;
+    }
+    return host_file_flush(s->file);
+}
+
+static int grow_refcount_table(BDRVQcow2State *s, uint64_t needed_index);
+
+/*
+ * Make sure refcount block @index exists.  Returns 0 if it already did,
+ * 1 if something was allocated (callers that searched for free clusters
+ * must search again), or a negative errno.
+ */
+static int ensure_refblock(BDRVQcow2State *s, uint64_t index)
+{
+    uint64_t block, new_cluster, got, own_index;
+    void *refblock;
+    int64_t found;
+    int ret;
+
+    ret = refblock_offset(s, index, &block);
+    if (ret < 0 || block) {
+        return ret;
+    }
+    if (index >= s->refcount_table_size) {
+        ret = grow_refcount_table(s, index);
+        return ret < 0 ? ret : 1;
+    }
+
+    for (;;) {
+        found = find_free_run(s, 1, true, &got);
+        if (found < 0) {
+            return found;
+        }
+        new_cluster = found;
+        own_index = new_cluster >> s->refcount_block_bits;
+        if (own_index == index) {
+            break;
+        }
+        /* The new block's own refcount lives in another block. */
+        ret = ensure_refblock(s, own_index);
+        if (ret < 0) {
+            return ret;
+        }
+        if (ret == 0) {
+            ret = qcow2_update_refcount(s, new_cluster << s->cluster_bits,
+                                        1, 1, false, QCOW2_DISCARD_NEVER);
+            if (ret < 0) {
+                return ret;
+            }
+            /* That refcount must be on disk before the table points here. */
+            ret = qcow2_flush_refcounts(s);
+            if (ret < 0) {
+                return ret;
+            }
+            break;
+        }
+    }
+
+    block = new_cluster << s->cluster_bits;
+    ret = qcow2_cache_get_empty(s, s->refcount_block_cache, block, &refblock);
+    if (ret < 0) {
+        return ret;
+    }
+    memset(refblock, 0, s->cluster_size);
+    if (own_index == index) {
+        s->set_refcount(refblock, new_cluster & (s->refcount_block_size - 1),
+                        1);
+    }
+    ret = qcow2_pwrite_meta(s, QCOW2_OL_REFCOUNT_BLOCK, block, refblock,
+                            s->cluster_size);
+    qcow2_cache_put(s->refcount_block_cache, &refblock);
+    if (ret < 0) {
+        qcow2_cache_discard(s->refcount_block_cache, block);
+        return ret;
+    }
+    ret = host_file_flush(s->file);
+    if (ret < 0) {
+        qcow2_cache_discard(s->refcount_block_cache, block);
+        return ret;
+    }
+
+    s->refcount_table[index] = block;
+    ret = write_reftable_entry(s, index);
+    if (ret < 0) {
+        s->refcount_table[index] = 0;
+        qcow2_cache_discard(s->refcount_block_cache, block);
+        return ret;
+    }
+    if (index > s->max_refcount_table_index) {
+        s->max_refcount_table_index = index;
+    }
+    qcow2_map_enter(s, block, s->cluster_size, QCOW2_OL_REFCOUNT_BLOCK);
+    if (new_cluster == s->free_cluster_index) {
+        s->free_cluster_index++;
+    }
+    return 1;
+}
+
+/*
+ * Grow the refcount table so that it has an entry @needed_index.
+ *
+ * The clusters past the old table's coverage are free by definition, so the
+ * new table and the refcount blocks that describe it go there, all written
+ * before the header switches to the new table.
+ */
+static int grow_refcount_table(BDRVQcow2State *s, uint64_t needed_index)
+{
+    uint64_t epc = s->cluster_size / 8;           /* entries per cluster */
+    uint64_t old_size = s->refcount_table_size;
+    uint64_t area_start = old_size << s->refcount_block_bits;
+    uint64_t new_size, table_clusters, nblocks, area_end, c;
+    uint64_t old_offset = s->refcount_table_offset;
+    uint64_t old_clusters = size_to_clusters(s, old_size * 8);
+    uint64_t table_offset;
+    uint8_t *blocks = NULL;
+    uint8_t *table = NULL;
+    uint64_t *new_table;
+    uint8_t hdr[12];
+    uint64_t i;
+    int ret;
+
+    new_size = MAX(needed_index + 1, old_size);
+    new_size += new_size / 2;
+    for (;;) {
+        new_size = (new_size + epc - 1) / epc * epc;
+        table_clusters = new_size / epc;
+        nblocks = (table_clusters + s->refcount_block_size) /
+                  s->refcount_block_size;
+        while ((nblocks + table_clusters + s->refcount_block_size - 1) /
+               s->refcount_block_size > nblocks) {
+            nblocks++;
+        }
+        area_end = area_start + nblocks + table_clusters;
+        if (((area_end - 1) >> s->refcount_block_bits) < new_size) {
+            break;
+        }
+        new_size += epc;
+    }
+    if (new_size * 8 > QCOW_MAX_REFTABLE_SIZE ||
+        area_end > (QCOW2_MAX_HOST_OFFSET >> s->cluster_bits)) {
+        qcow2_set_error(s, "Refcount table would exceed the maximum size");
+        return -EFBIG;
+    }
+
+    blocks = g_try_malloc0(nblocks * s->cluster_size);
+    table = g_try_malloc0(table_clusters * s->cluster_size);
+    new_table = g_try_new0(uint64_t, new_size);
+    if (!blocks || !table || !new_table) {
+        ret = -ENOMEM;
+        goto out;
+    }
+    for (c = area_start; c < area_end; c++) {
+        uint64_t b = (c - area_start) >> s->refcount_block_bits;
+        s->set_refcount(blocks + b * s->cluster_size,
+                        c & (s->refcount_block_size - 1), 1);
+    }
+    memcpy(new_table, s->refcount_table, old_size * 8);
+    for (i = 0; i < nblocks; i++) {
+        new_table[old_size + i] = (area_start + i) << s->cluster_bits;
+    }
+    for (i = 0; i < new_size; i++) {
+        be_put64(table + i * 8, new_table[i]);
+    }
+    table_offset = (area_start + nblocks) << s->cluster_bits;
+
+    /* Everything the new table needs is on disk before the header moves. */
+    ret = qcow2_flush_refcounts(s);
+    if (ret < 0) {
+        goto out;
+    }
+    ret = qcow2_pwrite_meta(s, QCOW2_OL_REFCOUNT_BLOCK,
+                            area_start << s->cluster_bits, blocks,
+                            nblocks * s->cluster_size);
+    if (ret < 0) {
+        goto out;
+    }
+    ret = qcow2_pwrite_meta(s, QCOW2_OL_REFCOUNT_TABLE, table_offset, table,
+                            table_clusters * s->cluster_size);
+    if (ret < 0) {
+        goto out;
+    }
+    ret = host_file_flush(s->file);
+    if (ret < 0) {
+        goto out;
+    }
+    be_put64(hdr, table_offset);
+    be_put32(hdr + 8, table_clusters);
+    ret = qcow2_write_header_field(s, HDR_OFF_REFTABLE_OFFSET, hdr, 12);
+    if (ret < 0) {
+        goto out;
+    }
+
+    qcow2_map_remove(s, old_offset, old_clusters << s->cluster_bits,
+                     QCOW2_OL_REFCOUNT_TABLE);
+    g_free(s->refcount_table);
+    s->refcount_table = new_table;
+    new_table = NULL;
+    s->refcount_table_size = new_size;
+    s->refcount_table_offset = table_offset;
+    update_max_refcount_table_index(s);
+    qcow2_map_enter(s, area_start << s->cluster_bits,
+                    nblocks << s->cluster_bits, QCOW2_OL_REFCOUNT_BLOCK);
+    qcow2_map_enter(s, table_offset, table_clusters << s->cluster_bits,
+                    QCOW2_OL_REFCOUNT_TABLE);
+
+    /* The old table is unreferenced now; a failure here only leaks it. */
+    qcow2_free_clusters(s, old_offset, old_clusters << s->cluster_bits,
+                        QCOW2_DISCARD_OTHER);
+    ret = 0;
+out:
+    g_free(blocks);
+    g_free(table);
+    g_free(new_table);
+    return ret;
+}
+
+/* Make sure refcount blocks exist for clusters [first, first + n). */
+static int ensure_refblocks(BDRVQcow2State *s, uint64_t first, uint64_t n)
+{
+    uint64_t idx = first >> s->refcount_block_bits;
+    uint64_t last = (first + n - 1) >> s->refcount_block_bits;
+    int ret;
+
+    for (; idx <= last; idx++) {
+        ret = ensure_refblock(s, idx);
+        if (ret != 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
+static int64_t alloc_clusters(BDRVQcow2State *s, uint64_t n, bool exact,
+                              uint64_t *got)
+{
+    int64_t first;
+    int ret;
+
+    if (n == 0) {
+        return -EINVAL;
+    }
+    for (;;) {
+        first = find_free_run(s, n, exact, got);
+        if (first < 0) {
+            return first;
+        }
+        ret = ensure_refblocks(s, first, *got);
+        if (ret < 0) {
+            return ret;
+        }
+        if (ret == 0) {
+            break;
+        }
+    }
+    ret = qcow2_update_refcount(s, (uint64_t)first << s->cluster_bits,
+                                *got << s->cluster_bits, 1, false,
+                                QCOW2_DISCARD_NEVER);
+    if (ret < 0) {
+        return ret;
+    }
+    if ((uint64_t)first == s->free_cluster_index) {
+        s->free_cluster_index = first + *got;
+    }
+    return (int64_t)first << s->cluster_bits;
+}
+
+/* Allocate up to @n contiguous clusters; *got says how many. */
+int64_t qcow2_alloc_clusters(BDRVQcow2State *s, uint64_t n, uint64_t *got)
+{
+    return alloc_clusters(s, n, false, got);
+}
+
+/* Allocate exactly @n contiguous clusters (tables). */
+int64_t qcow2_alloc_clusters_exact(BDRVQcow2State *s, uint64_t n)
+{
+    uint64_t got;
+
+    return alloc_clusters(s, n, true, &got);
+}
+
+/*
+ * Allocate clusters at a given place, which must be free (preallocation of
+ * ranges whose position is fixed).  Returns -EAGAIN if any is in use.
+ */
+int qcow2_alloc_clusters_at(BDRVQcow2State *s, uint64_t offset, uint64_t n)
+{
+    uint64_t first = offset >> s->cluster_bits;
+    uint64_t i, refcount;
+    int ret;
+
+    do {
+        ret = ensure_refblocks(s, first, n);
+        if (ret < 0) {
+            return ret;
+        }
+    } while (ret > 0);
+    for (i = 0; i < n; i++) {
+        ret = qcow2_get_refcount(s, first + i, &refcount);
+        if (ret < 0) {
+            return ret;
+        }
+        if (refcount) {
+            return -EAGAIN;
+        }
+    }
+    return qcow2_update_refcount(s, offset, n << s->cluster_bits, 1, false,
+                                 QCOW2_DISCARD_NEVER);
+}
+
+static void queue_discard(BDRVQcow2State *s, uint64_t offset, uint64_t bytes)
+{
+    Qcow2DiscardRange *last;
+
+    if (s->pending_discards->len) {
+        last = &g_array_index(s->pending_discards, Qcow2DiscardRange,
+                              s->pending_discards->len - 1);
+        if (last->offset + last->bytes == offset) {
+            last->bytes += bytes;
+            return;
+        }
+    }
+    g_array_append_val(s->pending_discards,
+                       ((Qcow2DiscardRange){ offset, bytes }));
+}
+
+/*
+ * Punch holes for the clusters the current request freed.  This must run
+ * before anything can allocate again, or a reused cluster would lose its
+ * new data: requests that free with a discard type call it at their end.
+ * Punching before the freeing metadata is on disk is safe for the discard
+ * types that pass through: the guest asked for the range to be dropped.
+ */
+void qcow2_process_discards(BDRVQcow2State *s)
+{
+    guint i;
+
+    if (!s->pending_discards) {
+        return;
+    }
+    for (i = 0; i < s->pending_discards->len; i++) {
+        Qcow2DiscardRange *d = &g_array_index(s->pending_discards,
+                                              Qcow2DiscardRange, i);
+        /* Best effort: a filesystem without hole punching keeps the data. */
+        host_file_discard(s->file, d->offset, d->bytes);
+    }
+    g_array_set_size(s->pending_discards, 0);
+}
+
+int qcow2_flush_refcounts(BDRVQcow2State *s)
+{
+    return qcow2_cache_flush(s, s->refcount_block_cache);
+}
+
+static int update_refcount_range(BDRVQcow2State *s, uint64_t first,
+                                 uint64_t last, uint64_t amount,
+                                 bool decrease, Qcow2DiscardType type,
+                                 uint64_t *done)
+{
+    uint64_t mask = s->refcount_block_size - 1;
+    uint64_t c = first;
+    int ret = 0;
+
+    while (c <= last) {
+        uint64_t table_index = c >> s->refcount_block_bits;
+        uint64_t block_last = MIN(last, ((table_index + 1) <<
+                                         s->refcount_block_bits) - 1);
+        uint64_t block;
+        void *refblock;
+
+        ret = refblock_offset(s, table_index, &block);
+        if (ret < 0) {
+            break;
+        }
+        if (!block) {
+            qcow2_set_error(s, "Refcount block for cluster %" G_GUINT64_FORMAT
+                            " is missing", c);
+            ret = decrease ? -EINVAL : -EIO;
+            break;
+        }
+        ret = qcow2_cache_get(s, s->refcount_block_cache, block, &refblock);
+        if (ret < 0) {
+            break;
+        }
+        for (; c <= block_last; c++) {
+            uint64_t old = s->get_refcount(refblock, c & mask);
+            uint64_t new;
+
+            if (decrease ? old < amount : s->refcount_max - old < amount) {
+                qcow2_set_error(s, "Refcount of cluster %" G_GUINT64_FORMAT
+                                " would %s", c,
+                                decrease ? "drop below 0" : "overflow");
+                ret = decrease ? -EINVAL : -ERANGE;
+                break;
+            }
+            new = decrease ? old - amount : old + amount;
+            s->set_refcount(refblock, c & mask, new);
+            if (new == 0) {
+                uint64_t off = c << s->cluster_bits;
+                if (c < s->free_cluster_index) {
+                    s->free_cluster_index = c;
+                }
+                /* A freed table must never be written back from a cache. */
+                qcow2_cache_discard(s->l2_table_cache, off);
+                qcow2_cache_discard(s->refcount_block_cache, off);
+                if (type != QCOW2_DISCARD_NEVER &&
+                    s->discard_passthrough[type]) {
+                    queue_discard(s, off, s->cluster_size);
+                }
+            }
+            (*done)++;
+        }
+        qcow2_cache_entry_mark_dirty(s->refcount_block_cache, refblock);
+        qcow2_cache_put(s->refcount_block_cache, &refblock);
+        if (ret < 0) {
+            break;
+        }
+    }
+    return ret;
+}
+
+int qcow2_update_refcount(BDRVQcow2State *s, uint64_t offset,
+                          uint64_t length, uint64_t amount, bool decrease,
+                          Qcow2DiscardType type)
+{
+    uint64_t first, last, done = 0;
+    int ret;
+
+    if (length == 0 || amount == 0) {
+        return 0;
+    }
+    if (decrease && !(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+        ret = qcow2_cache_set_dependency(s, s->refcount_block_cache,
+                                         s->l2_table_cache);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    first = offset >> s->cluster_bits;
+    last = (offset + length - 1) >> s->cluster_bits;
+    ret = update_refcount_range(s, first, last, amount, decrease, type, &done);
+    if (ret < 0 && done) {
+        /* Undo the part that was applied so the update is all or nothing. */
+        uint64_t undone = 0;
+        update_refcount_range(s, first, first + done - 1, amount, !decrease,
+                              QCOW2_DISCARD_NEVER, &undone);
+    }
+    return ret;
+}
+
+void qcow2_free_clusters(BDRVQcow2State *s, uint64_t offset, uint64_t size,
+                         Qcow2DiscardType type)
+{
+    int ret = qcow2_update_refcount(s, offset, size, 1, true, type);
+
+    if (ret < 0) {
+        /* A failed free only leaks the clusters; check -r reclaims them. */
+        g_clear_pointer(&s->last_error, g_free);
+    }
+}
+
+void qcow2_free_any_cluster(BDRVQcow2State *s, uint64_t l2_entry,
+                            Qcow2DiscardType type)
+{
+    switch (qcow2_get_cluster_type(s, l2_entry)) {
+    case QCOW2_CLUSTER_COMPRESSED: {
+        uint64_t coffset;
+        int csize;
+        qcow2_parse_compressed_entry(s, l2_entry, &coffset, &csize);
+        qcow2_free_clusters(s, coffset, csize, type);
+        break;
+    }
+    case QCOW2_CLUSTER_NORMAL:
+    case QCOW2_CLUSTER_ZERO_ALLOC:
+        if (offset_into_cluster(s, l2_entry & L2E_OFFSET_MASK)) {
+            qcow2_signal_corruption(s, false, -1, -1,
+                                    "Cannot free unaligned cluster %#" PRIx64,
+                                    l2_entry & L2E_OFFSET_MASK);
+        } else {
+            qcow2_free_clusters(s, l2_entry & L2E_OFFSET_MASK,
+                                s->cluster_size, type);
+        }
+        break;
+    case QCOW2_CLUSTER_ZERO_PLAIN:
+    case QCOW2_CLUSTER_UNALLOCATED:
+        break;
+    }
+}
+
+/* ---- Metadata overlap checks ------------------------------------------- */
+
+/*
+ * The order in which QEMU's scan tests the types; when a write overlaps
+ * several, the first in this order is the one reported.
+ */
+static const int overlap_report_order[] = {
+    QCOW2_OL_MAIN_HEADER_BITNR, QCOW2_OL_ACTIVE_L1_BITNR,
+    QCOW2_OL_REFCOUNT_TABLE_BITNR, QCOW2_OL_SNAPSHOT_TABLE_BITNR,
+    QCOW2_OL_INACTIVE_L1_BITNR, QCOW2_OL_ACTIVE_L2_BITNR,
+    QCOW2_OL_REFCOUNT_BLOCK_BITNR, QCOW2_OL_INACTIVE_L2_BITNR,
+    QCOW2_OL_BITMAP_DIRECTORY_BITNR,
+};
+
+static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b,
+                           uint64_t blen)
+{
+    return a < b + blen && b < a + alen;
+}
+
+/*
+ * QEMU's scan, kept faithfully as the baseline and the test oracle: the same
+ * tests in the same order, linear in the L1 and refcount tables, and in
+ * mode "all" reading every snapshot's L1 table from disk on every call.
+ * Returns the first overlapping type as a mask, or a negative errno.
+ */
+unsigned qcow2_linear_overlap_check(BDRVQcow2State *s, unsigned chk,
+                                    uint64_t offset, uint64_t size)
+{
+    uint32_t i, j;
+
+    if (!size) {
+        return 0;
+    }
+    if ((chk & QCOW2_OL_MAIN_HEADER) && offset < (uint64_t)s->cluster_size) {
+        return QCOW2_OL_MAIN_HEADER;
+    }
+    size = ((offset_into_cluster(s, offset) + size + s->cluster_size - 1) >>
+            s->cluster_bits) << s->cluster_bits;
+    offset = start_of_cluster(s, offset);
+
+    if ((chk & QCOW2_OL_ACTIVE_L1) && s->l1_size &&
+        ranges_overlap(offset, size, s->l1_table_offset,
+                       (uint64_t)s->l1_size * 8)) {
+        return QCOW2_OL_ACTIVE_L1;
+    }
+    if ((chk & QCOW2_OL_REFCOUNT_TABLE) && s->refcount_table_size &&
+        ranges_overlap(offset, size, s->refcount_table_offset,
+                       (uint64_t)s->refcount_table_size * 8)) {
+        return QCOW2_OL_REFCOUNT_TABLE;
+    }
+    if ((chk & QCOW2_OL_SNAPSHOT_TABLE) && s->snapshots_size &&
+        ranges_overlap(offset, size, s->snapshots_offset,
+                       s->snapshots_size)) {
+        return QCOW2_OL_SNAPSHOT_TABLE;
+    }
+    if ((chk & QCOW2_OL_INACTIVE_L1) && s->snapshots) {
+        for (i = 0; i < s->nb_snapshots; i++) {
+            if (s->snapshots[i].l1_size &&
+                ranges_overlap(offset, size, s->snapshots[i].l1_table_offset,
+                               (uint64_t)s->snapshots[i].l1_size * 8)) {
+                return QCOW2_OL_INACTIVE_L1;
+            }
+        }
+    }
+    if ((chk & QCOW2_OL_ACTIVE_L2) && s->l1_table) {
+        for (i = 0; i < s->l1_size; i++) {
+            uint64_t l2 = s->l1_table[i] & L1E_OFFSET_MASK;
+            if (l2 && ranges_overlap(offset, size, l2, s->cluster_size)) {
+                return QCOW2_OL_ACTIVE_L2;
+            }
+        }
+    }
+    if ((chk & QCOW2_OL_REFCOUNT_BLOCK) && s->refcount_table) {
+        for (i = 0; i <= s->max_refcount_table_index &&
+                    i < s->refcount_table_size; i++) {
+            uint64_t rb = s->refcount_table[i] & REFT_OFFSET_MASK;
+            if (rb && ranges_overlap(offset, size, rb, s->cluster_size)) {
+                return QCOW2_OL_REFCOUNT_BLOCK;
+            }
+        }
+    }
+    if ((chk & QCOW2_OL_INACTIVE_L2) && s->snapshots) {
+        for (i = 0; i < s->nb_snapshots; i++) {
+            uint64_t l1_ofs = s->snapshots[i].l1_table_offset;
+            uint32_t l1_sz = s->snapshots[i].l1_size;
+            uint64_t *l1;
+            int ret;
+
+            if (!l1_sz || l1_sz > QCOW_MAX_L1_SIZE / 8) {
+                continue;
+            }
+            l1 = g_try_new(uint64_t, l1_sz);
+            if (!l1) {
+                return -ENOMEM;
+            }
+            ret = host_file_pread(s->file, l1_ofs, l1, (size_t)l1_sz * 8);
+            if (ret < 0) {
+                g_free(l1);
+                return ret;
+            }
+            for (j = 0; j < l1_sz; j++) {
+                uint64_t l2 = GUINT64_FROM_BE(l1[j]) & L1E_OFFSET_MASK;
+                if (l2 && ranges_overlap(offset, size, l2, s->cluster_size)) {
+                    g_free(l1);
+                    return QCOW2_OL_INACTIVE_L2;
+                }
+            }
+            g_free(l1);
+        }
+    }
+    if ((chk & QCOW2_OL_BITMAP_DIRECTORY) &&
+        (s->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS) &&
+        ranges_overlap(offset, size, s->bitmap_directory_offset,
+                       s->bitmap_directory_size)) {
+        return QCOW2_OL_BITMAP_DIRECTORY;
+    }
+    return 0;
+}
+
+/* Mask of enabled metadata types that [offset, offset + size) overlaps. */
+unsigned qcow2_check_metadata_overlap(BDRVQcow2State *s, unsigned ignore,
+                                      uint64_t offset, uint64_t size)
+{
+    unsigned chk = s->overlap_check & ~ignore;
+
+    if (!chk || !size) {
+        return 0;
+    }
+    s->overlap_checks++;
+    if (s->overlap_algorithm == QCOW2_OVERLAP_LINEAR || !s->metadata_map) {
+        return qcow2_linear_overlap_check(s, chk, offset, size);
+    }
+    return qcow2_metadata_map_check(s->metadata_map, offset, size, ~chk);
+}
+
+int qcow2_pre_write_overlap_check(BDRVQcow2State *s, unsigned ignore,
+                                  uint64_t offset, uint64_t size)
+{
+    int ret = (int)qcow2_check_metadata_overlap(s, ignore, offset, size);
+    size_t i;
+
+    if (ret <= 0) {
+        return ret;
+    }
+    for (i = 0; i < G_N_ELEMENTS(overlap_report_order); i++) {
+        int bitnr = overlap_report_order[i];
+        if (ret & (1 << bitnr)) {
+            s->overlap_refused++;
+            qcow2_signal_corruption(s, true, offset, size,
+                                    "Preventing invalid write on metadata "
+                                    "(overlaps with %s)",
+                                    qcow2_overlap_type_name(bitnr));
+            return -EIO;
+        }
+    }
+    g_assert_not_reached();
+}
+
+void qcow2_map_enter(BDRVQcow2State *s, uint64_t offset, uint64_t size,
+                     unsigned type)
+{
+    if (s->metadata_map && size) {
+        qcow2_metadata_map_enter(s->metadata_map, offset, size, type);
+    }
+}
+
+void qcow2_map_remove(BDRVQcow2State *s, uint64_t offset, uint64_t size,
+                      unsigned type)
+{
+    if (s->metadata_map && size) {
+        qcow2_metadata_map_remove(s->metadata_map, offset, size, type);
+    }
+}
+
+/* Enter or remove ACTIVE_L2 for every L2 table of @l1 (host order). */
+void qcow2_map_active_l2(BDRVQcow2State *s, const uint64_t *l1,
+                         uint32_t l1_size, bool enter)
+{
+    uint32_t i;
+
+    if (!s->metadata_map) {
+        return;
+    }
+    for (i = 0; i < l1_size; i++) {
+        uint64_t l2 = l1[i] & L1E_OFFSET_MASK;
+        if (!l2) {
+            continue;
+        }
+        if (enter) {
+            qcow2_map_enter(s, l2, s->cluster_size, QCOW2_OL_ACTIVE_L2);
+        } else {
+            qcow2_map_remove(s, l2, s->cluster_size, QCOW2_OL_ACTIVE_L2);
+        }
+    }
+}
+
+/*
+ * Count one more (or one fewer) snapshot L1 table referencing each L2 table
+ * of @l1.  An L2 table is an inactive L2 table while any snapshot refers to
+ * it, so the map bit goes when the count reaches zero.  Only kept when
+ * inactive L2 tables are checked.
+ */
+void qcow2_map_inactive_l2(BDRVQcow2State *s, const uint64_t *l1,
+                           uint32_t l1_size, bool add)
+{
+    uint32_t i;
+
+    if (!s->metadata_map || !s->inactive_l2_refs) {
+        return;
+    }
+    for (i = 0; i < l1_size; i++) {
+        uint64_t l2 = l1[i] & L1E_OFFSET_MASK;
+        gpointer key = GSIZE_TO_POINTER(l2 >> s->cluster_bits);
+        guint count;
+
+        if (!l2) {
+            continue;
+        }
+        count = GPOINTER_TO_UINT(g_hash_table_lookup(s->inactive_l2_refs,
+                                                     key));
+        if (add) {
+            if (count++ == 0) {
+                qcow2_map_enter(s, l2, s->cluster_size, QCOW2_OL_INACTIVE_L2);
+            }
+        } else if (count) {
+            if (--count == 0) {
+                qcow2_map_remove(s, l2, s->cluster_size,
+                                 QCOW2_OL_INACTIVE_L2);
+            }
+        }
+        if (count) {
+            g_hash_table_insert(s->inactive_l2_refs, key,
+                                GUINT_TO_POINTER(count));
+        } else {
+            g_hash_table_remove(s->inactive_l2_refs, key);
+        }
+    }
+}
+
+/*
+ * Enter every piece of metadata into the windowed map.  This is the same
+ * walk QEMU's scan does on every write, done once.  Inactive L2 tables need
+ * the snapshots' L1 tables from disk, so they are only entered when checks
+ * for them are enabled.
+ */
+int qcow2_map_build(BDRVQcow2State *s, GError **errp)
+{
+    uint32_t i;
+
+    if (s->overlap_algorithm != QCOW2_OVERLAP_WINDOWED || !s->overlap_check) {
+        return 0;
+    }
+    s->metadata_map = qcow2_metadata_map_new(s->cluster_bits,
+                                             s->overlap_cache_size);
+    if (s->overlap_check & QCOW2_OL_INACTIVE_L2) {
+        s->inactive_l2_refs = g_hash_table_new(g_direct_hash,
+                                               g_direct_equal);
+    }
+    qcow2_map_enter(s, 0, s->cluster_size, QCOW2_OL_MAIN_HEADER);
+    qcow2_map_enter(s, s->l1_table_offset, (uint64_t)s->l1_size * 8,
+                    QCOW2_OL_ACTIVE_L1);
+    qcow2_map_enter(s, s->refcount_table_offset,
+                    (uint64_t)s->refcount_table_size * 8,
+                    QCOW2_OL_REFCOUNT_TABLE);
+    for (i = 0; i < s->refcount_table_size; i++) {
+        uint64_t rb = s->refcount_table[i] & REFT_OFFSET_MASK;
+        if (rb) {
+            qcow2_map_enter(s, rb, s->cluster_size, QCOW2_OL_REFCOUNT_BLOCK);
+        }
+    }
+    qcow2_map_active_l2(s, s->l1_table, s->l1_size, true);
+    qcow2_map_enter(s, s->snapshots_offset, s->snapshots_size,
+                    QCOW2_OL_SNAPSHOT_TABLE);
+    for (i = 0; i < s->nb_snapshots; i++) {
+        QCowSnapshot *sn = &s->snapshots[i];
+        qcow2_map_enter(s, sn->l1_table_offset, (uint64_t)sn->l1_size * 8,
+                        QCOW2_OL_INACTIVE_L1);
+        if (s->overlap_check & QCOW2_OL_INACTIVE_L2) {
+            g_autofree uint64_t *l1 = g_try_new(uint64_t, MAX(sn->l1_size, 1));
+            uint32_t j;
+            int ret;
+            if (!l1) {
+                g_set_error(errp, QGUARD_ERROR, ENOMEM,
+                            "Could not allocate a snapshot L1 table");
+                return -ENOMEM;
+            }
+            ret = host_file_pread(s->file, sn->l1_table_offset, l1,
+                                  (size_t)sn->l1_size * 8);
+            if (ret < 0) {
+                g_set_error(errp, QGUARD_ERROR, -ret,
+                            "Could not read snapshot L1 table: %s",
+                            g_strerror(-ret));
+                return ret;
+            }
+            for (j = 0; j < sn->l1_size; j++) {
+                l1[j] = GUINT64_FROM_BE(l1[j]);
+            }
+            qcow2_map_inactive_l2(s, l1, sn->l1_size, true);
+        }
+    }
+    if (s->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS) {
+        qcow2_map_enter(s, s->bitmap_directory_offset,
+                        s->bitmap_directory_size,
+                        QCOW2_OL_BITMAP_DIRECTORY);
+    }
+    return 0;
+}

@@ -1,0 +1,1655 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2 driver: header, open/close, runtime options, request entry points.
+ *
+ * Copyright (c) 2026 The qguard authors
+ *
+ * Header rewrites: the header and its extensions live in cluster 0 and are
+ * rewritten with a single write.  Fields that change during normal operation
+ * (l1_size/l1_table_offset, refcount_table_offset/clusters, nb_snapshots/
+ * snapshots_offset, incompatible_features) are updated with small writes of
+ * just those bytes, each within one sector, so a torn write cannot mix an
+ * old offset with a new size.
+ */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qcow2.h"
+
+/* Names for the feature name table, as QEMU writes it. */
+static const struct {
+    uint8_t type;
+    uint8_t bit;
+    const char *name;
+} feature_names[] = {
+    { 0, 0, "dirty bit" },
+    { 0, 1, "corrupt bit" },
+    { 0, 2, "external data file" },
+    { 0, 3, "compression type" },
+    { 0, 4, "extended L2 entries" },
+    { 1, 0, "lazy refcounts" },
+    { 2, 0, "bitmaps" },
+    { 2, 1, "raw external data" },
+};
+
+#define FEATURE_ENTRY_SIZE 48
+#define DEFAULT_L2_CACHE_MAX_SIZE (32 * 1024 * 1024)
+#define MIN_REFCOUNT_CACHE_SIZE 4   /* clusters */
+#define DEFAULT_REFCOUNT_CACHE_MIN (64 * 1024)
+#define MAX_CACHE_TABLES (1 << 24)
+
+/* ---- Errors and events --------------------------------------------------- */
+
+void qcow2_set_error(BDRVQcow2State *s, const char *fmt, ...)
+{
+    va_list ap;
+
+    g_free(s->last_error);
+    va_start(ap, fmt);
+    s->last_error = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+}
+
+/*
+ * Report a corruption.  A fatal one marks the image corrupt on disk and makes
+ * the open image refuse further I/O, as QEMU does, so that nothing more is
+ * written on top of damaged metadata.
+ */
+void qcow2_signal_corruption(BDRVQcow2State *s, bool fatal, int64_t offset,
+                             int64_t size, const char *fmt, ...)
+{
+    g_autofree char *message = NULL;
+    va_list ap;
+
+    (void)offset;
+    (void)size;
+    if (s->signaled_corruption &&
+        (!fatal || (s->incompatible_features & QCOW2_INCOMPAT_CORRUPT))) {
+        return;
+    }
+    va_start(ap, fmt);
+    message = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    if (fatal) {
+        qguard_message("qcow2: Marking image as corrupt: %s; further "
+                       "corruption events will be suppressed", message);
+        qcow2_mark_corrupt(s);
+        s->img->broken = true;
+    } else {
+        qguard_message("qcow2: Image is corrupt: %s; further non-fatal "
+                       "corruption events will be suppressed", message);
+    }
+    s->signaled_corruption = true;
+}
+
+/* ---- Header ------------------------------------------------------------- */
+
+static int write_checked(BDRVQcow2State *s, unsigned ignore, uint64_t offset,
+                         const void *buf, size_t bytes)
+{
+    struct iovec iov = { (void *)buf, bytes };
+
+    return qcow2_pwritev_checked(s, ignore, offset, &iov, 1, bytes);
+}
+
+int qcow2_pwrite_meta(BDRVQcow2State *s, unsigned ol_type, uint64_t offset,
+                      const void *buf, size_t bytes)
+{
+    return write_checked(s, ol_type, offset, buf, bytes);
+}
+
+int qcow2_pwritev_checked(BDRVQcow2State *s, unsigned ignore,
+                          uint64_t offset, const struct iovec *iov,
+                          int iovcnt, uint64_t bytes)
+{
+    int ret;
+
+    if (s->img->broken) {
+        return -EIO;
+    }
+    if (offset + bytes > QCOW2_MAX_HOST_OFFSET) {
+        return -EFBIG;
+    }
+    ret = qcow2_pre_write_overlap_check(s, ignore, offset, bytes);
+    if (ret < 0) {
+        return ret;
+    }
+    return host_file_pwritev(s->file, offset, iov, iovcnt);
+}
+
+/* Rewrite a few header bytes (always within the first sector), then flush. */
+int qcow2_write_header_field(BDRVQcow2State *s, int offset, const void *data,
+                             int bytes)
+{
+    int ret;
+
+    g_assert(offset + bytes <= 512);
+    ret = write_checked(s, QCOW2_OL_MAIN_HEADER, offset, data, bytes);
+    if (ret < 0) {
+        return ret;
+    }
+    return host_file_flush(s->file);
+}
+
+static size_t ext_size(uint32_t len)
+{
+    return 8 + ROUND_UP(len, 8);
+}
+
+static void put_ext(uint8_t *buf, size_t *pos, uint32_t magic,
+                    const void *data, uint32_t len)
+{
+    be_put32(buf + *pos, magic);
+    be_put32(buf + *pos + 4, len);
+    memcpy(buf + *pos + 8, data, len);
+    *pos += ext_size(len);
+}
+
+/*
+ * Write the whole header cluster: fixed header, extensions, end marker,
+ * backing file name.  The feature name table is informational, so it is
+ * left out when it does not fit (as QEMU does for small clusters).
+ */
+int qcow2_update_header(BDRVQcow2State *s)
+{
+    g_autofree uint8_t *buf = g_malloc0(s->cluster_size);
+    size_t hlen = s->qcow_version >= 3 ? s->header_length
+                                       : QCOW2_V2_HEADER_LENGTH;
+    size_t pos = hlen, need;
+    size_t backing_len = s->image_backing_file ?
+                         strlen(s->image_backing_file) : 0;
+    size_t fmt_len = s->image_backing_format ?
+                     strlen(s->image_backing_format) : 0;
+    uint8_t features[G_N_ELEMENTS(feature_names) * FEATURE_ENTRY_SIZE];
+    bool with_features = s->qcow_version >= 3;
+    uint8_t bitmaps[24];
+    guint i;
+
+    need = hlen + 8 + backing_len;
+    if (fmt_len) {
+        need += ext_size(fmt_len);
+    }
+    if (s->has_bitmaps_ext) {
+        need += ext_size(sizeof(bitmaps));
+    }
+    for (i = 0; i < s->unknown_header_ext->len; i++) {
+        Qcow2HeaderExt *ext = g_ptr_array_index(s->unknown_header_ext, i);
+        need += ext_size(ext->len);
+    }
+    if (need > (size_t)s->cluster_size) {
+        qcow2_set_error(s, "Header extensions do not fit in the first "
+                        "cluster");
+        return -ENOSPC;
+    }
+    if (with_features && need + ext_size(sizeof(features)) >
+        (size_t)s->cluster_size) {
+        with_features = false;
+    }
+
+    be_put32(buf, QCOW_MAGIC);
+    be_put32(buf + 4, s->qcow_version);
+    be_put32(buf + 20, s->cluster_bits);
+    be_put64(buf + 24, s->img->total_size);
+    be_put32(buf + 32, s->crypt_method_header);
+    be_put32(buf + 36, s->l1_size);
+    be_put64(buf + 40, s->l1_table_offset);
+    be_put64(buf + 48, s->refcount_table_offset);
+    be_put32(buf + 56, size_to_clusters(s, (uint64_t)s->refcount_table_size *
+                                            8));
+    be_put32(buf + 60, s->nb_snapshots);
+    be_put64(buf + 64, s->snapshots_offset);
+    if (s->qcow_version >= 3) {
+        be_put64(buf + 72, s->incompatible_features);
+        be_put64(buf + 80, s->compatible_features);
+        be_put64(buf + 88, s->autoclear_features);
+        be_put32(buf + 96, s->refcount_order);
+        be_put32(buf + 100, s->header_length);
+        if (s->header_length > 104) {
+            buf[104] = s->compression_type;
+        }
+        if (s->unknown_header_fields_size) {
+            memcpy(buf + QCOW2_V3_HEADER_LENGTH, s->unknown_header_fields,
+                   s->unknown_header_fields_size);
+        }
+    }
+
+    if (fmt_len) {
+        put_ext(buf, &pos, QCOW2_EXT_MAGIC_BACKING_FORMAT,
+                s->image_backing_format, fmt_len);
+    }
+    if (with_features) {
+        memset(features, 0, sizeof(features));
+        for (i = 0; i < G_N_ELEMENTS(feature_names); i++) {
+            uint8_t *e = features + i * FEATURE_ENTRY_SIZE;
+            e[0] = feature_names[i].type;
+            e[1] = feature_names[i].bit;
+            strncpy((char *)e + 2, feature_names[i].name,
+                    FEATURE_ENTRY_SIZE - 2);
+        }
+        put_ext(buf, &pos, QCOW2_EXT_MAGIC_FEATURE_TABLE, features,
+                sizeof(features));
+    }
+    if (s->has_bitmaps_ext) {
+        be_put32(bitmaps, s->nb_bitmaps);
+        be_put32(bitmaps + 4, 0);
+        be_put64(bitmaps + 8, s->bitmap_directory_size);
+        be_put64(bitmaps + 16, s->bitmap_directory_offset);
+        put_ext(buf, &pos, QCOW2_EXT_MAGIC_BITMAPS, bitmaps, sizeof(bitmaps));
+    }
+    for (i = 0; i < s->unknown_header_ext->len; i++) {
+        Qcow2HeaderExt *ext = g_ptr_array_index(s->unknown_header_ext, i);
+        put_ext(buf, &pos, ext->magic, ext->data, ext->len);
+    }
+    pos += 8;   /* end of extensions: the buffer is already zero */
+    if (backing_len) {
+        be_put64(buf + 8, pos);
+        be_put32(buf + 16, backing_len);
+        memcpy(buf + pos, s->image_backing_file, backing_len);
+    }
+    return write_checked(s, QCOW2_OL_MAIN_HEADER, 0, buf, s->cluster_size) < 0
+           ? -EIO : host_file_flush(s->file);
+}
+
+static int write_incompatible_features(BDRVQcow2State *s)
+{
+    uint8_t buf[8];
+
+    if (s->qcow_version < 3) {
+        return 0;
+    }
+    be_put64(buf, s->incompatible_features);
+    return qcow2_write_header_field(s, HDR_OFF_INCOMPAT, buf, 8);
+}
+
+int qcow2_mark_dirty(BDRVQcow2State *s)
+{
+    int ret;
+
+    if (s->incompatible_features & QCOW2_INCOMPAT_DIRTY) {
+        return 0;
+    }
+    ret = host_file_flush(s->file);
+    if (ret < 0) {
+        return ret;
+    }
+    s->incompatible_features |= QCOW2_INCOMPAT_DIRTY;
+    ret = write_incompatible_features(s);
+    if (ret < 0) {
+        s->incompatible_features &= ~QCOW2_INCOMPAT_DIRTY;
+    }
+    return ret;
+}
+
+int qcow2_mark_clean(BDRVQcow2State *s)
+{
+    int ret;
+
+    if (!(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+        return 0;
+    }
+    /* Clearing the bit promises that the refcounts on disk are right. */
+    ret = qcow2_flush_metadata(s);
+    if (ret < 0) {
+        return ret;
+    }
+    s->incompatible_features &= ~QCOW2_INCOMPAT_DIRTY;
+    return write_incompatible_features(s);
+}
+
+int qcow2_mark_corrupt(BDRVQcow2State *s)
+{
+    s->incompatible_features |= QCOW2_INCOMPAT_CORRUPT;
+    return write_incompatible_features(s);
+}
+
+static int mark_consistent(BDRVQcow2State *s)
+{
+    if (!(s->incompatible_features & QCOW2_INCOMPAT_CORRUPT)) {
+        return 0;
+    }
+    s->incompatible_features &= ~QCOW2_INCOMPAT_CORRUPT;
+    return write_incompatible_features(s);
+}
+
+/*
+ * Write back everything in dependency order: refcount blocks and L2 tables
+ * (the caches order themselves), then the L1 table, then flush the file.
+ */
+int qcow2_flush_metadata(BDRVQcow2State *s)
+{
+    int ret;
+
+    ret = qcow2_cache_write(s, s->l2_table_cache);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = qcow2_cache_write(s, s->refcount_block_cache);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = qcow2_write_l1_dirty(s);
+    if (ret < 0) {
+        return ret;
+    }
+    return host_file_flush(s->file);
+}
+
+/* ---- Open ---------------------------------------------------------------- */
+
+int qcow2_validate_table(BDRVQcow2State *s, uint64_t offset,
+                         uint64_t entries, size_t entry_len,
+                         uint64_t max_size_bytes, const char *table_name,
+                         GError **errp)
+{
+    if (entries > max_size_bytes / entry_len) {
+        g_set_error(errp, QGUARD_ERROR, EFBIG, "%s too large", table_name);
+        return -EFBIG;
+    }
+    /* Offsets go to 64-bit signed file offsets, as in QEMU. */
+    if (INT64_MAX - entries * entry_len < offset ||
+        offset_into_cluster(s, offset)) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL, "%s offset invalid",
+                    table_name);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static void header_ext_free(gpointer p)
+{
+    Qcow2HeaderExt *ext = p;
+
+    g_free(ext->data);
+    g_free(ext);
+}
+
+static char *feature_list(const uint8_t *table, size_t table_len,
+                          uint64_t mask)
+{
+    GString *str = g_string_new(NULL);
+    size_t i;
+
+    for (i = 0; table && i + FEATURE_ENTRY_SIZE <= table_len;
+         i += FEATURE_ENTRY_SIZE) {
+        const uint8_t *e = table + i;
+        if (e[0] == 0 && e[1] < 64 && (mask & (1ULL << e[1]))) {
+            if (str->len) {
+                g_string_append(str, ", ");
+            }
+            g_string_append_len(str, (const char *)e + 2,
+                                strnlen((const char *)e + 2, 46));
+            mask &= ~(1ULL << e[1]);
+        }
+    }
+    if (mask) {
+        if (str->len) {
+            g_string_append(str, ", ");
+        }
+        g_string_append_printf(str, "Unknown incompatible feature: %" PRIx64,
+                               mask);
+    }
+    return g_string_free(str, FALSE);
+}
+
+static int read_extensions(BDRVQcow2State *s, const uint8_t *hdr,
+                           uint64_t start, uint64_t end,
+                           uint8_t **feature_table, size_t *feature_len,
+                           GError **errp)
+{
+    uint64_t offset = start;
+
+    while (offset < end) {
+        uint32_t magic, len;
+
+        if (offset + 8 > end) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "Header extension too large");
+            return -EINVAL;
+        }
+        magic = be_get32(hdr + offset);
+        len = be_get32(hdr + offset + 4);
+        offset += 8;
+        if (len > end - offset) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "Header extension too large");
+            return -EINVAL;
+        }
+        switch (magic) {
+        case QCOW2_EXT_MAGIC_END:
+            return 0;
+        case QCOW2_EXT_MAGIC_BACKING_FORMAT:
+            if (len >= 16) {
+                g_set_error(errp, QGUARD_ERROR, EINVAL,
+                            "ERROR: ext_backing_format: len=%u too large "
+                            "(>=16)", len);
+                return -EINVAL;
+            }
+            g_free(s->image_backing_format);
+            s->image_backing_format = g_strndup((const char *)hdr + offset,
+                                                len);
+            break;
+        case QCOW2_EXT_MAGIC_FEATURE_TABLE:
+            g_free(*feature_table);
+            *feature_table = g_memdup2(hdr + offset, len);
+            *feature_len = len;
+            break;
+        case QCOW2_EXT_MAGIC_BITMAPS:
+            if (len != 24) {
+                g_set_error(errp, QGUARD_ERROR, EINVAL,
+                            "bitmaps_ext: Invalid extension length");
+                return -EINVAL;
+            }
+            s->has_bitmaps_ext = true;
+            s->nb_bitmaps = be_get32(hdr + offset);
+            s->bitmap_directory_size = be_get64(hdr + offset + 8);
+            s->bitmap_directory_offset = be_get64(hdr + offset + 16);
+            if (!(s->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
+                /* Inconsistent bitmaps: nothing to protect or count. */
+                break;
+            }
+            if (be_get32(hdr + offset + 4) != 0) {
+                g_set_error(errp, QGUARD_ERROR, EINVAL,
+                            "bitmaps_ext: Reserved field is not zero");
+                return -EINVAL;
+            }
+            if (s->nb_bitmaps == 0) {
+                g_set_error(errp, QGUARD_ERROR, EINVAL,
+                            "found bitmaps extension with zero bitmaps");
+                return -EINVAL;
+            }
+            if (s->nb_bitmaps > 65535) {
+                g_set_error(errp, QGUARD_ERROR, EINVAL,
+                            "bitmaps_ext: Image has %u bitmaps, exceeding "
+                            "the QEMU supported maximum of 65535",
+                            s->nb_bitmaps);
+                return -EINVAL;
+            }
+            if (offset_into_cluster(s, s->bitmap_directory_offset) ||
+                s->bitmap_directory_offset >= QCOW2_MAX_HOST_OFFSET) {
+                g_set_error(errp, QGUARD_ERROR, EINVAL,
+                            "bitmaps_ext: invalid bitmap directory offset");
+                return -EINVAL;
+            }
+            if (s->bitmap_directory_size > 1024 * 65535) {
+                g_set_error(errp, QGUARD_ERROR, EINVAL,
+                            "bitmaps_ext: bitmap directory size (%" PRIu64
+                            ") exceeds the maximum supported size (%d)",
+                            s->bitmap_directory_size, 1024 * 65535);
+                return -EINVAL;
+            }
+            break;
+        default: {
+            /* Kept as is, in order, for header rewrites. */
+            Qcow2HeaderExt *ext = g_new0(Qcow2HeaderExt, 1);
+            ext->magic = magic;
+            ext->len = len;
+            ext->data = g_memdup2(hdr + offset, len);
+            g_ptr_array_add(s->unknown_header_ext, ext);
+            break;
+        }
+        }
+        offset += ROUND_UP(len, 8);
+    }
+    return 0;
+}
+
+static bool parse_size_opt(const QGuardOpts *opts, const char *name,
+                           uint64_t *value, bool *set, GError **errp)
+{
+    const char *str = qguard_opts_get(opts, name);
+
+    *set = str != NULL;
+    if (!str) {
+        return true;
+    }
+    if (!qguard_parse_size(str, value, NULL)) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Parameter '%s' expects a non-negative number below "
+                    "2^64\nOptional suffix k, M, G, T, P or E means kilo-, "
+                    "mega-, giga-, tera-, peta-\nand exabytes, respectively.",
+                    name);
+        return false;
+    }
+    return true;
+}
+
+static bool parse_bool_opt(const QGuardOpts *opts, const char *name,
+                           bool *value, GError **errp)
+{
+    const char *str = qguard_opts_get(opts, name);
+
+    return !str || qguard_parse_bool(name, str, value, errp);
+}
+
+static const char *const overlap_option_names[QCOW2_OL_MAX_BITNR] = {
+    [QCOW2_OL_MAIN_HEADER_BITNR] = "main-header",
+    [QCOW2_OL_ACTIVE_L1_BITNR] = "active-l1",
+    [QCOW2_OL_ACTIVE_L2_BITNR] = "active-l2",
+    [QCOW2_OL_REFCOUNT_TABLE_BITNR] = "refcount-table",
+    [QCOW2_OL_REFCOUNT_BLOCK_BITNR] = "refcount-block",
+    [QCOW2_OL_SNAPSHOT_TABLE_BITNR] = "snapshot-table",
+    [QCOW2_OL_INACTIVE_L1_BITNR] = "inactive-l1",
+    [QCOW2_OL_INACTIVE_L2_BITNR] = "inactive-l2",
+    [QCOW2_OL_BITMAP_DIRECTORY_BITNR] = "bitmap-directory",
+};
+
+/* Options the qcow2 driver understands at open, besides overlap-check.* */
+static const char *const runtime_option_names[] = {
+    "l2-cache-size", "refcount-cache-size", "cache-size",
+    "l2-cache-entry-size", "cache-clean-interval", "lazy-refcounts",
+    "pass-discard-request", "pass-discard-snapshot", "pass-discard-other",
+    "overlap-check", "overlap-check.template", "overlap-check.algorithm",
+    "overlap-check.cache-size",
+};
+
+bool qcow2_is_runtime_option(const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < G_N_ELEMENTS(runtime_option_names); i++) {
+        if (!strcmp(name, runtime_option_names[i])) {
+            return true;
+        }
+    }
+    if (g_str_has_prefix(name, "overlap-check.")) {
+        for (i = 0; i < QCOW2_OL_MAX_BITNR; i++) {
+            if (!strcmp(name + strlen("overlap-check."),
+                        overlap_option_names[i])) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+static int parse_overlap_options(BDRVQcow2State *s, const QGuardOpts *opts,
+                                 GError **errp)
+{
+    const char *tmpl = qguard_opts_get(opts, "overlap-check");
+    const char *tmpl2 = qguard_opts_get(opts, "overlap-check.template");
+    const char *algo = qguard_opts_get(opts, "overlap-check.algorithm");
+    const char *csize = qguard_opts_get(opts, "overlap-check.cache-size");
+    int i;
+
+    if (tmpl && tmpl2 && strcmp(tmpl, tmpl2)) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Conflicting values for qcow2 options 'overlap-check' "
+                    "('%s') and 'overlap-check.template' ('%s')", tmpl, tmpl2);
+        return -EINVAL;
+    }
+    if (!tmpl) {
+        tmpl = tmpl2 ? tmpl2 : "cached";
+    }
+    if (!strcmp(tmpl, "none")) {
+        s->overlap_check = 0;
+    } else if (!strcmp(tmpl, "constant")) {
+        s->overlap_check = QCOW2_OL_CONSTANT;
+    } else if (!strcmp(tmpl, "cached")) {
+        s->overlap_check = QCOW2_OL_CACHED;
+    } else if (!strcmp(tmpl, "all")) {
+        s->overlap_check = QCOW2_OL_ALL;
+    } else {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Unsupported value '%s' for qcow2 option "
+                    "'overlap-check'. Allowed are any of the following: "
+                    "none, constant, cached, all", tmpl);
+        return -EINVAL;
+    }
+    for (i = 0; i < QCOW2_OL_MAX_BITNR; i++) {
+        g_autofree char *name = g_strdup_printf("overlap-check.%s",
+                                                overlap_option_names[i]);
+        bool on = s->overlap_check & (1 << i);
+        if (!parse_bool_opt(opts, name, &on, errp)) {
+            return -EINVAL;
+        }
+        s->overlap_check = on ? s->overlap_check | (1 << i)
+                              : s->overlap_check & ~(1 << i);
+    }
+
+    s->overlap_algorithm = QCOW2_OVERLAP_WINDOWED;
+    if (algo) {
+        if (!strcmp(algo, "linear")) {
+            s->overlap_algorithm = QCOW2_OVERLAP_LINEAR;
+        } else if (strcmp(algo, "windowed")) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "Unsupported value '%s' for qcow2 option "
+                        "'overlap-check.algorithm'. Allowed are any of the "
+                        "following: windowed, linear", algo);
+            return -EINVAL;
+        }
+    }
+    s->overlap_cache_size = 16;
+    if (csize) {
+        char *end;
+        unsigned long n = strtoul(csize, &end, 10);
+        if (*csize == '-' || *end || end == csize || n < 1 || n > 65536) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "Parameter 'overlap-check.cache-size' expects a "
+                        "number of windows from 1 to 65536");
+            return -EINVAL;
+        }
+        s->overlap_cache_size = n;
+    }
+    return 0;
+}
+
+/* QEMU's default: enough L2 cache to cover the whole disk, up to 32 MiB. */
+static uint64_t default_l2_cache_bytes(BDRVQcow2State *s)
+{
+    uint64_t max_l2_entries = (s->img->total_size + s->cluster_size - 1) >>
+                              s->cluster_bits;
+
+    return MIN(ROUND_UP(max_l2_entries * 8, (uint64_t)s->cluster_size),
+               (uint64_t)DEFAULT_L2_CACHE_MAX_SIZE);
+}
+
+/*
+ * A default-sized L2 cache was sized for the disk at open; when the disk
+ * grows (creation starts at size 0), let the cache grow with it.
+ */
+int qcow2_grow_default_l2_cache(BDRVQcow2State *s)
+{
+    uint64_t tables = MAX(default_l2_cache_bytes(s) / s->cluster_size, 2);
+    int ret;
+
+    if (!s->l2_cache_auto ||
+        tables <= (uint64_t)qcow2_cache_num_tables(s->l2_table_cache)) {
+        return 0;
+    }
+    ret = qcow2_flush_metadata(s);
+    if (ret < 0) {
+        return ret;
+    }
+    qcow2_cache_destroy(s->l2_table_cache);
+    s->l2_table_cache = qcow2_cache_create(s, tables, QCOW2_OL_ACTIVE_L2);
+    return 0;
+}
+
+static int parse_cache_options(BDRVQcow2State *s, const QGuardOpts *opts,
+                               int *l2_tables, int *refcount_tables,
+                               GError **errp)
+{
+    uint64_t combined = 0, l2 = 0, refcount = 0, entry = 0, interval;
+    bool combined_set, l2_set, refcount_set, entry_set, interval_set;
+    uint64_t max_l2_entries = (s->img->total_size + s->cluster_size - 1) >>
+                              s->cluster_bits;
+    uint64_t max_l2_cache = ROUND_UP(max_l2_entries * 8,
+                                     (uint64_t)s->cluster_size);
+    uint64_t min_refcount = (uint64_t)MIN_REFCOUNT_CACHE_SIZE *
+                            s->cluster_size;
+
+    if (!parse_size_opt(opts, "cache-size", &combined, &combined_set, errp) ||
+        !parse_size_opt(opts, "l2-cache-size", &l2, &l2_set, errp) ||
+        !parse_size_opt(opts, "refcount-cache-size", &refcount,
+                        &refcount_set, errp) ||
+        !parse_size_opt(opts, "l2-cache-entry-size", &entry, &entry_set,
+                        errp) ||
+        !parse_size_opt(opts, "cache-clean-interval", &interval,
+                        &interval_set, errp)) {
+        return -EINVAL;
+    }
+    if (entry_set && entry != (uint64_t)s->cluster_size) {
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                    "l2-cache-entry-size other than the cluster size is "
+                    "not supported");
+        return -ENOTSUP;
+    }
+    if (combined_set) {
+        if (l2_set && refcount_set) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "cache-size, l2-cache-size and refcount-cache-size "
+                        "may not be set at the same time");
+            return -EINVAL;
+        } else if (l2_set && l2 > combined) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "l2-cache-size may not exceed cache-size");
+            return -EINVAL;
+        } else if (refcount_set && refcount > combined) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "refcount-cache-size may not exceed cache-size");
+            return -EINVAL;
+        }
+        if (l2_set) {
+            refcount = combined - l2;
+        } else if (refcount_set) {
+            l2 = combined - refcount;
+        } else {
+            /* Cover the whole disk first, give the rest to refcounts. */
+            l2 = MIN(max_l2_cache, combined);
+            refcount = MAX(combined - l2, min_refcount);
+        }
+    } else {
+        if (!l2_set) {
+            l2 = default_l2_cache_bytes(s);
+            s->l2_cache_auto = true;
+        }
+        if (!refcount_set) {
+            refcount = MAX(min_refcount, (uint64_t)DEFAULT_REFCOUNT_CACHE_MIN);
+        }
+    }
+    l2 = MAX(l2, 2ULL * s->cluster_size);
+    refcount = MAX(refcount, min_refcount);
+    if (l2 / s->cluster_size > MAX_CACHE_TABLES) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL, "L2 cache size too big");
+        return -EINVAL;
+    }
+    if (refcount / s->cluster_size > MAX_CACHE_TABLES) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Refcount cache size too big");
+        return -EINVAL;
+    }
+    *l2_tables = l2 / s->cluster_size;
+    *refcount_tables = refcount / s->cluster_size;
+    return 0;
+}
+
+static int parse_runtime_options(BDRVQcow2State *s, const QGuardOpts *opts,
+                                 int *l2_tables, int *refcount_tables,
+                                 GError **errp)
+{
+    bool lazy = s->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS;
+    bool req = true, snap = true, other = false;
+    int ret;
+
+    ret = parse_cache_options(s, opts, l2_tables, refcount_tables, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!parse_bool_opt(opts, "lazy-refcounts", &lazy, errp) ||
+        !parse_bool_opt(opts, "pass-discard-request", &req, errp) ||
+        !parse_bool_opt(opts, "pass-discard-snapshot", &snap, errp) ||
+        !parse_bool_opt(opts, "pass-discard-other", &other, errp)) {
+        return -EINVAL;
+    }
+    if (lazy && s->qcow_version < 3) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Lazy refcounts require a qcow2 image with at least "
+                    "qemu 1.1 compatibility level");
+        return -EINVAL;
+    }
+    s->use_lazy_refcounts = lazy;
+    s->discard_passthrough[QCOW2_DISCARD_NEVER] = false;
+    s->discard_passthrough[QCOW2_DISCARD_ALWAYS] = true;
+    s->discard_passthrough[QCOW2_DISCARD_REQUEST] = req;
+    s->discard_passthrough[QCOW2_DISCARD_SNAPSHOT] = snap;
+    s->discard_passthrough[QCOW2_DISCARD_OTHER] = other;
+    return parse_overlap_options(s, opts, errp);
+}
+
+/*
+ * Parse and validate the header in @hdr (the whole first cluster).  The
+ * checks and their messages follow QEMU's, so that a bad image gets the same
+ * diagnosis from both.
+ */
+static int parse_header(BDRVQcow2State *s, const uint8_t *hdr,
+                        size_t hdr_len, uint64_t *backing_offset,
+                        uint32_t *backing_size, GError **errp)
+{
+    QGuardImage *img = s->img;
+    uint32_t cluster_bits;
+    g_autofree uint8_t *feature_table = NULL;
+    size_t feature_len = 0;
+    uint64_t ext_end;
+    int ret;
+
+    if (be_get32(hdr) != QCOW_MAGIC) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Image is not in qcow2 format");
+        return -EINVAL;
+    }
+    s->qcow_version = be_get32(hdr + 4);
+    if (s->qcow_version < 2 || s->qcow_version > 3) {
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                    "Unsupported qcow2 version %d", s->qcow_version);
+        return -ENOTSUP;
+    }
+    cluster_bits = be_get32(hdr + 20);
+    if (cluster_bits < MIN_CLUSTER_BITS || cluster_bits > MAX_CLUSTER_BITS) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Unsupported cluster size: 2^%u", cluster_bits);
+        return -EINVAL;
+    }
+    s->cluster_bits = cluster_bits;
+    s->cluster_size = 1 << cluster_bits;
+    g_assert(hdr_len >= (size_t)s->cluster_size);
+
+    *backing_offset = be_get64(hdr + 8);
+    *backing_size = be_get32(hdr + 16);
+    img->total_size = be_get64(hdr + 24);
+    s->crypt_method_header = be_get32(hdr + 32);
+    s->l1_size = be_get32(hdr + 36);
+    s->l1_table_offset = be_get64(hdr + 40);
+    s->refcount_table_offset = be_get64(hdr + 48);
+    s->refcount_table_size = 0;
+    s->nb_snapshots = be_get32(hdr + 60);
+    s->snapshots_offset = be_get64(hdr + 64);
+
+    if (s->qcow_version == 2) {
+        s->incompatible_features = 0;
+        s->compatible_features = 0;
+        s->autoclear_features = 0;
+        s->refcount_order = 4;
+        s->header_length = QCOW2_V2_HEADER_LENGTH;
+    } else {
+        s->incompatible_features = be_get64(hdr + 72);
+        s->compatible_features = be_get64(hdr + 80);
+        s->autoclear_features = be_get64(hdr + 88);
+        s->refcount_order = be_get32(hdr + 96);
+        s->header_length = be_get32(hdr + 100);
+        if (s->header_length < QCOW2_V3_MIN_HEADER_LENGTH) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL, "qcow2 header too short");
+            return -EINVAL;
+        }
+        if (s->header_length > (uint32_t)s->cluster_size) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "qcow2 header exceeds cluster size");
+            return -EINVAL;
+        }
+        if (s->header_length > QCOW2_V3_HEADER_LENGTH) {
+            s->unknown_header_fields_size = s->header_length -
+                                            QCOW2_V3_HEADER_LENGTH;
+            s->unknown_header_fields = g_memdup2(hdr + QCOW2_V3_HEADER_LENGTH,
+                                                 s->unknown_header_fields_size);
+        }
+        s->compression_type = s->header_length > 104 ? hdr[104] : 0;
+    }
+
+    if (*backing_offset > (uint64_t)s->cluster_size) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL, "Invalid backing file offset");
+        return -EINVAL;
+    }
+    ext_end = *backing_offset ? *backing_offset : (uint64_t)s->cluster_size;
+    ret = read_extensions(s, hdr, s->header_length, ext_end, &feature_table,
+                          &feature_len, errp);
+    if (ret < 0) {
+        return ret;
+    }
+
+    if (s->incompatible_features & ~QCOW2_INCOMPAT_MASK) {
+        g_autofree char *list = feature_list(feature_table, feature_len,
+            s->incompatible_features & ~QCOW2_INCOMPAT_MASK);
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                    "Unsupported qcow2 feature(s): %s", list);
+        return -ENOTSUP;
+    }
+    if ((s->incompatible_features & QCOW2_INCOMPAT_CORRUPT) &&
+        !img->read_only && !(img->flags & QGUARD_OPEN_CHECK)) {
+        g_set_error(errp, QGUARD_ERROR, EACCES,
+                    "qcow2: Image is corrupt; cannot be opened read/write");
+        return -EACCES;
+    }
+    if (s->refcount_order > 6) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Reference count entry width too large; may not exceed "
+                    "64 bits");
+        return -EINVAL;
+    }
+    if (s->incompatible_features & QCOW2_INCOMPAT_COMPRESSION) {
+        if (s->compression_type == 0) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "qcow2: Compression type incompatible feature bit "
+                        "must not be set");
+            return -EINVAL;
+        }
+    } else if (s->compression_type != 0) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "qcow2: Compression type incompatible feature bit must "
+                    "be set");
+        return -EINVAL;
+    }
+    if (s->compression_type > 1) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "qcow2: unknown compression type: %u",
+                    s->compression_type);
+        return -EINVAL;
+    }
+    if (s->crypt_method_header > 2) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Unsupported encryption method %u",
+                    s->crypt_method_header);
+        return -EINVAL;
+    }
+    /* Features qguard knows but does not implement: refuse, never misread. */
+    if (s->crypt_method_header) {
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                    "Encrypted images are not supported (%s encryption)",
+                    s->crypt_method_header == 1 ? "AES" : "LUKS");
+        return -ENOTSUP;
+    }
+    if (s->incompatible_features & QCOW2_INCOMPAT_DATA_FILE) {
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                    "Images with an external data file are not supported");
+        return -ENOTSUP;
+    }
+    if (s->incompatible_features & QCOW2_INCOMPAT_EXTL2) {
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                    "Images with extended L2 entries are not supported");
+        return -ENOTSUP;
+    }
+    if (s->compression_type != 0) {
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                    "Images with zstd compression are not supported");
+        return -ENOTSUP;
+    }
+
+    s->l2_bits = s->cluster_bits - 3;
+    s->l2_size = 1 << s->l2_bits;
+    s->csize_shift = 62 - (s->cluster_bits - 8);
+    s->csize_mask = (1 << (s->cluster_bits - 8)) - 1;
+    s->cluster_offset_mask = (1ULL << s->csize_shift) - 1;
+    qcow2_refcount_setup_order(s);
+
+    if (s->l1_size > QCOW_MAX_L1_SIZE / 8) {
+        g_set_error(errp, QGUARD_ERROR, EFBIG, "Active L1 table too large");
+        return -EFBIG;
+    }
+    {
+        uint64_t l1_needed = size_to_l1(s, img->total_size);
+        if (img->total_size > INT64_MAX || l1_needed > INT32_MAX) {
+            g_set_error(errp, QGUARD_ERROR, EFBIG, "Image is too big");
+            return -EFBIG;
+        }
+        s->l1_vm_state_index = l1_needed;
+    }
+    if (s->l1_size < (uint32_t)s->l1_vm_state_index) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL, "L1 table is too small");
+        return -EINVAL;
+    }
+    ret = qcow2_validate_table(s, s->l1_table_offset, s->l1_size, 8,
+                               QCOW_MAX_L1_SIZE, "Active L1 table", errp);
+    if (ret < 0) {
+        return ret;
+    }
+    {
+        uint32_t clusters = be_get32(hdr + 56);
+        if (clusters > QCOW_MAX_REFTABLE_SIZE / (uint32_t)s->cluster_size) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "Reference count table too large");
+            return -EINVAL;
+        }
+        if (clusters == 0) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "Image does not contain a reference count table");
+            return -EINVAL;
+        }
+        s->refcount_table_size = ((uint64_t)clusters << s->cluster_bits) / 8;
+        ret = qcow2_validate_table(s, s->refcount_table_offset,
+                                   s->refcount_table_size, 8,
+                                   QCOW_MAX_REFTABLE_SIZE,
+                                   "Reference count table", errp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (s->nb_snapshots > QCOW_MAX_SNAPSHOTS) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL, "Snapshot table too large");
+        return -EINVAL;
+    }
+    ret = qcow2_validate_table(s, s->snapshots_offset, s->nb_snapshots, 40,
+                               QCOW_MAX_SNAPSHOTS_SIZE, "Snapshot table",
+                               errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (*backing_offset) {
+        if (*backing_size > QCOW2_MAX_BACKING_NAME ||
+            *backing_size >= (uint32_t)s->cluster_size ||
+            *backing_offset + *backing_size > (uint64_t)s->cluster_size) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "Backing file name too long");
+            return -EINVAL;
+        }
+        s->image_backing_file = g_strndup((const char *)hdr + *backing_offset,
+                                          *backing_size);
+    }
+    return 0;
+}
+
+static int load_l1_table(BDRVQcow2State *s, GError **errp)
+{
+    uint32_t i;
+    int ret;
+
+    s->l1_table = g_try_new0(uint64_t, MAX(s->l1_size, 1));
+    if (!s->l1_table) {
+        g_set_error(errp, QGUARD_ERROR, ENOMEM,
+                    "Could not allocate L1 table");
+        return -ENOMEM;
+    }
+    ret = host_file_pread(s->file, s->l1_table_offset, s->l1_table,
+                          (size_t)s->l1_size * 8);
+    if (ret < 0) {
+        g_set_error(errp, QGUARD_ERROR, -ret, "Could not read L1 table: %s",
+                    g_strerror(-ret));
+        return ret;
+    }
+    for (i = 0; i < s->l1_size; i++) {
+        s->l1_table[i] = GUINT64_FROM_BE(s->l1_table[i]);
+    }
+    return 0;
+}
+
+static void qcow2_free_state(BDRVQcow2State *s)
+{
+    if (s->metadata_map) {
+        qcow2_metadata_map_free(s->metadata_map);
+    }
+    if (s->inactive_l2_refs) {
+        g_hash_table_destroy(s->inactive_l2_refs);
+    }
+    qcow2_cache_destroy(s->l2_table_cache);
+    qcow2_cache_destroy(s->refcount_block_cache);
+    qcow2_refcount_close(s);
+    qcow2_free_snapshots(s);
+    g_free(s->l1_table);
+    g_free(s->l1_dirty_bits);
+    g_free(s->unknown_header_fields);
+    if (s->unknown_header_ext) {
+        g_ptr_array_free(s->unknown_header_ext, TRUE);
+    }
+    g_free(s->image_backing_file);
+    g_free(s->image_backing_format);
+    g_free(s->cow_buf);
+    g_free(s->decomp_buf);
+    g_free(s->last_error);
+    g_free(s);
+}
+
+static int repair_dirty_image(BDRVQcow2State *s, GError **errp)
+{
+    QGuardCheckResult result = { 0 };
+    int ret;
+
+    ret = qcow2_check_image(s, QGUARD_CHECK_FIX_ERRORS |
+                            QGUARD_CHECK_FIX_LEAKS, &result, NULL, NULL,
+                            errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (result.corruptions || result.check_errors) {
+        g_set_error(errp, QGUARD_ERROR, EIO,
+                    "Could not repair dirty image: %d corruptions remain",
+                    result.corruptions + result.check_errors);
+        return -EIO;
+    }
+    return 0;
+}
+
+static int qcow2_open(QGuardImage *img, const QGuardOpts *opts, GError **errp)
+{
+    BDRVQcow2State *s = g_new0(BDRVQcow2State, 1);
+    g_autofree uint8_t *hdr = NULL;
+    uint64_t backing_offset;
+    uint32_t backing_size;
+    int l2_tables, refcount_tables;
+    uint8_t first[QCOW2_V3_HEADER_LENGTH];
+    uint32_t cluster_bits;
+    int ret;
+
+    img->opaque = s;
+    s->img = img;
+    s->file = img->file;
+    s->unknown_header_ext = g_ptr_array_new_with_free_func(header_ext_free);
+
+    ret = host_file_pread(s->file, 0, first, sizeof(first));
+    if (ret < 0) {
+        g_set_error(errp, QGUARD_ERROR, -ret,
+                    "Could not read qcow2 header: %s", g_strerror(-ret));
+        goto fail;
+    }
+    /* Read the whole first cluster when its size is sane, else just enough. */
+    cluster_bits = be_get32(first + 20);
+    hdr = g_malloc0(1 << MAX_CLUSTER_BITS);
+    ret = host_file_pread(s->file, 0, hdr,
+                          cluster_bits >= MIN_CLUSTER_BITS &&
+                          cluster_bits <= MAX_CLUSTER_BITS ?
+                          1u << cluster_bits : sizeof(first));
+    if (ret < 0) {
+        g_set_error(errp, QGUARD_ERROR, -ret,
+                    "Could not read qcow2 header: %s", g_strerror(-ret));
+        goto fail;
+    }
+    ret = parse_header(s, hdr, 1 << MAX_CLUSTER_BITS, &backing_offset,
+                       &backing_size, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    ret = parse_runtime_options(s, opts, &l2_tables, &refcount_tables, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    ret = load_l1_table(s, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    ret = qcow2_refcount_init(s, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    s->l2_table_cache = qcow2_cache_create(s, l2_tables, QCOW2_OL_ACTIVE_L2);
+    s->refcount_block_cache = qcow2_cache_create(s, refcount_tables,
+                                                 QCOW2_OL_REFCOUNT_BLOCK);
+    s->cow_buf = g_malloc(2 * (size_t)s->cluster_size);
+    ret = qcow2_read_snapshots(s, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+
+    if (s->image_backing_file) {
+        img->backing_file = g_strdup(s->image_backing_file);
+        img->backing_format = g_strdup(s->image_backing_format);
+        img->full_backing_file = bdrv_resolve_backing_path(img->filename,
+                                                           img->backing_file);
+        if (!(img->flags & QGUARD_OPEN_NO_BACKING)) {
+            ret = bdrv_open_backing(img, opts, errp);
+            if (ret < 0) {
+                goto fail;
+            }
+        }
+    }
+
+    ret = qcow2_map_build(s, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+
+    if (!img->read_only) {
+        /* Autoclear bits we do not maintain must go before we write. */
+        if (s->autoclear_features & ~QCOW2_AUTOCLEAR_BITMAPS) {
+            s->autoclear_features &= QCOW2_AUTOCLEAR_BITMAPS;
+            ret = qcow2_update_header(s);
+            if (ret < 0) {
+                g_set_error(errp, QGUARD_ERROR, -ret,
+                            "Could not update qcow2 header: %s",
+                            g_strerror(-ret));
+                goto fail;
+            }
+        }
+        if ((s->incompatible_features & QCOW2_INCOMPAT_DIRTY) &&
+            !(img->flags & QGUARD_OPEN_CHECK)) {
+            ret = repair_dirty_image(s, errp);
+            if (ret < 0) {
+                goto fail;
+            }
+            ret = qcow2_mark_clean(s);
+            if (ret < 0) {
+                g_set_error(errp, QGUARD_ERROR, -ret,
+                            "Could not mark image clean: %s",
+                            g_strerror(-ret));
+                goto fail;
+            }
+        }
+    }
+    return 0;
+
+fail:
+    img->opaque = NULL;
+    qcow2_free_state(s);
+    return ret;
+}
+
+static void qcow2_close(QGuardImage *img)
+{
+    BDRVQcow2State *s = img->opaque;
+
+    if (!s) {
+        return;
+    }
+    if (!img->read_only && !img->broken) {
+        qcow2_flush_metadata(s);
+        /* Lazy refcounts are consistent again once everything is flushed. */
+        if (s->use_lazy_refcounts &&
+            !(img->flags & QGUARD_OPEN_CHECK)) {
+            qcow2_mark_clean(s);
+        }
+    }
+    qcow2_free_state(s);
+    img->opaque = NULL;
+}
+
+/* ---- Requests ------------------------------------------------------------- */
+
+static int qcow2_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,
+                       void *buf)
+{
+    return qcow2_read_guest(img->opaque, offset, bytes, buf);
+}
+
+static int qcow2_pwrite(QGuardImage *img, uint64_t offset, uint64_t bytes,
+                        const void *buf, unsigned flags)
+{
+    BDRVQcow2State *s = img->opaque;
+    int ret = qcow2_write_guest(s, offset, bytes, buf);
+
+    if (ret >= 0 && (flags & QGUARD_WRITE_FUA)) {
+        ret = qcow2_flush_metadata(s);
+    }
+    return ret;
+}
+
+/* Does the whole cluster at @offset already read as zeros? */
+static int cluster_reads_zero(BDRVQcow2State *s, uint64_t offset, bool *zero)
+{
+    uint64_t bytes = s->cluster_size, host;
+    QCow2ClusterType type;
+    int ret;
+
+    ret = qcow2_get_host_offset(s, start_of_cluster(s, offset), &bytes, &host,
+                                &type);
+    if (ret < 0) {
+        return ret;
+    }
+    *zero = type == QCOW2_CLUSTER_ZERO_PLAIN ||
+            type == QCOW2_CLUSTER_ZERO_ALLOC ||
+            (type == QCOW2_CLUSTER_UNALLOCATED && !s->img->backing);
+    return 0;
+}
+
+static int write_zero_buffer(BDRVQcow2State *s, uint64_t offset,
+                             uint64_t bytes)
+{
+    g_autofree uint8_t *zeros = g_malloc0(MIN(bytes, (uint64_t)(1 << 20)));
+
+    while (bytes > 0) {
+        uint64_t cur = MIN(bytes, (uint64_t)(1 << 20));
+        int ret = qcow2_write_guest(s, offset, cur, zeros);
+        if (ret < 0) {
+            return ret;
+        }
+        offset += cur;
+        bytes -= cur;
+    }
+    return 0;
+}
+
+/* A partial cluster: nothing to do if it is zero already, else real zeros. */
+static int zero_partial(BDRVQcow2State *s, uint64_t offset, uint64_t bytes)
+{
+    bool zero;
+    int ret = cluster_reads_zero(s, offset, &zero);
+
+    if (ret < 0 || zero) {
+        return ret;
+    }
+    return write_zero_buffer(s, offset, bytes);
+}
+
+static int qcow2_pwrite_zeroes(QGuardImage *img, uint64_t offset,
+                               uint64_t bytes, unsigned flags)
+{
+    BDRVQcow2State *s = img->opaque;
+    uint64_t end = offset + bytes;
+    uint64_t aligned_start = ROUND_UP(offset, (uint64_t)s->cluster_size);
+    uint64_t aligned_end = start_of_cluster(s, end);
+    int ret;
+
+    if (s->qcow_version < 3) {
+        /* No zero flag in v2: the zeros must be written out. */
+        if (flags & QGUARD_ZERO_FAST) {
+            return -ENOTSUP;
+        }
+        ret = write_zero_buffer(s, offset, bytes);
+        goto out;
+    }
+    /* The tail of an image whose size is not cluster aligned counts whole. */
+    if (end == img->total_size) {
+        aligned_end = ROUND_UP(end, (uint64_t)s->cluster_size);
+    }
+    if (aligned_start >= aligned_end) {
+        ret = zero_partial(s, offset, bytes);
+        goto out;
+    }
+    if (offset < aligned_start) {
+        ret = zero_partial(s, offset, aligned_start - offset);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    ret = qcow2_zero_clusters(s, aligned_start, aligned_end - aligned_start,
+                              flags & QGUARD_ZERO_MAY_UNMAP);
+    if (ret < 0) {
+        return ret;
+    }
+    if (end > aligned_end) {
+        ret = zero_partial(s, aligned_end, end - aligned_end);
+    }
+out:
+    if (ret >= 0 && (flags & QGUARD_WRITE_FUA)) {
+        ret = qcow2_flush_metadata(s);
+    }
+    return ret;
+}
+
+static int qcow2_discard(QGuardImage *img, uint64_t offset, uint64_t bytes)
+{
+    BDRVQcow2State *s = img->opaque;
+    uint64_t start = ROUND_UP(offset, (uint64_t)s->cluster_size);
+    uint64_t end = offset + bytes;
+
+    /* Only whole clusters can be discarded; partial ones are left alone. */
+    end = end == img->total_size ? ROUND_UP(end, (uint64_t)s->cluster_size)
+                                 : start_of_cluster(s, end);
+    if (start >= end) {
+        return 0;
+    }
+    return qcow2_discard_clusters(s, start, end - start, false,
+                                  QCOW2_DISCARD_REQUEST);
+}
+
+static int qcow2_flush(QGuardImage *img)
+{
+    return qcow2_flush_metadata(img->opaque);
+}
+
+static int qcow2_block_status(QGuardImage *img, uint64_t offset,
+                              uint64_t bytes, QGuardBlockStatus *st)
+{
+    BDRVQcow2State *s = img->opaque;
+    uint64_t host;
+    QCow2ClusterType type;
+    int ret;
+
+    ret = qcow2_get_host_offset(s, offset, &bytes, &host, &type);
+    if (ret < 0) {
+        return ret;
+    }
+    st->bytes = bytes;
+    st->host_offset = 0;
+    switch (type) {
+    case QCOW2_CLUSTER_UNALLOCATED:
+        st->flags = 0;
+        break;
+    case QCOW2_CLUSTER_ZERO_PLAIN:
+        st->flags = QGUARD_BLOCK_ZERO | QGUARD_BLOCK_ALLOCATED;
+        break;
+    case QCOW2_CLUSTER_ZERO_ALLOC:
+        st->flags = QGUARD_BLOCK_ZERO | QGUARD_BLOCK_ALLOCATED |
+                    QGUARD_BLOCK_OFFSET_VALID;
+        st->host_offset = host;
+        break;
+    case QCOW2_CLUSTER_NORMAL:
+        st->flags = QGUARD_BLOCK_DATA | QGUARD_BLOCK_ALLOCATED |
+                    QGUARD_BLOCK_OFFSET_VALID;
+        st->host_offset = host;
+        break;
+    case QCOW2_CLUSTER_COMPRESSED:
+        st->flags = QGUARD_BLOCK_DATA | QGUARD_BLOCK_ALLOCATED |
+                    QGUARD_BLOCK_COMPRESSED;
+        break;
+    }
+    return 0;
+}
+
+int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
+                 const char *prealloc, QGuardProgressFunc *progress,
+                 void *opaque, GError **errp)
+{
+    BDRVQcow2State *s = img->opaque;
+    uint64_t old_size = img->total_size;
+    Qcow2PreallocMode mode;
+    uint8_t buf[8];
+    int ret;
+
+    if (!prealloc || !strcmp(prealloc, "off")) {
+        mode = QCOW2_PREALLOC_OFF;
+    } else if (!strcmp(prealloc, "metadata")) {
+        mode = QCOW2_PREALLOC_METADATA;
+    } else if (!strcmp(prealloc, "falloc")) {
+        mode = QCOW2_PREALLOC_FALLOC;
+    } else if (!strcmp(prealloc, "full")) {
+        mode = QCOW2_PREALLOC_FULL;
+    } else {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Parameter 'preallocation' does not accept value '%s'",
+                    prealloc);
+        return -EINVAL;
+    }
+    if (size % 512) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "The new size must be a multiple of 512");
+        return -EINVAL;
+    }
+    if (size < old_size) {
+        if (!shrink) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "Use the --shrink option to perform a shrink "
+                        "operation.");
+            return -EINVAL;
+        }
+        if (s->nb_snapshots) {
+            g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                        "Can't shrink an image with internal snapshots");
+            return -ENOTSUP;
+        }
+        if (mode != QCOW2_PREALLOC_OFF) {
+            g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                        "Preallocation can't be used for shrinking an image");
+            return -ENOTSUP;
+        }
+        ret = qcow2_discard_clusters(s, ROUND_UP(size, (uint64_t)s->cluster_size),
+                                     ROUND_UP(old_size, (uint64_t)s->cluster_size) -
+                                     ROUND_UP(size, (uint64_t)s->cluster_size),
+                                     true, QCOW2_DISCARD_ALWAYS);
+        if (ret < 0) {
+            g_set_error(errp, QGUARD_ERROR, -ret,
+                        "Failed to discard cropped clusters: %s",
+                        g_strerror(-ret));
+            return ret;
+        }
+    } else if (size > old_size) {
+        uint64_t l1_needed = size_to_l1(s, size);
+        if (l1_needed > QCOW_MAX_L1_SIZE / 8 || size > INT64_MAX) {
+            g_set_error(errp, QGUARD_ERROR, EFBIG,
+                        "Image size too large for this cluster size");
+            return -EFBIG;
+        }
+        ret = qcow2_grow_l1_table(s, l1_needed, true);
+        if (ret < 0) {
+            g_set_error(errp, QGUARD_ERROR, -ret,
+                        "Failed to grow the L1 table: %s", g_strerror(-ret));
+            return ret;
+        }
+    }
+    if (size > old_size) {
+        uint64_t saved = img->total_size;
+        img->total_size = size;
+        ret = qcow2_grow_default_l2_cache(s);
+        img->total_size = saved;
+        if (ret < 0) {
+            g_set_error(errp, QGUARD_ERROR, -ret,
+                        "Could not flush metadata: %s", g_strerror(-ret));
+            return ret;
+        }
+    }
+    ret = qcow2_preallocate(s, old_size, size > old_size ? size - old_size : 0,
+                            mode, progress, opaque);
+    if (ret < 0) {
+        g_set_error(errp, QGUARD_ERROR, -ret,
+                    "Preallocation failed: %s", g_strerror(-ret));
+        return ret;
+    }
+    ret = qcow2_flush_metadata(s);
+    if (ret < 0) {
+        g_set_error(errp, QGUARD_ERROR, -ret, "Could not flush metadata: %s",
+                    g_strerror(-ret));
+        return ret;
+    }
+    if (mode != QCOW2_PREALLOC_OFF) {
+        /* Preallocated data clusters past the last table extend the file. */
+        int64_t end = qcow2_host_end_cluster(s);
+        int64_t len = host_file_length(s->file);
+        if (end >= 0 && len >= 0 && (end << s->cluster_bits) > len) {
+            ret = host_file_truncate(s->file, end << s->cluster_bits);
+            if (ret < 0) {
+                g_set_error(errp, QGUARD_ERROR, -ret,
+                            "Could not resize image file: %s",
+                            g_strerror(-ret));
+                return ret;
+            }
+        }
+    }
+    be_put64(buf, size);
+    ret = qcow2_write_header_field(s, 24, buf, 8);
+    if (ret < 0) {
+        g_set_error(errp, QGUARD_ERROR, -ret, "Failed to update the image "
+                    "size: %s", g_strerror(-ret));
+        return ret;
+    }
+    img->total_size = size;
+    s->l1_vm_state_index = size_to_l1(s, size);
+    return 0;
+}
+
+static int qcow2_truncate(QGuardImage *img, uint64_t size, bool shrink,
+                          const char *prealloc, GError **errp)
+{
+    return qcow2_resize(img, size, shrink, prealloc, NULL, NULL, errp);
+}
+
+static int qcow2_check(QGuardImage *img, unsigned fix,
+                       QGuardCheckResult *result, QGuardReportFunc *report,
+                       void *opaque, GError **errp)
+{
+    BDRVQcow2State *s = img->opaque;
+    int ret = qcow2_check_image(s, fix, result, report, opaque, errp);
+
+    if (ret >= 0 && fix && !result->check_errors && !result->corruptions) {
+        ret = qcow2_mark_clean(s);
+        if (ret >= 0) {
+            ret = mark_consistent(s);
+        }
+        if (ret >= 0) {
+            img->broken = false;
+        }
+    }
+    return ret;
+}
+
+static int qcow2_get_info(QGuardImage *img, QGuardImageInfo *info,
+                          GError **errp)
+{
+    BDRVQcow2State *s = img->opaque;
+    uint32_t i;
+
+    (void)errp;
+    info->cluster_size = s->cluster_size;
+    info->dirty_flag = s->incompatible_features & QCOW2_INCOMPAT_DIRTY;
+    info->is_qcow2 = true;
+    info->compat = g_strdup(s->qcow_version == 2 ? "0.10" : "1.1");
+    info->compression_type = g_strdup(s->compression_type ? "zstd" : "zlib");
+    info->lazy_refcounts = s->compatible_features &
+                           QCOW2_COMPAT_LAZY_REFCOUNTS;
+    info->refcount_bits = s->refcount_bits;
+    info->corrupt = s->incompatible_features & QCOW2_INCOMPAT_CORRUPT;
+    info->extended_l2 = false;
+    info->nb_snapshots = s->nb_snapshots;
+    info->snapshots = g_new0(QGuardSnapshotInfo, MAX(s->nb_snapshots, 1));
+    for (i = 0; i < s->nb_snapshots; i++) {
+        QCowSnapshot *sn = &s->snapshots[i];
+        QGuardSnapshotInfo *si = &info->snapshots[i];
+        si->id = g_strdup(sn->id_str);
+        si->name = g_strdup(sn->name);
+        si->vm_state_size = sn->vm_state_size;
+        si->date_sec = sn->date_sec;
+        si->date_nsec = sn->date_nsec;
+        si->vm_clock_nsec = sn->vm_clock_nsec;
+        si->disk_size = sn->disk_size;
+        si->icount = sn->icount;
+    }
+    return 0;
+}
+
+static int qcow2_overlap_stats(QGuardImage *img, QGuardOverlapStats *st)
+{
+    BDRVQcow2State *s = img->opaque;
+
+    memset(st, 0, sizeof(*st));
+    g_strlcpy(st->algorithm,
+              s->overlap_algorithm == QCOW2_OVERLAP_LINEAR ? "linear"
+                                                           : "windowed",
+              sizeof(st->algorithm));
+    st->checks_mask = s->overlap_check;
+    st->checks = s->overlap_checks;
+    st->refused = s->overlap_refused;
+    st->cache_size = s->overlap_cache_size;
+    if (s->metadata_map) {
+        Qcow2MetadataMapStats ms;
+        qcow2_metadata_map_get_stats(s->metadata_map, &ms);
+        st->list_to_bytemap = ms.list_to_bytemap;
+        st->bytemap_to_list = ms.bytemap_to_list;
+        st->bytemaps_freed = ms.bytemaps_freed;
+        st->inserts = ms.inserts;
+        st->removes = ms.removes;
+        st->queries = ms.queries;
+        st->mem_current = ms.mem_current;
+        st->mem_peak = ms.mem_peak;
+        st->windows = ms.windows;
+    }
+    return 0;
+}
+
+static void qcow2_overlap_stats_reset(QGuardImage *img)
+{
+    BDRVQcow2State *s = img->opaque;
+
+    s->overlap_checks = 0;
+    s->overlap_refused = 0;
+    if (s->metadata_map) {
+        qcow2_metadata_map_reset_counters(s->metadata_map);
+    }
+}
+
+static int qcow2_snapshot_op(QGuardImage *img, int op, const char *name,
+                             GError **errp)
+{
+    BDRVQcow2State *s = img->opaque;
+
+    switch (op) {
+    case BDRV_SNAPSHOT_CREATE:
+        return qcow2_snapshot_create(s, name, errp);
+    case BDRV_SNAPSHOT_APPLY:
+        return qcow2_snapshot_apply(s, name, errp);
+    default:
+        return qcow2_snapshot_delete(s, name, errp);
+    }
+}
+
+static const char *qcow2_last_error(QGuardImage *img)
+{
+    BDRVQcow2State *s = img->opaque;
+
+    return s ? s->last_error : NULL;
+}
+
+static int qcow2_probe(const uint8_t *buf, size_t len)
+{
+    return len >= 8 && be_get32(buf) == QCOW_MAGIC && be_get32(buf + 4) >= 2
+           ? 100 : 0;
+}
+
+const BlockDriver bdrv_qcow2 = {
+    .format_name = "qcow2",
+    .probe = qcow2_probe,
+    .open = qcow2_open,
+    .close = qcow2_close,
+    .create = qcow2_create,
+    .create_describe = qcow2_create_describe,
+    .create_help = qcow2_create_help,
+    .pread = qcow2_pread,
+    .pwrite = qcow2_pwrite,
+    .pwrite_zeroes = qcow2_pwrite_zeroes,
+    .discard = qcow2_discard,
+    .flush = qcow2_flush,
+    .truncate = qcow2_truncate,
+    .block_status = qcow2_block_status,
+    .get_info = qcow2_get_info,
+    .check = qcow2_check,
+    .overlap_stats = qcow2_overlap_stats,
+    .overlap_stats_reset = qcow2_overlap_stats_reset,
+    .last_error = qcow2_last_error,
+    .snapshot = qcow2_snapshot_op,
+    .is_runtime_option = qcow2_is_runtime_option,
+};

@@ -1,0 +1,486 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2 driver: on-disk constants and in-memory state.
+ *
+ * Copyright (c) 2026 The qguard authors
+ *
+ * Names follow QEMU's docs/interop/qcow2.txt: L1/L2 tables, refcount table,
+ * refcount blocks, COPIED, the zero flag.
+ */
+#ifndef QGUARD_QCOW2_H
+#define QGUARD_QCOW2_H
+
+#include <inttypes.h>
+#include <string.h>
+
+#include "block_int.h"
+#include "qcow2-overlap.h"
+
+#define QCOW_MAGIC (('Q' << 24) | ('F' << 16) | ('I' << 8) | 0xfb)
+
+#define MIN_CLUSTER_BITS 9
+#define MAX_CLUSTER_BITS 21
+#define DEFAULT_CLUSTER_BITS 16
+
+/* QEMU's implementation limits; images beyond them are refused. */
+#define QCOW_MAX_L1_SIZE        (32 * 1024 * 1024)
+#define QCOW_MAX_REFTABLE_SIZE  (8 * 1024 * 1024)
+#define QCOW_MAX_SNAPSHOTS      65536
+#define QCOW_MAX_SNAPSHOTS_SIZE (1024 * QCOW_MAX_SNAPSHOTS)
+#define QCOW_MAX_SNAPSHOT_EXTRA_DATA 1024
+#define QCOW2_MAX_BACKING_NAME  1023
+
+#define L1E_OFFSET_MASK     UINT64_C(0x00fffffffffffe00)
+#define L2E_OFFSET_MASK     UINT64_C(0x00fffffffffffe00)
+#define REFT_OFFSET_MASK    UINT64_C(0xfffffffffffffe00)
+#define L1E_RESERVED_MASK   UINT64_C(0x7f000000000001ff)
+#define L2E_STD_RESERVED_MASK UINT64_C(0x3f000000000001fe)
+#define REFT_RESERVED_MASK  UINT64_C(0x1ff)
+
+#define QCOW_OFLAG_COPIED     (UINT64_C(1) << 63)
+#define QCOW_OFLAG_COMPRESSED (UINT64_C(1) << 62)
+#define QCOW_OFLAG_ZERO       (UINT64_C(1) << 0)
+
+#define QCOW2_COMPRESSED_SECTOR_SIZE 512ULL
+#define QCOW2_COMPRESSED_SECTOR_MASK (~(QCOW2_COMPRESSED_SECTOR_SIZE - 1))
+
+/* Host offsets must stay below 2^56 (L1/L2 entry offset fields). */
+#define QCOW2_MAX_HOST_OFFSET (UINT64_C(1) << 56)
+
+#define QCOW2_INCOMPAT_DIRTY       (UINT64_C(1) << 0)
+#define QCOW2_INCOMPAT_CORRUPT     (UINT64_C(1) << 1)
+#define QCOW2_INCOMPAT_DATA_FILE   (UINT64_C(1) << 2)
+#define QCOW2_INCOMPAT_COMPRESSION (UINT64_C(1) << 3)
+#define QCOW2_INCOMPAT_EXTL2       (UINT64_C(1) << 4)
+#define QCOW2_INCOMPAT_MASK        UINT64_C(0x1f)
+#define QCOW2_COMPAT_LAZY_REFCOUNTS (UINT64_C(1) << 0)
+#define QCOW2_AUTOCLEAR_BITMAPS    (UINT64_C(1) << 0)
+#define QCOW2_AUTOCLEAR_DATA_FILE_RAW (UINT64_C(1) << 1)
+#define QCOW2_AUTOCLEAR_MASK       UINT64_C(0x3)
+
+#define QCOW2_EXT_MAGIC_END             0
+#define QCOW2_EXT_MAGIC_BACKING_FORMAT  0xe2792acaU
+#define QCOW2_EXT_MAGIC_FEATURE_TABLE   0x6803f857U
+#define QCOW2_EXT_MAGIC_CRYPTO_HEADER   0x0537be77U
+#define QCOW2_EXT_MAGIC_BITMAPS         0x23852875U
+#define QCOW2_EXT_MAGIC_DATA_FILE       0x44415441U
+
+#define QCOW2_V2_HEADER_LENGTH 72
+#define QCOW2_V3_MIN_HEADER_LENGTH 104
+#define QCOW2_V3_HEADER_LENGTH 112   /* with compression_type and padding */
+
+/* Byte offsets of header fields we rewrite individually. */
+#define HDR_OFF_L1_SIZE          36
+#define HDR_OFF_REFTABLE_OFFSET  48
+#define HDR_OFF_NB_SNAPSHOTS     60
+#define HDR_OFF_INCOMPAT         72
+
+/* QEMU's overlap-check templates. */
+#define QCOW2_OL_CONSTANT (QCOW2_OL_MAIN_HEADER | QCOW2_OL_ACTIVE_L1 | \
+                           QCOW2_OL_REFCOUNT_TABLE | QCOW2_OL_SNAPSHOT_TABLE | \
+                           QCOW2_OL_BITMAP_DIRECTORY)
+#define QCOW2_OL_CACHED (QCOW2_OL_CONSTANT | QCOW2_OL_ACTIVE_L2 | \
+                         QCOW2_OL_REFCOUNT_BLOCK | QCOW2_OL_INACTIVE_L1)
+
+typedef enum QCow2ClusterType {
+    QCOW2_CLUSTER_UNALLOCATED,
+    QCOW2_CLUSTER_ZERO_PLAIN,
+    QCOW2_CLUSTER_ZERO_ALLOC,
+    QCOW2_CLUSTER_NORMAL,
+    QCOW2_CLUSTER_COMPRESSED,
+} QCow2ClusterType;
+
+typedef enum Qcow2DiscardType {
+    QCOW2_DISCARD_NEVER,
+    QCOW2_DISCARD_ALWAYS,
+    QCOW2_DISCARD_REQUEST,
+    QCOW2_DISCARD_SNAPSHOT,
+    QCOW2_DISCARD_OTHER,
+    QCOW2_DISCARD_MAX,
+} Qcow2DiscardType;
+
+typedef enum Qcow2OverlapAlgorithm {
+    QCOW2_OVERLAP_WINDOWED,
+    QCOW2_OVERLAP_LINEAR,
+} Qcow2OverlapAlgorithm;
+
+typedef struct QCowSnapshot {
+    uint64_t l1_table_offset;
+    uint32_t l1_size;
+    char *id_str;
+    char *name;
+    uint64_t disk_size;
+    uint64_t vm_state_size;
+    uint32_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t icount;            /* UINT64_MAX when absent */
+    uint32_t extra_data_size;   /* as found on disk */
+    uint8_t *unknown_extra_data;
+} QCowSnapshot;
+
+typedef struct Qcow2HeaderExt {
+    uint32_t magic;
+    uint32_t len;
+    uint8_t *data;
+} Qcow2HeaderExt;
+
+typedef struct Qcow2Cache Qcow2Cache;
+typedef struct BDRVQcow2State BDRVQcow2State;
+
+typedef uint64_t Qcow2GetRefcountFunc(const void *refcount_array,
+                                      uint64_t index);
+typedef void Qcow2SetRefcountFunc(void *refcount_array, uint64_t index,
+                                  uint64_t value);
+
+struct BDRVQcow2State {
+    QGuardImage *img;
+    HostFile *file;
+
+    int qcow_version;
+    int cluster_bits;
+    int cluster_size;
+    int l2_bits;
+    int l2_size;                /* entries per L2 table */
+    int csize_shift;
+    int csize_mask;
+    uint64_t cluster_offset_mask;
+
+    int refcount_order;
+    int refcount_bits;
+    int refcount_block_bits;    /* log2(entries per refcount block) */
+    int refcount_block_size;    /* entries per refcount block */
+    uint64_t refcount_max;
+    Qcow2GetRefcountFunc *get_refcount;
+    Qcow2SetRefcountFunc *set_refcount;
+
+    /* Active L1 table, host byte order. */
+    uint64_t *l1_table;
+    uint32_t l1_size;
+    uint64_t l1_table_offset;
+    int l1_vm_state_index;      /* L1 entries that describe the guest disk */
+    /* 512-byte sectors of the L1 table changed in memory, not yet on disk */
+    uint64_t *l1_dirty_bits;
+    uint64_t l1_dirty_nsectors;
+    bool l1_dirty;
+
+    /* Refcount table, host byte order. */
+    uint64_t *refcount_table;
+    uint64_t refcount_table_offset;
+    uint32_t refcount_table_size;   /* entries */
+    uint32_t max_refcount_table_index;  /* highest index in use */
+
+    Qcow2Cache *l2_table_cache;
+    Qcow2Cache *refcount_block_cache;
+    bool l2_cache_auto;         /* sized by default: grows with the disk */
+
+    uint64_t free_cluster_index;
+
+    uint32_t crypt_method_header;
+    uint64_t incompatible_features;
+    uint64_t compatible_features;
+    uint64_t autoclear_features;
+    uint32_t header_length;
+    uint8_t compression_type;
+    /* Header bytes past the fields we know, kept for rewrites. */
+    uint8_t *unknown_header_fields;
+    uint32_t unknown_header_fields_size;
+    GPtrArray *unknown_header_ext;  /* of Qcow2HeaderExt */
+    char *image_backing_file;
+    char *image_backing_format;
+    bool has_feature_table;
+
+    /* Internal snapshots. */
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+    uint64_t snapshots_size;    /* bytes on disk */
+    QCowSnapshot *snapshots;
+
+    /* Bitmaps extension (kept, protected and counted, not interpreted). */
+    bool has_bitmaps_ext;
+    uint32_t nb_bitmaps;
+    uint64_t bitmap_directory_size;
+    uint64_t bitmap_directory_offset;
+
+    /* Runtime options. */
+    bool use_lazy_refcounts;
+    bool discard_passthrough[QCOW2_DISCARD_MAX];
+    unsigned overlap_check;         /* QCOW2_OL_* mask of enabled checks */
+    Qcow2OverlapAlgorithm overlap_algorithm;
+    unsigned overlap_cache_size;
+    Qcow2MetadataMap *metadata_map; /* windowed algorithm */
+    /* L2 table cluster -> number of snapshot L1 tables referencing it */
+    GHashTable *inactive_l2_refs;
+    uint64_t overlap_checks;
+    uint64_t overlap_refused;
+    bool signaled_corruption;
+
+    /* Clusters freed but not yet punched, processed after refcount flush. */
+    GArray *pending_discards;
+
+    /* Scratch space for copy-on-write head and tail (two clusters). */
+    uint8_t *cow_buf;
+    /* The most recently decompressed cluster, by L2 entry. */
+    uint64_t decomp_entry;
+    uint8_t *decomp_buf;
+
+    /* Last driver error text, for the generic layer to report. */
+    char *last_error;
+};
+
+typedef struct Qcow2DiscardRange {
+    uint64_t offset;
+    uint64_t bytes;
+} Qcow2DiscardRange;
+
+static inline uint64_t start_of_cluster(const BDRVQcow2State *s, uint64_t o)
+{
+    return o & ~((uint64_t)s->cluster_size - 1);
+}
+
+static inline uint64_t offset_into_cluster(const BDRVQcow2State *s,
+                                           uint64_t o)
+{
+    return o & (s->cluster_size - 1);
+}
+
+static inline uint64_t size_to_clusters(const BDRVQcow2State *s,
+                                        uint64_t size)
+{
+    return (size + (s->cluster_size - 1)) >> s->cluster_bits;
+}
+
+static inline uint64_t offset_to_l1_index(const BDRVQcow2State *s,
+                                          uint64_t o)
+{
+    return o >> (s->l2_bits + s->cluster_bits);
+}
+
+static inline int offset_to_l2_index(const BDRVQcow2State *s, uint64_t o)
+{
+    return (o >> s->cluster_bits) & (s->l2_size - 1);
+}
+
+static inline bool is_cluster_aligned(const BDRVQcow2State *s, uint64_t o)
+{
+    return offset_into_cluster(s, o) == 0;
+}
+
+static inline uint64_t l2_entries_to_bytes(const BDRVQcow2State *s)
+{
+    return (uint64_t)s->l2_size << s->cluster_bits;
+}
+
+/* L1 entries needed to describe @size bytes of guest disk. */
+static inline uint64_t size_to_l1(const BDRVQcow2State *s, uint64_t size)
+{
+    int shift = s->cluster_bits + s->l2_bits;
+    return (size + (1ULL << shift) - 1) >> shift;
+}
+
+static inline QCow2ClusterType qcow2_get_cluster_type(const BDRVQcow2State *s,
+                                                      uint64_t l2_entry)
+{
+    if (l2_entry & QCOW_OFLAG_COMPRESSED) {
+        return QCOW2_CLUSTER_COMPRESSED;
+    }
+    if ((l2_entry & QCOW_OFLAG_ZERO) && s->qcow_version >= 3) {
+        return (l2_entry & L2E_OFFSET_MASK) ? QCOW2_CLUSTER_ZERO_ALLOC
+                                            : QCOW2_CLUSTER_ZERO_PLAIN;
+    }
+    if (!(l2_entry & L2E_OFFSET_MASK)) {
+        /* An offset of 0 with COPIED set is only valid with data files. */
+        return QCOW2_CLUSTER_UNALLOCATED;
+    }
+    return QCOW2_CLUSTER_NORMAL;
+}
+
+static inline uint64_t be_get64(const void *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return GUINT64_FROM_BE(v);
+}
+
+static inline void be_put64(void *p, uint64_t v)
+{
+    v = GUINT64_TO_BE(v);
+    memcpy(p, &v, 8);
+}
+
+static inline uint32_t be_get32(const void *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return GUINT32_FROM_BE(v);
+}
+
+static inline void be_put32(void *p, uint32_t v)
+{
+    v = GUINT32_TO_BE(v);
+    memcpy(p, &v, 4);
+}
+
+static inline uint16_t be_get16(const void *p)
+{
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return GUINT16_FROM_BE(v);
+}
+
+static inline void be_put16(void *p, uint16_t v)
+{
+    v = GUINT16_TO_BE(v);
+    memcpy(p, &v, 2);
+}
+
+static inline uint64_t l2_get(const void *l2_table, int index)
+{
+    return be_get64((const uint8_t *)l2_table + (size_t)index * 8);
+}
+
+static inline void l2_set(void *l2_table, int index, uint64_t entry)
+{
+    be_put64((uint8_t *)l2_table + (size_t)index * 8, entry);
+}
+
+/* qcow2.c */
+bool qcow2_is_runtime_option(const char *name);
+int qcow2_grow_default_l2_cache(BDRVQcow2State *s);
+int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
+                 const char *prealloc, QGuardProgressFunc *progress,
+                 void *opaque, GError **errp);
+
+/* qcow2-create.c */
+int qcow2_create(const char *filename, const QGuardOpts *opts,
+                 QGuardProgressFunc *progress, void *opaque, GError **errp);
+char *qcow2_create_describe(const QGuardOpts *opts, GError **errp);
+char *qcow2_create_help(void);
+
+/* qcow2-check.c */
+int qcow2_check_image(BDRVQcow2State *s, unsigned fix,
+                      QGuardCheckResult *res, QGuardReportFunc *report,
+                      void *opaque, GError **errp);
+void qcow2_set_error(BDRVQcow2State *s, const char *fmt, ...)
+    G_GNUC_PRINTF(2, 3);
+void qcow2_signal_corruption(BDRVQcow2State *s, bool fatal, int64_t offset,
+                             int64_t size, const char *fmt, ...)
+    G_GNUC_PRINTF(5, 6);
+int qcow2_mark_dirty(BDRVQcow2State *s);
+int qcow2_mark_clean(BDRVQcow2State *s);
+int qcow2_mark_corrupt(BDRVQcow2State *s);
+int qcow2_update_header(BDRVQcow2State *s);
+int qcow2_write_header_field(BDRVQcow2State *s, int offset,
+                             const void *data, int bytes);
+int qcow2_flush_metadata(BDRVQcow2State *s);
+int qcow2_validate_table(BDRVQcow2State *s, uint64_t offset,
+                         uint64_t entries, size_t entry_len,
+                         uint64_t max_size_bytes, const char *table_name,
+                         GError **errp);
+int qcow2_pwrite_meta(BDRVQcow2State *s, unsigned ol_type, uint64_t offset,
+                      const void *buf, size_t bytes);
+int qcow2_pwritev_checked(BDRVQcow2State *s, unsigned ignore,
+                          uint64_t offset, const struct iovec *iov,
+                          int iovcnt, uint64_t bytes);
+
+/* qcow2-refcount.c */
+int qcow2_refcount_init(BDRVQcow2State *s, GError **errp);
+void qcow2_refcount_close(BDRVQcow2State *s);
+void qcow2_refcount_setup_order(BDRVQcow2State *s);
+int qcow2_get_refcount(BDRVQcow2State *s, uint64_t cluster_index,
+                       uint64_t *refcount);
+int64_t qcow2_alloc_clusters(BDRVQcow2State *s, uint64_t n,
+                             uint64_t *got);
+int64_t qcow2_alloc_clusters_exact(BDRVQcow2State *s, uint64_t n);
+int qcow2_alloc_clusters_at(BDRVQcow2State *s, uint64_t offset,
+                            uint64_t n);
+int qcow2_update_refcount(BDRVQcow2State *s, uint64_t offset,
+                          uint64_t length, uint64_t amount, bool decrease,
+                          Qcow2DiscardType type);
+void qcow2_free_clusters(BDRVQcow2State *s, uint64_t offset, uint64_t size,
+                         Qcow2DiscardType type);
+void qcow2_free_any_cluster(BDRVQcow2State *s, uint64_t l2_entry,
+                            Qcow2DiscardType type);
+int qcow2_flush_refcounts(BDRVQcow2State *s);
+void qcow2_process_discards(BDRVQcow2State *s);
+int64_t qcow2_host_end_cluster(BDRVQcow2State *s);
+
+/* Overlap checking (qcow2-refcount.c dispatches to the configured algorithm) */
+unsigned qcow2_check_metadata_overlap(BDRVQcow2State *s, unsigned ignore,
+                                      uint64_t offset, uint64_t size);
+int qcow2_pre_write_overlap_check(BDRVQcow2State *s, unsigned ignore,
+                                  uint64_t offset, uint64_t size);
+unsigned qcow2_linear_overlap_check(BDRVQcow2State *s, unsigned chk,
+                                    uint64_t offset, uint64_t size);
+void qcow2_map_enter(BDRVQcow2State *s, uint64_t offset, uint64_t size,
+                     unsigned type);
+void qcow2_map_remove(BDRVQcow2State *s, uint64_t offset, uint64_t size,
+                      unsigned type);
+int qcow2_map_build(BDRVQcow2State *s, GError **errp);
+void qcow2_map_active_l2(BDRVQcow2State *s, const uint64_t *l1,
+                         uint32_t l1_size, bool enter);
+void qcow2_map_inactive_l2(BDRVQcow2State *s, const uint64_t *l1,
+                           uint32_t l1_size, bool add);
+
+/* qcow2-cluster.c */
+int qcow2_get_host_offset(BDRVQcow2State *s, uint64_t offset,
+                          uint64_t *bytes, uint64_t *host_offset,
+                          QCow2ClusterType *type);
+int qcow2_read_guest(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
+                     uint8_t *buf);
+int qcow2_write_guest(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
+                      const uint8_t *buf);
+int qcow2_zero_clusters(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
+                        bool may_unmap);
+int qcow2_discard_clusters(BDRVQcow2State *s, uint64_t offset,
+                           uint64_t bytes, bool full_discard,
+                           Qcow2DiscardType type);
+int qcow2_grow_l1_table(BDRVQcow2State *s, uint64_t min_size,
+                        bool exact_size);
+int qcow2_write_l1_dirty(BDRVQcow2State *s);
+typedef enum Qcow2PreallocMode {
+    QCOW2_PREALLOC_OFF,
+    QCOW2_PREALLOC_METADATA,
+    QCOW2_PREALLOC_FALLOC,
+    QCOW2_PREALLOC_FULL,
+} Qcow2PreallocMode;
+
+int qcow2_preallocate(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
+                      Qcow2PreallocMode mode, QGuardProgressFunc *progress,
+                      void *opaque);
+void qcow2_l1_mark_dirty(BDRVQcow2State *s, uint64_t index);
+int qcow2_decompress_cluster(BDRVQcow2State *s, uint64_t l2_entry,
+                             uint8_t *out);
+void qcow2_parse_compressed_entry(BDRVQcow2State *s, uint64_t l2_entry,
+                                  uint64_t *coffset, int *csize);
+
+/* qcow2-cache.c */
+Qcow2Cache *qcow2_cache_create(BDRVQcow2State *s, int num_tables,
+                               unsigned ol_type);
+void qcow2_cache_destroy(Qcow2Cache *c);
+int qcow2_cache_get(BDRVQcow2State *s, Qcow2Cache *c, uint64_t offset,
+                    void **table);
+int qcow2_cache_get_empty(BDRVQcow2State *s, Qcow2Cache *c, uint64_t offset,
+                          void **table);
+void qcow2_cache_put(Qcow2Cache *c, void **table);
+void qcow2_cache_entry_mark_dirty(Qcow2Cache *c, void *table);
+int qcow2_cache_write(BDRVQcow2State *s, Qcow2Cache *c);
+int qcow2_cache_flush(BDRVQcow2State *s, Qcow2Cache *c);
+int qcow2_cache_set_dependency(BDRVQcow2State *s, Qcow2Cache *c,
+                               Qcow2Cache *dependency);
+void qcow2_cache_depends_on_flush(Qcow2Cache *c);
+void qcow2_cache_discard(Qcow2Cache *c, uint64_t offset);
+int qcow2_cache_empty(BDRVQcow2State *s, Qcow2Cache *c);
+int qcow2_cache_num_tables(const Qcow2Cache *c);
+
+/* qcow2-snapshot.c */
+int qcow2_read_snapshots(BDRVQcow2State *s, GError **errp);
+void qcow2_free_snapshots(BDRVQcow2State *s);
+int qcow2_write_snapshots(BDRVQcow2State *s);
+int qcow2_snapshot_create(BDRVQcow2State *s, const char *name, GError **errp);
+int qcow2_snapshot_apply(BDRVQcow2State *s, const char *id_or_name,
+                         GError **errp);
+int qcow2_snapshot_delete(BDRVQcow2State *s, const char *id_or_name,
+                          GError **errp);
+
+#endif

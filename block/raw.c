@@ -1,0 +1,243 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * raw driver: the image is the file.  Used for raw backing files and as
+ * a convert source and target.
+ *
+ * Copyright (c) 2026 The qguard authors
+ */
+#include <inttypes.h>
+#include <string.h>
+
+#include "block_int.h"
+
+#define ZERO_CHUNK (1024 * 1024)
+
+static int raw_open(QGuardImage *img, const QGuardOpts *opts, GError **errp)
+{
+    int64_t len = host_file_length(img->file);
+
+    (void)opts;
+    if (len < 0) {
+        g_set_error(errp, QGUARD_ERROR, (int)-len,
+                    "Could not get the size of '%s': %s", img->filename,
+                    g_strerror((int)-len));
+        return len;
+    }
+    img->total_size = len;
+    img->opaque = img;
+    return 0;
+}
+
+static void raw_close(QGuardImage *img)
+{
+    img->opaque = NULL;
+}
+
+static int raw_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,
+                     void *buf)
+{
+    return host_file_pread(img->file, offset, buf, bytes);
+}
+
+static int raw_pwrite(QGuardImage *img, uint64_t offset, uint64_t bytes,
+                      const void *buf, unsigned flags)
+{
+    int ret = host_file_pwrite(img->file, offset, buf, bytes);
+
+    if (ret >= 0 && (flags & QGUARD_WRITE_FUA)) {
+        ret = host_file_flush(img->file);
+    }
+    return ret;
+}
+
+static int write_zeros(HostFile *file, uint64_t offset, uint64_t bytes)
+{
+    static const uint8_t zeros[ZERO_CHUNK];
+
+    while (bytes > 0) {
+        uint64_t cur = MIN(bytes, (uint64_t)ZERO_CHUNK);
+        int ret = host_file_pwrite(file, offset, zeros, cur);
+        if (ret < 0) {
+            return ret;
+        }
+        offset += cur;
+        bytes -= cur;
+    }
+    return 0;
+}
+
+static int raw_pwrite_zeroes(QGuardImage *img, uint64_t offset,
+                             uint64_t bytes, unsigned flags)
+{
+    int ret = -ENOTSUP;
+
+    if (flags & QGUARD_ZERO_MAY_UNMAP) {
+        ret = host_file_discard(img->file, offset, bytes);
+    }
+    if (ret == -ENOTSUP) {
+        if (flags & QGUARD_ZERO_FAST) {
+            return -ENOTSUP;
+        }
+        ret = write_zeros(img->file, offset, bytes);
+    }
+    if (ret >= 0 && (flags & QGUARD_WRITE_FUA)) {
+        ret = host_file_flush(img->file);
+    }
+    return ret;
+}
+
+static int raw_discard(QGuardImage *img, uint64_t offset, uint64_t bytes)
+{
+    int ret = host_file_discard(img->file, offset, bytes);
+
+    /* Discard is advisory: a filesystem without hole punching is fine. */
+    return ret == -ENOTSUP ? 0 : ret;
+}
+
+static int raw_flush(QGuardImage *img)
+{
+    return host_file_flush(img->file);
+}
+
+static int resize_file(HostFile *file, uint64_t old_size, uint64_t size,
+                       const char *prealloc, GError **errp)
+{
+    int ret;
+
+    if (prealloc && strcmp(prealloc, "off") && strcmp(prealloc, "falloc") &&
+        strcmp(prealloc, "full")) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Unsupported preallocation mode '%s'", prealloc);
+        return -EINVAL;
+    }
+    ret = host_file_truncate(file, size);
+    if (ret >= 0 && size > old_size && prealloc) {
+        if (!strcmp(prealloc, "falloc")) {
+            ret = host_file_allocate(file, old_size, size - old_size);
+        } else if (!strcmp(prealloc, "full")) {
+            ret = write_zeros(file, old_size, size - old_size);
+        }
+    }
+    if (ret < 0) {
+        g_set_error(errp, QGUARD_ERROR, -ret, "Could not resize file: %s",
+                    g_strerror(-ret));
+    }
+    return ret;
+}
+
+static int raw_truncate(QGuardImage *img, uint64_t size, bool shrink,
+                        const char *prealloc, GError **errp)
+{
+    int ret;
+
+    if (size < img->total_size && !shrink) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Use the --shrink option to perform a shrink operation.");
+        return -EINVAL;
+    }
+    ret = resize_file(img->file, img->total_size, size, prealloc, errp);
+    if (ret >= 0) {
+        img->total_size = size;
+    }
+    return ret;
+}
+
+static int raw_block_status(QGuardImage *img, uint64_t offset,
+                            uint64_t bytes, QGuardBlockStatus *st)
+{
+    bool hole = false;
+
+    st->bytes = bytes;
+    host_file_is_hole(img->file, offset, &st->bytes, &hole);
+    st->flags = QGUARD_BLOCK_ALLOCATED | QGUARD_BLOCK_OFFSET_VALID |
+                (hole ? QGUARD_BLOCK_ZERO : QGUARD_BLOCK_DATA);
+    st->host_offset = offset;
+    return 0;
+}
+
+static char *raw_create_describe(const QGuardOpts *opts, GError **errp)
+{
+    const char *size = qguard_opts_get(opts, "size");
+    const char *prealloc = qguard_opts_get(opts, "preallocation");
+    uint64_t n = 0;
+    guint i;
+
+    for (i = 0; i < qguard_opts_count(opts); i++) {
+        const char *key = qguard_opts_key(opts, i);
+        if (strcmp(key, "size") && strcmp(key, "preallocation")) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "Invalid parameter '%s'", key);
+            return NULL;
+        }
+    }
+    if (size && !qguard_parse_size(size, &n, NULL)) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Parameter 'size' expects a non-negative number below "
+                    "2^64\nOptional suffix k, M, G, T, P or E means kilo-, "
+                    "mega-, giga-, tera-, peta-\nand exabytes, respectively.");
+        return NULL;
+    }
+    return g_strdup_printf("fmt=raw%s%" PRIu64 "%s%s",
+                           size ? " size=" : "", size ? n : 0,
+                           prealloc ? " preallocation=" : "",
+                           prealloc ? prealloc : "");
+}
+
+static char *raw_create_help(void)
+{
+    return g_strdup("Supported raw options:\n"
+                    "  size=<size>            - Virtual disk size\n"
+                    "  preallocation=<str>    - Preallocation mode: off, "
+                    "falloc, full\n");
+}
+
+static int raw_create(const char *filename, const QGuardOpts *opts,
+                      QGuardProgressFunc *progress, void *opaque,
+                      GError **errp)
+{
+    const char *size_str = qguard_opts_get(opts, "size");
+    HostFile *file;
+    uint64_t size = 0;
+    int ret;
+
+    (void)progress;
+    (void)opaque;
+    if (size_str && !qguard_parse_size(size_str, &size, errp)) {
+        return -EINVAL;
+    }
+    ret = host_file_open(&file, filename, HOST_FILE_RDWR | HOST_FILE_CREATE,
+                         NULL);
+    if (ret < 0) {
+        g_set_error(errp, QGUARD_ERROR, -ret, "Could not create '%s': %s",
+                    filename, g_strerror(-ret));
+        return ret;
+    }
+    ret = resize_file(file, 0, size, qguard_opts_get(opts, "preallocation"),
+                      errp);
+    host_file_close(file);
+    return ret;
+}
+
+static int raw_probe(const uint8_t *buf, size_t len)
+{
+    (void)buf;
+    (void)len;
+    return 1;   /* anything is a raw image, as a last resort */
+}
+
+const BlockDriver bdrv_raw = {
+    .format_name = "raw",
+    .probe = raw_probe,
+    .open = raw_open,
+    .close = raw_close,
+    .create = raw_create,
+    .create_describe = raw_create_describe,
+    .create_help = raw_create_help,
+    .pread = raw_pread,
+    .pwrite = raw_pwrite,
+    .pwrite_zeroes = raw_pwrite_zeroes,
+    .discard = raw_discard,
+    .flush = raw_flush,
+    .truncate = raw_truncate,
+    .block_status = raw_block_status,
+};

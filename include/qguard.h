@@ -1,0 +1,298 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libqguard public API.
+ *
+ * Copyright (c) 2026 The qguard authors
+ *
+ * Everything a tool (qguard-img, qguard-io, the nbdkit plugin) needs goes
+ * through this header.  Functions that can fail return 0 or a positive value
+ * on success and a negative errno on failure; where a user will read the
+ * failure, a GError carries the message.
+ */
+#ifndef QGUARD_H
+#define QGUARD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <glib.h>
+
+G_BEGIN_DECLS
+
+#define QGUARD_ERROR qguard_error_quark()
+GQuark qguard_error_quark(void);
+
+/* ---- Option lists ------------------------------------------------------ */
+
+/*
+ * An ordered list of key=value pairs, as QEMU's command lines use them:
+ * "a=1,b=2", with ",," standing for a literal comma inside a value.
+ */
+typedef struct QGuardOpts QGuardOpts;
+
+QGuardOpts *qguard_opts_new(void);
+QGuardOpts *qguard_opts_copy(const QGuardOpts *opts);
+void qguard_opts_free(QGuardOpts *opts);
+/*
+ * Parse @str and append its pairs.  If @implied_key is non-NULL, a first
+ * element without '=' is taken as the value of @implied_key.
+ */
+bool qguard_opts_parse(QGuardOpts *opts, const char *str,
+                       const char *implied_key, GError **errp);
+/* Replaces an existing value of @key. */
+void qguard_opts_set(QGuardOpts *opts, const char *key, const char *value);
+const char *qguard_opts_get(const QGuardOpts *opts, const char *key);
+bool qguard_opts_has(const QGuardOpts *opts, const char *key);
+void qguard_opts_del(QGuardOpts *opts, const char *key);
+guint qguard_opts_count(const QGuardOpts *opts);
+const char *qguard_opts_key(const QGuardOpts *opts, guint i);
+const char *qguard_opts_value(const QGuardOpts *opts, guint i);
+
+/*
+ * Sizes as qemu-img takes them: a number with an optional fraction and an
+ * optional suffix b, k/K, M, G, T, P, E (binary multiples).
+ */
+bool qguard_parse_size(const char *str, uint64_t *size, GError **errp);
+/* "1 GiB", "512 KiB", "1.5 MiB": QEMU's size_to_str(). Free with g_free. */
+char *qguard_size_to_str(uint64_t size);
+
+/* ---- Images ------------------------------------------------------------ */
+
+typedef struct QGuardImage QGuardImage;
+
+enum {
+    QGUARD_OPEN_RDWR       = 1 << 0,
+    /* Do not open the backing chain (qemu-img info/check/resize do this). */
+    QGUARD_OPEN_NO_BACKING = 1 << 1,
+    /*
+     * Open for repair: a corrupt image may be opened read-write and a dirty
+     * image is not repaired automatically.
+     */
+    QGUARD_OPEN_CHECK      = 1 << 2,
+};
+
+/*
+ * Open @filename (or, with @filename NULL, the file named by the option
+ * "file.filename" in @opts).  @format may be NULL to probe.  @opts holds
+ * runtime options (overlap-check, l2-cache-size, ...); it may be NULL.
+ */
+int qguard_image_open(QGuardImage **pimg, const char *filename,
+                      const char *format, const QGuardOpts *opts,
+                      unsigned flags, GError **errp);
+/* Flushes and closes; the image is freed even if the flush fails. */
+int qguard_image_close(QGuardImage *img, GError **errp);
+
+const char *qguard_image_filename(const QGuardImage *img);
+const char *qguard_image_format(const QGuardImage *img);
+uint64_t qguard_image_size(const QGuardImage *img);
+bool qguard_image_is_read_only(const QGuardImage *img);
+/* The image's backing image, or NULL. */
+QGuardImage *qguard_image_backing(QGuardImage *img);
+
+enum {
+    /* The write is on stable storage when the call returns. */
+    QGUARD_WRITE_FUA       = 1 << 0,
+    /* pwrite_zeroes: the range may be deallocated. */
+    QGUARD_ZERO_MAY_UNMAP  = 1 << 1,
+    /* pwrite_zeroes: fail with -ENOTSUP rather than write zeros slowly. */
+    QGUARD_ZERO_FAST       = 1 << 2,
+};
+
+int qguard_image_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,
+                       void *buf, GError **errp);
+int qguard_image_pwrite(QGuardImage *img, uint64_t offset, uint64_t bytes,
+                        const void *buf, unsigned flags, GError **errp);
+int qguard_image_pwrite_zeroes(QGuardImage *img, uint64_t offset,
+                               uint64_t bytes, unsigned flags, GError **errp);
+int qguard_image_discard(QGuardImage *img, uint64_t offset, uint64_t bytes,
+                         GError **errp);
+int qguard_image_flush(QGuardImage *img, GError **errp);
+/*
+ * Change the virtual size.  Shrinking is refused unless @shrink is set.
+ * @prealloc is "off", "metadata", "falloc" or "full" (NULL means "off").
+ */
+int qguard_image_truncate(QGuardImage *img, uint64_t size, bool shrink,
+                          const char *prealloc, GError **errp);
+
+/* ---- Block status (qemu-img map) ---------------------------------------- */
+
+enum {
+    QGUARD_BLOCK_DATA        = 1 << 0, /* reads come from a data cluster */
+    QGUARD_BLOCK_ZERO        = 1 << 1, /* reads as zeros */
+    QGUARD_BLOCK_ALLOCATED   = 1 << 2, /* this layer decides the content */
+    QGUARD_BLOCK_OFFSET_VALID = 1 << 3, /* host_offset is meaningful */
+    QGUARD_BLOCK_COMPRESSED  = 1 << 4,
+};
+
+typedef struct QGuardBlockStatus {
+    unsigned flags;
+    uint64_t bytes;          /* length of the extent with these properties */
+    uint64_t host_offset;    /* in the file of @image, if OFFSET_VALID */
+    int depth;               /* 0 = this image, 1 = its backing file, ... */
+    QGuardImage *image;      /* the layer that provided the status */
+} QGuardBlockStatus;
+
+/*
+ * Status of [offset, offset + bytes) in @img, following the backing chain
+ * through unallocated extents.  st->bytes is at least 1 and at most @bytes.
+ */
+int qguard_image_block_status(QGuardImage *img, uint64_t offset,
+                              uint64_t bytes, QGuardBlockStatus *st,
+                              GError **errp);
+
+/* ---- Information (qemu-img info) --------------------------------------- */
+
+typedef struct QGuardSnapshotInfo {
+    char *id;
+    char *name;
+    uint64_t vm_state_size;
+    uint32_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t disk_size;       /* 0 if the snapshot does not record it */
+    uint64_t icount;          /* UINT64_MAX if absent */
+} QGuardSnapshotInfo;
+
+typedef struct QGuardBitmapInfo {
+    char *name;
+    uint32_t granularity;
+    bool in_use;
+    bool is_auto;
+} QGuardBitmapInfo;
+
+typedef struct QGuardImageInfo {
+    char *filename;
+    char *format;
+    uint64_t virtual_size;
+    int64_t actual_size;        /* bytes allocated on the host, -1 unknown */
+    uint32_t cluster_size;      /* 0 for raw */
+    bool encrypted;
+    bool dirty_flag;
+    char *backing_filename;     /* as written in the image, or NULL */
+    char *full_backing_filename;
+    char *backing_format;
+    /* qcow2 only */
+    bool is_qcow2;
+    char *compat;               /* "0.10" or "1.1" */
+    char *compression_type;     /* "zlib" */
+    bool lazy_refcounts;
+    int refcount_bits;
+    bool corrupt;
+    bool extended_l2;
+    bool has_data_file;
+    guint nb_snapshots;
+    QGuardSnapshotInfo *snapshots;
+    guint nb_bitmaps;
+    QGuardBitmapInfo *bitmaps;
+} QGuardImageInfo;
+
+int qguard_image_get_info(QGuardImage *img, QGuardImageInfo **pinfo,
+                          GError **errp);
+void qguard_image_info_free(QGuardImageInfo *info);
+
+/* ---- Consistency check (qemu-img check) -------------------------------- */
+
+enum {
+    QGUARD_CHECK_FIX_LEAKS  = 1 << 0,
+    QGUARD_CHECK_FIX_ERRORS = 1 << 1,
+};
+
+typedef struct QGuardCheckResult {
+    int corruptions;
+    int leaks;
+    int check_errors;
+    int corruptions_fixed;
+    int leaks_fixed;
+    int64_t image_end_offset;
+    uint64_t total_clusters;
+    uint64_t allocated_clusters;
+    uint64_t fragmented_clusters;
+    uint64_t compressed_clusters;
+} QGuardCheckResult;
+
+/* Receives the per-problem lines qemu-img check prints on stderr. */
+typedef void QGuardReportFunc(void *opaque, const char *line);
+
+/*
+ * Returns -ENOTSUP for formats without a check.  The image must be open
+ * read-write (with QGUARD_OPEN_CHECK) to repair.
+ */
+int qguard_image_check(QGuardImage *img, unsigned fix,
+                       QGuardCheckResult *result,
+                       QGuardReportFunc *report, void *opaque,
+                       GError **errp);
+
+/* ---- Creation ------------------------------------------------------------ */
+
+/* Progress in percent, 0.0 .. 100.0. */
+typedef void QGuardProgressFunc(void *opaque, double percent);
+
+/*
+ * Create an image.  @opts holds creation options ("size", "cluster_size",
+ * "refcount_bits", "compat", "preallocation", "lazy_refcounts",
+ * "backing_file", "backing_fmt") and may also hold runtime options
+ * (overlap-check, ...) used while preallocating.
+ */
+int qguard_image_create(const char *filename, const char *format,
+                        const QGuardOpts *opts, QGuardProgressFunc *progress,
+                        void *opaque, GError **errp);
+/*
+ * What qemu-img does before it prints "Formatting": check the options'
+ * syntax, check the backing file (unless @unsafe) and take a missing size
+ * from it (stored into @opts).  Returns the "fmt=qcow2 cluster_size=..."
+ * description, with defaults, in QEMU's order.
+ */
+char *qguard_create_prepare(const char *filename, const char *format,
+                            QGuardOpts *opts, bool unsafe, GError **errp);
+/* Help text for -o help: one "  name=<type>  - description" line each. */
+char *qguard_create_help(const char *format, GError **errp);
+
+/* ---- Internal snapshots -------------------------------------------------- */
+
+/*
+ * Snapshots are named by id or by name (an id match wins, as in QEMU).
+ * Errors: -ENOENT no such snapshot, -EEXIST duplicate name, -ENOTSUP the
+ * format has no internal snapshots, -EPERM read-only image.
+ */
+int qguard_snapshot_create(QGuardImage *img, const char *name, GError **errp);
+int qguard_snapshot_apply(QGuardImage *img, const char *id_or_name,
+                          GError **errp);
+int qguard_snapshot_delete(QGuardImage *img, const char *id_or_name,
+                           GError **errp);
+/* The snapshot table as qemu-img snapshot -l lists it; free with g_free
+ * after qguard_snapshot_info_clear() on each element. */
+int qguard_snapshot_list(QGuardImage *img, QGuardSnapshotInfo **list,
+                         guint *count, GError **errp);
+void qguard_snapshot_info_clear(QGuardSnapshotInfo *info);
+
+/* ---- Overlap protection statistics -------------------------------------- */
+
+typedef struct QGuardOverlapStats {
+    char algorithm[16];         /* "windowed", "linear" */
+    unsigned checks_mask;       /* enabled metadata types, bit per type */
+    uint64_t checks;            /* overlap checks performed */
+    uint64_t refused;           /* writes refused */
+    /* windowed map only */
+    uint64_t list_to_bytemap;
+    uint64_t bytemap_to_list;
+    uint64_t bytemaps_freed;
+    uint64_t inserts;
+    uint64_t removes;
+    uint64_t queries;
+    uint64_t mem_current;
+    uint64_t mem_peak;
+    uint64_t windows;
+    unsigned cache_size;
+} QGuardOverlapStats;
+
+/* -ENOTSUP if the format has no overlap protection. */
+int qguard_image_overlap_stats(QGuardImage *img, QGuardOverlapStats *stats);
+void qguard_image_overlap_stats_reset(QGuardImage *img);
+const char *qguard_overlap_type_name(int bitnr);
+/* Diagnostics the library prints (corruption events); default: stderr. */
+void qguard_set_message_handler(QGuardReportFunc *fn, void *opaque);
+int qguard_overlap_type_count(void);
+
+G_END_DECLS
+
+#endif /* QGUARD_H */

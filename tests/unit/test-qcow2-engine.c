@@ -1,0 +1,600 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Engine tests: data against an in-memory model, write ordering, refcount
+ * structure growth, overlap refusal, and the two overlap algorithms agreeing.
+ *
+ * Copyright (c) 2026 The qguard authors
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "qguard.h"
+#include "block/block_int.h"
+#include "block/qcow2.h"
+
+static char *test_dir;
+static guint32 seed;
+
+static char *test_path(const char *name)
+{
+    return g_build_filename(test_dir, name, NULL);
+}
+
+static QGuardImage *create_and_open(const char *name, const char *create_opts,
+                                    const char *runtime_opts)
+{
+    g_autofree char *path = test_path(name);
+    g_autoptr(GError) err = NULL;
+    QGuardOpts *opts = qguard_opts_new();
+    QGuardOpts *ropts = qguard_opts_new();
+    QGuardImage *img = NULL;
+    g_autofree char *desc = NULL;
+
+    g_assert_true(qguard_opts_parse(opts, create_opts, NULL, &err));
+    desc = qguard_create_prepare(path, "qcow2", opts, false, &err);
+    g_assert_no_error(err);
+    g_assert_cmpint(qguard_image_create(path, "qcow2", opts, NULL, NULL,
+                                        &err), ==, 0);
+    g_assert_no_error(err);
+    if (runtime_opts) {
+        g_assert_true(qguard_opts_parse(ropts, runtime_opts, NULL, &err));
+    }
+    g_assert_cmpint(qguard_image_open(&img, path, "qcow2", ropts,
+                                      QGUARD_OPEN_RDWR, &err), ==, 0);
+    g_assert_no_error(err);
+    qguard_opts_free(opts);
+    qguard_opts_free(ropts);
+    return img;
+}
+
+static QGuardImage *reopen(QGuardImage *img, const char *runtime_opts)
+{
+    g_autofree char *path = g_strdup(qguard_image_filename(img));
+    g_autoptr(GError) err = NULL;
+    QGuardOpts *ropts = qguard_opts_new();
+
+    g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
+    if (runtime_opts) {
+        g_assert_true(qguard_opts_parse(ropts, runtime_opts, NULL, &err));
+    }
+    g_assert_cmpint(qguard_image_open(&img, path, "qcow2", ropts,
+                                      QGUARD_OPEN_RDWR, &err), ==, 0);
+    qguard_opts_free(ropts);
+    return img;
+}
+
+static void report_to_test_log(void *opaque, const char *line)
+{
+    GString *log = opaque;
+
+    g_string_append_printf(log, "%s\n", line);
+}
+
+/* The image passes its own check with nothing to report. */
+static void assert_check_clean(QGuardImage *img)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GString) log = g_string_new(NULL);
+    QGuardCheckResult res;
+    int ret;
+
+    ret = qguard_image_check(img, 0, &res, report_to_test_log, log, &err);
+    g_assert_no_error(err);
+    g_assert_cmpint(ret, ==, 0);
+    if (res.corruptions || res.leaks || res.check_errors) {
+        g_test_message("check output:\n%s", log->str);
+    }
+    g_assert_cmpint(res.corruptions, ==, 0);
+    g_assert_cmpint(res.leaks, ==, 0);
+    g_assert_cmpint(res.check_errors, ==, 0);
+}
+
+/* ---- Data against a model ------------------------------------------------ */
+
+typedef struct ModelRun {
+    const char *create_opts;
+    const char *runtime_opts;
+    uint64_t size;
+    int ops;
+    uint64_t max_len;
+} ModelRun;
+
+static void fill_pattern(uint8_t *buf, uint64_t len, uint64_t offset,
+                         uint32_t tag)
+{
+    uint64_t i;
+
+    for (i = 0; i < len; i++) {
+        buf[i] = (uint8_t)((offset + i) * 31 + tag);
+    }
+}
+
+static void verify_against_model(QGuardImage *img, const uint8_t *model,
+                                 uint64_t size)
+{
+    g_autoptr(GError) err = NULL;
+    uint64_t chunk = 1 << 20, off;
+    g_autofree uint8_t *buf = g_malloc(chunk);
+
+    for (off = 0; off < size; off += chunk) {
+        uint64_t len = MIN(chunk, size - off);
+        g_assert_cmpint(qguard_image_pread(img, off, len, buf, &err), ==, 0);
+        if (memcmp(buf, model + off, len)) {
+            uint64_t i = 0;
+            while (buf[i] == model[off + i]) {
+                i++;
+            }
+            g_error("data differs at offset %" PRIu64 " (seed %u)", off + i,
+                    seed);
+        }
+    }
+}
+
+static void run_model(gconstpointer data)
+{
+    const ModelRun *run = data;
+    g_autoptr(GError) err = NULL;
+    g_autofree uint8_t *model = g_malloc0(run->size);
+    g_autofree uint8_t *buf = g_malloc(run->max_len);
+    GRand *rand = g_rand_new_with_seed(seed);
+    QGuardImage *img;
+    int i;
+
+    img = create_and_open("model.qcow2", run->create_opts, run->runtime_opts);
+    for (i = 0; i < run->ops; i++) {
+        uint64_t len = 1 + g_rand_int_range(rand, 0, run->max_len);
+        uint64_t off = (uint64_t)g_rand_double(rand) * (run->size - len);
+        int op = g_rand_int_range(rand, 0, 10);
+
+        if (g_rand_boolean(rand)) {
+            /* Aligned requests exercise whole-cluster paths. */
+            off &= ~(uint64_t)511;
+            len = MAX(512, len & ~(uint64_t)511);
+            len = MIN(len, run->size - off);
+        }
+        if (op < 6) {
+            fill_pattern(buf, len, off, i);
+            g_assert_cmpint(qguard_image_pwrite(img, off, len, buf, 0, &err),
+                            ==, 0);
+            memcpy(model + off, buf, len);
+        } else if (op < 8) {
+            unsigned flags = g_rand_boolean(rand) ? QGUARD_ZERO_MAY_UNMAP : 0;
+            g_assert_cmpint(qguard_image_pwrite_zeroes(img, off, len, flags,
+                                                       &err), ==, 0);
+            memset(model + off, 0, len);
+        } else if (op < 9) {
+            /* Discard: whole clusters read as zeros afterwards (no backing). */
+            g_assert_cmpint(qguard_image_discard(img, off, len, &err), ==, 0);
+            g_assert_cmpint(qguard_image_pread(img, off, len, buf, &err), ==,
+                            0);
+            memcpy(model + off, buf, len);
+        } else {
+            g_assert_cmpint(qguard_image_flush(img, &err), ==, 0);
+        }
+        g_assert_no_error(err);
+        if (g_getenv("QGUARD_TEST_TRACE")) {
+            g_printerr("op %d kind %d off %" PRIu64 " len %" PRIu64 "\n", i,
+                       op, off, len);
+            verify_against_model(img, model, run->size);
+        }
+    }
+    verify_against_model(img, model, run->size);
+    assert_check_clean(img);
+    img = reopen(img, run->runtime_opts);
+    verify_against_model(img, model, run->size);
+    assert_check_clean(img);
+    g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
+    g_rand_free(rand);
+}
+
+/* Discard may keep data it cannot drop, but never invent data. */
+static void test_discard_reads_zero_or_old(void)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardImage *img = create_and_open("discard.qcow2", "size=4M", NULL);
+    uint8_t buf[65536], rb[65536];
+
+    memset(buf, 0x5a, sizeof(buf));
+    g_assert_cmpint(qguard_image_pwrite(img, 0, sizeof(buf), buf, 0, &err),
+                    ==, 0);
+    g_assert_cmpint(qguard_image_discard(img, 0, sizeof(buf), &err), ==, 0);
+    g_assert_cmpint(qguard_image_pread(img, 0, sizeof(rb), rb, &err), ==, 0);
+    memset(buf, 0, sizeof(buf));
+    g_assert_cmpmem(rb, sizeof(rb), buf, sizeof(buf));
+    assert_check_clean(img);
+    qguard_image_close(img, NULL);
+}
+
+/* ---- Refcount structures ----------------------------------------------- */
+
+static void test_refcount_accessors_round_trip(void)
+{
+    BDRVQcow2State s = { .cluster_bits = 9 };
+    uint8_t block[512];
+    int order;
+
+    for (order = 0; order <= 6; order++) {
+        uint64_t entries, i, max;
+
+        s.refcount_order = order;
+        qcow2_refcount_setup_order(&s);
+        entries = s.refcount_block_size;
+        max = s.refcount_max;
+        g_assert_cmpuint(entries, ==, 512 * 8 >> order);
+        memset(block, 0, sizeof(block));
+        for (i = 0; i < entries; i++) {
+            s.set_refcount(block, i, (i * 7 + 3) & max);
+        }
+        for (i = 0; i < entries; i++) {
+            g_assert_cmpuint(s.get_refcount(block, i), ==, (i * 7 + 3) & max);
+        }
+        s.set_refcount(block, entries - 1, max);
+        g_assert_cmpuint(s.get_refcount(block, entries - 1), ==, max);
+        g_assert_cmpuint(s.get_refcount(block, entries - 2), ==,
+                         ((entries - 2) * 7 + 3) & max);
+    }
+}
+
+/*
+ * With 512-byte clusters and 64-bit refcounts a refcount block covers 64
+ * clusters and a table cluster 64 blocks: writing 8 MiB forces the table to
+ * grow and move several times.
+ */
+static void test_refcount_table_grows_and_moves(void)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardImage *img = create_and_open("grow.qcow2",
+                                       "size=64M,cluster_size=512,"
+                                       "refcount_bits=64", NULL);
+    BDRVQcow2State *s = img->opaque;
+    uint64_t old_offset = s->refcount_table_offset;
+    uint32_t old_size = s->refcount_table_size;
+    g_autofree uint8_t *buf = g_malloc(1 << 20);
+    int i;
+
+    for (i = 0; i < 8; i++) {
+        fill_pattern(buf, 1 << 20, i << 20, 7);
+        g_assert_cmpint(qguard_image_pwrite(img, (uint64_t)i << 20, 1 << 20,
+                                            buf, 0, &err), ==, 0);
+    }
+    g_assert_cmpuint(s->refcount_table_size, >, old_size);
+    g_assert_cmpuint(s->refcount_table_offset, !=, old_offset);
+    assert_check_clean(img);
+    img = reopen(img, NULL);
+    for (i = 0; i < 8; i++) {
+        g_autofree uint8_t *expect = g_malloc(1 << 20);
+        fill_pattern(expect, 1 << 20, i << 20, 7);
+        g_assert_cmpint(qguard_image_pread(img, (uint64_t)i << 20, 1 << 20,
+                                           buf, &err), ==, 0);
+        g_assert_cmpmem(buf, 1 << 20, expect, 1 << 20);
+    }
+    assert_check_clean(img);
+    qguard_image_close(img, NULL);
+}
+
+static void test_resize_grows_l1_and_keeps_data(void)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardImage *img = create_and_open("resize.qcow2",
+                                       "size=1M,cluster_size=512", NULL);
+    BDRVQcow2State *s = img->opaque;
+    uint32_t old_l1 = s->l1_size;
+    uint8_t buf[4096], rb[4096];
+
+    memset(buf, 0x11, sizeof(buf));
+    g_assert_cmpint(qguard_image_pwrite(img, 0, sizeof(buf), buf, 0, &err),
+                    ==, 0);
+    g_assert_cmpint(qguard_image_truncate(img, 256 << 20, false, NULL, &err),
+                    ==, 0);
+    g_assert_cmpuint(s->l1_size, >, old_l1);
+    memset(buf, 0x22, sizeof(buf));
+    g_assert_cmpint(qguard_image_pwrite(img, (256 << 20) - sizeof(buf),
+                                        sizeof(buf), buf, 0, &err), ==, 0);
+    img = reopen(img, NULL);
+    g_assert_cmpuint(qguard_image_size(img), ==, 256 << 20);
+    g_assert_cmpint(qguard_image_pread(img, 0, sizeof(rb), rb, &err), ==, 0);
+    memset(buf, 0x11, sizeof(buf));
+    g_assert_cmpmem(rb, sizeof(rb), buf, sizeof(buf));
+    g_assert_cmpint(qguard_image_pread(img, (256 << 20) - sizeof(rb),
+                                       sizeof(rb), rb, &err), ==, 0);
+    memset(buf, 0x22, sizeof(buf));
+    g_assert_cmpmem(rb, sizeof(rb), buf, sizeof(buf));
+    assert_check_clean(img);
+    qguard_image_close(img, NULL);
+}
+
+/* ---- Write ordering ----------------------------------------------------- */
+
+typedef struct WriteLog {
+    GArray *ops;        /* of LoggedOp */
+    HostFile *file;
+} WriteLog;
+
+typedef struct LoggedOp {
+    HostFileOp op;
+    uint64_t offset;
+    uint64_t bytes;
+} LoggedOp;
+
+static int log_hook(void *opaque, HostFile *file, HostFileOp op,
+                    uint64_t offset, uint64_t bytes,
+                    const struct iovec *iov, int iovcnt)
+{
+    WriteLog *log = opaque;
+    LoggedOp e = { op, offset, bytes };
+
+    (void)iov;
+    (void)iovcnt;
+    if (file == log->file && (op == HOST_FILE_WRITE || op == HOST_FILE_FLUSH)) {
+        g_array_append_val(log->ops, e);
+    }
+    return 0;
+}
+
+static int64_t index_of_write(WriteLog *log, uint64_t offset)
+{
+    guint i;
+
+    for (i = 0; i < log->ops->len; i++) {
+        LoggedOp *e = &g_array_index(log->ops, LoggedOp, i);
+        if (e->op == HOST_FILE_WRITE && offset >= e->offset &&
+            offset < e->offset + e->bytes) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+static bool flush_between(WriteLog *log, int64_t a, int64_t b)
+{
+    int64_t i;
+
+    for (i = a + 1; i < b; i++) {
+        if (g_array_index(log->ops, LoggedOp, i).op == HOST_FILE_FLUSH) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * An allocating write on a fresh image: the refcount of the new cluster
+ * reaches the disk before the L2 table that points at it, and the L2 table
+ * before the L1 entry, each separated by a flush.
+ */
+static void test_allocation_is_ordered_refcount_l2_l1(void)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardImage *img = create_and_open("order.qcow2", "size=64M", NULL);
+    BDRVQcow2State *s = img->opaque;
+    WriteLog log = { g_array_new(FALSE, FALSE, sizeof(LoggedOp)), img->file };
+    uint8_t buf[4096];
+    uint64_t l2_offset, data_offset, refblock;
+    int64_t i_ref, i_l2, i_l1;
+    QCow2ClusterType type;
+    uint64_t bytes = sizeof(buf);
+
+    memset(buf, 0x33, sizeof(buf));
+    host_file_set_hook(log_hook, &log);
+    g_assert_cmpint(qguard_image_pwrite(img, 1 << 20, sizeof(buf), buf, 0,
+                                        &err), ==, 0);
+    g_assert_cmpint(qguard_image_flush(img, &err), ==, 0);
+    host_file_set_hook(NULL, NULL);
+
+    l2_offset = s->l1_table[0] & L1E_OFFSET_MASK;
+    g_assert_cmpint(qcow2_get_host_offset(s, 1 << 20, &bytes, &data_offset,
+                                          &type), ==, 0);
+    g_assert_cmpint(type, ==, QCOW2_CLUSTER_NORMAL);
+    refblock = s->refcount_table[0] & REFT_OFFSET_MASK;
+    i_ref = index_of_write(&log, refblock);
+    i_l2 = index_of_write(&log, l2_offset);
+    i_l1 = index_of_write(&log, s->l1_table_offset);
+    g_assert_cmpint(i_ref, >=, 0);
+    g_assert_cmpint(i_l2, >, i_ref);
+    g_assert_cmpint(i_l1, >, i_l2);
+    g_assert_true(flush_between(&log, i_ref, i_l2));
+    g_assert_true(flush_between(&log, i_l2, i_l1));
+    g_array_free(log.ops, TRUE);
+    qguard_image_close(img, NULL);
+}
+
+/* ---- Overlap protection ------------------------------------------------- */
+
+static void capture_message(void *opaque, const char *line)
+{
+    g_string_append_printf(opaque, "%s\n", line);
+}
+
+/*
+ * Point a data cluster's L2 entry at the active L1 table (in memory, the
+ * way a byte-edited image would) and write through it: refused, corrupt bit
+ * set, L1 unchanged on disk.
+ */
+static void overlap_refusal(const char *algorithm)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *opts = g_strdup_printf("overlap-check.algorithm=%s",
+                                            algorithm);
+    QGuardImage *img = create_and_open("overlap.qcow2", "size=64M", opts);
+    BDRVQcow2State *s = img->opaque;
+    g_autoptr(GString) messages = g_string_new(NULL);
+    uint8_t buf[512], l1_before[512], l1_after[512], hdr[8];
+    uint64_t l2_offset;
+    void *l2;
+
+    memset(buf, 0x44, sizeof(buf));
+    g_assert_cmpint(qguard_image_pwrite(img, 0, sizeof(buf), buf, 0, &err),
+                    ==, 0);
+    l2_offset = s->l1_table[0] & L1E_OFFSET_MASK;
+    g_assert_cmpint(qcow2_cache_get(s, s->l2_table_cache, l2_offset, &l2),
+                    ==, 0);
+    l2_set(l2, 0, s->l1_table_offset | QCOW_OFLAG_COPIED);
+    qcow2_cache_put(s->l2_table_cache, &l2);
+    g_assert_cmpint(qcow2_flush_metadata(s), ==, 0);
+    g_assert_cmpint(host_file_pread(img->file, s->l1_table_offset, l1_before,
+                                    sizeof(l1_before)), ==, 0);
+
+    qguard_set_message_handler(capture_message, messages);
+    g_assert_cmpint(qguard_image_pwrite(img, 0, sizeof(buf), buf, 0, &err),
+                    ==, -EIO);
+    qguard_set_message_handler(NULL, NULL);
+    g_clear_error(&err);
+    g_assert_cmpstr(messages->str, ==,
+                    "qcow2: Marking image as corrupt: Preventing invalid "
+                    "write on metadata (overlaps with active L1 table); "
+                    "further corruption events will be suppressed\n");
+    g_assert_cmpint(host_file_pread(img->file, s->l1_table_offset, l1_after,
+                                    sizeof(l1_after)), ==, 0);
+    g_assert_cmpmem(l1_before, sizeof(l1_before), l1_after, sizeof(l1_after));
+    g_assert_cmpint(host_file_pread(img->file, 72, hdr, 8), ==, 0);
+    g_assert_cmpuint(be_get64(hdr) & QCOW2_INCOMPAT_CORRUPT, !=, 0);
+    /* The open image now refuses all requests. */
+    g_assert_cmpint(qguard_image_pwrite(img, 4096, sizeof(buf), buf, 0, &err),
+                    ==, -ENOMEDIUM);
+    g_clear_error(&err);
+    qguard_image_close(img, NULL);
+}
+
+static void test_overlap_refused_windowed(void)
+{
+    overlap_refusal("windowed");
+}
+
+static void test_overlap_refused_linear(void)
+{
+    overlap_refusal("linear");
+}
+
+/*
+ * Differential: random workloads with growth of the refcount table and L1;
+ * after each step the windowed map and QEMU's scan agree on random ranges.
+ */
+static void test_linear_and_windowed_agree(void)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardImage *img = create_and_open("diff.qcow2",
+                                       "size=8M,cluster_size=512,"
+                                       "refcount_bits=64", NULL);
+    BDRVQcow2State *s = img->opaque;
+    GRand *rand = g_rand_new_with_seed(seed);
+    g_autofree uint8_t *buf = g_malloc(65536);
+    uint64_t queries = 0;
+    int step;
+
+    memset(buf, 0x77, 65536);
+    for (step = 0; step < 300; step++) {
+        uint64_t len = 512 * g_rand_int_range(rand, 1, 128);
+        uint64_t size = qguard_image_size(img);
+        uint64_t off = ((uint64_t)(g_rand_double(rand) * (size - len))) & ~511;
+        int64_t end;
+        int k;
+
+        switch (g_rand_int_range(rand, 0, 8)) {
+        case 0:
+            g_assert_cmpint(qguard_image_discard(img, off, len, &err), ==, 0);
+            break;
+        case 1:
+            if (size < (64 << 20)) {
+                g_assert_cmpint(qguard_image_truncate(img, size + (1 << 20),
+                                                      false, NULL, &err),
+                                ==, 0);
+            }
+            break;
+        default:
+            g_assert_cmpint(qguard_image_pwrite(img, off, len, buf, 0, &err),
+                            ==, 0);
+            break;
+        }
+        end = qcow2_host_end_cluster(s) + 8;
+        for (k = 0; k < 50; k++) {
+            uint64_t qoff = (uint64_t)g_rand_int_range(rand, 0, end) << 9;
+            uint64_t qlen = g_rand_int_range(rand, 1, 8192);
+            unsigned lin = qcow2_linear_overlap_check(s, QCOW2_OL_CACHED,
+                                                      qoff, qlen);
+            unsigned win = qcow2_metadata_map_check(s->metadata_map, qoff,
+                                                    qlen, ~QCOW2_OL_CACHED);
+            /* The scan names the first type it finds; the map all of them. */
+            if ((lin == 0) != (win == 0) || (lin && !(win & lin))) {
+                g_error("step %d: [%#" PRIx64 ", +%#" PRIx64 ") linear %#x "
+                        "windowed %#x (seed %u)", step, qoff, qlen, lin, win,
+                        seed);
+            }
+            queries++;
+        }
+    }
+    g_test_message("%" PRIu64 " ranges compared", queries);
+    assert_check_clean(img);
+    g_rand_free(rand);
+    qguard_image_close(img, NULL);
+}
+
+static const ModelRun model_runs[] = {
+    { "size=32M", NULL, 32 << 20, 400, 300000 },
+    { "size=16M,cluster_size=512,refcount_bits=1", NULL, 16 << 20, 400,
+      100000 },
+    { "size=16M,cluster_size=512,refcount_bits=64", NULL, 16 << 20, 400,
+      100000 },
+    { "size=16M,cluster_size=4096,refcount_bits=2", NULL, 16 << 20, 400,
+      100000 },
+    { "size=64M,cluster_size=2M,refcount_bits=8", NULL, 64 << 20, 100,
+      5000000 },
+    { "size=16M,compat=0.10", NULL, 16 << 20, 300, 200000 },
+    { "size=16M,lazy_refcounts=on", NULL, 16 << 20, 300, 200000 },
+    { "size=16M,cluster_size=1024,preallocation=metadata", NULL, 16 << 20,
+      300, 100000 },
+    { "size=16M,cluster_size=512", "overlap-check=all,"
+      "overlap-check.cache-size=1", 16 << 20, 300, 100000 },
+    { "size=16M,cluster_size=512", "overlap-check.algorithm=linear",
+      16 << 20, 200, 100000 },
+    { "size=16M,cluster_size=512", "l2-cache-size=1024,"
+      "refcount-cache-size=2048", 16 << 20, 300, 100000 },
+};
+
+int main(int argc, char **argv)
+{
+    const char *env_seed = g_getenv("QGUARD_TEST_SEED");
+    size_t i;
+    int ret;
+
+    g_test_init(&argc, &argv, NULL);
+    seed = env_seed ? (guint32)strtoul(env_seed, NULL, 0)
+                    : (guint32)g_random_int();
+    g_test_message("seed %u (set QGUARD_TEST_SEED to repeat)", seed);
+    test_dir = g_dir_make_tmp("qguard-engine-XXXXXX", NULL);
+
+    g_test_add_func("/qcow2/refcount/accessors-round-trip",
+                    test_refcount_accessors_round_trip);
+    g_test_add_func("/qcow2/refcount/table-grows-and-moves",
+                    test_refcount_table_grows_and_moves);
+    g_test_add_func("/qcow2/resize/grows-l1-and-keeps-data",
+                    test_resize_grows_l1_and_keeps_data);
+    g_test_add_func("/qcow2/discard/reads-zero",
+                    test_discard_reads_zero_or_old);
+    g_test_add_func("/qcow2/order/allocation-refcount-l2-l1",
+                    test_allocation_is_ordered_refcount_l2_l1);
+    g_test_add_func("/qcow2/overlap/write-over-l1-refused-windowed",
+                    test_overlap_refused_windowed);
+    g_test_add_func("/qcow2/overlap/write-over-l1-refused-linear",
+                    test_overlap_refused_linear);
+    g_test_add_func("/qcow2/overlap/linear-and-windowed-agree",
+                    test_linear_and_windowed_agree);
+    for (i = 0; i < G_N_ELEMENTS(model_runs); i++) {
+        g_autofree char *name = g_strdup_printf("/qcow2/model/%s%s%s",
+            model_runs[i].create_opts,
+            model_runs[i].runtime_opts ? "/" : "",
+            model_runs[i].runtime_opts ? model_runs[i].runtime_opts : "");
+        g_test_add_data_func(name, &model_runs[i], run_model);
+    }
+    ret = g_test_run();
+    {
+        g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", test_dir);
+        if (system(cmd) != 0) {
+            g_printerr("could not remove %s\n", test_dir);
+        }
+    }
+    g_free(test_dir);
+    return ret;
+}

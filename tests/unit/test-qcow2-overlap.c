@@ -1,0 +1,956 @@
+/* SPDX-License-Identifier: MIT */
+/* Copyright (c) 2026 The qguard authors */
+
+/*
+ * Tests for the metadata overlap map (block/qcow2-overlap.c).
+ *
+ * The deterministic tests pin one behaviour each with exact numbers.  The
+ * random-vs-model tests run over ten million operations against a plain
+ * per-cluster array and compare every answer, the exact per-cluster
+ * content, the canonical fragment list of every window and, after each
+ * round, that all memory comes back.  Set QGUARD_TEST_SEED to replay a run
+ * and QGUARD_TEST_OPS to change the number of operations per cache size.
+ */
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <glib.h>
+
+#include "qcow2-overlap.h"
+
+#define WIN QCOW2_OVERLAP_WINDOW_CLUSTERS
+#define L2  QCOW2_OL_ACTIVE_L2
+#define RB  QCOW2_OL_REFCOUNT_BLOCK
+#define BD  QCOW2_OL_BITMAP_DIRECTORY
+
+/* Documented costs (docs/overlap-map.md): slot per window, leaf per 4096 windows. */
+#define SLOT_BYTES  4
+#define LEAF_BYTES  776
+
+static void enter_c(Qcow2MetadataMap *m, unsigned cb, uint64_t c, uint64_t n, unsigned t)
+{
+    qcow2_metadata_map_enter(m, c << cb, n << cb, t);
+}
+
+static void remove_c(Qcow2MetadataMap *m, unsigned cb, uint64_t c, uint64_t n, unsigned t)
+{
+    qcow2_metadata_map_remove(m, c << cb, n << cb, t);
+}
+
+static unsigned check_c(Qcow2MetadataMap *m, unsigned cb, uint64_t c, uint64_t n, unsigned ign)
+{
+    return qcow2_metadata_map_check(m, c << cb, n << cb, ign);
+}
+
+static Qcow2MetadataMapStats stats_of(const Qcow2MetadataMap *m)
+{
+    Qcow2MetadataMapStats s;
+    qcow2_metadata_map_get_stats(m, &s);
+    return s;
+}
+
+static Qcow2OverlapWindowForm form(const Qcow2MetadataMap *m, uint64_t w)
+{
+    return qcow2_metadata_map_window_form(m, w);
+}
+
+/* Assert window w holds exactly the fragments given as (start, len, types) triples. */
+static void assert_frags(const Qcow2MetadataMap *m, uint64_t w, unsigned n, const unsigned *exp)
+{
+    Qcow2OverlapFragment f[WIN];
+    unsigned got = qcow2_metadata_map_window_fragments(m, w, f, WIN);
+
+    g_assert_cmpuint(got, ==, n);
+    for (unsigned i = 0; i < n; i++) {
+        g_assert_cmpuint(f[i].start, ==, exp[3 * i]);
+        g_assert_cmpuint(f[i].len, ==, exp[3 * i + 1]);
+        g_assert_cmpuint(f[i].types, ==, exp[3 * i + 2]);
+    }
+}
+
+/* Three separate single clusters: the smallest window that must be a list. */
+static void make_list_window(Qcow2MetadataMap *m, unsigned cb, uint64_t w)
+{
+    enter_c(m, cb, w * WIN + 10, 1, L2);
+    enter_c(m, cb, w * WIN + 20, 1, L2);
+    enter_c(m, cb, w * WIN + 30, 1, RB);
+    g_assert_cmpint(form(m, w), ==, QCOW2_OVERLAP_WINDOW_LIST);
+}
+
+/* ---- deterministic tests ------------------------------------------------- */
+
+static void test_type_names(void)
+{
+    static const char *const names[] = {
+        "qcow2_header", "active L1 table", "active L2 table", "refcount table",
+        "refcount block", "snapshot table", "inactive L1 table", "inactive L2 table",
+        "bitmap directory",
+    };
+
+    for (int i = 0; i < QCOW2_OL_MAX_BITNR; i++) {
+        g_assert_cmpstr(qcow2_overlap_type_name(i), ==, names[i]);
+    }
+    g_assert_null(qcow2_overlap_type_name(-1));
+    g_assert_null(qcow2_overlap_type_name(QCOW2_OL_MAX_BITNR));
+    g_assert_cmpint(QCOW2_OL_ALL, ==, 0x1ff);
+    g_assert_cmpint(QCOW2_OL_BITMAP_DIRECTORY, ==, 0x100);
+}
+
+static void test_zero_length_is_noop(void)
+{
+    Qcow2MetadataMap *m = qcow2_metadata_map_new(16, 0);
+    uint64_t base = stats_of(m).mem_current;
+
+    qcow2_metadata_map_enter(m, 65536, 0, QCOW2_OL_ALL);
+    qcow2_metadata_map_remove(m, 65536, 0, QCOW2_OL_ALL);
+    g_assert_cmpuint(qcow2_metadata_map_check(m, 0, 0, 0), ==, 0);
+    enter_c(m, 16, 1, 1, L2);
+    g_assert_cmpuint(qcow2_metadata_map_check(m, 65536, 0, 0), ==, 0);
+    g_assert_cmpuint(qcow2_metadata_map_check(m, 65536, 1, 0), ==, L2);
+    g_assert_cmpuint(stats_of(m).inserts, ==, 2);
+    g_assert_cmpuint(stats_of(m).removes, ==, 1);
+    g_assert_cmpuint(stats_of(m).queries, ==, 3);
+    g_assert_cmpuint(stats_of(m).mem_current, ==, base + LEAF_BYTES + SLOT_BYTES);
+    qcow2_metadata_map_verify(m);
+    qcow2_metadata_map_free(m);
+}
+
+static void test_ranges_round_outward_to_clusters(void)
+{
+    Qcow2MetadataMap *m = qcow2_metadata_map_new(16, 0);
+
+    qcow2_metadata_map_enter(m, 65535, 2, L2);         /* last byte of 0, first of 1 */
+    g_assert_cmpuint(qcow2_metadata_map_get(m, 0), ==, L2);
+    g_assert_cmpuint(qcow2_metadata_map_get(m, 1), ==, L2);
+    g_assert_cmpuint(qcow2_metadata_map_get(m, 2), ==, 0);
+    g_assert_cmpuint(qcow2_metadata_map_check(m, 131071, 1, 0), ==, L2);
+    g_assert_cmpuint(qcow2_metadata_map_check(m, 131072, 65536, 0), ==, 0);
+    g_assert_cmpuint(qcow2_metadata_map_check(m, 131071, 2, L2), ==, 0);
+    qcow2_metadata_map_remove(m, 65536 + 100, 1, L2);  /* one byte frees cluster 1 */
+    g_assert_cmpuint(qcow2_metadata_map_get(m, 0), ==, L2);
+    g_assert_cmpuint(qcow2_metadata_map_get(m, 1), ==, 0);
+    qcow2_metadata_map_verify(m);
+    qcow2_metadata_map_free(m);
+}
+
+static void test_check_empty_window_costs_no_conversion(void)
+{
+    Qcow2MetadataMap *m = qcow2_metadata_map_new(16, 4);
+    Qcow2MetadataMapStats s;
+    uint64_t mem;
+
+    make_list_window(m, 16, 1);
+    mem = stats_of(m).mem_current;
+    qcow2_metadata_map_reset_counters(m);
+    for (uint64_t w = 2; w < 1002; w++) {
+        g_assert_cmpuint(check_c(m, 16, w * WIN, WIN, 0), ==, 0);
+    }
+    g_assert_cmpuint(check_c(m, 16, 0, WIN, 0), ==, 0);
+    /* far beyond anything entered, including past the directory's reach */
+    g_assert_cmpuint(qcow2_metadata_map_check(m, UINT64_C(1) << 55, 1 << 20, 0), ==, 0);
+    s = stats_of(m);
+    g_assert_cmpuint(s.queries, ==, 1002);
+    g_assert_cmpuint(s.list_to_bytemap, ==, 0);
+    g_assert_cmpuint(s.cached_bytemaps, ==, 0);
+    g_assert_cmpuint(s.mem_current, ==, mem);
+    g_assert_cmpuint(s.mem_peak, ==, mem);
+    g_assert_cmpint(form(m, 2), ==, QCOW2_OVERLAP_WINDOW_EMPTY);
+
+    g_assert_cmpuint(check_c(m, 16, WIN, WIN, 0), ==, L2 | RB);
+    g_assert_cmpuint(stats_of(m).list_to_bytemap, ==, 1);
+    qcow2_metadata_map_verify(m);
+    qcow2_metadata_map_free(m);
+}
+
+static void test_single_fragment_windows_need_no_bytemap(void)
+{
+    Qcow2MetadataMap *m = qcow2_metadata_map_new(16, 16);
+    uint64_t base = stats_of(m).mem_current;
+    Qcow2MetadataMapStats s;
+
+    for (uint64_t w = 0; w < 1000; w++) {
+        enter_c(m, 16, w * WIN + 7, 1, L2);
+        if (w % 8 == 0) {
+            enter_c(m, 16, w * WIN + 8, 1, RB);     /* refblock next to an L2 table */
+        }
+    }
+    for (uint64_t w = 0; w < 1000; w++) {
+        g_assert_cmpint(form(m, w), ==, w % 8 ? QCOW2_OVERLAP_WINDOW_INLINE :
+                                                QCOW2_OVERLAP_WINDOW_PAIR);
+        g_assert_cmpuint(check_c(m, 16, w * WIN + 6, 1, 0), ==, 0);
+        g_assert_cmpuint(check_c(m, 16, w * WIN, 8, 0), ==, L2);
+        g_assert_cmpuint(check_c(m, 16, w * WIN + 7, 2, 0), ==, w % 8 ? L2 : L2 | RB);
+        g_assert_cmpuint(check_c(m, 16, w * WIN + 7, 2, L2), ==, w % 8 ? 0 : RB);
+    }
+    s = stats_of(m);
+    g_assert_cmpuint(s.windows, ==, 1000);
+    g_assert_cmpuint(s.fragments, ==, 1000 + 125);
+    g_assert_cmpuint(s.list_to_bytemap, ==, 0);
+    g_assert_cmpuint(s.cached_bytemaps, ==, 0);
+    /* 4 bytes per window, pair or not, plus the one leaf they share */
+    g_assert_cmpuint(s.mem_current - base, ==, 1000 * SLOT_BYTES + LEAF_BYTES);
+    qcow2_metadata_map_verify(m);
+    qcow2_metadata_map_free(m);
+}
+
+static void test_fragments_merge_up_to_256_clusters(void)
+{
+    Qcow2MetadataMap *m = qcow2_metadata_map_new(9, 1);
+
+    for (unsigned c = 0; c < 600; c++) {
+        enter_c(m, 9, c, 1, L2);
+        if (c == 255) {
+            assert_frags(m, 0, 1, (const unsigned[]){ 0, 256, L2 });
+            g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_INLINE);
+        }
+    }
+    assert_frags(m, 0, 3, (const unsigned[]){ 0, 256, L2, 256, 256, L2, 512, 88, L2 });
+    g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_CACHED);
+
+    make_list_window(m, 9, 5);
+    g_assert_cmpuint(check_c(m, 9, 5 * WIN, WIN, 0), ==, L2 | RB);  /* evicts window 0 */
+    g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_LIST);
+    g_assert_cmpuint(stats_of(m).bytemap_to_list, ==, 1);
+    g_assert_cmpuint(stats_of(m).fragments, ==, 3 + 3);
+
+    /* a hole splits, and the pieces are re-cut from the left */
+    remove_c(m, 9, 300, 1, L2);
+    assert_frags(m, 0, 4, (const unsigned[]){ 0, 256, L2, 256, 44, L2, 301, 256, L2,
+                                              557, 43, L2 });
+    enter_c(m, 9, 600, 1, RB);
+    enter_c(m, 9, 300, 1, L2);
+    assert_frags(m, 0, 4, (const unsigned[]){ 0, 256, L2, 256, 256, L2, 512, 88, L2,
+                                              600, 1, RB });
+    /* touching fragments with different masks stay apart */
+    enter_c(m, 9, 601, 2, L2 | RB);
+    enter_c(m, 9, 603, 1, RB);
+    assert_frags(m, 0, 6, (const unsigned[]){ 0, 256, L2, 256, 256, L2, 512, 88, L2,
+                                              600, 1, RB, 601, 2, L2 | RB, 603, 1, RB });
+    /* a run of exactly 512 is two full fragments, not three */
+    remove_c(m, 9, 0, WIN, QCOW2_OL_ALL);
+    enter_c(m, 9, 1000, 512, L2);
+    assert_frags(m, 0, 2, (const unsigned[]){ 1000, 256, L2, 1256, 256, L2 });
+    qcow2_metadata_map_verify(m);
+    qcow2_metadata_map_free(m);
+}
+
+static void test_evicted_dirty_bytemap_becomes_list(void)
+{
+    Qcow2MetadataMap *m = qcow2_metadata_map_new(16, 1);
+    Qcow2MetadataMapStats s;
+
+    make_list_window(m, 16, 0);
+    make_list_window(m, 16, 1);
+    g_assert_cmpuint(check_c(m, 16, 0, 11, 0), ==, L2);
+    g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_CACHED);
+    g_assert_cmpuint(stats_of(m).fragments, ==, 6);     /* clean: list still held */
+    enter_c(m, 16, 40, 3, QCOW2_OL_INACTIVE_L2);
+    g_assert_cmpuint(stats_of(m).fragments, ==, 3);     /* dirty: stale list freed */
+
+    g_assert_cmpuint(check_c(m, 16, WIN + 30, 1, 0), ==, RB);
+    s = stats_of(m);
+    g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_LIST);
+    g_assert_cmpint(form(m, 1), ==, QCOW2_OVERLAP_WINDOW_CACHED);
+    g_assert_cmpuint(s.list_to_bytemap, ==, 2);
+    g_assert_cmpuint(s.bytemap_to_list, ==, 1);
+    g_assert_cmpuint(s.bytemaps_freed, ==, 1);
+    g_assert_cmpuint(s.cached_bytemaps, ==, 1);
+    g_assert_cmpuint(s.fragments, ==, 4 + 3);
+    assert_frags(m, 0, 4, (const unsigned[]){ 10, 1, L2, 20, 1, L2, 30, 1, RB,
+                                              40, 3, QCOW2_OL_INACTIVE_L2 });
+    qcow2_metadata_map_verify(m);
+    qcow2_metadata_map_free(m);
+}
+
+static void test_evicted_clean_bytemap_is_dropped(void)
+{
+    Qcow2MetadataMap *m = qcow2_metadata_map_new(16, 1);
+    Qcow2MetadataMapStats s;
+
+    make_list_window(m, 16, 0);
+    make_list_window(m, 16, 1);
+    for (int i = 0; i < 5; i++) {
+        g_assert_cmpuint(check_c(m, 16, 0, WIN, 0), ==, L2 | RB);
+        g_assert_cmpuint(check_c(m, 16, WIN, WIN, RB), ==, L2);
+    }
+    /* entering what is already there does not dirty the bytemap */
+    enter_c(m, 16, WIN + 10, 1, L2);
+    g_assert_cmpuint(check_c(m, 16, 0, 1, 0), ==, 0);
+    s = stats_of(m);
+    g_assert_cmpuint(s.list_to_bytemap, ==, 11);
+    g_assert_cmpuint(s.bytemaps_freed, ==, 10);
+    g_assert_cmpuint(s.bytemap_to_list, ==, 0);
+    g_assert_cmpuint(s.fragments, ==, 6);
+    g_assert_cmpint(form(m, 1), ==, QCOW2_OVERLAP_WINDOW_LIST);
+    qcow2_metadata_map_verify(m);
+    qcow2_metadata_map_free(m);
+}
+
+static void test_flush_writes_back_and_empties_cache(void)
+{
+    Qcow2MetadataMap *m = qcow2_metadata_map_new(9, 4);
+    Qcow2MetadataMapStats s;
+
+    for (uint64_t w = 0; w < 3; w++) {
+        make_list_window(m, 9, w);
+    }
+    check_c(m, 9, 0, 1, 0);                     /* clean */
+    enter_c(m, 9, WIN + 40, 2, L2);             /* dirty */
+    for (unsigned c = 0; c < WIN; c += 2) {     /* permanent once evicted */
+        enter_c(m, 9, 3 * WIN + c, 1, RB);
+    }
+    qcow2_metadata_map_reset_counters(m);
+    qcow2_metadata_map_flush(m);
+    s = stats_of(m);
+    g_assert_cmpuint(s.bytemap_to_list, ==, 1);
+    g_assert_cmpuint(s.bytemaps_freed, ==, 2);
+    g_assert_cmpuint(s.cached_bytemaps, ==, 1);
+    g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_LIST);
+    g_assert_cmpint(form(m, 1), ==, QCOW2_OVERLAP_WINDOW_LIST);
+    g_assert_cmpint(form(m, 3), ==, QCOW2_OVERLAP_WINDOW_PERMANENT);
+    assert_frags(m, 1, 4, (const unsigned[]){ 10, 1, L2, 20, 1, L2, 30, 1, RB, 40, 2, L2 });
+    qcow2_metadata_map_verify(m);
+    qcow2_metadata_map_free(m);
+}
+
+static void test_lru_evicts_least_recently_used(void)
+{
+    Qcow2MetadataMap *m = qcow2_metadata_map_new(16, 2);
+
+    for (uint64_t w = 0; w < 3; w++) {
+        make_list_window(m, 16, w);
+    }
+    check_c(m, 16, 0, 1, 0);            /* A */
+    check_c(m, 16, WIN, 1, 0);          /* B */
+    check_c(m, 16, 0, 1, 0);            /* A again: B is now the oldest */
+    check_c(m, 16, 2 * WIN, 1, 0);      /* C evicts B */
+    g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_CACHED);
+    g_assert_cmpint(form(m, 1), ==, QCOW2_OVERLAP_WINDOW_LIST);
+    g_assert_cmpint(form(m, 2), ==, QCOW2_OVERLAP_WINDOW_CACHED);
+    g_assert_cmpuint(stats_of(m).list_to_bytemap, ==, 3);
+    check_c(m, 16, 0, 1, 0);            /* hit: no conversion */
+    g_assert_cmpuint(stats_of(m).list_to_bytemap, ==, 3);
+    g_assert_cmpuint(stats_of(m).cached_bytemaps, ==, 2);
+    qcow2_metadata_map_verify(m);
+    qcow2_metadata_map_free(m);
+}
+
+static void test_dense_window_stays_bytemap_outside_lru(void)
+{
+    Qcow2MetadataMap *m = qcow2_metadata_map_new(9, 1);
+    Qcow2MetadataMapStats s;
+
+    for (unsigned c = 0; c < WIN; c += 2) {
+        enter_c(m, 9, c, 1, L2);
+        if (c == 2) {
+            g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_PAIR);
+        }
+    }
+    g_assert_cmpuint(qcow2_metadata_map_window_fragments(m, 0, NULL, 0), ==, 2048);
+    make_list_window(m, 9, 1);
+    check_c(m, 9, WIN, 1, 0);           /* evicts window 0: too many fragments */
+    s = stats_of(m);
+    g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_PERMANENT);
+    g_assert_cmpint(form(m, 1), ==, QCOW2_OVERLAP_WINDOW_CACHED);
+    g_assert_cmpuint(s.cached_bytemaps, ==, 2);
+    g_assert_cmpuint(s.list_to_bytemap, ==, 2);
+    g_assert_cmpuint(s.bytemap_to_list, ==, 0);
+    g_assert_cmpuint(s.bytemaps_freed, ==, 0);
+    g_assert_cmpuint(check_c(m, 9, 1, 1, 0), ==, 0);
+    g_assert_cmpuint(check_c(m, 9, 4094, 1, 0), ==, L2);
+    g_assert_cmpint(form(m, 1), ==, QCOW2_OVERLAP_WINDOW_CACHED);
+    g_assert_cmpuint(stats_of(m).list_to_bytemap, ==, 2);
+
+    /* thinned out, it rejoins the LRU and becomes a list when evicted */
+    remove_c(m, 9, 20, WIN - 20, L2);
+    g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_CACHED);
+    g_assert_cmpint(form(m, 1), ==, QCOW2_OVERLAP_WINDOW_LIST);
+    check_c(m, 9, WIN, 1, 0);
+    s = stats_of(m);
+    g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_LIST);
+    g_assert_cmpuint(qcow2_metadata_map_window_fragments(m, 0, NULL, 0), ==, 10);
+    g_assert_cmpuint(s.bytemap_to_list, ==, 1);
+    g_assert_cmpuint(s.bytemaps_freed, ==, 2);
+    g_assert_cmpuint(s.cached_bytemaps, ==, 1);
+    qcow2_metadata_map_verify(m);
+    qcow2_metadata_map_free(m);
+}
+
+static void test_bitmap_directory_type_is_checked(void)
+{
+    Qcow2MetadataMap *m = qcow2_metadata_map_new(16, 1);
+    uint64_t base = stats_of(m).mem_current;
+
+    enter_c(m, 16, 1000, 3, BD);
+    g_assert_cmpuint(check_c(m, 16, 1001, 1, 0), ==, BD);
+    g_assert_cmpuint(check_c(m, 16, 990, 11, 0), ==, BD);
+    g_assert_cmpuint(check_c(m, 16, 990, 10, 0), ==, 0);
+    g_assert_cmpuint(check_c(m, 16, 1003, 1, 0), ==, 0);
+    g_assert_cmpuint(check_c(m, 16, 1000, 3, BD), ==, 0);
+    g_assert_cmpuint(check_c(m, 16, 0, 1 << 20, QCOW2_OL_ALL & ~BD), ==, BD);
+    /* it costs neither a window nor a conversion */
+    g_assert_cmpuint(stats_of(m).windows, ==, 0);
+    g_assert_cmpuint(stats_of(m).list_to_bytemap, ==, 0);
+
+    enter_c(m, 16, 1001, 1, L2);
+    g_assert_cmpuint(qcow2_metadata_map_get(m, 1001), ==, L2 | BD);
+    g_assert_cmpuint(check_c(m, 16, 1001, 1, 0), ==, L2 | BD);
+    g_assert_cmpuint(check_c(m, 16, 1001, 1, L2), ==, BD);
+    g_assert_cmpuint(check_c(m, 16, 1001, 1, BD), ==, L2);
+    remove_c(m, 16, 1001, 1, BD);                    /* punches a hole */
+    g_assert_cmpuint(check_c(m, 16, 1001, 1, 0), ==, L2);
+    g_assert_cmpuint(check_c(m, 16, 1002, 1, 0), ==, BD);
+    remove_c(m, 16, 1001, 1, L2);
+
+    /* every type at once, on one cluster */
+    enter_c(m, 16, 77, 1, QCOW2_OL_ALL);
+    g_assert_cmpuint(qcow2_metadata_map_get(m, 77), ==, QCOW2_OL_ALL);
+    g_assert_cmpuint(check_c(m, 16, 77, 1, 0), ==, QCOW2_OL_ALL);
+    g_assert_cmpuint(check_c(m, 16, 77, 1, QCOW2_OL_MAIN_HEADER), ==, QCOW2_OL_ALL - 1);
+    remove_c(m, 16, 0, 1 << 20, QCOW2_OL_ALL);
+    g_assert_cmpuint(check_c(m, 16, 0, 1 << 20, 0), ==, 0);
+    g_assert_cmpuint(stats_of(m).mem_current, ==, base);
+    qcow2_metadata_map_verify(m);
+    qcow2_metadata_map_free(m);
+}
+
+static void test_far_offset_uses_bounded_memory(void)
+{
+    for (unsigned cb = 9; cb <= 21; cb++) {
+        Qcow2MetadataMap *m = qcow2_metadata_map_new(cb, 0);
+        uint64_t base = stats_of(m).mem_current, far = UINT64_C(1) << 55, used;
+        uint64_t last = QCOW2_OVERLAP_MAX_BYTES - (UINT64_C(1) << cb);
+
+        qcow2_metadata_map_enter(m, far, 1, L2);
+        used = stats_of(m).mem_current - base;
+        g_test_message("cluster_bits %u: one cluster at 2^55 costs %" PRIu64 " bytes", cb, used);
+        g_assert_cmpuint(used, <, 4096);
+        g_assert_cmpuint(qcow2_metadata_map_get(m, far >> cb), ==, L2);
+        g_assert_cmpuint(qcow2_metadata_map_check(m, far - 1, 2, 0), ==, L2);
+        g_assert_cmpuint(qcow2_metadata_map_check(m, far + (1 << cb), 1, 0), ==, 0);
+
+        /* the last cluster below 2^56 is addressable too */
+        qcow2_metadata_map_enter(m, last, UINT64_C(1) << cb, RB);
+        g_assert_cmpuint(qcow2_metadata_map_check(m, last, UINT64_C(1) << cb, 0), ==, RB);
+        g_assert_cmpuint(qcow2_metadata_map_check(m, 0, QCOW2_OVERLAP_MAX_BYTES, 0), ==, L2 | RB);
+        g_assert_cmpuint(stats_of(m).mem_current - base, <, 2 * 4096);
+        qcow2_metadata_map_verify(m);
+        qcow2_metadata_map_remove(m, far, 1, L2);
+        qcow2_metadata_map_remove(m, last, 1, RB);
+        g_assert_cmpuint(stats_of(m).mem_current, ==, base);
+        qcow2_metadata_map_free(m);
+    }
+}
+
+static void test_counters_match_operations(void)
+{
+    Qcow2MetadataMap *m = qcow2_metadata_map_new(12, 3);
+    Qcow2MetadataMapStats s;
+    uint64_t mem;
+
+    for (unsigned i = 0; i < 50; i++) {
+        enter_c(m, 12, i * 97, 1 + i % 5, 1u << (i % 9));
+    }
+    for (unsigned i = 0; i < 20; i++) {
+        remove_c(m, 12, i * 193, 3, QCOW2_OL_ALL);
+    }
+    for (unsigned i = 0; i < 70; i++) {
+        check_c(m, 12, i * 61, 7, 0);
+    }
+    s = stats_of(m);
+    g_assert_cmpuint(s.inserts, ==, 50);
+    g_assert_cmpuint(s.removes, ==, 20);
+    g_assert_cmpuint(s.queries, ==, 70);
+    /* windows 0 and 1 each became lists, then were expanded once, and stayed */
+    g_assert_cmpuint(s.list_to_bytemap, ==, 2);
+    g_assert_cmpuint(s.cached_bytemaps, ==, 2);
+    g_assert_cmpuint(s.bytemaps_freed, ==, 0);
+    g_assert_cmpuint(s.windows, ==, 2);
+
+    mem = s.mem_current;
+    qcow2_metadata_map_reset_counters(m);
+    s = stats_of(m);
+    g_assert_cmpuint(s.inserts + s.removes + s.queries, ==, 0);
+    g_assert_cmpuint(s.list_to_bytemap + s.bytemap_to_list + s.bytemaps_freed, ==, 0);
+    g_assert_cmpuint(s.mem_current, ==, mem);
+    g_assert_cmpuint(s.mem_peak, ==, mem);
+    g_assert_cmpuint(s.windows, ==, 2);
+    g_assert_cmpuint(s.cached_bytemaps, ==, 2);
+    check_c(m, 12, 0, 1, 0);
+    g_assert_cmpuint(stats_of(m).queries, ==, 1);
+    qcow2_metadata_map_verify(m);
+    qcow2_metadata_map_free(m);
+}
+
+static void test_memory_returns_to_baseline_after_remove(void)
+{
+    Qcow2MetadataMap *m = qcow2_metadata_map_new(9, 2);
+    uint64_t base = stats_of(m).mem_current;
+    Qcow2MetadataMapStats s;
+
+    for (uint64_t w = 0; w < 40; w++) {                 /* lists, pairs, inline */
+        for (unsigned c = 0; c < w % 7; c++) {
+            enter_c(m, 9, w * WIN + c * 3, 1, 1u << (c % 8));
+        }
+        check_c(m, 9, w * WIN, WIN, 0);
+    }
+    for (unsigned c = 0; c < WIN; c += 2) {             /* a permanent bytemap */
+        enter_c(m, 9, 50 * WIN + c, 1, RB);
+    }
+    make_list_window(m, 9, 51);
+    make_list_window(m, 9, 52);
+    check_c(m, 9, 51 * WIN, 1, 0);
+    check_c(m, 9, 52 * WIN, 1, 0);
+    enter_c(m, 9, (UINT64_C(1) << 46) + 5, 1000, L2);   /* far away, several leaves up */
+    enter_c(m, 9, 123, 4, BD);
+    s = stats_of(m);
+    g_assert_cmpint(form(m, 50), ==, QCOW2_OVERLAP_WINDOW_PERMANENT);
+    g_assert_cmpuint(s.cached_bytemaps, ==, 3);
+    qcow2_metadata_map_verify(m);
+
+    qcow2_metadata_map_remove(m, 0, QCOW2_OVERLAP_MAX_BYTES, QCOW2_OL_ALL);
+    s = stats_of(m);
+    g_assert_cmpuint(s.mem_current, ==, base);
+    g_assert_cmpuint(s.windows, ==, 0);
+    g_assert_cmpuint(s.fragments, ==, 0);
+    g_assert_cmpuint(s.cached_bytemaps, ==, 0);
+    g_assert_cmpuint(s.mem_peak, >, base + 3 * 4096);
+    qcow2_metadata_map_verify(m);
+    qcow2_metadata_map_free(m);
+}
+
+/*
+ * A qcow2 file grown by sequential guest writes: header, refcount table and
+ * L1 table first, then an L2 table before every CS/8 data clusters and a
+ * refcount block at the start of every CS/2 clusters it describes.
+ */
+static uint64_t build_grown_image(Qcow2MetadataMap *m, unsigned cb, uint64_t virt_size)
+{
+    uint64_t cs = UINT64_C(1) << cb, per_l2 = cs / 8, per_rb = cs / 2;
+    uint64_t l2s = virt_size / cs / per_l2;
+    uint64_t rbs = (virt_size / cs * 9 / 8) / per_rb + 2;
+    uint64_t l1_clusters = (l2s * 8 + cs - 1) / cs, rt_clusters = (rbs * 8 + cs - 1) / cs;
+    uint64_t pos = 0, next_rb = 0;
+
+    enter_c(m, cb, pos++, 1, QCOW2_OL_MAIN_HEADER);
+    enter_c(m, cb, pos, rt_clusters, QCOW2_OL_REFCOUNT_TABLE);
+    pos += rt_clusters;
+    enter_c(m, cb, pos, l1_clusters, QCOW2_OL_ACTIVE_L1);
+    pos += l1_clusters;
+    for (uint64_t i = 0; i < l2s; i++) {
+        for (uint64_t end = pos + 1 + per_l2; next_rb < end; next_rb += per_rb) {
+            enter_c(m, cb, next_rb < pos ? pos++ : next_rb, 1, QCOW2_OL_REFCOUNT_BLOCK);
+        }
+        enter_c(m, cb, pos++, 1, QCOW2_OL_ACTIVE_L2);
+        pos += per_l2;
+    }
+    return pos << cb;
+}
+
+/*
+ * The map at rest (flushed) against the 2014 estimate of 40 * IS / CS^2
+ * bytes.  The allowances are the documented fixed costs (leaves, pool
+ * headers, the map: 1.4-2.4 KiB), which only matter when the whole
+ * estimate is 10-20 KiB.
+ */
+static void test_memory_within_2014_estimate(void)
+{
+    static const struct {
+        unsigned cb;
+        uint64_t size;
+        double factor;
+        uint64_t fixed;
+    } cases[] = {
+        { 9, UINT64_C(2) << 30, 1.0, 0 },
+        { 12, UINT64_C(8) << 30, 1.0, 1536 },
+        { 16, UINT64_C(1) << 40, 1.0, 1024 },
+        { 16, UINT64_C(1) << 50, 1.0, 0 },
+    };
+
+    for (unsigned i = 0; i < G_N_ELEMENTS(cases); i++) {
+        Qcow2MetadataMap *m = qcow2_metadata_map_new(cases[i].cb, 0);
+        uint64_t host = build_grown_image(m, cases[i].cb, cases[i].size);
+        uint64_t cs = UINT64_C(1) << cases[i].cb;
+        double estimate = 40.0 * host / cs / cs;
+        Qcow2MetadataMapStats s;
+        uint64_t cache;
+
+        qcow2_metadata_map_flush(m);     /* every list at rest */
+        s = stats_of(m);
+        g_assert_cmpuint(s.cached_bytemaps, ==, 0);
+        cache = s.cached_bytemaps * (WIN + 40);
+
+        g_test_message("cluster %" PRIu64 " B, host %" PRIu64 " MiB: %" PRIu64
+                       " bytes + %" PRIu64 " in bytemaps, estimate %.0f (x%.3f)",
+                       cs, host >> 20, s.mem_current - cache, cache, estimate,
+                       (s.mem_current - cache) / estimate);
+        g_assert_cmpfloat(s.mem_current - cache, <=,
+                          estimate * cases[i].factor + cases[i].fixed);
+        qcow2_metadata_map_verify(m);
+        qcow2_metadata_map_free(m);
+    }
+}
+
+/* ---- random operations against a per-cluster model ------------------------ */
+
+#define ZONE_CLUSTERS (5 * WIN + 1234)
+
+typedef struct Zone {
+    uint64_t base;          /* first cluster */
+    uint16_t *m;            /* model: type bits per cluster */
+} Zone;
+
+typedef struct Fuzz {
+    uint64_t rng, seed;
+    unsigned cache, cb, round;
+    uint64_t ops, checks, permanent_seen;
+    Qcow2MetadataMap *map;
+    Zone zone[2];
+    unsigned hot_zone;
+    uint64_t hot, last[2];
+} Fuzz;
+
+static uint64_t rnd64(Fuzz *f)
+{
+    /* splitmix64: tiny, fast, and the same on every platform */
+    uint64_t z = (f->rng += UINT64_C(0x9e3779b97f4a7c15));
+    z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+    return z ^ (z >> 31);
+}
+
+static uint64_t rnd(Fuzz *f, uint64_t n)
+{
+    return rnd64(f) % n;
+}
+
+#define FUZZ_ASSERT(f, a, cmp, b) do {                                          \
+        uint64_t a_ = (a), b_ = (b);                                           \
+        if (!(a_ cmp b_)) {                                                    \
+            g_test_message("disagreement: QGUARD_TEST_SEED=%" PRIu64           \
+                           " cache %u round %u cluster_bits %u op %" PRIu64,   \
+                           (f)->seed, (f)->cache, (f)->round, (f)->cb, (f)->ops); \
+            g_assert_cmpuint(a_, cmp, b_);                                     \
+        }                                                                      \
+    } while (0)
+
+static uint64_t clamp_zone(int64_t a)
+{
+    return a < 0 ? 0 : a >= ZONE_CLUSTERS ? ZONE_CLUSTERS - 1 : (uint64_t)a;
+}
+
+/* A range biased toward window boundaries, fragment caps and the last edit. */
+static void pick_range(Fuzz *f, unsigned *z, uint64_t *a, uint64_t *len)
+{
+    unsigned r = rnd(f, 100), l = rnd(f, 1000);
+    Zone *zone;
+
+    *z = rnd(f, 100) < 75 ? f->hot_zone : rnd(f, 2);
+    zone = &f->zone[*z];
+    if (r < 30) {
+        uint64_t first_boundary = (WIN - zone->base % WIN) % WIN;
+        *a = clamp_zone(first_boundary + WIN * rnd(f, 6) + rnd(f, 601) - 300);
+    } else if (r < 50) {
+        *a = clamp_zone(f->last[rnd(f, 2)] + rnd(f, 41) - 20);
+    } else if (r < 85) {
+        *a = clamp_zone(f->hot + rnd(f, 1024) - 512);
+    } else {
+        *a = rnd(f, ZONE_CLUSTERS);
+    }
+    if (l < 400) {
+        *len = 1;
+    } else if (l < 650) {
+        *len = 2 + rnd(f, 15);
+    } else if (l < 900) {
+        *len = 17 + rnd(f, 240);
+    } else if (l < 970) {
+        *len = 250 + rnd(f, 300);                      /* around the 256 cap */
+    } else if (l < 995) {
+        *len = 500 + rnd(f, 4000);
+    } else {
+        *len = 4000 + rnd(f, 9000);                    /* several windows */
+    }
+    *len = MIN(*len, ZONE_CLUSTERS - *a);
+    f->last[0] = *a;
+    f->last[1] = *a + *len;
+}
+
+static unsigned pick_types(Fuzz *f)
+{
+    unsigned r = rnd(f, 100);
+
+    if (r < 50) {
+        return 1u << rnd(f, QCOW2_OL_MAX_BITNR);
+    } else if (r < 70) {
+        return 1u << rnd(f, QCOW2_OL_MAX_BITNR) | 1u << rnd(f, QCOW2_OL_MAX_BITNR);
+    } else if (r < 78) {
+        return BD | (unsigned)rnd(f, 4);
+    } else if (r < 93) {
+        return 1 + rnd(f, QCOW2_OL_ALL);
+    }
+    return QCOW2_OL_ALL;
+}
+
+/* Byte range for clusters [c, c + n), with random slack inside the end clusters. */
+static void cluster_bytes(Fuzz *f, uint64_t c, uint64_t n, uint64_t *off, uint64_t *bytes)
+{
+    uint64_t cs = UINT64_C(1) << f->cb, r0 = 0, r1 = 0;
+
+    if (rnd(f, 3)) {
+        r0 = rnd(f, cs);
+        r1 = rnd(f, cs);
+        if (n == 1 && r0 + r1 >= cs) {
+            r1 = cs - 1 - r0;
+        }
+    }
+    *off = (c << f->cb) + r0;
+    *bytes = (n << f->cb) - r0 - r1;
+}
+
+/* Canonical fragments of a bytemap, computed the obvious way. */
+static unsigned model_frags(const uint8_t *b, Qcow2OverlapFragment *out)
+{
+    unsigned n = 0;
+
+    for (unsigned i = 0; i < WIN;) {
+        unsigned j = i + 1;
+        if (!b[i]) {
+            i++;
+            continue;
+        }
+        while (j < WIN && j - i < 256 && b[j] == b[i]) {
+            j++;
+        }
+        out[n++] = (Qcow2OverlapFragment){ i, j - i, b[i] };
+        i = j;
+    }
+    return n;
+}
+
+/* Compare every cluster and every window's canonical list of a zone. */
+static void compare_zone(Fuzz *f, Zone *z)
+{
+    static Qcow2OverlapFragment got[WIN], exp[WIN];
+    static uint8_t bytes[WIN];
+    uint64_t first_w = z->base / WIN, last_w = (z->base + ZONE_CLUSTERS - 1) / WIN;
+
+    for (uint64_t w = first_w; w <= last_w; w++) {
+        unsigned n, ne;
+        for (unsigned i = 0; i < WIN; i++) {
+            uint64_t c = w * WIN + i;
+            bytes[i] = c >= z->base && c < z->base + ZONE_CLUSTERS ?
+                       z->m[c - z->base] & 0xff : 0;
+        }
+        ne = model_frags(bytes, exp);
+        n = qcow2_metadata_map_window_fragments(f->map, w, got, WIN);
+        FUZZ_ASSERT(f, n, ==, ne);
+        for (unsigned i = 0; i < n; i++) {
+            FUZZ_ASSERT(f, got[i].start, ==, exp[i].start);
+            FUZZ_ASSERT(f, got[i].len, ==, exp[i].len);
+            FUZZ_ASSERT(f, got[i].types, ==, exp[i].types);
+        }
+        FUZZ_ASSERT(f, form(f->map, w) == QCOW2_OVERLAP_WINDOW_EMPTY, ==, ne == 0);
+        f->permanent_seen += form(f->map, w) == QCOW2_OVERLAP_WINDOW_PERMANENT;
+    }
+    for (uint64_t i = 0; i < ZONE_CLUSTERS; i++) {
+        /* high types per cluster; ignoring bits 0..7 never touches a window */
+        FUZZ_ASSERT(f, qcow2_metadata_map_check(f->map, (z->base + i) << f->cb, 1, 0xff),
+                    ==, z->m[i] & ~0xffu);
+    }
+    for (int i = 0; i < 64; i++) {
+        uint64_t c = rnd(f, ZONE_CLUSTERS);
+        FUZZ_ASSERT(f, qcow2_metadata_map_get(f->map, z->base + c), ==, z->m[c]);
+    }
+}
+
+static void fuzz_op(Fuzz *f)
+{
+    unsigned z, r = rnd(f, 100), types, ignore, expect = 0;
+    uint64_t a, len, off, bytes;
+
+    pick_range(f, &z, &a, &len);
+    cluster_bytes(f, f->zone[z].base + a, len, &off, &bytes);
+    types = pick_types(f);
+    if (r < 36) {
+        qcow2_metadata_map_enter(f->map, off, bytes, types);
+        for (uint64_t i = a; i < a + len; i++) {
+            f->zone[z].m[i] |= types;
+        }
+    } else if (r < 60) {
+        qcow2_metadata_map_remove(f->map, off, bytes, types);
+        for (uint64_t i = a; i < a + len; i++) {
+            f->zone[z].m[i] &= ~types;
+        }
+    } else {
+        ignore = rnd(f, 3) ? 0 : types;
+        for (uint64_t i = a; i < a + len; i++) {
+            expect |= f->zone[z].m[i];
+        }
+        FUZZ_ASSERT(f, qcow2_metadata_map_check(f->map, off, bytes, ignore), ==,
+                    expect & ~ignore);
+        f->checks++;
+    }
+    f->ops++;
+}
+
+/* Checkerboard one window so that it needs more than 1024 fragments. */
+static void fuzz_dense_burst(Fuzz *f)
+{
+    unsigned z = rnd(f, 2);
+    Zone *zone = &f->zone[z];
+    uint64_t w = zone->base / WIN + 1 + rnd(f, 4);
+    unsigned types[3] = { 1u << rnd(f, 8), 1u << rnd(f, 8), 1u << rnd(f, 8) };
+
+    for (unsigned i = rnd(f, 2); i < WIN; i += 2) {
+        uint64_t c = w * WIN + i;
+        unsigned t = types[(i / 2) % 3];
+        qcow2_metadata_map_enter(f->map, c << f->cb, UINT64_C(1) << f->cb, t);
+        zone->m[c - zone->base] |= t;
+        f->ops++;
+    }
+    f->hot_zone = z;
+    f->hot = w * WIN - zone->base;
+}
+
+static void fuzz_round(Fuzz *f, uint64_t ops)
+{
+    uint64_t space = QCOW2_OVERLAP_MAX_BYTES >> f->cb, base_mem;
+    Qcow2MetadataMapStats s;
+
+    f->cb = 9 + rnd(f, 13);
+    space = QCOW2_OVERLAP_MAX_BYTES >> f->cb;
+    f->map = qcow2_metadata_map_new(f->cb, f->cache);
+    base_mem = stats_of(f->map).mem_current;
+    f->zone[0].base = rnd(f, 2) ? 0 : rnd(f, 1 << 20);
+    switch (rnd(f, 3)) {
+    case 0:     /* straddling 2^55 bytes */
+        f->zone[1].base = ((UINT64_C(1) << 55) >> f->cb) - rnd(f, 3 * WIN);
+        break;
+    case 1:     /* the very end of the address space */
+        f->zone[1].base = space - ZONE_CLUSTERS;
+        break;
+    default:
+        f->zone[1].base = (1 << 22) + rnd(f, space - (1 << 22) - ZONE_CLUSTERS);
+        break;
+    }
+    for (int i = 0; i < 2; i++) {
+        memset(f->zone[i].m, 0, ZONE_CLUSTERS * sizeof(uint16_t));
+    }
+    f->hot_zone = 0;
+    f->hot = rnd(f, ZONE_CLUSTERS);
+
+    for (uint64_t i = 0; i < ops; i++) {
+        if (!rnd(f, 1500)) {
+            f->hot_zone = rnd(f, 2);
+            f->hot = rnd(f, ZONE_CLUSTERS);
+        }
+        if (!rnd(f, 10000)) {
+            fuzz_dense_burst(f);
+        }
+        if (!rnd(f, 5000)) {
+            qcow2_metadata_map_flush(f->map);   /* only permanent bytemaps stay */
+        }
+        fuzz_op(f);
+        if (i % 4096 == 0) {
+            qcow2_metadata_map_verify(f->map);
+            for (int z = 0; z < 2; z++) {
+                for (uint64_t w = 0; w <= ZONE_CLUSTERS / WIN + 1; w++) {
+                    f->permanent_seen += form(f->map, f->zone[z].base / WIN + w) ==
+                                         QCOW2_OVERLAP_WINDOW_PERMANENT;
+                }
+            }
+        }
+    }
+    qcow2_metadata_map_verify(f->map);
+    compare_zone(f, &f->zone[0]);
+    compare_zone(f, &f->zone[1]);
+
+    /* everything removed: every byte must come back */
+    for (int i = 0; i < 2; i++) {
+        qcow2_metadata_map_remove(f->map, f->zone[i].base << f->cb,
+                                  (uint64_t)ZONE_CLUSTERS << f->cb, QCOW2_OL_ALL);
+    }
+    s = stats_of(f->map);
+    FUZZ_ASSERT(f, s.mem_current, ==, base_mem);
+    FUZZ_ASSERT(f, s.windows, ==, 0);
+    FUZZ_ASSERT(f, s.fragments, ==, 0);
+    FUZZ_ASSERT(f, s.cached_bytemaps, ==, 0);
+    qcow2_metadata_map_verify(f->map);
+    qcow2_metadata_map_free(f->map);
+    f->map = NULL;
+}
+
+static uint64_t base_seed;
+
+static void test_random_vs_model(gconstpointer data)
+{
+    Fuzz f = { .cache = GPOINTER_TO_UINT(data) };
+    const char *env = g_getenv("QGUARD_TEST_OPS");
+    uint64_t total = env ? g_ascii_strtoull(env, NULL, 0) : 3400000;
+    uint64_t per_round = 40000;
+
+    f.seed = base_seed;
+    f.rng = base_seed ^ (UINT64_C(0x5851f42d4c957f2d) * f.cache);
+    g_test_message("seed %" PRIu64 " (QGUARD_TEST_SEED=%" PRIu64 " replays it), cache %u",
+                   base_seed, base_seed, f.cache);
+    f.zone[0].m = g_new(uint16_t, ZONE_CLUSTERS);
+    f.zone[1].m = g_new(uint16_t, ZONE_CLUSTERS);
+    while (f.ops < total) {
+        fuzz_round(&f, MIN(per_round, total - f.ops));
+        f.round++;
+    }
+    g_test_message("%" PRIu64 " operations (%" PRIu64 " checks) in %u rounds, "
+                   "%" PRIu64 " permanent bytemaps seen in samples, 0 disagreements",
+                   f.ops, f.checks, f.round, f.permanent_seen);
+    g_free(f.zone[0].m);
+    g_free(f.zone[1].m);
+}
+
+int main(int argc, char **argv)
+{
+    const char *env = g_getenv("QGUARD_TEST_SEED");
+
+    g_test_init(&argc, &argv, NULL);
+    base_seed = env ? g_ascii_strtoull(env, NULL, 0)
+                    : (uint64_t)g_get_real_time() ^ (uint64_t)g_random_int() << 32;
+
+    g_test_add_func("/qcow2-overlap/type-names", test_type_names);
+    g_test_add_func("/qcow2-overlap/zero-length-is-noop", test_zero_length_is_noop);
+    g_test_add_func("/qcow2-overlap/ranges-round-outward-to-clusters",
+                    test_ranges_round_outward_to_clusters);
+    g_test_add_func("/qcow2-overlap/check-empty-window-costs-no-conversion",
+                    test_check_empty_window_costs_no_conversion);
+    g_test_add_func("/qcow2-overlap/single-fragment-windows-need-no-bytemap",
+                    test_single_fragment_windows_need_no_bytemap);
+    g_test_add_func("/qcow2-overlap/fragments-merge-up-to-256-clusters",
+                    test_fragments_merge_up_to_256_clusters);
+    g_test_add_func("/qcow2-overlap/evicted-dirty-bytemap-becomes-list",
+                    test_evicted_dirty_bytemap_becomes_list);
+    g_test_add_func("/qcow2-overlap/evicted-clean-bytemap-is-dropped",
+                    test_evicted_clean_bytemap_is_dropped);
+    g_test_add_func("/qcow2-overlap/flush-writes-back-and-empties-cache",
+                    test_flush_writes_back_and_empties_cache);
+    g_test_add_func("/qcow2-overlap/lru-evicts-least-recently-used",
+                    test_lru_evicts_least_recently_used);
+    g_test_add_func("/qcow2-overlap/dense-window-stays-bytemap-outside-lru",
+                    test_dense_window_stays_bytemap_outside_lru);
+    g_test_add_func("/qcow2-overlap/bitmap-directory-type-is-checked",
+                    test_bitmap_directory_type_is_checked);
+    g_test_add_func("/qcow2-overlap/far-offset-uses-bounded-memory",
+                    test_far_offset_uses_bounded_memory);
+    g_test_add_func("/qcow2-overlap/counters-match-operations",
+                    test_counters_match_operations);
+    g_test_add_func("/qcow2-overlap/memory-returns-to-baseline-after-remove",
+                    test_memory_returns_to_baseline_after_remove);
+    g_test_add_func("/qcow2-overlap/memory-within-2014-estimate",
+                    test_memory_within_2014_estimate);
+    g_test_add_data_func("/qcow2-overlap/random-vs-model/cache-1", GUINT_TO_POINTER(1),
+                         test_random_vs_model);
+    g_test_add_data_func("/qcow2-overlap/random-vs-model/cache-2", GUINT_TO_POINTER(2),
+                         test_random_vs_model);
+    g_test_add_data_func("/qcow2-overlap/random-vs-model/cache-16", GUINT_TO_POINTER(16),
+                         test_random_vs_model);
+    return g_test_run();
+}
