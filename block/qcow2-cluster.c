@@ -203,6 +203,43 @@ fail:
     return ret;
 }
 
+/*
+ * Drop the L2 tables of L1 entries from @new_size on (a shrunk disk).  The
+ * L1 entries are cleared on disk before the tables lose their references.
+ */
+int qcow2_shrink_l1_table(BDRVQcow2State *s, uint64_t new_size)
+{
+    g_autofree uint64_t *freed = NULL;
+    uint64_t i, n = 0;
+    int ret;
+
+    if (new_size >= s->l1_size) {
+        return 0;
+    }
+    freed = g_new(uint64_t, s->l1_size - new_size);
+    for (i = new_size; i < s->l1_size; i++) {
+        uint64_t l2 = s->l1_table[i] & L1E_OFFSET_MASK;
+        if (s->l1_table[i]) {
+            s->l1_table[i] = 0;
+            qcow2_l1_mark_dirty(s, i);
+        }
+        if (l2 && !offset_into_cluster(s, l2)) {
+            freed[n++] = l2;
+        }
+    }
+    ret = qcow2_write_l1_dirty(s);
+    if (ret < 0) {
+        return ret;
+    }
+    for (i = 0; i < n; i++) {
+        qcow2_map_remove(s, freed[i], s->cluster_size, QCOW2_OL_ACTIVE_L2);
+        qcow2_free_clusters(s, freed[i], s->cluster_size,
+                            QCOW2_DISCARD_ALWAYS);
+    }
+    qcow2_process_discards(s);
+    return 0;
+}
+
 /* ---- L2 tables ---------------------------------------------------------- */
 
 static int l2_offset_from_l1(BDRVQcow2State *s, uint64_t l1_index,
@@ -947,10 +984,58 @@ static int preallocate_l2(BDRVQcow2State *s, uint64_t offset, uint64_t n,
     return 0;
 }
 
+/* Give every L1 entry in [first, last] without an L2 table a fresh one. */
+static int preallocate_l2_tables(BDRVQcow2State *s, uint64_t first,
+                                 uint64_t last, uint64_t missing)
+{
+    uint64_t i = first, got;
+    int64_t tables;
+    int ret;
+
+    while (missing) {
+        tables = qcow2_alloc_clusters(s, missing, &got);
+        if (tables < 0) {
+            return tables;
+        }
+        if (!(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+            ret = qcow2_cache_set_dependency(s, s->l2_table_cache,
+                                             s->refcount_block_cache);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        for (; i <= last && got; i++) {
+            void *l2_table;
+            if (s->l1_table[i] & L1E_OFFSET_MASK) {
+                continue;
+            }
+            ret = qcow2_cache_get_empty(s, s->l2_table_cache, tables,
+                                        &l2_table);
+            if (ret < 0) {
+                return ret;
+            }
+            memset(l2_table, 0, s->cluster_size);
+            qcow2_cache_entry_mark_dirty(s->l2_table_cache, l2_table);
+            qcow2_cache_put(s->l2_table_cache, &l2_table);
+            qcow2_map_enter(s, tables, s->cluster_size, QCOW2_OL_ACTIVE_L2);
+            s->l1_table[i] = tables | QCOW_OFLAG_COPIED;
+            qcow2_l1_mark_dirty(s, i);
+            tables += s->cluster_size;
+            got--;
+            missing--;
+        }
+    }
+    return 0;
+}
+
 /*
  * Allocate L2 tables and data clusters for guest range [offset, end).
- * L2 tables for up to a sector's worth of L1 entries are allocated together
- * so that they sit next to each other and are written back with one pwritev.
+ *
+ * Metadata goes first and together: the refcount blocks for everything
+ * this will allocate, then all new L2 tables, then the data.  Tables that
+ * sit next to each other are written back with one pwritev, and the data
+ * windows of the overlap map hold no metadata at all, so writes into them
+ * are checked without touching a list.
  */
 int qcow2_preallocate(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
                       Qcow2PreallocMode mode, QGuardProgressFunc *progress,
@@ -961,7 +1046,7 @@ int qcow2_preallocate(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
     uint64_t l2_span = l2_entries_to_bytes(s);
     int64_t file_len = host_file_length(s->file);
     uint64_t zero_end = file_len > 0 ? (uint64_t)file_len : 0;
-    uint64_t pos = start;
+    uint64_t l1_first, l1_last, i, missing = 0;
     int ret;
 
     if (!bytes || mode == QCOW2_PREALLOC_OFF) {
@@ -975,65 +1060,32 @@ int qcow2_preallocate(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
     if (ret < 0) {
         return ret;
     }
-    while (pos < end) {
-        uint64_t l1_first = offset_to_l1_index(s, pos);
-        uint64_t l1_last = MIN(offset_to_l1_index(s, end - 1),
-                               l1_first + L1_SECTOR_ENTRIES - 1);
-        uint64_t missing = 0, i, got;
-        int64_t tables;
-
-        for (i = l1_first; i <= l1_last; i++) {
-            if (!(s->l1_table[i] & L1E_OFFSET_MASK)) {
-                missing++;
-            }
+    l1_first = offset_to_l1_index(s, start);
+    l1_last = offset_to_l1_index(s, end - 1);
+    for (i = l1_first; i <= l1_last; i++) {
+        if (!(s->l1_table[i] & L1E_OFFSET_MASK)) {
+            missing++;
         }
-        /* Fresh L2 tables for this batch, placed together where possible. */
-        while (missing) {
-            tables = qcow2_alloc_clusters(s, missing, &got);
-            if (tables < 0) {
-                return tables;
-            }
-            if (!(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
-                ret = qcow2_cache_set_dependency(s, s->l2_table_cache,
-                                                 s->refcount_block_cache);
-                if (ret < 0) {
-                    return ret;
-                }
-            }
-            for (i = l1_first; i <= l1_last && got; i++) {
-                void *l2_table;
-                if (s->l1_table[i] & L1E_OFFSET_MASK) {
-                    continue;
-                }
-                ret = qcow2_cache_get_empty(s, s->l2_table_cache, tables,
-                                            &l2_table);
-                if (ret < 0) {
-                    return ret;
-                }
-                memset(l2_table, 0, s->cluster_size);
-                qcow2_cache_entry_mark_dirty(s->l2_table_cache, l2_table);
-                qcow2_cache_put(s->l2_table_cache, &l2_table);
-                qcow2_map_enter(s, tables, s->cluster_size,
-                                QCOW2_OL_ACTIVE_L2);
-                s->l1_table[i] = tables | QCOW_OFLAG_COPIED;
-                qcow2_l1_mark_dirty(s, i);
-                tables += s->cluster_size;
-                got--;
-                missing--;
-            }
+    }
+    ret = qcow2_reserve_refblocks(s, missing +
+                                  size_to_clusters(s, end - start));
+    if (ret < 0) {
+        return ret;
+    }
+    ret = preallocate_l2_tables(s, l1_first, l1_last, missing);
+    if (ret < 0) {
+        return ret;
+    }
+    for (i = l1_first; i <= l1_last; i++) {
+        uint64_t from = MAX(start, i * l2_span);
+        uint64_t to = MIN(end, (i + 1) * l2_span);
+        ret = preallocate_l2(s, from, size_to_clusters(s, to - from), mode,
+                             zero_end);
+        if (ret < 0) {
+            return ret;
         }
-        for (i = l1_first; i <= l1_last; i++) {
-            uint64_t from = MAX(pos, i * l2_span);
-            uint64_t to = MIN(end, (i + 1) * l2_span);
-            ret = preallocate_l2(s, from, size_to_clusters(s, to - from),
-                                 mode, zero_end);
-            if (ret < 0) {
-                return ret;
-            }
-        }
-        pos = MIN(end, (l1_last + 1) * l2_span);
-        if (progress) {
-            progress(opaque, 100.0 * (pos - start) / (end - start));
+        if (progress && ((i - l1_first) % 64 == 63 || i == l1_last)) {
+            progress(opaque, 100.0 * (to - start) / (end - start));
         }
     }
     return 0;

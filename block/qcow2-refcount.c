@@ -564,6 +564,34 @@ static int ensure_refblocks(BDRVQcow2State *s, uint64_t first, uint64_t n)
     return 0;
 }
 
+/*
+ * Create the refcount blocks that the next @n allocated clusters will need,
+ * now and next to each other, so that a large preallocation puts its
+ * metadata together instead of one block in every block's worth of data.
+ * Blocks that already exist are kept; extra coverage only costs the blocks.
+ */
+int qcow2_reserve_refblocks(BDRVQcow2State *s, uint64_t n)
+{
+    uint64_t got, idx, last, total;
+    int64_t first;
+    int ret;
+
+    first = find_free_run(s, 1, true, &got);
+    if (first < 0) {
+        return first;
+    }
+    /* The blocks themselves take clusters from the front of the range. */
+    total = n + n / (s->refcount_block_size - 1) + 2;
+    last = (first + total - 1) >> s->refcount_block_bits;
+    for (idx = first >> s->refcount_block_bits; idx <= last; idx++) {
+        ret = ensure_refblock(s, idx);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
 static int64_t alloc_clusters(BDRVQcow2State *s, uint64_t n, bool exact,
                               uint64_t *got)
 {

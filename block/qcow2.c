@@ -1058,14 +1058,21 @@ static void qcow2_free_state(BDRVQcow2State *s)
     g_free(s);
 }
 
+static void report_repair_line(void *opaque, const char *line)
+{
+    (void)opaque;
+    qguard_message("%s", line);
+}
+
+/* As QEMU does, the repair of a dirty image says what it fixed. */
 static int repair_dirty_image(BDRVQcow2State *s, GError **errp)
 {
     QGuardCheckResult result = { 0 };
     int ret;
 
     ret = qcow2_check_image(s, QGUARD_CHECK_FIX_ERRORS |
-                            QGUARD_CHECK_FIX_LEAKS, &result, NULL, NULL,
-                            errp);
+                            QGUARD_CHECK_FIX_LEAKS, &result,
+                            report_repair_line, NULL, errp);
     if (ret < 0) {
         return ret;
     }
@@ -1403,9 +1410,13 @@ int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
         mode = QCOW2_PREALLOC_FULL;
     } else {
         g_set_error(errp, QGUARD_ERROR, EINVAL,
-                    "Parameter 'preallocation' does not accept value '%s'",
-                    prealloc);
+                    "Invalid preallocation mode '%s'", prealloc);
         return -EINVAL;
+    }
+    if (s->nb_snapshots && s->qcow_version < 3) {
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                    "Can't resize a v2 image which has snapshots");
+        return -ENOTSUP;
     }
     if (size % 512) {
         g_set_error(errp, QGUARD_ERROR, EINVAL,
@@ -1419,20 +1430,18 @@ int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
                         "operation.");
             return -EINVAL;
         }
-        if (s->nb_snapshots) {
-            g_set_error(errp, QGUARD_ERROR, ENOTSUP,
-                        "Can't shrink an image with internal snapshots");
-            return -ENOTSUP;
-        }
         if (mode != QCOW2_PREALLOC_OFF) {
             g_set_error(errp, QGUARD_ERROR, ENOTSUP,
-                        "Preallocation can't be used for shrinking an image");
+                        "Preallocation can only be used for growing images");
             return -ENOTSUP;
         }
         ret = qcow2_discard_clusters(s, ROUND_UP(size, (uint64_t)s->cluster_size),
                                      ROUND_UP(old_size, (uint64_t)s->cluster_size) -
                                      ROUND_UP(size, (uint64_t)s->cluster_size),
                                      true, QCOW2_DISCARD_ALWAYS);
+        if (ret >= 0) {
+            ret = qcow2_shrink_l1_table(s, size_to_l1(s, size));
+        }
         if (ret < 0) {
             g_set_error(errp, QGUARD_ERROR, -ret,
                         "Failed to discard cropped clusters: %s",
@@ -1443,7 +1452,7 @@ int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
         uint64_t l1_needed = size_to_l1(s, size);
         if (l1_needed > QCOW_MAX_L1_SIZE / 8 || size > INT64_MAX) {
             g_set_error(errp, QGUARD_ERROR, EFBIG,
-                        "Image size too large for this cluster size");
+                        "Failed to grow the L1 table: %s", g_strerror(EFBIG));
             return -EFBIG;
         }
         ret = qcow2_grow_l1_table(s, l1_needed, true);
@@ -1476,6 +1485,14 @@ int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
         g_set_error(errp, QGUARD_ERROR, -ret, "Could not flush metadata: %s",
                     g_strerror(-ret));
         return ret;
+    }
+    if (size < old_size) {
+        /* Give back the space past the last cluster still in use. */
+        int64_t end = qcow2_host_end_cluster(s);
+        int64_t len = host_file_length(s->file);
+        if (end >= 0 && len >= 0 && (end << s->cluster_bits) < len) {
+            host_file_truncate(s->file, end << s->cluster_bits);
+        }
     }
     if (mode != QCOW2_PREALLOC_OFF) {
         /* Preallocated data clusters past the last table extend the file. */

@@ -392,6 +392,7 @@ int qcow2_get_refcount(BDRVQcow2State *s, uint64_t cluster_index,
 int64_t qcow2_alloc_clusters(BDRVQcow2State *s, uint64_t n,
                              uint64_t *got);
 int64_t qcow2_alloc_clusters_exact(BDRVQcow2State *s, uint64_t n);
+int qcow2_reserve_refblocks(BDRVQcow2State *s, uint64_t n);
 int qcow2_alloc_clusters_at(BDRVQcow2State *s, uint64_t offset,
                             uint64_t n);
 int qcow2_update_refcount(BDRVQcow2State *s, uint64_t offset,
@@ -438,6 +439,7 @@ int qcow2_discard_clusters(BDRVQcow2State *s, uint64_t offset,
 int qcow2_grow_l1_table(BDRVQcow2State *s, uint64_t min_size,
                         bool exact_size);
 int qcow2_write_l1_dirty(BDRVQcow2State *s);
+int qcow2_shrink_l1_table(BDRVQcow2State *s, uint64_t new_size);
 typedef enum Qcow2PreallocMode {
     QCOW2_PREALLOC_OFF,
     QCOW2_PREALLOC_METADATA,
