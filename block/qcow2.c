@@ -73,6 +73,8 @@ void qcow2_signal_corruption(BDRVQcow2State *s, bool fatal, int64_t offset,
     va_start(ap, fmt);
     message = g_strdup_vprintf(fmt, ap);
     va_end(ap);
+    /* Set first: marking the header corrupt is itself a checked write. */
+    s->signaled_corruption = true;
     if (fatal) {
         qguard_message("qcow2: Marking image as corrupt: %s; further "
                        "corruption events will be suppressed", message);
@@ -82,7 +84,6 @@ void qcow2_signal_corruption(BDRVQcow2State *s, bool fatal, int64_t offset,
         qguard_message("qcow2: Image is corrupt: %s; further non-fatal "
                        "corruption events will be suppressed", message);
     }
-    s->signaled_corruption = true;
 }
 
 /* ---- Header ------------------------------------------------------------- */
@@ -1175,6 +1176,10 @@ static int qcow2_open(QGuardImage *img, const QGuardOpts *opts, GError **errp)
                 goto fail;
             }
         }
+        ret = qcow2_bitmaps_mark_in_use(s, errp);
+        if (ret < 0) {
+            goto fail;
+        }
         if ((s->incompatible_features & QCOW2_INCOMPAT_DIRTY) &&
             !(img->flags & QGUARD_OPEN_CHECK)) {
             ret = repair_dirty_image(s, errp);
@@ -1562,6 +1567,8 @@ static int qcow2_get_info(QGuardImage *img, QGuardImageInfo *info,
     info->refcount_bits = s->refcount_bits;
     info->corrupt = s->incompatible_features & QCOW2_INCOMPAT_CORRUPT;
     info->extended_l2 = false;
+    /* A damaged directory only costs the listing, not the whole info. */
+    qcow2_bitmaps_info(s, &info->bitmaps, &info->nb_bitmaps);
     info->nb_snapshots = s->nb_snapshots;
     info->snapshots = g_new0(QGuardSnapshotInfo, MAX(s->nb_snapshots, 1));
     for (i = 0; i < s->nb_snapshots; i++) {

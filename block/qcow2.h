@@ -475,6 +475,11 @@ void qcow2_cache_discard(Qcow2Cache *c, uint64_t offset);
 int qcow2_cache_empty(BDRVQcow2State *s, Qcow2Cache *c);
 int qcow2_cache_num_tables(const Qcow2Cache *c);
 
+/* qcow2-bitmap.c */
+int qcow2_bitmaps_info(BDRVQcow2State *s, QGuardBitmapInfo **pinfo,
+                       guint *count);
+int qcow2_bitmaps_mark_in_use(BDRVQcow2State *s, GError **errp);
+
 /* qcow2-snapshot.c */
 int qcow2_read_snapshots(BDRVQcow2State *s, GError **errp);
 void qcow2_free_snapshots(BDRVQcow2State *s);

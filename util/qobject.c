@@ -299,9 +299,8 @@ static void to_json(GString *out, const QObj *o, bool pretty, int level)
             g_string_append(out, ": ");
             to_json(out, e->value, pretty, level + 1);
         }
-        if (o->items->len) {
-            newline_indent(out, pretty, level);
-        }
+        /* QEMU's writer ends even an empty container on its own line. */
+        newline_indent(out, pretty, level);
         g_string_append_c(out, '}');
         break;
     case QOBJ_LIST:
@@ -316,9 +315,7 @@ static void to_json(GString *out, const QObj *o, bool pretty, int level)
             newline_indent(out, pretty, level + 1);
             to_json(out, g_ptr_array_index(o->items, i), pretty, level + 1);
         }
-        if (o->items->len) {
-            newline_indent(out, pretty, level);
-        }
+        newline_indent(out, pretty, level);
         g_string_append_c(out, ']');
         break;
     default:
