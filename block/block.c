@@ -82,10 +82,29 @@ static const BlockDriver *probe_driver(HostFile *file)
     return best;
 }
 
+/*
+ * Would a first sector with these bytes be probed as another format?  A raw
+ * image opened by probing refuses such writes, as QEMU does, so that a guest
+ * cannot turn its disk into a qcow2 image pointing at host files.
+ */
+bool bdrv_first_sector_looks_formatted(const uint8_t *buf, size_t len)
+{
+    size_t i;
+
+    for (i = 0; i < G_N_ELEMENTS(drivers); i++) {
+        if (drivers[i] != &bdrv_raw && drivers[i]->probe &&
+            drivers[i]->probe(buf, len) > 1) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Options the generic layer consumes itself. */
 static bool is_generic_option(const char *key)
 {
     return !strcmp(key, "driver") || !strcmp(key, "file.filename") ||
+           !strcmp(key, "force-share") ||
            !strcmp(key, "file.driver") || !strcmp(key, "read-only") ||
            !strcmp(key, "file") || !strcmp(key, "backing") ||
            g_str_has_prefix(key, "backing.");
@@ -161,6 +180,14 @@ static int open_image(QGuardImage **pimg, const char *filename,
     bool read_only;
     int ret;
 
+    if (!filename && qguard_opts_get(opts, "file")) {
+        /* QEMU reads "file" as a reference to an existing node. */
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Cannot find device='%s' nor node-name='%s'",
+                    qguard_opts_get(opts, "file"),
+                    qguard_opts_get(opts, "file"));
+        return -EINVAL;
+    }
     if (!filename) {
         filename = file_opt;
     }
@@ -196,6 +223,21 @@ static int open_image(QGuardImage **pimg, const char *filename,
     if (ro_opt && !qguard_parse_bool("read-only", ro_opt, &read_only, errp)) {
         return -EINVAL;
     }
+    if (qguard_opts_get(opts, "force-share")) {
+        /* qguard takes no locks: sharing is always allowed when reading. */
+        bool share;
+        if (!qguard_parse_bool("force-share", qguard_opts_get(opts,
+                                                              "force-share"),
+                               &share, errp)) {
+            return -EINVAL;
+        }
+        if (share && !read_only) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "force-share=on can only be used with read-only "
+                        "images");
+            return -EINVAL;
+        }
+    }
 
     img = g_new0(QGuardImage, 1);
     g_mutex_init(&img->lock);
@@ -213,7 +255,12 @@ static int open_image(QGuardImage **pimg, const char *filename,
     }
     ret = host_file_open(&img->file, filename,
                          read_only ? 0 : HOST_FILE_RDWR, &local_err);
-    if (ret < 0) {
+    if (ret == -EISDIR) {
+        g_set_error(errp, QGUARD_ERROR, EISDIR,
+                    "'file' driver requires '%s' to be a regular file",
+                    filename);
+        goto fail;
+    } else if (ret < 0) {
         g_set_error(errp, QGUARD_ERROR, -ret, "Could not open '%s': %s",
                     filename, g_strerror(-ret));
         goto fail;
@@ -227,6 +274,15 @@ static int open_image(QGuardImage **pimg, const char *filename,
     }
     if (!drv) {
         drv = probe_driver(img->file);
+        img->probed = true;
+        if (drv == &bdrv_raw && !read_only) {
+            qguard_message("WARNING: Image format was not specified for '%s' "
+                           "and probing guessed raw.\n         Automatically "
+                           "detecting the format is dangerous for raw images, "
+                           "write operations on block 0 will be restricted."
+                           "\n         Specify the 'raw' format explicitly to "
+                           "remove the restrictions.", filename);
+        }
     }
     ret = check_options(drv, opts, errp);
     if (ret < 0) {
@@ -280,7 +336,8 @@ int bdrv_open_backing(QGuardImage *img, const QGuardOpts *opts,
     qguard_opts_free(backing_opts);
     if (ret < 0) {
         img->backing = NULL;
-        g_set_error(errp, QGUARD_ERROR, -ret, "%s", local_err->message);
+        g_set_error(errp, QGUARD_ERROR, -ret, "Could not open backing file: %s",
+                    local_err->message);
     }
     return ret;
 }
@@ -477,13 +534,18 @@ int qguard_image_truncate(QGuardImage *img, uint64_t size, bool shrink,
 
 /*
  * A data extent whose host range is a hole in the file reads as zeros; say
- * so, as QEMU does when it asks the protocol layer.
+ * so when the driver suspects holes (metadata preallocation), as QEMU does
+ * when it asks the protocol layer.
  */
 static void add_file_zero_status(QGuardImage *img, QGuardBlockStatus *st)
 {
     uint64_t bytes = st->bytes;
     bool hole;
 
+    if (!(st->flags & BDRV_BLOCK_RECURSE)) {
+        return;
+    }
+    st->flags &= ~BDRV_BLOCK_RECURSE;
     if (!(st->flags & QGUARD_BLOCK_OFFSET_VALID) ||
         !(st->flags & QGUARD_BLOCK_DATA) ||
         host_file_is_hole(img->file, st->host_offset, &bytes, &hole) < 0) {
@@ -665,6 +727,12 @@ char *qguard_create_prepare(const char *filename, const char *format,
     }
     backing = qguard_opts_get(opts, "backing_file");
     backing_fmt = qguard_opts_get(opts, "backing_fmt");
+    if ((backing || backing_fmt) && !drv->supports_backing) {
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                    "Backing file%s not supported for file format '%s'",
+                    backing ? "" : " format", drv->format_name);
+        goto fail;
+    }
     if (backing) {
         g_autofree char *path = bdrv_resolve_backing_path(filename, backing);
         QGuardImage *b = NULL;
@@ -688,13 +756,13 @@ char *qguard_create_prepare(const char *filename, const char *format,
                         "Detected format of %s.", probed);
             goto fail;
         }
-        if (!unsafe || !qguard_opts_has(opts, "size")) {
+        if (!unsafe) {
             g_autoptr(GError) local_err = NULL;
             ret = qguard_image_open(&b, path, backing_fmt, NULL, 0,
                                     &local_err);
             if (ret < 0) {
                 g_set_error(errp, QGUARD_ERROR, -ret,
-                            "%s\nCould not open backing image.",
+                            "%s\nCould not open backing image.\n",
                             local_err->message);
                 goto fail;
             }

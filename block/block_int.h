@@ -20,6 +20,12 @@
 
 typedef struct BlockDriver BlockDriver;
 
+/*
+ * Driver-internal block status flag: the data extent may contain holes of
+ * the host file that read as zeros; the generic layer asks the file.
+ */
+#define BDRV_BLOCK_RECURSE (1u << 16)
+
 struct QGuardImage {
     const BlockDriver *drv;
     void *opaque;               /* driver state */
@@ -38,6 +44,7 @@ struct QGuardImage {
     GMutex lock;                /* taken by every public entry point */
     /* Set after a fatal corruption: every further request fails. */
     bool broken;
+    bool probed;                /* format guessed, not given */
 };
 
 /* Driver entry points.  Requests have been bounds-checked by block.c. */
@@ -76,6 +83,7 @@ struct BlockDriver {
                     GError **errp);
     /* Is @name an open-time option of this driver? */
     bool (*is_runtime_option)(const char *name);
+    bool supports_backing;
 };
 
 enum {
@@ -93,6 +101,7 @@ extern const BlockDriver bdrv_raw;
  */
 int bdrv_open_backing(QGuardImage *img, const QGuardOpts *opts,
                       GError **errp);
+bool bdrv_first_sector_looks_formatted(const uint8_t *buf, size_t len);
 /* Read from the backing chain; zeros past its end. */
 int bdrv_backing_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,
                        void *buf);

@@ -75,7 +75,8 @@ int host_file_open(HostFile **pfile, const char *filename, unsigned flags,
     if (S_ISDIR(st.st_mode)) {
         close(fd);
         g_set_error(errp, G_FILE_ERROR, G_FILE_ERROR_ISDIR,
-                    "'%s' is not a file", filename);
+                    "'file' driver requires '%s' to be a regular file",
+                    filename);
         return -EISDIR;
     }
     file = g_new0(HostFile, 1);

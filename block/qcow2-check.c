@@ -122,7 +122,44 @@ static int inc_refcounts(CheckState *cs, uint64_t offset, uint64_t size)
     return 0;
 }
 
-static int check_l2(CheckState *cs, uint64_t l2_offset, bool frag_info)
+/*
+ * A preallocated zero cluster at an unaligned offset holds no data: turn it
+ * into a plain zero cluster on disk and stop counting it (-r all).
+ */
+static int fix_l2_entry_by_zero(CheckState *cs, uint64_t l2_offset,
+                                uint8_t *l2, int index, bool active)
+{
+    BDRVQcow2State *s = cs->s;
+    uint64_t entry_offset = l2_offset + (uint64_t)index * 8;
+    int ret;
+
+    l2_set(l2, index, QCOW_OFLAG_ZERO);
+    ret = qcow2_pre_write_overlap_check(s, active ? QCOW2_OL_ACTIVE_L2
+                                                  : QCOW2_OL_INACTIVE_L2,
+                                        entry_offset, 8);
+    if (ret < 0) {
+        report(cs, "ERROR: Overlap check failed");
+        cs->res->check_errors++;
+        return ret;
+    }
+    ret = host_file_pwrite(s->file, entry_offset, l2 + index * 8, 8);
+    if (ret >= 0) {
+        ret = host_file_flush(s->file);
+    }
+    if (ret < 0) {
+        report(cs, "ERROR: Failed to overwrite L2 table entry: %s",
+               g_strerror(-ret));
+        cs->res->check_errors++;
+        return ret;
+    }
+    qcow2_cache_discard(s->l2_table_cache, start_of_cluster(s, l2_offset));
+    cs->res->corruptions--;
+    cs->res->corruptions_fixed++;
+    return 0;
+}
+
+static int check_l2(CheckState *cs, uint64_t l2_offset, bool frag_info,
+                    unsigned fix, bool active)
 {
     BDRVQcow2State *s = cs->s;
     g_autofree uint8_t *l2 = g_malloc(s->cluster_size);
@@ -182,9 +219,20 @@ static int check_l2(CheckState *cs, uint64_t l2_offset, bool frag_info)
             if (offset_into_cluster(s, offset)) {
                 cs->res->corruptions++;
                 if (type == QCOW2_CLUSTER_ZERO_ALLOC) {
-                    report(cs, "ERROR offset=%" PRIx64 ": Preallocated "
+                    bool repair = fix & QGUARD_CHECK_FIX_ERRORS;
+                    report(cs, "%s offset=%" PRIx64 ": Preallocated "
                            "cluster is not properly aligned; L2 entry "
-                           "corrupted.", offset);
+                           "corrupted.", repair ? "Repairing" : "ERROR",
+                           offset);
+                    if (repair) {
+                        ret = fix_l2_entry_by_zero(cs, l2_offset, l2, i,
+                                                   active);
+                        if (ret < 0) {
+                            return ret;
+                        }
+                        /* The cluster is unused now: do not count it. */
+                        break;
+                    }
                 } else {
                     report(cs, "ERROR offset=%" PRIx64 ": Data cluster is "
                            "not properly aligned; L2 entry corrupted.",
@@ -206,7 +254,7 @@ static int check_l2(CheckState *cs, uint64_t l2_offset, bool frag_info)
 }
 
 static int check_l1(CheckState *cs, uint64_t l1_offset, uint32_t l1_size,
-                    bool frag_info)
+                    bool frag_info, unsigned fix, bool active)
 {
     BDRVQcow2State *s = cs->s;
     g_autofree uint64_t *l1 = NULL;
@@ -252,7 +300,7 @@ static int check_l1(CheckState *cs, uint64_t l1_offset, uint32_t l1_size,
                    "aligned; L1 entry corrupted", l2_offset);
             cs->res->corruptions++;
         }
-        ret = check_l2(cs, l2_offset, frag_info);
+        ret = check_l2(cs, l2_offset, frag_info, fix, active);
         if (ret < 0) {
             return ret;
         }
@@ -383,7 +431,7 @@ static int check_refblocks(CheckState *cs, bool *rebuild)
     return 0;
 }
 
-static int calculate_refcounts(CheckState *cs, bool *rebuild)
+static int calculate_refcounts(CheckState *cs, unsigned fix, bool *rebuild)
 {
     BDRVQcow2State *s = cs->s;
     uint32_t i;
@@ -393,7 +441,7 @@ static int calculate_refcounts(CheckState *cs, bool *rebuild)
     if (ret < 0) {
         return ret;
     }
-    ret = check_l1(cs, s->l1_table_offset, s->l1_size, true);
+    ret = check_l1(cs, s->l1_table_offset, s->l1_size, true, fix, true);
     if (ret < 0) {
         return ret;
     }
@@ -406,7 +454,8 @@ static int calculate_refcounts(CheckState *cs, bool *rebuild)
             cs->res->corruptions++;
             continue;
         }
-        ret = check_l1(cs, sn->l1_table_offset, sn->l1_size, false);
+        ret = check_l1(cs, sn->l1_table_offset, sn->l1_size, false, fix,
+                       false);
         if (ret < 0) {
             return ret;
         }
@@ -812,7 +861,7 @@ int qcow2_check_image(BDRVQcow2State *s, unsigned fix,
         return -ENOMEM;
     }
 
-    ret = calculate_refcounts(&cs, &rebuild);
+    ret = calculate_refcounts(&cs, fix, &rebuild);
     if (ret < 0) {
         goto out;
     }
@@ -837,7 +886,7 @@ int qcow2_check_image(BDRVQcow2State *s, unsigned fix,
         rebuild = false;
         memset(cs.refcounts, 0, refcount_array_bytes(s, cs.nb_clusters));
         cs.file_length = host_file_length(s->file);
-        ret = calculate_refcounts(&cs, &rebuild);
+        ret = calculate_refcounts(&cs, 0, &rebuild);
         if (ret < 0) {
             goto out;
         }

@@ -32,6 +32,7 @@ typedef struct CreateOpt {
 
 /* In the order qemu-img prints them in its "Formatting" line. */
 static const CreateOpt qcow2_create_opts[] = {
+    { "encryption", OPT_BOOL, NULL, "Encryption (not supported)" },
     { "cluster_size", OPT_SIZE, "65536", "qcow2 cluster size (512 B to 2 MiB)" },
     { "extended_l2", OPT_BOOL, "off", "Extended L2 entries (not supported)" },
     { "preallocation", OPT_STRING, NULL,
@@ -45,7 +46,6 @@ static const CreateOpt qcow2_create_opts[] = {
     { "backing_fmt", OPT_STRING, NULL, "Image format of the base image" },
     { "data_file", OPT_STRING, NULL, "External data file (not supported)" },
     { "data_file_raw", OPT_BOOL, NULL, "External data file is raw (not supported)" },
-    { "encryption", OPT_BOOL, NULL, "Encryption (not supported)" },
     { "encrypt.format", OPT_STRING, NULL, "Encryption format (not supported)" },
     { "lazy_refcounts", OPT_BOOL, "off", "Postpone refcount updates (v3)" },
     { "refcount_bits", OPT_NUMBER, "16",
@@ -89,7 +89,7 @@ static bool check_opt_syntax(const char *name, const char *value,
                         "Parameter '%s' expects a non-negative number below "
                         "2^64\nOptional suffix k, M, G, T, P or E means "
                         "kilo-, mega-, giga-, tera-, peta-\nand exabytes, "
-                        "respectively.", name);
+                        "respectively.\n", name);
             return false;
         }
         return true;
@@ -200,6 +200,11 @@ static int parse_create_params(const QGuardOpts *opts, Qcow2CreateParams *p,
     }
     /* The block layer works in 512-byte sectors; QEMU rounds up likewise. */
     p->size = ROUND_UP(p->size, 512);
+    if (p->size > INT64_MAX) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Could not resize image: Image size cannot be negative");
+        return -EINVAL;
+    }
 
     n = 65536;
     str = qguard_opts_get(opts, "cluster_size");

@@ -567,7 +567,8 @@ int qcow2_snapshot_apply(BDRVQcow2State *s, const char *id_or_name,
     int ret;
 
     if (idx < 0) {
-        g_set_error(errp, QGUARD_ERROR, ENOENT, "%s", g_strerror(ENOENT));
+        g_set_error(errp, QGUARD_ERROR, ENOENT, "Failed to load snapshot: %s",
+                    g_strerror(ENOENT));
         return -ENOENT;
     }
     sn = &s->snapshots[idx];

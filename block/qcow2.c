@@ -510,7 +510,7 @@ static bool parse_size_opt(const QGuardOpts *opts, const char *name,
         g_set_error(errp, QGUARD_ERROR, EINVAL,
                     "Parameter '%s' expects a non-negative number below "
                     "2^64\nOptional suffix k, M, G, T, P or E means kilo-, "
-                    "mega-, giga-, tera-, peta-\nand exabytes, respectively.",
+                    "mega-, giga-, tera-, peta-\nand exabytes, respectively.\n",
                     name);
         return false;
     }
@@ -1356,6 +1356,32 @@ static int qcow2_flush(QGuardImage *img)
     return qcow2_flush_metadata(img->opaque);
 }
 
+/*
+ * QEMU's heuristic: more clusters in use than the file has allocated space
+ * for (with a margin) means metadata preallocation, whose data clusters are
+ * holes that read as zeros.  Counting stops at the threshold.
+ */
+static bool detect_metadata_preallocation(BDRVQcow2State *s)
+{
+    int64_t allocated = host_file_allocated(s->file);
+    uint64_t real_clusters, threshold, used = 0, c;
+    int64_t end = qcow2_host_end_cluster(s);
+
+    if (allocated < 0 || end < 0) {
+        return false;
+    }
+    real_clusters = allocated / s->cluster_size;
+    threshold = MAX(real_clusters * 10 / 9, real_clusters + 2);
+    for (c = 0; c < (uint64_t)end && used <= threshold; c++) {
+        uint64_t refcount;
+        if (qcow2_get_refcount(s, c, &refcount) < 0) {
+            return false;
+        }
+        used += refcount > 0;
+    }
+    return used > threshold;
+}
+
 static int qcow2_block_status(QGuardImage *img, uint64_t offset,
                               uint64_t bytes, QGuardBlockStatus *st)
 {
@@ -1386,6 +1412,13 @@ static int qcow2_block_status(QGuardImage *img, uint64_t offset,
         st->flags = QGUARD_BLOCK_DATA | QGUARD_BLOCK_ALLOCATED |
                     QGUARD_BLOCK_OFFSET_VALID;
         st->host_offset = host;
+        if (!s->metadata_prealloc_checked) {
+            s->metadata_prealloc = detect_metadata_preallocation(s);
+            s->metadata_prealloc_checked = true;
+        }
+        if (s->metadata_prealloc) {
+            st->flags |= BDRV_BLOCK_RECURSE;
+        }
         break;
     case QCOW2_CLUSTER_COMPRESSED:
         st->flags = QGUARD_BLOCK_DATA | QGUARD_BLOCK_ALLOCATED |
@@ -1676,4 +1709,5 @@ const BlockDriver bdrv_qcow2 = {
     .last_error = qcow2_last_error,
     .snapshot = qcow2_snapshot_op,
     .is_runtime_option = qcow2_is_runtime_option,
+    .supports_backing = true,
 };

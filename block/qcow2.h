@@ -173,6 +173,9 @@ struct BDRVQcow2State {
     Qcow2Cache *l2_table_cache;
     Qcow2Cache *refcount_block_cache;
     bool l2_cache_auto;         /* sized by default: grows with the disk */
+    /* Decided once: are data clusters likely preallocated holes? */
+    bool metadata_prealloc_checked;
+    bool metadata_prealloc;
 
     uint64_t free_cluster_index;
 

@@ -23,7 +23,8 @@ static int raw_open(QGuardImage *img, const QGuardOpts *opts, GError **errp)
                     g_strerror((int)-len));
         return len;
     }
-    img->total_size = len;
+    /* QEMU's block layer counts 512-byte sectors: a partial one reads 0. */
+    img->total_size = ROUND_UP((uint64_t)len, 512);
     img->opaque = img;
     return 0;
 }
@@ -39,10 +40,34 @@ static int raw_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,
     return host_file_pread(img->file, offset, buf, bytes);
 }
 
+/* A probed raw image must not become something that probes differently. */
+static int check_first_sector(QGuardImage *img, uint64_t offset,
+                              uint64_t bytes, const void *buf)
+{
+    uint8_t sector[512];
+    int ret;
+
+    if (!img->probed || offset >= sizeof(sector)) {
+        return 0;
+    }
+    ret = host_file_pread(img->file, 0, sector, sizeof(sector));
+    if (ret < 0) {
+        return ret;
+    }
+    memcpy(sector + offset, buf, MIN(bytes, sizeof(sector) - offset));
+    return bdrv_first_sector_looks_formatted(sector, sizeof(sector)) ? -EPERM
+                                                                     : 0;
+}
+
 static int raw_pwrite(QGuardImage *img, uint64_t offset, uint64_t bytes,
                       const void *buf, unsigned flags)
 {
-    int ret = host_file_pwrite(img->file, offset, buf, bytes);
+    int ret = check_first_sector(img, offset, bytes, buf);
+
+    if (ret < 0) {
+        return ret;
+    }
+    ret = host_file_pwrite(img->file, offset, buf, bytes);
 
     if (ret >= 0 && (flags & QGUARD_WRITE_FUA)) {
         ret = host_file_flush(img->file);
@@ -174,7 +199,7 @@ static char *raw_create_describe(const QGuardOpts *opts, GError **errp)
         g_set_error(errp, QGUARD_ERROR, EINVAL,
                     "Parameter 'size' expects a non-negative number below "
                     "2^64\nOptional suffix k, M, G, T, P or E means kilo-, "
-                    "mega-, giga-, tera-, peta-\nand exabytes, respectively.");
+                    "mega-, giga-, tera-, peta-\nand exabytes, respectively.\n");
         return NULL;
     }
     return g_strdup_printf("fmt=raw%s%" PRIu64 "%s%s",
@@ -212,9 +237,22 @@ static int raw_create(const char *filename, const QGuardOpts *opts,
                     filename, g_strerror(-ret));
         return ret;
     }
+    if (size > INT64_MAX) {
+        g_set_error(errp, QGUARD_ERROR, EFBIG,
+                    "The image size is too large for file format 'raw'");
+        host_file_close(file);
+        return -EFBIG;
+    }
     ret = resize_file(file, 0, size, qguard_opts_get(opts, "preallocation"),
-                      errp);
+                      NULL);
     host_file_close(file);
+    if (ret == -EFBIG) {
+        g_set_error(errp, QGUARD_ERROR, EFBIG,
+                    "The image size is too large for file format 'raw'");
+    } else if (ret < 0) {
+        g_set_error(errp, QGUARD_ERROR, -ret, "Could not resize file: %s",
+                    g_strerror(-ret));
+    }
     return ret;
 }
 

@@ -224,20 +224,40 @@ bool qguard_parse_size(const char *str, uint64_t *size, GError **errp)
     double fraction = 0.0;
     int shift = 0;
     bool digits = false;
+    bool hex = false;
 
     while (g_ascii_isspace(*p)) {
         p++;
     }
-    while (g_ascii_isdigit(*p)) {
-        unsigned d = *p - '0';
-        if (whole > (UINT64_MAX - d) / 10) {
-            goto too_large;
+    /* As qemu_strtosz: hexadecimal integers, decimal otherwise (no octal). */
+    if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X') &&
+        g_ascii_isxdigit(p[2])) {
+        hex = true;
+        p += 2;
+        while (g_ascii_isxdigit(*p)) {
+            unsigned d = g_ascii_xdigit_value(*p);
+            if (whole > (UINT64_MAX - d) / 16) {
+                goto too_large;
+            }
+            whole = whole * 16 + d;
+            digits = true;
+            p++;
         }
-        whole = whole * 10 + d;
-        digits = true;
-        p++;
+    } else {
+        while (g_ascii_isdigit(*p)) {
+            unsigned d = *p - '0';
+            if (whole > (UINT64_MAX - d) / 10) {
+                goto too_large;
+            }
+            whole = whole * 10 + d;
+            digits = true;
+            p++;
+        }
     }
     if (*p == '.') {
+        if (hex) {
+            goto invalid;
+        }
         frac = p;
         p++;
         while (g_ascii_isdigit(*p)) {
