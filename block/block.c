@@ -104,7 +104,7 @@ bool bdrv_first_sector_looks_formatted(const uint8_t *buf, size_t len)
 static bool is_generic_option(const char *key)
 {
     return !strcmp(key, "driver") || !strcmp(key, "file.filename") ||
-           !strcmp(key, "force-share") ||
+           !strcmp(key, "force-share") || !strcmp(key, "file.locking") ||
            !strcmp(key, "file.driver") || !strcmp(key, "read-only") ||
            !strcmp(key, "file") || !strcmp(key, "backing") ||
            g_str_has_prefix(key, "backing.");
@@ -178,6 +178,7 @@ static int open_image(QGuardImage **pimg, const char *filename,
     const BlockDriver *drv = NULL;
     QGuardImage *img;
     bool read_only;
+    bool no_lock = false;
     int ret;
 
     if (!filename && qguard_opts_get(opts, "file")) {
@@ -223,8 +224,19 @@ static int open_image(QGuardImage **pimg, const char *filename,
     if (ro_opt && !qguard_parse_bool("read-only", ro_opt, &read_only, errp)) {
         return -EINVAL;
     }
+    if (qguard_opts_get(opts, "file.locking")) {
+        const char *locking = qguard_opts_get(opts, "file.locking");
+        if (!strcmp(locking, "off")) {
+            no_lock = true;
+        } else if (strcmp(locking, "on") && strcmp(locking, "auto")) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "Parameter 'locking' does not accept value '%s'",
+                        locking);
+            return -EINVAL;
+        }
+    }
     if (qguard_opts_get(opts, "force-share")) {
-        /* qguard takes no locks: sharing is always allowed when reading. */
+        /* A reader that shares everything needs no locks at all. */
         bool share;
         if (!qguard_parse_bool("force-share", qguard_opts_get(opts,
                                                               "force-share"),
@@ -237,6 +249,7 @@ static int open_image(QGuardImage **pimg, const char *filename,
                         "images");
             return -EINVAL;
         }
+        no_lock = no_lock || share;
     }
 
     img = g_new0(QGuardImage, 1);
@@ -254,8 +267,12 @@ static int open_image(QGuardImage **pimg, const char *filename,
         goto fail;
     }
     ret = host_file_open(&img->file, filename,
-                         read_only ? 0 : HOST_FILE_RDWR, &local_err);
-    if (ret == -EISDIR) {
+                         (read_only ? 0 : HOST_FILE_RDWR) |
+                         (no_lock ? HOST_FILE_NO_LOCK : 0), &local_err);
+    if (ret == -EAGAIN) {
+        g_propagate_error(errp, g_steal_pointer(&local_err));
+        goto fail;
+    } else if (ret == -EISDIR) {
         g_set_error(errp, QGUARD_ERROR, EISDIR,
                     "'file' driver requires '%s' to be a regular file",
                     filename);

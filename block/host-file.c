@@ -44,6 +44,92 @@ static int run_hook(HostFile *file, HostFileOp op, uint64_t offset,
     return test_hook(test_hook_opaque, file, op, offset, bytes, iov, iovcnt);
 }
 
+/*
+ * Image locking, compatible with QEMU's file-posix driver so that qguard
+ * and QEMU keep each other from writing an image the other has open.
+ * Byte 100 + i, read-locked, says "I hold permission i"; byte 200 + i,
+ * read-locked, says "I do not share permission i".  The locks are OFD
+ * locks, so they belong to this open file and conflict across processes.
+ */
+#define LOCK_PERM_BASE   100
+#define LOCK_SHARED_BASE 200
+
+enum {
+    PERM_CONSISTENT_READ = 1 << 0,
+    PERM_WRITE           = 1 << 1,
+    PERM_WRITE_UNCHANGED = 1 << 2,
+    PERM_RESIZE          = 1 << 3,
+    PERM_COUNT           = 4,
+};
+
+static const char *const perm_names[PERM_COUNT] = {
+    "consistent read", "write", "write unchanged", "resize",
+};
+
+static int lock_byte(int fd, off_t off, short type, int cmd)
+{
+    struct flock fl = {
+        .l_whence = SEEK_SET, .l_start = off, .l_len = 1, .l_type = type,
+    };
+
+    if (fcntl(fd, cmd, &fl) < 0) {
+        return -errno;
+    }
+    if (cmd == F_OFD_GETLK) {
+        return fl.l_type == F_UNLCK ? 0 : -EAGAIN;
+    }
+    return 0;
+}
+
+static int apply_image_locks(int fd, const char *filename, unsigned perm,
+                             unsigned unshared, GError **errp)
+{
+    int i, ret;
+
+    for (i = 0; i < PERM_COUNT; i++) {
+        if ((perm & (1 << i)) &&
+            (ret = lock_byte(fd, LOCK_PERM_BASE + i, F_RDLCK,
+                             F_OFD_SETLK)) < 0) {
+            goto fail;
+        }
+        if ((unshared & (1 << i)) &&
+            (ret = lock_byte(fd, LOCK_SHARED_BASE + i, F_RDLCK,
+                             F_OFD_SETLK)) < 0) {
+            goto fail;
+        }
+    }
+    /* Someone must not be denying what we take, nor holding what we deny. */
+    for (i = 0; i < PERM_COUNT; i++) {
+        if ((perm & (1 << i)) &&
+            lock_byte(fd, LOCK_SHARED_BASE + i, F_WRLCK, F_OFD_GETLK) < 0) {
+            g_set_error(errp, G_FILE_ERROR, G_FILE_ERROR_AGAIN,
+                        "Failed to get \"%s\" lock\nIs another process "
+                        "using the image [%s]?\n", perm_names[i], filename);
+            return -EAGAIN;
+        }
+    }
+    for (i = 0; i < PERM_COUNT; i++) {
+        if ((unshared & (1 << i)) &&
+            lock_byte(fd, LOCK_PERM_BASE + i, F_WRLCK, F_OFD_GETLK) < 0) {
+            g_set_error(errp, G_FILE_ERROR, G_FILE_ERROR_AGAIN,
+                        "Failed to get shared \"%s\" lock\nIs another "
+                        "process using the image [%s]?\n", perm_names[i],
+                        filename);
+            return -EAGAIN;
+        }
+    }
+    return 0;
+
+fail:
+    if (ret == -EINVAL || ret == -ENOLCK || ret == -ENOTSUP) {
+        /* A filesystem without OFD locks: QEMU's locking=auto goes on. */
+        return 0;
+    }
+    g_set_error(errp, G_FILE_ERROR, g_file_error_from_errno(-ret),
+                "Failed to lock byte: %s", g_strerror(-ret));
+    return ret;
+}
+
 int host_file_open(HostFile **pfile, const char *filename, unsigned flags,
                    GError **errp)
 {
@@ -78,6 +164,19 @@ int host_file_open(HostFile **pfile, const char *filename, unsigned flags,
                     "'file' driver requires '%s' to be a regular file",
                     filename);
         return -EISDIR;
+    }
+    if (!(flags & HOST_FILE_NO_LOCK)) {
+        unsigned perm = PERM_CONSISTENT_READ;
+        int ret;
+        if (flags & HOST_FILE_RDWR) {
+            perm |= PERM_WRITE | PERM_RESIZE;
+        }
+        ret = apply_image_locks(fd, filename, perm, PERM_WRITE | PERM_RESIZE,
+                                errp);
+        if (ret < 0) {
+            close(fd);
+            return ret;
+        }
     }
     file = g_new0(HostFile, 1);
     file->fd = fd;

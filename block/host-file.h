@@ -33,8 +33,10 @@ typedef int HostFileHookFunc(void *opaque, HostFile *file, HostFileOp op,
 void host_file_set_hook(HostFileHookFunc *hook, void *opaque);
 
 enum {
-    HOST_FILE_RDWR   = 1 << 0,
-    HOST_FILE_CREATE = 1 << 1,   /* create or truncate to 0 */
+    HOST_FILE_RDWR    = 1 << 0,
+    HOST_FILE_CREATE  = 1 << 1,  /* create or truncate to 0 */
+    /* Take no image locks (QEMU's locking=off / force-share readers). */
+    HOST_FILE_NO_LOCK = 1 << 2,
 };
 
 int host_file_open(HostFile **pfile, const char *filename, unsigned flags,
