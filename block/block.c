@@ -499,6 +499,34 @@ int qguard_image_pwrite_zeroes(QGuardImage *img, uint64_t offset,
     return ret;
 }
 
+int qguard_image_pwrite_compressed(QGuardImage *img, uint64_t offset,
+                                   uint64_t bytes, const void *buf,
+                                   GError **errp)
+{
+    int ret;
+
+    if (!img->drv->pwrite_compressed) {
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                    "Compression is not supported for this drive %s",
+                    img->filename);
+        return -ENOTSUP;
+    }
+    g_mutex_lock(&img->lock);
+    ret = check_request(img, offset, bytes, true, errp);
+    if (ret == 0 && bytes) {
+        ret = set_io_error(img, img->drv->pwrite_compressed(img, offset,
+                                                            bytes, buf),
+                           errp);
+    }
+    g_mutex_unlock(&img->lock);
+    return ret;
+}
+
+uint32_t qguard_image_cluster_size(QGuardImage *img)
+{
+    return img->drv->cluster_size ? img->drv->cluster_size(img) : 0;
+}
+
 int qguard_image_discard(QGuardImage *img, uint64_t offset, uint64_t bytes,
                          GError **errp)
 {

@@ -64,6 +64,9 @@ struct BlockDriver {
                   const void *buf, unsigned flags);
     int (*pwrite_zeroes)(QGuardImage *img, uint64_t offset, uint64_t bytes,
                          unsigned flags);
+    int (*pwrite_compressed)(QGuardImage *img, uint64_t offset,
+                             uint64_t bytes, const void *buf);
+    uint32_t (*cluster_size)(QGuardImage *img);
     int (*discard)(QGuardImage *img, uint64_t offset, uint64_t bytes);
     int (*flush)(QGuardImage *img);
     int (*truncate)(QGuardImage *img, uint64_t size, bool shrink,

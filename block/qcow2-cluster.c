@@ -740,6 +740,116 @@ int qcow2_write_guest(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
     return 0;
 }
 
+/* ---- Compressed writes --------------------------------------------------- */
+
+/* Raw deflate as QEMU writes it; -ENOSPC when it would not save a sector. */
+static int compress_cluster(const uint8_t *in, size_t in_len, uint8_t *out,
+                            size_t out_max, size_t *out_len)
+{
+    z_stream strm = { 0 };
+    int ret;
+
+    if (deflateInit2(&strm, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9,
+                     Z_DEFAULT_STRATEGY) != Z_OK) {
+        return -EIO;
+    }
+    strm.next_in = (uint8_t *)in;
+    strm.avail_in = in_len;
+    strm.next_out = out;
+    strm.avail_out = out_max;
+    ret = deflate(&strm, Z_FINISH);
+    *out_len = out_max - strm.avail_out;
+    deflateEnd(&strm);
+    return ret == Z_STREAM_END ? 0 : -ENOSPC;
+}
+
+/*
+ * Write one whole cluster compressed (qemu-img convert -c).  Like QEMU,
+ * only unallocated clusters can take compressed data, and data that does
+ * not compress is written as a normal cluster.
+ */
+int qcow2_write_compressed(BDRVQcow2State *s, uint64_t offset,
+                           const uint8_t *buf, uint64_t bytes)
+{
+    g_autofree uint8_t *in = NULL;
+    g_autofree uint8_t *out = g_malloc(s->cluster_size);
+    uint64_t l2_offset, entry;
+    int l2_index = offset_to_l2_index(s, offset);
+    size_t out_len;
+    int64_t coffset;
+    int nb_csectors;
+    void *l2_table;
+    int ret;
+
+    if (offset_into_cluster(s, offset) ||
+        (bytes != (uint64_t)s->cluster_size &&
+         offset + bytes != s->img->total_size) ||
+        bytes > (uint64_t)s->cluster_size) {
+        return -EINVAL;
+    }
+    if (bytes < (uint64_t)s->cluster_size) {
+        /* The last cluster of an unaligned disk is padded with zeros. */
+        in = g_malloc0(s->cluster_size);
+        memcpy(in, buf, bytes);
+        buf = in;
+    }
+    ret = compress_cluster(buf, s->cluster_size, out, s->cluster_size - 1,
+                           &out_len);
+    if (ret == -ENOSPC) {
+        return qcow2_write_guest(s, offset, bytes, buf);
+    } else if (ret < 0) {
+        return ret;
+    }
+    ret = mark_dirty_for_lazy_refcounts(s);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = get_l2_for_write(s, offset_to_l1_index(s, offset), &l2_table,
+                           &l2_offset);
+    if (ret < 0) {
+        return ret;
+    }
+    entry = l2_get(l2_table, l2_index);
+    qcow2_cache_put(s->l2_table_cache, &l2_table);
+    if (qcow2_get_cluster_type(s, entry) != QCOW2_CLUSTER_UNALLOCATED) {
+        qcow2_set_error(s, "Compression can't overwrite anything");
+        return -EIO;
+    }
+    coffset = qcow2_alloc_bytes(s, out_len);
+    if (coffset < 0) {
+        return coffset;
+    }
+    if ((uint64_t)coffset + out_len > s->cluster_offset_mask) {
+        qcow2_free_clusters(s, coffset, out_len, QCOW2_DISCARD_NEVER);
+        return -EFBIG;
+    }
+    ret = qcow2_pre_write_overlap_check(s, 0, coffset, out_len);
+    if (ret >= 0) {
+        ret = host_file_pwrite(s->file, coffset, out, out_len);
+    }
+    if (ret < 0) {
+        qcow2_free_clusters(s, coffset, out_len, QCOW2_DISCARD_NEVER);
+        return ret;
+    }
+    if (!(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+        ret = qcow2_cache_set_dependency(s, s->l2_table_cache,
+                                         s->refcount_block_cache);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    nb_csectors = ((coffset + out_len - 1) >> 9) - (coffset >> 9);
+    ret = qcow2_cache_get(s, s->l2_table_cache, l2_offset, &l2_table);
+    if (ret < 0) {
+        return ret;
+    }
+    l2_set(l2_table, l2_index, (uint64_t)coffset | QCOW_OFLAG_COMPRESSED |
+           ((uint64_t)nb_csectors << s->csize_shift));
+    qcow2_cache_entry_mark_dirty(s->l2_table_cache, l2_table);
+    qcow2_cache_put(s->l2_table_cache, &l2_table);
+    return 0;
+}
+
 /* ---- Zero clusters and discard ------------------------------------------ */
 
 static bool cluster_is_allocated(QCow2ClusterType type)

@@ -669,6 +669,67 @@ int qcow2_alloc_clusters_at(BDRVQcow2State *s, uint64_t offset, uint64_t n)
                                  QCOW2_DISCARD_NEVER);
 }
 
+/*
+ * Allocate @size bytes (at most a cluster) for compressed data, packing
+ * consecutive compressed clusters into the same host clusters as QEMU does.
+ * Every host cluster the bytes touch gains one reference.
+ */
+int64_t qcow2_alloc_bytes(BDRVQcow2State *s, int size)
+{
+    uint64_t offset = s->free_byte_offset;
+    uint64_t free_in_cluster = 0;
+    int ret;
+
+    g_assert(size > 0 && size <= s->cluster_size);
+    if (offset) {
+        uint64_t refcount;
+        ret = qcow2_get_refcount(s, offset >> s->cluster_bits, &refcount);
+        if (ret < 0) {
+            return ret;
+        }
+        if (refcount == s->refcount_max) {
+            offset = 0;
+        }
+    }
+    if (offset) {
+        free_in_cluster = s->cluster_size - offset_into_cluster(s, offset);
+    }
+    if (!offset || free_in_cluster < (uint64_t)size) {
+        uint64_t got;
+        int64_t first;
+
+        for (;;) {
+            first = find_free_run(s, 1, true, &got);
+            if (first < 0) {
+                return first;
+            }
+            ret = ensure_refblocks(s, first, 1);
+            if (ret < 0) {
+                return ret;
+            }
+            if (ret == 0) {
+                break;
+            }
+        }
+        /* Continue into the next cluster only if it is the adjacent one. */
+        if (!offset || ROUND_UP(offset, (uint64_t)s->cluster_size) !=
+                       (uint64_t)first << s->cluster_bits) {
+            offset = (uint64_t)first << s->cluster_bits;
+        }
+    }
+    ret = qcow2_update_refcount(s, offset, size, 1, false,
+                                QCOW2_DISCARD_NEVER);
+    if (ret < 0) {
+        s->free_byte_offset = 0;
+        return ret;
+    }
+    s->free_byte_offset = offset + size;
+    if (!offset_into_cluster(s, s->free_byte_offset)) {
+        s->free_byte_offset = 0;
+    }
+    return offset;
+}
+
 static void queue_discard(BDRVQcow2State *s, uint64_t offset, uint64_t bytes)
 {
     Qcow2DiscardRange *last;

@@ -1335,6 +1335,17 @@ out:
     return ret;
 }
 
+static int qcow2_pwrite_compressed(QGuardImage *img, uint64_t offset,
+                                   uint64_t bytes, const void *buf)
+{
+    return qcow2_write_compressed(img->opaque, offset, buf, bytes);
+}
+
+static uint32_t qcow2_cluster_size(QGuardImage *img)
+{
+    return ((BDRVQcow2State *)img->opaque)->cluster_size;
+}
+
 static int qcow2_discard(QGuardImage *img, uint64_t offset, uint64_t bytes)
 {
     BDRVQcow2State *s = img->opaque;
@@ -1698,6 +1709,8 @@ const BlockDriver bdrv_qcow2 = {
     .pread = qcow2_pread,
     .pwrite = qcow2_pwrite,
     .pwrite_zeroes = qcow2_pwrite_zeroes,
+    .pwrite_compressed = qcow2_pwrite_compressed,
+    .cluster_size = qcow2_cluster_size,
     .discard = qcow2_discard,
     .flush = qcow2_flush,
     .truncate = qcow2_truncate,

@@ -178,6 +178,7 @@ struct BDRVQcow2State {
     bool metadata_prealloc;
 
     uint64_t free_cluster_index;
+    uint64_t free_byte_offset;  /* where the next compressed cluster goes */
 
     uint32_t crypt_method_header;
     uint64_t incompatible_features;
@@ -396,6 +397,7 @@ int64_t qcow2_alloc_clusters(BDRVQcow2State *s, uint64_t n,
                              uint64_t *got);
 int64_t qcow2_alloc_clusters_exact(BDRVQcow2State *s, uint64_t n);
 int qcow2_reserve_refblocks(BDRVQcow2State *s, uint64_t n);
+int64_t qcow2_alloc_bytes(BDRVQcow2State *s, int size);
 int qcow2_alloc_clusters_at(BDRVQcow2State *s, uint64_t offset,
                             uint64_t n);
 int qcow2_update_refcount(BDRVQcow2State *s, uint64_t offset,
@@ -458,6 +460,8 @@ int qcow2_decompress_cluster(BDRVQcow2State *s, uint64_t l2_entry,
                              uint8_t *out);
 void qcow2_parse_compressed_entry(BDRVQcow2State *s, uint64_t l2_entry,
                                   uint64_t *coffset, int *csize);
+int qcow2_write_compressed(BDRVQcow2State *s, uint64_t offset,
+                           const uint8_t *buf, uint64_t bytes);
 
 /* qcow2-cache.c */
 Qcow2Cache *qcow2_cache_create(BDRVQcow2State *s, int num_tables,

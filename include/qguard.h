@@ -106,6 +106,17 @@ int qguard_image_pwrite_zeroes(QGuardImage *img, uint64_t offset,
                                uint64_t bytes, unsigned flags, GError **errp);
 int qguard_image_discard(QGuardImage *img, uint64_t offset, uint64_t bytes,
                          GError **errp);
+/*
+ * Write one whole cluster compressed (qemu-img convert -c): @offset must be
+ * cluster aligned and @bytes the cluster size, or the rest of the disk for
+ * the last cluster.  The cluster must be unallocated; data that does not
+ * compress is stored normally.  -ENOTSUP for formats without compression.
+ */
+int qguard_image_pwrite_compressed(QGuardImage *img, uint64_t offset,
+                                   uint64_t bytes, const void *buf,
+                                   GError **errp);
+/* Cluster size of a qcow2 image, 0 for formats without clusters. */
+uint32_t qguard_image_cluster_size(QGuardImage *img);
 int qguard_image_flush(QGuardImage *img, GError **errp);
 /*
  * Change the virtual size.  Shrinking is refused unless @shrink is set.

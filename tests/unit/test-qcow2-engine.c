@@ -208,6 +208,59 @@ static void test_discard_reads_zero_or_old(void)
     qguard_image_close(img, NULL);
 }
 
+/* Compressed clusters read back and keep refcounts exact, at any width. */
+static void compressed_round_trip(const char *create_opts)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardImage *img = create_and_open("compressed.qcow2", create_opts, NULL);
+    uint32_t cs = qguard_image_cluster_size(img);
+    uint64_t size = qguard_image_size(img), off;
+    g_autofree uint8_t *model = g_malloc0(size);
+    g_autofree uint8_t *buf = g_malloc(size);
+    GRand *rand = g_rand_new_with_seed(seed);
+
+    for (off = 0; off < size; off += cs) {
+        uint64_t len = MIN((uint64_t)cs, size - off), i;
+        int kind = g_rand_int_range(rand, 0, 3);
+        for (i = 0; i < len; i++) {
+            model[off + i] = kind == 0 ? 0 : kind == 1 ? (i / 64) & 0xff
+                                                        : g_rand_int(rand);
+        }
+        g_assert_cmpint(qguard_image_pwrite_compressed(img, off, len,
+                                                       model + off, &err),
+                        ==, 0);
+    }
+    /* Overwriting compressed clusters turns them into normal ones. */
+    memset(model + cs / 2, 0x99, cs);
+    g_assert_cmpint(qguard_image_pwrite(img, cs / 2, cs, model + cs / 2, 0,
+                                        &err), ==, 0);
+    g_assert_cmpint(qguard_image_pwrite_compressed(img, 0, cs, model, &err),
+                    ==, -EIO);
+    g_clear_error(&err);
+    assert_check_clean(img);
+    img = reopen(img, NULL);
+    g_assert_cmpint(qguard_image_pread(img, 0, size, buf, &err), ==, 0);
+    g_assert_cmpmem(buf, size, model, size);
+    assert_check_clean(img);
+    g_rand_free(rand);
+    qguard_image_close(img, NULL);
+}
+
+static void test_compressed_64k(void)
+{
+    compressed_round_trip("size=4M");
+}
+
+static void test_compressed_512_refcount_1(void)
+{
+    compressed_round_trip("size=1M,cluster_size=512,refcount_bits=1");
+}
+
+static void test_compressed_2m_unaligned_size(void)
+{
+    compressed_round_trip("size=9000000,cluster_size=2M");
+}
+
 /* ---- Refcount structures ----------------------------------------------- */
 
 static void test_refcount_accessors_round_trip(void)
@@ -571,6 +624,11 @@ int main(int argc, char **argv)
                     test_refcount_table_grows_and_moves);
     g_test_add_func("/qcow2/resize/grows-l1-and-keeps-data",
                     test_resize_grows_l1_and_keeps_data);
+    g_test_add_func("/qcow2/compressed/64k", test_compressed_64k);
+    g_test_add_func("/qcow2/compressed/512-refcount-bits-1",
+                    test_compressed_512_refcount_1);
+    g_test_add_func("/qcow2/compressed/2m-unaligned-size",
+                    test_compressed_2m_unaligned_size);
     g_test_add_func("/qcow2/discard/reads-zero",
                     test_discard_reads_zero_or_old);
     g_test_add_func("/qcow2/order/allocation-refcount-l2-l1",
