@@ -38,6 +38,7 @@ typedef struct Qcow2CacheEntry {
     uint64_t offset;        /* 0: slot holds no table */
     int ref;
     bool dirty;
+    bool discard_on_put;    /* freed while pinned: forget it when released */
     int32_t lru_prev;
     int32_t lru_next;
     int32_t hash_next;
@@ -415,6 +416,10 @@ void qcow2_cache_put(Qcow2Cache *c, void **table)
     g_assert(c->entries[i].ref > 0);
     c->entries[i].ref--;
     *table = NULL;
+    if (c->entries[i].ref == 0 && c->entries[i].discard_on_put) {
+        c->entries[i].discard_on_put = false;
+        qcow2_cache_discard(c, c->entries[i].offset);
+    }
 }
 
 void qcow2_cache_entry_mark_dirty(Qcow2Cache *c, void *table)
@@ -449,10 +454,17 @@ void qcow2_cache_discard(Qcow2Cache *c, uint64_t offset)
     if (i < 0) {
         return;
     }
-    g_assert(c->entries[i].ref == 0);
     if (c->entries[i].dirty) {
         c->entries[i].dirty = false;
         remove_from_dirty_list(c, i);
+    }
+    if (c->entries[i].ref > 0) {
+        /*
+         * Only a damaged image frees a table that is in use (an L2 entry
+         * pointing at its own table): keep the slot until it is released.
+         */
+        c->entries[i].discard_on_put = true;
+        return;
     }
     hash_remove(c, i);
     c->entries[i].offset = 0;
