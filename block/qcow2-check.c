@@ -88,8 +88,14 @@ static int inc_refcounts(CheckState *cs, uint64_t offset, uint64_t size)
     if (size == 0) {
         return 0;
     }
+    /*
+     * The last cluster may be partly past the end of the file (compressed
+     * data ends mid-sector), so up to a cluster beyond it is fine, as QEMU
+     * judges it against the file length rounded up to whole sectors.
+     */
     if (offset + size < offset ||
-        (int64_t)(offset + size - cs->file_length) > 0) {
+        (int64_t)(offset + size - ROUND_UP(cs->file_length, 512)) >=
+        s->cluster_size) {
         report(cs, "ERROR: counting reference for region exceeding the end "
                "of the file by one cluster or more: offset 0x%" PRIx64
                " size 0x%" PRIx64, offset, size);
