@@ -192,6 +192,11 @@ static int open_image(QGuardImage **pimg, const char *filename,
     if (!filename) {
         filename = file_opt;
     }
+    if (!filename && !driver_opt) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Must specify either driver or file");
+        return -EINVAL;
+    }
     if (!filename) {
         g_set_error(errp, QGUARD_ERROR, EINVAL,
                     "The 'file' block driver requires a file name");

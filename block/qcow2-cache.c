@@ -29,6 +29,7 @@
  *   - "depends on flush" only asks for a flush of the host file before the next
  *     write-back (used after data writes that tables will point at).
  */
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -352,7 +353,12 @@ static int do_get(BDRVQcow2State *s, Qcow2Cache *c, uint64_t offset,
     int i;
     int ret;
 
-    g_assert(offset != 0);
+    if (offset == 0 || offset_into_cluster(s, offset)) {
+        /* Only damaged metadata names such a table; never read it. */
+        qcow2_signal_corruption(s, true, offset, c->table_size,
+                                "Invalid table offset %#" PRIx64, offset);
+        return -EIO;
+    }
     i = hash_lookup(c, offset);
     if (i >= 0) {
         goto found;

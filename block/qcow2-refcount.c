@@ -365,6 +365,12 @@ static int ensure_refblock(BDRVQcow2State *s, uint64_t index)
         if (found < 0) {
             return found;
         }
+        if (found == 0) {
+            qcow2_signal_corruption(s, true, 0, s->cluster_size,
+                                    "Preventing invalid allocation of "
+                                    "cluster 0 (refcounts are damaged)");
+            return -EIO;
+        }
         new_cluster = found;
         own_index = new_cluster >> s->refcount_block_bits;
         if (own_index == index) {
@@ -606,6 +612,13 @@ static int64_t alloc_clusters(BDRVQcow2State *s, uint64_t n, bool exact,
         if (first < 0) {
             return first;
         }
+        if (first == 0) {
+            /* The header always has a refcount: the refcounts are broken. */
+            qcow2_signal_corruption(s, true, 0, s->cluster_size,
+                                    "Preventing invalid allocation of "
+                                    "cluster 0 (refcounts are damaged)");
+            return -EIO;
+        }
         ret = ensure_refblocks(s, first, *got);
         if (ret < 0) {
             return ret;
@@ -702,6 +715,12 @@ int64_t qcow2_alloc_bytes(BDRVQcow2State *s, int size)
             first = find_free_run(s, 1, true, &got);
             if (first < 0) {
                 return first;
+            }
+            if (first == 0) {
+                qcow2_signal_corruption(s, true, 0, s->cluster_size,
+                                        "Preventing invalid allocation of "
+                                        "cluster 0 (refcounts are damaged)");
+                return -EIO;
             }
             ret = ensure_refblocks(s, first, 1);
             if (ret < 0) {
@@ -1068,10 +1087,23 @@ int qcow2_pre_write_overlap_check(BDRVQcow2State *s, unsigned ignore,
     g_assert_not_reached();
 }
 
+/*
+ * Damaged images can name tables past 2^56, where nothing can ever be
+ * written (writes there are refused first): they need no protection.
+ */
+static bool clamp_to_host_range(uint64_t offset, uint64_t *size)
+{
+    if (!*size || offset >= QCOW2_MAX_HOST_OFFSET) {
+        return false;
+    }
+    *size = MIN(*size, QCOW2_MAX_HOST_OFFSET - offset);
+    return true;
+}
+
 void qcow2_map_enter(BDRVQcow2State *s, uint64_t offset, uint64_t size,
                      unsigned type)
 {
-    if (s->metadata_map && size) {
+    if (s->metadata_map && clamp_to_host_range(offset, &size)) {
         qcow2_metadata_map_enter(s->metadata_map, offset, size, type);
     }
 }
@@ -1079,7 +1111,7 @@ void qcow2_map_enter(BDRVQcow2State *s, uint64_t offset, uint64_t size,
 void qcow2_map_remove(BDRVQcow2State *s, uint64_t offset, uint64_t size,
                       unsigned type)
 {
-    if (s->metadata_map && size) {
+    if (s->metadata_map && clamp_to_host_range(offset, &size)) {
         qcow2_metadata_map_remove(s->metadata_map, offset, size, type);
     }
 }

@@ -1310,6 +1310,25 @@ static int qcow2_pwrite_zeroes(QGuardImage *img, uint64_t offset,
     if (end == img->total_size) {
         aligned_end = ROUND_UP(end, (uint64_t)s->cluster_size);
     }
+    if (flags & QGUARD_ZERO_FAST) {
+        /* Fail up front, before changing anything, if zeros must be written. */
+        bool head_zero = true, tail_zero = true;
+        if (aligned_start >= aligned_end || offset < aligned_start) {
+            ret = cluster_reads_zero(s, offset, &head_zero);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        if (aligned_start < aligned_end && end > aligned_end) {
+            ret = cluster_reads_zero(s, aligned_end, &tail_zero);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        if (!head_zero || !tail_zero) {
+            return -ENOTSUP;
+        }
+    }
     if (aligned_start >= aligned_end) {
         ret = zero_partial(s, offset, bytes);
         goto out;

@@ -129,17 +129,29 @@ const char *qguard_opts_value(const QGuardOpts *opts, guint i)
     return ((OptPair *)g_ptr_array_index(opts->pairs, i))->value;
 }
 
-/* Copies one comma-terminated element, turning ",," into ",". */
-static const char *take_element(const char *p, GString *out)
+/*
+ * QemuOpts syntax: a key ends at '=' or ','; inside a value ",," stands for
+ * a literal comma.  Returns the position after the element.
+ */
+static const char *take_element(const char *p, GString *key, GString *value,
+                                bool *has_value)
 {
+    while (*p && *p != '=' && *p != ',') {
+        g_string_append_c(key, *p++);
+    }
+    *has_value = *p == '=';
+    if (!*has_value) {
+        return *p == ',' ? p + 1 : p;
+    }
+    p++;
     while (*p) {
         if (*p == ',') {
             if (p[1] != ',') {
-                break;
+                return p + 1;
             }
             p++;
         }
-        g_string_append_c(out, *p++);
+        g_string_append_c(value, *p++);
     }
     return p;
 }
@@ -151,33 +163,41 @@ bool qguard_opts_parse(QGuardOpts *opts, const char *str,
     bool first = true;
 
     while (*p) {
-        g_autoptr(GString) elem = g_string_new(NULL);
-        const char *eq;
+        g_autoptr(GString) key = g_string_new(NULL);
+        g_autoptr(GString) value = g_string_new(NULL);
+        bool has_value;
 
-        p = take_element(p, elem);
-        if (*p == ',') {
-            p++;
+        if (first && implied_key && !strchr(p, '=')) {
+            /* "file.qcow2" alone, or with ",," escapes, is the implied value. */
+            g_autoptr(GString) v = g_string_new(NULL);
+            while (*p) {
+                if (*p == ',' && p[1] != ',') {
+                    break;
+                }
+                if (*p == ',') {
+                    p++;
+                }
+                g_string_append_c(v, *p++);
+            }
+            qguard_opts_set(opts, implied_key, v->str);
+            if (*p == ',') {
+                p++;
+            }
+            first = false;
+            continue;
         }
-        eq = strchr(elem->str, '=');
-        if (!eq) {
-            if (first && implied_key) {
-                qguard_opts_set(opts, implied_key, elem->str);
-            } else if (elem->len == 0) {
-                g_set_error(errp, QGUARD_ERROR, EINVAL,
-                            "Invalid parameter ''");
-                return false;
-            } else {
-                /* QemuOpts reads a bare "key" as "key=on". */
-                qguard_opts_set(opts, elem->str, "on");
-            }
+        p = take_element(p, key, value, &has_value);
+        if (!key->len) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL, "Invalid parameter ''");
+            return false;
+        }
+        if (!has_value && first && implied_key) {
+            qguard_opts_set(opts, implied_key, key->str);
+        } else if (!has_value) {
+            /* QemuOpts reads a bare "key" as "key=on". */
+            qguard_opts_set(opts, key->str, "on");
         } else {
-            g_autofree char *key = g_strndup(elem->str, eq - elem->str);
-            if (!*key) {
-                g_set_error(errp, QGUARD_ERROR, EINVAL,
-                            "Invalid parameter ''");
-                return false;
-            }
-            qguard_opts_set(opts, key, eq + 1);
+            qguard_opts_set(opts, key->str, value->str);
         }
         first = false;
     }
