@@ -264,9 +264,15 @@ static int64_t find_free_run(BDRVQcow2State *s, uint64_t n, bool exact,
                              uint64_t *got)
 {
     uint64_t mask = s->refcount_block_size - 1;
-    uint64_t i = s->free_cluster_index;
-    uint64_t run_start = i, run_len = 0;
+    uint64_t i, run_start, run_len = 0;
     uint64_t limit = QCOW2_MAX_HOST_OFFSET >> s->cluster_bits;
+
+    /*
+     * Clusters freed earlier in this request may be handed out again now:
+     * their holes must be punched first, or the punch would hit new data.
+     */
+    qcow2_process_discards(s);
+    i = run_start = s->free_cluster_index;
 
     while (run_len < n) {
         uint64_t table_index = i >> s->refcount_block_bits;

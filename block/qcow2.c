@@ -1331,14 +1331,58 @@ static int zero_partial(BDRVQcow2State *s, uint64_t offset, uint64_t bytes)
     return write_zero_buffer(s, offset, bytes);
 }
 
+/*
+ * Split [offset, offset + bytes) into the partial clusters at its ends and
+ * the whole clusters between them.  A request inside one cluster, or across
+ * one cluster boundary without a whole cluster, has only partial pieces.
+ */
+typedef struct ZeroPlan {
+    uint64_t partial[2][2];     /* up to two [start, end) pieces */
+    int npartial;
+    uint64_t full_start, full_end;
+} ZeroPlan;
+
+static void plan_zero_request(BDRVQcow2State *s, uint64_t offset,
+                              uint64_t bytes, ZeroPlan *plan)
+{
+    uint64_t end = offset + bytes;
+    uint64_t full_start = ROUND_UP(offset, (uint64_t)s->cluster_size);
+    uint64_t full_end = start_of_cluster(s, end);
+
+    /* The tail of a disk whose size is not cluster aligned counts whole. */
+    if (end == s->img->total_size) {
+        full_end = ROUND_UP(end, (uint64_t)s->cluster_size);
+    }
+    plan->npartial = 0;
+    if (full_start >= full_end) {
+        uint64_t boundary = start_of_cluster(s, offset) + s->cluster_size;
+        plan->full_start = plan->full_end = 0;
+        plan->partial[plan->npartial][0] = offset;
+        plan->partial[plan->npartial++][1] = MIN(end, boundary);
+        if (end > boundary) {
+            plan->partial[plan->npartial][0] = boundary;
+            plan->partial[plan->npartial++][1] = end;
+        }
+        return;
+    }
+    plan->full_start = full_start;
+    plan->full_end = full_end;
+    if (offset < full_start) {
+        plan->partial[plan->npartial][0] = offset;
+        plan->partial[plan->npartial++][1] = full_start;
+    }
+    if (end > full_end) {
+        plan->partial[plan->npartial][0] = full_end;
+        plan->partial[plan->npartial++][1] = end;
+    }
+}
+
 static int qcow2_pwrite_zeroes(QGuardImage *img, uint64_t offset,
                                uint64_t bytes, unsigned flags)
 {
     BDRVQcow2State *s = img->opaque;
-    uint64_t end = offset + bytes;
-    uint64_t aligned_start = ROUND_UP(offset, (uint64_t)s->cluster_size);
-    uint64_t aligned_end = start_of_cluster(s, end);
-    int ret;
+    ZeroPlan plan;
+    int i, ret = 0;
 
     if (s->qcow_version < 3) {
         /* No zero flag in v2: the zeros must be written out. */
@@ -1348,46 +1392,31 @@ static int qcow2_pwrite_zeroes(QGuardImage *img, uint64_t offset,
         ret = write_zero_buffer(s, offset, bytes);
         goto out;
     }
-    /* The tail of an image whose size is not cluster aligned counts whole. */
-    if (end == img->total_size) {
-        aligned_end = ROUND_UP(end, (uint64_t)s->cluster_size);
-    }
+    plan_zero_request(s, offset, bytes, &plan);
     if (flags & QGUARD_ZERO_FAST) {
         /* Fail up front, before changing anything, if zeros must be written. */
-        bool head_zero = true, tail_zero = true;
-        if (aligned_start >= aligned_end || offset < aligned_start) {
-            ret = cluster_reads_zero(s, offset, &head_zero);
+        for (i = 0; i < plan.npartial; i++) {
+            bool zero;
+            ret = cluster_reads_zero(s, plan.partial[i][0], &zero);
             if (ret < 0) {
                 return ret;
             }
-        }
-        if (aligned_start < aligned_end && end > aligned_end) {
-            ret = cluster_reads_zero(s, aligned_end, &tail_zero);
-            if (ret < 0) {
-                return ret;
+            if (!zero) {
+                return -ENOTSUP;
             }
         }
-        if (!head_zero || !tail_zero) {
-            return -ENOTSUP;
-        }
     }
-    if (aligned_start >= aligned_end) {
-        ret = zero_partial(s, offset, bytes);
-        goto out;
-    }
-    if (offset < aligned_start) {
-        ret = zero_partial(s, offset, aligned_start - offset);
+    for (i = 0; i < plan.npartial; i++) {
+        ret = zero_partial(s, plan.partial[i][0],
+                           plan.partial[i][1] - plan.partial[i][0]);
         if (ret < 0) {
             return ret;
         }
     }
-    ret = qcow2_zero_clusters(s, aligned_start, aligned_end - aligned_start,
-                              flags & QGUARD_ZERO_MAY_UNMAP);
-    if (ret < 0) {
-        return ret;
-    }
-    if (end > aligned_end) {
-        ret = zero_partial(s, aligned_end, end - aligned_end);
+    if (plan.full_end > plan.full_start) {
+        ret = qcow2_zero_clusters(s, plan.full_start,
+                                  plan.full_end - plan.full_start,
+                                  flags & QGUARD_ZERO_MAY_UNMAP);
     }
 out:
     if (ret >= 0 && (flags & QGUARD_WRITE_FUA)) {

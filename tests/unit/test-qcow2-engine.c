@@ -4,6 +4,11 @@
  * structure growth, overlap refusal, and the two overlap algorithms agreeing.
  *
  * Copyright (c) 2026 The qguard authors
+ *
+ * Random tests print their seed; QGUARD_TEST_SEED=N repeats a run.  For
+ * debugging, QGUARD_TEST_TRACE=1 checks the image after every step of the
+ * model tests and QGUARD_TEST_STOP=K closes the image before step K and
+ * exits, leaving it in the test directory to be examined with qemu-img.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -64,6 +69,11 @@ static QGuardImage *reopen(QGuardImage *img, const char *runtime_opts)
                                       QGUARD_OPEN_RDWR, &err), ==, 0);
     qguard_opts_free(ropts);
     return img;
+}
+
+static void capture_message(void *opaque, const char *line)
+{
+    g_string_append_printf(opaque, "%s\n", line);
 }
 
 static void report_to_test_log(void *opaque, const char *line)
@@ -261,6 +271,184 @@ static void test_compressed_2m_unaligned_size(void)
     compressed_round_trip("size=9000000,cluster_size=2M");
 }
 
+/* ---- Snapshots against a model ------------------------------------------ */
+
+typedef struct SnapModel {
+    char *name;
+    uint8_t *data;
+    uint64_t size;
+} SnapModel;
+
+/*
+ * Random writes, zero writes, discards and snapshot create/apply/delete;
+ * after every step the active data matches the model and check is clean;
+ * at the end every snapshot, applied in turn, holds what it held when
+ * created.
+ */
+static void snapshot_model(const char *create_opts, const char *runtime)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardImage *img = create_and_open("snap.qcow2", create_opts, runtime);
+    uint64_t size = qguard_image_size(img);
+    g_autofree uint8_t *model = g_malloc0(size);
+    g_autofree uint8_t *buf = g_malloc(size);
+    GPtrArray *snaps = g_ptr_array_new();
+    GRand *rand = g_rand_new_with_seed(seed);
+    int step, next_name = 0;
+    guint i;
+
+    for (step = 0; step < 120; step++) {
+        int op = g_rand_int_range(rand, 0, 12);
+        uint64_t len = 512 * g_rand_int_range(rand, 1, 256);
+        uint64_t off = ((uint64_t)(g_rand_double(rand) * (size - len))) &
+                       ~(uint64_t)511;
+
+        if (g_getenv("QGUARD_TEST_STOP") &&
+            step == atoi(g_getenv("QGUARD_TEST_STOP"))) {
+            qguard_image_close(img, NULL);
+            g_printerr("stopped before step %d: op %d off %" PRIu64
+                       " len %" PRIu64 "\n", step, op, off, len);
+            exit(0);
+        }
+        if (op < 5) {
+            fill_pattern(buf, len, off, step);
+            g_assert_cmpint(qguard_image_pwrite(img, off, len, buf, 0, &err),
+                            ==, 0);
+            memcpy(model + off, buf, len);
+        } else if (op < 6) {
+            g_assert_cmpint(qguard_image_pwrite_zeroes(img, off, len,
+                                                       QGUARD_ZERO_MAY_UNMAP,
+                                                       &err), ==, 0);
+            memset(model + off, 0, len);
+        } else if (op < 7) {
+            g_assert_cmpint(qguard_image_discard(img, off, len, &err), ==, 0);
+            g_assert_cmpint(qguard_image_pread(img, off, len, buf, &err), ==,
+                            0);
+            memcpy(model + off, buf, len);
+        } else if (op < 9 || snaps->len == 0) {
+            SnapModel *sm = g_new0(SnapModel, 1);
+            sm->name = g_strdup_printf("s%d", next_name++);
+            sm->data = g_memdup2(model, size);
+            sm->size = size;
+            g_assert_cmpint(qguard_snapshot_create(img, sm->name, &err), ==,
+                            0);
+            g_ptr_array_add(snaps, sm);
+        } else if (op < 11) {
+            SnapModel *sm = g_ptr_array_index(snaps,
+                g_rand_int_range(rand, 0, snaps->len));
+            g_assert_cmpint(qguard_snapshot_apply(img, sm->name, &err), ==,
+                            0);
+            memcpy(model, sm->data, size);
+        } else {
+            guint k = g_rand_int_range(rand, 0, snaps->len);
+            SnapModel *sm = g_ptr_array_index(snaps, k);
+            g_assert_cmpint(qguard_snapshot_delete(img, sm->name, &err), ==,
+                            0);
+            g_free(sm->name);
+            g_free(sm->data);
+            g_free(sm);
+            g_ptr_array_remove_index(snaps, k);
+        }
+        g_assert_no_error(err);
+        if (g_getenv("QGUARD_TEST_TRACE")) {
+            g_printerr("step %d op %d off %" PRIu64 " len %" PRIu64
+                       " snaps %u\n", step, op, off, len, snaps->len);
+            verify_against_model(img, model, size);
+            assert_check_clean(img);
+        } else if (step % 10 == 9) {
+            verify_against_model(img, model, size);
+            assert_check_clean(img);
+        }
+    }
+    img = reopen(img, runtime);
+    verify_against_model(img, model, size);
+    assert_check_clean(img);
+    for (i = 0; i < snaps->len; i++) {
+        SnapModel *sm = g_ptr_array_index(snaps, i);
+        g_assert_cmpint(qguard_snapshot_apply(img, sm->name, &err), ==, 0);
+        verify_against_model(img, sm->data, size);
+        g_free(sm->name);
+        g_free(sm->data);
+        g_free(sm);
+    }
+    assert_check_clean(img);
+    g_ptr_array_free(snaps, TRUE);
+    g_rand_free(rand);
+    qguard_image_close(img, NULL);
+}
+
+static void test_snapshots_model_64k(void)
+{
+    snapshot_model("size=8M", NULL);
+}
+
+static void test_snapshots_model_512_all(void)
+{
+    snapshot_model("size=4M,cluster_size=512", "overlap-check=all");
+}
+
+static void test_snapshots_model_v2_linear(void)
+{
+    snapshot_model("size=4M,cluster_size=4096,compat=0.10",
+                   "overlap-check=all,overlap-check.algorithm=linear");
+}
+
+/*
+ * Mode "all" protects inactive L2 tables without reading snapshot L1
+ * tables on the write path; "cached" does not protect them.  An active L2
+ * entry is pointed at an L2 table only a snapshot still uses.
+ */
+static void inactive_l2_protection(const char *runtime, bool refused)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardImage *img = create_and_open("inactive.qcow2", "size=64M",
+                                       runtime);
+    BDRVQcow2State *s;
+    uint8_t buf[4096];
+    uint64_t old_l2, new_l2;
+    void *l2;
+    int ret;
+
+    memset(buf, 0x21, sizeof(buf));
+    g_assert_cmpint(qguard_image_pwrite(img, 0, sizeof(buf), buf, 0, &err),
+                    ==, 0);
+    g_assert_cmpint(qguard_snapshot_create(img, "s", &err), ==, 0);
+    s = img->opaque;
+    old_l2 = s->l1_table[0] & L1E_OFFSET_MASK;
+    /* Writing after the snapshot copies the shared L2 table. */
+    g_assert_cmpint(qguard_image_pwrite(img, 0, sizeof(buf), buf, 0, &err),
+                    ==, 0);
+    new_l2 = s->l1_table[0] & L1E_OFFSET_MASK;
+    g_assert_cmpuint(new_l2, !=, old_l2);
+    g_assert_cmpint(qcow2_cache_get(s, s->l2_table_cache, new_l2, &l2), ==,
+                    0);
+    l2_set(l2, 16, old_l2 | QCOW_OFLAG_COPIED);
+    qcow2_cache_entry_mark_dirty(s->l2_table_cache, l2);
+    qcow2_cache_put(s->l2_table_cache, &l2);
+    qguard_set_message_handler(capture_message, g_string_new(NULL));
+    ret = qguard_image_pwrite(img, 16 * 65536, sizeof(buf), buf, 0, &err);
+    qguard_set_message_handler(NULL, NULL);
+    g_clear_error(&err);
+    g_assert_cmpint(ret, ==, refused ? -EIO : 0);
+    qguard_image_close(img, NULL);
+}
+
+static void test_inactive_l2_refused_in_all(void)
+{
+    inactive_l2_protection("overlap-check=all", true);
+}
+
+static void test_inactive_l2_refused_in_all_linear(void)
+{
+    inactive_l2_protection("overlap-check=all,overlap-check.algorithm=linear",
+                           true);
+}
+
+static void test_inactive_l2_not_checked_in_cached(void)
+{
+    inactive_l2_protection("overlap-check=cached", false);
+}
+
 /* ---- Refcount structures ----------------------------------------------- */
 
 static void test_refcount_accessors_round_trip(void)
@@ -456,11 +644,6 @@ static void test_allocation_is_ordered_refcount_l2_l1(void)
 
 /* ---- Overlap protection ------------------------------------------------- */
 
-static void capture_message(void *opaque, const char *line)
-{
-    g_string_append_printf(opaque, "%s\n", line);
-}
-
 /*
  * Point a data cluster's L2 entry at the active L1 table (in memory, the
  * way a byte-edited image would) and write through it: refused, corrupt bit
@@ -629,6 +812,17 @@ int main(int argc, char **argv)
                     test_compressed_512_refcount_1);
     g_test_add_func("/qcow2/compressed/2m-unaligned-size",
                     test_compressed_2m_unaligned_size);
+    g_test_add_func("/qcow2/snapshots/model-64k", test_snapshots_model_64k);
+    g_test_add_func("/qcow2/snapshots/model-512-all",
+                    test_snapshots_model_512_all);
+    g_test_add_func("/qcow2/snapshots/model-v2-linear",
+                    test_snapshots_model_v2_linear);
+    g_test_add_func("/qcow2/snapshots/inactive-l2-refused-in-all",
+                    test_inactive_l2_refused_in_all);
+    g_test_add_func("/qcow2/snapshots/inactive-l2-refused-in-all-linear",
+                    test_inactive_l2_refused_in_all_linear);
+    g_test_add_func("/qcow2/snapshots/inactive-l2-not-checked-in-cached",
+                    test_inactive_l2_not_checked_in_cached);
     g_test_add_func("/qcow2/discard/reads-zero",
                     test_discard_reads_zero_or_old);
     g_test_add_func("/qcow2/order/allocation-refcount-l2-l1",
