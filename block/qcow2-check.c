@@ -695,7 +695,7 @@ static int rebuild_refcount_structure(CheckState *cs)
     }
     be_put64(hdr, table_offset);
     be_put32(hdr + 8, table_clusters);
-    ret = qcow2_write_header_field(s, HDR_OFF_REFTABLE_OFFSET, hdr, 12);
+    ret = qcow2_commit_header_field(s, HDR_OFF_REFTABLE_OFFSET, hdr, 12);
     if (ret < 0) {
         return ret;
     }

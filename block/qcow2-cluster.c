@@ -180,9 +180,9 @@ int qcow2_grow_l1_table(BDRVQcow2State *s, uint64_t min_size, bool exact_size)
     }
     be_put32(hdr, new_size);
     be_put64(hdr + 4, new_offset);
-    ret = qcow2_write_header_field(s, HDR_OFF_L1_SIZE, hdr, 12);
+    ret = qcow2_commit_header_field(s, HDR_OFF_L1_SIZE, hdr, 12);
     if (ret < 0) {
-        goto fail;
+        return ret;     /* either table may be the one on disk: keep both */
     }
 
     qcow2_map_remove(s, old_offset, old_bytes, QCOW2_OL_ACTIVE_L1);
@@ -195,11 +195,10 @@ int qcow2_grow_l1_table(BDRVQcow2State *s, uint64_t min_size, bool exact_size)
         memset(s->l1_dirty_bits, 0, ((s->l1_dirty_nsectors + 63) / 64) * 8);
         s->l1_dirty = false;
     }
-    qcow2_free_clusters(s, old_offset, old_bytes, QCOW2_DISCARD_OTHER);
-    return 0;
+    return qcow2_free_clusters(s, old_offset, old_bytes, QCOW2_DISCARD_OTHER);
 
 fail:
-    qcow2_free_clusters(s, new_offset, new_bytes, QCOW2_DISCARD_OTHER);
+    (void)qcow2_free_clusters(s, new_offset, new_bytes, QCOW2_DISCARD_OTHER);
     return ret;
 }
 
@@ -233,10 +232,12 @@ int qcow2_shrink_l1_table(BDRVQcow2State *s, uint64_t new_size)
     }
     for (i = 0; i < n; i++) {
         qcow2_map_remove(s, freed[i], s->cluster_size, QCOW2_OL_ACTIVE_L2);
-        qcow2_free_clusters(s, freed[i], s->cluster_size,
-                            QCOW2_DISCARD_ALWAYS);
+        ret = qcow2_free_clusters(s, freed[i], s->cluster_size,
+                                  QCOW2_DISCARD_ALWAYS);
+        if (ret < 0) {
+            return ret;
+        }
     }
-    qcow2_process_discards(s);
     return 0;
 }
 
@@ -319,13 +320,14 @@ static int l2_allocate(BDRVQcow2State *s, uint64_t l1_index)
             return ret;
         }
         qcow2_map_remove(s, old_offset, s->cluster_size, QCOW2_OL_ACTIVE_L2);
-        qcow2_free_clusters(s, old_offset, s->cluster_size,
-                            QCOW2_DISCARD_OTHER);
+        return qcow2_free_clusters(s, old_offset, s->cluster_size,
+                                   QCOW2_DISCARD_OTHER);
     }
     return 0;
 
 fail:
-    qcow2_free_clusters(s, new_offset, s->cluster_size, QCOW2_DISCARD_NEVER);
+    (void)qcow2_free_clusters(s, new_offset, s->cluster_size,
+                              QCOW2_DISCARD_NEVER);
     return ret;
 }
 
@@ -680,6 +682,8 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
     if (ret < 0) {
         goto fail;
     }
+    /* The data must be on disk before an L2 table pointing at it is. */
+    qcow2_cache_depends_on_flush(s->l2_table_cache);
 
     /* The new refcounts must reach the disk before the L2 entries do. */
     if (!(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
@@ -703,20 +707,22 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
     }
     qcow2_cache_entry_mark_dirty(s->l2_table_cache, l2_table);
     qcow2_cache_put(s->l2_table_cache, &l2_table);
+    ret = 0;
     if (kind == RUN_ALLOCATE) {
-        for (i = 0; i < nclusters; i++) {
-            qcow2_free_any_cluster(s, old_entries[i], QCOW2_DISCARD_NEVER);
+        for (i = 0; i < nclusters && ret >= 0; i++) {
+            ret = qcow2_free_any_cluster(s, old_entries[i],
+                                         QCOW2_DISCARD_NEVER);
         }
     }
     if (old_entries != old_local) {
         g_free(old_entries);
     }
-    return run_bytes;
+    return ret < 0 ? ret : (int64_t)run_bytes;
 
 fail:
     if (kind == RUN_ALLOCATE) {
-        qcow2_free_clusters(s, host, got << s->cluster_bits,
-                            QCOW2_DISCARD_NEVER);
+        (void)qcow2_free_clusters(s, host, got << s->cluster_bits,
+                                  QCOW2_DISCARD_NEVER);
     }
     return ret;
 }
@@ -820,7 +826,7 @@ int qcow2_write_compressed(BDRVQcow2State *s, uint64_t offset,
         return coffset;
     }
     if ((uint64_t)coffset + out_len > s->cluster_offset_mask) {
-        qcow2_free_clusters(s, coffset, out_len, QCOW2_DISCARD_NEVER);
+        (void)qcow2_free_clusters(s, coffset, out_len, QCOW2_DISCARD_NEVER);
         return -EFBIG;
     }
     ret = qcow2_pre_write_overlap_check(s, 0, coffset, out_len);
@@ -828,9 +834,10 @@ int qcow2_write_compressed(BDRVQcow2State *s, uint64_t offset,
         ret = host_file_pwrite(s->file, coffset, out, out_len);
     }
     if (ret < 0) {
-        qcow2_free_clusters(s, coffset, out_len, QCOW2_DISCARD_NEVER);
+        (void)qcow2_free_clusters(s, coffset, out_len, QCOW2_DISCARD_NEVER);
         return ret;
     }
+    qcow2_cache_depends_on_flush(s->l2_table_cache);
     if (!(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
         ret = qcow2_cache_set_dependency(s, s->l2_table_cache,
                                          s->refcount_block_cache);
@@ -935,7 +942,10 @@ static int update_l2_range(BDRVQcow2State *s, uint64_t offset,
     qcow2_cache_put(s->l2_table_cache, &l2_table);
     /* Entries first, then the refcounts (the caches keep that order). */
     for (i = 0; i < nfreed; i++) {
-        qcow2_free_any_cluster(s, freed[i], type);
+        ret = qcow2_free_any_cluster(s, freed[i], type);
+        if (ret < 0) {
+            return ret;
+        }
     }
     return 0;
 }
@@ -961,7 +971,6 @@ static int for_each_l2_range(BDRVQcow2State *s, uint64_t offset,
         }
         offset += n << s->cluster_bits;
     }
-    qcow2_process_discards(s);
     return ret;
 }
 
@@ -1063,9 +1072,12 @@ static int preallocate_l2(BDRVQcow2State *s, uint64_t offset, uint64_t n,
         }
         ret = fill_run(s, host, got << s->cluster_bits, mode);
         if (ret < 0) {
-            qcow2_free_clusters(s, host, got << s->cluster_bits,
-                                QCOW2_DISCARD_NEVER);
+            (void)qcow2_free_clusters(s, host, got << s->cluster_bits,
+                                      QCOW2_DISCARD_NEVER);
             return ret;
+        }
+        if (mode == QCOW2_PREALLOC_FULL) {
+            qcow2_cache_depends_on_flush(s->l2_table_cache);
         }
         if (!(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
             ret = qcow2_cache_set_dependency(s, s->l2_table_cache,

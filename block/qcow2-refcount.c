@@ -157,7 +157,7 @@ int qcow2_refcount_init(BDRVQcow2State *s, GError **errp)
         s->refcount_table[i] = GUINT64_FROM_BE(s->refcount_table[i]);
     }
     update_max_refcount_table_index(s);
-    s->pending_discards = g_array_new(FALSE, FALSE, sizeof(Qcow2DiscardRange));
+    s->freed_clusters = g_array_new(FALSE, FALSE, sizeof(Qcow2FreedRange));
     return 0;
 }
 
@@ -165,9 +165,9 @@ void qcow2_refcount_close(BDRVQcow2State *s)
 {
     g_free(s->refcount_table);
     s->refcount_table = NULL;
-    if (s->pending_discards) {
-        g_array_free(s->pending_discards, TRUE);
-        s->pending_discards = NULL;
+    if (s->freed_clusters) {
+        g_array_free(s->freed_clusters, TRUE);
+        s->freed_clusters = NULL;
     }
 }
 
@@ -255,6 +255,120 @@ int64_t qcow2_host_end_cluster(BDRVQcow2State *s)
     return 0;
 }
 
+/* ---- Clusters freed since the last metadata flush ------------------------ */
+
+#define FREED_CLUSTERS_MAX 65536    /* then a flush makes them reusable */
+
+/* Index of the first range that ends after @c. */
+static guint freed_search(BDRVQcow2State *s, uint64_t c)
+{
+    guint lo = 0, hi = s->freed_clusters->len;
+
+    while (lo < hi) {
+        guint mid = (lo + hi) / 2;
+        Qcow2FreedRange *r = &g_array_index(s->freed_clusters,
+                                            Qcow2FreedRange, mid);
+        if (r->first + r->count <= c) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+/* If @c was freed since the last flush: the first cluster after its range. */
+static uint64_t freed_range_end(BDRVQcow2State *s, uint64_t c)
+{
+    guint i;
+    Qcow2FreedRange *r;
+
+    if (!s->freed_clusters->len) {
+        return 0;
+    }
+    i = freed_search(s, c);
+    if (i == s->freed_clusters->len) {
+        return 0;
+    }
+    r = &g_array_index(s->freed_clusters, Qcow2FreedRange, i);
+    return r->first <= c ? r->first + r->count : 0;
+}
+
+static void remember_freed_cluster(BDRVQcow2State *s, uint64_t c, bool punch)
+{
+    GArray *a = s->freed_clusters;
+    guint i = freed_search(s, c);
+    Qcow2FreedRange *prev = i ? &g_array_index(a, Qcow2FreedRange, i - 1)
+                              : NULL;
+    Qcow2FreedRange *next = i < a->len ? &g_array_index(a, Qcow2FreedRange, i)
+                                       : NULL;
+    Qcow2FreedRange r = { c, 1, punch };
+
+    if (next && next->first <= c) {
+        return;     /* already remembered */
+    }
+    s->freed_cluster_count++;
+    if (prev && prev->first + prev->count == c && prev->punch == punch) {
+        prev->count++;
+        if (next && next->first == c + 1 && next->punch == punch) {
+            prev->count += next->count;
+            g_array_remove_index(a, i);
+        }
+        return;
+    }
+    if (next && next->first == c + 1 && next->punch == punch) {
+        next->first--;
+        next->count++;
+        return;
+    }
+    g_array_insert_val(a, i, r);
+}
+
+/*
+ * Called once the tables that stopped pointing at the freed clusters and
+ * the refcount blocks that free them are on disk: the clusters may now be
+ * reused, and punched where a discard type asks for it.  A cluster that
+ * has been referenced again meanwhile (an undone refcount update) is left
+ * alone.
+ */
+void qcow2_release_freed_clusters(BDRVQcow2State *s)
+{
+    guint i;
+
+    if (!s->freed_clusters || !s->freed_clusters->len) {
+        return;
+    }
+    for (i = 0; i < s->freed_clusters->len; i++) {
+        Qcow2FreedRange *r = &g_array_index(s->freed_clusters,
+                                            Qcow2FreedRange, i);
+        uint64_t c, run = 0;
+
+        s->free_cluster_index = MIN(s->free_cluster_index, r->first);
+        if (!r->punch) {
+            continue;
+        }
+        for (c = r->first; c <= r->first + r->count; c++) {
+            uint64_t refcount = 1;
+            if (c < r->first + r->count &&
+                qcow2_get_refcount(s, c, &refcount) < 0) {
+                refcount = 1;
+            }
+            if (c < r->first + r->count && refcount == 0) {
+                run++;
+                continue;
+            }
+            if (run) {
+                /* Best effort: without hole punching the data just stays. */
+                host_file_discard(s->file, (c - run) << s->cluster_bits,
+                                  run << s->cluster_bits);
+                run = 0;
+            }
+        }
+    }
+    g_array_set_size(s->freed_clusters, 0);
+    s->freed_cluster_count = 0;
+}
+
 /*
  * Find the first run of free clusters at or after free_cluster_index, up to
  * @n long.  With @exact, only a run of exactly @n clusters is accepted and
@@ -267,11 +381,13 @@ static int64_t find_free_run(BDRVQcow2State *s, uint64_t n, bool exact,
     uint64_t i, run_start, run_len = 0;
     uint64_t limit = QCOW2_MAX_HOST_OFFSET >> s->cluster_bits;
 
-    /*
-     * Clusters freed earlier in this request may be handed out again now:
-     * their holes must be punched first, or the punch would hit new data.
-     */
-    qcow2_process_discards(s);
+    if (s->freed_cluster_count >= FREED_CLUSTERS_MAX) {
+        /* Make the frees durable so that the space can be reused. */
+        int ret = qcow2_flush_metadata(s);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     i = run_start = s->free_cluster_index;
 
     while (run_len < n) {
@@ -304,11 +420,17 @@ static int64_t find_free_run(BDRVQcow2State *s, uint64_t n, bool exact,
             return ret;
         }
         for (; i < block_end && run_len < n; i++) {
-            if (s->get_refcount(refblock, i & mask) == 0) {
+            uint64_t freed_end = 0;
+            if (s->get_refcount(refblock, i & mask) == 0 &&
+                !(freed_end = freed_range_end(s, i))) {
                 run_len++;
             } else if (run_len && !exact) {
                 break;
             } else {
+                /* In use, or freed but still named by on-disk tables. */
+                if (freed_end) {
+                    i = MIN(freed_end, block_end) - 1;
+                }
                 run_start = i + 1;
                 run_len = 0;
             }
@@ -531,9 +653,9 @@ static int grow_refcount_table(BDRVQcow2State *s, uint64_t needed_index)
     }
     be_put64(hdr, table_offset);
     be_put32(hdr + 8, table_clusters);
-    ret = qcow2_write_header_field(s, HDR_OFF_REFTABLE_OFFSET, hdr, 12);
+    ret = qcow2_commit_header_field(s, HDR_OFF_REFTABLE_OFFSET, hdr, 12);
     if (ret < 0) {
-        goto out;
+        goto out;       /* either table may be the one on disk: keep both */
     }
 
     qcow2_map_remove(s, old_offset, old_clusters << s->cluster_bits,
@@ -550,9 +672,8 @@ static int grow_refcount_table(BDRVQcow2State *s, uint64_t needed_index)
                     QCOW2_OL_REFCOUNT_TABLE);
 
     /* The old table is unreferenced now; a failure here only leaks it. */
-    qcow2_free_clusters(s, old_offset, old_clusters << s->cluster_bits,
-                        QCOW2_DISCARD_OTHER);
-    ret = 0;
+    ret = qcow2_free_clusters(s, old_offset, old_clusters << s->cluster_bits,
+                              QCOW2_DISCARD_OTHER);
 out:
     g_free(blocks);
     g_free(table);
@@ -755,45 +876,6 @@ int64_t qcow2_alloc_bytes(BDRVQcow2State *s, int size)
     return offset;
 }
 
-static void queue_discard(BDRVQcow2State *s, uint64_t offset, uint64_t bytes)
-{
-    Qcow2DiscardRange *last;
-
-    if (s->pending_discards->len) {
-        last = &g_array_index(s->pending_discards, Qcow2DiscardRange,
-                              s->pending_discards->len - 1);
-        if (last->offset + last->bytes == offset) {
-            last->bytes += bytes;
-            return;
-        }
-    }
-    g_array_append_val(s->pending_discards,
-                       ((Qcow2DiscardRange){ offset, bytes }));
-}
-
-/*
- * Punch holes for the clusters the current request freed.  This must run
- * before anything can allocate again, or a reused cluster would lose its
- * new data: requests that free with a discard type call it at their end.
- * Punching before the freeing metadata is on disk is safe for the discard
- * types that pass through: the guest asked for the range to be dropped.
- */
-void qcow2_process_discards(BDRVQcow2State *s)
-{
-    guint i;
-
-    if (!s->pending_discards) {
-        return;
-    }
-    for (i = 0; i < s->pending_discards->len; i++) {
-        Qcow2DiscardRange *d = &g_array_index(s->pending_discards,
-                                              Qcow2DiscardRange, i);
-        /* Best effort: a filesystem without hole punching keeps the data. */
-        host_file_discard(s->file, d->offset, d->bytes);
-    }
-    g_array_set_size(s->pending_discards, 0);
-}
-
 int qcow2_flush_refcounts(BDRVQcow2State *s)
 {
     return qcow2_cache_flush(s, s->refcount_block_cache);
@@ -844,16 +926,11 @@ static int update_refcount_range(BDRVQcow2State *s, uint64_t first,
             s->set_refcount(refblock, c & mask, new);
             if (new == 0) {
                 uint64_t off = c << s->cluster_bits;
-                if (c < s->free_cluster_index) {
-                    s->free_cluster_index = c;
-                }
                 /* A freed table must never be written back from a cache. */
                 qcow2_cache_discard(s->l2_table_cache, off);
                 qcow2_cache_discard(s->refcount_block_cache, off);
-                if (type != QCOW2_DISCARD_NEVER &&
-                    s->discard_passthrough[type]) {
-                    queue_discard(s, off, s->cluster_size);
-                }
+                remember_freed_cluster(s, c, type != QCOW2_DISCARD_NEVER &&
+                                             s->discard_passthrough[type]);
             }
             (*done)++;
         }
@@ -895,27 +972,25 @@ int qcow2_update_refcount(BDRVQcow2State *s, uint64_t offset,
     return ret;
 }
 
-void qcow2_free_clusters(BDRVQcow2State *s, uint64_t offset, uint64_t size,
-                         Qcow2DiscardType type)
+/*
+ * A failed free leaves the clusters leaked (check -r reclaims them), never
+ * inconsistent; the error still goes back to the request that freed.
+ */
+int qcow2_free_clusters(BDRVQcow2State *s, uint64_t offset, uint64_t size,
+                        Qcow2DiscardType type)
 {
-    int ret = qcow2_update_refcount(s, offset, size, 1, true, type);
-
-    if (ret < 0) {
-        /* A failed free only leaks the clusters; check -r reclaims them. */
-        g_clear_pointer(&s->last_error, g_free);
-    }
+    return qcow2_update_refcount(s, offset, size, 1, true, type);
 }
 
-void qcow2_free_any_cluster(BDRVQcow2State *s, uint64_t l2_entry,
-                            Qcow2DiscardType type)
+int qcow2_free_any_cluster(BDRVQcow2State *s, uint64_t l2_entry,
+                           Qcow2DiscardType type)
 {
     switch (qcow2_get_cluster_type(s, l2_entry)) {
     case QCOW2_CLUSTER_COMPRESSED: {
         uint64_t coffset;
         int csize;
         qcow2_parse_compressed_entry(s, l2_entry, &coffset, &csize);
-        qcow2_free_clusters(s, coffset, csize, type);
-        break;
+        return qcow2_free_clusters(s, coffset, csize, type);
     }
     case QCOW2_CLUSTER_NORMAL:
     case QCOW2_CLUSTER_ZERO_ALLOC:
@@ -923,15 +998,15 @@ void qcow2_free_any_cluster(BDRVQcow2State *s, uint64_t l2_entry,
             qcow2_signal_corruption(s, false, -1, -1,
                                     "Cannot free unaligned cluster %#" PRIx64,
                                     l2_entry & L2E_OFFSET_MASK);
-        } else {
-            qcow2_free_clusters(s, l2_entry & L2E_OFFSET_MASK,
-                                s->cluster_size, type);
+            return 0;
         }
-        break;
+        return qcow2_free_clusters(s, l2_entry & L2E_OFFSET_MASK,
+                                   s->cluster_size, type);
     case QCOW2_CLUSTER_ZERO_PLAIN:
     case QCOW2_CLUSTER_UNALLOCATED:
         break;
     }
+    return 0;
 }
 
 /* ---- Metadata overlap checks ------------------------------------------- */

@@ -223,22 +223,23 @@ int qcow2_write_snapshots(BDRVQcow2State *s)
     }
     be_put32(hdr, s->nb_snapshots);
     be_put64(hdr + 4, new_offset);
-    ret = qcow2_write_header_field(s, HDR_OFF_NB_SNAPSHOTS, hdr, 12);
+    ret = qcow2_commit_header_field(s, HDR_OFF_NB_SNAPSHOTS, hdr, 12);
     if (ret < 0) {
-        goto fail;
+        return ret;     /* either table may be the one on disk: keep both */
     }
     qcow2_map_remove(s, old_offset, old_size, QCOW2_OL_SNAPSHOT_TABLE);
     qcow2_map_enter(s, new_offset, size, QCOW2_OL_SNAPSHOT_TABLE);
     s->snapshots_offset = new_offset;
     s->snapshots_size = size;
     if (old_size) {
-        qcow2_free_clusters(s, old_offset, old_size, QCOW2_DISCARD_SNAPSHOT);
+        return qcow2_free_clusters(s, old_offset, old_size,
+                                   QCOW2_DISCARD_SNAPSHOT);
     }
     return 0;
 
 fail:
     if (new_offset > 0) {
-        qcow2_free_clusters(s, new_offset, size, QCOW2_DISCARD_NEVER);
+        (void)qcow2_free_clusters(s, new_offset, size, QCOW2_DISCARD_NEVER);
     }
     return ret;
 }
@@ -319,8 +320,8 @@ static int64_t write_new_l1(BDRVQcow2State *s, const uint64_t *l1,
     }
     ret = qcow2_pwrite_meta(s, 0, offset, buf, (size_t)size * 8);
     if (ret < 0) {
-        qcow2_free_clusters(s, offset, (uint64_t)size * 8,
-                            QCOW2_DISCARD_NEVER);
+        (void)qcow2_free_clusters(s, offset, (uint64_t)size * 8,
+                                  QCOW2_DISCARD_NEVER);
         return ret;
     }
     return offset;
@@ -476,10 +477,7 @@ static int begin_snapshot_op(BDRVQcow2State *s)
 
 static int end_snapshot_op(BDRVQcow2State *s, int ret)
 {
-    int ret2;
-
-    qcow2_process_discards(s);
-    ret2 = qcow2_flush_metadata(s);
+    int ret2 = qcow2_flush_metadata(s);
 
     if (ret >= 0 && ret2 >= 0 && !s->use_lazy_refcounts) {
         ret2 = qcow2_mark_clean(s);
@@ -620,7 +618,7 @@ int qcow2_snapshot_apply(BDRVQcow2State *s, const char *id_or_name,
     /* One write switches the active L1 table. */
     be_put32(hdr, new_l1_size);
     be_put64(hdr + 4, new_offset);
-    ret = qcow2_write_header_field(s, HDR_OFF_L1_SIZE, hdr, 12);
+    ret = qcow2_commit_header_field(s, HDR_OFF_L1_SIZE, hdr, 12);
     if (ret < 0) {
         goto out;
     }
@@ -655,9 +653,11 @@ int qcow2_snapshot_apply(BDRVQcow2State *s, const char *id_or_name,
     if (ret < 0) {
         goto out;
     }
-    qcow2_free_clusters(s, old_l1_offset, (uint64_t)old_l1_size * 8,
-                        QCOW2_DISCARD_SNAPSHOT);
-    ret = fix_copied_flags(s);
+    ret = qcow2_free_clusters(s, old_l1_offset, (uint64_t)old_l1_size * 8,
+                              QCOW2_DISCARD_SNAPSHOT);
+    if (ret >= 0) {
+        ret = fix_copied_flags(s);
+    }
 out:
     g_free(old_l1);
     ret = end_snapshot_op(s, ret);
@@ -713,9 +713,11 @@ int qcow2_snapshot_delete(BDRVQcow2State *s, const char *id_or_name,
     if (ret < 0) {
         goto out;
     }
-    qcow2_free_clusters(s, sn.l1_table_offset, (uint64_t)sn.l1_size * 8,
-                        QCOW2_DISCARD_SNAPSHOT);
-    ret = fix_copied_flags(s);
+    ret = qcow2_free_clusters(s, sn.l1_table_offset, (uint64_t)sn.l1_size * 8,
+                              QCOW2_DISCARD_SNAPSHOT);
+    if (ret >= 0) {
+        ret = fix_copied_flags(s);
+    }
 out:
     ret = end_snapshot_op(s, ret);
     if (ret < 0 && errp && !*errp) {

@@ -135,6 +135,27 @@ int qcow2_write_header_field(BDRVQcow2State *s, int offset, const void *data,
     return host_file_flush(s->file);
 }
 
+/*
+ * The one write that switches the image from old metadata to new (a moved
+ * table, a new snapshot table).  When it fails, the disk may hold either
+ * version: callers keep both allocated, and the image is taken out of
+ * service, so that nothing is written on top of an unknown state.  A
+ * reopen finds whichever version is on disk, consistent, with leaks.
+ */
+int qcow2_commit_header_field(BDRVQcow2State *s, int offset,
+                              const void *data, int bytes)
+{
+    int ret = qcow2_write_header_field(s, offset, data, bytes);
+
+    if (ret < 0 && !s->img->broken) {
+        qguard_message("qcow2: Failed to switch to new metadata: %s; the "
+                       "image refuses further requests until it is reopened",
+                       g_strerror(-ret));
+        s->img->broken = true;
+    }
+    return ret;
+}
+
 static size_t ext_size(uint32_t len)
 {
     return 8 + ROUND_UP(len, 8);
@@ -335,7 +356,12 @@ int qcow2_flush_metadata(BDRVQcow2State *s)
     if (ret < 0) {
         return ret;
     }
-    return host_file_flush(s->file);
+    ret = host_file_flush(s->file);
+    if (ret >= 0) {
+        /* Every table that stopped naming freed clusters is on disk now. */
+        qcow2_release_freed_clusters(s);
+    }
+    return ret;
 }
 
 /* ---- Open ---------------------------------------------------------------- */

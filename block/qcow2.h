@@ -219,8 +219,14 @@ struct BDRVQcow2State {
     uint64_t overlap_refused;
     bool signaled_corruption;
 
-    /* Clusters freed but not yet punched, processed after refcount flush. */
-    GArray *pending_discards;
+    /*
+     * Clusters freed since the last metadata flush (Qcow2FreedRange, sorted,
+     * disjoint).  On-disk tables may still point at them, so they are not
+     * handed out again, nor punched, until a flush has made the freeing
+     * durable (qcow2_release_freed_clusters()).
+     */
+    GArray *freed_clusters;
+    uint64_t freed_cluster_count;
 
     /* Scratch space for copy-on-write head and tail (two clusters). */
     uint8_t *cow_buf;
@@ -232,10 +238,11 @@ struct BDRVQcow2State {
     char *last_error;
 };
 
-typedef struct Qcow2DiscardRange {
-    uint64_t offset;
-    uint64_t bytes;
-} Qcow2DiscardRange;
+typedef struct Qcow2FreedRange {
+    uint64_t first;     /* cluster index */
+    uint64_t count;
+    bool punch;         /* a discard type that passes through to the file */
+} Qcow2FreedRange;
 
 static inline uint64_t start_of_cluster(const BDRVQcow2State *s, uint64_t o)
 {
@@ -376,6 +383,8 @@ int qcow2_mark_corrupt(BDRVQcow2State *s);
 int qcow2_update_header(BDRVQcow2State *s);
 int qcow2_write_header_field(BDRVQcow2State *s, int offset,
                              const void *data, int bytes);
+int qcow2_commit_header_field(BDRVQcow2State *s, int offset,
+                              const void *data, int bytes);
 int qcow2_flush_metadata(BDRVQcow2State *s);
 int qcow2_validate_table(BDRVQcow2State *s, uint64_t offset,
                          uint64_t entries, size_t entry_len,
@@ -403,12 +412,12 @@ int qcow2_alloc_clusters_at(BDRVQcow2State *s, uint64_t offset,
 int qcow2_update_refcount(BDRVQcow2State *s, uint64_t offset,
                           uint64_t length, uint64_t amount, bool decrease,
                           Qcow2DiscardType type);
-void qcow2_free_clusters(BDRVQcow2State *s, uint64_t offset, uint64_t size,
-                         Qcow2DiscardType type);
-void qcow2_free_any_cluster(BDRVQcow2State *s, uint64_t l2_entry,
-                            Qcow2DiscardType type);
+int qcow2_free_clusters(BDRVQcow2State *s, uint64_t offset, uint64_t size,
+                        Qcow2DiscardType type);
+int qcow2_free_any_cluster(BDRVQcow2State *s, uint64_t l2_entry,
+                           Qcow2DiscardType type);
 int qcow2_flush_refcounts(BDRVQcow2State *s);
-void qcow2_process_discards(BDRVQcow2State *s);
+void qcow2_release_freed_clusters(BDRVQcow2State *s);
 int64_t qcow2_host_end_cluster(BDRVQcow2State *s);
 
 /* Overlap checking (qcow2-refcount.c dispatches to the configured algorithm) */
