@@ -36,3 +36,15 @@ install: all
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)
+
+# libFuzzer targets (tests/fuzz, clang + ASan/UBSan): run each for
+# FUZZ_SECONDS seconds; crash reproducers land in build-fuzz/artifacts/.
+FUZZ_SECONDS ?= 300
+.PHONY: fuzz check-slow
+fuzz:
+	tests/fuzz/run --seconds=$(FUZZ_SECONDS)
+
+# Power-cut and I/O-error tests at every cut point and every N (slow).
+check-slow: all
+	QGUARD_TEST_SLOW=1 $(BUILD)/tests/test-powercut --tap
+	QGUARD_TEST_SLOW=1 $(BUILD)/tests/test-ioerror --tap
