@@ -272,8 +272,8 @@ static int open_image(QGuardImage **pimg, const char *filename,
         goto fail;
     }
     ret = host_file_open(&img->file, filename,
-                         (read_only ? 0 : HOST_FILE_RDWR) |
-                         (no_lock ? HOST_FILE_NO_LOCK : 0), &local_err);
+                         (read_only ? 0 : HOST_FILE_RDWR) | HOST_FILE_NO_LOCK,
+                         &local_err);
     if (ret == -EAGAIN) {
         g_propagate_error(errp, g_steal_pointer(&local_err));
         goto fail;
@@ -287,6 +287,7 @@ static int open_image(QGuardImage **pimg, const char *filename,
                     filename, g_strerror(-ret));
         goto fail;
     }
+    /* A loop would also conflict with our own locks: name it first. */
     if (chain_contains(parent, img->file)) {
         g_set_error(errp, QGUARD_ERROR, ELOOP,
                     "Backing file '%s' forms a loop in the backing chain",
@@ -294,16 +295,23 @@ static int open_image(QGuardImage **pimg, const char *filename,
         ret = -ELOOP;
         goto fail;
     }
+    if (!no_lock) {
+        ret = host_file_lock(img->file, !read_only, errp);
+        if (ret < 0) {
+            goto fail;
+        }
+    }
     if (!drv) {
         drv = probe_driver(img->file);
         img->probed = true;
         if (drv == &bdrv_raw && !read_only) {
             qguard_message("WARNING: Image format was not specified for '%s' "
-                           "and probing guessed raw.\n         Automatically "
-                           "detecting the format is dangerous for raw images, "
-                           "write operations on block 0 will be restricted."
-                           "\n         Specify the 'raw' format explicitly to "
-                           "remove the restrictions.", filename);
+                           "and probing guessed raw.", filename);
+            qguard_message("         Automatically detecting the format is "
+                           "dangerous for raw images, write operations on "
+                           "block 0 will be restricted.");
+            qguard_message("         Specify the 'raw' format explicitly to "
+                           "remove the restrictions.");
         }
     }
     ret = check_options(drv, opts, errp);

@@ -81,9 +81,12 @@ static int lock_byte(int fd, off_t off, short type, int cmd)
     return 0;
 }
 
-static int apply_image_locks(int fd, const char *filename, unsigned perm,
-                             unsigned unshared, GError **errp)
+static int apply_image_locks(int fd, const char *filename, bool rdwr,
+                             GError **errp)
 {
+    unsigned perm = PERM_CONSISTENT_READ |
+                    (rdwr ? PERM_WRITE | PERM_RESIZE : 0);
+    unsigned unshared = PERM_WRITE | PERM_RESIZE;
     int i, ret;
 
     for (i = 0; i < PERM_COUNT; i++) {
@@ -166,13 +169,8 @@ int host_file_open(HostFile **pfile, const char *filename, unsigned flags,
         return -EISDIR;
     }
     if (!(flags & HOST_FILE_NO_LOCK)) {
-        unsigned perm = PERM_CONSISTENT_READ;
-        int ret;
-        if (flags & HOST_FILE_RDWR) {
-            perm |= PERM_WRITE | PERM_RESIZE;
-        }
-        ret = apply_image_locks(fd, filename, perm, PERM_WRITE | PERM_RESIZE,
-                                errp);
+        int ret = apply_image_locks(fd, filename, (flags & HOST_FILE_RDWR) != 0,
+                                    errp);
         if (ret < 0) {
             close(fd);
             return ret;
@@ -186,6 +184,11 @@ int host_file_open(HostFile **pfile, const char *filename, unsigned flags,
     file->ino = st.st_ino;
     *pfile = file;
     return 0;
+}
+
+int host_file_lock(HostFile *file, bool rdwr, GError **errp)
+{
+    return apply_image_locks(file->fd, file->filename, rdwr, errp);
 }
 
 void host_file_close(HostFile *file)

@@ -42,6 +42,8 @@ enum {
 int host_file_open(HostFile **pfile, const char *filename, unsigned flags,
                    GError **errp);
 void host_file_close(HostFile *file);
+/* Take QEMU-compatible image locks (for a file opened with NO_LOCK). */
+int host_file_lock(HostFile *file, bool rdwr, GError **errp);
 
 const char *host_file_name(const HostFile *file);
 bool host_file_is_read_only(const HostFile *file);

@@ -460,6 +460,13 @@ static int calculate_refcounts(CheckState *cs, unsigned fix, bool *rebuild)
             cs->res->corruptions++;
             continue;
         }
+        if (sn->l1_size > QCOW_MAX_L1_SIZE / 8) {
+            report(cs, "ERROR snapshot %s (%s) l1_size=%#" PRIx32 ": L1 "
+                   "table is too large; snapshot table entry corrupted",
+                   sn->id_str, sn->name, sn->l1_size);
+            cs->res->corruptions++;
+            continue;
+        }
         ret = check_l1(cs, sn->l1_table_offset, sn->l1_size, false, fix,
                        false);
         if (ret < 0) {
@@ -844,6 +851,7 @@ int qcow2_check_image(BDRVQcow2State *s, unsigned fix,
     int ret;
 
     memset(res, 0, sizeof(*res));
+    s->checking_without_repair = !fix;
     /* The check reads tables from disk: everything cached goes there first. */
     if (!s->img->read_only) {
         ret = qcow2_flush_metadata(s);
@@ -938,6 +946,7 @@ int qcow2_check_image(BDRVQcow2State *s, unsigned fix,
         ret = qcow2_flush_metadata(s);
     }
 out:
+    s->checking_without_repair = false;
     g_free(cs.refcounts);
     if (ret < 0 && errp && !*errp) {
         g_set_error(errp, QGUARD_ERROR, -ret, "%s", g_strerror(-ret));

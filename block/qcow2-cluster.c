@@ -1070,6 +1070,27 @@ static int preallocate_l2(BDRVQcow2State *s, uint64_t offset, uint64_t n,
         if (host < 0) {
             return host;
         }
+        /*
+         * Clusters below the current end of file may hold old contents
+         * (tables moved during this very preallocation): they must read as
+         * zeros, by the zero flag on v3 or by writing zeros on v2.
+         */
+        {
+            int64_t len = host_file_length(s->file);
+            zero_end = len > 0 ? (uint64_t)len : 0;
+        }
+        if (s->qcow_version < 3 && mode != QCOW2_PREALLOC_FULL &&
+            (uint64_t)host < zero_end) {
+            ret = fill_run(s, host, MIN(got << s->cluster_bits,
+                                        zero_end - host),
+                           QCOW2_PREALLOC_FULL);
+            if (ret < 0) {
+                (void)qcow2_free_clusters(s, host, got << s->cluster_bits,
+                                          QCOW2_DISCARD_NEVER);
+                return ret;
+            }
+            qcow2_cache_depends_on_flush(s->l2_table_cache);
+        }
         ret = fill_run(s, host, got << s->cluster_bits, mode);
         if (ret < 0) {
             (void)qcow2_free_clusters(s, host, got << s->cluster_bits,

@@ -1298,6 +1298,9 @@ int qcow2_map_build(BDRVQcow2State *s, GError **errp)
                     QCOW2_OL_SNAPSHOT_TABLE);
     for (i = 0; i < s->nb_snapshots; i++) {
         QCowSnapshot *sn = &s->snapshots[i];
+        if (!qcow2_snapshot_l1_valid(s, sn)) {
+            continue;   /* check reports it; nothing uses it */
+        }
         qcow2_map_enter(s, sn->l1_table_offset, (uint64_t)sn->l1_size * 8,
                         QCOW2_OL_INACTIVE_L1);
         if (s->overlap_check & QCOW2_OL_INACTIVE_L2) {

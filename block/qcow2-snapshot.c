@@ -126,19 +126,10 @@ int qcow2_read_snapshots(BDRVQcow2State *s, GError **errp)
             ret = -EFBIG;
             goto fail;
         }
-        if (sn->l1_size > QCOW_MAX_L1_SIZE / 8) {
-            g_set_error(errp, QGUARD_ERROR, EFBIG,
-                        "Snapshot L1 table too large");
-            ret = -EFBIG;
-            goto fail;
-        }
-        if (offset_into_cluster(s, sn->l1_table_offset) ||
-            sn->l1_table_offset >= QCOW2_MAX_HOST_OFFSET) {
-            g_set_error(errp, QGUARD_ERROR, EINVAL,
-                        "Snapshot L1 table offset invalid");
-            ret = -EINVAL;
-            goto fail;
-        }
+        /*
+         * A bad L1 table in an entry is not an open error (QEMU opens such
+         * images): check reports it and using the snapshot is refused.
+         */
     }
     s->snapshots_size = offset - s->snapshots_offset;
     return 0;
@@ -274,6 +265,14 @@ static char *new_snapshot_id(BDRVQcow2State *s)
         max = MAX(max, id);
     }
     return g_strdup_printf("%" PRIu64, max + 1);
+}
+
+bool qcow2_snapshot_l1_valid(BDRVQcow2State *s, const QCowSnapshot *sn)
+{
+    return sn->l1_size <= QCOW_MAX_L1_SIZE / 8 &&
+           !offset_into_cluster(s, sn->l1_table_offset) &&
+           sn->l1_table_offset + (uint64_t)sn->l1_size * 8 <=
+           QCOW2_MAX_HOST_OFFSET;
 }
 
 static int read_l1(BDRVQcow2State *s, uint64_t offset, uint32_t size,
@@ -570,6 +569,11 @@ int qcow2_snapshot_apply(BDRVQcow2State *s, const char *id_or_name,
         return -ENOENT;
     }
     sn = &s->snapshots[idx];
+    if (!qcow2_snapshot_l1_valid(s, sn)) {
+        g_set_error(errp, QGUARD_ERROR, EIO,
+                    "Snapshot L1 table is invalid; run check");
+        return -EIO;
+    }
     if (sn->disk_size != s->img->total_size && s->qcow_version < 3) {
         g_set_error(errp, QGUARD_ERROR, ENOTSUP,
                     "Can't resize a v2 image which has snapshots");
@@ -679,6 +683,11 @@ int qcow2_snapshot_delete(BDRVQcow2State *s, const char *id_or_name,
     if (idx < 0) {
         g_set_error(errp, QGUARD_ERROR, ENOENT, "%s", g_strerror(ENOENT));
         return -ENOENT;
+    }
+    if (!qcow2_snapshot_l1_valid(s, &s->snapshots[idx])) {
+        g_set_error(errp, QGUARD_ERROR, EIO,
+                    "Snapshot L1 table is invalid; run check");
+        return -EIO;
     }
     ret = begin_snapshot_op(s);
     if (ret < 0) {

@@ -66,6 +66,13 @@ void qcow2_signal_corruption(BDRVQcow2State *s, bool fatal, int64_t offset,
 
     (void)offset;
     (void)size;
+    /*
+     * Nothing can be made worse through a read-only image, and a check
+     * without repair only reports: the image stays usable, as in QEMU.
+     */
+    if (s->img->read_only || s->checking_without_repair) {
+        fatal = false;
+    }
     if (s->signaled_corruption &&
         (!fatal || (s->incompatible_features & QCOW2_INCOMPAT_CORRUPT))) {
         return;
@@ -419,6 +426,36 @@ static char *feature_list(const uint8_t *table, size_t table_len,
                                mask);
     }
     return g_string_free(str, FALSE);
+}
+
+/*
+ * The feature name table, if one can be found: a first pass that ignores
+ * malformed extensions, so that an image with unknown features is reported
+ * as such even when its extensions are damaged too (QEMU does the same).
+ */
+static void find_feature_table(const uint8_t *hdr, uint64_t start,
+                               uint64_t end, const uint8_t **table,
+                               size_t *len)
+{
+    uint64_t offset = start;
+
+    *table = NULL;
+    *len = 0;
+    while (offset + 8 <= end) {
+        uint32_t magic = be_get32(hdr + offset);
+        uint32_t ext_len = be_get32(hdr + offset + 4);
+
+        offset += 8;
+        if (magic == QCOW2_EXT_MAGIC_END || ext_len > end - offset) {
+            return;
+        }
+        if (magic == QCOW2_EXT_MAGIC_FEATURE_TABLE) {
+            *table = hdr + offset;
+            *len = ext_len;
+            return;
+        }
+        offset += ROUND_UP(ext_len, 8);
+    }
 }
 
 static int read_extensions(BDRVQcow2State *s, const uint8_t *hdr,
@@ -845,7 +882,8 @@ static int parse_header(BDRVQcow2State *s, const uint8_t *hdr,
 
     *backing_offset = be_get64(hdr + 8);
     *backing_size = be_get32(hdr + 16);
-    img->total_size = be_get64(hdr + 24);
+    /* The block layer counts whole 512-byte sectors, as QEMU's does. */
+    img->total_size = be_get64(hdr + 24) & ~(uint64_t)511;
     s->crypt_method_header = be_get32(hdr + 32);
     s->l1_size = be_get32(hdr + 36);
     s->l1_table_offset = be_get64(hdr + 40);
@@ -864,6 +902,13 @@ static int parse_header(BDRVQcow2State *s, const uint8_t *hdr,
         s->incompatible_features = be_get64(hdr + 72);
         s->compatible_features = be_get64(hdr + 80);
         s->autoclear_features = be_get64(hdr + 88);
+        /* Unsigned on disk: compare before it becomes a shift count. */
+        if (be_get32(hdr + 96) > 6) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "Reference count entry width too large; may not "
+                        "exceed 64 bits");
+            return -EINVAL;
+        }
         s->refcount_order = be_get32(hdr + 96);
         s->header_length = be_get32(hdr + 100);
         if (s->header_length < QCOW2_V3_MIN_HEADER_LENGTH) {
@@ -889,18 +934,23 @@ static int parse_header(BDRVQcow2State *s, const uint8_t *hdr,
         return -EINVAL;
     }
     ext_end = *backing_offset ? *backing_offset : (uint64_t)s->cluster_size;
+    if (s->incompatible_features & ~QCOW2_INCOMPAT_MASK) {
+        const uint8_t *names;
+        size_t names_len;
+        g_autofree char *list = NULL;
+
+        find_feature_table(hdr, s->header_length, ext_end, &names,
+                           &names_len);
+        list = feature_list(names, names_len,
+                            s->incompatible_features & ~QCOW2_INCOMPAT_MASK);
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                    "Unsupported qcow2 feature(s): %s", list);
+        return -ENOTSUP;
+    }
     ret = read_extensions(s, hdr, s->header_length, ext_end, &feature_table,
                           &feature_len, errp);
     if (ret < 0) {
         return ret;
-    }
-
-    if (s->incompatible_features & ~QCOW2_INCOMPAT_MASK) {
-        g_autofree char *list = feature_list(feature_table, feature_len,
-            s->incompatible_features & ~QCOW2_INCOMPAT_MASK);
-        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
-                    "Unsupported qcow2 feature(s): %s", list);
-        return -ENOTSUP;
     }
     if ((s->incompatible_features & QCOW2_INCOMPAT_CORRUPT) &&
         !img->read_only && !(img->flags & QGUARD_OPEN_CHECK)) {
@@ -935,8 +985,8 @@ static int parse_header(BDRVQcow2State *s, const uint8_t *hdr,
     }
     if (s->crypt_method_header > 2) {
         g_set_error(errp, QGUARD_ERROR, EINVAL,
-                    "Unsupported encryption method %u",
-                    s->crypt_method_header);
+                    "Unsupported encryption method %d",
+                    (int32_t)s->crypt_method_header);
         return -EINVAL;
     }
     /* Features qguard knows but does not implement: refuse, never misread. */

@@ -218,6 +218,7 @@ struct BDRVQcow2State {
     uint64_t overlap_checks;
     uint64_t overlap_refused;
     bool signaled_corruption;
+    bool checking_without_repair;
 
     /*
      * Clusters freed since the last metadata flush (Qcow2FreedRange, sorted,
@@ -500,6 +501,7 @@ int qcow2_bitmaps_mark_in_use(BDRVQcow2State *s, GError **errp);
 int qcow2_read_snapshots(BDRVQcow2State *s, GError **errp);
 void qcow2_free_snapshots(BDRVQcow2State *s);
 int qcow2_write_snapshots(BDRVQcow2State *s);
+bool qcow2_snapshot_l1_valid(BDRVQcow2State *s, const QCowSnapshot *sn);
 int qcow2_snapshot_create(BDRVQcow2State *s, const char *name, GError **errp);
 int qcow2_snapshot_apply(BDRVQcow2State *s, const char *id_or_name,
                          GError **errp);
