@@ -64,6 +64,7 @@ typedef struct Qcow2MetadataMapStats {
     uint64_t windows;            /* non-empty windows */
     uint64_t fragments;          /* fragments held in lists (optional but useful) */
     uint64_t cached_bytemaps;    /* bytemaps currently expanded */
+    uint64_t list_queries;       /* checks answered from a list in place (no conversion) */
 } Qcow2MetadataMapStats;
 
 /*

@@ -6,6 +6,7 @@
  * on synthetic qcow2 layouts from 1 GiB to 1 PiB.
  *
  *   bench-overlap-map [checks-per-case]      (default 2000000)
+ *   bench-overlap-map --icount CASE [checks] (default 200000)
  *
  * Two layouts per image.  "grown" is what sequential guest writes produce:
  * header, refcount table and L1 table first, then an L2 table in front of
@@ -17,10 +18,23 @@
  *   random      guest writes of 512 B, 4 KiB or 64 KiB at random offsets
  *   sequential  64 KiB guest writes walking the whole file
  *   l2-write    writing a random L2 table (ignore = L2): always a window
- *               with metadata, so on small clusters this is the cache-miss
- *               path, with a conversion on nearly every check
+ *               with metadata, so on small clusters a list searched in
+ *               place (it used to cost a conversion on nearly every check)
  *   naive       QEMU's approach for comparison: test the range against
  *               every L2 table and refcount block
+ *
+ * --icount builds one case and runs only its checks, for
+ * valgrind --tool=callgrind: the inclusive cost of qcow2_metadata_map_check()
+ * divided by the number of checks is the exact instruction count per check.
+ * CASE is one of
+ *
+ *   empty     random 64 KiB checks of windows without metadata (64 KiB clusters)
+ *   inline    random 64 KiB checks of inline windows (1 TiB, 64 KiB clusters)
+ *   list      random 512 B checks, 2 GiB with 512 B clusters, nothing cached
+ *   cached    512 B checks alternating between two cached (edited) windows
+ *   same      random 512 B-64 KiB checks inside one list window (512 B clusters)
+ *   seq       sequential 64 KiB checks, 2 GiB with 512 B clusters
+ *   seq64k    sequential 64 KiB checks, 1 TiB with 64 KiB clusters
  *
  * Nothing here asserts a time; docs/overlap-map.md records the results.
  */
@@ -284,18 +298,18 @@ static void run_case(const char *name, unsigned cb, uint64_t virt, uint64_t chec
     qcow2_metadata_map_reset_counters(m);
     rnd = time_checks(m, &img, gen_random, checks);
     qcow2_metadata_map_get_stats(m, &st);
-    printf("random 512B-64KiB        %6.1f ns/check  (list->bytemap %" PRIu64 ")\n",
-           rnd, st.list_to_bytemap);
+    printf("random 512B-64KiB        %6.1f ns/check  (list->bytemap %" PRIu64
+           ", from lists %" PRIu64 ")\n", rnd, st.list_to_bytemap, st.list_queries);
     qcow2_metadata_map_reset_counters(m);
     hot = time_checks(m, &img, gen_same_window, checks);
     qcow2_metadata_map_get_stats(m, &st);
-    printf("same window 512B-64KiB   %6.1f ns/check  (list->bytemap %" PRIu64 ")\n",
-           hot, st.list_to_bytemap);
+    printf("same window 512B-64KiB   %6.1f ns/check  (list->bytemap %" PRIu64
+           ", from lists %" PRIu64 ")\n", hot, st.list_to_bytemap, st.list_queries);
     qcow2_metadata_map_reset_counters(m);
     seq = time_checks(m, &img, gen_sequential, checks);
     qcow2_metadata_map_get_stats(m, &st);
-    printf("sequential 64KiB         %6.1f ns/check  (list->bytemap %" PRIu64 ")\n",
-           seq, st.list_to_bytemap);
+    printf("sequential 64KiB         %6.1f ns/check  (list->bytemap %" PRIu64
+           ", from lists %" PRIu64 ")\n", seq, st.list_to_bytemap, st.list_queries);
     qcow2_metadata_map_reset_counters(m);
     l2w = time_checks(m, &img, gen_l2_write, checks);
     qcow2_metadata_map_get_stats(m, &st);
@@ -330,9 +344,73 @@ static void run_case(const char *name, unsigned cb, uint64_t virt, uint64_t chec
     g_free(spread.l2);
 }
 
+static int icount(const char *name, uint64_t n)
+{
+    static const uint64_t sizes[] = { 512, 4096, 65536 };
+    bool small = strcmp(name, "empty") && strcmp(name, "inline") && strcmp(name, "seq64k");
+    unsigned cb = small ? 9 : 16;
+    uint64_t win_bytes = (uint64_t)QCOW2_OVERLAP_WINDOW_CLUSTERS << cb, *off, *len;
+    Qcow2MetadataMap *m = qcow2_metadata_map_new(cb, 0);
+    Image img = { .cb = cb };
+    unsigned acc = 0;
+
+    build(m, &img, !strcmp(name, "empty") ? UINT64_C(1) << 30 :
+                   small ? UINT64_C(2) << 30 : UINT64_C(1) << 40, false);
+    qcow2_metadata_map_flush(m);
+    if (!strcmp(name, "cached")) {
+        for (uint64_t w = 100; w < 102; w++) {
+            qcow2_metadata_map_enter(m, w * win_bytes + 7 * 512, 512, QCOW2_OL_INACTIVE_L2);
+        }
+    }
+    off = g_new(uint64_t, n);
+    len = g_new(uint64_t, n);
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t r = rnd64();
+
+        len[i] = !strcmp(name, "list") || !strcmp(name, "cached") ? 512 :
+                 !strcmp(name, "same") ? sizes[r % 3] : 65536;
+        if (!strcmp(name, "empty")) {
+            /* the image ends in window 3; the leaf goes on to window 4095 */
+            off[i] = (8 + r % 4000) * win_bytes + (((r >> 32) % 4096) << 16);
+        } else if (!strcmp(name, "inline")) {
+            do {
+                off[i] = (rnd64() % (img.host_bytes >> 16)) << 16;
+            } while (qcow2_metadata_map_window_form(m, off[i] / win_bytes) !=
+                     QCOW2_OVERLAP_WINDOW_INLINE);
+        } else if (!strcmp(name, "list")) {
+            off[i] = (r % (img.host_bytes >> 9)) << 9;
+        } else if (!strcmp(name, "cached")) {
+            off[i] = (100 + i % 2) * win_bytes + ((r % 4096) << 9);
+        } else if (!strcmp(name, "same")) {
+            off[i] = 200 * win_bytes + ((r >> 8) % (win_bytes - len[i]) & ~UINT64_C(511));
+        } else if (!strcmp(name, "seq") || !strcmp(name, "seq64k")) {
+            off[i] = (i * 65536) % (img.host_bytes - 65536);
+        } else {
+            fprintf(stderr, "unknown case '%s'\n", name);
+            return 2;
+        }
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        acc |= qcow2_metadata_map_check(m, off[i], len[i], 0);
+    }
+    sink = acc;
+    printf("%s: %" PRIu64 " checks\n", name, n);
+    qcow2_metadata_map_free(m);
+    g_free(off);
+    g_free(len);
+    g_free(img.meta);
+    g_free(img.l2);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    uint64_t checks = argc > 1 ? strtoull(argv[1], NULL, 0) : 2000000;
+    uint64_t checks;
+
+    if (argc > 2 && !strcmp(argv[1], "--icount")) {
+        return icount(argv[2], argc > 3 ? strtoull(argv[3], NULL, 0) : 200000);
+    }
+    checks = argc > 1 ? strtoull(argv[1], NULL, 0) : 2000000;
 
     printf("# overlap map benchmark: %" PRIu64 " checks per case, cache 16\n", checks);
     run_case("1 GiB, 512 B clusters", 9, UINT64_C(1) << 30, checks);

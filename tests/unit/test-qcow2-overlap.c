@@ -79,6 +79,16 @@ static void make_list_window(Qcow2MetadataMap *m, unsigned cb, uint64_t w)
     g_assert_cmpint(form(m, w), ==, QCOW2_OVERLAP_WINDOW_LIST);
 }
 
+/*
+ * An edit that changes nothing (cluster 10 of a make_list_window() window
+ * already holds L2): only edits bring a list window into the cache, so this
+ * expands window w into a clean bytemap at the head of the LRU.
+ */
+static void touch(Qcow2MetadataMap *m, unsigned cb, uint64_t w)
+{
+    enter_c(m, cb, w * WIN + 10, 1, L2);
+}
+
 /* ---- deterministic tests ------------------------------------------------- */
 
 static void test_type_names(void)
@@ -158,8 +168,13 @@ static void test_check_empty_window_costs_no_conversion(void)
     g_assert_cmpuint(s.mem_peak, ==, mem);
     g_assert_cmpint(form(m, 2), ==, QCOW2_OVERLAP_WINDOW_EMPTY);
 
+    g_assert_cmpuint(stats_of(m).list_queries, ==, 0);
+
+    /* a list window is answered in place as well */
     g_assert_cmpuint(check_c(m, 16, WIN, WIN, 0), ==, L2 | RB);
-    g_assert_cmpuint(stats_of(m).list_to_bytemap, ==, 1);
+    g_assert_cmpuint(stats_of(m).list_to_bytemap, ==, 0);
+    g_assert_cmpuint(stats_of(m).list_queries, ==, 1);
+    g_assert_cmpint(form(m, 1), ==, QCOW2_OVERLAP_WINDOW_LIST);
     qcow2_metadata_map_verify(m);
     qcow2_metadata_map_free(m);
 }
@@ -210,7 +225,9 @@ static void test_fragments_merge_up_to_256_clusters(void)
     g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_CACHED);
 
     make_list_window(m, 9, 5);
-    g_assert_cmpuint(check_c(m, 9, 5 * WIN, WIN, 0), ==, L2 | RB);  /* evicts window 0 */
+    g_assert_cmpuint(check_c(m, 9, 5 * WIN, WIN, 0), ==, L2 | RB);  /* answered in place */
+    g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_CACHED);
+    touch(m, 9, 5);                                                  /* evicts window 0 */
     g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_LIST);
     g_assert_cmpuint(stats_of(m).bytemap_to_list, ==, 1);
     g_assert_cmpuint(stats_of(m).fragments, ==, 3 + 3);
@@ -243,12 +260,14 @@ static void test_evicted_dirty_bytemap_becomes_list(void)
 
     make_list_window(m, 16, 0);
     make_list_window(m, 16, 1);
+    touch(m, 16, 0);
     g_assert_cmpuint(check_c(m, 16, 0, 11, 0), ==, L2);
     g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_CACHED);
     g_assert_cmpuint(stats_of(m).fragments, ==, 6);     /* clean: list still held */
     enter_c(m, 16, 40, 3, QCOW2_OL_INACTIVE_L2);
     g_assert_cmpuint(stats_of(m).fragments, ==, 3);     /* dirty: stale list freed */
 
+    touch(m, 16, 1);                                    /* evicts window 0 */
     g_assert_cmpuint(check_c(m, 16, WIN + 30, 1, 0), ==, RB);
     s = stats_of(m);
     g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_LIST);
@@ -271,19 +290,21 @@ static void test_evicted_clean_bytemap_is_dropped(void)
 
     make_list_window(m, 16, 0);
     make_list_window(m, 16, 1);
+    /* entering what is already there does not dirty the bytemap */
     for (int i = 0; i < 5; i++) {
+        touch(m, 16, 0);
         g_assert_cmpuint(check_c(m, 16, 0, WIN, 0), ==, L2 | RB);
+        touch(m, 16, 1);
         g_assert_cmpuint(check_c(m, 16, WIN, WIN, RB), ==, L2);
     }
-    /* entering what is already there does not dirty the bytemap */
-    enter_c(m, 16, WIN + 10, 1, L2);
     g_assert_cmpuint(check_c(m, 16, 0, 1, 0), ==, 0);
     s = stats_of(m);
-    g_assert_cmpuint(s.list_to_bytemap, ==, 11);
-    g_assert_cmpuint(s.bytemaps_freed, ==, 10);
+    g_assert_cmpuint(s.list_to_bytemap, ==, 10);
+    g_assert_cmpuint(s.bytemaps_freed, ==, 9);
     g_assert_cmpuint(s.bytemap_to_list, ==, 0);
     g_assert_cmpuint(s.fragments, ==, 6);
-    g_assert_cmpint(form(m, 1), ==, QCOW2_OVERLAP_WINDOW_LIST);
+    g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_LIST);
+    g_assert_cmpint(form(m, 1), ==, QCOW2_OVERLAP_WINDOW_CACHED);
     qcow2_metadata_map_verify(m);
     qcow2_metadata_map_free(m);
 }
@@ -296,7 +317,7 @@ static void test_flush_writes_back_and_empties_cache(void)
     for (uint64_t w = 0; w < 3; w++) {
         make_list_window(m, 9, w);
     }
-    check_c(m, 9, 0, 1, 0);                     /* clean */
+    touch(m, 9, 0);                             /* clean */
     enter_c(m, 9, WIN + 40, 2, L2);             /* dirty */
     for (unsigned c = 0; c < WIN; c += 2) {     /* permanent once evicted */
         enter_c(m, 9, 3 * WIN + c, 1, RB);
@@ -322,10 +343,10 @@ static void test_lru_evicts_least_recently_used(void)
     for (uint64_t w = 0; w < 3; w++) {
         make_list_window(m, 16, w);
     }
-    check_c(m, 16, 0, 1, 0);            /* A */
-    check_c(m, 16, WIN, 1, 0);          /* B */
-    check_c(m, 16, 0, 1, 0);            /* A again: B is now the oldest */
-    check_c(m, 16, 2 * WIN, 1, 0);      /* C evicts B */
+    touch(m, 16, 0);                    /* A */
+    touch(m, 16, 1);                    /* B */
+    touch(m, 16, 0);                    /* A again: B is now the oldest */
+    touch(m, 16, 2);                    /* C evicts B */
     g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_CACHED);
     g_assert_cmpint(form(m, 1), ==, QCOW2_OVERLAP_WINDOW_LIST);
     g_assert_cmpint(form(m, 2), ==, QCOW2_OVERLAP_WINDOW_CACHED);
@@ -333,6 +354,15 @@ static void test_lru_evicts_least_recently_used(void)
     check_c(m, 16, 0, 1, 0);            /* hit: no conversion */
     g_assert_cmpuint(stats_of(m).list_to_bytemap, ==, 3);
     g_assert_cmpuint(stats_of(m).cached_bytemaps, ==, 2);
+
+    /* the LRU orders edits: checking A does not save it from eviction */
+    for (int i = 0; i < 3; i++) {
+        g_assert_cmpuint(check_c(m, 16, 0, WIN, 0), ==, L2 | RB);
+    }
+    touch(m, 16, 1);                    /* B evicts A, the oldest edit */
+    g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_LIST);
+    g_assert_cmpint(form(m, 2), ==, QCOW2_OVERLAP_WINDOW_CACHED);
+    g_assert_cmpuint(stats_of(m).list_to_bytemap, ==, 4);
     qcow2_metadata_map_verify(m);
     qcow2_metadata_map_free(m);
 }
@@ -350,7 +380,7 @@ static void test_dense_window_stays_bytemap_outside_lru(void)
     }
     g_assert_cmpuint(qcow2_metadata_map_window_fragments(m, 0, NULL, 0), ==, 2048);
     make_list_window(m, 9, 1);
-    check_c(m, 9, WIN, 1, 0);           /* evicts window 0: too many fragments */
+    touch(m, 9, 1);                     /* evicts window 0: too many fragments */
     s = stats_of(m);
     g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_PERMANENT);
     g_assert_cmpint(form(m, 1), ==, QCOW2_OVERLAP_WINDOW_CACHED);
@@ -367,7 +397,7 @@ static void test_dense_window_stays_bytemap_outside_lru(void)
     remove_c(m, 9, 20, WIN - 20, L2);
     g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_CACHED);
     g_assert_cmpint(form(m, 1), ==, QCOW2_OVERLAP_WINDOW_LIST);
-    check_c(m, 9, WIN, 1, 0);
+    touch(m, 9, 1);
     s = stats_of(m);
     g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_LIST);
     g_assert_cmpuint(qcow2_metadata_map_window_fragments(m, 0, NULL, 0), ==, 10);
@@ -501,8 +531,8 @@ static void test_memory_returns_to_baseline_after_remove(void)
     }
     make_list_window(m, 9, 51);
     make_list_window(m, 9, 52);
-    check_c(m, 9, 51 * WIN, 1, 0);
-    check_c(m, 9, 52 * WIN, 1, 0);
+    touch(m, 9, 51);
+    touch(m, 9, 52);                                    /* evicts window 50 */
     enter_c(m, 9, (UINT64_C(1) << 46) + 5, 1000, L2);   /* far away, several leaves up */
     enter_c(m, 9, 123, 4, BD);
     s = stats_of(m);
@@ -591,6 +621,120 @@ static void test_memory_within_2014_estimate(void)
         qcow2_metadata_map_verify(m);
         qcow2_metadata_map_free(m);
     }
+}
+
+/* The exact OR of the types of clusters [c, c + n), from the per-cluster introspection. */
+static unsigned expected_types(const Qcow2MetadataMap *m, uint64_t c, uint64_t n)
+{
+    unsigned t = 0;
+
+    for (uint64_t i = 0; i < n; i++) {
+        t |= qcow2_metadata_map_get(m, c + i);
+    }
+    return t;
+}
+
+/*
+ * Checks of list windows are answered from the list where it rests: no
+ * conversion, no cache slot, no allocation, no change of form.
+ */
+static void test_list_windows_answered_in_place(void)
+{
+    Qcow2MetadataMap *m = qcow2_metadata_map_new(9, 1);
+    uint64_t host = build_grown_image(m, 9, UINT64_C(64) << 20), windows, mem, n = 0;
+    uint64_t rng = 12345;
+    Qcow2MetadataMapStats s;
+
+    qcow2_metadata_map_flush(m);
+    windows = (host >> 9) / WIN;
+    for (uint64_t w = 0; w < windows; w++) {
+        g_assert_cmpint(form(m, w), ==, QCOW2_OVERLAP_WINDOW_LIST);
+    }
+    qcow2_metadata_map_reset_counters(m);
+    mem = stats_of(m).mem_current;
+    for (unsigned i = 0; i < 20000; i++) {
+        uint64_t w, a, len, r;
+
+        rng = rng * UINT64_C(6364136223846793005) + UINT64_C(1442695040888963407);
+        r = rng >> 16;
+        w = r % windows;
+        a = (r >> 8) % WIN;
+        len = 1 + (r >> 20) % (i % 4 ? 16 : WIN);
+        len = MIN(len, WIN - a);
+        g_assert_cmpuint(check_c(m, 9, w * WIN + a, len, 0), ==,
+                         expected_types(m, w * WIN + a, len) & 0xff);
+        n++;
+    }
+    s = stats_of(m);
+    g_assert_cmpuint(s.queries, ==, n);
+    g_assert_cmpuint(s.list_queries, ==, n);
+    g_assert_cmpuint(s.list_to_bytemap, ==, 0);
+    g_assert_cmpuint(s.bytemap_to_list, ==, 0);
+    g_assert_cmpuint(s.bytemaps_freed, ==, 0);
+    g_assert_cmpuint(s.cached_bytemaps, ==, 0);
+    g_assert_cmpuint(s.mem_current, ==, mem);
+    g_assert_cmpuint(s.mem_peak, ==, mem);
+    for (uint64_t w = 0; w < windows; w++) {
+        g_assert_cmpint(form(m, w), ==, QCOW2_OVERLAP_WINDOW_LIST);
+    }
+
+    /* an edit still expands its window, and a check then reads the bytemap */
+    enter_c(m, 9, 3 * WIN + 1, 1, QCOW2_OL_INACTIVE_L2);
+    g_assert_cmpint(form(m, 3), ==, QCOW2_OVERLAP_WINDOW_CACHED);
+    g_assert_cmpuint(check_c(m, 9, 3 * WIN, 2, 0), ==, expected_types(m, 3 * WIN, 2) & 0xff);
+    g_assert_cmpuint(stats_of(m).list_queries, ==, n);
+    g_assert_cmpuint(stats_of(m).list_to_bytemap, ==, 1);
+    qcow2_metadata_map_verify(m);
+    qcow2_metadata_map_free(m);
+}
+
+/*
+ * The lists of one pool group are found by the offset in their slot and
+ * the length marked in their first words: short and long (>= 15) lists,
+ * a list that grows and shrinks in the middle of the group, and lists that
+ * come and go around it.
+ */
+static void test_pool_lists_found_by_offset(void)
+{
+    static const unsigned sizes[16] = {
+        3, 20, 0, 300, 1, 14, 15, 16, 2, 255, 1000, 0, 4, 7, 50, 3,
+    };
+    Qcow2MetadataMap *m = qcow2_metadata_map_new(9, 1);
+    uint64_t base = 32;         /* windows 32..47: pool group 2 of chunk 0 */
+
+    for (unsigned i = 0; i < 16; i++) {
+        for (unsigned k = 0; k < sizes[i]; k++) {
+            enter_c(m, 9, (base + i) * WIN + 4 * k, 1 + k % 2, 1u << (k % 8));
+        }
+    }
+    qcow2_metadata_map_flush(m);
+    qcow2_metadata_map_verify(m);
+    for (int round = 0; round < 6; round++) {
+        uint64_t w = base + (round % 2 ? 3 : 10);
+
+        /* grow, shrink or empty a long list in the middle of the group */
+        if (round < 2) {
+            for (unsigned k = 0; k < 200; k++) {
+                enter_c(m, 9, w * WIN + 4 * k + 2, 1, RB);
+            }
+        } else if (round < 4) {
+            remove_c(m, 9, w * WIN + 100, WIN - 100, QCOW2_OL_ALL);
+        } else {
+            /* windows 34 and 43 were empty: a list appears next to one that goes */
+            remove_c(m, 9, w * WIN, WIN, QCOW2_OL_ALL);
+            make_list_window(m, 9, base + (round == 4 ? 2 : 11));
+        }
+        qcow2_metadata_map_flush(m);
+        qcow2_metadata_map_verify(m);
+        for (unsigned i = 0; i < 16; i++) {
+            for (unsigned c = 0; c < WIN; c += 37) {
+                uint64_t at = (base + i) * WIN + c;
+                g_assert_cmpuint(check_c(m, 9, at, 3, 0), ==, expected_types(m, at, 3) & 0xff);
+            }
+        }
+    }
+    g_assert_cmpuint(stats_of(m).cached_bytemaps, ==, 0);
+    qcow2_metadata_map_free(m);
 }
 
 /* ---- random operations against a per-cluster model ------------------------ */
@@ -755,7 +899,7 @@ static void compare_zone(Fuzz *f, Zone *z)
         f->permanent_seen += form(f->map, w) == QCOW2_OVERLAP_WINDOW_PERMANENT;
     }
     for (uint64_t i = 0; i < ZONE_CLUSTERS; i++) {
-        /* high types per cluster; ignoring bits 0..7 never touches a window */
+        /* high types per cluster: ignoring bits 0..7 leaves only them */
         FUZZ_ASSERT(f, qcow2_metadata_map_check(f->map, (z->base + i) << f->cb, 1, 0xff),
                     ==, z->m[i] & ~0xffu);
     }
@@ -908,6 +1052,94 @@ static void test_random_vs_model(gconstpointer data)
     g_free(f.zone[1].m);
 }
 
+/*
+ * Pure queries against the model, with a cache of one window and the map
+ * flushed before every batch, so that every window is answered from its
+ * form at rest: the conversion counters must stay at zero however the
+ * queries fall (one window or many, ignore masks, the check memo).
+ */
+static void test_random_queries_at_rest(void)
+{
+    Fuzz f = { .cache = 1 };
+    const char *env = g_getenv("QGUARD_TEST_OPS");
+    uint64_t total = env ? g_ascii_strtoull(env, NULL, 0) / 4 : 1000000;
+    uint64_t list_queries = 0;
+
+    f.seed = base_seed;
+    f.rng = base_seed ^ UINT64_C(0x2545f4914f6cdd1d);
+    f.zone[0].m = g_new(uint16_t, ZONE_CLUSTERS);
+    f.zone[1].m = g_new(uint16_t, ZONE_CLUSTERS);
+    while (f.checks < total) {
+        uint64_t space;
+
+        f.cb = 9 + rnd(&f, 13);
+        space = QCOW2_OVERLAP_MAX_BYTES >> f.cb;
+        f.map = qcow2_metadata_map_new(f.cb, 1);
+        f.zone[0].base = rnd(&f, 1 << 20);
+        f.zone[1].base = rnd(&f, space - ZONE_CLUSTERS);
+        for (int z = 0; z < 2; z++) {
+            memset(f.zone[z].m, 0, ZONE_CLUSTERS * sizeof(uint16_t));
+        }
+        for (int batch = 0; batch < 8; batch++) {
+            Qcow2MetadataMapStats s;
+
+            /* a few hundred edits per window at most: no list outgrows 1024 */
+            for (int i = 0; i < 300; i++) {
+                unsigned z = rnd(&f, 2), types = 1 + rnd(&f, 0xff);
+                uint64_t a = rnd(&f, ZONE_CLUSTERS), len, off, bytes;
+                int set;
+
+                len = 1 + rnd(&f, rnd(&f, 4) ? 8 : 600);       /* not inside MIN(): twice */
+                len = MIN(len, ZONE_CLUSTERS - a);
+                set = rnd(&f, 4);
+
+                cluster_bytes(&f, f.zone[z].base + a, len, &off, &bytes);
+                if (set) {
+                    qcow2_metadata_map_enter(f.map, off, bytes, types);
+                } else {
+                    qcow2_metadata_map_remove(f.map, off, bytes, types);
+                }
+                for (uint64_t c = a; c < a + len; c++) {
+                    f.zone[z].m[c] = set ? f.zone[z].m[c] | types : f.zone[z].m[c] & ~types;
+                }
+                f.ops++;
+            }
+            qcow2_metadata_map_flush(f.map);
+            qcow2_metadata_map_verify(f.map);
+            qcow2_metadata_map_reset_counters(f.map);
+            for (int i = 0; i < 20000; i++) {
+                unsigned z, ignore = rnd(&f, 3) ? 0 : pick_types(&f), expect = 0;
+                uint64_t a, len, off, bytes;
+
+                pick_range(&f, &z, &a, &len);
+                cluster_bytes(&f, f.zone[z].base + a, len, &off, &bytes);
+                for (uint64_t c = a; c < a + len; c++) {
+                    expect |= f.zone[z].m[c];
+                }
+                FUZZ_ASSERT(&f, qcow2_metadata_map_check(f.map, off, bytes, ignore), ==,
+                            expect & 0xff & ~ignore);
+                f.checks++;
+            }
+            s = stats_of(f.map);
+            FUZZ_ASSERT(&f, s.list_to_bytemap, ==, 0);
+            FUZZ_ASSERT(&f, s.bytemap_to_list, ==, 0);
+            FUZZ_ASSERT(&f, s.bytemaps_freed, ==, 0);
+            FUZZ_ASSERT(&f, s.cached_bytemaps, ==, 0);
+            FUZZ_ASSERT(&f, s.mem_peak, ==, s.mem_current);
+            list_queries += s.list_queries;
+            qcow2_metadata_map_verify(f.map);
+        }
+        qcow2_metadata_map_free(f.map);
+        f.map = NULL;
+        f.round++;
+    }
+    g_test_message("%" PRIu64 " queries at rest (%" PRIu64 " answered from lists) in %u rounds",
+                   f.checks, list_queries, f.round);
+    g_assert_cmpuint(list_queries, >, f.checks / 10);
+    g_free(f.zone[0].m);
+    g_free(f.zone[1].m);
+}
+
 int main(int argc, char **argv)
 {
     const char *env = g_getenv("QGUARD_TEST_SEED");
@@ -946,11 +1178,16 @@ int main(int argc, char **argv)
                     test_memory_returns_to_baseline_after_remove);
     g_test_add_func("/qcow2-overlap/memory-within-2014-estimate",
                     test_memory_within_2014_estimate);
+    g_test_add_func("/qcow2-overlap/list-windows-answered-in-place",
+                    test_list_windows_answered_in_place);
+    g_test_add_func("/qcow2-overlap/pool-lists-found-by-offset",
+                    test_pool_lists_found_by_offset);
     g_test_add_data_func("/qcow2-overlap/random-vs-model/cache-1", GUINT_TO_POINTER(1),
                          test_random_vs_model);
     g_test_add_data_func("/qcow2-overlap/random-vs-model/cache-2", GUINT_TO_POINTER(2),
                          test_random_vs_model);
     g_test_add_data_func("/qcow2-overlap/random-vs-model/cache-16", GUINT_TO_POINTER(16),
                          test_random_vs_model);
+    g_test_add_func("/qcow2-overlap/random-queries-at-rest", test_random_queries_at_rest);
     return g_test_run();
 }

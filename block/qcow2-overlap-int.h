@@ -1,0 +1,366 @@
+/* SPDX-License-Identifier: MIT */
+/* Copyright (c) 2026 The qguard authors */
+
+/*
+ * Internals of the metadata overlap map, shared by its two halves:
+ *
+ *   qcow2-overlap.c      windows, fragments, the bytemap cache, the public
+ *                        operations, introspection and verification
+ *   qcow2-overlap-dir.c  the sparse radix directory: nodes, leaves, chunks
+ *                        and their slot arrays, the bytemap handle table and
+ *                        the list pools
+ *
+ * The design is described at the top of qcow2-overlap.c.  Nothing outside
+ * those two files may include this header.  The lookup helpers are inline
+ * here because they are the hot path of every check.
+ */
+
+#ifndef QCOW2_OVERLAP_INT_H
+#define QCOW2_OVERLAP_INT_H
+
+#include <assert.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <glib.h>
+
+#include "qcow2-overlap.h"
+
+#define WINDOW_BITS     12
+#define WINDOW_CLUSTERS (1u << WINDOW_BITS)
+#define FRAG_MAX_LEN    256u
+#define LIST_MAX_FRAGS  (WINDOW_CLUSTERS / 4)   /* beyond this a list outweighs the bytemap */
+#define LOW_TYPES       0xffu                   /* the types a byte (and a fragment) holds */
+
+#define CHUNK_BITS      8
+#define CHUNK_WINDOWS   (1u << CHUNK_BITS)
+#define CHUNK_WORDS     (CHUNK_WINDOWS / 64)
+#define GROUP_WINDOWS   16                      /* windows sharing one list pool */
+#define CHUNK_GROUPS    (CHUNK_WINDOWS / GROUP_WINDOWS)
+#define LEAF_BITS       4
+#define LEAF_CHUNKS     (1u << LEAF_BITS)
+#define LEAF_SHIFT      (CHUNK_BITS + LEAF_BITS)  /* window index -> leaf index */
+#define NODE_BITS       6
+#define NODE_FANOUT     (1u << NODE_BITS)
+#define MAX_HEIGHT      8
+
+#define MAX_HANDLES     (UINT32_C(1) << 30)
+#define NO_HANDLE       MAX_HANDLES
+#define NO_WINDOW       UINT64_MAX
+#define NO_LEAF         UINT64_MAX
+
+/* A list slot's pool offset: 14 bits hold 15 lists of 1024 words. */
+#define LIST_OFF_BITS   14
+#define LIST_OFF_MASK   ((1u << LIST_OFF_BITS) - 1)
+
+G_STATIC_ASSERT(LIST_MAX_FRAGS * sizeof(uint32_t) == WINDOW_CLUSTERS);
+G_STATIC_ASSERT(WINDOW_CLUSTERS == QCOW2_OVERLAP_WINDOW_CLUSTERS);
+G_STATIC_ASSERT((GROUP_WINDOWS - 1) * LIST_MAX_FRAGS <= LIST_OFF_MASK);
+
+enum { SLOT_INLINE, SLOT_PAIR, SLOT_LIST, SLOT_BYTEMAP };
+
+typedef struct OvlRun {         /* [start, end) with one mask; clusters */
+    uint64_t start, end;
+    unsigned mask;
+} OvlRun;
+
+typedef struct OvlBytemap {
+    struct OvlBytemap *prev, *next; /* LRU, most recent first */
+    uint64_t window;
+    uint32_t handle;
+    uint32_t rest;                  /* clean: the window's list slot, list kept; dirty: 0 */
+    uint16_t population;            /* clusters with a non-zero byte */
+    bool permanent;
+    uint8_t bytes[WINDOW_CLUSTERS] __attribute__((aligned(8)));
+} OvlBytemap;
+
+/*
+ * The lists of a chunk: one pool per 16 windows, holding the lists of those
+ * windows back to back in window order, so a list costs no pointer and no
+ * header, and replacing one moves at most 16 windows' worth of fragments.
+ */
+typedef struct OvlPools {
+    uint32_t *words[CHUNK_GROUPS];
+    uint16_t len[CHUNK_GROUPS];
+} OvlPools;
+
+/*
+ * 256 windows.  'mem' is one allocation: the chunk's pool table (while one
+ * of its windows has a list), then one slot per present window, in window
+ * order, starting 'slots_at' bytes in.  rank[k] counts the present windows
+ * of present[0..k), so window b's slot index is rank[b / 64] plus the rank
+ * of b in its word: one popcount, and nothing outside the chunk's own
+ * 48 bytes to read before the slot itself.
+ */
+typedef struct OvlChunk {
+    uint64_t present[CHUNK_WORDS];
+    void *mem;                      /* NULL while no window is present */
+    uint8_t rank[CHUNK_WORDS];
+    uint8_t slots_at;               /* 0, or sizeof(OvlPools) with a pool table */
+} OvlChunk;
+
+G_STATIC_ASSERT(sizeof(OvlPools) < 256 && sizeof(OvlPools) % 8 == 0);
+G_STATIC_ASSERT(sizeof(OvlChunk) == 48);
+
+typedef struct OvlLeaf {
+    OvlChunk chunk[LEAF_CHUNKS];
+    unsigned used;                  /* chunks with a present window */
+} OvlLeaf;
+
+typedef struct OvlNode {
+    void *child[NODE_FANOUT];
+    unsigned used;                  /* non-NULL children */
+} OvlNode;
+
+/*
+ * Where a window lives.  'slot' moves when the chunk's pool table comes or
+ * goes (ovl_rest_store() and ovl_rest_drop() update it); 'idx' does not.
+ */
+typedef struct OvlPos {
+    OvlLeaf *leaf;                  /* NULL if the window's leaf does not exist */
+    OvlChunk *chunk;
+    unsigned bit;                   /* window index within the chunk */
+    unsigned idx;                   /* index of its slot, if present */
+    uint32_t *slot;                 /* NULL if the window is empty */
+} OvlPos;
+
+struct Qcow2MetadataMap {
+    unsigned cluster_bits;
+    unsigned cache_max;
+
+    uint64_t memo_window;           /* memo->window, or NO_WINDOW */
+    OvlBytemap *memo;
+    OvlBytemap *lru_head, *lru_tail;
+    unsigned lru_count, permanent_count;
+
+    void *root;                     /* OvlNode, or OvlLeaf when height == 0 */
+    unsigned height;
+
+    /* the last leaf a check looked up (NULL: known absent), or NO_LEAF */
+    uint64_t leaf_memo_index;
+    OvlLeaf *leaf_memo;
+
+    /*
+     * The last window with metadata a check looked up (or NO_WINDOW) and
+     * what it found: its slot and, for a list, its pool words and their
+     * number or, for a bytemap, the OvlBytemap.  Every edit and flush
+     * clears it.
+     */
+    uint64_t check_window;
+    uint32_t check_slot, check_list_len;
+    const void *check_data;
+
+    void **handles;                 /* bytemaps; free entries are odd */
+    uint32_t handles_cap, handles_next, handles_used, free_handle;
+
+    OvlRun *hi;                     /* types >= 8, sorted, disjoint, maximal */
+    size_t hi_count;
+
+    Qcow2MetadataMapStats stats;
+};
+
+/* ---- memory accounting ------------------------------------------------ */
+
+static inline void mem_add(Qcow2MetadataMap *map, size_t n)
+{
+    map->stats.mem_current += n;
+    if (map->stats.mem_current > map->stats.mem_peak) {
+        map->stats.mem_peak = map->stats.mem_current;
+    }
+}
+
+static inline void *ovl_alloc(Qcow2MetadataMap *map, size_t n)
+{
+    mem_add(map, n);
+    return g_malloc(n);
+}
+
+static inline void *ovl_alloc0(Qcow2MetadataMap *map, size_t n)
+{
+    mem_add(map, n);
+    return g_malloc0(n);
+}
+
+static inline void *ovl_realloc(Qcow2MetadataMap *map, void *p, size_t old_n, size_t new_n)
+{
+    if (new_n > old_n) {
+        mem_add(map, new_n - old_n);
+    } else {
+        map->stats.mem_current -= old_n - new_n;
+    }
+    return g_realloc(p, new_n);
+}
+
+static inline void ovl_free(Qcow2MetadataMap *map, void *p, size_t n)
+{
+    map->stats.mem_current -= n;
+    g_free(p);
+}
+
+/* ---- fragments and slots ------------------------------------------------ */
+
+/*
+ * A fragment is types (8) | length - 1 (8) | start (16), but a start is
+ * below 4096, so bits 12..15 are free.  In a pool they carry the length of
+ * the list a fragment belongs to (see list_len()); frag_start() ignores them.
+ */
+static inline uint32_t frag_make(unsigned start, unsigned len, unsigned types)
+{
+    return (uint32_t)types << 24 | (uint32_t)(len - 1) << 16 | start;
+}
+
+static inline unsigned frag_start(uint32_t f) { return f & 0xfff; }
+static inline unsigned frag_len(uint32_t f) { return ((f >> 16) & 0xff) + 1; }
+static inline unsigned frag_types(uint32_t f) { return f >> 24; }
+static inline unsigned frag_end(uint32_t f) { return frag_start(f) + frag_len(f); }
+static inline unsigned frag_mark(uint32_t f) { return (f >> 12) & 0xf; }
+
+static inline unsigned slot_tag(uint32_t slot) { return slot >> 30; }
+static inline uint32_t slot_handle(uint32_t slot) { return slot & (MAX_HANDLES - 1); }
+
+static inline uint32_t slot_ref(unsigned tag, uint32_t payload)
+{
+    return (uint32_t)tag << 30 | payload;
+}
+
+/*
+ * A list slot: offset of the list in its group's pool (14) | has tail (1) |
+ * tail start (12) | tail type bit (3).  The tail is the list's last
+ * fragment when that is one cluster of one type (an L2 table or refcount
+ * block, nearly always); it is kept here rather than in the pool.
+ */
+static inline unsigned slot_list_off(uint32_t slot) { return slot & LIST_OFF_MASK; }
+static inline bool slot_list_tail(uint32_t slot) { return slot >> LIST_OFF_BITS & 1; }
+static inline unsigned slot_tail_start(uint32_t slot) { return (slot >> 15) & 0xfff; }
+static inline unsigned slot_tail_types(uint32_t slot) { return 1u << ((slot >> 27) & 7); }
+
+static inline uint32_t slot_list_tail_frag(uint32_t slot)
+{
+    return frag_make(slot_tail_start(slot), 1, slot_tail_types(slot));
+}
+
+static inline uint32_t slot_list_make(unsigned off, const uint32_t *tail)
+{
+    uint32_t slot = slot_ref(SLOT_LIST, off);
+
+    if (tail) {
+        slot |= 1u << LIST_OFF_BITS | (uint32_t)frag_start(*tail) << 15 |
+                (uint32_t)__builtin_ctz(frag_types(*tail)) << 27;
+    }
+    return slot;
+}
+
+/*
+ * Number of words of a list in its pool, read from the marks of its first
+ * words: word 0 holds the length if it is below 15, else 15 and the length
+ * is spread over words 1..3 (which exist, as the list has 15 or more).
+ */
+static inline unsigned list_len(const uint32_t *p)
+{
+    unsigned n = frag_mark(p[0]);
+
+    if (n == 15) {
+        n = frag_mark(p[1]) | frag_mark(p[2]) << 4 | frag_mark(p[3]) << 8;
+    }
+    return n;
+}
+
+static inline bool one_bit(unsigned m)
+{
+    return m && !(m & (m - 1));
+}
+
+/* ---- the directory: lookups ------------------------------------------------ */
+
+/*
+ * Without -mpopcnt, __builtin_popcountll is a libgcc call; this inline
+ * version is several times faster on the lookup path.
+ */
+static inline unsigned popcount64(uint64_t x)
+{
+#ifdef __POPCNT__
+    return __builtin_popcountll(x);
+#else
+    x -= (x >> 1) & UINT64_C(0x5555555555555555);
+    x = (x & UINT64_C(0x3333333333333333)) + ((x >> 2) & UINT64_C(0x3333333333333333));
+    x = (x + (x >> 4)) & UINT64_C(0x0f0f0f0f0f0f0f0f);
+    return (x * UINT64_C(0x0101010101010101)) >> 56;
+#endif
+}
+
+static inline bool chunk_has(const OvlChunk *c, unsigned b)
+{
+    return c->present[b / 64] >> (b % 64) & 1;
+}
+
+/* Index of window b's slot, or where it would be inserted. */
+static inline unsigned chunk_slot_index(const OvlChunk *c, unsigned b)
+{
+    uint64_t below = c->present[b / 64] & ((UINT64_C(1) << (b % 64)) - 1);
+
+    return c->rank[b / 64] + popcount64(below);
+}
+
+static inline uint32_t *chunk_slots(const OvlChunk *c)
+{
+    return (uint32_t *)((char *)c->mem + c->slots_at);
+}
+
+/* The chunk's pool table, or NULL while none of its windows has a list. */
+static inline OvlPools *chunk_pools(const OvlChunk *c)
+{
+    return c->slots_at ? c->mem : NULL;
+}
+
+/* Leaf 'li' (window index >> LEAF_SHIFT), or NULL. */
+static inline OvlLeaf *leaf_find(const Qcow2MetadataMap *map, uint64_t li)
+{
+    void *p = map->root;
+    unsigned h = map->height;
+
+    if (li >> (h * NODE_BITS)) {
+        return NULL;
+    }
+    while (h-- && p) {
+        p = ((OvlNode *)p)->child[(li >> (h * NODE_BITS)) & (NODE_FANOUT - 1)];
+    }
+    return p;
+}
+
+/* Words of the list of window 'bit' of chunk c, whose list slot is 'rest'. */
+static inline uint32_t *pool_list(const OvlChunk *c, unsigned bit, uint32_t rest)
+{
+    return ((OvlPools *)c->mem)->words[bit / GROUP_WINDOWS] + slot_list_off(rest);
+}
+
+/* ---- the directory: qcow2-overlap-dir.c ------------------------------------ */
+
+OvlPos ovl_window_find(const Qcow2MetadataMap *map, uint64_t w);
+uint64_t ovl_window_next(const Qcow2MetadataMap *map, uint64_t w);
+OvlPos ovl_window_insert(Qcow2MetadataMap *map, uint64_t w, uint32_t slot);
+void ovl_window_delete(Qcow2MetadataMap *map, uint64_t w);
+
+uint32_t ovl_handle_new(Qcow2MetadataMap *map, void *p);
+void ovl_handle_free(Qcow2MetadataMap *map, uint32_t h);
+
+bool ovl_frags_fit_slot(const uint32_t *f, unsigned n, uint32_t *slot);
+unsigned ovl_slot_runs(uint32_t slot, OvlRun *runs);
+uint32_t ovl_rest_store(Qcow2MetadataMap *map, OvlPos *pos, const uint32_t *frags,
+                        unsigned n);
+void ovl_rest_drop(Qcow2MetadataMap *map, OvlPos *pos, uint32_t rest);
+unsigned ovl_list_copy(const uint32_t *pool, uint32_t rest, uint32_t *frags);
+
+void ovl_dir_free(Qcow2MetadataMap *map);
+
+typedef struct OvlVerifyState {
+    uint64_t mem, windows, fragments, bytemaps, handles;
+    uint8_t *handle_seen;
+} OvlVerifyState;
+
+void ovl_dir_verify(const Qcow2MetadataMap *map, OvlVerifyState *vs);
+/* Provided by qcow2-overlap.c; 'list' is the window's words in its pool. */
+void ovl_verify_window(const Qcow2MetadataMap *map, OvlVerifyState *vs, uint64_t w,
+                       uint32_t slot, const uint32_t *list);
+
+#endif /* QCOW2_OVERLAP_INT_H */
