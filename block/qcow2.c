@@ -1306,7 +1306,8 @@ static void append_overlap_stats(QGuardImage *img)
             ", \"refused\": %" PRIu64 ", \"list_to_bytemap\": %" PRIu64
             ", \"bytemap_to_list\": %" PRIu64 ", \"bytemaps_freed\": %"
             PRIu64 ", \"inserts\": %" PRIu64 ", \"removes\": %" PRIu64
-            ", \"queries\": %" PRIu64 ", \"windows\": %" PRIu64
+            ", \"queries\": %" PRIu64 ", \"list_queries\": %" PRIu64
+            ", \"windows\": %" PRIu64
             ", \"mem_current\": %" PRIu64 ", \"mem_peak\": %" PRIu64
             ", \"host_bytes\": %" PRId64 ", \"cluster_size\": %d}\n",
             img->filename,
@@ -1314,7 +1315,8 @@ static void append_overlap_stats(QGuardImage *img)
                                                          : "windowed",
             s->overlap_check, s->overlap_cache_size, s->overlap_checks,
             s->overlap_refused, ms.list_to_bytemap, ms.bytemap_to_list,
-            ms.bytemaps_freed, ms.inserts, ms.removes, ms.queries, ms.windows,
+            ms.bytemaps_freed, ms.inserts, ms.removes, ms.queries,
+            ms.list_queries, ms.windows,
             ms.mem_current, ms.mem_peak, host_file_length(s->file),
             s->cluster_size);
     fclose(f);
@@ -1818,6 +1820,7 @@ static int qcow2_overlap_stats(QGuardImage *img, QGuardOverlapStats *st)
         st->inserts = ms.inserts;
         st->removes = ms.removes;
         st->queries = ms.queries;
+        st->list_queries = ms.list_queries;
         st->mem_current = ms.mem_current;
         st->mem_peak = ms.mem_peak;
         st->windows = ms.windows;

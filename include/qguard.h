@@ -290,6 +290,7 @@ typedef struct QGuardOverlapStats {
     uint64_t inserts;
     uint64_t removes;
     uint64_t queries;
+    uint64_t list_queries;      /* checks answered from a fragment list */
     uint64_t mem_current;
     uint64_t mem_peak;
     uint64_t windows;
