@@ -9,8 +9,9 @@
 IMAGES="$TEST_DIR/images"
 mkdir -p "$IMAGES"
 
-# _filter_qemu_io misses sizes below 1 KiB ("512 bytes, 1 ops; ..."), times
-# of a second or more ("0:00:01.20 (...)") and -C lines; this takes all.
+# _filter_qemu_io collapses the transfer size too and misses times of a
+# second or more ("0:00:01.20 (...)") and -C lines; this keeps the size
+# and takes all timing forms.
 _filter_io_timing()
 {
     sed -e 's/ ops; [0-9:.]*\( sec\)\{0,1\} ([0-9.a-z]* [A-Za-z]*\/sec and [0-9.a-z]* ops\/sec)$/ ops; XX:XX:XX.X (XXX YYY\/sec and XXX ops\/sec)/' \
