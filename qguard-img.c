@@ -2476,12 +2476,19 @@ static int img_bench(int argc, char **argv)
                 req = random_below(rand, image_size / bufsize) * bufsize;
             }
         } else {
-            /* The next offset wraps as in qemu-img. */
+            /*
+             * The next offset wraps at the image size, as in qemu-img 7.2;
+             * where 7.2 would then issue a request past the end and fail
+             * with EIO, it starts again at 0.
+             */
             offset += step;
             if (image_size <= bufsize) {
                 offset = 0;
             } else {
-                offset %= image_size - bufsize;
+                offset %= image_size;
+                if (offset > image_size - bufsize) {
+                    offset = 0;
+                }
             }
         }
         if (is_write) {

@@ -152,8 +152,8 @@ class SeqWorkload(Workload):
 
     def params(self, cg=False):
         size = self.ctx.scale["w2_cg" if cg else "w2"]
-        # qguard-img bench wraps at size - 64 KiB, qemu-img 7.2 at size:
-        # one request fewer makes both issue offsets 0 .. size - 128 KiB.
+        # One request fewer than size / 64 KiB (16383 for 1 GiB, the count
+        # of the recorded runs): offsets 0 .. size - 128 KiB, no wrap.
         return {"size": size, "requests": size // 65536 - 1}
 
     def prepare(self, row, path, p):
