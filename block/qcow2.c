@@ -1329,7 +1329,6 @@ static void qcow2_close(QGuardImage *img)
     if (!s) {
         return;
     }
-    append_overlap_stats(img);
     if (!img->read_only && !img->broken) {
         qcow2_flush_metadata(s);
         /* Lazy refcounts are consistent again once everything is flushed. */
@@ -1338,6 +1337,8 @@ static void qcow2_close(QGuardImage *img)
             qcow2_mark_clean(s);
         }
     }
+    /* After the last flush, whose writes are checked too. */
+    append_overlap_stats(img);
     qcow2_free_state(s);
     img->opaque = NULL;
 }
