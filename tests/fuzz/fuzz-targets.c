@@ -126,15 +126,25 @@ static void create_backing(void)
 
 void qguard_fuzz_init(void)
 {
+    const char *tmp = g_getenv("QGUARD_FUZZ_TMPDIR");
     struct rlimit rl;
-    char tmpl[64];
+    char tmpl[256];
 
     if (work_dir) {
         return;
     }
-    snprintf(tmpl, sizeof(tmpl), "%s/qguard-fuzz-XXXXXX",
-             g_file_test("/dev/shm", G_FILE_TEST_IS_DIR) ? "/dev/shm"
-                                                         : "/tmp");
+    /*
+     * A crashing input aborts before atexit() runs; tests/fuzz/run points
+     * QGUARD_FUZZ_TMPDIR at a directory it removes whatever happens.
+     */
+    if (!tmp || !*tmp) {
+        tmp = g_file_test("/dev/shm", G_FILE_TEST_IS_DIR) ? "/dev/shm"
+                                                          : "/tmp";
+    }
+    if (snprintf(tmpl, sizeof(tmpl), "%s/qguard-fuzz-XXXXXX", tmp) >=
+        (int)sizeof(tmpl)) {
+        fuzz_fail("temporary directory name too long: %s", tmp);
+    }
     if (!mkdtemp(tmpl)) {
         fuzz_fail("mkdtemp: %s", g_strerror(errno));
     }
