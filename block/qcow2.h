@@ -428,6 +428,8 @@ int qcow2_pre_write_overlap_check(BDRVQcow2State *s, unsigned ignore,
                                   uint64_t offset, uint64_t size);
 unsigned qcow2_linear_overlap_check(BDRVQcow2State *s, unsigned chk,
                                     uint64_t offset, uint64_t size);
+
+/* qcow2-map.c */
 void qcow2_map_enter(BDRVQcow2State *s, uint64_t offset, uint64_t size,
                      unsigned type);
 void qcow2_map_remove(BDRVQcow2State *s, uint64_t offset, uint64_t size,
