@@ -333,12 +333,21 @@ static int64_t write_new_l1(BDRVQcow2State *s, const uint64_t *l1,
  */
 static int update_tree_refcounts(BDRVQcow2State *s, const uint64_t *l1,
                                  uint32_t l1_size, int addend,
-                                 Qcow2DiscardType type)
+                                 Qcow2DiscardType type, bool clear_copied)
 {
     uint64_t amount = 1;
     bool decrease = addend < 0;
     uint32_t i;
     int j, ret;
+
+    if (clear_copied) {
+        /* The cleared flags reach the disk after the refcounts. */
+        ret = qcow2_cache_set_dependency(s, s->l2_table_cache,
+                                         s->refcount_block_cache);
+        if (ret < 0) {
+            return ret;
+        }
+    }
 
     for (i = 0; i < l1_size; i++) {
         uint64_t l2_offset = l1[i] & L1E_OFFSET_MASK;
@@ -364,6 +373,11 @@ static int update_tree_refcounts(BDRVQcow2State *s, const uint64_t *l1,
                 ret = qcow2_update_refcount(s, entry & L2E_OFFSET_MASK,
                                             s->cluster_size, amount,
                                             decrease, type);
+                if (ret >= 0 && clear_copied &&
+                    (entry & QCOW_OFLAG_COPIED)) {
+                    l2_set(l2, j, entry & ~QCOW_OFLAG_COPIED);
+                    qcow2_cache_entry_mark_dirty(s->l2_table_cache, l2);
+                }
                 break;
             case QCOW2_CLUSTER_COMPRESSED: {
                 uint64_t coffset;
@@ -508,12 +522,22 @@ int qcow2_snapshot_create(BDRVQcow2State *s, const char *name, GError **errp)
         ret = l1_offset;
         goto out;
     }
+    /*
+     * Everything the active tables reach is now shared with the snapshot,
+     * so every COPIED flag goes: cleared during the walk rather than by a
+     * second walk that looks each refcount up.
+     */
     ret = update_tree_refcounts(s, s->l1_table, s->l1_size, 1,
-                                QCOW2_DISCARD_NEVER);
+                                QCOW2_DISCARD_NEVER, true);
     if (ret >= 0) {
-        ret = fix_copied_flags(s);
-    }
-    if (ret >= 0) {
+        uint32_t i;
+
+        for (i = 0; i < s->l1_size; i++) {
+            if (s->l1_table[i] & QCOW_OFLAG_COPIED) {
+                s->l1_table[i] &= ~QCOW_OFLAG_COPIED;
+                qcow2_l1_mark_dirty(s, i);
+            }
+        }
         ret = qcow2_flush_metadata(s);
     }
     if (ret < 0) {
@@ -600,7 +624,7 @@ int qcow2_snapshot_apply(BDRVQcow2State *s, const char *id_or_name,
     }
     /* The state that becomes active gains its references first. */
     ret = update_tree_refcounts(s, new_l1, new_l1_size, 1,
-                                QCOW2_DISCARD_NEVER);
+                                QCOW2_DISCARD_NEVER, false);
     if (ret >= 0) {
         ret = qcow2_flush_metadata(s);
     }
@@ -653,7 +677,7 @@ int qcow2_snapshot_apply(BDRVQcow2State *s, const char *id_or_name,
 
     /* The old active state loses its references; then fix COPIED. */
     ret = update_tree_refcounts(s, old_l1, old_l1_size, -1,
-                                QCOW2_DISCARD_SNAPSHOT);
+                                QCOW2_DISCARD_SNAPSHOT, false);
     if (ret < 0) {
         goto out;
     }
@@ -718,7 +742,7 @@ int qcow2_snapshot_delete(BDRVQcow2State *s, const char *id_or_name,
     g_free(sn.unknown_extra_data);
 
     ret = update_tree_refcounts(s, sn_l1, sn.l1_size, -1,
-                                QCOW2_DISCARD_SNAPSHOT);
+                                QCOW2_DISCARD_SNAPSHOT, false);
     if (ret < 0) {
         goto out;
     }
