@@ -78,6 +78,9 @@ static void map_clusters(BDRVQcow2State *s, uint64_t *offsets, size_t n,
 {
     size_t i = 0;
 
+    if (!n) {
+        return;     /* @offsets may be NULL, which qsort() must not see */
+    }
     qsort(offsets, n, sizeof(*offsets), compare_u64);
     while (i < n) {
         uint64_t start = offsets[i], end = start + s->cluster_size;
