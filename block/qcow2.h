@@ -356,9 +356,15 @@ static inline void l2_set(void *l2_table, int index, uint64_t entry)
     be_put64((uint8_t *)l2_table + (size_t)index * 8, entry);
 }
 
-/* qcow2.c */
+/* qcow2-options.c */
 bool qcow2_is_runtime_option(const char *name);
 int qcow2_grow_default_l2_cache(BDRVQcow2State *s);
+/* Cache sizes come back in tables; the rest is stored into @s. */
+int qcow2_parse_runtime_options(BDRVQcow2State *s, const QGuardOpts *opts,
+                                int *l2_tables, int *refcount_tables,
+                                GError **errp);
+
+/* qcow2.c */
 int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
                  const char *prealloc, QGuardProgressFunc *progress,
                  void *opaque, GError **errp);
