@@ -4,7 +4,7 @@
 BUILD ?= build
 ASAN_BUILD ?= build-asan
 
-.PHONY: all asan check check-unit check-asan check-iotests bench bench-full install clean
+.PHONY: all asan check check-unit check-asan check-iotests bench bench-full bench-snapshots install clean
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -35,6 +35,11 @@ bench: all
 
 bench-full: all
 	BENCH_FULL=1 tests/bench/run --build=$(BUILD)
+
+# Open and per-write cost of overlap-check=all against cached with 100
+# internal snapshots of a 16 GiB image (docs/snapshots.md); about 5 minutes.
+bench-snapshots: all
+	$(BUILD)/tests/bench-snapshot-open --dir /dev/shm
 
 install: all
 	meson install -C $(BUILD)
