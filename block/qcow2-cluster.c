@@ -817,7 +817,8 @@ int qcow2_write_compressed(BDRVQcow2State *s, uint64_t offset,
     }
     entry = l2_get(l2_table, l2_index);
     qcow2_cache_put(s->l2_table_cache, &l2_table);
-    if (qcow2_get_cluster_type(s, entry) != QCOW2_CLUSTER_UNALLOCATED) {
+    /* As in QEMU: a zero cluster without host cluster may be replaced. */
+    if (entry & L2E_OFFSET_MASK) {
         qcow2_set_error(s, "Compression can't overwrite anything");
         return -EIO;
     }
@@ -852,6 +853,11 @@ int qcow2_write_compressed(BDRVQcow2State *s, uint64_t offset,
     }
     l2_set(l2_table, l2_index, (uint64_t)coffset | QCOW_OFLAG_COMPRESSED |
            ((uint64_t)nb_csectors << s->csize_shift));
+    /*
+     * Bytes freed since the last read may come back with new data under
+     * an identical L2 entry: the decompressed cluster is no longer valid.
+     */
+    s->decomp_entry = 0;
     qcow2_cache_entry_mark_dirty(s->l2_table_cache, l2_table);
     qcow2_cache_put(s->l2_table_cache, &l2_table);
     return 0;
