@@ -6,8 +6,10 @@
  * Copyright (c) 2026 The qguard authors
  *
  * Every public entry point takes the top image's lock, so an image may be
- * shared between threads (the NBD export); backing images are private to
- * the image above them and are reached only under that lock.
+ * shared between threads (the NBD export): reads share it and run in
+ * parallel, everything else takes it alone.  Backing images are private to
+ * the image above them and are reached only under that lock; their reads
+ * may then run in parallel too.
  */
 #include <inttypes.h>
 #include <limits.h>
@@ -130,6 +132,40 @@ static int check_options(const BlockDriver *drv, const QGuardOpts *opts,
     return 0;
 }
 
+static void image_lock_init(QGuardImage *img)
+{
+    pthread_rwlockattr_t attr;
+
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr,
+                                  PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&img->lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
+}
+
+/* Exclusive; a request's old error text is forgotten. */
+static void image_lock(QGuardImage *img)
+{
+    pthread_rwlock_wrlock(&img->lock);
+    if (img->drv && img->drv->clear_error) {
+        img->drv->clear_error(img);
+    }
+}
+
+/* Shared with other readers. */
+static void image_lock_shared(QGuardImage *img)
+{
+    pthread_rwlock_rdlock(&img->lock);
+    if (img->drv->clear_error) {
+        img->drv->clear_error(img);
+    }
+}
+
+static void image_unlock(QGuardImage *img)
+{
+    pthread_rwlock_unlock(&img->lock);
+}
+
 static void image_free(QGuardImage *img)
 {
     if (!img) {
@@ -146,7 +182,7 @@ static void image_free(QGuardImage *img)
     g_free(img->backing_file);
     g_free(img->full_backing_file);
     g_free(img->backing_format);
-    g_mutex_clear(&img->lock);
+    pthread_rwlock_destroy(&img->lock);
     g_free(img);
 }
 
@@ -258,7 +294,7 @@ static int open_image(QGuardImage **pimg, const char *filename,
     }
 
     img = g_new0(QGuardImage, 1);
-    g_mutex_init(&img->lock);
+    image_lock_init(img);
     img->filename = g_strdup(filename);
     img->flags = read_only ? flags & ~QGUARD_OPEN_RDWR : flags;
     img->read_only = read_only;
@@ -472,13 +508,13 @@ int qguard_image_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,
 {
     int ret;
 
-    g_mutex_lock(&img->lock);
+    image_lock_shared(img);
     ret = check_request(img, offset, bytes, false, errp);
     if (ret == 0 && bytes) {
         ret = set_io_error(img, img->drv->pread(img, offset, bytes, buf),
                            errp);
     }
-    g_mutex_unlock(&img->lock);
+    image_unlock(img);
     return ret;
 }
 
@@ -487,13 +523,13 @@ int qguard_image_pwrite(QGuardImage *img, uint64_t offset, uint64_t bytes,
 {
     int ret;
 
-    g_mutex_lock(&img->lock);
+    image_lock(img);
     ret = check_request(img, offset, bytes, true, errp);
     if (ret == 0 && bytes) {
         ret = set_io_error(img, img->drv->pwrite(img, offset, bytes, buf,
                                                  flags), errp);
     }
-    g_mutex_unlock(&img->lock);
+    image_unlock(img);
     return ret;
 }
 
@@ -502,13 +538,13 @@ int qguard_image_pwrite_zeroes(QGuardImage *img, uint64_t offset,
 {
     int ret;
 
-    g_mutex_lock(&img->lock);
+    image_lock(img);
     ret = check_request(img, offset, bytes, true, errp);
     if (ret == 0 && bytes) {
         ret = set_io_error(img, img->drv->pwrite_zeroes(img, offset, bytes,
                                                         flags), errp);
     }
-    g_mutex_unlock(&img->lock);
+    image_unlock(img);
     return ret;
 }
 
@@ -524,14 +560,14 @@ int qguard_image_pwrite_compressed(QGuardImage *img, uint64_t offset,
                     img->filename);
         return -ENOTSUP;
     }
-    g_mutex_lock(&img->lock);
+    image_lock(img);
     ret = check_request(img, offset, bytes, true, errp);
     if (ret == 0 && bytes) {
         ret = set_io_error(img, img->drv->pwrite_compressed(img, offset,
                                                             bytes, buf),
                            errp);
     }
-    g_mutex_unlock(&img->lock);
+    image_unlock(img);
     return ret;
 }
 
@@ -545,12 +581,12 @@ int qguard_image_discard(QGuardImage *img, uint64_t offset, uint64_t bytes,
 {
     int ret;
 
-    g_mutex_lock(&img->lock);
+    image_lock(img);
     ret = check_request(img, offset, bytes, true, errp);
     if (ret == 0 && bytes && img->drv->discard) {
         ret = set_io_error(img, img->drv->discard(img, offset, bytes), errp);
     }
-    g_mutex_unlock(&img->lock);
+    image_unlock(img);
     return ret;
 }
 
@@ -558,13 +594,13 @@ int qguard_image_flush(QGuardImage *img, GError **errp)
 {
     int ret = 0;
 
-    g_mutex_lock(&img->lock);
+    image_lock(img);
     if (img->broken) {
         ret = check_request(img, 0, 0, false, errp);
     } else if (!img->read_only && img->drv->flush) {
         ret = set_io_error(img, img->drv->flush(img), errp);
     }
-    g_mutex_unlock(&img->lock);
+    image_unlock(img);
     return ret;
 }
 
@@ -573,7 +609,7 @@ int qguard_image_truncate(QGuardImage *img, uint64_t size, bool shrink,
 {
     int ret;
 
-    g_mutex_lock(&img->lock);
+    image_lock(img);
     ret = check_request(img, 0, 0, true, errp);
     if (ret == 0) {
         if (!img->drv->truncate) {
@@ -584,7 +620,7 @@ int qguard_image_truncate(QGuardImage *img, uint64_t size, bool shrink,
             ret = img->drv->truncate(img, size, shrink, prealloc, errp);
         }
     }
-    g_mutex_unlock(&img->lock);
+    image_unlock(img);
     return ret;
 }
 
@@ -623,10 +659,10 @@ int qguard_image_block_status(QGuardImage *img, uint64_t offset,
     int depth = 0;
     int ret;
 
-    g_mutex_lock(&img->lock);
+    image_lock(img);
     ret = check_request(img, offset, bytes, false, errp);
     if (ret < 0 || !bytes) {
-        g_mutex_unlock(&img->lock);
+        image_unlock(img);
         return ret;
     }
     for (;;) {
@@ -652,7 +688,7 @@ int qguard_image_block_status(QGuardImage *img, uint64_t offset,
         layer = layer->backing;
         depth++;
     }
-    g_mutex_unlock(&img->lock);
+    image_unlock(img);
     return ret;
 }
 
@@ -664,7 +700,7 @@ int qguard_image_get_info(QGuardImage *img, QGuardImageInfo **pinfo,
     QGuardImageInfo *info = g_new0(QGuardImageInfo, 1);
     int ret = 0;
 
-    g_mutex_lock(&img->lock);
+    image_lock(img);
     info->filename = g_strdup(img->filename);
     info->format = g_strdup(img->drv->format_name);
     info->virtual_size = img->total_size;
@@ -675,7 +711,7 @@ int qguard_image_get_info(QGuardImage *img, QGuardImageInfo **pinfo,
     if (img->drv->get_info) {
         ret = img->drv->get_info(img, info, errp);
     }
-    g_mutex_unlock(&img->lock);
+    image_unlock(img);
     if (ret < 0) {
         qguard_image_info_free(info);
         return ret;
@@ -727,9 +763,9 @@ int qguard_image_check(QGuardImage *img, unsigned fix,
                     "Cannot repair an image opened read-only");
         return -EPERM;
     }
-    g_mutex_lock(&img->lock);
+    image_lock(img);
     ret = img->drv->check(img, fix, result, report, opaque, errp);
-    g_mutex_unlock(&img->lock);
+    image_unlock(img);
     return ret;
 }
 
@@ -740,18 +776,18 @@ int qguard_image_overlap_stats(QGuardImage *img, QGuardOverlapStats *stats)
     if (!img->drv->overlap_stats) {
         return -ENOTSUP;
     }
-    g_mutex_lock(&img->lock);
+    image_lock(img);
     ret = img->drv->overlap_stats(img, stats);
-    g_mutex_unlock(&img->lock);
+    image_unlock(img);
     return ret;
 }
 
 void qguard_image_overlap_stats_reset(QGuardImage *img)
 {
     if (img->drv->overlap_stats_reset) {
-        g_mutex_lock(&img->lock);
+        image_lock(img);
         img->drv->overlap_stats_reset(img);
-        g_mutex_unlock(&img->lock);
+        image_unlock(img);
     }
 }
 
@@ -893,12 +929,12 @@ static int snapshot_op(QGuardImage *img, int op, const char *name,
                     img->filename);
         return -ENOTSUP;
     }
-    g_mutex_lock(&img->lock);
+    image_lock(img);
     ret = check_request(img, 0, 0, true, errp);
     if (ret == 0) {
         ret = img->drv->snapshot(img, op, name, errp);
     }
-    g_mutex_unlock(&img->lock);
+    image_unlock(img);
     return ret;
 }
 

@@ -7,6 +7,7 @@
 #ifndef QGUARD_BLOCK_INT_H
 #define QGUARD_BLOCK_INT_H
 
+#include <pthread.h>
 #include <errno.h>
 #include <sys/uio.h>
 
@@ -41,7 +42,12 @@ struct QGuardImage {
     char *backing_format;
     int chain_depth;            /* 0 for the top image */
     QGuardImage *parent;        /* the image this one is the backing of */
-    GMutex lock;                /* taken by every public entry point */
+    /*
+     * Taken by every public entry point: shared by reads, exclusive for
+     * everything else, with writers preferred so that a stream of reads
+     * cannot starve them.
+     */
+    pthread_rwlock_t lock;
     /* Set after a fatal corruption: every further request fails. */
     bool broken;
     bool probed;                /* format guessed, not given */
@@ -58,6 +64,7 @@ struct BlockDriver {
                   QGuardProgressFunc *progress, void *opaque, GError **errp);
     char *(*create_describe)(const QGuardOpts *opts, GError **errp);
     char *(*create_help)(void);
+    /* May run in several threads at once (never beside anything else). */
     int (*pread)(QGuardImage *img, uint64_t offset, uint64_t bytes,
                  void *buf);
     int (*pwrite)(QGuardImage *img, uint64_t offset, uint64_t bytes,
@@ -79,8 +86,12 @@ struct BlockDriver {
                  QGuardReportFunc *report, void *opaque, GError **errp);
     int (*overlap_stats)(QGuardImage *img, QGuardOverlapStats *stats);
     void (*overlap_stats_reset)(QGuardImage *img);
-    /* Report a driver error that the generic layer should pass on. */
+    /*
+     * The text of the calling thread's last driver error, which the generic
+     * layer passes on; cleared at the start of each request.
+     */
     const char *(*last_error)(QGuardImage *img);
+    void (*clear_error)(QGuardImage *img);
     /* Internal snapshots: BDRV_SNAPSHOT_* on the snapshot named @name. */
     int (*snapshot)(QGuardImage *img, int op, const char *name,
                     GError **errp);

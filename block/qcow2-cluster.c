@@ -515,6 +515,12 @@ static int read_compressed(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
     return 0;
 }
 
+/*
+ * Reads may run in several threads at once (the image lock is shared, no
+ * writer runs): the mapping is looked up under meta_lock, and the data is
+ * read outside it, so that reads of different clusters overlap their I/O.
+ * The mapping cannot change meanwhile, because nothing writes.
+ */
 int qcow2_read_guest(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
                      uint8_t *buf)
 {
@@ -525,7 +531,9 @@ int qcow2_read_guest(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
         QCow2ClusterType type;
         int ret;
 
+        g_mutex_lock(&s->meta_lock);
         ret = qcow2_get_host_offset(s, offset, &cur, &host, &type);
+        g_mutex_unlock(&s->meta_lock);
         if (ret < 0) {
             return ret;
         }
@@ -545,7 +553,9 @@ int qcow2_read_guest(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
             ret = host_file_pread(s->file, host, buf, cur);
             break;
         case QCOW2_CLUSTER_COMPRESSED:
+            g_mutex_lock(&s->meta_lock);
             ret = read_compressed(s, offset, cur, buf);
+            g_mutex_unlock(&s->meta_lock);
             break;
         }
         if (ret < 0) {

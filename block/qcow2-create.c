@@ -361,7 +361,6 @@ static int write_empty_image(HostFile *file, const Qcow2CreateParams *p,
     s.unknown_header_ext = g_ptr_array_new();
     ret = qcow2_update_header(&s);
     g_ptr_array_free(s.unknown_header_ext, TRUE);
-    g_free(s.last_error);
     if (ret < 0) {
         goto fail;
     }

@@ -569,7 +569,8 @@ out:
     ret = end_snapshot_op(s, ret);
     if (ret < 0 && errp && !*errp) {
         g_set_error(errp, QGUARD_ERROR, -ret, "%s",
-                    s->last_error ? s->last_error : g_strerror(-ret));
+                    qcow2_error_message() ? qcow2_error_message()
+                                          : g_strerror(-ret));
     }
     return ret;
 }
@@ -691,7 +692,8 @@ out:
     ret = end_snapshot_op(s, ret);
     if (ret < 0 && errp && !*errp) {
         g_set_error(errp, QGUARD_ERROR, -ret, "%s",
-                    s->last_error ? s->last_error : g_strerror(-ret));
+                    qcow2_error_message() ? qcow2_error_message()
+                                          : g_strerror(-ret));
     }
     return ret;
 }
@@ -755,7 +757,8 @@ out:
     ret = end_snapshot_op(s, ret);
     if (ret < 0 && errp && !*errp) {
         g_set_error(errp, QGUARD_ERROR, -ret, "%s",
-                    s->last_error ? s->last_error : g_strerror(-ret));
+                    qcow2_error_message() ? qcow2_error_message()
+                                          : g_strerror(-ret));
     }
     return ret;
 }

@@ -39,14 +39,20 @@ static const struct {
 
 /* ---- Errors and events --------------------------------------------------- */
 
-void qcow2_set_error(BDRVQcow2State *s, const char *fmt, ...)
+static GPrivate request_error = G_PRIVATE_INIT(g_free);
+
+void qcow2_set_error(BDRVQcow2State *s G_GNUC_UNUSED, const char *fmt, ...)
 {
     va_list ap;
 
-    g_free(s->last_error);
     va_start(ap, fmt);
-    s->last_error = g_strdup_vprintf(fmt, ap);
+    g_private_replace(&request_error, g_strdup_vprintf(fmt, ap));
     va_end(ap);
+}
+
+const char *qcow2_error_message(void)
+{
+    return g_private_get(&request_error);
 }
 
 /*
@@ -844,7 +850,7 @@ static void qcow2_free_state(BDRVQcow2State *s)
     g_free(s->image_backing_format);
     g_free(s->cow_buf);
     g_free(s->decomp_buf);
-    g_free(s->last_error);
+    g_mutex_clear(&s->meta_lock);
     g_free(s);
 }
 
@@ -888,6 +894,7 @@ static int qcow2_open(QGuardImage *img, const QGuardOpts *opts, GError **errp)
 
     img->opaque = s;
     s->img = img;
+    g_mutex_init(&s->meta_lock);
     s->file = img->file;
     s->unknown_header_ext = g_ptr_array_new_with_free_func(header_ext_free);
 
@@ -1569,11 +1576,14 @@ static int qcow2_snapshot_op(QGuardImage *img, int op, const char *name,
     }
 }
 
-static const char *qcow2_last_error(QGuardImage *img)
+static const char *qcow2_last_error(QGuardImage *img G_GNUC_UNUSED)
 {
-    BDRVQcow2State *s = img->opaque;
+    return qcow2_error_message();
+}
 
-    return s ? s->last_error : NULL;
+static void qcow2_clear_error(QGuardImage *img G_GNUC_UNUSED)
+{
+    g_private_replace(&request_error, NULL);
 }
 
 static int qcow2_probe(const uint8_t *buf, size_t len)
@@ -1604,6 +1614,7 @@ const BlockDriver bdrv_qcow2 = {
     .overlap_stats = qcow2_overlap_stats,
     .overlap_stats_reset = qcow2_overlap_stats_reset,
     .last_error = qcow2_last_error,
+    .clear_error = qcow2_clear_error,
     .snapshot = qcow2_snapshot_op,
     .is_runtime_option = qcow2_is_runtime_option,
     .supports_backing = true,

@@ -235,8 +235,13 @@ struct BDRVQcow2State {
     uint64_t decomp_entry;
     uint8_t *decomp_buf;
 
-    /* Last driver error text, for the generic layer to report. */
-    char *last_error;
+    /*
+     * Reads run in parallel under the image's shared lock; this serializes
+     * what they do to shared state: the L2 and refcount caches (a miss can
+     * evict and write back), the decompression buffer, corruption events.
+     * Writers hold the image lock exclusively and do not take it.
+     */
+    GMutex meta_lock;
 };
 
 typedef struct Qcow2FreedRange {
@@ -379,8 +384,13 @@ char *qcow2_create_help(void);
 int qcow2_check_image(BDRVQcow2State *s, unsigned fix,
                       QGuardCheckResult *res, QGuardReportFunc *report,
                       void *opaque, GError **errp);
+/*
+ * The text explaining the current request's failure, kept per thread (reads
+ * run in parallel) and cleared when a request starts.
+ */
 void qcow2_set_error(BDRVQcow2State *s, const char *fmt, ...)
     G_GNUC_PRINTF(2, 3);
+const char *qcow2_error_message(void);
 void qcow2_signal_corruption(BDRVQcow2State *s, bool fatal, int64_t offset,
                              int64_t size, const char *fmt, ...)
     G_GNUC_PRINTF(5, 6);

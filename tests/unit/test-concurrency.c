@@ -1,0 +1,272 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Several threads on one image, as the NBD export runs it: reads in
+ * parallel with each other, writes alone; and error texts that belong to
+ * the request that failed.
+ *
+ * Copyright (c) 2026 The qguard authors
+ *
+ * QGUARD_TEST_SEED=N repeats a run.
+ */
+#include <glib.h>
+#include <glib/gstdio.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qguard.h"
+
+#define IMAGE_SIZE (16 << 20)
+#define CLUSTER 512
+/* Readers stay below this offset, the writer above it. */
+#define WRITE_REGION (12 << 20)
+#define READERS 4
+#define READS_PER_THREAD 3000
+#define WRITES 1500
+
+static char *test_dir;
+static guint32 seed;
+
+typedef struct Shared {
+    QGuardImage *img;
+    const uint8_t *model;       /* below WRITE_REGION; never changes */
+    guint32 seed;
+    gint failures;
+    gint reads_done;
+} Shared;
+
+static char *test_path(const char *name)
+{
+    return g_build_filename(test_dir, name, NULL);
+}
+
+static void fill(uint8_t *buf, size_t len, uint64_t offset, uint8_t tag)
+{
+    size_t i;
+
+    for (i = 0; i < len; i++) {
+        buf[i] = (uint8_t)((offset + i) / 7 + tag);
+    }
+}
+
+static QGuardImage *open_image(const char *path, const char *runtime)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardOpts *opts = qguard_opts_new();
+    QGuardImage *img = NULL;
+
+    g_assert_true(qguard_opts_parse(opts, runtime, NULL, &err));
+    g_assert_cmpint(qguard_image_open(&img, path, "qcow2", opts,
+                                      QGUARD_OPEN_RDWR, &err), ==, 0);
+    g_assert_no_error(err);
+    qguard_opts_free(opts);
+    return img;
+}
+
+static void create(const char *path, const char *create_opts)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardOpts *opts = qguard_opts_new();
+
+    g_assert_true(qguard_opts_parse(opts, create_opts, NULL, &err));
+    g_assert_cmpint(qguard_image_create(path, "qcow2", opts, NULL, NULL,
+                                        &err), ==, 0);
+    g_assert_no_error(err);
+    qguard_opts_free(opts);
+}
+
+/*
+ * A backing file with data in its first half; on top, plain data, zero
+ * clusters and compressed clusters, so that a read meets every kind of
+ * cluster and, with a tiny L2 cache, misses on most of them.
+ */
+static QGuardImage *build_image(uint8_t *model)
+{
+    g_autofree char *base = test_path("base.qcow2");
+    g_autofree char *top = test_path("top.qcow2");
+    g_autofree char *top_opts = NULL;
+    g_autoptr(GError) err = NULL;
+    GRand *rand = g_rand_new_with_seed(seed);
+    uint8_t buf[4 * CLUSTER];
+    QGuardImage *img;
+    uint64_t off;
+    int i;
+
+    create(base, "size=16M,cluster_size=512");
+    img = open_image(base, "l2-cache-size=64k");
+    fill(model, IMAGE_SIZE / 2, 0, 1);
+    g_assert_cmpint(qguard_image_pwrite(img, 0, IMAGE_SIZE / 2, model, 0,
+                                        &err), ==, 0);
+    g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
+
+    top_opts = g_strdup_printf("size=16M,cluster_size=512,backing_file=%s,"
+                               "backing_fmt=qcow2", base);
+    create(top, top_opts);
+    img = open_image(top, "l2-cache-size=4096,refcount-cache-size=4096");
+    for (i = 0; i < 4000; i++) {
+        int kind = g_rand_int_range(rand, 0, 4);
+        uint64_t len = kind == 3 ? CLUSTER
+                                 : CLUSTER * g_rand_int_range(rand, 1, 5);
+
+        off = (uint64_t)g_rand_int_range(rand, 0, (WRITE_REGION - len) /
+                                         CLUSTER) * CLUSTER;
+        if (kind == 0) {
+            g_assert_cmpint(qguard_image_pwrite_zeroes(img, off, len, 0, &err),
+                            ==, 0);
+            memset(model + off, 0, len);
+        } else if (kind == 3) {
+            QGuardBlockStatus st;
+
+            /* Compressed writes need an unallocated cluster. */
+            g_assert_cmpint(qguard_image_block_status(img, off, len, &st,
+                                                      &err), ==, 0);
+            if (st.depth == 0 && (st.flags & QGUARD_BLOCK_ALLOCATED)) {
+                continue;
+            }
+            memset(buf, 0x40 + (i & 0xf), len);
+            g_assert_cmpint(qguard_image_pwrite_compressed(img, off, len, buf,
+                                                           &err), ==, 0);
+            memcpy(model + off, buf, len);
+        } else {
+            fill(buf, len, off, (uint8_t)i);
+            g_assert_cmpint(qguard_image_pwrite(img, off, len, buf, 0, &err),
+                            ==, 0);
+            memcpy(model + off, buf, len);
+        }
+        g_assert_no_error(err);
+    }
+    g_rand_free(rand);
+    return img;
+}
+
+static gpointer reader(gpointer opaque)
+{
+    Shared *sh = opaque;
+    GRand *rand = g_rand_new_with_seed(sh->seed);
+    g_autofree uint8_t *buf = g_malloc(16 * CLUSTER);
+    int i;
+
+    for (i = 0; i < READS_PER_THREAD; i++) {
+        g_autoptr(GError) err = NULL;
+        uint64_t len = g_rand_int_range(rand, 1, 16 * CLUSTER);
+        uint64_t off = g_rand_int_range(rand, 0, WRITE_REGION - len);
+
+        if (qguard_image_pread(sh->img, off, len, buf, &err) < 0 ||
+            memcmp(buf, sh->model + off, len)) {
+            g_printerr("read [%" PRIu64 ", +%" PRIu64 ") %s\n", off, len,
+                       err ? err->message : "returned wrong data");
+            g_atomic_int_inc(&sh->failures);
+            break;
+        }
+        g_atomic_int_inc(&sh->reads_done);
+    }
+    g_rand_free(rand);
+    return sh;
+}
+
+/*
+ * Readers in parallel with a writer: every read returns the model's bytes,
+ * while the writer's allocations leave dirty L2 tables and refcount blocks
+ * in the caches that the readers' misses then evict and write back.
+ */
+static void test_parallel_reads_beside_writes(void)
+{
+    g_autofree uint8_t *model = g_malloc0(IMAGE_SIZE);
+    g_autofree uint8_t *buf = g_malloc(IMAGE_SIZE - WRITE_REGION);
+    g_autoptr(GError) err = NULL;
+    GThread *threads[READERS];
+    GRand *rand = g_rand_new_with_seed(seed ^ 0x5eed);
+    Shared sh = { 0 };
+    QGuardCheckResult res;
+    int i;
+
+    sh.img = build_image(model);
+    sh.model = model;
+    for (i = 0; i < READERS; i++) {
+        Shared *mine = g_memdup2(&sh, sizeof(sh));
+
+        mine->seed = seed + i;
+        threads[i] = g_thread_new("reader", reader, mine);
+    }
+    for (i = 0; i < WRITES; i++) {
+        uint64_t len = CLUSTER * g_rand_int_range(rand, 1, 9);
+        uint64_t off = WRITE_REGION + (uint64_t)g_rand_int_range(rand, 0,
+                       (IMAGE_SIZE - WRITE_REGION - len) / CLUSTER) * CLUSTER;
+
+        fill(model + off, len, off, (uint8_t)(i + 3));
+        g_assert_cmpint(qguard_image_pwrite(sh.img, off, len, model + off, 0,
+                                            &err), ==, 0);
+        if (i % 100 == 99) {
+            g_assert_cmpint(qguard_image_flush(sh.img, &err), ==, 0);
+        }
+    }
+    for (i = 0; i < READERS; i++) {
+        Shared *mine = g_thread_join(threads[i]);
+
+        g_assert_cmpint(mine->failures, ==, 0);
+        g_assert_cmpint(mine->reads_done, ==, READS_PER_THREAD);
+        g_free(mine);
+    }
+    g_assert_cmpint(qguard_image_pread(sh.img, WRITE_REGION,
+                                       IMAGE_SIZE - WRITE_REGION, buf, &err),
+                    ==, 0);
+    g_assert_true(memcmp(buf, model + WRITE_REGION,
+                         IMAGE_SIZE - WRITE_REGION) == 0);
+    g_assert_cmpint(qguard_image_check(sh.img, 0, &res, NULL, NULL, &err),
+                    ==, 0);
+    g_assert_cmpint(res.corruptions + res.leaks + res.check_errors, ==, 0);
+    g_assert_cmpint(qguard_image_close(sh.img, &err), ==, 0);
+    g_rand_free(rand);
+}
+
+/* A failure's text must not be an earlier, unrelated failure's. */
+static void test_error_text_is_fresh(void)
+{
+    g_autofree char *path = test_path("err.qcow2");
+    g_autoptr(GError) err = NULL;
+    uint8_t buf[CLUSTER] = { 1 };
+    QGuardImage *img;
+
+    create(path, "size=1M,cluster_size=512");
+    img = open_image(path, "overlap-check=cached");
+    g_assert_cmpint(qguard_image_pwrite(img, 0, CLUSTER, buf, 0, &err), ==, 0);
+    g_assert_cmpint(qguard_image_pwrite_compressed(img, 0, CLUSTER, buf, &err),
+                    ==, -EIO);
+    g_assert_nonnull(err);
+    g_assert_nonnull(strstr(err->message, "Compression"));
+    g_clear_error(&err);
+    /* Unaligned: refused without a text of its own. */
+    g_assert_cmpint(qguard_image_pwrite_compressed(img, 1, CLUSTER, buf, &err),
+                    ==, -EINVAL);
+    g_assert_nonnull(err);
+    g_assert_cmpstr(err->message, ==, g_strerror(EINVAL));
+    g_clear_error(&err);
+    g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
+}
+
+int main(int argc, char **argv)
+{
+    const char *env_seed = g_getenv("QGUARD_TEST_SEED");
+    g_autofree char *tmpl = g_build_filename(g_get_tmp_dir(),
+                                             "qguard-conc-XXXXXX", NULL);
+    g_autofree char *cmd = NULL;
+    int ret;
+
+    g_test_init(&argc, &argv, NULL);
+    seed = env_seed ? (guint32)strtoul(env_seed, NULL, 0)
+                    : (guint32)g_random_int();
+    g_test_message("seed %u (QGUARD_TEST_SEED=%u repeats this run)", seed,
+                   seed);
+    test_dir = g_mkdtemp(tmpl);
+    g_assert_nonnull(test_dir);
+    g_test_add_func("/concurrency/parallel-reads-beside-writes",
+                    test_parallel_reads_beside_writes);
+    g_test_add_func("/concurrency/error-text-is-fresh",
+                    test_error_text_is_fresh);
+    ret = g_test_run();
+    cmd = g_strdup_printf("rm -rf '%s'", test_dir);
+    if (system(cmd) != 0) {
+        g_printerr("could not remove %s\n", test_dir);
+    }
+    return ret;
+}
