@@ -884,7 +884,7 @@ int qcow2_check_image(BDRVQcow2State *s, unsigned fix,
 
     if (rebuild && (fix & QGUARD_CHECK_FIX_ERRORS)) {
         QGuardCheckResult old_res = *res;
-        int fresh_leaks = 0;
+        int fresh_leaks = 0, still_broken = 0;
 
         report(&cs, "Rebuilding refcount structure");
         ret = rebuild_refcount_structure(&cs);
@@ -913,6 +913,7 @@ int qcow2_check_image(BDRVQcow2State *s, unsigned fix,
             if (rebuild) {
                 report(&cs, "ERROR rebuilt refcount structure is still "
                        "broken");
+                still_broken = res->corruptions;
             }
             fresh_leaks = res->leaks;
             *res = saved;
@@ -924,6 +925,13 @@ int qcow2_check_image(BDRVQcow2State *s, unsigned fix,
             res->leaks_fixed += old_res.leaks - res->leaks;
         }
         res->leaks += fresh_leaks;
+        /*
+         * QEMU counts everything as fixed here and leaves it to qemu-img's
+         * second check to find what is left (tables past the end of the
+         * file, say); the fixed count stays QEMU's, but the result does
+         * not claim a clean image.
+         */
+        res->corruptions += still_broken;
     } else if (fix) {
         if (rebuild) {
             report(&cs, "ERROR need to rebuild refcount structures");
