@@ -372,7 +372,8 @@ void qcow2_release_freed_clusters(BDRVQcow2State *s)
 /*
  * Find the first run of free clusters at or after free_cluster_index, up to
  * @n long.  With @exact, only a run of exactly @n clusters is accepted and
- * shorter holes are skipped over.  Returns the first cluster index.
+ * shorter holes are skipped over.  Returns the first cluster index; a free
+ * cluster 0 means damaged refcounts and is refused here, for every caller.
  */
 static int64_t find_free_run(BDRVQcow2State *s, uint64_t n, bool exact,
                              uint64_t *got)
@@ -447,6 +448,13 @@ static int64_t find_free_run(BDRVQcow2State *s, uint64_t n, bool exact,
     if (run_start + run_len > limit) {
         return -EFBIG;
     }
+    if (run_start == 0) {
+        /* The header always has a refcount: the refcounts are broken. */
+        qcow2_signal_corruption(s, true, 0, s->cluster_size,
+                                "Preventing invalid allocation of cluster 0 "
+                                "(refcounts are damaged)");
+        return -EIO;
+    }
     *got = run_len;
     return run_start;
 }
@@ -492,12 +500,6 @@ static int ensure_refblock(BDRVQcow2State *s, uint64_t index)
         found = find_free_run(s, 1, true, &got);
         if (found < 0) {
             return found;
-        }
-        if (found == 0) {
-            qcow2_signal_corruption(s, true, 0, s->cluster_size,
-                                    "Preventing invalid allocation of "
-                                    "cluster 0 (refcounts are damaged)");
-            return -EIO;
         }
         new_cluster = found;
         own_index = new_cluster >> s->refcount_block_bits;
@@ -739,13 +741,6 @@ static int64_t alloc_clusters(BDRVQcow2State *s, uint64_t n, bool exact,
         if (first < 0) {
             return first;
         }
-        if (first == 0) {
-            /* The header always has a refcount: the refcounts are broken. */
-            qcow2_signal_corruption(s, true, 0, s->cluster_size,
-                                    "Preventing invalid allocation of "
-                                    "cluster 0 (refcounts are damaged)");
-            return -EIO;
-        }
         ret = ensure_refblocks(s, first, *got);
         if (ret < 0) {
             return ret;
@@ -842,12 +837,6 @@ int64_t qcow2_alloc_bytes(BDRVQcow2State *s, int size)
             first = find_free_run(s, 1, true, &got);
             if (first < 0) {
                 return first;
-            }
-            if (first == 0) {
-                qcow2_signal_corruption(s, true, 0, s->cluster_size,
-                                        "Preventing invalid allocation of "
-                                        "cluster 0 (refcounts are damaged)");
-                return -EIO;
             }
             ret = ensure_refblocks(s, first, 1);
             if (ret < 0) {
