@@ -29,6 +29,20 @@
 
 #include "qcow2.h"
 
+/*
+ * L2 entries are about to name newly allocated clusters: their refcounts
+ * must reach the disk first.  A dirty image (lazy refcounts) skips the
+ * ordering, because opening it repairs the refcounts anyway.
+ */
+static int l2_after_new_refcounts(BDRVQcow2State *s)
+{
+    if (s->incompatible_features & QCOW2_INCOMPAT_DIRTY) {
+        return 0;
+    }
+    return qcow2_cache_set_dependency(s, s->l2_table_cache,
+                                      s->refcount_block_cache);
+}
+
 /* ---- L1 table ----------------------------------------------------------- */
 
 #define L1_SECTOR_ENTRIES 64
@@ -281,12 +295,9 @@ static int l2_allocate(BDRVQcow2State *s, uint64_t l1_index)
                                 "offset 0");
         return -EIO;
     }
-    if (!(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
-        ret = qcow2_cache_set_dependency(s, s->l2_table_cache,
-                                         s->refcount_block_cache);
-        if (ret < 0) {
-            goto fail;
-        }
+    ret = l2_after_new_refcounts(s);
+    if (ret < 0) {
+        goto fail;
     }
     ret = qcow2_cache_get_empty(s, s->l2_table_cache, new_offset, &new_table);
     if (ret < 0) {
@@ -694,14 +705,9 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
     }
     /* The data must be on disk before an L2 table pointing at it is. */
     qcow2_cache_depends_on_flush(s->l2_table_cache);
-
-    /* The new refcounts must reach the disk before the L2 entries do. */
-    if (!(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
-        ret = qcow2_cache_set_dependency(s, s->l2_table_cache,
-                                         s->refcount_block_cache);
-        if (ret < 0) {
-            goto fail;
-        }
+    ret = l2_after_new_refcounts(s);
+    if (ret < 0) {
+        goto fail;
     }
     ret = qcow2_cache_get(s, s->l2_table_cache, l2_offset, &l2_table);
     if (ret < 0) {
@@ -849,12 +855,9 @@ int qcow2_write_compressed(BDRVQcow2State *s, uint64_t offset,
         return ret;
     }
     qcow2_cache_depends_on_flush(s->l2_table_cache);
-    if (!(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
-        ret = qcow2_cache_set_dependency(s, s->l2_table_cache,
-                                         s->refcount_block_cache);
-        if (ret < 0) {
-            return ret;
-        }
+    ret = l2_after_new_refcounts(s);
+    if (ret < 0) {
+        return ret;
     }
     nb_csectors = ((coffset + out_len - 1) >> 9) - (coffset >> 9);
     ret = qcow2_cache_get(s, s->l2_table_cache, l2_offset, &l2_table);
@@ -1116,12 +1119,9 @@ static int preallocate_l2(BDRVQcow2State *s, uint64_t offset, uint64_t n,
         if (mode == QCOW2_PREALLOC_FULL) {
             qcow2_cache_depends_on_flush(s->l2_table_cache);
         }
-        if (!(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
-            ret = qcow2_cache_set_dependency(s, s->l2_table_cache,
-                                             s->refcount_block_cache);
-            if (ret < 0) {
-                return ret;
-            }
+        ret = l2_after_new_refcounts(s);
+        if (ret < 0) {
+            return ret;
         }
         ret = qcow2_cache_get(s, s->l2_table_cache, l2_offset, &l2_table);
         if (ret < 0) {
@@ -1156,12 +1156,9 @@ static int preallocate_l2_tables(BDRVQcow2State *s, uint64_t first,
         if (tables < 0) {
             return tables;
         }
-        if (!(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
-            ret = qcow2_cache_set_dependency(s, s->l2_table_cache,
-                                             s->refcount_block_cache);
-            if (ret < 0) {
-                return ret;
-            }
+        ret = l2_after_new_refcounts(s);
+        if (ret < 0) {
+            return ret;
         }
         for (; i <= last && got; i++) {
             void *l2_table;
