@@ -29,6 +29,7 @@
 
 #include "qguard.h"
 #include "qobject.h"
+#include "tool-info.h"
 
 #define PROG_NAME "qguard-img"
 #define PROG_VERSION "0.1.0"
@@ -649,46 +650,6 @@ out:
 
 /* ---- info ---------------------------------------------------------------- */
 
-/* The "data" member of qemu-img's format-specific information. */
-static QObj *format_specific_data(const QGuardImageInfo *info)
-{
-    QObj *data = qobj_dict_new();
-    guint i;
-
-    qobj_dict_put_str(data, "compat", info->compat ? info->compat : "");
-    if (info->compat && strcmp(info->compat, "0.10")) {
-        qobj_dict_put_bool(data, "lazy-refcounts", info->lazy_refcounts);
-        qobj_dict_put_bool(data, "corrupt", info->corrupt);
-        qobj_dict_put_bool(data, "extended-l2", info->extended_l2);
-    }
-    qobj_dict_put_int(data, "refcount-bits", info->refcount_bits);
-    if (info->nb_bitmaps) {
-        QObj *list = qobj_list_new();
-
-        for (i = 0; i < info->nb_bitmaps; i++) {
-            const QGuardBitmapInfo *bm = &info->bitmaps[i];
-            QObj *entry = qobj_dict_new();
-            QObj *flags = qobj_list_new();
-
-            qobj_dict_put_str(entry, "name", bm->name);
-            qobj_dict_put_uint(entry, "granularity", bm->granularity);
-            if (bm->in_use) {
-                qobj_list_append(flags, qobj_string_new("in-use"));
-            }
-            if (bm->is_auto) {
-                qobj_list_append(flags, qobj_string_new("auto"));
-            }
-            qobj_dict_put(entry, "flags", flags);
-            qobj_list_append(list, entry);
-        }
-        qobj_dict_put(data, "bitmaps", list);
-    }
-    qobj_dict_put_str(data, "compression-type",
-                      info->compression_type ? info->compression_type
-                                             : "zlib");
-    return data;
-}
-
 static QObj *snapshot_to_qobj(const QGuardSnapshotInfo *sn)
 {
     QObj *d = qobj_dict_new();
@@ -748,7 +709,7 @@ static QObj *image_info_to_qobj(const QGuardImageInfo *info)
         QObj *spec = qobj_dict_new();
 
         qobj_dict_put_str(spec, "type", "qcow2");
-        qobj_dict_put(spec, "data", format_specific_data(info));
+        qobj_dict_put(spec, "data", qcow2_format_specific_qobj(info));
         qobj_dict_put(d, "format-specific", spec);
     }
     return d;
@@ -843,7 +804,7 @@ static void dump_human_image_info(GString *out, const QGuardImageInfo *info)
         snapshot_table(out, info->snapshots, info->nb_snapshots);
     }
     if (info->is_qcow2) {
-        QObj *data = format_specific_data(info);
+        QObj *data = qcow2_format_specific_qobj(info);
 
         g_string_append(out, "Format specific information:\n");
         qobj_dump_human(out, 1, data);

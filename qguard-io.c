@@ -25,6 +25,7 @@
 
 #include "qguard.h"
 #include "qobject.h"
+#include "tool-info.h"
 
 #ifndef QGUARD_VERSION
 #define QGUARD_VERSION "0.1.0"
@@ -1674,47 +1675,6 @@ static uint64_t vm_state_offset(const QGuardImageInfo *info)
            per_l1_entry;
 }
 
-/* The qcow2 "Format specific information" tree, in QAPI field order. */
-static QObj *qcow2_specific_info(const QGuardImageInfo *info)
-{
-    QObj *dict = qobj_dict_new();
-    bool v3 = info->compat && strcmp(info->compat, "0.10");
-    guint i;
-
-    qobj_dict_put_str(dict, "compat", info->compat ? info->compat : "");
-    if (v3) {
-        qobj_dict_put_bool(dict, "extended-l2", info->extended_l2);
-        qobj_dict_put_bool(dict, "lazy-refcounts", info->lazy_refcounts);
-        qobj_dict_put_bool(dict, "corrupt", info->corrupt);
-    }
-    qobj_dict_put_int(dict, "refcount-bits", info->refcount_bits);
-    if (v3 && info->nb_bitmaps) {
-        QObj *list = qobj_list_new();
-
-        for (i = 0; i < info->nb_bitmaps; i++) {
-            const QGuardBitmapInfo *bm = &info->bitmaps[i];
-            QObj *entry = qobj_dict_new();
-            QObj *flags = qobj_list_new();
-
-            qobj_dict_put_str(entry, "name", bm->name);
-            qobj_dict_put_uint(entry, "granularity", bm->granularity);
-            if (bm->in_use) {
-                qobj_list_append(flags, qobj_string_new("in-use"));
-            }
-            if (bm->is_auto) {
-                qobj_list_append(flags, qobj_string_new("auto"));
-            }
-            qobj_dict_put(entry, "flags", flags);
-            qobj_list_append(list, entry);
-        }
-        qobj_dict_put(dict, "bitmaps", list);
-    }
-    qobj_dict_put_str(dict, "compression-type",
-                      info->compression_type ? info->compression_type
-                                             : "zlib");
-    return dict;
-}
-
 static int info_f(int argc, char **argv)
 {
     g_autoptr(GError) err = NULL;
@@ -1741,7 +1701,7 @@ static int info_f(int argc, char **argv)
     printf("cluster size: %s\n", s1);
     printf("vm state offset: %s\n", s2);
     if (info->is_qcow2) {
-        QObj *spec = qcow2_specific_info(info);
+        QObj *spec = qcow2_format_specific_qobj(info);
         GString *text = g_string_new(NULL);
 
         qobj_dump_human(text, 1, spec);

@@ -1,0 +1,19 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Image information as both tools print it.
+ *
+ * Copyright (c) 2026 The qguard authors
+ */
+#ifndef QGUARD_TOOL_INFO_H
+#define QGUARD_TOOL_INFO_H
+
+#include "qguard.h"
+#include "qobject.h"
+
+/*
+ * The qcow2 "Format specific information" (qemu-img info, its JSON "data"
+ * member, and qemu-io's info command).
+ */
+QObj *qcow2_format_specific_qobj(const QGuardImageInfo *info);
+
+#endif /* QGUARD_TOOL_INFO_H */
