@@ -35,18 +35,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "qguard.h"
 #include "block/block_int.h"
+#include "fault-common.h"
 
 #define SECTOR 512
 #define SAMPLED_N 14
 
-static char *test_dir;
-static guint32 seed;
-static bool slow_mode;
+static FaultTest ft;
 static uint64_t total_injected;
 
 /* ---- Workloads ------------------------------------------------------------ */
@@ -143,17 +141,6 @@ static const Workload workloads[] = {
     { "discard-zero", "size=2M,cluster_size=4096", true, steps_discard_zero },
     { "snapshots", "size=2M,cluster_size=4096", true, steps_snapshots },
 };
-
-static void fill_pattern(uint8_t *buf, uint64_t len, uint64_t offset,
-                         uint32_t tag)
-{
-    uint64_t i;
-
-    for (i = 0; i < len; i++) {
-        uint64_t x = (offset + i) / 8 * 0x9e3779b97f4a7c15ULL + tag;
-        buf[i] = (uint8_t)(x >> (8 * ((offset + i) % 8)));
-    }
-}
 
 /* Run one step; a negative errno if the library reported a failure. */
 static int run_step(QGuardImage *img, const Step *st, int index)
@@ -270,23 +257,6 @@ static int fault_hook(void *opaque, HostFile *file, HostFileOp op,
 
 /* ---- Guest data ------------------------------------------------------------ */
 
-static uint64_t hash_sector(const uint8_t *p, size_t len)
-{
-    uint64_t h = 0xcbf29ce484222325ULL;
-    size_t i;
-
-    for (i = 0; i + 8 <= len; i += 8) {
-        uint64_t w;
-        memcpy(&w, p + i, 8);
-        h = (h ^ w) * 0x100000001b3ULL;
-        h ^= h >> 29;
-    }
-    for (; i < len; i++) {
-        h = (h ^ p[i]) * 0x100000001b3ULL;
-    }
-    return h;
-}
-
 typedef struct State {
     uint64_t size;
     uint64_t *hashes;
@@ -329,31 +299,6 @@ static void copy_file(const char *from, const char *to)
 
     g_assert_true(g_file_get_contents(from, &data, &len, NULL));
     g_assert_true(g_file_set_contents(to, data, len, NULL));
-}
-
-static int run_qemu_img(const char *const *argv, char **output)
-{
-    g_autoptr(GError) err = NULL;
-    g_autofree char *out = NULL, *errs = NULL;
-    int status;
-
-    g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL,
-                               G_SPAWN_SEARCH_PATH |
-                               G_SPAWN_LEAVE_DESCRIPTORS_OPEN, NULL, NULL,
-                               &out, &errs, &status, &err));
-    *output = g_strconcat(out, errs, NULL);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-}
-
-static void report_line(void *opaque, const char *line)
-{
-    g_string_append_printf(opaque, "  %s\n", line);
-}
-
-static void quiet(void *opaque, const char *line)
-{
-    (void)opaque;
-    (void)line;
 }
 
 static QGuardImage *open_rw(const char *path, GError **errp)
@@ -604,9 +549,9 @@ static char *inject(const Workload *w, const Reference *ref,
 static void run_workload(gconstpointer data)
 {
     const Workload *w = data;
-    g_autofree char *base = g_build_filename(test_dir, "base.qcow2", NULL);
-    g_autofree char *work = g_build_filename(test_dir, "work.qcow2", NULL);
-    GRand *rand = g_rand_new_with_seed(seed ^ g_str_hash(w->name));
+    g_autofree char *base = g_build_filename(ft.dir, "base.qcow2", NULL);
+    g_autofree char *work = g_build_filename(ft.dir, "work.qcow2", NULL);
+    GRand *rand = g_rand_new_with_seed(ft.seed ^ g_str_hash(w->name));
     Reference ref = { 0 };
     uint64_t injected = 0, failures = 0;
     int k, i;
@@ -618,7 +563,7 @@ static void run_workload(gconstpointer data)
         uint64_t count = ref.counts[k], n;
         g_autofree uint8_t *pick = g_malloc0(count + 1);
 
-        if (slow_mode || count <= SAMPLED_N) {
+        if (ft.slow || count <= SAMPLED_N) {
             memset(pick, 1, count + 1);
         } else {
             uint64_t chosen = 2;
@@ -646,7 +591,7 @@ static void run_workload(gconstpointer data)
                     g_test_message("FAIL %s: %s at host operation %" PRIu64
                                    " of %" PRIu64 " (seed %u), image kept "
                                    "as %s:\n%s", w->name, fault_names[k], n,
-                                   count, seed, keep, why);
+                                   count, ft.seed, keep, why);
                 }
             }
         }
@@ -659,7 +604,7 @@ static void run_workload(gconstpointer data)
     if (failures) {
         g_test_fail_printf("%s: %" PRIu64 " of %" PRIu64 " injected errors "
                            "left a problem (seed %u)", w->name, failures,
-                           injected, seed);
+                           injected, ft.seed);
     }
     g_free(ref.initial.hashes);
     for (i = 0; i < ref.nsteps; i++) {
@@ -671,27 +616,10 @@ static void run_workload(gconstpointer data)
 
 int main(int argc, char **argv)
 {
-    const char *env_seed = g_getenv("QGUARD_TEST_SEED");
-    const char *tmp = g_file_test("/dev/shm", G_FILE_TEST_IS_DIR) ?
-                      "/dev/shm" : g_get_tmp_dir();
-    g_autofree char *tmpl = g_build_filename(tmp, "qguard-ioerror-XXXXXX",
-                                             NULL);
-    g_autofree char **args = NULL;
     size_t i;
     int ret;
 
-    /* Workloads are independent: a failure must not hide the others. */
-    args = g_new0(char *, argc + 2);
-    memcpy(args, argv, argc * sizeof(char *));
-    args[argc++] = (char *)"--keep-going";
-    g_test_init(&argc, &args, NULL);
-    slow_mode = g_test_slow() || g_getenv("QGUARD_TEST_SLOW");
-    seed = env_seed ? (guint32)strtoul(env_seed, NULL, 0)
-                    : (guint32)g_random_int();
-    printf("# seed %u (set QGUARD_TEST_SEED to repeat)%s\n", seed,
-           slow_mode ? ", every N" : "");
-    test_dir = g_mkdtemp(tmpl);
-    g_assert_nonnull(test_dir);
+    fault_test_begin(&ft, &argc, &argv, "ioerror", "every N");
     for (i = 0; i < G_N_ELEMENTS(workloads); i++) {
         g_autofree char *name = g_strdup_printf("/ioerror/%s",
                                                 workloads[i].name);
@@ -699,11 +627,6 @@ int main(int argc, char **argv)
     }
     ret = g_test_run();
     printf("# ioerror total: %" PRIu64 " errors injected\n", total_injected);
-    {
-        g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", test_dir);
-        if (system(cmd) != 0) {
-            g_printerr("could not remove %s\n", test_dir);
-        }
-    }
+    fault_test_end(&ft);
     return ret;
 }

@@ -34,11 +34,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "qguard.h"
 #include "block/block_int.h"
+#include "fault-common.h"
 
 #define SECTOR 512
 /* Cut points checked per workload unless in slow mode. */
@@ -46,9 +46,7 @@
 /* Random-subset variants per cut point. */
 #define RANDOM_VARIANTS 2
 
-static char *test_dir;
-static guint32 seed;
-static bool slow_mode;
+static FaultTest ft;
 static uint64_t total_cuts, total_variants, total_records;
 
 /* ---- Recording ------------------------------------------------------------ */
@@ -205,23 +203,6 @@ static void mem_store(const MemFile *f, const char *path)
 
 /* ---- Guest states ------------------------------------------------------- */
 
-static uint64_t hash_sector(const uint8_t *p, size_t len)
-{
-    uint64_t h = 0xcbf29ce484222325ULL;
-    size_t i;
-
-    for (i = 0; i + 8 <= len; i += 8) {
-        uint64_t w;
-        memcpy(&w, p + i, 8);
-        h = (h ^ w) * 0x100000001b3ULL;
-        h ^= h >> 29;
-    }
-    for (; i < len; i++) {
-        h = (h ^ p[i]) * 0x100000001b3ULL;
-    }
-    return h;
-}
-
 static uint64_t zero_sector_hash(void)
 {
     static const uint8_t zero[SECTOR];
@@ -285,17 +266,6 @@ struct Workload {
     void (*prepare)(QGuardImage *img);   /* data already in the base image */
     void (*run)(Run *r);
 };
-
-static void fill_pattern(uint8_t *buf, uint64_t len, uint64_t offset,
-                         uint32_t tag)
-{
-    uint64_t i;
-
-    for (i = 0; i < len; i++) {
-        uint64_t x = (offset + i) / 8 * 0x9e3779b97f4a7c15ULL + tag;
-        buf[i] = (uint8_t)(x >> (8 * ((offset + i) % 8)));
-    }
-}
 
 static void op_begin(Run *r, GuestOp *op, const char *what)
 {
@@ -524,33 +494,6 @@ static const Workload workloads[] = {
 
 /* ---- Checking a crash image ---------------------------------------------- */
 
-static int run_qemu_img(const char *const *argv, char **output)
-{
-    g_autoptr(GError) err = NULL;
-    g_autofree char *out = NULL, *errs = NULL;
-    int status;
-
-    g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL,
-                               G_SPAWN_SEARCH_PATH |
-                               G_SPAWN_LEAVE_DESCRIPTORS_OPEN, NULL, NULL, &out, &errs,
-                               &status, &err));
-    if (output) {
-        *output = g_strconcat(out, errs, NULL);
-    }
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-}
-
-static void report_line(void *opaque, const char *line)
-{
-    g_string_append_printf(opaque, "  %s\n", line);
-}
-
-static void quiet(void *opaque, const char *line)
-{
-    (void)opaque;
-    (void)line;
-}
-
 typedef struct Verdict {
     GString *why;            /* empty: the image is fine */
 } Verdict;
@@ -668,13 +611,13 @@ static void fail_variant(Run *r, CutStats *cs, size_t k, const char *variant,
     mem_store(img, keep);
     g_test_message("FAIL %s: cut point %zu of %u, variant %s (seed %u); "
                    "crash image kept as %s:\n%s", r->w->name, k,
-                   r->rec.recs->len, variant, seed, keep, why->str);
+                   r->rec.recs->len, variant, ft.seed, keep, why->str);
 }
 
 static void check_cut(Run *r, CutStats *cs, const MemFile *durable,
                       size_t last_flush_end, size_t k, GRand *rand)
 {
-    g_autofree char *path = g_build_filename(test_dir, "crash.qcow2", NULL);
+    g_autofree char *path = g_build_filename(ft.dir, "crash.qcow2", NULL);
     g_autoptr(GArray) unflushed = g_array_new(FALSE, FALSE, sizeof(size_t));
     MemFile img = { 0 };
     int64_t first = -1, last = -1;
@@ -767,16 +710,16 @@ static void run_workload(gconstpointer data)
 {
     const Workload *w = data;
     g_autoptr(GError) err = NULL;
-    g_autofree char *base = g_build_filename(test_dir, "base.qcow2", NULL);
-    g_autofree char *work = g_build_filename(test_dir, "work.qcow2", NULL);
+    g_autofree char *base = g_build_filename(ft.dir, "base.qcow2", NULL);
+    g_autofree char *work = g_build_filename(ft.dir, "work.qcow2", NULL);
     QGuardOpts *opts = qguard_opts_new();
     g_autofree char *desc = NULL;
     g_autofree uint8_t *cut_set = NULL;
     MemFile durable = { 0 }, final = { 0 }, actual = { 0 };
     CutStats cs = { 0 };
-    GRand *rand = g_rand_new_with_seed(seed ^ g_str_hash(w->name));
+    GRand *rand = g_rand_new_with_seed(ft.seed ^ g_str_hash(w->name));
     Run r = { .w = w };
-    size_t nrec, k, last_flush_end = 0, ncuts, i;
+    size_t nrec, k, last_flush_end = 0, i;
 
 
     /* The starting image, with its data already on disk. */
@@ -845,8 +788,7 @@ static void run_workload(gconstpointer data)
 
     /* Which cut points: all of them, or a seeded sample. */
     cut_set = g_malloc0(nrec + 1);
-    ncuts = nrec + 1;
-    if (slow_mode || ncuts <= SAMPLED_CUTS) {
+    if (ft.slow || nrec + 1 <= SAMPLED_CUTS) {
         memset(cut_set, 1, nrec + 1);
     } else {
         size_t chosen = 2;
@@ -858,7 +800,6 @@ static void run_workload(gconstpointer data)
                 chosen++;
             }
         }
-        ncuts = chosen;
     }
 
     for (k = 0; k <= nrec; k++) {
@@ -881,7 +822,7 @@ static void run_workload(gconstpointer data)
     g_test_message("%s: %zu records, %zu guest operations, %" PRIu64
                    " of %zu cut points checked, %" PRIu64 " crash images, "
                    "seed %u", w->name, nrec, (size_t)r.ops->len, cs.cuts,
-                   nrec + 1, cs.variants, seed);
+                   nrec + 1, cs.variants, ft.seed);
     printf("# powercut %s: %" PRIu64 " cut points (of %zu), %" PRIu64
            " crash images, %" PRIu64 " failed\n", w->name, cs.cuts, nrec + 1,
            cs.variants, cs.failures);
@@ -891,7 +832,7 @@ static void run_workload(gconstpointer data)
     if (cs.failures) {
         g_test_fail_printf("%s: %" PRIu64 " of %" PRIu64 " crash images "
                            "failed (seed %u)", w->name, cs.failures,
-                           cs.variants, seed);
+                           cs.variants, ft.seed);
     }
 
     for (i = 0; i < nrec; i++) {
@@ -908,33 +849,14 @@ static void run_workload(gconstpointer data)
     g_free(actual.buf);
     g_rand_free(r.rand);
     g_rand_free(rand);
-    (void)ncuts;
 }
 
 int main(int argc, char **argv)
 {
-    const char *env_seed = g_getenv("QGUARD_TEST_SEED");
-    const char *tmp = g_file_test("/dev/shm", G_FILE_TEST_IS_DIR) ?
-                      "/dev/shm" : g_get_tmp_dir();
-    g_autofree char *tmpl = g_build_filename(tmp, "qguard-powercut-XXXXXX",
-                                             NULL);
-    g_autofree char **args = NULL;
     size_t i;
     int ret;
 
-    /* Workloads are independent: a failure must not hide the others. */
-    args = g_new0(char *, argc + 2);
-    memcpy(args, argv, argc * sizeof(char *));
-    args[argc++] = (char *)"--keep-going";
-    g_test_init(&argc, &args, NULL);
-    slow_mode = g_test_slow() || g_getenv("QGUARD_TEST_SLOW");
-    seed = env_seed ? (guint32)strtoul(env_seed, NULL, 0)
-                    : (guint32)g_random_int();
-    printf("# seed %u (set QGUARD_TEST_SEED to repeat)%s\n", seed,
-           slow_mode ? ", every cut point" : "");
-    test_dir = g_mkdtemp(tmpl);
-    g_assert_nonnull(test_dir);
-
+    fault_test_begin(&ft, &argc, &argv, "powercut", "every cut point");
     for (i = 0; i < G_N_ELEMENTS(workloads); i++) {
         g_autofree char *name = g_strdup_printf("/powercut/%s",
                                                 workloads[i].name);
@@ -944,11 +866,6 @@ int main(int argc, char **argv)
     printf("# powercut total: %" PRIu64 " cut points, %" PRIu64
            " crash images checked, %" PRIu64 " records\n", total_cuts,
            total_variants, total_records);
-    {
-        g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", test_dir);
-        if (system(cmd) != 0) {
-            g_printerr("could not remove %s\n", test_dir);
-        }
-    }
+    fault_test_end(&ft);
     return ret;
 }
