@@ -323,7 +323,8 @@ def machine_info(ctx):
     except (OSError, ValueError, KeyError):
         pass
     dirty = cmd_out(["git", "-C", ctx.top, "status", "--porcelain",
-                     "block", "include", "qguard-img.c", "qguard-io.c"])
+                     "block", "include", "qguard-img.c", "qguard-io.c",
+                     "tools"])
     return {
         "date": datetime.datetime.now(datetime.timezone.utc)
         .strftime("%Y-%m-%d %H:%M UTC"),

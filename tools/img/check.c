@@ -1,0 +1,243 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qemu-img check: consistency check and repair.
+ *
+ * Copyright (c) 2026 The qguard authors
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "img.h"
+
+static void check_report(void *opaque, const char *line)
+{
+    (void)opaque;
+    fprintf(stderr, "%s\n", line);
+}
+
+/* qemu-img's ImageCheck: the result plus which optional members it has. */
+typedef struct ImageCheck {
+    QGuardCheckResult r;
+    const char *filename;
+    const char *format;
+} ImageCheck;
+
+static int collect_image_check(QGuardImage *img, ImageCheck *check,
+                               unsigned fix)
+{
+    g_autoptr(GError) err = NULL;
+
+    return qguard_image_check(img, fix, &check->r, check_report, NULL, &err);
+}
+
+static void dump_human_image_check(const ImageCheck *check, bool quiet)
+{
+    const QGuardCheckResult *r = &check->r;
+
+    if (!(r->corruptions || r->leaks || r->check_errors)) {
+        qprintf(quiet, "No errors were found on the image.\n");
+    } else {
+        if (r->corruptions) {
+            qprintf(quiet, "\n%d errors were found on the image.\n"
+                    "Data may be corrupted, or further writes to the image "
+                    "may corrupt it.\n", r->corruptions);
+        }
+        if (r->leaks) {
+            qprintf(quiet, "\n%d leaked clusters were found on the image.\n"
+                    "This means waste of disk space, but no harm to data.\n",
+                    r->leaks);
+        }
+        if (r->check_errors) {
+            qprintf(quiet, "\n%d internal errors have occurred during the "
+                    "check.\n", r->check_errors);
+        }
+    }
+    if (r->total_clusters != 0 && r->allocated_clusters != 0) {
+        qprintf(quiet, "%" PRIu64 "/%" PRIu64 " = %0.2f%% allocated, "
+                "%0.2f%% fragmented, %0.2f%% compressed clusters\n",
+                r->allocated_clusters, r->total_clusters,
+                r->allocated_clusters * 100.0 / r->total_clusters,
+                r->fragmented_clusters * 100.0 / r->allocated_clusters,
+                r->compressed_clusters * 100.0 / r->allocated_clusters);
+    }
+    if (r->image_end_offset) {
+        qprintf(quiet, "Image end offset: %" PRId64 "\n",
+                r->image_end_offset);
+    }
+}
+
+static void dump_json_image_check(const ImageCheck *check, bool quiet)
+{
+    const QGuardCheckResult *r = &check->r;
+    QObj *d = qobj_dict_new();
+    g_autofree char *json = NULL;
+
+    /* Optional members are present exactly when they are non-zero. */
+    qobj_dict_put_str(d, "filename", check->filename);
+    qobj_dict_put_str(d, "format", check->format);
+    qobj_dict_put_int(d, "check-errors", r->check_errors);
+    if (r->corruptions) {
+        qobj_dict_put_int(d, "corruptions", r->corruptions);
+    }
+    if (r->leaks) {
+        qobj_dict_put_int(d, "leaks", r->leaks);
+    }
+    if (r->corruptions_fixed) {
+        qobj_dict_put_int(d, "corruptions-fixed", r->corruptions_fixed);
+    }
+    if (r->leaks_fixed) {
+        qobj_dict_put_int(d, "leaks-fixed", r->leaks_fixed);
+    }
+    if (r->image_end_offset) {
+        qobj_dict_put_int(d, "image-end-offset", r->image_end_offset);
+    }
+    if (r->total_clusters) {
+        qobj_dict_put_uint(d, "total-clusters", r->total_clusters);
+    }
+    if (r->allocated_clusters) {
+        qobj_dict_put_uint(d, "allocated-clusters", r->allocated_clusters);
+    }
+    if (r->fragmented_clusters) {
+        qobj_dict_put_uint(d, "fragmented-clusters", r->fragmented_clusters);
+    }
+    if (r->compressed_clusters) {
+        qobj_dict_put_uint(d, "compressed-clusters", r->compressed_clusters);
+    }
+    json = qobj_to_json_pretty(d);
+    qprintf(quiet, "%s\n", json);
+    qobj_free(d);
+}
+
+int img_check(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "format", required_argument, NULL, 'f' },
+        { "repair", required_argument, NULL, 'r' },
+        { "output", required_argument, NULL, OPTION_OUTPUT },
+        { "image-opts", no_argument, NULL, OPTION_IMAGE_OPTS },
+        { "force-share", no_argument, NULL, 'U' },
+        { NULL, 0, NULL, 0 }
+    };
+    const char *fmt = NULL, *output = NULL, *cache = "writeback";
+    const char *filename;
+    bool quiet = false, image_opts = false, force_share = false;
+    unsigned flags = 0, fix = 0;
+    OutputFormat ofmt;
+    ImageCheck check = { 0 };
+    QGuardImage *img;
+    int ret, c;
+
+    while ((c = tool_getopt(argc, argv, ":hf:r:T:qU", long_options,
+                            NULL)) != -1) {
+        switch (c) {
+        case 'f':
+            fmt = optarg;
+            break;
+        case 'r':
+            flags |= QGUARD_OPEN_RDWR | QGUARD_OPEN_CHECK;
+            if (!strcmp(optarg, "leaks")) {
+                fix = QGUARD_CHECK_FIX_LEAKS;
+            } else if (!strcmp(optarg, "all")) {
+                fix = QGUARD_CHECK_FIX_LEAKS | QGUARD_CHECK_FIX_ERRORS;
+            } else {
+                error_exit("Unknown option value for -r "
+                           "(expecting 'leaks' or 'all'): %s", optarg);
+            }
+            break;
+        case OPTION_OUTPUT:
+            output = optarg;
+            break;
+        case 'T':
+            cache = optarg;
+            break;
+        case 'q':
+            quiet = true;
+            break;
+        case 'U':
+            force_share = true;
+            break;
+        case OPTION_IMAGE_OPTS:
+            image_opts = true;
+            break;
+        }
+    }
+    if (optind != argc - 1) {
+        error_exit("Expecting one image file name");
+    }
+    filename = argv[optind];
+    if (!parse_output_format(output, &ofmt)) {
+        return 1;
+    }
+    if (!valid_cache_mode(cache)) {
+        error_report("Invalid source cache option: %s", cache);
+        return 1;
+    }
+
+    img = img_open(image_opts, filename, fmt, flags, force_share);
+    if (!img) {
+        return 1;
+    }
+    check.filename = filename;
+    check.format = qguard_image_format(img);
+
+    ret = collect_image_check(img, &check, fix);
+    if (ret == -ENOTSUP) {
+        error_report("This image format does not support checks");
+        ret = 63;
+        goto out;
+    }
+
+    if (check.r.corruptions_fixed || check.r.leaks_fixed) {
+        int corruptions_fixed = check.r.corruptions_fixed;
+        int leaks_fixed = check.r.leaks_fixed;
+
+        if (ofmt == OFORMAT_HUMAN) {
+            qprintf(quiet,
+                    "The following inconsistencies were found and "
+                    "repaired:\n\n"
+                    "    %d leaked clusters\n"
+                    "    %d corruptions\n\n"
+                    "Double checking the fixed image now...\n",
+                    leaks_fixed, corruptions_fixed);
+        }
+        /* The second pass decides the outcome; it repairs nothing. */
+        ret = collect_image_check(img, &check, 0);
+        check.r.corruptions_fixed = corruptions_fixed;
+        check.r.leaks_fixed = leaks_fixed;
+    }
+
+    if (!ret) {
+        if (ofmt == OFORMAT_JSON) {
+            dump_json_image_check(&check, quiet);
+        } else {
+            dump_human_image_check(&check, quiet);
+        }
+    }
+
+    if (ret || check.r.check_errors) {
+        if (ret) {
+            error_report("Check failed: %s", g_strerror(-ret));
+        } else {
+            error_report("Check failed");
+        }
+        ret = 1;
+        goto out;
+    }
+
+    if (check.r.corruptions) {
+        ret = 2;
+    } else if (check.r.leaks) {
+        ret = 3;
+    } else {
+        ret = 0;
+    }
+
+out:
+    if (img_close(img) < 0 && ret == 0) {
+        ret = 1;
+    }
+    return ret;
+}

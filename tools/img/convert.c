@@ -1,0 +1,640 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qemu-img convert: copy images into a new or existing target.
+ *
+ * Copyright (c) 2026 The qguard authors
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "img.h"
+
+/* qemu-img's copy buffer and its limits, in bytes. */
+#define IO_BUF_SIZE         (2 * 1024 * 1024)
+#define MAX_BUF_BYTES       (16 * 1024 * 1024)
+#define MAX_COROUTINES      16
+
+#define DIV_ROUND_UP(n, d)  (((n) + (d) - 1) / (d))
+#define ROUND_UP(n, d)      (DIV_ROUND_UP(n, d) * (d))
+
+typedef enum BlockKind {
+    BLK_ZERO,
+    BLK_DATA,
+} BlockKind;
+
+typedef struct ConvertState {
+    QGuardImage **src;
+    uint64_t *src_size;         /* bytes */
+    uint64_t *src_sectors;
+    uint64_t *src_align;        /* sectors */
+    int src_num;
+    uint64_t total_sectors;
+    QGuardImage *target;
+    bool has_zero_init;
+    uint64_t min_sparse;        /* sectors, 0: write everything */
+    uint64_t alignment;         /* sectors, zero detection granularity */
+    uint64_t buf_sectors;
+    uint8_t *buf;
+    Progress *progress;
+    uint64_t allocated_sectors;
+    uint64_t allocated_done;
+    /* Cached status of the source area starting at the current sector. */
+    BlockKind status;
+    uint64_t sector_next_status;
+} ConvertState;
+
+/* Which source holds @sector, and where that source starts. */
+static void convert_select_part(const ConvertState *s, uint64_t sector,
+                                int *src_cur, uint64_t *src_cur_offset)
+{
+    uint64_t start = 0;
+    int i;
+
+    for (i = 0; i < s->src_num - 1; i++) {
+        if (sector < start + s->src_sectors[i]) {
+            break;
+        }
+        start += s->src_sectors[i];
+    }
+    *src_cur = i;
+    *src_cur_offset = start;
+}
+
+/*
+ * How many sectors from @sector_num on have the same kind, bounded as
+ * qemu-img bounds them (source alignment, copy buffer), so that progress
+ * figures advance in the same steps.  Returns < 0 on error.
+ */
+static int64_t convert_iteration_sectors(ConvertState *s,
+                                         uint64_t sector_num)
+{
+    uint64_t src_cur_offset, n;
+    int src_cur;
+
+    convert_select_part(s, sector_num, &src_cur, &src_cur_offset);
+    n = MIN(s->total_sectors - sector_num, REQUEST_MAX_BYTES / SECTOR_SIZE);
+    n = MIN(n, src_cur_offset + s->src_sectors[src_cur] - sector_num);
+
+    if (s->sector_next_status <= sector_num) {
+        uint64_t offset = (sector_num - src_cur_offset) * SECTOR_SIZE;
+        uint64_t size = s->src_size[src_cur];
+        unsigned flags = QGUARD_BLOCK_ZERO;
+        uint64_t count, tail;
+
+        if (offset < size) {
+            g_autoptr(GError) err = NULL;
+            QGuardBlockStatus st;
+            int ret;
+
+            count = MIN(n * SECTOR_SIZE, size - offset);
+            ret = qguard_image_block_status(s->src[src_cur], offset, count,
+                                            &st, &err);
+            if (ret < 0) {
+                error_report("error while reading block status at offset "
+                             "%" PRIu64 ": %s", offset, gerr_msg(err, ret));
+                return ret;
+            }
+            flags = st.flags;
+            n = DIV_ROUND_UP(st.bytes, SECTOR_SIZE);
+            /* The partial sector at the end of a source is copied whole. */
+            if (offset + st.bytes == size) {
+                n = src_cur_offset + s->src_sectors[src_cur] - sector_num;
+            }
+        }
+
+        /* Keep the next status query aligned to the source's clusters. */
+        tail = (sector_num - src_cur_offset + n) % s->src_align[src_cur];
+        if (n > tail) {
+            n -= tail;
+        }
+        if (flags & QGUARD_BLOCK_ZERO) {
+            s->status = BLK_ZERO;
+        } else {
+            /* Data, or unallocated without a backing file that knows. */
+            s->status = BLK_DATA;
+        }
+        s->sector_next_status = sector_num + n;
+    }
+
+    n = MIN(n, s->sector_next_status - sector_num);
+    if (s->status == BLK_DATA || (!s->min_sparse && s->status == BLK_ZERO)) {
+        n = MIN(n, s->buf_sectors);
+    }
+    return n;
+}
+
+static int convert_read(ConvertState *s, uint64_t sector_num, uint64_t n)
+{
+    uint8_t *buf = s->buf;
+
+    while (n > 0) {
+        g_autoptr(GError) err = NULL;
+        uint64_t src_cur_offset, offset, size, chunk, avail;
+        int src_cur, ret;
+
+        convert_select_part(s, sector_num, &src_cur, &src_cur_offset);
+        chunk = MIN(n, src_cur_offset + s->src_sectors[src_cur] - sector_num);
+        offset = (sector_num - src_cur_offset) * SECTOR_SIZE;
+        size = s->src_size[src_cur];
+        avail = offset < size ? MIN(chunk * SECTOR_SIZE, size - offset) : 0;
+        if (avail) {
+            ret = qguard_image_pread(s->src[src_cur], offset, avail, buf,
+                                     &err);
+            if (ret < 0) {
+                error_report("error while reading at byte %" PRIu64 ": %s",
+                             sector_num * SECTOR_SIZE, gerr_msg(err, ret));
+                return ret;
+            }
+        }
+        memset(buf + avail, 0, chunk * SECTOR_SIZE - avail);
+        buf += chunk * SECTOR_SIZE;
+        sector_num += chunk;
+        n -= chunk;
+    }
+    return 0;
+}
+
+static bool sectors_are_zero(const uint8_t *buf, uint64_t n)
+{
+    uint64_t i;
+
+    for (i = 0; i < n * SECTOR_SIZE; i++) {
+        if (buf[i]) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static int convert_write_zeroes(ConvertState *s, uint64_t sector_num,
+                                uint64_t n)
+{
+    g_autoptr(GError) err = NULL;
+    int ret;
+
+    if (s->has_zero_init || !n) {
+        return 0;
+    }
+    ret = qguard_image_pwrite_zeroes(s->target, sector_num * SECTOR_SIZE,
+                                     n * SECTOR_SIZE, QGUARD_ZERO_MAY_UNMAP,
+                                     &err);
+    if (ret < 0) {
+        error_report("error while writing at byte %" PRIu64 ": %s",
+                     sector_num * SECTOR_SIZE, gerr_msg(err, ret));
+    }
+    return ret;
+}
+
+static int convert_write_data(ConvertState *s, uint64_t sector_num,
+                              uint64_t n, const uint8_t *buf)
+{
+    g_autoptr(GError) err = NULL;
+    uint64_t bytes = n * SECTOR_SIZE;
+    uint64_t size = qguard_image_size(s->target);
+    uint64_t offset = sector_num * SECTOR_SIZE;
+    int ret;
+
+    if (!n) {
+        return 0;
+    }
+    /* A target whose size is not a sector multiple ends mid-sector. */
+    if (offset + bytes > size) {
+        bytes = offset < size ? size - offset : 0;
+    }
+    ret = qguard_image_pwrite(s->target, offset, bytes, buf, 0, &err);
+    if (ret < 0) {
+        error_report("error while writing at byte %" PRIu64 ": %s",
+                     offset, gerr_msg(err, ret));
+    }
+    return ret;
+}
+
+/*
+ * Write a buffer of source data, leaving out runs of zeros that are at
+ * least min_sparse long (aligned to the detection granularity): those stay
+ * unallocated in a fresh target and are written as zeros otherwise.
+ */
+static int convert_write_sparse(ConvertState *s, uint64_t sector_num,
+                                uint64_t n)
+{
+    const uint8_t *buf = s->buf;
+    uint64_t end = sector_num + n;
+    uint64_t run_start = sector_num;
+    bool run_zero = false;
+    uint64_t pos = sector_num;
+    int ret;
+
+    if (sectors_are_zero(buf, n)) {
+        return convert_write_zeroes(s, sector_num, n);
+    }
+
+    while (pos < end) {
+        uint64_t block_end = MIN(end, ROUND_UP(pos + 1, s->alignment));
+        uint64_t len = block_end - pos;
+        /* Partial blocks are written: the cluster is touched anyway. */
+        bool zero = len == s->alignment &&
+                    sectors_are_zero(buf + (pos - sector_num) * SECTOR_SIZE,
+                                     len);
+
+        if (zero != run_zero && pos > run_start) {
+            /* A zero run too short to skip is written with its data. */
+            if (run_zero && pos - run_start < s->min_sparse) {
+                run_zero = zero;
+                pos = block_end;
+                continue;
+            }
+            ret = run_zero ? convert_write_zeroes(s, run_start,
+                                                  pos - run_start)
+                           : convert_write_data(s, run_start,
+                                                pos - run_start,
+                                                buf + (run_start -
+                                                       sector_num) *
+                                                      SECTOR_SIZE);
+            if (ret < 0) {
+                return ret;
+            }
+            run_start = pos;
+        }
+        run_zero = zero;
+        pos = block_end;
+    }
+    if (run_zero && end - run_start >= s->min_sparse) {
+        return convert_write_zeroes(s, run_start, end - run_start);
+    }
+    return convert_write_data(s, run_start, end - run_start,
+                              buf + (run_start - sector_num) * SECTOR_SIZE);
+}
+
+static int convert_do_copy(ConvertState *s)
+{
+    uint64_t sector_num;
+    int64_t n;
+    int ret;
+
+    /* A first pass counts the sectors to copy, for the progress meter. */
+    s->allocated_sectors = 0;
+    s->sector_next_status = 0;
+    for (sector_num = 0; sector_num < s->total_sectors; sector_num += n) {
+        n = convert_iteration_sectors(s, sector_num);
+        if (n < 0) {
+            return n;
+        }
+        if (s->status == BLK_DATA ||
+            (!s->min_sparse && s->status == BLK_ZERO)) {
+            s->allocated_sectors += n;
+        }
+    }
+
+    s->sector_next_status = 0;
+    for (sector_num = 0; sector_num < s->total_sectors; sector_num += n) {
+        BlockKind status;
+
+        n = convert_iteration_sectors(s, sector_num);
+        if (n < 0) {
+            return n;
+        }
+        status = s->status;
+        if (status == BLK_DATA) {
+            ret = convert_read(s, sector_num, n);
+            if (ret < 0) {
+                return ret;
+            }
+            ret = s->min_sparse ? convert_write_sparse(s, sector_num, n)
+                                : convert_write_data(s, sector_num, n,
+                                                     s->buf);
+        } else if (!s->min_sparse) {
+            memset(s->buf, 0, n * SECTOR_SIZE);
+            ret = convert_write_data(s, sector_num, n, s->buf);
+        } else {
+            ret = convert_write_zeroes(s, sector_num, n);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        if ((status == BLK_DATA || !s->min_sparse) && s->allocated_sectors) {
+            s->allocated_done += n;
+            progress_set(s->progress, 100.0 * s->allocated_done /
+                                      s->allocated_sectors);
+        }
+    }
+    return 0;
+}
+
+/* Creation options that are not also open-time options of the target. */
+static bool is_creation_option(const char *key)
+{
+    static const char *const names[] = {
+        "size", "cluster_size", "refcount_bits", "compat", "preallocation",
+        "lazy_refcounts", "backing_file", "backing_fmt", "extended_l2",
+        "compression_type", "data_file", "data_file_raw", "encryption",
+    };
+    size_t i;
+
+    if (g_str_has_prefix(key, "encrypt.")) {
+        return true;
+    }
+    for (i = 0; i < G_N_ELEMENTS(names); i++) {
+        if (!strcmp(key, names[i])) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Are @a and @b the same file on disk? */
+static bool same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 &&
+           sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+int img_convert(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "image-opts", no_argument, NULL, OPTION_IMAGE_OPTS },
+        { "force-share", no_argument, NULL, 'U' },
+        { "target-image-opts", no_argument, NULL, OPTION_UNSUPPORTED },
+        { "salvage", no_argument, NULL, OPTION_UNSUPPORTED },
+        { "target-is-zero", no_argument, NULL, OPTION_UNSUPPORTED },
+        { "bitmaps", no_argument, NULL, OPTION_UNSUPPORTED },
+        { "skip-broken-bitmaps", no_argument, NULL, OPTION_UNSUPPORTED },
+        { NULL, 0, NULL, 0 }
+    };
+    g_autoptr(GString) raw_opts = g_string_new(NULL);
+    g_autoptr(GError) err = NULL;
+    const char *fmt = NULL, *out_fmt = NULL, *out_filename;
+    const char *cache = "unsafe", *src_cache = "writeback";
+    bool quiet = false, progress = false, skip_create = false;
+    bool compress = false, image_opts = false, force_share = false;
+    int64_t sval;
+    QGuardOpts *opts = NULL, *open_opts = NULL;
+    ConvertState s = { .min_sparse = 8 };
+    Progress prog;
+    unsigned long ul;
+    int opt_index = 0;
+    int ret = -1, i, c;
+
+    while ((c = tool_getopt(argc, argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:",
+                            long_options, &opt_index)) != -1) {
+        switch (c) {
+        case 'f':
+            fmt = optarg;
+            break;
+        case 'O':
+            out_fmt = optarg;
+            break;
+        case 'c':
+            compress = true;
+            break;
+        case 'o':
+            if (!accumulate_options(raw_opts, optarg)) {
+                return 1;
+            }
+            break;
+        case 'S':
+            sval = cvtnum("buffer size for sparse output", optarg);
+            if (sval < 0 || sval % SECTOR_SIZE ||
+                sval > MAX_BUF_BYTES) {
+                error_report("Invalid buffer size for sparse output "
+                             "specified. Valid sizes are multiples of %d up "
+                             "to %d. Select 0 to disable sparse detection "
+                             "(fully allocates output).", SECTOR_SIZE,
+                             MAX_BUF_BYTES);
+                return 1;
+            }
+            s.min_sparse = sval / SECTOR_SIZE;
+            break;
+        case 'p':
+            progress = true;
+            break;
+        case 't':
+            cache = optarg;
+            break;
+        case 'T':
+            src_cache = optarg;
+            break;
+        case 'q':
+            quiet = true;
+            break;
+        case 'n':
+            skip_create = true;
+            break;
+        case 'm':
+            if (!parse_ulong(optarg, &ul) || ul < 1 || ul > MAX_COROUTINES) {
+                error_report("Invalid number of coroutines. Allowed number "
+                             "of coroutines is between 1 and %d",
+                             MAX_COROUTINES);
+                return 1;
+            }
+            break;
+        case 'W':
+            /* Out-of-order writes: requests are sequential here anyway. */
+            break;
+        case 'U':
+            force_share = true;
+            break;
+        case OPTION_IMAGE_OPTS:
+            image_opts = true;
+            break;
+        case 'B':
+        case 'C':
+        case 'F':
+        case 'l':
+        case 'r':
+            error_report("convert: option '-%c' is not supported", c);
+            return 1;
+        case OPTION_UNSUPPORTED:
+            error_report("convert: option '--%s' is not supported",
+                         long_options[opt_index].name);
+            return 1;
+        }
+    }
+
+    if (skip_create && raw_opts->len) {
+        error_report("-o has no effect when skipping image creation");
+        return 1;
+    }
+    if (!out_fmt) {
+        out_fmt = "raw";
+    }
+    if (quiet) {
+        progress = false;
+    }
+    s.src_num = argc - optind - 1;
+    out_filename = s.src_num >= 1 ? argv[argc - 1] : NULL;
+
+    if (raw_opts->len && has_help_option(raw_opts->str)) {
+        return print_create_help(out_fmt);
+    }
+    if (s.src_num < 1) {
+        error_report("Must specify image file name");
+        return 1;
+    }
+    if (!valid_cache_mode(src_cache)) {
+        error_report("Invalid source cache option: %s", src_cache);
+        return 1;
+    }
+
+    progress_init(&prog, progress, 1.0f);
+    progress_set(&prog, 0);
+    s.progress = &prog;
+
+    s.src = g_new0(QGuardImage *, s.src_num);
+    s.src_size = g_new0(uint64_t, s.src_num);
+    s.src_sectors = g_new0(uint64_t, s.src_num);
+    s.src_align = g_new0(uint64_t, s.src_num);
+    for (i = 0; i < s.src_num; i++) {
+        QGuardImageInfo *info = NULL;
+
+        s.src[i] = img_open(image_opts, argv[optind + i], fmt, 0,
+                            force_share);
+        if (!s.src[i]) {
+            goto out;
+        }
+        s.src_size[i] = qguard_image_size(s.src[i]);
+        s.src_sectors[i] = DIV_ROUND_UP(s.src_size[i], SECTOR_SIZE);
+        s.src_align[i] = 1;
+        if (qguard_image_get_info(s.src[i], &info, NULL) == 0) {
+            s.src_align[i] = MAX(1, info->cluster_size / SECTOR_SIZE);
+            qguard_image_info_free(info);
+        }
+        s.total_sectors += s.src_sectors[i];
+    }
+
+    if (!skip_create) {
+        g_autofree char *size_str = NULL;
+        g_autofree char *desc = NULL;
+        guint k;
+
+        opts = parse_create_options(raw_opts->str, "");
+        if (!opts) {
+            goto out;
+        }
+        size_str = g_strdup_printf("%" PRIu64, s.total_sectors * SECTOR_SIZE);
+        qguard_opts_set(opts, "size", size_str);
+        if (qguard_opts_get(opts, "backing_file") &&
+            !qguard_opts_get(opts, "backing_fmt")) {
+            error_report("Use of backing file requires explicit backing "
+                         "format");
+            goto out;
+        }
+        desc = qguard_create_prepare(out_filename, out_fmt, opts, false,
+                                     &err);
+        if (!desc) {
+            error_report("%s", gerr_msg(err, -EINVAL));
+            goto out;
+        }
+        /* Runtime options given with -o also apply to the copy. */
+        open_opts = qguard_opts_new();
+        for (k = 0; k < qguard_opts_count(opts); k++) {
+            const char *key = qguard_opts_key(opts, k);
+            if (!is_creation_option(key)) {
+                qguard_opts_set(open_opts, key, qguard_opts_value(opts, k));
+            }
+        }
+    }
+
+    if (compress) {
+        if (!strcmp(out_fmt, "raw")) {
+            error_report("Compression not supported for this file format");
+        } else {
+            error_report("Compression (-c) is not supported yet");
+        }
+        goto out;
+    }
+
+    if (!skip_create) {
+        /*
+         * qemu-img fails here on its image lock; without locks, creating
+         * the target would destroy the source.
+         */
+        for (i = 0; i < s.src_num; i++) {
+            if (!image_opts && same_file(argv[optind + i], out_filename)) {
+                error_report("%s: error while converting %s: Failed to get "
+                             "\"write\" lock\nIs another process using the "
+                             "image [%s]?\n", out_filename, out_fmt,
+                             out_filename);
+                goto out;
+            }
+        }
+        if (qguard_image_create(out_filename, out_fmt, opts, NULL, NULL,
+                                &err) < 0) {
+            error_report("%s: error while converting %s: %s", out_filename,
+                         out_fmt, gerr_msg(err, -EIO));
+            goto out;
+        }
+    }
+
+    if (!valid_cache_mode(cache)) {
+        error_report("Invalid cache option: %s", cache);
+        goto out;
+    }
+
+    if (skip_create) {
+        s.target = img_open(false, out_filename, out_fmt, QGUARD_OPEN_RDWR,
+                            false);
+    } else {
+        int r = qguard_image_open(&s.target, out_filename, out_fmt,
+                                  open_opts, QGUARD_OPEN_RDWR, &err);
+        if (r < 0) {
+            error_report("Could not open '%s': %s", out_filename,
+                         gerr_msg(err, r));
+            s.target = NULL;
+        }
+    }
+    if (!s.target) {
+        goto out;
+    }
+    if (skip_create &&
+        qguard_image_size(s.target) < s.total_sectors * SECTOR_SIZE) {
+        error_report("output file is smaller than input file");
+        goto out;
+    }
+
+    /*
+     * A target we just created reads as zeros, unless it has a backing
+     * file; an existing one may hold anything.  (Everything is copied into
+     * a target with a backing file: correct, if not as small as it could
+     * be.)
+     */
+    s.has_zero_init = !skip_create &&
+                      !qguard_opts_get(opts, "backing_file");
+    s.alignment = MAX(1, s.min_sparse ? 1ULL << g_bit_nth_msf(s.min_sparse,
+                                                              -1) : 1);
+    s.buf_sectors = IO_BUF_SIZE / SECTOR_SIZE;
+    s.buf = g_malloc(s.buf_sectors * SECTOR_SIZE);
+
+    ret = convert_do_copy(&s);
+    if (ret == 0) {
+        ret = qguard_image_flush(s.target, &err);
+        if (ret < 0) {
+            error_report("error while writing to output image file: %s",
+                         gerr_msg(err, ret));
+        }
+    }
+
+out:
+    if (s.target && img_close(s.target) < 0 && ret == 0) {
+        ret = -1;
+    }
+    if (!ret) {
+        progress_set(&prog, 100);
+    }
+    progress_end(&prog);
+    for (i = 0; i < s.src_num && s.src; i++) {
+        img_close(s.src[i]);
+    }
+    g_free(s.src);
+    g_free(s.src_size);
+    g_free(s.src_sectors);
+    g_free(s.src_align);
+    g_free(s.buf);
+    qguard_opts_free(opts);
+    qguard_opts_free(open_opts);
+    return ret ? 1 : 0;
+}

@@ -1,0 +1,108 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The qemu-img commands of qguard-img, one file each (as git's builtin/),
+ * and the helpers more than one of them uses.
+ *
+ * Copyright (c) 2026 The qguard authors
+ *
+ * Adding a command:
+ *  1. Write tools/img/<cmd>.c with "int img_<cmd>(int argc, char **argv)",
+ *     QEMU's name for it in qemu-img.c, so both read side by side.  argv[0]
+ *     is the command name; parse the options with tool_getopt() (a
+ *     shortopts string that starts with ':' and contains 'h', and a
+ *     { "help", no_argument, NULL, 'h' } long option) so that usage errors
+ *     and -h behave as in every other command.  Return the exit status.
+ *  2. Declare it below.
+ *  3. Add its row, with the usage line(s) qemu-img prints for it, to
+ *     img_cmds[] in qguard-img.c: --help is generated from that table.
+ *  4. Add the file to img_sources in meson.build.
+ */
+#ifndef QGUARD_IMG_H
+#define QGUARD_IMG_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <glib.h>
+
+#include "qguard.h"
+#include "qobject.h"
+#include "tool-common.h"
+#include "tool-info.h"
+
+/* The largest request QEMU's block layer issues at once. */
+#define REQUEST_MAX_BYTES   ((uint64_t)(INT_MAX >> 9) << 9)
+#define SECTOR_SIZE         512
+
+/* Long options without a short equivalent. */
+enum {
+    OPTION_OUTPUT = 256,
+    OPTION_BACKING_CHAIN,
+    OPTION_IMAGE_OPTS,
+    OPTION_PATTERN,
+    OPTION_FLUSH_INTERVAL,
+    OPTION_NO_DRAIN,
+    OPTION_PREALLOCATION,
+    OPTION_SHRINK,
+    OPTION_RANDOM,
+    OPTION_UNSUPPORTED,
+};
+
+typedef enum OutputFormat {
+    OFORMAT_HUMAN,
+    OFORMAT_JSON,
+} OutputFormat;
+
+/* ---- The commands ------------------------------------------------------- */
+
+int img_bench(int argc, char **argv);
+int img_check(int argc, char **argv);
+int img_convert(int argc, char **argv);
+int img_create(int argc, char **argv);
+int img_info(int argc, char **argv);
+int img_map(int argc, char **argv);
+int img_resize(int argc, char **argv);
+int img_snapshot(int argc, char **argv);
+
+/* ---- Shared by several commands (img-common.c) -------------------------- */
+
+/* printf() unless -q was given. */
+void qprintf(bool quiet, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+
+/*
+ * Byte counts with qemu-img's cvtnum() messages: a syntax error gets the
+ * two-line suffix hint, a value outside [min, max] the range message.
+ * Returns the value or a negative errno.
+ */
+int64_t cvtnum_full(const char *name, const char *value, int64_t min,
+                    int64_t max);
+int64_t cvtnum(const char *name, const char *value);
+/* qemu_strtoul() as qemu-img uses it: base 0, the whole string. */
+bool parse_ulong(const char *str, unsigned long *res);
+/* --output: "human" (also when NULL) or "json"; prints the error. */
+bool parse_output_format(const char *output, OutputFormat *ofmt);
+/* The cache modes QEMU knows; none of them changes what qguard does. */
+bool valid_cache_mode(const char *mode);
+
+/*
+ * -o: append one option list (false after printing why it is invalid);
+ * qemu-img joins them with commas and parses the result once, so a later
+ * value for the same key wins.
+ */
+bool accumulate_options(GString *raw, const char *list);
+/* Is one element of @list (",," being an escaped comma) "help" or "?"? */
+bool has_help_option(const char *list);
+/* "-o help": the creation options of @fmt; returns the exit status. */
+int print_create_help(const char *fmt);
+/*
+ * Parse the accumulated -o string.  A syntax error is reported with @prefix
+ * (qemu-img create puts the file name there, convert nothing).
+ */
+QGuardOpts *parse_create_options(const char *raw, const char *prefix);
+
+/* "Snapshot list:" and the table of snapshots (info, snapshot -l). */
+void snapshot_table(GString *out, const QGuardSnapshotInfo *sns,
+                    guint count);
+
+#endif /* QGUARD_IMG_H */

@@ -1,0 +1,140 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qemu-img resize: grow or shrink the virtual disk.
+ *
+ * Copyright (c) 2026 The qguard authors
+ */
+#include <inttypes.h>
+#include <string.h>
+
+#include "img.h"
+
+static bool valid_prealloc_mode(const char *mode)
+{
+    return !strcmp(mode, "off") || !strcmp(mode, "metadata") ||
+           !strcmp(mode, "falloc") || !strcmp(mode, "full");
+}
+
+int img_resize(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "image-opts", no_argument, NULL, OPTION_IMAGE_OPTS },
+        { "preallocation", required_argument, NULL, OPTION_PREALLOCATION },
+        { "shrink", no_argument, NULL, OPTION_SHRINK },
+        { NULL, 0, NULL, 0 }
+    };
+    g_autoptr(GError) err = NULL;
+    const char *fmt = NULL, *filename, *size, *prealloc = NULL;
+    bool quiet = false, image_opts = false, shrink = false;
+    uint64_t n, current_size;
+    int64_t total_size;
+    int relative;
+    QGuardImage *img;
+    int ret = -1, c;
+
+    /*
+     * The size is taken off the end before option parsing so that a
+     * negative size is not mistaken for an option.
+     */
+    if (argc < 3) {
+        error_exit("Not enough arguments");
+    }
+    size = argv[--argc];
+
+    while ((c = tool_getopt(argc, argv, ":f:hq", long_options,
+                            NULL)) != -1) {
+        switch (c) {
+        case 'f':
+            fmt = optarg;
+            break;
+        case 'q':
+            quiet = true;
+            break;
+        case OPTION_IMAGE_OPTS:
+            image_opts = true;
+            break;
+        case OPTION_PREALLOCATION:
+            if (!valid_prealloc_mode(optarg)) {
+                error_report("Invalid preallocation mode '%s'", optarg);
+                return 1;
+            }
+            prealloc = optarg;
+            break;
+        case OPTION_SHRINK:
+            shrink = true;
+            break;
+        }
+    }
+    if (optind != argc - 1) {
+        error_exit("Expecting image file name and size");
+    }
+    filename = argv[optind];
+
+    switch (size[0]) {
+    case '+':
+        relative = 1;
+        size++;
+        break;
+    case '-':
+        relative = -1;
+        size++;
+        break;
+    default:
+        relative = 0;
+        break;
+    }
+    if (!qguard_parse_size(size, &n, NULL)) {
+        error_report("Parameter 'size' expects a non-negative number below "
+                     "2^64\nOptional suffix k, M, G, T, P or E means kilo-, "
+                     "mega-, giga-, tera-, peta-\nand exabytes, respectively.\n");
+        return 1;
+    }
+
+    img = img_open(image_opts, filename, fmt, QGUARD_OPEN_RDWR, false);
+    if (!img) {
+        return 1;
+    }
+    current_size = qguard_image_size(img);
+
+    /* Two's complement, as in qemu-img: 8E and more end up negative. */
+    if (relative) {
+        total_size = (int64_t)(current_size + n * (uint64_t)(int64_t)relative);
+    } else {
+        total_size = (int64_t)n;
+    }
+    if (total_size <= 0) {
+        error_report("New image size must be positive");
+        goto out;
+    }
+    if ((uint64_t)total_size <= current_size && prealloc &&
+        strcmp(prealloc, "off")) {
+        error_report("Preallocation can only be used for growing images");
+        goto out;
+    }
+    if ((uint64_t)total_size < current_size && !shrink) {
+        error_report("Use the --shrink option to perform a shrink "
+                     "operation.");
+        warn_report("Shrinking an image will delete all data beyond the "
+                    "shrunken image's end. Before performing such an "
+                    "operation, make sure there is no important data "
+                    "there.");
+        goto out;
+    }
+
+    ret = qguard_image_truncate(img, total_size, shrink, prealloc, &err);
+    if (ret < 0) {
+        error_report("%s", gerr_msg(err, ret));
+        goto out;
+    }
+    ret = 0;
+
+out:
+    if (img_close(img) < 0) {
+        ret = -1;
+    }
+    if (ret == 0) {
+        qprintf(quiet, "Image resized.\n");
+    }
+    return ret ? 1 : 0;
+}

@@ -1,0 +1,238 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Helpers shared by qguard-img and qguard-io (see tool-common.h).
+ *
+ * Copyright (c) 2026 The qguard authors
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tool-common.h"
+
+const char *tool_name = "qguard";
+static void (*tool_help)(void);
+
+void tool_init(char **argv, void (*help)(void))
+{
+    /* Kept for the life of the process, like argv itself. */
+    char *base = g_path_get_basename(argv[0]);
+
+    tool_name = base;
+    tool_help = help;
+    g_set_prgname(base);
+    argv[0] = base;
+}
+
+/* ---- Messages ----------------------------------------------------------- */
+
+void error_report(const char *fmt, ...)
+{
+    g_autofree char *msg = NULL;
+    va_list ap;
+
+    va_start(ap, fmt);
+    msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "%s: %s%s", tool_name, msg, strchr(msg, '\n') ? "" : "\n");
+}
+
+void warn_report(const char *fmt, ...)
+{
+    g_autofree char *msg = NULL;
+    va_list ap;
+
+    va_start(ap, fmt);
+    msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "%s: warning: %s\n", tool_name, msg);
+}
+
+const char *gerr_msg(const GError *err, int ret)
+{
+    return err ? err->message : g_strerror(-ret);
+}
+
+void error_report_err(const char *prefix, const GError *err, int ret)
+{
+    if (prefix) {
+        error_report("%s: %s", prefix, gerr_msg(err, ret));
+    } else {
+        error_report("%s", gerr_msg(err, ret));
+    }
+}
+
+void error_exit(const char *fmt, ...)
+{
+    g_autofree char *msg = NULL;
+    va_list ap;
+
+    va_start(ap, fmt);
+    msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "%s: %s\nTry '%s --help' for more information\n",
+            tool_name, msg, tool_name);
+    exit(EXIT_FAILURE);
+}
+
+/* ---- Time --------------------------------------------------------------- */
+
+struct timespec tool_now(void)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t;
+}
+
+struct timespec tool_elapsed(struct timespec start, struct timespec end)
+{
+    end.tv_nsec -= start.tv_nsec;
+    if (end.tv_nsec < 0) {
+        end.tv_nsec += 1000000000L;
+        end.tv_sec--;
+    }
+    end.tv_sec -= start.tv_sec;
+    return end;
+}
+
+double tool_seconds(struct timespec t)
+{
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+/* ---- qemu-img style option loops ---------------------------------------- */
+
+int tool_getopt(int argc, char **argv, const char *shortopts,
+                const struct option *longopts, int *longindex)
+{
+    int c = getopt_long(argc, argv, shortopts, longopts, longindex);
+
+    switch (c) {
+    case ':':
+        error_exit("missing argument for option '%s'", argv[optind - 1]);
+    case '?':
+        error_exit("unrecognized option '%s'", argv[optind - 1]);
+    case 'h':
+        tool_help();
+        exit(EXIT_SUCCESS);
+    }
+    return c;
+}
+
+/* ---- Progress ----------------------------------------------------------- */
+
+void progress_init(Progress *p, bool enabled, float min_skip)
+{
+    p->enabled = enabled;
+    p->current = 0;
+    p->last_print = 0;
+    p->min_skip = min_skip;
+}
+
+void progress_set(Progress *p, float value)
+{
+    if (value > 100.0f) {
+        value = 100.0f;
+    }
+    p->current = value;
+    if (!p->enabled) {
+        return;
+    }
+    if (value > p->last_print + p->min_skip ||
+        value < p->last_print - p->min_skip ||
+        value == 0 || value == 100) {
+        p->last_print = value;
+        printf("    (%3.2f/100%%)\r", value);
+        fflush(stdout);
+    }
+}
+
+void progress_end(Progress *p)
+{
+    if (p->enabled) {
+        printf("\n");
+    }
+}
+
+void progress_cb(void *opaque, double percent)
+{
+    progress_set(opaque, (float)percent);
+}
+
+/* ---- Images ------------------------------------------------------------- */
+
+/* Parse an --image-opts string; NULL after printing why not. */
+static QGuardOpts *parse_image_opts(const char *str, bool force_share)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardOpts *opts = qguard_opts_new();
+    const char *fs;
+
+    if (!qguard_opts_parse(opts, str, "file", &err)) {
+        error_report("%s", err->message);
+        qguard_opts_free(opts);
+        return NULL;
+    }
+    fs = qguard_opts_get(opts, "force-share");
+    if (force_share && fs && strcmp(fs, "on")) {
+        error_report("--force-share/-U conflicts with image options");
+        qguard_opts_free(opts);
+        return NULL;
+    }
+    return opts;
+}
+
+QGuardImage *img_open(bool image_opts, const char *filename,
+                      const char *fmt, unsigned flags, bool force_share)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardOpts *opts = NULL;
+    QGuardImage *img = NULL;
+    int ret;
+
+    if (image_opts) {
+        if (fmt) {
+            error_report("--image-opts and --format are mutually exclusive");
+            return NULL;
+        }
+        opts = parse_image_opts(filename, force_share);
+        if (!opts) {
+            return NULL;
+        }
+    }
+    /*
+     * qguard takes no locks, so -U changes nothing, but QEMU refuses to
+     * share an image that it opens for writing; keep that behaviour.
+     */
+    if (force_share && (flags & QGUARD_OPEN_RDWR)) {
+        error_report("Could not open '%s': force-share=on can only be used "
+                     "with read-only images", filename);
+        qguard_opts_free(opts);
+        return NULL;
+    }
+    ret = qguard_image_open(&img, image_opts ? NULL : filename,
+                            image_opts ? NULL : fmt, opts, flags, &err);
+    qguard_opts_free(opts);
+    if (ret < 0) {
+        error_report("Could not open '%s': %s", filename, gerr_msg(err, ret));
+        return NULL;
+    }
+    return img;
+}
+
+int img_close(QGuardImage *img)
+{
+    g_autoptr(GError) err = NULL;
+
+    if (!img) {
+        return 0;
+    }
+    if (qguard_image_close(img, &err) < 0) {
+        error_report("%s", err ? err->message : "Failed to close the image");
+        return -1;
+    }
+    return 0;
+}
