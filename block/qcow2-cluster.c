@@ -25,7 +25,6 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
 
 #include "qcow2.h"
 
@@ -457,39 +456,6 @@ int qcow2_get_host_offset(BDRVQcow2State *s, uint64_t offset,
     return 0;
 }
 
-int qcow2_decompress_cluster(BDRVQcow2State *s, uint64_t l2_entry,
-                             uint8_t *out)
-{
-    uint64_t coffset;
-    int csize;
-    g_autofree uint8_t *in = NULL;
-    z_stream strm = { 0 };
-    int ret, zret;
-
-    qcow2_parse_compressed_entry(s, l2_entry, &coffset, &csize);
-    in = g_try_malloc(csize);
-    if (!in) {
-        return -ENOMEM;
-    }
-    ret = host_file_pread(s->file, coffset, in, csize);
-    if (ret < 0) {
-        return ret;
-    }
-    if (inflateInit2(&strm, -12) != Z_OK) {
-        return -EIO;
-    }
-    strm.next_in = in;
-    strm.avail_in = csize;
-    strm.next_out = out;
-    strm.avail_out = s->cluster_size;
-    zret = inflate(&strm, Z_FINISH);
-    /* Decompression stops once a whole cluster has been produced. */
-    ret = ((zret == Z_STREAM_END || zret == Z_BUF_ERROR) &&
-           strm.avail_out == 0) ? 0 : -EIO;
-    inflateEnd(&strm);
-    return ret;
-}
-
 static int read_compressed(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
                            uint8_t *buf)
 {
@@ -764,27 +730,6 @@ int qcow2_write_guest(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
 
 /* ---- Compressed writes --------------------------------------------------- */
 
-/* Raw deflate as QEMU writes it; -ENOSPC when it would not save a sector. */
-static int compress_cluster(const uint8_t *in, size_t in_len, uint8_t *out,
-                            size_t out_max, size_t *out_len)
-{
-    z_stream strm = { 0 };
-    int ret;
-
-    if (deflateInit2(&strm, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9,
-                     Z_DEFAULT_STRATEGY) != Z_OK) {
-        return -EIO;
-    }
-    strm.next_in = (uint8_t *)in;
-    strm.avail_in = in_len;
-    strm.next_out = out;
-    strm.avail_out = out_max;
-    ret = deflate(&strm, Z_FINISH);
-    *out_len = out_max - strm.avail_out;
-    deflateEnd(&strm);
-    return ret == Z_STREAM_END ? 0 : -ENOSPC;
-}
-
 /*
  * Write one whole cluster compressed (qemu-img convert -c).  Like QEMU,
  * only unallocated clusters can take compressed data, and data that does
@@ -815,8 +760,7 @@ int qcow2_write_compressed(BDRVQcow2State *s, uint64_t offset,
         memcpy(in, buf, bytes);
         buf = in;
     }
-    ret = compress_cluster(buf, s->cluster_size, out, s->cluster_size - 1,
-                           &out_len);
+    ret = qcow2_compress(s, buf, out, s->cluster_size - 1, &out_len);
     if (ret == -ENOSPC) {
         return qcow2_write_guest(s, offset, bytes, buf);
     } else if (ret < 0) {

@@ -38,7 +38,7 @@ static const CreateOpt qcow2_create_opts[] = {
     { "preallocation", OPT_STRING, NULL,
       "Preallocation mode: off, metadata, falloc, full" },
     { "compression_type", OPT_STRING, "zlib",
-      "Compression method for compressed clusters (zlib)" },
+      "Compression method for compressed clusters (zlib, zstd)" },
     { "size", OPT_SIZE, NULL, "Virtual disk size" },
     { "compat", OPT_STRING, NULL,
       "Compatibility level: 0.10 (v2) or 1.1 (v3, default)" },
@@ -178,6 +178,7 @@ typedef struct Qcow2CreateParams {
     int refcount_order;
     int version;
     bool lazy_refcounts;
+    uint8_t compression_type;
     Qcow2PreallocMode prealloc;
     const char *prealloc_name;
     const char *backing_file;
@@ -281,16 +282,14 @@ static int parse_create_params(const QGuardOpts *opts, Qcow2CreateParams *p,
     }
 
     str = qguard_opts_get(opts, "compression_type");
-    if (str && strcmp(str, "zlib")) {
-        if (strcmp(str, "zstd")) {
-            g_set_error(errp, QGUARD_ERROR, EINVAL,
-                        "Parameter 'compression-type' does not accept value "
-                        "'%s'", str);
-            return -EINVAL;
-        }
-        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
-                    "zstd compression is not supported by qguard");
-        return -ENOTSUP;
+    p->compression_type = QCOW2_COMPRESSION_ZLIB;
+    if (str && !strcmp(str, "zstd")) {
+        p->compression_type = QCOW2_COMPRESSION_ZSTD;
+    } else if (str && strcmp(str, "zlib")) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Parameter 'compression-type' does not accept value "
+                    "'%s'", str);
+        return -EINVAL;
     }
     str = qguard_opts_get(opts, "extended_l2");
     if (str && (!qguard_parse_bool("extended_l2", str, &b, errp) || b)) {
@@ -312,6 +311,14 @@ static int parse_create_params(const QGuardOpts *opts, Qcow2CreateParams *p,
         g_set_error(errp, QGUARD_ERROR, ENOTSUP,
                     "Encrypted images are not supported by qguard");
         return -ENOTSUP;
+    }
+
+    if (p->compression_type != QCOW2_COMPRESSION_ZLIB && p->version < 3) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Non-zlib compression type is only supported with "
+                    "compatibility level 1.1 and above (use version=v3 or "
+                    "greater)");
+        return -EINVAL;
     }
 
     p->backing_file = qguard_opts_get(opts, "backing_file");
@@ -358,6 +365,10 @@ static int write_empty_image(HostFile *file, const Qcow2CreateParams *p,
     s.refcount_table_size = cs / 8;
     s.compatible_features = p->lazy_refcounts ? QCOW2_COMPAT_LAZY_REFCOUNTS
                                               : 0;
+    s.compression_type = p->compression_type;
+    if (p->compression_type != QCOW2_COMPRESSION_ZLIB) {
+        s.incompatible_features |= QCOW2_INCOMPAT_COMPRESSION;
+    }
     s.unknown_header_ext = g_ptr_array_new();
     ret = qcow2_update_header(&s);
     g_ptr_array_free(s.unknown_header_ext, TRUE);

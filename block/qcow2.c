@@ -725,11 +725,6 @@ static int parse_header(BDRVQcow2State *s, const uint8_t *hdr,
                     "Images with extended L2 entries are not supported");
         return -ENOTSUP;
     }
-    if (s->compression_type != 0) {
-        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
-                    "Images with zstd compression are not supported");
-        return -ENOTSUP;
-    }
 
     s->l2_bits = s->cluster_bits - 3;
     s->l2_size = 1 << s->l2_bits;

@@ -42,6 +42,8 @@
 #define QCOW_OFLAG_ZERO       (UINT64_C(1) << 0)
 
 #define QCOW2_COMPRESSED_SECTOR_SIZE 512ULL
+#define QCOW2_COMPRESSION_ZLIB 0
+#define QCOW2_COMPRESSION_ZSTD 1
 #define QCOW2_COMPRESSED_SECTOR_MASK (~(QCOW2_COMPRESSED_SECTOR_SIZE - 1))
 
 /* Host offsets must stay below 2^56 (L1/L2 entry offset fields). */
@@ -484,12 +486,19 @@ int qcow2_preallocate(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
                       Qcow2PreallocMode mode, QGuardProgressFunc *progress,
                       void *opaque);
 void qcow2_l1_mark_dirty(BDRVQcow2State *s, uint64_t index);
-int qcow2_decompress_cluster(BDRVQcow2State *s, uint64_t l2_entry,
-                             uint8_t *out);
 void qcow2_parse_compressed_entry(BDRVQcow2State *s, uint64_t l2_entry,
                                   uint64_t *coffset, int *csize);
 int qcow2_write_compressed(BDRVQcow2State *s, uint64_t offset,
                            const uint8_t *buf, uint64_t bytes);
+
+/* qcow2-compress.c */
+/* -ENOSPC: the cluster does not fit in @out_max bytes compressed. */
+int qcow2_compress(BDRVQcow2State *s, const uint8_t *in, uint8_t *out,
+                   size_t out_max, size_t *out_len);
+int qcow2_decompress(BDRVQcow2State *s, const uint8_t *in, size_t in_len,
+                     uint8_t *out);
+int qcow2_decompress_cluster(BDRVQcow2State *s, uint64_t l2_entry,
+                             uint8_t *out);
 
 /* qcow2-cache.c */
 Qcow2Cache *qcow2_cache_create(BDRVQcow2State *s, int num_tables,

@@ -185,7 +185,7 @@ typedef struct QGuardImageInfo {
     /* qcow2 only */
     bool is_qcow2;
     char *compat;               /* "0.10" or "1.1" */
-    char *compression_type;     /* "zlib" */
+    char *compression_type;     /* "zlib" or "zstd" */
     bool lazy_refcounts;
     int refcount_bits;
     bool corrupt;

@@ -1154,13 +1154,17 @@ static Model *compressible_content(uint64_t size, uint32_t cs, guint32 seed)
 typedef struct CompressedCase {
     uint32_t cluster_size;
     uint64_t size;
+    const char *type;           /* compression_type */
 } CompressedCase;
 
 static void test_compressed(const CompressedCase *cc)
 {
-    g_autofree char *src = tpath("comp-%u.src", cc->cluster_size);
-    g_autofree char *path = tpath("comp-%u.qcow2", cc->cluster_size);
-    g_autofree char *raw = tpath("comp-%u.raw", cc->cluster_size);
+    g_autofree char *src = tpath("comp-%s-%u.src", cc->type,
+                                 cc->cluster_size);
+    g_autofree char *path = tpath("comp-%s-%u.qcow2", cc->type,
+                                  cc->cluster_size);
+    g_autofree char *raw = tpath("comp-%s-%u.raw", cc->type,
+                                 cc->cluster_size);
     g_autofree uint8_t *buf = NULL;
     g_autoptr(GError) err = NULL;
     guint32 seed = 0xc0ffee ^ cc->cluster_size;
@@ -1180,7 +1184,8 @@ static void test_compressed(const CompressedCase *cc)
     cmd_add(cmd, "-O");
     cmd_add(cmd, "qcow2");
     cmd_add(cmd, "-o");
-    cmd_add(cmd, "cluster_size=%u", cc->cluster_size);
+    cmd_add(cmd, "cluster_size=%u,compression_type=%s", cc->cluster_size,
+            cc->type);
     cmd_add(cmd, "%s", src);
     cmd_add(cmd, "%s", path);
     g_free(cmd_run_ok(cmd));
@@ -1235,6 +1240,214 @@ static void test_compressed(const CompressedCase *cc)
     unlink(raw);
     model_free(m);
     model_free(qm);
+}
+
+/*
+ * The compressed stream of guest cluster @index as the L2 entry describes
+ * it: the sectors it names (zero-filled past the end of the file), and in
+ * *file_len how much of that lies inside the file.  Returns NULL for a
+ * cluster that is not compressed.
+ */
+static uint8_t *compressed_stream(const char *path, uint64_t index,
+                                  size_t *len, size_t *file_len)
+{
+    int fd = open(path, O_RDONLY);
+    uint8_t hdr[48], e[8];
+    uint32_t cluster_bits;
+    uint64_t l1_off, l2_off, entry, host, secs, l2_entries;
+    int shift, width;
+    uint8_t *buf;
+    ssize_t n;
+
+    if (fd < 0 || pread(fd, hdr, sizeof(hdr), 0) != sizeof(hdr)) {
+        FAIL("cannot read %s", path);
+    }
+    cluster_bits = GUINT32_FROM_BE(*(uint32_t *)(hdr + 20));
+    l1_off = GUINT64_FROM_BE(*(uint64_t *)(hdr + 40));
+    l2_entries = (UINT64_C(1) << cluster_bits) / 8;
+    if (pread(fd, e, 8, l1_off + index / l2_entries * 8) != 8) {
+        FAIL("cannot read the L1 table of %s", path);
+    }
+    l2_off = GUINT64_FROM_BE(*(uint64_t *)e) & UINT64_C(0x00fffffffffffe00);
+    if (!l2_off ||
+        pread(fd, e, 8, l2_off + index % l2_entries * 8) != 8) {
+        close(fd);
+        return NULL;
+    }
+    entry = GUINT64_FROM_BE(*(uint64_t *)e);
+    if (!(entry & (UINT64_C(1) << 62))) {
+        close(fd);
+        return NULL;
+    }
+    shift = 62 - (cluster_bits - 8);
+    width = cluster_bits - 8;
+    host = entry & ((UINT64_C(1) << shift) - 1);
+    secs = ((entry >> shift) & ((UINT64_C(1) << width) - 1)) + 1;
+    *len = secs * 512 - host % 512;
+    buf = g_malloc0(*len);
+    n = pread(fd, buf, *len, host);
+    if (n < 0) {
+        FAIL("cannot read compressed data of %s", path);
+    }
+    close(fd);
+    *file_len = n;
+    return buf;
+}
+
+/* A one-cluster image that qemu-img convert -c made from cluster @off. */
+static void create_compressed_twin(const char *twin,
+                                   const CompressedCase *cc,
+                                   const char *src, uint64_t off)
+{
+    g_autofree char *slice = g_strdup_printf("%s.slice", twin);
+    g_autofree uint8_t *buf = g_malloc(cc->cluster_size);
+    int in = open(src, O_RDONLY);
+    Cmd *cmd;
+
+    if (in < 0 || pread(in, buf, cc->cluster_size, off) !=
+                  (ssize_t)cc->cluster_size) {
+        FAIL("cannot read %s", src);
+    }
+    close(in);
+    g_assert_true(g_file_set_contents(slice, (char *)buf, cc->cluster_size,
+                                      NULL));
+    unlink(twin);
+    cmd = cmd_new("qemu-img");
+    cmd_add(cmd, "convert");
+    cmd_add(cmd, "-c");
+    cmd_add(cmd, "-f");
+    cmd_add(cmd, "raw");
+    cmd_add(cmd, "-O");
+    cmd_add(cmd, "qcow2");
+    cmd_add(cmd, "-o");
+    cmd_add(cmd, "cluster_size=%u,compression_type=%s", cc->cluster_size,
+            cc->type);
+    cmd_add(cmd, "%s", slice);
+    cmd_add(cmd, "%s", twin);
+    g_free(cmd_run_ok(cmd));
+    unlink(slice);
+}
+
+/*
+ * qguard -> QEMU: clusters that qguard writes compressed with the image's
+ * compression type read back identically in QEMU, the image checks clean,
+ * and each compressed stream is byte for byte the one qemu-io writes for
+ * the same cluster (same framing, same level, same descriptor).
+ */
+static void test_compressed_by_qguard(const CompressedCase *cc)
+{
+    g_autofree char *path = tpath("gcomp-%s-%u.qcow2", cc->type,
+                                  cc->cluster_size);
+    g_autofree char *twin = tpath("gcomp-%s-%u-qemu.qcow2", cc->type,
+                                  cc->cluster_size);
+    g_autofree char *gtwin = tpath("gcomp-%s-%u-one.qcow2", cc->type,
+                                   cc->cluster_size);
+    g_autofree char *src = tpath("gcomp-%s-%u.src", cc->type,
+                                 cc->cluster_size);
+    g_autofree char *raw = tpath("gcomp-%s-%u.raw", cc->type,
+                                 cc->cluster_size);
+    g_autofree char *opts_str = NULL;
+    g_autofree uint8_t *buf = g_malloc(cc->cluster_size);
+    g_autofree char *info = NULL, *type = NULL;
+    g_autoptr(GError) err = NULL;
+    uint64_t cs = cc->cluster_size, off;
+    Model *m = compressible_content(cc->size, cc->cluster_size,
+                                    0xbadc0de ^ cc->cluster_size);
+    QGuardOpts *opts = qguard_opts_new();
+    QGuardCheckResult res;
+    QGuardImage *img;
+    int compared = 0;
+    Cmd *cmd;
+
+    opts_str = g_strdup_printf("size=%" PRIu64 ",cluster_size=%u,"
+                               "compression_type=%s", cc->size,
+                               cc->cluster_size, cc->type);
+    g_assert_true(qguard_opts_parse(opts, opts_str, NULL, &err));
+    if (qguard_image_create(path, "qcow2", opts, NULL, NULL, &err) < 0) {
+        FAIL("qguard_image_create(%s) failed: %s", opts_str, err->message);
+    }
+    qguard_opts_free(opts);
+    img = open_image(path, QGUARD_OPEN_RDWR);
+    for (off = 0; off < cc->size; off += cs) {
+        model_read(m, off, buf, cs);
+        if (qguard_image_pwrite_compressed(img, off, cs, buf, &err) < 0) {
+            FAIL("compressed write at %" PRIu64 " failed: %s", off,
+                 err->message);
+        }
+    }
+    close_image(img);
+
+    img = open_image(path, 0);
+    res = check_clean(img, "qguard check of its compressed image");
+    if (res.compressed_clusters == 0) {
+        FAIL("no compressed clusters in the qguard-written image");
+    }
+    compare_image_with_model(img, m, "qguard reading its compressed image");
+    close_image(img);
+    qemu_check_clean(path, "qemu-img check of qguard compressed clusters");
+    qemu_convert_raw(path, "qcow2", raw);
+    compare_raw_with_model(raw, m, "QEMU reading qguard compressed clusters");
+    cmd = cmd_new("qemu-img");
+    cmd_add(cmd, "info");
+    cmd_add(cmd, "--output=json");
+    cmd_add(cmd, "%s", path);
+    info = cmd_run_ok(cmd);
+    type = json_str(info, "compression-type");
+    g_assert_cmpstr(type, ==, cc->type);
+
+    /*
+     * Framing: one cluster written by qemu-img convert -c and by qguard into
+     * fresh one-cluster images.  qguard's file ends where its stream does;
+     * qemu-img pads its file to a whole sector, so the rest of QEMU's last
+     * sector must be zeros.
+     */
+    write_file(src, m);
+    for (off = 0; off < cc->size && off < 12 * cs; off += cs) {
+        g_autofree uint8_t *want = NULL, *got = NULL;
+        size_t want_len = 0, got_len = 0, got_end = 0, unused;
+
+        create_compressed_twin(twin, cc, src, off);
+        want = compressed_stream(twin, 0, &want_len, &unused);
+        unlink(gtwin);
+        opts = qguard_opts_new();
+        g_free(opts_str);
+        opts_str = g_strdup_printf("size=%" PRIu64 ",cluster_size=%u,"
+                                   "compression_type=%s", cs,
+                                   cc->cluster_size, cc->type);
+        g_assert_true(qguard_opts_parse(opts, opts_str, NULL, &err));
+        g_assert_cmpint(qguard_image_create(gtwin, "qcow2", opts, NULL, NULL,
+                                            &err), ==, 0);
+        qguard_opts_free(opts);
+        model_read(m, off, buf, cs);
+        img = open_image(gtwin, QGUARD_OPEN_RDWR);
+        g_assert_cmpint(qguard_image_pwrite_compressed(img, 0, cs, buf,
+                                                       &err), ==, 0);
+        close_image(img);
+        got = compressed_stream(gtwin, 0, &got_len, &got_end);
+        if (!want || !got) {
+            /*
+             * Incompressible data both store as a normal cluster; a zero
+             * cluster qemu-img convert leaves unallocated.
+             */
+            g_assert_true(!got || is_zero(buf, cs));
+            continue;
+        }
+        if (got_end > want_len || memcmp(want, got, got_end) ||
+            !is_zero(want + got_end, want_len - got_end)) {
+            FAIL("cluster %" PRIu64 ": qguard's compressed stream (%zu "
+                 "bytes) differs from qemu-img's (%zu bytes with padding)",
+                 off / cs, got_end, want_len);
+        }
+        compared++;
+    }
+    g_assert_cmpint(compared, >=, 3);
+
+    unlink(path);
+    unlink(twin);
+    unlink(gtwin);
+    unlink(src);
+    unlink(raw);
+    model_free(m);
 }
 
 static void create_qcow2(const char *path, const char *opts, uint64_t size,
@@ -1552,6 +1765,11 @@ static void run_compressed(gconstpointer data)
     test_compressed(data);
 }
 
+static void run_compressed_by_qguard(gconstpointer data)
+{
+    test_compressed_by_qguard(data);
+}
+
 static void run_zero(gconstpointer data)
 {
     (void)data;
@@ -1594,10 +1812,20 @@ static void add_isolated(const char *path, void (*fn)(gconstpointer),
 }
 
 static const CompressedCase compressed_cases[] = {
-    { 512, 2 * MiB },
-    { 4096, 6 * MiB },
-    { 65536, 12 * MiB },
-    { 2 * 1024 * 1024, 24 * MiB },
+    { 512, 2 * MiB, "zlib" },
+    { 4096, 6 * MiB, "zlib" },
+    { 65536, 12 * MiB, "zlib" },
+    { 2 * 1024 * 1024, 24 * MiB, "zlib" },
+    { 512, 2 * MiB, "zstd" },
+    { 65536, 12 * MiB, "zstd" },
+    { 2 * 1024 * 1024, 24 * MiB, "zstd" },
+};
+
+static const CompressedCase compressed_by_qguard_cases[] = {
+    { 4096, 2 * MiB, "zlib" },
+    { 65536, 4 * MiB, "zlib" },
+    { 4096, 2 * MiB, "zstd" },
+    { 65536, 4 * MiB, "zstd" },
 };
 
 static const ResizeCase resize_cases[] = {
@@ -1700,9 +1928,17 @@ int main(int argc, char **argv)
     }
     for (i = 0; i < G_N_ELEMENTS(compressed_cases); i++) {
         g_autofree char *p = g_strdup_printf(
-            "/interop/qemu-to-qguard/compressed/cs=%u",
-            compressed_cases[i].cluster_size);
+            "/interop/qemu-to-qguard/compressed/%s/cs=%u",
+            compressed_cases[i].type, compressed_cases[i].cluster_size);
         add_isolated(p, run_compressed, &compressed_cases[i]);
+    }
+    for (i = 0; i < G_N_ELEMENTS(compressed_by_qguard_cases); i++) {
+        g_autofree char *p = g_strdup_printf(
+            "/interop/qguard-to-qemu/compressed/%s/cs=%u",
+            compressed_by_qguard_cases[i].type,
+            compressed_by_qguard_cases[i].cluster_size);
+        add_isolated(p, run_compressed_by_qguard,
+                     &compressed_by_qguard_cases[i]);
     }
     add_isolated("/interop/qemu-to-qguard/zero-clusters-over-backing",
                  run_zero, NULL);

@@ -30,6 +30,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <zstd.h>
+
 #include "qguard.h"
 
 #define KiB (UINT64_C(1) << 10)
@@ -428,6 +430,58 @@ static void edit_compressed_truncated_stream(const char *path,
     put_bytes(path, host + 200, (const uint8_t[312]){ 0 }, 312);
 }
 
+/* Text that compresses well: "line N of compressible text", 64 KiB. */
+static uint8_t *text_cluster(uint64_t first_line, size_t len)
+{
+    GString *text = g_string_new(NULL);
+    uint64_t i;
+
+    for (i = first_line; text->len < len; i++) {
+        g_string_append_printf(text, "line %08" PRIu64 " of compressible "
+                               "text\n", i);
+    }
+    g_string_truncate(text, len);
+    return (uint8_t *)g_string_free(text, FALSE);
+}
+
+/* Replace compressed cluster 0's stream with @frames (zstd images). */
+static void put_zstd_stream(const char *path, const uint8_t *frames,
+                            size_t len)
+{
+    uint64_t host, secs;
+
+    compressed_desc(path, &host, &secs);
+    put_bytes(path, host, frames, len);
+    set_compressed_desc(path, host, (host % 512 + len + 511) / 512);
+}
+
+/* A valid frame that decodes to two clusters: one too many. */
+static void edit_zstd_frame_too_long(const char *path, const BadCase *bc)
+{
+    g_autofree uint8_t *text = text_cluster(0, 2 * 65536);
+    size_t cap = ZSTD_compressBound(2 * 65536);
+    g_autofree uint8_t *frame = g_malloc(cap);
+    size_t n = ZSTD_compress(frame, cap, text, 2 * 65536, 3);
+
+    (void)bc;
+    g_assert_false(ZSTD_isError(n));
+    put_zstd_stream(path, frame, n);
+}
+
+/* A frame that decodes to half a cluster, and nothing after it. */
+static void edit_zstd_frame_too_short(const char *path, const BadCase *bc)
+{
+    g_autofree uint8_t *text = text_cluster(0, 65536 / 2);
+    size_t cap = ZSTD_compressBound(65536 / 2);
+    g_autofree uint8_t *frame = g_malloc0(cap + 512);
+    size_t n = ZSTD_compress(frame, cap, text, 65536 / 2, 3);
+
+    (void)bc;
+    g_assert_false(ZSTD_isError(n));
+    /* The zeros after the frame are not a frame either. */
+    put_zstd_stream(path, frame, n + 512);
+}
+
 /* Backing chains, made with qemu-img create -u. */
 static void make_overlay(const char *path, const char *backing)
 {
@@ -735,7 +789,7 @@ static const BadCase cases[] = {
       REFUSE("Images with extended L2 entries are not supported") },
     { "compression-bit-zstd", "base.qcow2",
       { { ABS, 79, 1, 0x08 }, { ABS, 104, 1, 1 } },
-      REFUSE("Images with zstd compression are not supported") },
+      .ro = OPENS, .rw = OPENS },
     { "compression-bit-with-zlib", "base.qcow2", { { ABS, 79, 1, 0x08 } },
       REFUSE("qcow2: Compression type incompatible feature bit "
                        "must not be set") },
@@ -907,6 +961,23 @@ static const BadCase cases[] = {
       .read0_errno = EIO, .write0_errno = EIO },
     { "compressed-stream-cut-short", "comp.qcow2",
       .edit = edit_compressed_truncated_stream, .ro = OPENS, .rw = OPENS,
+      .read0_errno = EIO, .write0_errno = EIO },
+
+    /* ---- zstd compressed clusters (zstd.qcow2: comp.raw, zstd) ---- */
+    { "zstd-garbage-data", "zstd.qcow2",
+      .edit = edit_compressed_garbage, .ro = OPENS, .rw = OPENS,
+      .read0_errno = EIO, .write0_errno = EIO },
+    { "zstd-stream-cut-short", "zstd.qcow2",
+      .edit = edit_compressed_truncated_stream, .ro = OPENS, .rw = OPENS,
+      .read0_errno = EIO, .write0_errno = EIO },
+    { "zstd-frame-decodes-to-two-clusters", "zstd.qcow2",
+      .edit = edit_zstd_frame_too_long, .ro = OPENS, .rw = OPENS,
+      .read0_errno = EIO, .write0_errno = EIO },
+    { "zstd-frame-decodes-to-half-a-cluster", "zstd.qcow2",
+      .edit = edit_zstd_frame_too_short, .ro = OPENS, .rw = OPENS,
+      .read0_errno = EIO, .write0_errno = EIO },
+    { "zstd-stream-past-eof", "zstd.qcow2",
+      .edit = edit_compressed_past_eof, .ro = OPENS, .rw = OPENS,
       .read0_errno = EIO, .write0_errno = EIO },
 
     /* ---- Backing chains ---- */
@@ -1393,6 +1464,36 @@ static void test_check_only_l1_entry_unaligned(void)
     check_leaves_file_alone("l1-entry-unaligned");
 }
 
+/*
+ * A cluster stored as two zstd frames is valid: QEMU decodes frame after
+ * frame until the cluster is full, and so must qguard.
+ */
+static void test_zstd_two_frames(void)
+{
+    g_autofree char *tmpl = tpath("zstd.qcow2");
+    g_autofree char *path = tpath("zstd-two-frames.qcow2");
+    g_autofree uint8_t *text = text_cluster(0, 65536);
+    size_t cap = ZSTD_compressBound(65536 / 2);
+    g_autofree uint8_t *frames = g_malloc(2 * cap);
+    g_autofree uint8_t *got = g_malloc(65536);
+    g_autoptr(GError) err = NULL;
+    QGuardImage *img = NULL;
+    size_t n1, n2;
+
+    n1 = ZSTD_compress(frames, cap, text, 65536 / 2, 3);
+    g_assert_false(ZSTD_isError(n1));
+    n2 = ZSTD_compress(frames + n1, cap, text + 65536 / 2, 65536 / 2, 3);
+    g_assert_false(ZSTD_isError(n2));
+    copy_file(tmpl, path);
+    put_zstd_stream(path, frames, n1 + n2);
+    g_assert_cmpint(qguard_image_open(&img, path, "qcow2", NULL, 0, &err),
+                    ==, 0);
+    g_assert_cmpint(qguard_image_pread(img, 0, 65536, got, &err), ==, 0);
+    g_assert_no_error(err);
+    g_assert_true(memcmp(got, text, 65536) == 0);
+    g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
+}
+
 /* A chain that loops or misses a file still opens without its backing. */
 static void test_backing_problems_no_backing_open(void)
 {
@@ -1468,6 +1569,7 @@ static void make_templates(void)
     g_autofree char *snap = tpath("snap.qcow2");
     g_autofree char *src = tpath("comp.raw");
     g_autofree char *comp = tpath("comp.qcow2");
+    g_autofree char *zstd = tpath("zstd.qcow2");
     GString *text = g_string_new(NULL);
     g_autoptr(GError) err = NULL;
     const char *const create[] = {
@@ -1486,6 +1588,10 @@ static void make_templates(void)
         "qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", src, comp,
         NULL,
     };
+    const char *const convert_zstd[] = {
+        "qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", "-o",
+        "compression_type=zstd", src, zstd, NULL,
+    };
     int i;
 
     run_tool(create);
@@ -1500,6 +1606,7 @@ static void make_templates(void)
     g_assert_true(g_file_set_contents(src, text->str, text->len, &err));
     g_string_free(text, TRUE);
     run_tool(convert);
+    run_tool(convert_zstd);
 }
 
 static int rm_cb(const char *path, const struct stat *sb, int type,
@@ -1549,6 +1656,8 @@ int main(int argc, char **argv)
         add_job(ro, &cases[i], false, NULL);
         add_job(rw, &cases[i], true, NULL);
     }
+    add_job("/bad-input/zstd/two-frames-read-as-one-cluster", NULL, false,
+            test_zstd_two_frames);
     add_job("/bad-input/corrupt-bit/repair-mode-opens-read-write", NULL,
             false, test_corrupt_bit_check_mode);
     add_job("/bad-input/backing/loop-or-missing-opens-without-backing", NULL,
