@@ -1619,10 +1619,21 @@ static int rm_cb(const char *path, const struct stat *sb, int type,
     return 0;
 }
 
+/*
+ * GLib frees its test cases, not their data, at the end of g_test_run():
+ * the jobs are kept here so that LeakSanitizer does not see them lost.
+ */
+static GPtrArray *jobs;
+
 static void add_job(const char *path, const BadCase *bc, bool rw,
                     void (*fn)(void))
 {
     Job *job = g_new0(Job, 1);
+
+    if (!jobs) {
+        jobs = g_ptr_array_new_with_free_func(g_free);
+    }
+    g_ptr_array_add(jobs, job);
 
     job->bc = bc;
     job->rw = rw;
@@ -1676,6 +1687,7 @@ int main(int argc, char **argv)
             NULL, false, test_check_only_l1_entry_unaligned);
 
     ret = g_test_run();
+    g_ptr_array_free(jobs, TRUE);
     if (!g_test_subprocess()) {
         if (g_getenv("QGUARD_KEEP_TEST_DIR")) {
             g_printerr("# test files kept in %s\n", test_dir);
