@@ -22,6 +22,13 @@ struct HostFile {
     char *filename;
     bool read_only;
     bool unsynced;          /* written since the last fdatasync */
+    /*
+     * The errno of a failed fdatasync.  The kernel may have dropped the
+     * dirty pages it could not write and reports that only once, so a
+     * retry would succeed although data is lost: every later flush fails
+     * with this error (QEMU's file-posix does the same).
+     */
+    int flush_error;
     dev_t dev;
     ino_t ino;
 };
@@ -321,18 +328,25 @@ int host_file_flush(HostFile *file)
 {
     int ret;
 
+    if (file->read_only) {
+        return 0;
+    }
+    if (file->flush_error) {
+        return -file->flush_error;
+    }
     /* Ordering flushes are frequent; one with nothing to sync is free. */
-    if (file->read_only || !file->unsynced) {
+    if (!file->unsynced) {
         return 0;
     }
     ret = run_hook(file, HOST_FILE_FLUSH, 0, 0, NULL, 0);
-    if (ret < 0) {
-        return ret;
-    }
-    while (fdatasync(file->fd) < 0) {
+    while (ret == 0 && fdatasync(file->fd) < 0) {
         if (errno != EINTR) {
-            return -errno;
+            ret = -errno;
         }
+    }
+    if (ret < 0) {
+        file->flush_error = -ret;
+        return ret;
     }
     file->unsynced = false;
     return 0;

@@ -56,6 +56,10 @@ int host_file_pwrite(HostFile *file, uint64_t offset, const void *buf,
                      size_t bytes);
 int host_file_pwritev(HostFile *file, uint64_t offset,
                       const struct iovec *iov, int iovcnt);
+/*
+ * fdatasync if anything was written since the last one.  After a failure,
+ * every later flush fails with the same error: the data may be gone.
+ */
 int host_file_flush(HostFile *file);
 int64_t host_file_length(HostFile *file);
 /* Allocated bytes on the host (st_blocks * 512). */
