@@ -172,6 +172,7 @@ static void image_free(QGuardImage *img)
         return;
     }
     if (img->drv && img->drv->close && img->opaque) {
+        /* Nothing to write back: a backing image, or a failed open. */
         img->drv->close(img);
     }
     if (img->backing) {
@@ -428,17 +429,32 @@ int bdrv_backing_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,
 
 int qguard_image_close(QGuardImage *img, GError **errp)
 {
-    int ret = 0;
+    const char *detail = NULL;
+    int ret = 0, ret2;
 
     if (!img) {
         return 0;
     }
+    if (img->drv->clear_error) {
+        img->drv->clear_error(img);
+    }
+    /*
+     * In writeback mode, what the driver still holds in memory is written
+     * here: a failure loses acknowledged writes and must reach the caller.
+     */
     if (!img->read_only && !img->broken && img->drv->flush) {
         ret = img->drv->flush(img);
-        if (ret < 0) {
-            g_set_error(errp, QGUARD_ERROR, -ret,
-                        "Failed to flush the image: %s", g_strerror(-ret));
+    }
+    if (img->drv->close && img->opaque) {
+        ret2 = img->drv->close(img);
+        ret = ret < 0 ? ret : ret2;
+    }
+    if (ret < 0) {
+        if (img->drv->last_error) {
+            detail = img->drv->last_error(img);
         }
+        g_set_error(errp, QGUARD_ERROR, -ret, "Failed to flush the image: %s",
+                    detail ? detail : g_strerror(-ret));
     }
     image_free(img);
     return ret;

@@ -59,7 +59,11 @@ struct BlockDriver {
     /* Score 0..100 for how sure the driver is that @buf starts its format. */
     int (*probe)(const uint8_t *buf, size_t len);
     int (*open)(QGuardImage *img, const QGuardOpts *opts, GError **errp);
-    void (*close)(QGuardImage *img);
+    /*
+     * Write back what is still in memory and free the driver state (even
+     * if writing fails, which is then returned).
+     */
+    int (*close)(QGuardImage *img);
     int (*create)(const char *filename, const QGuardOpts *opts,
                   QGuardProgressFunc *progress, void *opaque, GError **errp);
     char *(*create_describe)(const QGuardOpts *opts, GError **errp);

@@ -1038,25 +1038,27 @@ static void append_overlap_stats(QGuardImage *img)
     fclose(f);
 }
 
-static void qcow2_close(QGuardImage *img)
+static int qcow2_close(QGuardImage *img)
 {
     BDRVQcow2State *s = img->opaque;
+    int ret = 0;
 
     if (!s) {
-        return;
+        return 0;
     }
     if (!img->read_only && !img->broken) {
-        qcow2_flush_metadata(s);
+        ret = qcow2_flush_metadata(s);
         /* Lazy refcounts are consistent again once everything is flushed. */
-        if (s->use_lazy_refcounts &&
+        if (ret == 0 && s->use_lazy_refcounts &&
             !(img->flags & QGUARD_OPEN_CHECK)) {
-            qcow2_mark_clean(s);
+            ret = qcow2_mark_clean(s);
         }
     }
     /* After the last flush, whose writes are checked too. */
     append_overlap_stats(img);
     qcow2_free_state(s);
     img->opaque = NULL;
+    return ret;
 }
 
 /* ---- Requests ------------------------------------------------------------- */

@@ -29,9 +29,10 @@ static int raw_open(QGuardImage *img, const QGuardOpts *opts, GError **errp)
     return 0;
 }
 
-static void raw_close(QGuardImage *img)
+static int raw_close(QGuardImage *img)
 {
     img->opaque = NULL;
+    return 0;
 }
 
 static int raw_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,

@@ -115,6 +115,44 @@ static void test_flush_error_is_sticky(void)
     g_assert_error(err, QGUARD_ERROR, EIO);
 }
 
+/*
+ * A lazy-refcounts image is marked clean at close, after everything else
+ * is written: a failure to do so must fail the close as well.
+ */
+static void test_close_reports_mark_clean_failure(void)
+{
+    g_autofree char *path = test_path("lazy.qcow2");
+    g_autoptr(GError) err = NULL;
+    Hook h = { .path = path, .fail_op = HOST_FILE_WRITE, .fail_nth = 1,
+               .fail_errno = EIO };
+    QGuardImageInfo *info = NULL;
+    uint8_t buf[4096];
+    QGuardImage *img;
+
+    create_image(path, "size=1M,lazy_refcounts=on");
+    img = open_image(path, NULL, QGUARD_OPEN_RDWR);
+    memset(buf, 0x5a, sizeof(buf));
+    g_assert_cmpint(qguard_image_pwrite(img, 0, sizeof(buf), buf, 0, &err),
+                    ==, 0);
+    g_assert_cmpint(qguard_image_flush(img, &err), ==, 0);
+    host_file_set_hook(hook_fn, &h);
+    g_assert_cmpint(qguard_image_close(img, &err), ==, -EIO);
+    host_file_set_hook(NULL, NULL);
+    g_assert_error(err, QGUARD_ERROR, EIO);
+    g_assert_cmpint(h.counts[HOST_FILE_WRITE], ==, 1);
+
+    /* The flushed write is there; the image is still marked dirty. */
+    img = open_image(path, NULL, QGUARD_OPEN_NO_BACKING);
+    g_assert_cmpint(qguard_image_get_info(img, &info, NULL), ==, 0);
+    g_assert_true(info->dirty_flag);
+    qguard_image_info_free(info);
+    memset(buf, 0, sizeof(buf));
+    g_assert_cmpint(qguard_image_pread(img, 0, sizeof(buf), buf, NULL), ==, 0);
+    g_assert_cmpint(buf[0], ==, 0x5a);
+    g_assert_cmpint(buf[sizeof(buf) - 1], ==, 0x5a);
+    g_assert_cmpint(qguard_image_close(img, NULL), ==, 0);
+}
+
 int main(int argc, char **argv)
 {
     g_autofree char *cmd = NULL;
@@ -126,6 +164,8 @@ int main(int argc, char **argv)
 
     g_test_add_func("/cache/flush-error-is-sticky",
                     test_flush_error_is_sticky);
+    g_test_add_func("/cache/close/reports-mark-clean-failure",
+                    test_close_reports_mark_clean_failure);
 
     ret = g_test_run();
     cmd = g_strdup_printf("rm -rf '%s'", test_dir);
