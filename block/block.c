@@ -109,7 +109,52 @@ static bool is_generic_option(const char *key)
            !strcmp(key, "force-share") || !strcmp(key, "file.locking") ||
            !strcmp(key, "file.driver") || !strcmp(key, "read-only") ||
            !strcmp(key, "file") || !strcmp(key, "backing") ||
+           !strcmp(key, "cache.direct") || !strcmp(key, "cache.no-flush") ||
+           !strcmp(key, "file.cache.direct") ||
+           !strcmp(key, "file.cache.no-flush") ||
            g_str_has_prefix(key, "backing.");
+}
+
+bool qguard_parse_cache_mode(const char *mode, unsigned *flags)
+{
+    unsigned cache;
+
+    if (!strcmp(mode, "none") || !strcmp(mode, "off")) {
+        cache = QGUARD_OPEN_NOCACHE;
+    } else if (!strcmp(mode, "directsync")) {
+        cache = QGUARD_OPEN_NOCACHE | QGUARD_OPEN_WRITETHROUGH;
+    } else if (!strcmp(mode, "writeback")) {
+        cache = 0;
+    } else if (!strcmp(mode, "unsafe")) {
+        cache = QGUARD_OPEN_NO_FLUSH;
+    } else if (!strcmp(mode, "writethrough")) {
+        cache = QGUARD_OPEN_WRITETHROUGH;
+    } else {
+        return false;
+    }
+    *flags = (*flags & ~QGUARD_OPEN_CACHE_MASK) | cache;
+    return true;
+}
+
+/*
+ * cache.direct or cache.no-flush: @flag in @flags is the default, the
+ * image's option overrides it, and file.<name> overrides that for the
+ * image file only (the backing chain inherits the image's value).
+ */
+static bool parse_cache_option(const QGuardOpts *opts, const char *name,
+                               unsigned flags, unsigned flag, bool *image_val,
+                               bool *file_val, GError **errp)
+{
+    g_autofree char *file_key = g_strconcat("file.", name, NULL);
+    const char *v = qguard_opts_get(opts, name);
+
+    *image_val = flags & flag;
+    if (v && !qguard_parse_bool(name, v, image_val, errp)) {
+        return false;
+    }
+    *file_val = *image_val;
+    v = qguard_opts_get(opts, file_key);
+    return !v || qguard_parse_bool(name, v, file_val, errp);
 }
 
 static int check_options(const BlockDriver *drv, const QGuardOpts *opts,
@@ -216,6 +261,8 @@ static int open_image(QGuardImage **pimg, const char *filename,
     QGuardImage *img;
     bool read_only;
     bool no_lock = false;
+    bool direct, file_direct, no_flush, file_no_flush;
+    unsigned file_flags;
     int ret;
 
     if (!filename && qguard_opts_get(opts, "file")) {
@@ -266,6 +313,16 @@ static int open_image(QGuardImage **pimg, const char *filename,
     if (ro_opt && !qguard_parse_bool("read-only", ro_opt, &read_only, errp)) {
         return -EINVAL;
     }
+    if (!parse_cache_option(opts, "cache.direct", flags, QGUARD_OPEN_NOCACHE,
+                            &direct, &file_direct, errp) ||
+        !parse_cache_option(opts, "cache.no-flush", flags,
+                            QGUARD_OPEN_NO_FLUSH, &no_flush, &file_no_flush,
+                            errp)) {
+        return -EINVAL;
+    }
+    flags &= ~(QGUARD_OPEN_NOCACHE | QGUARD_OPEN_NO_FLUSH);
+    flags |= (direct ? QGUARD_OPEN_NOCACHE : 0) |
+             (no_flush ? QGUARD_OPEN_NO_FLUSH : 0);
     if (qguard_opts_get(opts, "file.locking")) {
         const char *locking = qguard_opts_get(opts, "file.locking");
         if (!strcmp(locking, "off")) {
@@ -308,9 +365,10 @@ static int open_image(QGuardImage **pimg, const char *filename,
         ret = -ELOOP;
         goto fail;
     }
-    ret = host_file_open(&img->file, filename,
-                         (read_only ? 0 : HOST_FILE_RDWR) | HOST_FILE_NO_LOCK,
-                         &local_err);
+    file_flags = (read_only ? 0 : HOST_FILE_RDWR) | HOST_FILE_NO_LOCK |
+                 (file_direct ? HOST_FILE_DIRECT : 0) |
+                 (file_no_flush ? HOST_FILE_NO_FLUSH : 0);
+    ret = host_file_open(&img->file, filename, file_flags, &local_err);
     if (ret == -EAGAIN) {
         g_propagate_error(errp, g_steal_pointer(&local_err));
         goto fail;
@@ -320,8 +378,8 @@ static int open_image(QGuardImage **pimg, const char *filename,
                     filename);
         goto fail;
     } else if (ret < 0) {
-        g_set_error(errp, QGUARD_ERROR, -ret, "Could not open '%s': %s",
-                    filename, g_strerror(-ret));
+        /* "Could not open '%s': <why>", the why possibly about O_DIRECT. */
+        g_set_error(errp, QGUARD_ERROR, -ret, "%s", local_err->message);
         goto fail;
     }
     /* A loop would also conflict with our own locks: name it first. */
@@ -399,7 +457,9 @@ int bdrv_open_backing(QGuardImage *img, const QGuardOpts *opts,
     int ret;
 
     ret = open_image(&img->backing, img->full_backing_file,
-                     img->backing_format, backing_opts, 0, img, &local_err);
+                     img->backing_format, backing_opts,
+                     img->flags & (QGUARD_OPEN_NOCACHE | QGUARD_OPEN_NO_FLUSH),
+                     img, &local_err);
     qguard_opts_free(backing_opts);
     if (ret < 0) {
         img->backing = NULL;
@@ -499,6 +559,15 @@ static int set_io_error(QGuardImage *img, int ret, GError **errp)
     return ret;
 }
 
+/*
+ * Without a write cache (writethrough) every write is a FUA write: one
+ * flush at the end of the request, however many clusters it touches.
+ */
+static unsigned write_cache_fua(const QGuardImage *img)
+{
+    return img->flags & QGUARD_OPEN_WRITETHROUGH ? QGUARD_WRITE_FUA : 0;
+}
+
 static int check_request(QGuardImage *img, uint64_t offset, uint64_t bytes,
                          bool write, GError **errp)
 {
@@ -543,7 +612,8 @@ int qguard_image_pwrite(QGuardImage *img, uint64_t offset, uint64_t bytes,
     ret = check_request(img, offset, bytes, true, errp);
     if (ret == 0 && bytes) {
         ret = set_io_error(img, img->drv->pwrite(img, offset, bytes, buf,
-                                                 flags), errp);
+                                                 flags | write_cache_fua(img)),
+                           errp);
     }
     image_unlock(img);
     return ret;
@@ -558,7 +628,9 @@ int qguard_image_pwrite_zeroes(QGuardImage *img, uint64_t offset,
     ret = check_request(img, offset, bytes, true, errp);
     if (ret == 0 && bytes) {
         ret = set_io_error(img, img->drv->pwrite_zeroes(img, offset, bytes,
-                                                        flags), errp);
+                                                        flags |
+                                                        write_cache_fua(img)),
+                           errp);
     }
     image_unlock(img);
     return ret;
@@ -579,9 +651,11 @@ int qguard_image_pwrite_compressed(QGuardImage *img, uint64_t offset,
     image_lock(img);
     ret = check_request(img, offset, bytes, true, errp);
     if (ret == 0 && bytes) {
-        ret = set_io_error(img, img->drv->pwrite_compressed(img, offset,
-                                                            bytes, buf),
-                           errp);
+        ret = img->drv->pwrite_compressed(img, offset, bytes, buf);
+        if (ret >= 0 && write_cache_fua(img)) {
+            ret = img->drv->flush(img);
+        }
+        ret = set_io_error(img, ret, errp);
     }
     image_unlock(img);
     return ret;

@@ -13,9 +13,17 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+/* Direct I/O alignment when the file system does not say (statx). */
+#define DIO_FALLBACK_ALIGN 4096
+
+#define ALIGN_DOWN(n, a) ((n) & ~(uint64_t)((a) - 1))
+#define ALIGN_UP(n, a) ALIGN_DOWN((n) + (a) - 1, a)
 
 struct HostFile {
     int fd;
@@ -29,6 +37,21 @@ struct HostFile {
      * with this error (QEMU's file-posix does the same).
      */
     int flush_error;
+    /* cache.no-flush: flushes do not reach the disk (cache=unsafe). */
+    bool no_flush;
+    /*
+     * cache.direct: the file is open with O_DIRECT, whose transfers need
+     * file offsets and lengths aligned to @align and buffers (addresses and
+     * segment lengths) aligned to @mem_align.  Other requests go through
+     * an aligned bounce buffer; a write that covers part of an aligned
+     * block reads, modifies and writes the whole block.  Such writes take
+     * @rmw_lock exclusively and aligned writes take it shared, so that a
+     * concurrent write to another part of the same block is not undone.
+     */
+    bool direct;
+    uint32_t align;
+    uint32_t mem_align;
+    pthread_rwlock_t rmw_lock;
     dev_t dev;
     ino_t ino;
 };
@@ -140,6 +163,46 @@ fail:
     return ret;
 }
 
+static void probe_dio_alignment(HostFile *file)
+{
+    struct statx stx;
+
+    file->align = file->mem_align = DIO_FALLBACK_ALIGN;
+    if (statx(file->fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
+        (stx.stx_mask & STATX_DIOALIGN) && stx.stx_dio_offset_align &&
+        stx.stx_dio_mem_align) {
+        file->align = stx.stx_dio_offset_align;
+        file->mem_align = stx.stx_dio_mem_align;
+    }
+}
+
+static int open_fd(const char *filename, int oflags, GError **errp)
+{
+    int fd, err;
+
+    do {
+        fd = open(filename, oflags, 0644);
+    } while (fd < 0 && errno == EINTR);
+    if (fd >= 0) {
+        return fd;
+    }
+    err = errno;
+    if (err == EINVAL && (oflags & O_DIRECT)) {
+        /* Say so if O_DIRECT is what the file system refuses (QEMU does). */
+        fd = open(filename, oflags & ~(O_DIRECT | O_CREAT | O_TRUNC));
+        if (fd >= 0) {
+            close(fd);
+            g_set_error(errp, G_FILE_ERROR, G_FILE_ERROR_INVAL,
+                        "Could not open '%s': filesystem does not support "
+                        "O_DIRECT", filename);
+            return -EINVAL;
+        }
+    }
+    g_set_error(errp, G_FILE_ERROR, g_file_error_from_errno(err),
+                "Could not open '%s': %s", filename, g_strerror(err));
+    return -err;
+}
+
 int host_file_open(HostFile **pfile, const char *filename, unsigned flags,
                    GError **errp)
 {
@@ -152,14 +215,12 @@ int host_file_open(HostFile **pfile, const char *filename, unsigned flags,
     if (flags & HOST_FILE_CREATE) {
         oflags |= O_CREAT | O_TRUNC;
     }
-    do {
-        fd = open(filename, oflags, 0644);
-    } while (fd < 0 && errno == EINTR);
+    if (flags & HOST_FILE_DIRECT) {
+        oflags |= O_DIRECT;
+    }
+    fd = open_fd(filename, oflags, errp);
     if (fd < 0) {
-        int err = errno;
-        g_set_error(errp, G_FILE_ERROR, g_file_error_from_errno(err),
-                    "Could not open '%s': %s", filename, g_strerror(err));
-        return -err;
+        return fd;
     }
     if (fstat(fd, &st) < 0) {
         int err = errno;
@@ -187,6 +248,12 @@ int host_file_open(HostFile **pfile, const char *filename, unsigned flags,
     file->fd = fd;
     file->filename = g_strdup(filename);
     file->read_only = !(flags & HOST_FILE_RDWR);
+    file->no_flush = flags & HOST_FILE_NO_FLUSH;
+    file->direct = flags & HOST_FILE_DIRECT;
+    if (file->direct) {
+        probe_dio_alignment(file);
+    }
+    pthread_rwlock_init(&file->rmw_lock, NULL);
     file->dev = st.st_dev;
     file->ino = st.st_ino;
     *pfile = file;
@@ -204,6 +271,7 @@ void host_file_close(HostFile *file)
         return;
     }
     close(file->fd);
+    pthread_rwlock_destroy(&file->rmw_lock);
     g_free(file->filename);
     g_free(file);
 }
@@ -224,15 +292,27 @@ void host_file_identity(const HostFile *file, uint64_t *dev, uint64_t *ino)
     *ino = file->ino;
 }
 
-int host_file_pread(HostFile *file, uint64_t offset, void *buf, size_t bytes)
+bool host_file_is_direct(const HostFile *file)
 {
-    uint8_t *p = buf;
-    int ret;
+    return file->direct;
+}
 
-    ret = run_hook(file, HOST_FILE_READ, offset, bytes, NULL, 0);
-    if (ret < 0) {
-        return ret;
-    }
+void host_file_set_dio_alignment(HostFile *file, uint32_t align,
+                                 uint32_t mem_align)
+{
+    g_assert(file->direct && align % file->align == 0 &&
+             mem_align % file->mem_align == 0);
+    file->align = align;
+    file->mem_align = mem_align;
+}
+
+/*
+ * Read @bytes at @offset, zeros past the end of the file.  With O_DIRECT
+ * a short read ends inside the last block: that is the end of the file.
+ */
+static int read_fully(HostFile *file, uint64_t offset, uint8_t *p,
+                      size_t bytes)
+{
     while (bytes > 0) {
         ssize_t n = pread(file->fd, p, MIN(bytes, (size_t)SSIZE_MAX), offset);
         if (n < 0) {
@@ -241,8 +321,8 @@ int host_file_pread(HostFile *file, uint64_t offset, void *buf, size_t bytes)
             }
             return -errno;
         }
-        if (n == 0) {
-            memset(p, 0, bytes);
+        if (n == 0 || (file->direct && n % file->align)) {
+            memset(p + n, 0, bytes - n);
             break;
         }
         p += n;
@@ -252,35 +332,14 @@ int host_file_pread(HostFile *file, uint64_t offset, void *buf, size_t bytes)
     return 0;
 }
 
-int host_file_pwrite(HostFile *file, uint64_t offset, const void *buf,
-                     size_t bytes)
-{
-    struct iovec iov = { .iov_base = (void *)buf, .iov_len = bytes };
-
-    return host_file_pwritev(file, offset, &iov, 1);
-}
-
-int host_file_pwritev(HostFile *file, uint64_t offset,
-                      const struct iovec *iov_in, int iovcnt)
+static int write_fully(HostFile *file, uint64_t offset,
+                       const struct iovec *iov_in, int iovcnt)
 {
     struct iovec local[64];
     struct iovec *copy = local;
     struct iovec *iov;
-    uint64_t total = 0;
     int ret = 0;
-    int i;
 
-    if (file->read_only) {
-        return -EBADF;
-    }
-    for (i = 0; i < iovcnt; i++) {
-        total += iov_in[i].iov_len;
-    }
-    ret = run_hook(file, HOST_FILE_WRITE, offset, total, iov_in, iovcnt);
-    if (ret < 0) {
-        return ret;
-    }
-    file->unsynced = true;
     /* pwritev may write partially; keep a private copy we can advance. */
     if (iovcnt > (int)G_N_ELEMENTS(local)) {
         copy = g_new(struct iovec, iovcnt);
@@ -324,6 +383,169 @@ int host_file_pwritev(HostFile *file, uint64_t offset,
     return ret;
 }
 
+/* Can this transfer go to an O_DIRECT file as it is? */
+static bool dio_aligned(const HostFile *file, uint64_t offset,
+                        const struct iovec *iov, int iovcnt, uint64_t total)
+{
+    int i;
+
+    if ((offset | total) & (file->align - 1)) {
+        return false;
+    }
+    for (i = 0; i < iovcnt; i++) {
+        if (((uintptr_t)iov[i].iov_base | iov[i].iov_len) &
+            (file->mem_align - 1)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static uint8_t *dio_buffer(const HostFile *file, size_t len)
+{
+    void *p;
+
+    if (posix_memalign(&p, MAX(file->mem_align, (uint32_t)sizeof(void *)),
+                       len)) {
+        return NULL;
+    }
+    return p;
+}
+
+/* An unaligned read from an O_DIRECT file, through a bounce buffer. */
+static int dio_bounce_read(HostFile *file, uint64_t offset, void *buf,
+                           size_t bytes)
+{
+    uint64_t start = ALIGN_DOWN(offset, file->align);
+    uint64_t end = ALIGN_UP(offset + bytes, file->align);
+    uint8_t *bounce = dio_buffer(file, end - start);
+    int ret;
+
+    if (!bounce) {
+        return -ENOMEM;
+    }
+    ret = read_fully(file, start, bounce, end - start);
+    if (ret == 0) {
+        memcpy(buf, bounce + (offset - start), bytes);
+    }
+    free(bounce);
+    return ret;
+}
+
+/*
+ * An unaligned write to an O_DIRECT file: read the partial blocks at both
+ * ends, copy the data in and write the aligned range.  Writing the last
+ * block may extend the file past the end of the request; the file gets
+ * its old length (or the end of the request) back, as if the write had
+ * been unaligned.
+ */
+static int dio_rmw_write(HostFile *file, uint64_t offset,
+                         const struct iovec *iov, int iovcnt, uint64_t total)
+{
+    uint64_t start = ALIGN_DOWN(offset, file->align);
+    uint64_t end = ALIGN_UP(offset + total, file->align);
+    uint64_t len = end - start, pos;
+    struct iovec whole;
+    uint8_t *bounce;
+    struct stat st;
+    bool tail = offset + total < end;
+    int ret = 0, i;
+
+    bounce = dio_buffer(file, len);
+    if (!bounce) {
+        return -ENOMEM;
+    }
+    pthread_rwlock_wrlock(&file->rmw_lock);
+    if (tail && fstat(file->fd, &st) < 0) {
+        ret = -errno;
+        goto out;
+    }
+    if (start < offset) {
+        ret = read_fully(file, start, bounce, file->align);
+    }
+    if (ret == 0 && tail && (len > file->align || start == offset)) {
+        ret = read_fully(file, end - file->align,
+                         bounce + len - file->align, file->align);
+    }
+    if (ret < 0) {
+        goto out;
+    }
+    pos = offset - start;
+    for (i = 0; i < iovcnt; i++) {
+        memcpy(bounce + pos, iov[i].iov_base, iov[i].iov_len);
+        pos += iov[i].iov_len;
+    }
+    whole.iov_base = bounce;
+    whole.iov_len = len;
+    ret = write_fully(file, start, &whole, 1);
+    if (ret == 0 && tail && (uint64_t)st.st_size < end) {
+        while (ftruncate(file->fd, MAX((uint64_t)st.st_size,
+                                       offset + total)) < 0) {
+            if (errno != EINTR) {
+                ret = -errno;
+                break;
+            }
+        }
+    }
+out:
+    pthread_rwlock_unlock(&file->rmw_lock);
+    free(bounce);
+    return ret;
+}
+
+int host_file_pread(HostFile *file, uint64_t offset, void *buf, size_t bytes)
+{
+    struct iovec iov = { .iov_base = buf, .iov_len = bytes };
+    int ret;
+
+    ret = run_hook(file, HOST_FILE_READ, offset, bytes, NULL, 0);
+    if (ret < 0) {
+        return ret;
+    }
+    if (file->direct && !dio_aligned(file, offset, &iov, 1, bytes)) {
+        return dio_bounce_read(file, offset, buf, bytes);
+    }
+    return read_fully(file, offset, buf, bytes);
+}
+
+int host_file_pwrite(HostFile *file, uint64_t offset, const void *buf,
+                     size_t bytes)
+{
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = bytes };
+
+    return host_file_pwritev(file, offset, &iov, 1);
+}
+
+int host_file_pwritev(HostFile *file, uint64_t offset,
+                      const struct iovec *iov, int iovcnt)
+{
+    uint64_t total = 0;
+    int ret = 0;
+    int i;
+
+    if (file->read_only) {
+        return -EBADF;
+    }
+    for (i = 0; i < iovcnt; i++) {
+        total += iov[i].iov_len;
+    }
+    ret = run_hook(file, HOST_FILE_WRITE, offset, total, iov, iovcnt);
+    if (ret < 0) {
+        return ret;
+    }
+    file->unsynced = true;
+    if (!file->direct) {
+        return write_fully(file, offset, iov, iovcnt);
+    }
+    if (!dio_aligned(file, offset, iov, iovcnt, total)) {
+        return dio_rmw_write(file, offset, iov, iovcnt, total);
+    }
+    pthread_rwlock_rdlock(&file->rmw_lock);
+    ret = write_fully(file, offset, iov, iovcnt);
+    pthread_rwlock_unlock(&file->rmw_lock);
+    return ret;
+}
+
 int host_file_flush(HostFile *file)
 {
     int ret;
@@ -335,7 +557,7 @@ int host_file_flush(HostFile *file)
         return -file->flush_error;
     }
     /* Ordering flushes are frequent; one with nothing to sync is free. */
-    if (!file->unsynced) {
+    if (!file->unsynced || file->no_flush) {
         return 0;
     }
     ret = run_hook(file, HOST_FILE_FLUSH, 0, 0, NULL, 0);
@@ -345,7 +567,10 @@ int host_file_flush(HostFile *file)
         }
     }
     if (ret < 0) {
-        file->flush_error = -ret;
+        /* Without a page cache, nothing was dropped: a retry is honest. */
+        if (!file->direct) {
+            file->flush_error = -ret;
+        }
         return ret;
     }
     file->unsynced = false;

@@ -37,6 +37,13 @@ enum {
     HOST_FILE_CREATE  = 1 << 1,  /* create or truncate to 0 */
     /* Take no image locks (QEMU's locking=off / force-share readers). */
     HOST_FILE_NO_LOCK = 1 << 2,
+    /*
+     * cache.direct: O_DIRECT; requests of any alignment still work (they
+     * are bounced), an open that the file system refuses says so.
+     */
+    HOST_FILE_DIRECT  = 1 << 3,
+    /* cache.no-flush: host_file_flush() does not sync (cache=unsafe). */
+    HOST_FILE_NO_FLUSH = 1 << 4,
 };
 
 int host_file_open(HostFile **pfile, const char *filename, unsigned flags,
@@ -47,6 +54,10 @@ int host_file_lock(HostFile *file, bool rdwr, GError **errp);
 
 const char *host_file_name(const HostFile *file);
 bool host_file_is_read_only(const HostFile *file);
+bool host_file_is_direct(const HostFile *file);
+/* Test hook: pretend an O_DIRECT file needs coarser alignment. */
+void host_file_set_dio_alignment(HostFile *file, uint32_t align,
+                                 uint32_t mem_align);
 /* Identity of the underlying file (for backing chain loop detection). */
 void host_file_identity(const HostFile *file, uint64_t *dev, uint64_t *ino);
 

@@ -167,7 +167,11 @@ Qcow2Cache *qcow2_cache_create(BDRVQcow2State *s, int num_tables,
     c->table_size = s->cluster_size;
     c->ol_type = ol_type;
     c->entries = g_new0(Qcow2CacheEntry, num_tables);
-    c->tables = g_malloc((size_t)num_tables * c->table_size);
+    /* Page aligned, so that O_DIRECT (cache.direct) needs no bounce buffer. */
+    if (posix_memalign((void **)&c->tables, 4096,
+                       (size_t)num_tables * c->table_size)) {
+        g_error("out of memory for the qcow2 table cache");
+    }
     while (nbuckets < (uint32_t)num_tables * 2) {
         nbuckets <<= 1;
     }
@@ -190,7 +194,7 @@ void qcow2_cache_destroy(Qcow2Cache *c)
     }
     g_array_free(c->dirty, TRUE);
     g_free(c->buckets);
-    g_free(c->tables);
+    free(c->tables);
     g_free(c->entries);
     g_free(c);
 }

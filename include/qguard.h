@@ -69,7 +69,29 @@ enum {
      * image is not repaired automatically.
      */
     QGUARD_OPEN_CHECK      = 1 << 2,
+    /*
+     * Cache mode (docs/design.md, "Cache modes"), as qguard_parse_cache_mode()
+     * sets it from QEMU's names.  WRITETHROUGH turns the image's write cache
+     * off: a write, write-zeroes or compressed write returns only once it
+     * and the metadata that makes it visible are flushed to stable storage.
+     * NOCACHE and NO_FLUSH are the defaults of the runtime options
+     * cache.direct (O_DIRECT on the image file) and cache.no-flush (flushes
+     * write the image's metadata to the host but do not sync it).  Backing
+     * images inherit NOCACHE and NO_FLUSH.
+     */
+    QGUARD_OPEN_WRITETHROUGH = 1 << 3,
+    QGUARD_OPEN_NOCACHE      = 1 << 4,
+    QGUARD_OPEN_NO_FLUSH     = 1 << 5,
 };
+#define QGUARD_OPEN_CACHE_MASK \
+    (QGUARD_OPEN_WRITETHROUGH | QGUARD_OPEN_NOCACHE | QGUARD_OPEN_NO_FLUSH)
+
+/*
+ * QEMU's cache modes: "writethrough", "writeback", "none" (or "off"),
+ * "directsync", "unsafe".  Replaces the QGUARD_OPEN_CACHE_MASK bits of
+ * *flags; false (and *flags unchanged) for anything else.
+ */
+bool qguard_parse_cache_mode(const char *mode, unsigned *flags);
 
 /*
  * Open @filename (or, with @filename NULL, the file named by the option
@@ -79,7 +101,10 @@ enum {
 int qguard_image_open(QGuardImage **pimg, const char *filename,
                       const char *format, const QGuardOpts *opts,
                       unsigned flags, GError **errp);
-/* Flushes and closes; the image is freed even if the flush fails. */
+/*
+ * Flushes and closes; the image is freed even if the flush fails.  A
+ * failure means that writes acknowledged in writeback mode may be lost.
+ */
 int qguard_image_close(QGuardImage *img, GError **errp);
 
 const char *qguard_image_filename(const QGuardImage *img);

@@ -153,6 +153,249 @@ static void test_close_reports_mark_clean_failure(void)
     g_assert_cmpint(qguard_image_close(img, NULL), ==, 0);
 }
 
+/* What a second, independent reader of the file sees now. */
+static void read_other(const char *path, const char *format, uint64_t offset,
+                       uint64_t bytes, void *buf)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardOpts *opts = qguard_opts_new();
+    QGuardImage *img = NULL;
+
+    qguard_opts_set(opts, "force-share", "on");
+    g_assert_cmpint(qguard_image_open(&img, path, format, opts,
+                                      QGUARD_OPEN_NO_BACKING, &err), ==, 0);
+    g_assert_cmpint(qguard_image_pread(img, offset, bytes, buf, &err), ==, 0);
+    g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
+    qguard_opts_free(opts);
+}
+
+static void assert_filled(const uint8_t *buf, size_t len, uint8_t pattern)
+{
+    size_t i;
+
+    for (i = 0; i < len; i++) {
+        if (buf[i] != pattern) {
+            g_error("byte %zu is %#x, not %#x", i, buf[i], pattern);
+        }
+    }
+}
+
+typedef struct WriteCase {
+    const char *create_opts;
+    const char *runtime_opts;
+    unsigned flags;
+    bool durable_after_write;   /* on the host as soon as the write returns */
+    bool syncs;                 /* the host file is fdatasync'ed */
+} WriteCase;
+
+/*
+ * A write in writethrough mode is on the host when it returns, with one
+ * flush for the request however many clusters it allocates; writeback
+ * mode writes nothing back until a flush.  cache.no-flush writes the same
+ * but never syncs.
+ */
+static void test_write_cache(gconstpointer data)
+{
+    const WriteCase *c = data;
+    g_autofree char *path = test_path("wc.qcow2");
+    g_autoptr(GError) err = NULL;
+    g_autofree uint8_t *buf = g_malloc(1 << 20);
+    uint64_t small_flushes, big_flushes;
+    Hook h = { .path = path };
+    QGuardImage *img;
+
+    create_image(path, c->create_opts);
+    img = open_image(path, c->runtime_opts, QGUARD_OPEN_RDWR | c->flags);
+    memset(buf, 0x5a, 1 << 20);
+    /* The first L2 table: later writes allocate tables only if small. */
+    g_assert_cmpint(qguard_image_pwrite(img, 0, 4096, buf, 0, &err), ==, 0);
+    g_assert_cmpint(qguard_image_flush(img, &err), ==, 0);
+    host_file_set_hook(hook_fn, &h);
+    g_assert_cmpint(qguard_image_pwrite(img, 6 << 20, 4096, buf, 0, &err),
+                    ==, 0);
+    small_flushes = h.counts[HOST_FILE_FLUSH];
+    h.counts[HOST_FILE_FLUSH] = 0;
+    g_assert_cmpint(qguard_image_pwrite(img, 2 << 20, 1 << 20, buf, 0, &err),
+                    ==, 0);
+    big_flushes = h.counts[HOST_FILE_FLUSH];
+    host_file_set_hook(NULL, NULL);
+
+    if (c->durable_after_write && c->syncs) {
+        g_assert_cmpint(small_flushes, >=, 1);
+    } else {
+        g_assert_cmpint(small_flushes, ==, 0);
+    }
+    /* Sixteen clusters or more: still the flushes of one request. */
+    g_assert_cmpint(big_flushes, ==, small_flushes);
+
+    memset(buf, 0, 1 << 20);
+    read_other(path, "qcow2", 2 << 20, 1 << 20, buf);
+    if (c->durable_after_write) {
+        assert_filled(buf, 1 << 20, 0x5a);
+    }
+
+    h.counts[HOST_FILE_FLUSH] = 0;
+    host_file_set_hook(hook_fn, &h);
+    g_assert_cmpint(qguard_image_flush(img, &err), ==, 0);
+    host_file_set_hook(NULL, NULL);
+    if (c->syncs && !c->durable_after_write) {
+        g_assert_cmpint(h.counts[HOST_FILE_FLUSH], >=, 1);
+    } else {
+        /* Nothing left to sync, or syncs are off. */
+        g_assert_cmpint(h.counts[HOST_FILE_FLUSH], ==, 0);
+    }
+    read_other(path, "qcow2", 2 << 20, 1 << 20, buf);
+    assert_filled(buf, 1 << 20, 0x5a);
+    g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
+}
+
+static const WriteCase write_cases[] = {
+    { "size=8M", NULL, QGUARD_OPEN_WRITETHROUGH, true, true },
+    /*
+     * No new refcount block (one covers 2 MiB of the file) and caches
+     * big enough that no table is evicted during the request: those would
+     * flush in writeback mode too.
+     */
+    { "size=8M,cluster_size=512,refcount_bits=1",
+      "l2-cache-size=64k,refcount-cache-size=8k", QGUARD_OPEN_WRITETHROUGH,
+      true, true },
+    { "size=8M,cluster_size=2M", NULL, QGUARD_OPEN_WRITETHROUGH, true, true },
+    { "size=8M", NULL, 0, false, true },
+    { "size=8M", "cache.no-flush=on", QGUARD_OPEN_WRITETHROUGH, true, false },
+    { "size=8M", NULL, QGUARD_OPEN_WRITETHROUGH | QGUARD_OPEN_NO_FLUSH, true,
+      false },
+    { "size=8M", "cache.no-flush=on", 0, false, false },
+};
+
+static const char *const write_case_names[] = {
+    "writethrough-64k", "writethrough-512", "writethrough-2m", "writeback",
+    "writethrough-no-flush-option", "writethrough-no-flush-flag", "unsafe",
+};
+
+/* ---- O_DIRECT ------------------------------------------------------------ */
+
+typedef struct DirectCase {
+    const char *format;
+    const char *create_opts;    /* qcow2; raw: the file size */
+    uint32_t align;
+    uint32_t mem_align;
+} DirectCase;
+
+static void create_any(const char *path, const DirectCase *c)
+{
+    if (!strcmp(c->format, "raw")) {
+        int fd = open(path, O_CREAT | O_TRUNC | O_WRONLY, 0644);
+        g_assert_cmpint(fd, >=, 0);
+        g_assert_cmpint(ftruncate(fd, strtoull(c->create_opts, NULL, 0)), ==,
+                        0);
+        close(fd);
+    } else {
+        create_image(path, c->create_opts);
+    }
+}
+
+static void assert_same_files(const char *a, const char *b)
+{
+    g_autofree char *da = NULL, *db = NULL;
+    gsize la, lb;
+
+    g_assert_true(g_file_get_contents(a, &da, &la, NULL));
+    g_assert_true(g_file_get_contents(b, &db, &lb, NULL));
+    g_assert_cmpuint(la, ==, lb);
+    g_assert_true(memcmp(da, db, la) == 0);
+}
+
+/*
+ * With cache.direct=on, requests of any alignment, from buffers of any
+ * alignment, do what they do through the page cache: the same guest data
+ * and, byte for byte, the same file (a write of the last partial block
+ * does not leave the file longer).
+ */
+static void test_direct_matches_buffered(gconstpointer data)
+{
+    const DirectCase *c = data;
+    g_autofree char *pa = test_path("buffered.img");
+    g_autofree char *pb = test_path("direct.img");
+    g_autoptr(GError) err = NULL;
+    GRand *rand = g_rand_new_with_seed(42);
+    size_t max_len = 300 * 1024;
+    g_autofree uint8_t *wbuf = g_malloc(max_len + 1);
+    g_autofree uint8_t *ra = g_malloc(max_len + 1);
+    g_autofree uint8_t *rb = g_malloc(max_len + 1);
+    QGuardImage *a = NULL, *b = NULL;
+    QGuardOpts *opts = qguard_opts_new();
+    uint64_t size;
+    int i;
+
+    create_any(pa, c);
+    create_any(pb, c);
+    g_assert_cmpint(qguard_image_open(&a, pa, c->format, NULL,
+                                      QGUARD_OPEN_RDWR, &err), ==, 0);
+    qguard_opts_set(opts, "cache.direct", "on");
+    g_assert_cmpint(qguard_image_open(&b, pb, c->format, opts,
+                                      QGUARD_OPEN_RDWR, &err), ==, 0);
+    qguard_opts_free(opts);
+    g_assert_true(host_file_is_direct(b->file));
+    g_assert_false(host_file_is_direct(a->file));
+    if (c->align) {
+        host_file_set_dio_alignment(b->file, c->align, c->mem_align);
+    }
+    size = qguard_image_size(a);
+    g_assert_cmpuint(size, ==, qguard_image_size(b));
+
+    for (i = 0; i < 300; i++) {
+        uint64_t len = 1 + g_rand_int_range(rand, 0, max_len);
+        uint64_t off;
+        int op = g_rand_int_range(rand, 0, 10);
+        int shift = g_rand_int_range(rand, 0, 2);
+
+        len = MIN(len, size);
+        off = g_rand_int_range(rand, 0, size - len + 1);
+        if (g_rand_boolean(rand)) {
+            off &= ~(uint64_t)511;
+            len = MIN(MAX(512, len & ~(uint64_t)511), size - off);
+        }
+        if (op < 5) {
+            memset(wbuf + shift, i + 1, len);
+            g_assert_cmpint(qguard_image_pwrite(a, off, len, wbuf + shift, 0,
+                                                &err), ==, 0);
+            g_assert_cmpint(qguard_image_pwrite(b, off, len, wbuf + shift, 0,
+                                                &err), ==, 0);
+        } else if (op < 6) {
+            g_assert_cmpint(qguard_image_pwrite_zeroes(a, off, len, 0, &err),
+                            ==, 0);
+            g_assert_cmpint(qguard_image_pwrite_zeroes(b, off, len, 0, &err),
+                            ==, 0);
+        } else if (op < 7) {
+            g_assert_cmpint(qguard_image_flush(a, &err), ==, 0);
+            g_assert_cmpint(qguard_image_flush(b, &err), ==, 0);
+        } else {
+            g_assert_cmpint(qguard_image_pread(a, off, len, ra + shift, &err),
+                            ==, 0);
+            g_assert_cmpint(qguard_image_pread(b, off, len, rb + shift, &err),
+                            ==, 0);
+            g_assert_true(memcmp(ra + shift, rb + shift, len) == 0);
+        }
+    }
+    g_assert_cmpint(qguard_image_close(a, &err), ==, 0);
+    g_assert_cmpint(qguard_image_close(b, &err), ==, 0);
+    assert_same_files(pa, pb);
+    g_rand_free(rand);
+}
+
+static const DirectCase direct_cases[] = {
+    { "qcow2", "size=4M,cluster_size=512", 0, 0 },
+    { "qcow2", "size=4M,cluster_size=512", 4096, 4096 },
+    { "qcow2", "size=4M", 4096, 4096 },
+    { "raw", "1049576", 0, 0 },         /* 1 MiB + 1000 */
+    { "raw", "1049576", 4096, 4096 },
+};
+
+static const char *const direct_case_names[] = {
+    "qcow2-512", "qcow2-512-align-4k", "qcow2-64k-align-4k", "raw-odd-size",
+    "raw-odd-size-align-4k",
+};
+
 int main(int argc, char **argv)
 {
     g_autofree char *cmd = NULL;
@@ -166,6 +409,19 @@ int main(int argc, char **argv)
                     test_flush_error_is_sticky);
     g_test_add_func("/cache/close/reports-mark-clean-failure",
                     test_close_reports_mark_clean_failure);
+
+    for (size_t i = 0; i < G_N_ELEMENTS(write_cases); i++) {
+        g_autofree char *name = g_strdup_printf("/cache/write/%s",
+                                                write_case_names[i]);
+        g_test_add_data_func(name, &write_cases[i], test_write_cache);
+    }
+
+    for (size_t i = 0; i < G_N_ELEMENTS(direct_cases); i++) {
+        g_autofree char *name = g_strdup_printf("/cache/direct/%s",
+                                                direct_case_names[i]);
+        g_test_add_data_func(name, &direct_cases[i],
+                             test_direct_matches_buffered);
+    }
 
     ret = g_test_run();
     cmd = g_strdup_printf("rm -rf '%s'", test_dir);
