@@ -5,12 +5,15 @@
  * Copyright (c) 2026 The qguard authors
  *
  *   nbdkit -U SOCKET nbdkit-qguard-plugin.so file=IMAGE [format=qcow2|raw]
- *          [readonly=on] [overlap-check=...] [l2-cache-size=...] ...
+ *          [readonly=on] [cache=MODE] [overlap-check=...] ...
  *
- * Every key other than file, format and readonly is a runtime option of the
- * image and goes unchanged into the QGuardOpts given to qguard_image_open(),
- * so "-drive ...,overlap-check=cached" in QEMU and "overlap-check=cached"
- * here mean the same thing.
+ * Every key other than file, format, readonly and cache is a runtime option
+ * of the image and goes unchanged into the QGuardOpts given to
+ * qguard_image_open(), so "-drive ...,overlap-check=cached" in QEMU and
+ * "overlap-check=cached" here mean the same thing.
+ *
+ * cache= is qemu-nbd's --cache, writeback by default: a write is durable
+ * once the client's FLUSH (or the write's FUA flag) has succeeded.
  *
  * All connections share one QGuardImage.  It is opened when the first client
  * connects (only then does the plugin know whether nbdkit runs with -r) and
@@ -43,6 +46,7 @@
 static char *image_path;
 static char *image_format;
 static bool export_readonly;
+static unsigned cache_flags;     /* QGUARD_OPEN_CACHE_MASK bits */
 static QGuardOpts *image_opts;
 
 /* The shared image; image_lock protects image and image_users. */
@@ -104,6 +108,11 @@ static int qg_config(const char *key, const char *value)
             return -1;
         }
         export_readonly = r;
+    } else if (!strcmp(key, "cache")) {
+        if (!qguard_parse_cache_mode(value, &cache_flags)) {
+            nbdkit_error("Invalid cache mode `%s'", value);
+            return -1;
+        }
     } else {
         /* A runtime option of the image; the library validates it. */
         qguard_opts_set(image_opts, key, value);
@@ -125,6 +134,12 @@ static int qg_config_complete(void)
     "format=qcow2|raw  Image format (default: probe; give it for raw\n" \
     "                  images, which a guest could make look like qcow2).\n" \
     "readonly=on|off   Open the image read-only (as does nbdkit -r).\n" \
+    "cache=writeback|writethrough|none|directsync|unsafe\n" \
+    "                  qemu-nbd's --cache (default writeback: a write is\n" \
+    "                  durable once flushed or sent with FUA).\n" \
+    "cache.direct=on|off cache.no-flush=on|off\n" \
+    "                  O_DIRECT on the image file; flushes that do not\n" \
+    "                  sync (both as in QEMU; default from cache=).\n" \
     "overlap-check=none|constant|cached|all\n" \
     "                  Metadata overlap checks before writes (QEMU's\n" \
     "                  option; default cached).\n" \
@@ -158,8 +173,8 @@ static int qg_get_ready(void)
     g_autoptr(GError) err = NULL;
     QGuardImage *img = NULL;
 
-    if (qguard_image_open(&img, image_path, image_format, image_opts, 0,
-                          &err) < 0) {
+    if (qguard_image_open(&img, image_path, image_format, image_opts,
+                          cache_flags, &err) < 0) {
         nbdkit_error("%s", err->message);
         return -1;
     }
@@ -188,7 +203,8 @@ static void *qg_open(int readonly)
 
     g_mutex_lock(&image_lock);
     if (!image) {
-        unsigned flags = export_readonly || readonly ? 0 : QGUARD_OPEN_RDWR;
+        unsigned flags = cache_flags |
+                         (export_readonly || readonly ? 0 : QGUARD_OPEN_RDWR);
 
         if (qguard_image_open(&image, image_path, image_format, image_opts,
                               flags, &err) < 0) {
