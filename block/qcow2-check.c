@@ -732,7 +732,7 @@ static int rebuild_refcount_structure(CheckState *cs)
     }
     qcow2_map_enter(s, table_offset, table_clusters * s->cluster_size,
                     QCOW2_OL_REFCOUNT_TABLE);
-    s->free_cluster_index = 0;
+    qcow2_free_index_reset(s);
     return 0;
 }
 

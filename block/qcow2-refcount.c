@@ -158,11 +158,13 @@ int qcow2_refcount_init(BDRVQcow2State *s, GError **errp)
     }
     update_max_refcount_table_index(s);
     s->freed_clusters = g_array_new(FALSE, FALSE, sizeof(Qcow2FreedRange));
+    qcow2_free_index_init(s);
     return 0;
 }
 
 void qcow2_refcount_close(BDRVQcow2State *s)
 {
+    qcow2_free_index_destroy(s);
     g_free(s->refcount_table);
     s->refcount_table = NULL;
     if (s->freed_clusters) {
@@ -277,23 +279,6 @@ static guint freed_search(BDRVQcow2State *s, uint64_t c)
     return lo;
 }
 
-/* If @c was freed since the last flush: the first cluster after its range. */
-static uint64_t freed_range_end(BDRVQcow2State *s, uint64_t c)
-{
-    guint i;
-    Qcow2FreedRange *r;
-
-    if (!s->freed_clusters->len) {
-        return 0;
-    }
-    i = freed_search(s, c);
-    if (i == s->freed_clusters->len) {
-        return 0;
-    }
-    r = &g_array_index(s->freed_clusters, Qcow2FreedRange, i);
-    return r->first <= c ? r->first + r->count : 0;
-}
-
 static void remember_freed_cluster(BDRVQcow2State *s, uint64_t c, bool punch)
 {
     GArray *a = s->freed_clusters;
@@ -325,48 +310,152 @@ static void remember_freed_cluster(BDRVQcow2State *s, uint64_t c, bool punch)
 }
 
 /*
- * Called once the tables that stopped pointing at the freed clusters and
- * the refcount blocks that free them are on disk: the clusters may now be
- * reused, and punched where a discard type asks for it.  A cluster that
- * has been referenced again meanwhile (an undone refcount update) is left
- * alone.
+ * Clusters [first, first + count) were freed and their freeing is durable:
+ * those still at refcount 0 become free for the index (and are punched if
+ * @punch).  A cluster referenced again meanwhile (an undone refcount update)
+ * is left alone; one whose refcount cannot be read stays out of the index,
+ * which only costs the space until the next open.
  */
-void qcow2_release_freed_clusters(BDRVQcow2State *s)
+static void release_range(BDRVQcow2State *s, uint64_t first, uint64_t count,
+                          bool punch)
 {
-    guint i;
+    uint64_t mask = s->refcount_block_size - 1;
+    uint64_t c = first, end = first + count, run = 0;
 
-    if (!s->freed_clusters || !s->freed_clusters->len) {
-        return;
-    }
-    for (i = 0; i < s->freed_clusters->len; i++) {
-        Qcow2FreedRange *r = &g_array_index(s->freed_clusters,
-                                            Qcow2FreedRange, i);
-        uint64_t c, run = 0;
+    while (c < end) {
+        uint64_t table_index = c >> s->refcount_block_bits;
+        uint64_t block_end = MIN(end, (table_index + 1) <<
+                                      s->refcount_block_bits);
+        uint64_t block;
+        void *refblock = NULL;
 
-        s->free_cluster_index = MIN(s->free_cluster_index, r->first);
-        if (!r->punch) {
-            continue;
+        if (refblock_offset(s, table_index, &block) < 0 || !block ||
+            qcow2_cache_get(s, s->refcount_block_cache, block,
+                            &refblock) < 0) {
+            refblock = NULL;
         }
-        for (c = r->first; c <= r->first + r->count; c++) {
-            uint64_t refcount = 1;
-            if (c < r->first + r->count &&
-                qcow2_get_refcount(s, c, &refcount) < 0) {
-                refcount = 1;
-            }
-            if (c < r->first + r->count && refcount == 0) {
+        for (; c <= block_end; c++) {
+            if (c < block_end && refblock &&
+                s->get_refcount(refblock, c & mask) == 0) {
                 run++;
                 continue;
             }
             if (run) {
-                /* Best effort: without hole punching the data just stays. */
-                host_file_discard(s->file, (c - run) << s->cluster_bits,
-                                  run << s->cluster_bits);
+                qcow2_free_index_mark_free(s, c - run, run);
+                if (punch) {
+                    /* Best effort: without hole punching the data stays. */
+                    host_file_discard(s->file, (c - run) << s->cluster_bits,
+                                      run << s->cluster_bits);
+                }
                 run = 0;
+            }
+            if (c == block_end) {
+                break;
+            }
+        }
+        if (refblock) {
+            qcow2_cache_put(s->refcount_block_cache, &refblock);
+        }
+    }
+}
+
+/*
+ * Called once the tables that stopped pointing at the freed clusters and
+ * the refcount blocks that free them are on disk: the clusters may now be
+ * reused, and punched where a discard type asks for it.
+ */
+void qcow2_release_freed_clusters(BDRVQcow2State *s)
+{
+    GArray *a = s->freed_clusters;
+    guint i;
+
+    if (!a || !a->len) {
+        return;
+    }
+    /* Taken out first: the index must not see these as pending any more. */
+    s->freed_clusters = g_array_new(FALSE, FALSE, sizeof(Qcow2FreedRange));
+    s->freed_cluster_count = 0;
+    for (i = 0; i < a->len; i++) {
+        Qcow2FreedRange *r = &g_array_index(a, Qcow2FreedRange, i);
+
+        s->free_cluster_index = MIN(s->free_cluster_index, r->first);
+        release_range(s, r->first, r->count, r->punch);
+    }
+    g_array_free(a, TRUE);
+}
+
+/*
+ * The free clusters described by refcount block @index (1 = free in @bits,
+ * which the caller zeroed, one bit per entry), for the free-space index:
+ * refcount 0 and not freed since the last flush.  No block: all free.
+ */
+int qcow2_refblock_free_bits(BDRVQcow2State *s, uint64_t index,
+                             uint64_t *bits, uint64_t *nfree)
+{
+    uint64_t n = s->refcount_block_size, first = index << s->refcount_block_bits;
+    uint64_t block, i, count = 0;
+    void *refblock;
+    guint k;
+    int ret;
+
+    ret = refblock_offset(s, index, &block);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!block) {
+        memset(bits, 0xff, n / 8);
+        count = n;
+    } else {
+        ret = qcow2_cache_get(s, s->refcount_block_cache, block, &refblock);
+        if (ret < 0) {
+            return ret;
+        }
+        /* A zero test needs no byte swap: read the widths directly. */
+        for (i = 0; i < n; i++) {
+            bool zero;
+            switch (s->refcount_order) {
+            case 4:
+                zero = ((const uint16_t *)refblock)[i] == 0;
+                break;
+            case 3:
+                zero = ((const uint8_t *)refblock)[i] == 0;
+                break;
+            case 5:
+                zero = ((const uint32_t *)refblock)[i] == 0;
+                break;
+            case 6:
+                zero = ((const uint64_t *)refblock)[i] == 0;
+                break;
+            default:
+                zero = s->get_refcount(refblock, i) == 0;
+                break;
+            }
+            if (zero) {
+                bits[i >> 6] |= 1ULL << (i & 63);
+                count++;
+            }
+        }
+        qcow2_cache_put(s->refcount_block_cache, &refblock);
+    }
+    /* Freed since the last flush: on-disk tables may still name them. */
+    for (k = freed_search(s, first); k < s->freed_clusters->len; k++) {
+        Qcow2FreedRange *r = &g_array_index(s->freed_clusters,
+                                            Qcow2FreedRange, k);
+        uint64_t from = MAX(r->first, first), to = MIN(r->first + r->count,
+                                                       first + n);
+        if (r->first >= first + n) {
+            break;
+        }
+        for (i = from; i < to; i++) {
+            uint64_t bit = 1ULL << ((i - first) & 63);
+            if (bits[(i - first) >> 6] & bit) {
+                bits[(i - first) >> 6] &= ~bit;
+                count--;
             }
         }
     }
-    g_array_set_size(s->freed_clusters, 0);
-    s->freed_cluster_count = 0;
+    *nfree = count;
+    return 0;
 }
 
 /*
@@ -378,9 +467,9 @@ void qcow2_release_freed_clusters(BDRVQcow2State *s)
 static int64_t find_free_run(BDRVQcow2State *s, uint64_t n, bool exact,
                              uint64_t *got)
 {
-    uint64_t mask = s->refcount_block_size - 1;
-    uint64_t i, run_start, run_len = 0;
     uint64_t limit = QCOW2_MAX_HOST_OFFSET >> s->cluster_bits;
+    uint64_t first_free;
+    int64_t first;
 
     if (s->freed_cluster_count >= FREED_CLUSTERS_MAX) {
         /* Make the frees durable so that the space can be reused. */
@@ -389,74 +478,24 @@ static int64_t find_free_run(BDRVQcow2State *s, uint64_t n, bool exact,
             return ret;
         }
     }
-    i = run_start = s->free_cluster_index;
-
-    while (run_len < n) {
-        uint64_t table_index = i >> s->refcount_block_bits;
-        uint64_t block_end = (table_index + 1) << s->refcount_block_bits;
-        uint64_t block;
-        void *refblock;
-        int ret;
-
-        if (i >= limit) {
-            return -EFBIG;
-        }
-        ret = refblock_offset(s, table_index, &block);
-        if (ret < 0) {
-            return ret;
-        }
-        if (!block) {
-            /* No refcount block: every cluster it would cover is free. */
-            uint64_t avail = block_end - i;
-            if (avail >= n - run_len) {
-                run_len = n;
-                break;
-            }
-            run_len += avail;
-            i = block_end;
-            continue;
-        }
-        ret = qcow2_cache_get(s, s->refcount_block_cache, block, &refblock);
-        if (ret < 0) {
-            return ret;
-        }
-        for (; i < block_end && run_len < n; i++) {
-            uint64_t freed_end = 0;
-            if (s->get_refcount(refblock, i & mask) == 0 &&
-                !(freed_end = freed_range_end(s, i))) {
-                run_len++;
-            } else if (run_len && !exact) {
-                break;
-            } else {
-                /* In use, or freed but still named by on-disk tables. */
-                if (freed_end) {
-                    i = MIN(freed_end, block_end) - 1;
-                }
-                run_start = i + 1;
-                run_len = 0;
-            }
-        }
-        qcow2_cache_put(s->refcount_block_cache, &refblock);
-        if (run_len && !exact && i < block_end) {
-            break;
-        }
-        if (!run_len) {
-            /* Clusters up to here are in use; later searches skip them. */
-            s->free_cluster_index = run_start;
-        }
+    first = qcow2_free_index_find(s, s->free_cluster_index, n, exact, got,
+                                  &first_free);
+    if (first < 0) {
+        return first;
     }
-    if (run_start + run_len > limit) {
+    /* Nothing between the hint and the first free cluster is free. */
+    s->free_cluster_index = first_free;
+    if ((uint64_t)first >= limit || *got > limit - first) {
         return -EFBIG;
     }
-    if (run_start == 0) {
+    if (first == 0) {
         /* The header always has a refcount: the refcounts are broken. */
         qcow2_signal_corruption(s, true, 0, s->cluster_size,
                                 "Preventing invalid allocation of cluster 0 "
                                 "(refcounts are damaged)");
         return -EIO;
     }
-    *got = run_len;
-    return run_start;
+    return first;
 }
 
 static int write_reftable_entry(BDRVQcow2State *s, uint64_t index)
@@ -560,6 +599,10 @@ static int ensure_refblock(BDRVQcow2State *s, uint64_t index)
         s->max_refcount_table_index = index;
     }
     qcow2_map_enter(s, block, s->cluster_size, QCOW2_OL_REFCOUNT_BLOCK);
+    if (own_index == index) {
+        /* Its refcount was set in the block itself, not through an update. */
+        qcow2_free_index_mark_used(s, new_cluster, 1);
+    }
     if (new_cluster == s->free_cluster_index) {
         s->free_cluster_index++;
     }
@@ -668,6 +711,8 @@ static int grow_refcount_table(BDRVQcow2State *s, uint64_t needed_index)
     s->refcount_table_size = new_size;
     s->refcount_table_offset = table_offset;
     update_max_refcount_table_index(s);
+    qcow2_free_index_resize(s);
+    qcow2_free_index_mark_used(s, area_start, area_end - area_start);
     qcow2_map_enter(s, area_start << s->cluster_bits,
                     nblocks << s->cluster_bits, QCOW2_OL_REFCOUNT_BLOCK);
     qcow2_map_enter(s, table_offset, table_clusters << s->cluster_bits,
@@ -876,7 +921,7 @@ static int update_refcount_range(BDRVQcow2State *s, uint64_t first,
                                  uint64_t *done)
 {
     uint64_t mask = s->refcount_block_size - 1;
-    uint64_t c = first;
+    uint64_t c = first, block_first;
     int ret = 0;
 
     while (c <= last) {
@@ -900,6 +945,7 @@ static int update_refcount_range(BDRVQcow2State *s, uint64_t first,
         if (ret < 0) {
             break;
         }
+        block_first = c;
         for (; c <= block_last; c++) {
             uint64_t old = s->get_refcount(refblock, c & mask);
             uint64_t new;
@@ -922,6 +968,9 @@ static int update_refcount_range(BDRVQcow2State *s, uint64_t first,
                                              s->discard_passthrough[type]);
             }
             (*done)++;
+        }
+        if (!decrease && c > block_first) {
+            qcow2_free_index_mark_used(s, block_first, c - block_first);
         }
         qcow2_cache_entry_mark_dirty(s->refcount_block_cache, refblock);
         qcow2_cache_put(s->refcount_block_cache, &refblock);

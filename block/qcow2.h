@@ -128,6 +128,7 @@ typedef struct Qcow2HeaderExt {
 } Qcow2HeaderExt;
 
 typedef struct Qcow2Cache Qcow2Cache;
+typedef struct Qcow2FreeIndex Qcow2FreeIndex;
 typedef struct BDRVQcow2State BDRVQcow2State;
 
 typedef uint64_t Qcow2GetRefcountFunc(const void *refcount_array,
@@ -179,7 +180,9 @@ struct BDRVQcow2State {
     bool metadata_prealloc_checked;
     bool metadata_prealloc;
 
+    /* No cluster below free_cluster_index is free (a search hint). */
     uint64_t free_cluster_index;
+    Qcow2FreeIndex *free_index;     /* qcow2-free.c */
     uint64_t free_byte_offset;  /* where the next compressed cluster goes */
 
     uint32_t crypt_method_header;
@@ -437,6 +440,8 @@ int qcow2_free_any_cluster(BDRVQcow2State *s, uint64_t l2_entry,
                            Qcow2DiscardType type);
 int qcow2_flush_refcounts(BDRVQcow2State *s);
 void qcow2_release_freed_clusters(BDRVQcow2State *s);
+int qcow2_refblock_free_bits(BDRVQcow2State *s, uint64_t index,
+                             uint64_t *bits, uint64_t *nfree);
 int64_t qcow2_host_end_cluster(BDRVQcow2State *s);
 
 /* Overlap checking (qcow2-refcount.c dispatches to the configured algorithm) */
@@ -446,6 +451,22 @@ int qcow2_pre_write_overlap_check(BDRVQcow2State *s, unsigned ignore,
                                   uint64_t offset, uint64_t size);
 unsigned qcow2_linear_overlap_check(BDRVQcow2State *s, unsigned chk,
                                     uint64_t offset, uint64_t size);
+
+/* qcow2-free.c: the free-space index (docs/allocation.md) */
+void qcow2_free_index_init(BDRVQcow2State *s);
+void qcow2_free_index_destroy(BDRVQcow2State *s);
+void qcow2_free_index_resize(BDRVQcow2State *s);
+void qcow2_free_index_reset(BDRVQcow2State *s);
+void qcow2_free_index_mark_used(BDRVQcow2State *s, uint64_t first,
+                                uint64_t n);
+void qcow2_free_index_mark_free(BDRVQcow2State *s, uint64_t first,
+                                uint64_t n);
+int64_t qcow2_free_index_find(BDRVQcow2State *s, uint64_t start, uint64_t n,
+                              bool exact, uint64_t *got,
+                              uint64_t *first_free);
+void qcow2_free_index_get_stats(BDRVQcow2State *s, uint64_t *loads,
+                                uint64_t *bitmaps, uint64_t *bytes);
+bool qcow2_free_index_verify(BDRVQcow2State *s, GString *why);
 
 /* qcow2-map.c */
 void qcow2_map_enter(BDRVQcow2State *s, uint64_t offset, uint64_t size,
