@@ -84,15 +84,7 @@ static bool check_opt_syntax(const char *name, const char *value,
 
     switch (type) {
     case OPT_SIZE:
-        if (!qguard_parse_size(value, &n, NULL)) {
-            g_set_error(errp, QGUARD_ERROR, EINVAL,
-                        "Parameter '%s' expects a non-negative number below "
-                        "2^64\nOptional suffix k, M, G, T, P or E means "
-                        "kilo-, mega-, giga-, tera-, peta-\nand exabytes, "
-                        "respectively.\n", name);
-            return false;
-        }
-        return true;
+        return qguard_parse_size_option(name, value, &n, NULL, errp);
     case OPT_NUMBER:
         if (!parse_number(value, &n)) {
             g_set_error(errp, QGUARD_ERROR, EINVAL,

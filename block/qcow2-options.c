@@ -25,15 +25,7 @@ static bool parse_size_opt(const QGuardOpts *opts, const char *name,
     if (!str) {
         return true;
     }
-    if (!qguard_parse_size(str, value, NULL)) {
-        g_set_error(errp, QGUARD_ERROR, EINVAL,
-                    "Parameter '%s' expects a non-negative number below "
-                    "2^64\nOptional suffix k, M, G, T, P or E means kilo-, "
-                    "mega-, giga-, tera-, peta-\nand exabytes, respectively.\n",
-                    name);
-        return false;
-    }
-    return true;
+    return qguard_parse_size_option(name, str, value, NULL, errp);
 }
 
 static bool parse_bool_opt(const QGuardOpts *opts, const char *name,

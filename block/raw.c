@@ -196,11 +196,7 @@ static char *raw_create_describe(const QGuardOpts *opts, GError **errp)
             return NULL;
         }
     }
-    if (size && !qguard_parse_size(size, &n, NULL)) {
-        g_set_error(errp, QGUARD_ERROR, EINVAL,
-                    "Parameter 'size' expects a non-negative number below "
-                    "2^64\nOptional suffix k, M, G, T, P or E means kilo-, "
-                    "mega-, giga-, tera-, peta-\nand exabytes, respectively.\n");
+    if (size && !qguard_parse_size_option("size", size, &n, NULL, errp)) {
         return NULL;
     }
     return g_strdup_printf("fmt=raw%s%" PRIu64 "%s%s",

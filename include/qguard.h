@@ -49,10 +49,21 @@ const char *qguard_opts_key(const QGuardOpts *opts, guint i);
 const char *qguard_opts_value(const QGuardOpts *opts, guint i);
 
 /*
- * Sizes as qemu-img takes them: a number with an optional fraction and an
- * optional suffix b, k/K, M, G, T, P, E (binary multiples).
+ * Sizes exactly as QEMU 7.2 reads them (qemu_strtosz): decimal, or hex
+ * with "0x"; a decimal fraction needs a suffix; one optional suffix b, k/K,
+ * M, G, T, P, E (powers of 1024).  Returns 0, -EINVAL or -ERANGE.  A hex
+ * number with a suffix is accepted, but QEMU warns that it is deprecated:
+ * *@hex_suffix (if not NULL) says so, for a tool to print the warning.
  */
+int qguard_strtosz(const char *str, uint64_t *size, bool *hex_suffix);
+/* qguard_strtosz() with a GError ("Invalid size '...'", or too large). */
 bool qguard_parse_size(const char *str, uint64_t *size, GError **errp);
+/*
+ * qguard_strtosz() for the option @name, with QemuOpts' messages (the
+ * "expects a non-negative number" hint, or "out of range").
+ */
+bool qguard_parse_size_option(const char *name, const char *value,
+                              uint64_t *size, bool *hex_suffix, GError **errp);
 /* "1 GiB", "512 KiB", "1.5 MiB": QEMU's size_to_str(). Free with g_free. */
 char *qguard_size_to_str(uint64_t size);
 

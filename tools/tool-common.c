@@ -77,6 +77,25 @@ void error_exit(const char *fmt, ...)
     exit(EXIT_FAILURE);
 }
 
+/* ---- Numbers ------------------------------------------------------------ */
+
+void warn_hex_suffix(const char *str)
+{
+    warn_report("Using a multiplier suffix on hex numbers is deprecated: %s",
+                str);
+}
+
+int tool_strtosz(const char *str, uint64_t *size)
+{
+    bool hex_suffix;
+    int ret = qguard_strtosz(str, size, &hex_suffix);
+
+    if (hex_suffix) {
+        warn_hex_suffix(str);
+    }
+    return ret;
+}
+
 /* ---- Time --------------------------------------------------------------- */
 
 struct timespec tool_now(void)

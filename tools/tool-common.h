@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * What qguard-img and qguard-io share: the program name in messages,
- * QEMU-style error and warning lines, the clock, the option loop of
- * qemu-img commands, the progress meter and opening an image as qemu-img
+ * QEMU-style error and warning lines, sizes as QEMU parses them, the
+ * clock, the option loop of qemu-img commands, the progress meter and opening an image as qemu-img
  * does.
  *
  * Copyright (c) 2026 The qguard authors
@@ -52,6 +52,16 @@ void error_report_err(const char *prefix, const GError *err, int ret);
 G_NORETURN void error_exit(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 /* The message of @err, or strerror(-ret) when there is none. */
 const char *gerr_msg(const GError *err, int ret);
+
+/* ---- Numbers ------------------------------------------------------------ */
+
+/*
+ * QEMU's deprecation warning for a hex number with a suffix, which its
+ * size parser prints as it reads one.
+ */
+void warn_hex_suffix(const char *str);
+/* qguard_strtosz() with that warning: 0, -EINVAL or -ERANGE. */
+int tool_strtosz(const char *str, uint64_t *size);
 
 /* ---- Time --------------------------------------------------------------- */
 

@@ -236,90 +236,159 @@ static int suffix_shift(char c)
     }
 }
 
-bool qguard_parse_size(const char *str, uint64_t *size, GError **errp)
+/*
+ * strtoull() as QEMU's qemu_strtou64() wraps it: an overflow saturates and
+ * is -ERANGE, no digits at all is -EINVAL; *@end is where parsing stopped
+ * either way, because the caller decides what may follow.
+ */
+static int parse_u64(const char *str, const char **end, int base,
+                     uint64_t *val)
 {
-    const char *p = str;
-    const char *frac = NULL;
-    uint64_t whole = 0;
-    double fraction = 0.0;
-    int shift = 0;
-    bool digits = false;
-    bool hex = false;
+    char *ep;
+    int err;
 
-    while (g_ascii_isspace(*p)) {
-        p++;
+    errno = 0;
+    *val = strtoull(str, &ep, base);
+    err = errno;
+    *end = ep;
+    if (err == ERANGE) {
+        *val = UINT64_MAX;
+        return -ERANGE;
     }
-    /* As qemu_strtosz: hexadecimal integers, decimal otherwise (no octal). */
-    if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X') &&
-        g_ascii_isxdigit(p[2])) {
+    return ep == str ? -EINVAL : -err;
+}
+
+/*
+ * The decimal fraction at @dot as a 0.64 fixed-point number; *@end is
+ * where the number goes on.  -EINVAL for an exponent, which QEMU refuses.
+ */
+static int parse_fraction(const char *dot, const char **end, uint64_t *frac)
+{
+    char *ep;
+    double f;
+
+    *frac = 0;
+    errno = 0;
+    f = g_ascii_strtod(dot, &ep);
+    if (ep == dot) {
+        /* "1." and "1.k": a lone dot is skipped. */
+        *end = dot + 1;
+    } else if (errno == ERANGE) {
+        /*
+         * An underflowing fraction counts for nothing, and QEMU 7.2 steps
+         * over one more character (a suffix there is lost): the same here.
+         */
+        *end = *ep ? ep + 1 : ep;
+    } else if (memchr(dot, 'e', ep - dot) || memchr(dot, 'E', ep - dot)) {
+        return -EINVAL;
+    } else {
+        *end = ep;
+        /*
+         * A fraction that rounds to 1.0 does not fit in 0.64; QEMU 7.2's
+         * conversion yields 0 for it on x86-64 ("0.99999999999999999999k"
+         * is 0 there), and drop-in use means the same result here.
+         */
+        *frac = f < 1.0 ? (uint64_t)(f * 0x1p64) : 0;
+    }
+    return 0;
+}
+
+/*
+ * QEMU 7.2's qemu_strtosz(): an integer in decimal, or in hex with "0x"
+ * (then no fraction), a decimal fraction only together with a suffix other
+ * than b/B, and one optional suffix b, k, M, G, T, P, E in either case
+ * (powers of 1024).  Leading white space and a '+' are accepted, a '-'
+ * is not.  The result is exact, with a half byte rounded up.
+ */
+int qguard_strtosz(const char *str, uint64_t *size, bool *hex_suffix)
+{
+    const char *end;
+    uint64_t val, frac = 0;
+    bool hex = false;
+    int shift, ret;
+
+    if (hex_suffix) {
+        *hex_suffix = false;
+    }
+    ret = parse_u64(str, &end, 10, &val);
+    if (ret < 0) {
+        return *end ? -EINVAL : ret;
+    }
+    if (memchr(str, '-', end - str)) {
+        return -EINVAL;
+    }
+    if (val == 0 && (*end == 'x' || *end == 'X')) {
+        ret = parse_u64(str, &end, 16, &val);
+        if (ret < 0) {
+            return *end ? -EINVAL : ret;
+        }
+        if (*end == '.') {
+            return -EINVAL;
+        }
         hex = true;
-        p += 2;
-        while (g_ascii_isxdigit(*p)) {
-            unsigned d = g_ascii_xdigit_value(*p);
-            if (whole > (UINT64_MAX - d) / 16) {
-                goto too_large;
-            }
-            whole = whole * 16 + d;
-            digits = true;
-            p++;
+    } else if (*end == '.' && parse_fraction(end, &end, &frac) < 0) {
+        return -EINVAL;
+    }
+
+    shift = *end ? suffix_shift(*end) : -1;
+    if (shift >= 0) {
+        end++;
+        if (hex && hex_suffix) {
+            *hex_suffix = true;
+        }
+    }
+    if (*end) {
+        return -EINVAL;
+    }
+    if (shift <= 0) {
+        /* A fraction of a byte means nothing. */
+        if (frac) {
+            return -EINVAL;
         }
     } else {
-        while (g_ascii_isdigit(*p)) {
-            unsigned d = *p - '0';
-            if (whole > (UINT64_MAX - d) / 10) {
-                goto too_large;
-            }
-            whole = whole * 10 + d;
-            digits = true;
-            p++;
-        }
-    }
-    if (*p == '.') {
-        if (hex) {
-            goto invalid;
-        }
-        frac = p;
-        p++;
-        while (g_ascii_isdigit(*p)) {
-            p++;
-        }
-        fraction = g_ascii_strtod(frac, NULL);
-        if (frac + 1 == p && !digits) {
-            goto invalid;
-        }
-    }
-    if (!digits && !frac) {
-        goto invalid;
-    }
-    if (*p) {
-        shift = suffix_shift(*p);
-        if (shift < 0 || p[1] != '\0') {
-            goto invalid;
-        }
-    }
-    if (frac && fraction > 0 && shift == 0) {
-        /* A fraction of a byte is meaningless. */
-        goto invalid;
-    }
-    if (shift > 0 && whole > (UINT64_MAX >> shift)) {
-        goto too_large;
-    }
-    {
-        double extra = ldexp(fraction, shift);
-        uint64_t base = whole << shift;
-        if (extra >= 0x1p64 || base > UINT64_MAX - (uint64_t)extra) {
-            goto too_large;
-        }
-        *size = base + (uint64_t)extra;
-    }
-    return true;
+        unsigned __int128 whole = (unsigned __int128)val << shift;
+        unsigned __int128 part = (unsigned __int128)frac << shift;
 
-invalid:
-    g_set_error(errp, QGUARD_ERROR, EINVAL, "Invalid size '%s'", str);
-    return false;
-too_large:
-    g_set_error(errp, QGUARD_ERROR, ERANGE, "Size '%s' is too large", str);
-    return false;
+        whole += part >> 64;
+        whole += (uint64_t)part >> 63;
+        if (whole >> 64) {
+            return -ERANGE;
+        }
+        val = (uint64_t)whole;
+    }
+    *size = val;
+    return 0;
+}
+
+bool qguard_parse_size(const char *str, uint64_t *size, GError **errp)
+{
+    int ret = qguard_strtosz(str, size, NULL);
+
+    if (ret == -ERANGE) {
+        g_set_error(errp, QGUARD_ERROR, ERANGE, "Size '%s' is too large", str);
+    } else if (ret < 0) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL, "Invalid size '%s'", str);
+    }
+    return ret == 0;
+}
+
+bool qguard_parse_size_option(const char *name, const char *value,
+                              uint64_t *size, bool *hex_suffix, GError **errp)
+{
+    int ret = qguard_strtosz(value, size, hex_suffix);
+
+    if (ret == -ERANGE) {
+        g_set_error(errp, QGUARD_ERROR, ERANGE,
+                    "Value '%s' is out of range for parameter '%s'",
+                    value, name);
+    } else if (ret < 0) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Parameter '%s' expects a non-negative number below "
+                    "2^64\nOptional suffix k, M, G, T, P or E means kilo-, "
+                    "mega-, giga-, tera-, peta-\nand exabytes, "
+                    "respectively.\n", name);
+    }
+    return ret == 0;
 }
 
 char *qguard_size_to_str(uint64_t val)

@@ -28,21 +28,17 @@ void qprintf(bool quiet, const char *fmt, ...)
 int64_t cvtnum_full(const char *name, const char *value, int64_t min,
                     int64_t max)
 {
-    g_autoptr(GError) err = NULL;
     uint64_t res = 0;
-    bool range = false;
+    int ret = tool_strtosz(value, &res);
 
-    if (!qguard_parse_size(value, &res, &err)) {
-        if (err->code != ERANGE) {
-            error_report("Invalid %s specified. You may use "
-                         "k, M, G, T, P or E suffixes for", name);
-            error_report("kilobytes, megabytes, gigabytes, terabytes, "
-                         "petabytes and exabytes.");
-            return -EINVAL;
-        }
-        range = true;
+    if (ret < 0 && ret != -ERANGE) {
+        error_report("Invalid %s specified. You may use "
+                     "k, M, G, T, P or E suffixes for", name);
+        error_report("kilobytes, megabytes, gigabytes, terabytes, "
+                     "petabytes and exabytes.");
+        return ret;
     }
-    if (range || res > (uint64_t)max || res < (uint64_t)min) {
+    if (ret < 0 || res > (uint64_t)max || res < (uint64_t)min) {
         error_report("Invalid %s specified. Must be between %" PRId64
                      " and %" PRId64 ".", name, min, max);
         return -ERANGE;

@@ -27,6 +27,7 @@ int img_resize(int argc, char **argv)
     g_autoptr(GError) err = NULL;
     const char *fmt = NULL, *filename, *size, *prealloc = NULL;
     bool quiet = false, image_opts = false, shrink = false;
+    bool ok, hex_suffix;
     uint64_t n, current_size;
     int64_t total_size;
     int relative;
@@ -84,10 +85,13 @@ int img_resize(int argc, char **argv)
         relative = 0;
         break;
     }
-    if (!qguard_parse_size(size, &n, NULL)) {
-        error_report("Parameter 'size' expects a non-negative number below "
-                     "2^64\nOptional suffix k, M, G, T, P or E means kilo-, "
-                     "mega-, giga-, tera-, peta-\nand exabytes, respectively.\n");
+    /* qemu-img reads the size as a QemuOpts option, with its messages. */
+    ok = qguard_parse_size_option("size", size, &n, &hex_suffix, &err);
+    if (hex_suffix) {
+        warn_hex_suffix(size);
+    }
+    if (!ok) {
+        error_report("%s", err->message);
         return 1;
     }
 

@@ -9,7 +9,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,140 +69,10 @@ static void aio_report_free(gpointer p)
     g_free(r);
 }
 
-static int strtou64_checked(const char *nptr, const char **endptr, int base,
-                            uint64_t *result)
-{
-    char *ep;
-    int err;
-
-    errno = 0;
-    *result = strtoull(nptr, &ep, base);
-    err = errno;
-    if (err == ERANGE) {
-        *result = UINT64_MAX;
-    }
-    *endptr = ep;
-    if (err == 0 && ep == nptr) {
-        return -EINVAL;
-    }
-    return -err;
-}
-
-static int64_t suffix_multiplier(char c)
-{
-    switch (g_ascii_toupper(c)) {
-    case 'B': return 1;
-    case 'K': return KIB;
-    case 'M': return MIB;
-    case 'G': return GIB;
-    case 'T': return TIB;
-    case 'P': return PIB;
-    case 'E': return EIB;
-    }
-    return -1;
-}
-
-/*
- * qemu-io's size syntax: decimal or 0x hex, an optional decimal fraction
- * (which needs a unit suffix) and an optional binary suffix.  The result
- * is exact, with halves rounded up, as in QEMU's qemu_strtosz().
- */
-static int parse_size(const char *nptr, uint64_t *result)
-{
-    const char *endptr;
-    uint64_t val, valf = 0;
-    int64_t mul;
-    bool hex = false;
-    int ret;
-
-    ret = strtou64_checked(nptr, &endptr, 10, &val);
-    if (ret) {
-        goto out;
-    }
-    if (memchr(nptr, '-', endptr - nptr)) {
-        endptr = nptr;
-        ret = -EINVAL;
-        goto out;
-    }
-    if (val == 0 && (*endptr == 'x' || *endptr == 'X')) {
-        ret = strtou64_checked(nptr, &endptr, 16, &val);
-        if (ret) {
-            goto out;
-        }
-        if (*endptr == '.') {
-            endptr = nptr;
-            ret = -EINVAL;
-            goto out;
-        }
-        hex = true;
-    } else if (*endptr == '.') {
-        const char *f = endptr;
-        char *fend;
-        double fraction;
-
-        errno = 0;
-        fraction = strtod(f, &fend);
-        if (fend == f || !isfinite(fraction)) {
-            /* "1." and "1.k" are fine: skip the lone dot. */
-            endptr = f + 1;
-        } else if (errno) {
-            /* QEMU steps over one more character after a range error. */
-            endptr = *fend ? fend + 1 : fend;
-        } else if (memchr(f, 'e', fend - f) || memchr(f, 'E', fend - f)) {
-            endptr = nptr;
-            ret = -EINVAL;
-            goto out;
-        } else {
-            endptr = fend;
-            valf = fraction >= 1.0 ? UINT64_MAX
-                                   : (uint64_t)(fraction * 0x1p64);
-        }
-    }
-    mul = suffix_multiplier(*endptr);
-    if (mul > 0) {
-        if (hex) {
-            warn_report("Using a multiplier suffix on hex numbers "
-                        "is deprecated: %s", nptr);
-        }
-        endptr++;
-    } else {
-        mul = 1;
-    }
-    if (mul == 1) {
-        if (valf != 0) {
-            /* A fraction of a byte means nothing. */
-            endptr = nptr;
-            ret = -EINVAL;
-            goto out;
-        }
-    } else {
-        unsigned __int128 whole = (unsigned __int128)val * (uint64_t)mul;
-        unsigned __int128 part = (unsigned __int128)valf * (uint64_t)mul;
-
-        whole += part >> 64;
-        whole += (uint64_t)part >> 63;
-        if (whole >> 64) {
-            ret = -ERANGE;
-            goto out;
-        }
-        val = (uint64_t)whole;
-    }
-    ret = 0;
-
-out:
-    if (*endptr) {
-        ret = -EINVAL;
-    }
-    if (ret == 0) {
-        *result = val;
-    }
-    return ret;
-}
-
 int64_t cvtnum(const char *s)
 {
     uint64_t value;
-    int ret = parse_size(s, &value);
+    int ret = tool_strtosz(s, &value);
 
     if (ret < 0) {
         return ret;
