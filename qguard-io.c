@@ -353,6 +353,23 @@ static int command_loop(char **cmdline, int ncmdline)
     return last_error;
 }
 
+/* The file named on the command line (an option string with --image-opts). */
+static int open_file_arg(const char *arg, const char *format,
+                         const OpenParams *p)
+{
+    QGuardOpts *opts;
+
+    if (!image_opts_mode) {
+        return open_image(arg, format, NULL, p);
+    }
+    opts = qguard_opts_new();
+    if (!parse_open_options(opts, arg)) {
+        qguard_opts_free(opts);
+        return -EINVAL;
+    }
+    return open_image(NULL, NULL, opts, p);
+}
+
 int main(int argc, char **argv)
 {
     static const struct option lopt[] = {
@@ -378,7 +395,6 @@ int main(int argc, char **argv)
     g_autofree char **cmdline = g_new0(char *, argc + 1);
     const char *format = NULL;
     OpenParams p = { 0 };
-    bool native;
     int ncmdline = 0;
     int c, ret;
 
@@ -388,47 +404,14 @@ int main(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "hVc:d:f:rsnCmki:t:T:U", lopt,
                             NULL)) != -1) {
         switch (c) {
-        case 's':
-            p.snapshot = true;
-            break;
-        case 'n':
-            p.nocache = true;
-            break;
-        case 'C':
-            p.copy_on_read = true;
-            break;
-        case 'd':
-            if (!valid_discard_mode(optarg)) {
-                error_report("Invalid discard option: %s", optarg);
-                exit(1);
-            }
-            break;
         case 'f':
             format = optarg;
             break;
         case 'c':
             cmdline[ncmdline++] = optarg;
             break;
-        case 'r':
-            p.read_only = true;
-            break;
         case 'm':
-            break;
-        case 'k':
-            p.native_aio = true;
-            break;
-        case 'i':
-            if (!parse_aio_mode(optarg, &native)) {
-                error_report("Invalid aio option: %s", optarg);
-                exit(1);
-            }
-            p.native_aio = native;
-            break;
-        case 't':
-            if (!parse_cache_mode(optarg, &p.nocache)) {
-                error_report("Invalid cache option: %s", optarg);
-                exit(1);
-            }
+            /* -m (misaligned buffers) is accepted for compatibility. */
             break;
         case 'T':
             trace_option(optarg);
@@ -440,9 +423,6 @@ int main(int argc, char **argv)
         case 'h':
             usage();
             exit(0);
-        case 'U':
-            p.force_share = true;
-            break;
         case OPTION_OBJECT:
             error_report("--object is not supported: libqguard has no "
                          "user-creatable objects");
@@ -451,8 +431,13 @@ int main(int argc, char **argv)
             image_opts_mode = true;
             break;
         default:
-            usage();
-            exit(1);
+            ret = open_param_opt(c, &p);
+            if (ret < 0) {
+                exit(1);
+            } else if (ret == 0) {
+                usage();
+                exit(1);
+            }
         }
     }
     if (argc - optind > 1) {
@@ -464,19 +449,8 @@ int main(int argc, char **argv)
         exit(1);
     }
 
-    if (argc - optind == 1) {
-        if (image_opts_mode) {
-            QGuardOpts *opts = qguard_opts_new();
-
-            if (!parse_open_options(opts, argv[optind])) {
-                exit(1);
-            }
-            if (open_image(NULL, NULL, opts, &p) < 0) {
-                exit(1);
-            }
-        } else if (open_image(argv[optind], format, NULL, &p) < 0) {
-            exit(1);
-        }
+    if (argc - optind == 1 && open_file_arg(argv[optind], format, &p) < 0) {
+        exit(1);
     }
 
     ret = command_loop(cmdline, ncmdline);

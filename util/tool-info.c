@@ -4,6 +4,8 @@
  *
  * Copyright (c) 2026 The qguard authors
  */
+#include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "tool-info.h"
@@ -45,4 +47,72 @@ QObj *qcow2_format_specific_qobj(const QGuardImageInfo *info)
                       info->compression_type ? info->compression_type
                                              : "zlib");
     return data;
+}
+
+/* One row of qemu's snapshot table (bdrv_snapshot_dump), or its header. */
+static void snapshot_dump(GString *out, const QGuardSnapshotInfo *sn)
+{
+    g_autoptr(GDateTime) date = NULL;
+    g_autofree char *date_str = NULL;
+    g_autofree char *vm_size = NULL;
+    char clock_buf[64];
+    char icount_buf[32] = "";
+    uint64_t secs;
+
+    if (!sn) {
+        g_string_append_printf(out, "%-10s%-17s%8s%20s%13s%11s", "ID", "TAG",
+                               "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
+        return;
+    }
+    date = g_date_time_new_from_unix_local(sn->date_sec);
+    date_str = date ? g_date_time_format(date, "%Y-%m-%d %H:%M:%S")
+                    : g_strdup("");
+    secs = sn->vm_clock_nsec / 1000000000;
+    snprintf(clock_buf, sizeof(clock_buf), "%02d:%02d:%02d.%03d",
+             (int)(secs / 3600), (int)((secs / 60) % 60), (int)(secs % 60),
+             (int)((sn->vm_clock_nsec / 1000000) % 1000));
+    vm_size = qguard_size_to_str(sn->vm_state_size);
+    if (sn->icount != UINT64_MAX) {
+        snprintf(icount_buf, sizeof(icount_buf), "%" PRId64,
+                 (int64_t)sn->icount);
+    }
+    g_string_append_printf(out, "%-9s %-16s %8s%20s%13s%11s",
+                           sn->id ? sn->id : "", sn->name ? sn->name : "",
+                           vm_size, date_str, clock_buf, icount_buf);
+}
+
+void snapshot_table(GString *out, const QGuardSnapshotInfo *sns,
+                    guint count)
+{
+    guint i;
+
+    g_string_append(out, "Snapshot list:\n");
+    snapshot_dump(out, NULL);
+    g_string_append_c(out, '\n');
+    for (i = 0; i < count; i++) {
+        snapshot_dump(out, &sns[i]);
+        g_string_append_c(out, '\n');
+    }
+}
+
+int dump_snapshots(QGuardImage *img, GError **errp)
+{
+    g_autoptr(GString) out = g_string_new(NULL);
+    QGuardSnapshotInfo *list = NULL;
+    guint count = 0, i;
+    int ret;
+
+    ret = qguard_snapshot_list(img, &list, &count, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (count) {
+        snapshot_table(out, list, count);
+        fputs(out->str, stdout);
+    }
+    for (i = 0; i < count; i++) {
+        qguard_snapshot_info_clear(&list[i]);
+    }
+    g_free(list);
+    return 0;
 }

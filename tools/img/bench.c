@@ -41,226 +41,256 @@ static void print_overlap_stats(QGuardImage *img)
            " bytes peak\n", st.mem_current, st.mem_peak);
 }
 
+/* What the options ask for. */
+typedef struct BenchParams {
+    ImgOpts o;
+    const char *cache;
+    bool is_write;
+    bool random;
+    guint32 seed;
+    int count;
+    int depth;
+    int flush_interval;
+    int bufsize;
+    int step;               /* 0: bufsize */
+    int pattern;
+    int64_t offset;
+} BenchParams;
+
+/*
+ * An unsigned option value in [min, max], base 0 as qemu_strtoul() reads
+ * it; false after "Invalid <what> specified".
+ */
+static bool parse_bench_value(const char *arg, unsigned long min,
+                              unsigned long max, const char *what,
+                              unsigned long *res)
+{
+    if (!parse_ulong(arg, res) || *res < min || *res > max) {
+        error_report("Invalid %s specified", what);
+        return false;
+    }
+    return true;
+}
+
+/* One option of bench; false if the command has failed. */
+static bool bench_option(int c, BenchParams *b)
+{
+    unsigned long ul;
+    int64_t sval;
+
+    switch (c) {
+    case 'c':
+        if (!parse_bench_value(optarg, 0, INT_MAX, "request count", &ul)) {
+            return false;
+        }
+        b->count = ul;
+        break;
+    case 'd':
+        /* qemu-img hangs with depth 0; refuse it instead. */
+        if (!parse_bench_value(optarg, 1, INT_MAX, "queue depth", &ul)) {
+            return false;
+        }
+        b->depth = ul;
+        break;
+    case 'n':
+        /* Native AIO: no such thing here, requests are synchronous. */
+        break;
+    case 'i':
+        if (strcmp(optarg, "threads") && strcmp(optarg, "native") &&
+            strcmp(optarg, "io_uring")) {
+            error_report("Invalid aio option: %s", optarg);
+            return false;
+        }
+        break;
+    case 'o':
+        b->offset = cvtnum("offset", optarg);
+        return b->offset >= 0;
+    case 's':
+        sval = cvtnum_full("buffer size", optarg, 0, INT_MAX);
+        b->bufsize = sval;
+        return sval >= 0;
+    case 'S':
+        sval = cvtnum_full("step_size", optarg, 0, INT_MAX);
+        b->step = sval;
+        return sval >= 0;
+    case 't':
+        b->cache = optarg;
+        break;
+    case 'w':
+        b->is_write = true;
+        break;
+    case OPTION_PATTERN:
+        if (!parse_bench_value(optarg, 0, 0xff, "pattern byte", &ul)) {
+            return false;
+        }
+        b->pattern = ul;
+        break;
+    case OPTION_FLUSH_INTERVAL:
+        if (!parse_bench_value(optarg, 0, INT_MAX, "flush interval", &ul)) {
+            return false;
+        }
+        b->flush_interval = ul;
+        break;
+    case OPTION_NO_DRAIN:
+        /* Nothing is ever in flight at a flush, drained or not. */
+        break;
+    case OPTION_RANDOM:
+        b->random = true;
+        b->seed = g_random_int();
+        if (optarg) {
+            if (!parse_bench_value(optarg, 0, G_MAXUINT32, "random seed",
+                                   &ul)) {
+                return false;
+            }
+            b->seed = ul;
+        }
+        break;
+    default:
+        img_common_opt(c, &b->o);
+    }
+    return true;
+}
+
+/*
+ * The offset of the next request.  Sequential offsets wrap at the image
+ * size, as in qemu-img 7.2; where 7.2 would then issue a request past the
+ * end and fail with EIO, they start again at 0.
+ */
+static int64_t bench_next_offset(BenchParams *b, GRand *rand,
+                                 int64_t image_size)
+{
+    int64_t req = b->offset;
+
+    if (b->random) {
+        if (b->bufsize && image_size > b->bufsize) {
+            return random_below(rand, image_size / b->bufsize) * b->bufsize;
+        }
+        return 0;
+    }
+    b->offset += b->step;
+    if (image_size <= b->bufsize) {
+        b->offset = 0;
+    } else {
+        b->offset %= image_size;
+        if (b->offset > image_size - b->bufsize) {
+            b->offset = 0;
+        }
+    }
+    return req;
+}
+
+/* The timed requests; 0 or a negative errno after printing it. */
+static int bench_run(QGuardImage *img, BenchParams *b, GRand *rand,
+                     uint8_t *buf)
+{
+    int64_t image_size = qguard_image_size(img);
+    int i, ret;
+
+    for (i = 0; i < b->count; i++) {
+        g_autoptr(GError) err = NULL;
+        int64_t req = bench_next_offset(b, rand, image_size);
+
+        if (b->is_write) {
+            ret = qguard_image_pwrite(img, req, b->bufsize, buf, 0, &err);
+        } else {
+            ret = qguard_image_pread(img, req, b->bufsize, buf, &err);
+        }
+        if (ret < 0) {
+            error_report("Failed request: %s", g_strerror(-ret));
+            return ret;
+        }
+        if (b->flush_interval &&
+            (b->count - i - 1) % b->flush_interval == 0) {
+            ret = qguard_image_flush(img, &err);
+            if (ret < 0) {
+                error_report("Failed flush request: %s", g_strerror(-ret));
+                return ret;
+            }
+        }
+    }
+    return 0;
+}
+
 int img_bench(int argc, char **argv)
 {
     static const struct option long_options[] = {
-        { "help", no_argument, NULL, 'h' },
+        LONGOPT_HELP,
         { "flush-interval", required_argument, NULL, OPTION_FLUSH_INTERVAL },
-        { "image-opts", no_argument, NULL, OPTION_IMAGE_OPTS },
+        LONGOPT_IMAGE_OPTS,
         { "pattern", required_argument, NULL, OPTION_PATTERN },
         { "no-drain", no_argument, NULL, OPTION_NO_DRAIN },
-        { "force-share", no_argument, NULL, 'U' },
+        LONGOPT_FORCE_SHARE,
         { "random", optional_argument, NULL, OPTION_RANDOM },
-        { NULL, 0, NULL, 0 }
+        LONGOPT_END
     };
-    const char *fmt = NULL, *filename, *cache = "writeback";
-    bool quiet = false, image_opts = false, force_share = false;
-    bool is_write = false, random = false;
-    int count = 75000, depth = 64, flush_interval = 0;
-    int bufsize = 4096, step = 0, pattern = 0;
-    guint32 seed = 0;
-    int64_t offset = 0, sval, image_size;
-    unsigned flags = 0;
-    unsigned long ul;
+    BenchParams b = {
+        .cache = "writeback", .count = 75000, .depth = 64, .bufsize = 4096,
+    };
+    const char *filename;
     struct timespec t1, t2;
     g_autoptr(GRand) rand = NULL;
     QGuardImage *img;
     uint8_t *buf = NULL;
-    int ret = 1, i, c;
+    int ret = 1, c;
 
     while ((c = tool_getopt(argc, argv, ":hc:d:f:ni:o:qs:S:t:wU",
                             long_options, NULL)) != -1) {
-        switch (c) {
-        case 'c':
-            if (!parse_ulong(optarg, &ul) || ul > INT_MAX) {
-                error_report("Invalid request count specified");
-                return 1;
-            }
-            count = ul;
-            break;
-        case 'd':
-            /* qemu-img hangs with depth 0; refuse it instead. */
-            if (!parse_ulong(optarg, &ul) || ul > INT_MAX || ul == 0) {
-                error_report("Invalid queue depth specified");
-                return 1;
-            }
-            depth = ul;
-            break;
-        case 'f':
-            fmt = optarg;
-            break;
-        case 'n':
-            /* Native AIO: no such thing here, requests are synchronous. */
-            break;
-        case 'i':
-            if (strcmp(optarg, "threads") && strcmp(optarg, "native") &&
-                strcmp(optarg, "io_uring")) {
-                error_report("Invalid aio option: %s", optarg);
-                return 1;
-            }
-            break;
-        case 'o':
-            offset = cvtnum("offset", optarg);
-            if (offset < 0) {
-                return 1;
-            }
-            break;
-        case 'q':
-            quiet = true;
-            break;
-        case 's':
-            sval = cvtnum_full("buffer size", optarg, 0, INT_MAX);
-            if (sval < 0) {
-                return 1;
-            }
-            bufsize = sval;
-            break;
-        case 'S':
-            sval = cvtnum_full("step_size", optarg, 0, INT_MAX);
-            if (sval < 0) {
-                return 1;
-            }
-            step = sval;
-            break;
-        case 't':
-            cache = optarg;
-            break;
-        case 'w':
-            flags |= QGUARD_OPEN_RDWR;
-            is_write = true;
-            break;
-        case 'U':
-            force_share = true;
-            break;
-        case OPTION_PATTERN:
-            if (!parse_ulong(optarg, &ul) || ul > 0xff) {
-                error_report("Invalid pattern byte specified");
-                return 1;
-            }
-            pattern = ul;
-            break;
-        case OPTION_FLUSH_INTERVAL:
-            if (!parse_ulong(optarg, &ul) || ul > INT_MAX) {
-                error_report("Invalid flush interval specified");
-                return 1;
-            }
-            flush_interval = ul;
-            break;
-        case OPTION_NO_DRAIN:
-            /* Nothing is ever in flight at a flush, drained or not. */
-            break;
-        case OPTION_IMAGE_OPTS:
-            image_opts = true;
-            break;
-        case OPTION_RANDOM:
-            random = true;
-            if (optarg) {
-                if (!parse_ulong(optarg, &ul) || ul > G_MAXUINT32) {
-                    error_report("Invalid random seed specified");
-                    return 1;
-                }
-                seed = ul;
-            } else {
-                seed = g_random_int();
-            }
-            break;
+        if (!bench_option(c, &b)) {
+            return 1;
         }
     }
-    if (!valid_cache_mode(cache)) {
+    if (!valid_cache_mode(b.cache)) {
         error_report("Invalid cache mode");
         return 1;
     }
-    if (optind != argc - 1) {
-        error_exit("Expecting one image file name");
-    }
-    filename = argv[argc - 1];
-
-    if (!is_write && flush_interval) {
+    filename = img_one_filename(argc, argv);
+    if (!b.is_write && b.flush_interval) {
         error_report("--flush-interval is only available in write tests");
         return 1;
     }
-    if (flush_interval && flush_interval < depth) {
+    if (b.flush_interval && b.flush_interval < b.depth) {
         error_report("Flush interval can't be smaller than depth");
         return 1;
     }
 
-    img = img_open(image_opts, filename, fmt, flags, force_share);
+    img = img_open_opts(&b.o, filename, b.is_write ? QGUARD_OPEN_RDWR : 0);
     if (!img) {
         return 1;
     }
-    image_size = qguard_image_size(img);
-    if (!step) {
-        step = bufsize;
+    if (!b.step) {
+        b.step = b.bufsize;
     }
 
     printf("Sending %d %s requests, %d bytes each, %d in parallel "
            "(starting at offset %" PRId64 ", step size %d)\n",
-           count, is_write ? "write" : "read", bufsize, depth, offset, step);
-    if (flush_interval) {
-        printf("Sending flush every %d requests\n", flush_interval);
+           b.count, b.is_write ? "write" : "read", b.bufsize, b.depth,
+           b.offset, b.step);
+    if (b.flush_interval) {
+        printf("Sending flush every %d requests\n", b.flush_interval);
     }
-    if (random) {
+    if (b.random) {
         printf("Using random buffer-aligned offsets (seed %" G_GUINT32_FORMAT
-               ")\n", seed);
-        rand = g_rand_new_with_seed(seed);
+               ")\n", b.seed);
+        rand = g_rand_new_with_seed(b.seed);
     }
 
-    buf = g_try_malloc(MAX(bufsize, 1));
+    buf = g_try_malloc(MAX(b.bufsize, 1));
     if (!buf) {
-        error_report("Could not allocate a buffer of %d bytes", bufsize);
+        error_report("Could not allocate a buffer of %d bytes", b.bufsize);
         goto out;
     }
-    memset(buf, pattern, bufsize);
+    memset(buf, b.pattern, b.bufsize);
     qguard_image_overlap_stats_reset(img);
 
     t1 = tool_now();
-    for (i = 0; i < count; i++) {
-        g_autoptr(GError) err = NULL;
-        int64_t req = offset;
-
-        if (random) {
-            req = 0;
-            if (bufsize && image_size > bufsize) {
-                req = random_below(rand, image_size / bufsize) * bufsize;
-            }
-        } else {
-            /*
-             * The next offset wraps at the image size, as in qemu-img 7.2;
-             * where 7.2 would then issue a request past the end and fail
-             * with EIO, it starts again at 0.
-             */
-            offset += step;
-            if (image_size <= bufsize) {
-                offset = 0;
-            } else {
-                offset %= image_size;
-                if (offset > image_size - bufsize) {
-                    offset = 0;
-                }
-            }
-        }
-        if (is_write) {
-            ret = qguard_image_pwrite(img, req, bufsize, buf, 0, &err);
-        } else {
-            ret = qguard_image_pread(img, req, bufsize, buf, &err);
-        }
-        if (ret < 0) {
-            error_report("Failed request: %s", g_strerror(-ret));
-            goto out;
-        }
-        if (flush_interval && (count - i - 1) % flush_interval == 0) {
-            ret = qguard_image_flush(img, &err);
-            if (ret < 0) {
-                error_report("Failed flush request: %s", g_strerror(-ret));
-                goto out;
-            }
-        }
+    if (bench_run(img, &b, rand, buf) < 0) {
+        goto out;
     }
     t2 = tool_now();
 
     printf("Run completed in %3.3f seconds.\n",
            tool_seconds(tool_elapsed(t1, t2)));
-    if (!quiet) {
+    if (!b.o.quiet) {
         print_overlap_stats(img);
     }
     ret = 0;

@@ -110,89 +110,22 @@ static void dump_json_image_check(const ImageCheck *check, bool quiet)
     qobj_free(d);
 }
 
-int img_check(int argc, char **argv)
+/*
+ * Check (and with @fix repair) @img and print the result as qemu-img
+ * does; returns qemu-img check's exit status.
+ */
+static int run_image_check(QGuardImage *img, ImageCheck *check,
+                           unsigned fix, OutputFormat ofmt, bool quiet)
 {
-    static const struct option long_options[] = {
-        { "help", no_argument, NULL, 'h' },
-        { "format", required_argument, NULL, 'f' },
-        { "repair", required_argument, NULL, 'r' },
-        { "output", required_argument, NULL, OPTION_OUTPUT },
-        { "image-opts", no_argument, NULL, OPTION_IMAGE_OPTS },
-        { "force-share", no_argument, NULL, 'U' },
-        { NULL, 0, NULL, 0 }
-    };
-    const char *fmt = NULL, *output = NULL, *cache = "writeback";
-    const char *filename;
-    bool quiet = false, image_opts = false, force_share = false;
-    unsigned flags = 0, fix = 0;
-    OutputFormat ofmt;
-    ImageCheck check = { 0 };
-    QGuardImage *img;
-    int ret, c;
+    int ret = collect_image_check(img, check, fix);
 
-    while ((c = tool_getopt(argc, argv, ":hf:r:T:qU", long_options,
-                            NULL)) != -1) {
-        switch (c) {
-        case 'f':
-            fmt = optarg;
-            break;
-        case 'r':
-            flags |= QGUARD_OPEN_RDWR | QGUARD_OPEN_CHECK;
-            if (!strcmp(optarg, "leaks")) {
-                fix = QGUARD_CHECK_FIX_LEAKS;
-            } else if (!strcmp(optarg, "all")) {
-                fix = QGUARD_CHECK_FIX_LEAKS | QGUARD_CHECK_FIX_ERRORS;
-            } else {
-                error_exit("Unknown option value for -r "
-                           "(expecting 'leaks' or 'all'): %s", optarg);
-            }
-            break;
-        case OPTION_OUTPUT:
-            output = optarg;
-            break;
-        case 'T':
-            cache = optarg;
-            break;
-        case 'q':
-            quiet = true;
-            break;
-        case 'U':
-            force_share = true;
-            break;
-        case OPTION_IMAGE_OPTS:
-            image_opts = true;
-            break;
-        }
-    }
-    if (optind != argc - 1) {
-        error_exit("Expecting one image file name");
-    }
-    filename = argv[optind];
-    if (!parse_output_format(output, &ofmt)) {
-        return 1;
-    }
-    if (!valid_cache_mode(cache)) {
-        error_report("Invalid source cache option: %s", cache);
-        return 1;
-    }
-
-    img = img_open(image_opts, filename, fmt, flags, force_share);
-    if (!img) {
-        return 1;
-    }
-    check.filename = filename;
-    check.format = qguard_image_format(img);
-
-    ret = collect_image_check(img, &check, fix);
     if (ret == -ENOTSUP) {
         error_report("This image format does not support checks");
-        ret = 63;
-        goto out;
+        return 63;
     }
-
-    if (check.r.corruptions_fixed || check.r.leaks_fixed) {
-        int corruptions_fixed = check.r.corruptions_fixed;
-        int leaks_fixed = check.r.leaks_fixed;
+    if (check->r.corruptions_fixed || check->r.leaks_fixed) {
+        int corruptions_fixed = check->r.corruptions_fixed;
+        int leaks_fixed = check->r.leaks_fixed;
 
         if (ofmt == OFORMAT_HUMAN) {
             qprintf(quiet,
@@ -204,38 +137,85 @@ int img_check(int argc, char **argv)
                     leaks_fixed, corruptions_fixed);
         }
         /* The second pass decides the outcome; it repairs nothing. */
-        ret = collect_image_check(img, &check, 0);
-        check.r.corruptions_fixed = corruptions_fixed;
-        check.r.leaks_fixed = leaks_fixed;
+        ret = collect_image_check(img, check, 0);
+        check->r.corruptions_fixed = corruptions_fixed;
+        check->r.leaks_fixed = leaks_fixed;
     }
 
     if (!ret) {
         if (ofmt == OFORMAT_JSON) {
-            dump_json_image_check(&check, quiet);
+            dump_json_image_check(check, quiet);
         } else {
-            dump_human_image_check(&check, quiet);
+            dump_human_image_check(check, quiet);
         }
     }
+    if (ret) {
+        error_report("Check failed: %s", g_strerror(-ret));
+        return 1;
+    } else if (check->r.check_errors) {
+        error_report("Check failed");
+        return 1;
+    }
+    return check->r.corruptions ? 2 : check->r.leaks ? 3 : 0;
+}
 
-    if (ret || check.r.check_errors) {
-        if (ret) {
-            error_report("Check failed: %s", g_strerror(-ret));
-        } else {
-            error_report("Check failed");
+int img_check(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        LONGOPT_HELP,
+        LONGOPT_FORMAT,
+        { "repair", required_argument, NULL, 'r' },
+        LONGOPT_OUTPUT,
+        LONGOPT_IMAGE_OPTS,
+        LONGOPT_FORCE_SHARE,
+        LONGOPT_END
+    };
+    ImgOpts o = { 0 };
+    const char *cache = "writeback";
+    const char *filename;
+    unsigned flags = 0, fix = 0;
+    OutputFormat ofmt;
+    ImageCheck check = { 0 };
+    QGuardImage *img;
+    int ret, c;
+
+    while ((c = tool_getopt(argc, argv, ":hf:r:T:qU", long_options,
+                            NULL)) != -1) {
+        switch (c) {
+        case 'r':
+            flags |= QGUARD_OPEN_RDWR | QGUARD_OPEN_CHECK;
+            if (!strcmp(optarg, "leaks")) {
+                fix = QGUARD_CHECK_FIX_LEAKS;
+            } else if (!strcmp(optarg, "all")) {
+                fix = QGUARD_CHECK_FIX_LEAKS | QGUARD_CHECK_FIX_ERRORS;
+            } else {
+                error_exit("Unknown option value for -r "
+                           "(expecting 'leaks' or 'all'): %s", optarg);
+            }
+            break;
+        case 'T':
+            cache = optarg;
+            break;
+        default:
+            img_common_opt(c, &o);
         }
-        ret = 1;
-        goto out;
+    }
+    filename = img_one_filename(argc, argv);
+    if (!parse_output_format(o.output, &ofmt)) {
+        return 1;
+    }
+    if (!valid_cache_mode(cache)) {
+        error_report("Invalid source cache option: %s", cache);
+        return 1;
     }
 
-    if (check.r.corruptions) {
-        ret = 2;
-    } else if (check.r.leaks) {
-        ret = 3;
-    } else {
-        ret = 0;
+    img = img_open_opts(&o, filename, flags);
+    if (!img) {
+        return 1;
     }
-
-out:
+    check.filename = filename;
+    check.format = qguard_image_format(img);
+    ret = run_image_check(img, &check, fix, ofmt, o.quiet);
     if (img_close(img) < 0 && ret == 0) {
         ret = 1;
     }

@@ -352,249 +352,140 @@ static bool same_file(const char *a, const char *b)
            sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
-int img_convert(int argc, char **argv)
+/* Open the sources, in order, and add up their sizes. */
+static bool convert_open_sources(ConvertState *s, const ImgOpts *o,
+                                 char **names)
 {
-    static const struct option long_options[] = {
-        { "help", no_argument, NULL, 'h' },
-        { "image-opts", no_argument, NULL, OPTION_IMAGE_OPTS },
-        { "force-share", no_argument, NULL, 'U' },
-        { "target-image-opts", no_argument, NULL, OPTION_UNSUPPORTED },
-        { "salvage", no_argument, NULL, OPTION_UNSUPPORTED },
-        { "target-is-zero", no_argument, NULL, OPTION_UNSUPPORTED },
-        { "bitmaps", no_argument, NULL, OPTION_UNSUPPORTED },
-        { "skip-broken-bitmaps", no_argument, NULL, OPTION_UNSUPPORTED },
-        { NULL, 0, NULL, 0 }
-    };
-    g_autoptr(GString) raw_opts = g_string_new(NULL);
-    g_autoptr(GError) err = NULL;
-    const char *fmt = NULL, *out_fmt = NULL, *out_filename;
-    const char *cache = "unsafe", *src_cache = "writeback";
-    bool quiet = false, progress = false, skip_create = false;
-    bool compress = false, image_opts = false, force_share = false;
-    int64_t sval;
-    QGuardOpts *opts = NULL, *open_opts = NULL;
-    ConvertState s = { .min_sparse = 8 };
-    Progress prog;
-    unsigned long ul;
-    int opt_index = 0;
-    int ret = -1, i, c;
+    int i;
 
-    while ((c = tool_getopt(argc, argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:",
-                            long_options, &opt_index)) != -1) {
-        switch (c) {
-        case 'f':
-            fmt = optarg;
-            break;
-        case 'O':
-            out_fmt = optarg;
-            break;
-        case 'c':
-            compress = true;
-            break;
-        case 'o':
-            if (!accumulate_options(raw_opts, optarg)) {
-                return 1;
-            }
-            break;
-        case 'S':
-            sval = cvtnum("buffer size for sparse output", optarg);
-            if (sval < 0 || sval % SECTOR_SIZE ||
-                sval > MAX_BUF_BYTES) {
-                error_report("Invalid buffer size for sparse output "
-                             "specified. Valid sizes are multiples of %d up "
-                             "to %d. Select 0 to disable sparse detection "
-                             "(fully allocates output).", SECTOR_SIZE,
-                             MAX_BUF_BYTES);
-                return 1;
-            }
-            s.min_sparse = sval / SECTOR_SIZE;
-            break;
-        case 'p':
-            progress = true;
-            break;
-        case 't':
-            cache = optarg;
-            break;
-        case 'T':
-            src_cache = optarg;
-            break;
-        case 'q':
-            quiet = true;
-            break;
-        case 'n':
-            skip_create = true;
-            break;
-        case 'm':
-            if (!parse_ulong(optarg, &ul) || ul < 1 || ul > MAX_COROUTINES) {
-                error_report("Invalid number of coroutines. Allowed number "
-                             "of coroutines is between 1 and %d",
-                             MAX_COROUTINES);
-                return 1;
-            }
-            break;
-        case 'W':
-            /* Out-of-order writes: requests are sequential here anyway. */
-            break;
-        case 'U':
-            force_share = true;
-            break;
-        case OPTION_IMAGE_OPTS:
-            image_opts = true;
-            break;
-        case 'B':
-        case 'C':
-        case 'F':
-        case 'l':
-        case 'r':
-            error_report("convert: option '-%c' is not supported", c);
-            return 1;
-        case OPTION_UNSUPPORTED:
-            error_report("convert: option '--%s' is not supported",
-                         long_options[opt_index].name);
-            return 1;
-        }
-    }
-
-    if (skip_create && raw_opts->len) {
-        error_report("-o has no effect when skipping image creation");
-        return 1;
-    }
-    if (!out_fmt) {
-        out_fmt = "raw";
-    }
-    if (quiet) {
-        progress = false;
-    }
-    s.src_num = argc - optind - 1;
-    out_filename = s.src_num >= 1 ? argv[argc - 1] : NULL;
-
-    if (raw_opts->len && has_help_option(raw_opts->str)) {
-        return print_create_help(out_fmt);
-    }
-    if (s.src_num < 1) {
-        error_report("Must specify image file name");
-        return 1;
-    }
-    if (!valid_cache_mode(src_cache)) {
-        error_report("Invalid source cache option: %s", src_cache);
-        return 1;
-    }
-
-    progress_init(&prog, progress, 1.0f);
-    progress_set(&prog, 0);
-    s.progress = &prog;
-
-    s.src = g_new0(QGuardImage *, s.src_num);
-    s.src_size = g_new0(uint64_t, s.src_num);
-    s.src_sectors = g_new0(uint64_t, s.src_num);
-    s.src_align = g_new0(uint64_t, s.src_num);
-    for (i = 0; i < s.src_num; i++) {
+    s->src = g_new0(QGuardImage *, s->src_num);
+    s->src_size = g_new0(uint64_t, s->src_num);
+    s->src_sectors = g_new0(uint64_t, s->src_num);
+    s->src_align = g_new0(uint64_t, s->src_num);
+    for (i = 0; i < s->src_num; i++) {
         QGuardImageInfo *info = NULL;
 
-        s.src[i] = img_open(image_opts, argv[optind + i], fmt, 0,
-                            force_share);
-        if (!s.src[i]) {
-            goto out;
+        s->src[i] = img_open_opts(o, names[i], 0);
+        if (!s->src[i]) {
+            return false;
         }
-        s.src_size[i] = qguard_image_size(s.src[i]);
-        s.src_sectors[i] = DIV_ROUND_UP(s.src_size[i], SECTOR_SIZE);
-        s.src_align[i] = 1;
-        if (qguard_image_get_info(s.src[i], &info, NULL) == 0) {
-            s.src_align[i] = MAX(1, info->cluster_size / SECTOR_SIZE);
+        s->src_size[i] = qguard_image_size(s->src[i]);
+        s->src_sectors[i] = DIV_ROUND_UP(s->src_size[i], SECTOR_SIZE);
+        s->src_align[i] = 1;
+        if (qguard_image_get_info(s->src[i], &info, NULL) == 0) {
+            s->src_align[i] = MAX(1, info->cluster_size / SECTOR_SIZE);
             qguard_image_info_free(info);
         }
-        s.total_sectors += s.src_sectors[i];
+        s->total_sectors += s->src_sectors[i];
     }
+    return true;
+}
 
-    if (!skip_create) {
-        g_autofree char *size_str = NULL;
-        g_autofree char *desc = NULL;
-        guint k;
+/*
+ * The creation options of the target (-o plus the total size), checked
+ * as qemu-img checks them before it creates anything; *@open_opts gets
+ * the runtime options among them, which also apply to the copy.
+ */
+static QGuardOpts *convert_create_options(const ConvertState *s,
+                                          const char *raw_opts,
+                                          const char *out_filename,
+                                          const char *out_fmt,
+                                          QGuardOpts **open_opts)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *size_str = NULL;
+    g_autofree char *desc = NULL;
+    QGuardOpts *opts = parse_create_options(raw_opts, "");
+    guint k;
 
-        opts = parse_create_options(raw_opts->str, "");
-        if (!opts) {
-            goto out;
-        }
-        size_str = g_strdup_printf("%" PRIu64, s.total_sectors * SECTOR_SIZE);
-        qguard_opts_set(opts, "size", size_str);
-        if (qguard_opts_get(opts, "backing_file") &&
-            !qguard_opts_get(opts, "backing_fmt")) {
-            error_report("Use of backing file requires explicit backing "
-                         "format");
-            goto out;
-        }
-        desc = qguard_create_prepare(out_filename, out_fmt, opts, false,
-                                     &err);
-        if (!desc) {
-            error_report("%s", gerr_msg(err, -EINVAL));
-            goto out;
-        }
-        /* Runtime options given with -o also apply to the copy. */
-        open_opts = qguard_opts_new();
-        for (k = 0; k < qguard_opts_count(opts); k++) {
-            const char *key = qguard_opts_key(opts, k);
-            if (!is_creation_option(key)) {
-                qguard_opts_set(open_opts, key, qguard_opts_value(opts, k));
-            }
-        }
+    if (!opts) {
+        return NULL;
     }
-
-    if (compress) {
-        if (!strcmp(out_fmt, "raw")) {
-            error_report("Compression not supported for this file format");
-        } else {
-            error_report("Compression (-c) is not supported yet");
-        }
-        goto out;
+    size_str = g_strdup_printf("%" PRIu64, s->total_sectors * SECTOR_SIZE);
+    qguard_opts_set(opts, "size", size_str);
+    if (qguard_opts_get(opts, "backing_file") &&
+        !qguard_opts_get(opts, "backing_fmt")) {
+        error_report("Use of backing file requires explicit backing format");
+        goto fail;
     }
+    desc = qguard_create_prepare(out_filename, out_fmt, opts, false, &err);
+    if (!desc) {
+        error_report("%s", gerr_msg(err, -EINVAL));
+        goto fail;
+    }
+    *open_opts = qguard_opts_new();
+    for (k = 0; k < qguard_opts_count(opts); k++) {
+        const char *key = qguard_opts_key(opts, k);
 
-    if (!skip_create) {
-        /*
-         * qemu-img fails here on its image lock; without locks, creating
-         * the target would destroy the source.
-         */
-        for (i = 0; i < s.src_num; i++) {
-            if (!image_opts && same_file(argv[optind + i], out_filename)) {
-                error_report("%s: error while converting %s: Failed to get "
-                             "\"write\" lock\nIs another process using the "
-                             "image [%s]?\n", out_filename, out_fmt,
-                             out_filename);
-                goto out;
-            }
-        }
-        if (qguard_image_create(out_filename, out_fmt, opts, NULL, NULL,
-                                &err) < 0) {
-            error_report("%s: error while converting %s: %s", out_filename,
-                         out_fmt, gerr_msg(err, -EIO));
-            goto out;
+        if (!is_creation_option(key)) {
+            qguard_opts_set(*open_opts, key, qguard_opts_value(opts, k));
         }
     }
+    return opts;
 
-    if (!valid_cache_mode(cache)) {
-        error_report("Invalid cache option: %s", cache);
-        goto out;
+fail:
+    qguard_opts_free(opts);
+    return NULL;
+}
+
+static bool convert_create_target(const ConvertState *s, const ImgOpts *o,
+                                  char **src_names, const char *out_filename,
+                                  const char *out_fmt, const QGuardOpts *opts)
+{
+    g_autoptr(GError) err = NULL;
+    int i;
+
+    /*
+     * qemu-img fails here on its image lock; without locks, creating the
+     * target would destroy the source.
+     */
+    for (i = 0; i < s->src_num; i++) {
+        if (!o->image_opts && same_file(src_names[i], out_filename)) {
+            error_report("%s: error while converting %s: Failed to get "
+                         "\"write\" lock\nIs another process using the "
+                         "image [%s]?\n", out_filename, out_fmt,
+                         out_filename);
+            return false;
+        }
     }
+    if (qguard_image_create(out_filename, out_fmt, opts, NULL, NULL,
+                            &err) < 0) {
+        error_report("%s: error while converting %s: %s", out_filename,
+                     out_fmt, gerr_msg(err, -EIO));
+        return false;
+    }
+    return true;
+}
+
+/* An existing target (-n) is opened as given, a new one with -o's options. */
+static QGuardImage *convert_open_target(const char *out_filename,
+                                        const char *out_fmt,
+                                        bool skip_create,
+                                        const QGuardOpts *open_opts)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardImage *target = NULL;
+    int ret;
 
     if (skip_create) {
-        s.target = img_open(false, out_filename, out_fmt, QGUARD_OPEN_RDWR,
-                            false);
-    } else {
-        int r = qguard_image_open(&s.target, out_filename, out_fmt,
-                                  open_opts, QGUARD_OPEN_RDWR, &err);
-        if (r < 0) {
-            error_report("Could not open '%s': %s", out_filename,
-                         gerr_msg(err, r));
-            s.target = NULL;
-        }
+        return img_open(false, out_filename, out_fmt, QGUARD_OPEN_RDWR,
+                        false);
     }
-    if (!s.target) {
-        goto out;
+    ret = qguard_image_open(&target, out_filename, out_fmt, open_opts,
+                            QGUARD_OPEN_RDWR, &err);
+    if (ret < 0) {
+        error_report("Could not open '%s': %s", out_filename,
+                     gerr_msg(err, ret));
+        return NULL;
     }
-    if (skip_create &&
-        qguard_image_size(s.target) < s.total_sectors * SECTOR_SIZE) {
-        error_report("output file is smaller than input file");
-        goto out;
-    }
+    return target;
+}
+
+/* Copy into the open target and flush it; 0 or a negative errno. */
+static int convert_run(ConvertState *s, bool fresh_target)
+{
+    g_autoptr(GError) err = NULL;
+    int ret;
 
     /*
      * A target we just created reads as zeros, unless it has a backing
@@ -602,21 +493,211 @@ int img_convert(int argc, char **argv)
      * a target with a backing file: correct, if not as small as it could
      * be.)
      */
-    s.has_zero_init = !skip_create &&
-                      !qguard_opts_get(opts, "backing_file");
-    s.alignment = MAX(1, s.min_sparse ? 1ULL << g_bit_nth_msf(s.min_sparse,
-                                                              -1) : 1);
-    s.buf_sectors = IO_BUF_SIZE / SECTOR_SIZE;
-    s.buf = g_malloc(s.buf_sectors * SECTOR_SIZE);
+    s->has_zero_init = fresh_target;
+    s->alignment = MAX(1, s->min_sparse ?
+                          1ULL << g_bit_nth_msf(s->min_sparse, -1) : 1);
+    s->buf_sectors = IO_BUF_SIZE / SECTOR_SIZE;
+    s->buf = g_malloc(s->buf_sectors * SECTOR_SIZE);
 
-    ret = convert_do_copy(&s);
+    ret = convert_do_copy(s);
     if (ret == 0) {
-        ret = qguard_image_flush(s.target, &err);
+        ret = qguard_image_flush(s->target, &err);
         if (ret < 0) {
             error_report("error while writing to output image file: %s",
                          gerr_msg(err, ret));
         }
     }
+    return ret;
+}
+
+static void convert_state_free(ConvertState *s)
+{
+    int i;
+
+    for (i = 0; i < s->src_num && s->src; i++) {
+        img_close(s->src[i]);
+    }
+    g_free(s->src);
+    g_free(s->src_size);
+    g_free(s->src_sectors);
+    g_free(s->src_align);
+    g_free(s->buf);
+}
+
+/* What the options ask for. */
+typedef struct ConvertParams {
+    ImgOpts o;
+    GString *raw_opts;      /* -o lists, joined */
+    const char *out_fmt;    /* -O */
+    const char *cache;      /* -t */
+    const char *src_cache;  /* -T */
+    bool progress;          /* -p */
+    bool skip_create;       /* -n */
+    bool compress;          /* -c */
+    uint64_t min_sparse;    /* -S, in sectors */
+} ConvertParams;
+
+static const struct option convert_long_options[] = {
+    LONGOPT_HELP,
+    LONGOPT_IMAGE_OPTS,
+    LONGOPT_FORCE_SHARE,
+    { "target-image-opts", no_argument, NULL, OPTION_UNSUPPORTED },
+    { "salvage", no_argument, NULL, OPTION_UNSUPPORTED },
+    { "target-is-zero", no_argument, NULL, OPTION_UNSUPPORTED },
+    { "bitmaps", no_argument, NULL, OPTION_UNSUPPORTED },
+    { "skip-broken-bitmaps", no_argument, NULL, OPTION_UNSUPPORTED },
+    LONGOPT_END
+};
+
+/* One option of convert (@opt_index for long ones); false: failed. */
+static bool convert_option(int c, int opt_index, ConvertParams *p)
+{
+    unsigned long ul;
+    int64_t sval;
+
+    switch (c) {
+    case 'O':
+        p->out_fmt = optarg;
+        break;
+    case 'c':
+        p->compress = true;
+        break;
+    case 'o':
+        return accumulate_options(p->raw_opts, optarg);
+    case 'S':
+        sval = cvtnum("buffer size for sparse output", optarg);
+        if (sval < 0 || sval % SECTOR_SIZE || sval > MAX_BUF_BYTES) {
+            error_report("Invalid buffer size for sparse output specified. "
+                         "Valid sizes are multiples of %d up to %d. Select "
+                         "0 to disable sparse detection (fully allocates "
+                         "output).", SECTOR_SIZE, MAX_BUF_BYTES);
+            return false;
+        }
+        p->min_sparse = sval / SECTOR_SIZE;
+        break;
+    case 'p':
+        p->progress = true;
+        break;
+    case 't':
+        p->cache = optarg;
+        break;
+    case 'T':
+        p->src_cache = optarg;
+        break;
+    case 'n':
+        p->skip_create = true;
+        break;
+    case 'm':
+        if (!parse_ulong(optarg, &ul) || ul < 1 || ul > MAX_COROUTINES) {
+            error_report("Invalid number of coroutines. Allowed number of "
+                         "coroutines is between 1 and %d", MAX_COROUTINES);
+            return false;
+        }
+        break;
+    case 'W':
+        /* Out-of-order writes: requests are sequential here anyway. */
+        break;
+    case 'B':
+    case 'C':
+    case 'F':
+    case 'l':
+    case 'r':
+        error_report("convert: option '-%c' is not supported", c);
+        return false;
+    case OPTION_UNSUPPORTED:
+        error_report("convert: option '--%s' is not supported",
+                     convert_long_options[opt_index].name);
+        return false;
+    default:
+        img_common_opt(c, &p->o);
+    }
+    return true;
+}
+
+int img_convert(int argc, char **argv)
+{
+    g_autoptr(GString) raw_opts = g_string_new(NULL);
+    ConvertParams p = {
+        .raw_opts = raw_opts, .out_fmt = "raw", .cache = "unsafe",
+        .src_cache = "writeback", .min_sparse = 8,
+    };
+    const char *out_filename;
+    QGuardOpts *opts = NULL, *open_opts = NULL;
+    ConvertState s = { 0 };
+    Progress prog;
+    int opt_index = 0;
+    int ret = -1, c;
+
+    while ((c = tool_getopt(argc, argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:",
+                            convert_long_options, &opt_index)) != -1) {
+        if (!convert_option(c, opt_index, &p)) {
+            return 1;
+        }
+    }
+    if (p.skip_create && raw_opts->len) {
+        error_report("-o has no effect when skipping image creation");
+        return 1;
+    }
+    s.min_sparse = p.min_sparse;
+    s.src_num = argc - optind - 1;
+    out_filename = s.src_num >= 1 ? argv[argc - 1] : NULL;
+
+    if (raw_opts->len && has_help_option(raw_opts->str)) {
+        return print_create_help(p.out_fmt);
+    }
+    if (s.src_num < 1) {
+        error_report("Must specify image file name");
+        return 1;
+    }
+    if (!valid_cache_mode(p.src_cache)) {
+        error_report("Invalid source cache option: %s", p.src_cache);
+        return 1;
+    }
+
+    progress_init(&prog, p.progress && !p.o.quiet, 1.0f);
+    progress_set(&prog, 0);
+    s.progress = &prog;
+
+    if (!convert_open_sources(&s, &p.o, &argv[optind])) {
+        goto out;
+    }
+    if (!p.skip_create) {
+        opts = convert_create_options(&s, raw_opts->str, out_filename,
+                                      p.out_fmt, &open_opts);
+        if (!opts) {
+            goto out;
+        }
+    }
+    if (p.compress) {
+        if (!strcmp(p.out_fmt, "raw")) {
+            error_report("Compression not supported for this file format");
+        } else {
+            error_report("Compression (-c) is not supported yet");
+        }
+        goto out;
+    }
+    if (!p.skip_create &&
+        !convert_create_target(&s, &p.o, &argv[optind], out_filename,
+                               p.out_fmt, opts)) {
+        goto out;
+    }
+    if (!valid_cache_mode(p.cache)) {
+        error_report("Invalid cache option: %s", p.cache);
+        goto out;
+    }
+
+    s.target = convert_open_target(out_filename, p.out_fmt, p.skip_create,
+                                   open_opts);
+    if (!s.target) {
+        goto out;
+    }
+    if (p.skip_create &&
+        qguard_image_size(s.target) < s.total_sectors * SECTOR_SIZE) {
+        error_report("output file is smaller than input file");
+        goto out;
+    }
+    ret = convert_run(&s, !p.skip_create &&
+                          !qguard_opts_get(opts, "backing_file"));
 
 out:
     if (s.target && img_close(s.target) < 0 && ret == 0) {
@@ -626,14 +707,7 @@ out:
         progress_set(&prog, 100);
     }
     progress_end(&prog);
-    for (i = 0; i < s.src_num && s.src; i++) {
-        img_close(s.src[i]);
-    }
-    g_free(s.src);
-    g_free(s.src_size);
-    g_free(s.src_sectors);
-    g_free(s.src_align);
-    g_free(s.buf);
+    convert_state_free(&s);
     qguard_opts_free(opts);
     qguard_opts_free(open_opts);
     return ret ? 1 : 0;

@@ -9,25 +9,82 @@
 
 #include "img.h"
 
+/*
+ * -o's options plus the size, backing file and format given on their own;
+ * NULL after printing what is wrong.
+ */
+static QGuardOpts *create_options(const char *raw_opts, const char *filename,
+                                  int64_t img_size, const char *base_filename,
+                                  const char *base_fmt)
+{
+    g_autofree char *prefix = g_strdup_printf("%s: ", filename);
+    QGuardOpts *opts = parse_create_options(raw_opts, prefix);
+
+    if (!opts) {
+        return NULL;
+    }
+    if (img_size >= 0) {
+        g_autofree char *size_str = NULL;
+
+        if (qguard_opts_has(opts, "size")) {
+            error_report("%s: The image size must be specified only once",
+                         filename);
+            qguard_opts_free(opts);
+            return NULL;
+        }
+        size_str = g_strdup_printf("%" PRId64, img_size);
+        qguard_opts_set(opts, "size", size_str);
+    }
+    if (base_filename) {
+        qguard_opts_set(opts, "backing_file", base_filename);
+    }
+    if (base_fmt) {
+        qguard_opts_set(opts, "backing_fmt", base_fmt);
+    }
+    return opts;
+}
+
+/* Create the image, with -p's progress meter; the exit status. */
+static int create_image(const char *filename, const char *fmt,
+                        const QGuardOpts *opts, bool progress)
+{
+    g_autoptr(GError) err = NULL;
+    Progress prog;
+    int ret;
+
+    progress_init(&prog, progress, 1.0f);
+    if (prog.enabled) {
+        progress_set(&prog, 0);
+    }
+    ret = qguard_image_create(filename, fmt, opts,
+                              prog.enabled ? progress_cb : NULL, &prog, &err);
+    if (ret == 0 && prog.enabled) {
+        progress_set(&prog, 100);
+    }
+    progress_end(&prog);
+    if (ret < 0) {
+        error_report("%s: %s", filename, gerr_msg(err, -EIO));
+        return 1;
+    }
+    return 0;
+}
+
 int img_create(int argc, char **argv)
 {
     static const struct option long_options[] = {
-        { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 }
+        LONGOPT_HELP,
+        LONGOPT_END
     };
     g_autoptr(GString) raw_opts = g_string_new(NULL);
     g_autoptr(GError) err = NULL;
     g_autofree char *desc = NULL;
-    g_autofree char *size_str = NULL;
-    g_autofree char *prefix = NULL;
     QGuardOpts *opts = NULL;
-    const char *fmt = "raw";
+    ImgOpts o = { .fmt = "raw" };
     const char *base_fmt = NULL;
     const char *base_filename = NULL;
     const char *filename;
-    bool quiet = false, unsafe = false, progress = false;
+    bool unsafe = false, progress = false;
     int64_t img_size = -1;
-    Progress prog;
     int ret = 1;
     int c;
 
@@ -40,9 +97,6 @@ int img_create(int argc, char **argv)
         case 'b':
             base_filename = optarg;
             break;
-        case 'f':
-            fmt = optarg;
-            break;
         case 'o':
             if (!accumulate_options(raw_opts, optarg)) {
                 goto out;
@@ -51,18 +105,17 @@ int img_create(int argc, char **argv)
         case 'p':
             progress = true;
             break;
-        case 'q':
-            quiet = true;
-            break;
         case 'u':
             unsafe = true;
             break;
+        default:
+            img_common_opt(c, &o);
         }
     }
 
     filename = optind < argc ? argv[optind] : NULL;
     if (raw_opts->len && has_help_option(raw_opts->str)) {
-        ret = print_create_help(fmt);
+        ret = print_create_help(o.fmt);
         goto out;
     }
     if (optind >= argc) {
@@ -79,52 +132,21 @@ int img_create(int argc, char **argv)
         error_exit("Unexpected argument: %s", argv[optind]);
     }
 
-    prefix = g_strdup_printf("%s: ", filename);
-    opts = parse_create_options(raw_opts->str, prefix);
+    opts = create_options(raw_opts->str, filename, img_size, base_filename,
+                          base_fmt);
     if (!opts) {
         goto out;
     }
-    if (img_size >= 0) {
-        if (qguard_opts_has(opts, "size")) {
-            error_report("%s: The image size must be specified only once",
-                         filename);
-            goto out;
-        }
-        size_str = g_strdup_printf("%" PRId64, img_size);
-        qguard_opts_set(opts, "size", size_str);
-    }
-    if (base_filename) {
-        qguard_opts_set(opts, "backing_file", base_filename);
-    }
-    if (base_fmt) {
-        qguard_opts_set(opts, "backing_fmt", base_fmt);
-    }
-
-    desc = qguard_create_prepare(filename, fmt, opts, unsafe, &err);
+    desc = qguard_create_prepare(filename, o.fmt, opts, unsafe, &err);
     if (!desc) {
         error_report("%s: %s", filename, gerr_msg(err, -EINVAL));
         goto out;
     }
-    if (!quiet) {
+    if (!o.quiet) {
         printf("Formatting '%s', %s\n", filename, desc);
         fflush(stdout);
     }
-    progress_init(&prog, progress && !quiet, 1.0f);
-    if (prog.enabled) {
-        progress_set(&prog, 0);
-    }
-    if (qguard_image_create(filename, fmt, opts,
-                            prog.enabled ? progress_cb : NULL, &prog,
-                            &err) < 0) {
-        progress_end(&prog);
-        error_report("%s: %s", filename, gerr_msg(err, -EIO));
-        goto out;
-    }
-    if (prog.enabled) {
-        progress_set(&prog, 100);
-    }
-    progress_end(&prog);
-    ret = 0;
+    ret = create_image(filename, o.fmt, opts, progress && !o.quiet);
 
 out:
     qguard_opts_free(opts);

@@ -13,6 +13,41 @@
 
 #include "img.h"
 
+void img_common_opt(int c, ImgOpts *o)
+{
+    switch (c) {
+    case 'f':
+        o->fmt = optarg;
+        break;
+    case 'q':
+        o->quiet = true;
+        break;
+    case 'U':
+        o->force_share = true;
+        break;
+    case OPTION_IMAGE_OPTS:
+        o->image_opts = true;
+        break;
+    case OPTION_OUTPUT:
+        o->output = optarg;
+        break;
+    }
+}
+
+const char *img_one_filename(int argc, char **argv)
+{
+    if (optind != argc - 1) {
+        error_exit("Expecting one image file name");
+    }
+    return argv[optind];
+}
+
+QGuardImage *img_open_opts(const ImgOpts *o, const char *filename,
+                           unsigned flags)
+{
+    return img_open(o->image_opts, filename, o->fmt, flags, o->force_share);
+}
+
 void qprintf(bool quiet, const char *fmt, ...)
 {
     va_list ap;
@@ -173,50 +208,3 @@ QGuardOpts *parse_create_options(const char *raw, const char *prefix)
     }
     return opts;
 }
-
-/* One row of qemu's snapshot table (bdrv_snapshot_dump), or its header. */
-static void snapshot_dump(GString *out, const QGuardSnapshotInfo *sn)
-{
-    g_autoptr(GDateTime) date = NULL;
-    g_autofree char *date_str = NULL;
-    g_autofree char *vm_size = NULL;
-    char clock_buf[64];
-    char icount_buf[32] = "";
-    uint64_t secs;
-
-    if (!sn) {
-        g_string_append_printf(out, "%-10s%-17s%8s%20s%13s%11s", "ID", "TAG",
-                               "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
-        return;
-    }
-    date = g_date_time_new_from_unix_local(sn->date_sec);
-    date_str = date ? g_date_time_format(date, "%Y-%m-%d %H:%M:%S")
-                    : g_strdup("");
-    secs = sn->vm_clock_nsec / 1000000000;
-    snprintf(clock_buf, sizeof(clock_buf), "%02d:%02d:%02d.%03d",
-             (int)(secs / 3600), (int)((secs / 60) % 60), (int)(secs % 60),
-             (int)((sn->vm_clock_nsec / 1000000) % 1000));
-    vm_size = qguard_size_to_str(sn->vm_state_size);
-    if (sn->icount != UINT64_MAX) {
-        snprintf(icount_buf, sizeof(icount_buf), "%" PRId64,
-                 (int64_t)sn->icount);
-    }
-    g_string_append_printf(out, "%-9s %-16s %8s%20s%13s%11s",
-                           sn->id ? sn->id : "", sn->name ? sn->name : "",
-                           vm_size, date_str, clock_buf, icount_buf);
-}
-
-void snapshot_table(GString *out, const QGuardSnapshotInfo *sns,
-                    guint count)
-{
-    guint i;
-
-    g_string_append(out, "Snapshot list:\n");
-    snapshot_dump(out, NULL);
-    g_string_append_c(out, '\n');
-    for (i = 0; i < count; i++) {
-        snapshot_dump(out, &sns[i]);
-        g_string_append_c(out, '\n');
-    }
-}
-

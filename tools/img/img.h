@@ -9,9 +9,11 @@
  *  1. Write tools/img/<cmd>.c with "int img_<cmd>(int argc, char **argv)",
  *     QEMU's name for it in qemu-img.c, so both read side by side.  argv[0]
  *     is the command name; parse the options with tool_getopt() (a
- *     shortopts string that starts with ':' and contains 'h', and a
- *     { "help", no_argument, NULL, 'h' } long option) so that usage errors
- *     and -h behave as in every other command.  Return the exit status.
+ *     shortopts string that starts with ':' and contains 'h', and
+ *     LONGOPT_HELP among the long options) so that usage errors and -h
+ *     behave as in every other command, and hand the options all commands
+ *     share (-f, -q, -U, --image-opts, --output) to img_common_opt() in
+ *     the switch's default case.  Return the exit status.
  *  2. Declare it below.
  *  3. Add its row, with the usage line(s) qemu-img prints for it, to
  *     img_cmds[] in qguard-img.c: --help is generated from that table.
@@ -49,6 +51,28 @@ enum {
     OPTION_UNSUPPORTED,
 };
 
+/* The long options several commands share (each also has a short one). */
+#define LONGOPT_HELP        { "help", no_argument, NULL, 'h' }
+#define LONGOPT_FORMAT      { "format", required_argument, NULL, 'f' }
+#define LONGOPT_FORCE_SHARE { "force-share", no_argument, NULL, 'U' }
+#define LONGOPT_IMAGE_OPTS  { "image-opts", no_argument, NULL, \
+                              OPTION_IMAGE_OPTS }
+#define LONGOPT_OUTPUT      { "output", required_argument, NULL, \
+                              OPTION_OUTPUT }
+#define LONGOPT_END         { NULL, 0, NULL, 0 }
+
+/*
+ * The options that mean the same in every command that takes them (which
+ * ones it takes, its shortopts and long_options say).
+ */
+typedef struct ImgOpts {
+    const char *fmt;        /* -f, --format */
+    const char *output;     /* --output */
+    bool image_opts;        /* --image-opts */
+    bool force_share;       /* -U, --force-share */
+    bool quiet;             /* -q */
+} ImgOpts;
+
 typedef enum OutputFormat {
     OFORMAT_HUMAN,
     OFORMAT_JSON,
@@ -66,6 +90,17 @@ int img_resize(int argc, char **argv);
 int img_snapshot(int argc, char **argv);
 
 /* ---- Shared by several commands (img-common.c) -------------------------- */
+
+/*
+ * Record option @c in @o if it is one of ImgOpts'.  Commands call it for
+ * the options their own switch does not handle.
+ */
+void img_common_opt(int c, ImgOpts *o);
+/* After the options, exactly one file name: it, or a usage error. */
+const char *img_one_filename(int argc, char **argv);
+/* img_open() with the file options of @o. */
+QGuardImage *img_open_opts(const ImgOpts *o, const char *filename,
+                           unsigned flags);
 
 /* printf() unless -q was given. */
 void qprintf(bool quiet, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
@@ -100,9 +135,5 @@ int print_create_help(const char *fmt);
  * (qemu-img create puts the file name there, convert nothing).
  */
 QGuardOpts *parse_create_options(const char *raw, const char *prefix);
-
-/* "Snapshot list:" and the table of snapshots (info, snapshot -l). */
-void snapshot_table(GString *out, const QGuardSnapshotInfo *sns,
-                    guint count);
 
 #endif /* QGUARD_IMG_H */

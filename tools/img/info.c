@@ -142,17 +142,15 @@ static void free_info_list(GPtrArray *list)
  * reported with the name of the file that is missing and loops are caught
  * by name.
  */
-static GPtrArray *collect_image_info_list(bool image_opts,
-                                          const char *filename,
-                                          const char *fmt, bool chain,
-                                          bool force_share)
+static GPtrArray *collect_image_info_list(const ImgOpts *o,
+                                          const char *filename, bool chain)
 {
     g_autoptr(GHashTable) seen = g_hash_table_new_full(g_str_hash,
                                                        g_str_equal,
                                                        g_free, NULL);
     GPtrArray *list = g_ptr_array_new();
     g_autofree char *next_name = g_strdup(filename);
-    g_autofree char *next_fmt = g_strdup(fmt);
+    g_autofree char *next_fmt = g_strdup(o->fmt);
     bool first = true;
 
     while (next_name) {
@@ -167,8 +165,8 @@ static GPtrArray *collect_image_info_list(bool image_opts,
         }
         g_hash_table_add(seen, g_strdup(next_name));
 
-        img = img_open(image_opts && first, next_name, next_fmt,
-                       QGUARD_OPEN_NO_BACKING, force_share);
+        img = img_open(o->image_opts && first, next_name, next_fmt,
+                       QGUARD_OPEN_NO_BACKING, o->force_share);
         if (!img) {
             goto fail;
         }
@@ -205,16 +203,17 @@ fail:
 int img_info(int argc, char **argv)
 {
     static const struct option long_options[] = {
-        { "help", no_argument, NULL, 'h' },
-        { "format", required_argument, NULL, 'f' },
-        { "output", required_argument, NULL, OPTION_OUTPUT },
+        LONGOPT_HELP,
+        LONGOPT_FORMAT,
+        LONGOPT_OUTPUT,
         { "backing-chain", no_argument, NULL, OPTION_BACKING_CHAIN },
-        { "image-opts", no_argument, NULL, OPTION_IMAGE_OPTS },
-        { "force-share", no_argument, NULL, 'U' },
-        { NULL, 0, NULL, 0 }
+        LONGOPT_IMAGE_OPTS,
+        LONGOPT_FORCE_SHARE,
+        LONGOPT_END
     };
-    const char *fmt = NULL, *output = NULL, *filename;
-    bool chain = false, image_opts = false, force_share = false;
+    ImgOpts o = { 0 };
+    const char *filename;
+    bool chain = false;
     OutputFormat ofmt;
     GPtrArray *list;
     guint i;
@@ -223,33 +222,19 @@ int img_info(int argc, char **argv)
     while ((c = tool_getopt(argc, argv, ":f:hU", long_options,
                             NULL)) != -1) {
         switch (c) {
-        case 'f':
-            fmt = optarg;
-            break;
-        case 'U':
-            force_share = true;
-            break;
-        case OPTION_OUTPUT:
-            output = optarg;
-            break;
         case OPTION_BACKING_CHAIN:
             chain = true;
             break;
-        case OPTION_IMAGE_OPTS:
-            image_opts = true;
-            break;
+        default:
+            img_common_opt(c, &o);
         }
     }
-    if (optind != argc - 1) {
-        error_exit("Expecting one image file name");
-    }
-    filename = argv[optind];
-    if (!parse_output_format(output, &ofmt)) {
+    filename = img_one_filename(argc, argv);
+    if (!parse_output_format(o.output, &ofmt)) {
         return 1;
     }
 
-    list = collect_image_info_list(image_opts, filename, fmt, chain,
-                                   force_share);
+    list = collect_image_info_list(&o, filename, chain);
     if (!list) {
         return 1;
     }

@@ -116,17 +116,17 @@ static int dump_map_entry(OutputFormat ofmt, const MapEntry *e,
 int img_map(int argc, char **argv)
 {
     static const struct option long_options[] = {
-        { "help", no_argument, NULL, 'h' },
-        { "format", required_argument, NULL, 'f' },
-        { "output", required_argument, NULL, OPTION_OUTPUT },
+        LONGOPT_HELP,
+        LONGOPT_FORMAT,
+        LONGOPT_OUTPUT,
         { "start-offset", required_argument, NULL, 's' },
         { "max-length", required_argument, NULL, 'l' },
-        { "image-opts", no_argument, NULL, OPTION_IMAGE_OPTS },
-        { "force-share", no_argument, NULL, 'U' },
-        { NULL, 0, NULL, 0 }
+        LONGOPT_IMAGE_OPTS,
+        LONGOPT_FORCE_SHARE,
+        LONGOPT_END
     };
-    const char *fmt = NULL, *output = NULL, *filename;
-    bool image_opts = false, force_share = false;
+    ImgOpts o = { 0 };
+    const char *filename;
     int64_t start_offset = 0, max_length = -1, length;
     MapEntry curr = { 0 }, next = { 0 };
     OutputFormat ofmt;
@@ -136,15 +136,6 @@ int img_map(int argc, char **argv)
     while ((c = tool_getopt(argc, argv, ":f:s:l:hU", long_options,
                             NULL)) != -1) {
         switch (c) {
-        case 'f':
-            fmt = optarg;
-            break;
-        case 'U':
-            force_share = true;
-            break;
-        case OPTION_OUTPUT:
-            output = optarg;
-            break;
         case 's':
             start_offset = cvtnum("start offset", optarg);
             if (start_offset < 0) {
@@ -157,20 +148,16 @@ int img_map(int argc, char **argv)
                 return 1;
             }
             break;
-        case OPTION_IMAGE_OPTS:
-            image_opts = true;
-            break;
+        default:
+            img_common_opt(c, &o);
         }
     }
-    if (optind != argc - 1) {
-        error_exit("Expecting one image file name");
-    }
-    filename = argv[optind];
-    if (!parse_output_format(output, &ofmt)) {
+    filename = img_one_filename(argc, argv);
+    if (!parse_output_format(o.output, &ofmt)) {
         return 1;
     }
 
-    img = img_open(image_opts, filename, fmt, 0, force_share);
+    img = img_open_opts(&o, filename, 0);
     if (!img) {
         return 1;
     }

@@ -15,19 +15,67 @@ static bool valid_prealloc_mode(const char *mode)
            !strcmp(mode, "falloc") || !strcmp(mode, "full");
 }
 
+/*
+ * "[+ | -]size": *@relative is 1, -1 or 0 (absolute).  qemu-img reads the
+ * number as a QemuOpts size, with its messages; false after them.
+ */
+static bool parse_resize_size(const char *size, int *relative, uint64_t *n)
+{
+    g_autoptr(GError) err = NULL;
+    bool ok, hex_suffix;
+
+    *relative = size[0] == '+' ? 1 : size[0] == '-' ? -1 : 0;
+    if (*relative) {
+        size++;
+    }
+    ok = qguard_parse_size_option("size", size, n, &hex_suffix, &err);
+    if (hex_suffix) {
+        warn_hex_suffix(size);
+    }
+    if (!ok) {
+        error_report("%s", err->message);
+    }
+    return ok;
+}
+
+/* qemu-img's checks of the new size, with its messages. */
+static bool resize_allowed(uint64_t current_size, int64_t total_size,
+                           const char *prealloc, bool shrink)
+{
+    if (total_size <= 0) {
+        error_report("New image size must be positive");
+        return false;
+    }
+    if ((uint64_t)total_size <= current_size && prealloc &&
+        strcmp(prealloc, "off")) {
+        error_report("Preallocation can only be used for growing images");
+        return false;
+    }
+    if ((uint64_t)total_size < current_size && !shrink) {
+        error_report("Use the --shrink option to perform a shrink "
+                     "operation.");
+        warn_report("Shrinking an image will delete all data beyond the "
+                    "shrunken image's end. Before performing such an "
+                    "operation, make sure there is no important data "
+                    "there.");
+        return false;
+    }
+    return true;
+}
+
 int img_resize(int argc, char **argv)
 {
     static const struct option long_options[] = {
-        { "help", no_argument, NULL, 'h' },
-        { "image-opts", no_argument, NULL, OPTION_IMAGE_OPTS },
+        LONGOPT_HELP,
+        LONGOPT_IMAGE_OPTS,
         { "preallocation", required_argument, NULL, OPTION_PREALLOCATION },
         { "shrink", no_argument, NULL, OPTION_SHRINK },
-        { NULL, 0, NULL, 0 }
+        LONGOPT_END
     };
     g_autoptr(GError) err = NULL;
-    const char *fmt = NULL, *filename, *size, *prealloc = NULL;
-    bool quiet = false, image_opts = false, shrink = false;
-    bool ok, hex_suffix;
+    ImgOpts o = { 0 };
+    const char *filename, *size, *prealloc = NULL;
+    bool shrink = false;
     uint64_t n, current_size;
     int64_t total_size;
     int relative;
@@ -46,15 +94,6 @@ int img_resize(int argc, char **argv)
     while ((c = tool_getopt(argc, argv, ":f:hq", long_options,
                             NULL)) != -1) {
         switch (c) {
-        case 'f':
-            fmt = optarg;
-            break;
-        case 'q':
-            quiet = true;
-            break;
-        case OPTION_IMAGE_OPTS:
-            image_opts = true;
-            break;
         case OPTION_PREALLOCATION:
             if (!valid_prealloc_mode(optarg)) {
                 error_report("Invalid preallocation mode '%s'", optarg);
@@ -65,6 +104,8 @@ int img_resize(int argc, char **argv)
         case OPTION_SHRINK:
             shrink = true;
             break;
+        default:
+            img_common_opt(c, &o);
         }
     }
     if (optind != argc - 1) {
@@ -72,30 +113,11 @@ int img_resize(int argc, char **argv)
     }
     filename = argv[optind];
 
-    switch (size[0]) {
-    case '+':
-        relative = 1;
-        size++;
-        break;
-    case '-':
-        relative = -1;
-        size++;
-        break;
-    default:
-        relative = 0;
-        break;
-    }
-    /* qemu-img reads the size as a QemuOpts option, with its messages. */
-    ok = qguard_parse_size_option("size", size, &n, &hex_suffix, &err);
-    if (hex_suffix) {
-        warn_hex_suffix(size);
-    }
-    if (!ok) {
-        error_report("%s", err->message);
+    if (!parse_resize_size(size, &relative, &n)) {
         return 1;
     }
 
-    img = img_open(image_opts, filename, fmt, QGUARD_OPEN_RDWR, false);
+    img = img_open_opts(&o, filename, QGUARD_OPEN_RDWR);
     if (!img) {
         return 1;
     }
@@ -107,22 +129,7 @@ int img_resize(int argc, char **argv)
     } else {
         total_size = (int64_t)n;
     }
-    if (total_size <= 0) {
-        error_report("New image size must be positive");
-        goto out;
-    }
-    if ((uint64_t)total_size <= current_size && prealloc &&
-        strcmp(prealloc, "off")) {
-        error_report("Preallocation can only be used for growing images");
-        goto out;
-    }
-    if ((uint64_t)total_size < current_size && !shrink) {
-        error_report("Use the --shrink option to perform a shrink "
-                     "operation.");
-        warn_report("Shrinking an image will delete all data beyond the "
-                    "shrunken image's end. Before performing such an "
-                    "operation, make sure there is no important data "
-                    "there.");
+    if (!resize_allowed(current_size, total_size, prealloc, shrink)) {
         goto out;
     }
 
@@ -138,7 +145,7 @@ out:
         ret = -1;
     }
     if (ret == 0) {
-        qprintf(quiet, "Image resized.\n");
+        qprintf(o.quiet, "Image resized.\n");
     }
     return ret ? 1 : 0;
 }

@@ -17,25 +17,6 @@ enum {
     SNAPSHOT_DELETE,
 };
 
-static void dump_snapshots(QGuardImage *img)
-{
-    g_autoptr(GString) out = NULL;
-    QGuardSnapshotInfo *list = NULL;
-    guint count = 0, i;
-
-    if (qguard_snapshot_list(img, &list, &count, NULL) < 0 || !count) {
-        g_free(list);
-        return;
-    }
-    out = g_string_new(NULL);
-    snapshot_table(out, list, count);
-    fputs(out->str, stdout);
-    for (i = 0; i < count; i++) {
-        qguard_snapshot_info_clear(&list[i]);
-    }
-    g_free(list);
-}
-
 /* qemu-img deletes by name only: find the id of the first match. */
 static char *find_snapshot_id_by_name(QGuardImage *img, const char *name)
 {
@@ -56,22 +37,64 @@ static char *find_snapshot_id_by_name(QGuardImage *img, const char *name)
     return id;
 }
 
+/* Carry out -l, -c, -a or -d; 0 or a negative errno after the message. */
+static int snapshot_action(QGuardImage *img, int action, const char *name)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *id = NULL;
+    int ret = 0;
+
+    switch (action) {
+    case SNAPSHOT_LIST:
+        /* As qemu-img, say nothing if the list cannot be read. */
+        dump_snapshots(img, NULL);
+        break;
+    case SNAPSHOT_CREATE:
+        ret = qguard_snapshot_create(img, name, &err);
+        if (ret < 0) {
+            error_report("Could not create snapshot '%s': %d (%s)",
+                         name, ret, g_strerror(-ret));
+        }
+        break;
+    case SNAPSHOT_APPLY:
+        ret = qguard_snapshot_apply(img, name, &err);
+        if (ret < 0) {
+            error_report("Could not apply snapshot '%s': %s", name,
+                         gerr_msg(err, ret));
+        }
+        break;
+    case SNAPSHOT_DELETE:
+        id = find_snapshot_id_by_name(img, name);
+        if (!id) {
+            error_report("Could not delete snapshot '%s': snapshot not "
+                         "found", name);
+            return -ENOENT;
+        }
+        ret = qguard_snapshot_delete(img, id, &err);
+        if (ret < 0) {
+            error_report("Could not delete snapshot '%s': %s", name,
+                         gerr_msg(err, ret));
+        }
+        break;
+    }
+    return ret;
+}
+
 int img_snapshot(int argc, char **argv)
 {
     static const struct option long_options[] = {
-        { "help", no_argument, NULL, 'h' },
-        { "image-opts", no_argument, NULL, OPTION_IMAGE_OPTS },
-        { "force-share", no_argument, NULL, 'U' },
-        { NULL, 0, NULL, 0 }
+        LONGOPT_HELP,
+        LONGOPT_IMAGE_OPTS,
+        LONGOPT_FORCE_SHARE,
+        LONGOPT_END
     };
-    g_autoptr(GError) err = NULL;
-    g_autofree char *id = NULL;
+    /* -q: nothing to silence, snapshot prints only the -l table. */
+    ImgOpts o = { 0 };
     const char *filename, *snapshot_name = NULL;
-    bool image_opts = false, force_share = false;
     unsigned flags = QGUARD_OPEN_RDWR;
     int action = 0;
     QGuardImage *img;
-    int ret = 0, c;
+    int ret, c;
 
     while ((c = tool_getopt(argc, argv, ":la:c:d:hqU", long_options,
                             NULL)) != -1) {
@@ -92,61 +115,18 @@ int img_snapshot(int argc, char **argv)
                 snapshot_name = optarg;
             }
             break;
-        case 'q':
-            /* Nothing to silence: snapshot prints only the -l table. */
-            break;
-        case 'U':
-            force_share = true;
-            break;
-        case OPTION_IMAGE_OPTS:
-            image_opts = true;
-            break;
+        default:
+            img_common_opt(c, &o);
         }
     }
-    if (optind != argc - 1) {
-        error_exit("Expecting one image file name");
-    }
-    filename = argv[optind];
+    filename = img_one_filename(argc, argv);
 
-    img = img_open(image_opts, filename, NULL, flags, force_share);
+    img = img_open_opts(&o, filename, flags);
     if (!img) {
         return 1;
     }
 
-    switch (action) {
-    case SNAPSHOT_LIST:
-        dump_snapshots(img);
-        break;
-    case SNAPSHOT_CREATE:
-        ret = qguard_snapshot_create(img, snapshot_name, &err);
-        if (ret < 0) {
-            error_report("Could not create snapshot '%s': %d (%s)",
-                         snapshot_name, ret, g_strerror(-ret));
-        }
-        break;
-    case SNAPSHOT_APPLY:
-        ret = qguard_snapshot_apply(img, snapshot_name, &err);
-        if (ret < 0) {
-            error_report("Could not apply snapshot '%s': %s", snapshot_name,
-                         gerr_msg(err, ret));
-        }
-        break;
-    case SNAPSHOT_DELETE:
-        id = find_snapshot_id_by_name(img, snapshot_name);
-        if (!id) {
-            error_report("Could not delete snapshot '%s': snapshot not "
-                         "found", snapshot_name);
-            ret = -ENOENT;
-            break;
-        }
-        ret = qguard_snapshot_delete(img, id, &err);
-        if (ret < 0) {
-            error_report("Could not delete snapshot '%s': %s", snapshot_name,
-                         gerr_msg(err, ret));
-        }
-        break;
-    }
-
+    ret = snapshot_action(img, action, snapshot_name);
     if (img_close(img) < 0) {
         ret = -1;
     }

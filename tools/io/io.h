@@ -111,11 +111,12 @@ void close_image(void);
  * QemuOpts does; false after printing the error.
  */
 bool parse_open_options(QGuardOpts *opts, const char *str);
-/* -t: false for an unknown mode; @nocache is set for the uncached ones. */
-bool parse_cache_mode(const char *mode, bool *nocache);
-bool valid_discard_mode(const char *mode);
-/* -i: false for an unknown mode; @native is set for "native". */
-bool parse_aio_mode(const char *mode, bool *native);
+/*
+ * Record option @c (with optarg) in @p if it is one of the open options
+ * that "open" and the command line share (-s -n -C -r -k -U -t -d -i): 1.
+ * 0 if it is not; -EINVAL after printing why its argument is wrong.
+ */
+int open_param_opt(int c, OpenParams *p);
 
 /* ---- Arguments (io-common.c) -------------------------------------------- */
 

@@ -28,7 +28,7 @@ static struct {
     bool snapshot;          /* a temporary overlay from -s */
 } open_state;
 
-bool parse_cache_mode(const char *mode, bool *nocache)
+static bool parse_cache_mode(const char *mode, bool *nocache)
 {
     if (!strcmp(mode, "none") || !strcmp(mode, "off") ||
         !strcmp(mode, "directsync")) {
@@ -42,13 +42,13 @@ bool parse_cache_mode(const char *mode, bool *nocache)
     return true;
 }
 
-bool valid_discard_mode(const char *mode)
+static bool valid_discard_mode(const char *mode)
 {
     return !strcmp(mode, "off") || !strcmp(mode, "ignore") ||
            !strcmp(mode, "on") || !strcmp(mode, "unmap");
 }
 
-bool parse_aio_mode(const char *mode, bool *native)
+static bool parse_aio_mode(const char *mode, bool *native)
 {
     *native = !strcmp(mode, "native");
     return *native || !strcmp(mode, "threads") || !strcmp(mode, "io_uring");
@@ -259,50 +259,62 @@ static const char open_help[] =
 "        overlap-check.algorithm=linear\n"
 "\n";
 
+int open_param_opt(int c, OpenParams *p)
+{
+    bool native;
+
+    switch (c) {
+    case 's':
+        p->snapshot = true;
+        break;
+    case 'n':
+        p->nocache = true;
+        break;
+    case 'C':
+        p->copy_on_read = true;
+        break;
+    case 'r':
+        p->read_only = true;
+        break;
+    case 'k':
+        p->native_aio = true;
+        break;
+    case 'U':
+        p->force_share = true;
+        break;
+    case 't':
+        if (!parse_cache_mode(optarg, &p->nocache)) {
+            error_report("Invalid cache option: %s", optarg);
+            return -EINVAL;
+        }
+        break;
+    case 'd':
+        if (!valid_discard_mode(optarg)) {
+            error_report("Invalid discard option: %s", optarg);
+            return -EINVAL;
+        }
+        break;
+    case 'i':
+        if (!parse_aio_mode(optarg, &native)) {
+            error_report("Invalid aio option: %s", optarg);
+            return -EINVAL;
+        }
+        p->native_aio = native;
+        break;
+    default:
+        return 0;
+    }
+    return 1;
+}
+
 static int open_f(int argc, char **argv)
 {
     OpenParams p = { 0 };
     QGuardOpts *opts = qguard_opts_new();
-    bool native;
-    int c;
+    int c, ret;
 
     while ((c = getopt(argc, argv, "snCro:ki:t:d:U")) != -1) {
-        switch (c) {
-        case 's':
-            p.snapshot = true;
-            break;
-        case 'n':
-            p.nocache = true;
-            break;
-        case 'C':
-            p.copy_on_read = true;
-            break;
-        case 'r':
-            p.read_only = true;
-            break;
-        case 'k':
-            p.native_aio = true;
-            break;
-        case 't':
-            if (!parse_cache_mode(optarg, &p.nocache)) {
-                error_report("Invalid cache option: %s", optarg);
-                goto fail;
-            }
-            break;
-        case 'd':
-            if (!valid_discard_mode(optarg)) {
-                error_report("Invalid discard option: %s", optarg);
-                goto fail;
-            }
-            break;
-        case 'i':
-            if (!parse_aio_mode(optarg, &native)) {
-                error_report("Invalid aio option: %s", optarg);
-                goto fail;
-            }
-            p.native_aio = native;
-            break;
-        case 'o':
+        if (c == 'o') {
             if (image_opts_mode) {
                 printf("--image-opts and 'open -o' are mutually exclusive\n");
                 goto fail;
@@ -310,11 +322,12 @@ static int open_f(int argc, char **argv)
             if (!parse_open_options(opts, optarg)) {
                 goto fail;
             }
-            break;
-        case 'U':
-            p.force_share = true;
-            break;
-        default:
+            continue;
+        }
+        ret = open_param_opt(c, &p);
+        if (ret < 0) {
+            goto fail;
+        } else if (ret == 0) {
             command_usage(&open_cmd);
             goto fail;
         }
@@ -380,14 +393,73 @@ static bool is_fixed_option(const char *key)
            !strcmp(key, "read-only") || !strcmp(key, "force-share");
 }
 
-static int reopen_f(int argc, char **argv)
+/* May @changes be applied to the open image?  Prints why not. */
+static bool reopen_changes_allowed(const QGuardOpts *changes)
+{
+    guint i;
+
+    for (i = 0; i < qguard_opts_count(changes); i++) {
+        const char *key = qguard_opts_key(changes, i);
+        const char *old = qguard_opts_get(open_state.opts, key);
+
+        if (is_fixed_option(key) &&
+            (!old || strcmp(old, qguard_opts_value(changes, i)))) {
+            error_report("Cannot change the option '%s'", key);
+            return false;
+        }
+    }
+    if (open_state.snapshot) {
+        error_report("Cannot reopen an image opened with -s");
+        return false;
+    }
+    return true;
+}
+
+/*
+ * Close the image and open it with @opts (consumed); if that fails, open
+ * it as it was, and if even that fails, no image is open afterwards.
+ */
+static int reopen_image(QGuardOpts *opts, bool read_only)
 {
     g_autoptr(GError) err = NULL;
+    g_autoptr(GError) err2 = NULL;
+    const char *filename = open_state.filename;
+    int ret;
+
+    aio_deliver_reports();
+    qguard_image_close(image, NULL);
+    image = NULL;
+    ret = qguard_image_open(&image, filename, open_state.format, opts,
+                            read_only ? 0 : QGUARD_OPEN_RDWR, &err);
+    if (ret == 0) {
+        qguard_opts_free(open_state.opts);
+        open_state.opts = opts;
+        open_state.read_only = read_only;
+        return 0;
+    }
+    error_report_err(NULL, err, ret);
+    qguard_opts_free(opts);
+    image = NULL;
+    if (qguard_image_open(&image, filename, open_state.format,
+                          open_state.opts,
+                          open_state.read_only ? 0 : QGUARD_OPEN_RDWR,
+                          &err2) < 0) {
+        g_autofree char *prefix = filename ?
+            g_strdup_printf("can't open device %s", filename) :
+            g_strdup("can't open");
+
+        error_report_err(prefix, err2, -EIO);
+        image = NULL;
+        forget_open_state();
+    }
+    return ret;
+}
+
+static int reopen_f(int argc, char **argv)
+{
     QGuardOpts *changes = qguard_opts_new();
-    QGuardOpts *merged = NULL;
-    char *filename = NULL, *format = NULL;
+    QGuardOpts *merged;
     bool read_only = open_state.read_only, has_rw = false, nocache;
-    unsigned flags;
     guint i;
     int c, ret = -EINVAL;
 
@@ -422,60 +494,16 @@ static int reopen_f(int argc, char **argv)
         command_usage(&reopen_cmd);
         goto out;
     }
-    for (i = 0; i < qguard_opts_count(changes); i++) {
-        const char *key = qguard_opts_key(changes, i);
-        const char *old = qguard_opts_get(open_state.opts, key);
-
-        if (is_fixed_option(key) &&
-            (!old || strcmp(old, qguard_opts_value(changes, i)))) {
-            error_report("Cannot change the option '%s'", key);
-            goto out;
-        }
-    }
-    if (open_state.snapshot) {
-        error_report("Cannot reopen an image opened with -s");
+    if (!reopen_changes_allowed(changes)) {
         goto out;
     }
-
     merged = qguard_opts_copy(open_state.opts);
     for (i = 0; i < qguard_opts_count(changes); i++) {
         qguard_opts_set(merged, qguard_opts_key(changes, i),
                         qguard_opts_value(changes, i));
     }
-    filename = g_strdup(open_state.filename);
-    format = g_strdup(open_state.format);
-    flags = read_only ? 0 : QGUARD_OPEN_RDWR;
-
-    aio_deliver_reports();
-    qguard_image_close(image, NULL);
-    image = NULL;
-    ret = qguard_image_open(&image, filename, format, merged, flags, &err);
-    if (ret < 0) {
-        g_autoptr(GError) err2 = NULL;
-
-        error_report_err(NULL, err, ret);
-        image = NULL;
-        if (qguard_image_open(&image, filename, format, open_state.opts,
-                              open_state.read_only ? 0 : QGUARD_OPEN_RDWR,
-                              &err2) < 0) {
-            g_autofree char *prefix = filename ?
-                g_strdup_printf("can't open device %s", filename) :
-                g_strdup("can't open");
-
-            error_report_err(prefix, err2, -EIO);
-            image = NULL;
-            forget_open_state();
-        }
-        qguard_opts_free(merged);
-        goto out;
-    }
-    qguard_opts_free(open_state.opts);
-    open_state.opts = merged;
-    open_state.read_only = read_only;
-    ret = 0;
+    ret = reopen_image(merged, read_only);
 out:
-    g_free(filename);
-    g_free(format);
     qguard_opts_free(changes);
     return ret;
 }

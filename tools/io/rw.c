@@ -12,6 +12,120 @@
 
 #include "io.h"
 
+/* The options the data commands share. */
+typedef struct RequestOpts {
+    bool Cflag;             /* -C: the statistics as one CSV line */
+    bool qflag;             /* -q: no statistics */
+    bool vflag;             /* -v: hex dump of the data read */
+    bool fua;               /* -f: Force Unit Access */
+    bool Pflag;             /* -P given */
+    int pattern;            /* -P: fill byte, or the byte a read expects */
+    int64_t pattern_offset; /* read -s */
+    int64_t pattern_count;  /* read -l; -1: to the end of the data */
+} RequestOpts;
+
+#define READ_OPTS   { .pattern_count = -1 }
+#define WRITE_OPTS  { .pattern = 0xcd, .pattern_count = -1 }
+
+/*
+ * Record option @c in @o if it is one of RequestOpts' (which ones a
+ * command takes, its getopt string says): 1.  0 if it is not; a negative
+ * errno after printing why its argument is wrong.
+ */
+static int request_opt(int c, RequestOpts *o)
+{
+    switch (c) {
+    case 'C':
+        o->Cflag = true;
+        return 1;
+    case 'q':
+        o->qflag = true;
+        return 1;
+    case 'v':
+        o->vflag = true;
+        return 1;
+    case 'f':
+        o->fua = true;
+        return 1;
+    case 'P':
+        o->Pflag = true;
+        o->pattern = parse_pattern(optarg);
+        return o->pattern < 0 ? -EINVAL : 1;
+    }
+    return 0;
+}
+
+/* OFF LEN [LEN..] of readv, writev and aio_read, after the options. */
+static int parse_vector_args(const Command *ct, int argc, char **argv,
+                             int64_t *offset, int64_t *count)
+{
+    if (optind > argc - 2) {
+        return command_usage(ct);
+    }
+    *offset = cvtnum_arg(argv[optind]);
+    if (*offset < 0) {
+        return *offset;
+    }
+    if (!parse_lengths(&argv[optind + 1], argc - optind - 1, count)) {
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* readv and writev: options that are all RequestOpts', then the above. */
+static int parse_vector_command(const Command *ct, const char *optstring,
+                                int argc, char **argv, RequestOpts *o,
+                                int64_t *offset, int64_t *count)
+{
+    int c, ret;
+
+    while ((c = getopt(argc, argv, optstring)) != -1) {
+        ret = request_opt(c, o);
+        if (ret <= 0) {
+            return ret < 0 ? ret : command_usage(ct);
+        }
+    }
+    return parse_vector_args(ct, argc, argv, offset, count);
+}
+
+/*
+ * What a read prints once its data is in @buf: -P's verdict on the
+ * checked range, -v's dump and, unless -q, the statistics.  -EINVAL if
+ * the data differs from the pattern.
+ */
+static int read_report(FILE *out, const RequestOpts *o, const uint8_t *buf,
+                       int64_t offset, int64_t count, struct timespec t1,
+                       struct timespec t2)
+{
+    int64_t poff = o->pattern_offset;
+    int64_t plen = o->pattern_count < 0 ? count - poff : o->pattern_count;
+    int ret = 0;
+
+    if (o->Pflag && !pattern_matches(buf + poff, o->pattern, plen)) {
+        fprintf(out, "Pattern verification failed at offset %" PRId64
+                ", %" PRId64 " bytes\n", offset + poff, plen);
+        ret = -EINVAL;
+    }
+    if (o->qflag) {
+        return ret;
+    }
+    if (o->vflag) {
+        dump_buffer(out, buf, offset, count);
+    }
+    print_report(out, "read", t1, t2, offset, count, o->Cflag);
+    return ret;
+}
+
+/* A write's statistics, unless -q. */
+static void write_report(FILE *out, const RequestOpts *o, int64_t offset,
+                         int64_t count, struct timespec t1,
+                         struct timespec t2)
+{
+    if (!o->qflag) {
+        print_report(out, "wrote", t1, t2, offset, count, o->Cflag);
+    }
+}
+
 static const char read_help[] =
 "\n"
 " reads LEN bytes at offset OFF of the image\n"
@@ -32,11 +146,10 @@ static const char read_help[] =
 
 static int read_f(int argc, char **argv)
 {
+    RequestOpts o = READ_OPTS;
     struct timespec t1, t2;
-    bool Cflag = false, qflag = false, vflag = false;
-    bool Pflag = false, sflag = false, lflag = false, bflag = false;
-    int64_t offset, count, pattern_offset = 0, pattern_count = 0;
-    int pattern = 0;
+    bool sflag = false, lflag = false, bflag = false;
+    int64_t offset, count;
     uint8_t *buf;
     int c, ret;
 
@@ -45,40 +158,27 @@ static int read_f(int argc, char **argv)
         case 'b':
             bflag = true;
             break;
-        case 'C':
-            Cflag = true;
-            break;
         case 'l':
             lflag = true;
-            pattern_count = cvtnum_arg(optarg);
-            if (pattern_count < 0) {
-                return pattern_count;
+            o.pattern_count = cvtnum_arg(optarg);
+            if (o.pattern_count < 0) {
+                return o.pattern_count;
             }
             break;
         case 'p':
             break;
-        case 'P':
-            Pflag = true;
-            pattern = parse_pattern(optarg);
-            if (pattern < 0) {
-                return -EINVAL;
-            }
-            break;
-        case 'q':
-            qflag = true;
-            break;
         case 's':
             sflag = true;
-            pattern_offset = cvtnum_arg(optarg);
-            if (pattern_offset < 0) {
-                return pattern_offset;
+            o.pattern_offset = cvtnum_arg(optarg);
+            if (o.pattern_offset < 0) {
+                return o.pattern_offset;
             }
             break;
-        case 'v':
-            vflag = true;
-            break;
         default:
-            return command_usage(&read_cmd);
+            ret = request_opt(c, &o);
+            if (ret <= 0) {
+                return ret < 0 ? ret : command_usage(&read_cmd);
+            }
         }
     }
     if (optind != argc - 2) {
@@ -88,13 +188,14 @@ static int read_f(int argc, char **argv)
     if (ret < 0) {
         return ret;
     }
-    if (!Pflag && (lflag || sflag)) {
+    if (!o.Pflag && (lflag || sflag)) {
         return command_usage(&read_cmd);
     }
     if (!lflag) {
-        pattern_count = count - pattern_offset;
+        o.pattern_count = count - o.pattern_offset;
     }
-    if (pattern_count < 0 || pattern_count + pattern_offset > count) {
+    if (o.pattern_count < 0 ||
+        o.pattern_count + o.pattern_offset > count) {
         printf("pattern verification range exceeds end of read data\n");
         return -EINVAL;
     }
@@ -113,23 +214,9 @@ static int read_f(int argc, char **argv)
     t2 = tool_now();
     if (ret < 0) {
         printf("read failed: %s\n", strerror(-ret));
-        goto out;
+    } else {
+        ret = read_report(stdout, &o, buf, offset, count, t1, t2);
     }
-    ret = 0;
-    if (Pflag && !pattern_matches(buf + pattern_offset, pattern,
-                                  pattern_count)) {
-        printf("Pattern verification failed at offset %" PRId64 ", %"
-               PRId64 " bytes\n", offset + pattern_offset, pattern_count);
-        ret = -EINVAL;
-    }
-    if (qflag) {
-        goto out;
-    }
-    if (vflag) {
-        dump_buffer(stdout, buf, offset, count);
-    }
-    print_report(stdout, "read", t1, t2, offset, count, Cflag);
-out:
     g_free(buf);
     return ret;
 }
@@ -158,45 +245,16 @@ static const char readv_help[] =
 
 static int readv_f(int argc, char **argv)
 {
+    RequestOpts o = READ_OPTS;
     struct timespec t1, t2;
-    bool Cflag = false, qflag = false, vflag = false, Pflag = false;
     int64_t offset, count;
-    int pattern = 0;
     uint8_t *buf;
-    int c, ret;
+    int ret;
 
-    while ((c = getopt(argc, argv, "CP:qv")) != -1) {
-        switch (c) {
-        case 'C':
-            Cflag = true;
-            break;
-        case 'P':
-            Pflag = true;
-            pattern = parse_pattern(optarg);
-            if (pattern < 0) {
-                return -EINVAL;
-            }
-            break;
-        case 'q':
-            qflag = true;
-            break;
-        case 'v':
-            vflag = true;
-            break;
-        default:
-            return command_usage(&readv_cmd);
-        }
-    }
-    if (optind > argc - 2) {
-        return command_usage(&readv_cmd);
-    }
-    offset = cvtnum_arg(argv[optind]);
-    if (offset < 0) {
-        return offset;
-    }
-    optind++;
-    if (!parse_lengths(&argv[optind], argc - optind, &count)) {
-        return -EINVAL;
+    ret = parse_vector_command(&readv_cmd, "CP:qv", argc, argv, &o, &offset,
+                               &count);
+    if (ret < 0) {
+        return ret;
     }
 
     buf = alloc_buffer(count, 0xab);
@@ -205,22 +263,9 @@ static int readv_f(int argc, char **argv)
     t2 = tool_now();
     if (ret < 0) {
         printf("readv failed: %s\n", strerror(-ret));
-        goto out;
+    } else {
+        ret = read_report(stdout, &o, buf, offset, count, t1, t2);
     }
-    ret = 0;
-    if (Pflag && !pattern_matches(buf, pattern, count)) {
-        printf("Pattern verification failed at offset %" PRId64 ", %" PRId64
-               " bytes\n", offset, count);
-        ret = -EINVAL;
-    }
-    if (qflag) {
-        goto out;
-    }
-    if (vflag) {
-        dump_buffer(stdout, buf, offset, count);
-    }
-    print_report(stdout, "read", t1, t2, offset, count, Cflag);
-out:
     g_free(buf);
     return ret;
 }
@@ -233,7 +278,6 @@ const Command readv_cmd = {
     .help = readv_help,
 };
 
-/* Formats a completion report into the text aio_flush will print. */
 static const char aio_read_help[] =
 "\n"
 " reads from offset OFF into one buffer per LEN argument, asynchronously\n"
@@ -255,11 +299,10 @@ static const char aio_read_help[] =
 
 static int aio_read_f(int argc, char **argv)
 {
+    RequestOpts o = READ_OPTS;
     struct timespec t1, t2;
-    bool Cflag = false, qflag = false, vflag = false, Pflag = false;
     bool immediate;
     int64_t offset, count;
-    int pattern = 0;
     uint8_t *buf;
     char *text;
     size_t len;
@@ -267,40 +310,18 @@ static int aio_read_f(int argc, char **argv)
     int c, ret;
 
     while ((c = getopt(argc, argv, "CP:iqv")) != -1) {
-        switch (c) {
-        case 'C':
-            Cflag = true;
-            break;
-        case 'P':
-            Pflag = true;
-            pattern = parse_pattern(optarg);
-            if (pattern < 0) {
-                return -EINVAL;
-            }
-            break;
-        case 'i':
+        if (c == 'i') {
             printf("injecting invalid read request\n");
             return 0;
-        case 'q':
-            qflag = true;
-            break;
-        case 'v':
-            vflag = true;
-            break;
-        default:
-            return command_usage(&aio_read_cmd);
+        }
+        ret = request_opt(c, &o);
+        if (ret <= 0) {
+            return ret < 0 ? ret : command_usage(&aio_read_cmd);
         }
     }
-    if (optind > argc - 2) {
-        return command_usage(&aio_read_cmd);
-    }
-    offset = cvtnum_arg(argv[optind]);
-    if (offset < 0) {
-        return offset;
-    }
-    optind++;
-    if (!parse_lengths(&argv[optind], argc - optind, &count)) {
-        return -EINVAL;
+    ret = parse_vector_args(&aio_read_cmd, argc, argv, &offset, &count);
+    if (ret < 0) {
+        return ret;
     }
 
     immediate = !range_has_data(offset, count);
@@ -309,23 +330,13 @@ static int aio_read_f(int argc, char **argv)
     ret = qguard_image_pread(image, offset, count, buf, NULL);
     t2 = tool_now();
 
+    /* Submitted is success: what happened goes into the report only. */
     out = aio_report_open(&text, &len);
     if (ret < 0) {
         fprintf(out, "readv failed: %s\n", strerror(-ret));
-        goto done;
+    } else {
+        read_report(out, &o, buf, offset, count, t1, t2);
     }
-    if (Pflag && !pattern_matches(buf, pattern, count)) {
-        fprintf(out, "Pattern verification failed at offset %" PRId64
-                ", %" PRId64 " bytes\n", offset, count);
-    }
-    if (qflag) {
-        goto done;
-    }
-    if (vflag) {
-        dump_buffer(out, buf, offset, count);
-    }
-    print_report(out, "read", t1, t2, offset, count, Cflag);
-done:
     aio_report_close(out, &text, immediate || ret < 0);
     g_free(buf);
     return 0;
@@ -360,126 +371,130 @@ static const char write_help[] =
 " -z, -- write zeroes efficiently instead of a data buffer\n"
 "\n";
 
+/* write's own options beside RequestOpts'. */
+typedef struct WriteOpts {
+    RequestOpts o;
+    bool bflag;             /* -b: the VM state area */
+    bool cflag;             /* -c: compressed */
+    bool zflag;             /* -z: write zeroes */
+    bool unmap;             /* -u: with -z, may deallocate */
+    bool no_fallback;       /* -n: with -z, fail rather than write zeros */
+    const char *source;     /* -s: data from this file */
+} WriteOpts;
+
+/* Record option @c of write: 1, 0 if unknown, or a negative errno. */
+static int write_opt(int c, WriteOpts *w)
+{
+    switch (c) {
+    case 'b':
+        w->bflag = true;
+        break;
+    case 'c':
+        w->cflag = true;
+        break;
+    case 'n':
+        w->no_fallback = true;
+        break;
+    case 'p':
+        break;
+    case 's':
+        w->source = optarg;
+        break;
+    case 'u':
+        w->unmap = true;
+        break;
+    case 'z':
+        w->zflag = true;
+        break;
+    default:
+        return request_opt(c, &w->o);
+    }
+    return 1;
+}
+
+/* The combinations qemu-io refuses, with its messages. */
+static bool write_opts_valid(const WriteOpts *w)
+{
+    if (w->bflag && w->zflag) {
+        printf("-b and -z cannot be specified at the same time\n");
+    } else if (w->o.fua && (w->bflag || w->cflag)) {
+        printf("-f and -b or -c cannot be specified at the same time\n");
+    } else if (w->unmap && !w->zflag) {
+        printf("-u requires -z to be specified\n");
+    } else if (w->no_fallback && !w->zflag) {
+        printf("-n requires -z to be specified\n");
+    } else if ((int)w->zflag + (int)w->o.Pflag + (int)!!w->source > 1) {
+        printf("Only one of -z, -P, and -s can be specified at the same "
+               "time\n");
+    } else {
+        return true;
+    }
+    return false;
+}
+
+static int write_request(const WriteOpts *w, const uint8_t *buf,
+                         int64_t offset, int64_t count)
+{
+    unsigned fua = w->o.fua ? QGUARD_WRITE_FUA : 0;
+
+    if (w->bflag) {
+        /* libqguard has no access to the VM state area. */
+        return -ENOTSUP;
+    } else if (w->zflag) {
+        return do_pwrite_zeroes(offset, count, fua |
+                                (w->unmap ? QGUARD_ZERO_MAY_UNMAP : 0) |
+                                (w->no_fallback ? QGUARD_ZERO_FAST : 0));
+    } else if (w->cflag) {
+        return do_pwrite_compressed(buf, offset, count);
+    }
+    return do_pwrite(buf, offset, count, fua);
+}
+
 static int write_f(int argc, char **argv)
 {
+    WriteOpts w = { .o = WRITE_OPTS };
     struct timespec t1, t2;
-    bool Cflag = false, qflag = false, bflag = false;
-    bool Pflag = false, zflag = false, cflag = false, sflag = false;
-    bool fua = false, unmap = false, no_fallback = false;
-    const char *source = NULL;
     int64_t offset, count;
     uint8_t *buf = NULL;
-    int pattern = 0xcd;
     int c, ret;
 
     while ((c = getopt(argc, argv, "bcCfnpP:qs:uz")) != -1) {
-        switch (c) {
-        case 'b':
-            bflag = true;
-            break;
-        case 'c':
-            cflag = true;
-            break;
-        case 'C':
-            Cflag = true;
-            break;
-        case 'f':
-            fua = true;
-            break;
-        case 'n':
-            no_fallback = true;
-            break;
-        case 'p':
-            break;
-        case 'P':
-            Pflag = true;
-            pattern = parse_pattern(optarg);
-            if (pattern < 0) {
-                return -EINVAL;
-            }
-            break;
-        case 'q':
-            qflag = true;
-            break;
-        case 's':
-            sflag = true;
-            source = optarg;
-            break;
-        case 'u':
-            unmap = true;
-            break;
-        case 'z':
-            zflag = true;
-            break;
-        default:
-            return command_usage(&write_cmd);
+        ret = write_opt(c, &w);
+        if (ret <= 0) {
+            return ret < 0 ? ret : command_usage(&write_cmd);
         }
     }
     if (optind != argc - 2) {
         return command_usage(&write_cmd);
     }
-    if (bflag && zflag) {
-        printf("-b and -z cannot be specified at the same time\n");
+    if (!write_opts_valid(&w)) {
         return -EINVAL;
     }
-    if (fua && (bflag || cflag)) {
-        printf("-f and -b or -c cannot be specified at the same time\n");
-        return -EINVAL;
-    }
-    if (unmap && !zflag) {
-        printf("-u requires -z to be specified\n");
-        return -EINVAL;
-    }
-    if (no_fallback && !zflag) {
-        printf("-n requires -z to be specified\n");
-        return -EINVAL;
-    }
-    if ((int)zflag + (int)Pflag + (int)sflag > 1) {
-        printf("Only one of -z, -P, and -s can be specified at the same "
-               "time\n");
-        return -EINVAL;
-    }
-    ret = parse_offset_length(&argv[optind], !no_fallback, " without -n",
+    ret = parse_offset_length(&argv[optind], !w.no_fallback, " without -n",
                               &offset, &count);
     if (ret < 0) {
         return ret;
     }
-    if ((bflag || cflag) && check_sector_aligned(offset, count) < 0) {
+    if ((w.bflag || w.cflag) && check_sector_aligned(offset, count) < 0) {
         return -EINVAL;
     }
-    if (!zflag) {
-        buf = sflag ? alloc_buffer_from_file(count, source)
-                    : alloc_buffer(count, pattern);
+    if (!w.zflag) {
+        buf = w.source ? alloc_buffer_from_file(count, w.source)
+                       : alloc_buffer(count, w.o.pattern);
         if (!buf) {
             return -EINVAL;
         }
     }
 
     t1 = tool_now();
-    if (bflag) {
-        /* libqguard has no access to the VM state area. */
-        ret = -ENOTSUP;
-    } else if (zflag) {
-        ret = do_pwrite_zeroes(offset, count,
-                               (fua ? QGUARD_WRITE_FUA : 0) |
-                               (unmap ? QGUARD_ZERO_MAY_UNMAP : 0) |
-                               (no_fallback ? QGUARD_ZERO_FAST : 0));
-    } else if (cflag) {
-        ret = do_pwrite_compressed(buf, offset, count);
-    } else {
-        ret = do_pwrite(buf, offset, count, fua ? QGUARD_WRITE_FUA : 0);
-    }
+    ret = write_request(&w, buf, offset, count);
     t2 = tool_now();
     if (ret < 0) {
         printf("write failed: %s\n", strerror(-ret));
-        goto out;
+    } else {
+        write_report(stdout, &w.o, offset, count, t1, t2);
+        ret = 0;
     }
-    ret = 0;
-    if (qflag) {
-        goto out;
-    }
-    print_report(stdout, "wrote", t1, t2, offset, count, Cflag);
-out:
     g_free(buf);
     return ret;
 }
@@ -508,60 +523,28 @@ static const char writev_help[] =
 
 static int writev_f(int argc, char **argv)
 {
+    RequestOpts o = WRITE_OPTS;
     struct timespec t1, t2;
-    bool Cflag = false, qflag = false, fua = false;
     int64_t offset, count;
-    int pattern = 0xcd;
     uint8_t *buf;
-    int c, ret;
+    int ret;
 
-    while ((c = getopt(argc, argv, "CfqP:")) != -1) {
-        switch (c) {
-        case 'C':
-            Cflag = true;
-            break;
-        case 'f':
-            fua = true;
-            break;
-        case 'q':
-            qflag = true;
-            break;
-        case 'P':
-            pattern = parse_pattern(optarg);
-            if (pattern < 0) {
-                return -EINVAL;
-            }
-            break;
-        default:
-            return command_usage(&writev_cmd);
-        }
-    }
-    if (optind > argc - 2) {
-        return command_usage(&writev_cmd);
-    }
-    offset = cvtnum_arg(argv[optind]);
-    if (offset < 0) {
-        return offset;
-    }
-    optind++;
-    if (!parse_lengths(&argv[optind], argc - optind, &count)) {
-        return -EINVAL;
+    ret = parse_vector_command(&writev_cmd, "CfqP:", argc, argv, &o, &offset,
+                               &count);
+    if (ret < 0) {
+        return ret;
     }
 
-    buf = alloc_buffer(count, pattern);
+    buf = alloc_buffer(count, o.pattern);
     t1 = tool_now();
-    ret = do_pwrite(buf, offset, count, fua ? QGUARD_WRITE_FUA : 0);
+    ret = do_pwrite(buf, offset, count, o.fua ? QGUARD_WRITE_FUA : 0);
     t2 = tool_now();
     if (ret < 0) {
         printf("writev failed: %s\n", strerror(-ret));
-        goto out;
+    } else {
+        write_report(stdout, &o, offset, count, t1, t2);
+        ret = 0;
     }
-    ret = 0;
-    if (qflag) {
-        goto out;
-    }
-    print_report(stdout, "wrote", t1, t2, offset, count, Cflag);
-out:
     g_free(buf);
     return ret;
 }
@@ -598,37 +581,21 @@ static const char aio_write_help[] =
 
 static int aio_write_f(int argc, char **argv)
 {
+    RequestOpts o = WRITE_OPTS;
     struct timespec t1 = { 0, 0 }, t2;
-    bool Cflag = false, qflag = false, zflag = false;
-    bool fua = false, unmap = false;
+    bool zflag = false, unmap = false;
     int64_t offset, count;
-    int pattern = 0xcd;
     uint8_t *buf = NULL;
     char *text;
     size_t len;
     FILE *out;
     int c, ret;
 
+    /* qemu-io never rejects -P with -z here: neither do we. */
     while ((c = getopt(argc, argv, "CfiqP:uz")) != -1) {
         switch (c) {
-        case 'C':
-            Cflag = true;
-            break;
-        case 'f':
-            fua = true;
-            break;
-        case 'q':
-            qflag = true;
-            break;
         case 'u':
             unmap = true;
-            break;
-        case 'P':
-            /* qemu-io never rejects -P with -z here: neither do we. */
-            pattern = parse_pattern(optarg);
-            if (pattern < 0) {
-                return -EINVAL;
-            }
             break;
         case 'i':
             printf("injecting invalid write request\n");
@@ -637,7 +604,10 @@ static int aio_write_f(int argc, char **argv)
             zflag = true;
             break;
         default:
-            return command_usage(&aio_write_cmd);
+            ret = request_opt(c, &o);
+            if (ret <= 0) {
+                return ret < 0 ? ret : command_usage(&aio_write_cmd);
+            }
         }
     }
     if (optind > argc - 2) {
@@ -668,25 +638,25 @@ static int aio_write_f(int argc, char **argv)
          * stays zero to print the same.
          */
         ret = qguard_image_pwrite_zeroes(image, offset, count,
-                                         (fua ? QGUARD_WRITE_FUA : 0) |
+                                         (o.fua ? QGUARD_WRITE_FUA : 0) |
                                          (unmap ? QGUARD_ZERO_MAY_UNMAP : 0),
                                          NULL);
     } else {
         if (!parse_lengths(&argv[optind], argc - optind, &count)) {
             return -EINVAL;
         }
-        buf = alloc_buffer(count, pattern);
+        buf = alloc_buffer(count, o.pattern);
         t1 = tool_now();
         ret = qguard_image_pwrite(image, offset, count, buf,
-                                  fua ? QGUARD_WRITE_FUA : 0, NULL);
+                                  o.fua ? QGUARD_WRITE_FUA : 0, NULL);
     }
     t2 = tool_now();
 
     out = aio_report_open(&text, &len);
     if (ret < 0) {
         fprintf(out, "aio_write failed: %s\n", strerror(-ret));
-    } else if (!qflag) {
-        print_report(out, "wrote", t1, t2, offset, count, Cflag);
+    } else {
+        write_report(out, &o, offset, count, t1, t2);
     }
     aio_report_close(out, &text, ret < 0);
     g_free(buf);

@@ -64,45 +64,15 @@ static int snapshot_delete_f(int argc, char **argv)
 static int snapshot_list_f(int argc, char **argv)
 {
     g_autoptr(GError) err = NULL;
-    QGuardSnapshotInfo *list = NULL;
-    guint count = 0, i;
     int ret;
 
     (void)argc;
     (void)argv;
-    ret = qguard_snapshot_list(image, &list, &count, &err);
+    ret = dump_snapshots(image, &err);
     if (ret < 0) {
         error_report_err("Could not list snapshots", err, ret);
-        return ret;
     }
-    if (count) {
-        printf("Snapshot list:\n");
-        printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",
-               "VM CLOCK", "ICOUNT");
-    }
-    for (i = 0; i < count; i++) {
-        QGuardSnapshotInfo *sn = &list[i];
-        g_autofree char *vmsize = qguard_size_to_str(sn->vm_state_size);
-        char date[32] = "", clock[32], icount[32] = "";
-        time_t t = sn->date_sec;
-        uint64_t secs = sn->vm_clock_nsec / 1000000000;
-        struct tm tm;
-
-        if (localtime_r(&t, &tm)) {
-            strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
-        }
-        snprintf(clock, sizeof(clock), "%02d:%02d:%02d.%03d",
-                 (int)(secs / 3600), (int)(secs / 60 % 60), (int)(secs % 60),
-                 (int)(sn->vm_clock_nsec / 1000000 % 1000));
-        if (sn->icount != UINT64_MAX) {
-            snprintf(icount, sizeof(icount), "%" PRIu64, sn->icount);
-        }
-        printf("%-9s %-16s %8s%20s%13s%11s\n", sn->id, sn->name, vmsize,
-               date, clock, icount);
-        qguard_snapshot_info_clear(sn);
-    }
-    g_free(list);
-    return 0;
+    return ret;
 }
 
 const Command snapshot_apply_cmd = {
