@@ -764,6 +764,9 @@ int qguard_image_block_status(QGuardImage *img, uint64_t offset,
         }
         st->depth = depth;
         st->image = layer;
+        if (!st->filename) {
+            st->filename = layer->filename;
+        }
         if (st->flags & QGUARD_BLOCK_ALLOCATED) {
             add_file_zero_status(layer, st);
             break;
@@ -833,6 +836,7 @@ void qguard_image_info_free(QGuardImageInfo *info)
     g_free(info->backing_format);
     g_free(info->compat);
     g_free(info->compression_type);
+    g_free(info->data_file);
     g_free(info);
 }
 

@@ -111,12 +111,16 @@ static int lock_byte(int fd, off_t off, short type, int cmd)
     return 0;
 }
 
+/*
+ * @unshared: what others may not do while we hold the file: write and
+ * resize for an image (it holds metadata), only resize for an external
+ * data file (QEMU's data children share writes).
+ */
 static int apply_image_locks(int fd, const char *filename, bool rdwr,
-                             GError **errp)
+                             unsigned unshared, GError **errp)
 {
     unsigned perm = PERM_CONSISTENT_READ |
                     (rdwr ? PERM_WRITE | PERM_RESIZE : 0);
-    unsigned unshared = PERM_WRITE | PERM_RESIZE;
     int i, ret;
 
     for (i = 0; i < PERM_COUNT; i++) {
@@ -238,7 +242,7 @@ int host_file_open(HostFile **pfile, const char *filename, unsigned flags,
     }
     if (!(flags & HOST_FILE_NO_LOCK)) {
         int ret = apply_image_locks(fd, filename, (flags & HOST_FILE_RDWR) != 0,
-                                    errp);
+                                    PERM_WRITE | PERM_RESIZE, errp);
         if (ret < 0) {
             close(fd);
             return ret;
@@ -262,7 +266,14 @@ int host_file_open(HostFile **pfile, const char *filename, unsigned flags,
 
 int host_file_lock(HostFile *file, bool rdwr, GError **errp)
 {
-    return apply_image_locks(file->fd, file->filename, rdwr, errp);
+    return apply_image_locks(file->fd, file->filename, rdwr,
+                             PERM_WRITE | PERM_RESIZE, errp);
+}
+
+int host_file_lock_data(HostFile *file, bool rdwr, GError **errp)
+{
+    return apply_image_locks(file->fd, file->filename, rdwr, PERM_RESIZE,
+                             errp);
 }
 
 void host_file_close(HostFile *file)
@@ -651,6 +662,39 @@ int host_file_discard(HostFile *file, uint64_t offset, uint64_t bytes)
     if (fallocate(file->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                   offset, bytes) < 0) {
         return errno == EOPNOTSUPP ? -ENOTSUP : -errno;
+    }
+    return 0;
+}
+
+int host_file_write_zeroes(HostFile *file, uint64_t offset, uint64_t bytes,
+                           bool may_unmap)
+{
+    static const uint8_t zeros[64 * 1024];
+    int mode = may_unmap ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+                         : FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+    int ret;
+
+    if (file->read_only) {
+        return -EBADF;
+    }
+    /* To a recorder this is a discard: afterwards the range reads zeros. */
+    ret = run_hook(file, HOST_FILE_DISCARD, offset, bytes, NULL, 0);
+    if (ret < 0) {
+        return ret;
+    }
+    file->unsynced = true;
+    if (fallocate(file->fd, mode, offset, bytes) == 0) {
+        return 0;
+    }
+    /* No fallocate mode for it here: write the zeros out. */
+    while (bytes > 0) {
+        size_t n = MIN(bytes, sizeof(zeros));
+        ret = host_file_pwrite(file, offset, zeros, n);
+        if (ret < 0) {
+            return ret;
+        }
+        offset += n;
+        bytes -= n;
     }
     return 0;
 }

@@ -51,6 +51,8 @@ int host_file_open(HostFile **pfile, const char *filename, unsigned flags,
 void host_file_close(HostFile *file);
 /* Take QEMU-compatible image locks (for a file opened with NO_LOCK). */
 int host_file_lock(HostFile *file, bool rdwr, GError **errp);
+/* The same for an external data file: others may write it, not resize it. */
+int host_file_lock_data(HostFile *file, bool rdwr, GError **errp);
 
 const char *host_file_name(const HostFile *file);
 bool host_file_is_read_only(const HostFile *file);
@@ -78,6 +80,9 @@ int64_t host_file_allocated(HostFile *file);
 int host_file_truncate(HostFile *file, uint64_t length);
 /* Reserve blocks (posix_fallocate semantics, keeps zeros). */
 int host_file_allocate(HostFile *file, uint64_t offset, uint64_t bytes);
+/* Make a range read as zeros, deallocating it if @may_unmap. */
+int host_file_write_zeroes(HostFile *file, uint64_t offset, uint64_t bytes,
+                           bool may_unmap);
 /* Punch a hole; best effort, -ENOTSUP if the filesystem cannot. */
 int host_file_discard(HostFile *file, uint64_t offset, uint64_t bytes);
 /*

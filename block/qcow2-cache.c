@@ -208,6 +208,13 @@ static int flush_dependency(BDRVQcow2State *s, Qcow2Cache *c)
 {
     int ret = 0;
 
+    /* Guest data in a data file is not covered by flushing the image. */
+    if (c->depends_on_flush) {
+        ret = qcow2_flush_data_file(s);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     if (c->depends) {
         Qcow2Cache *dep = c->depends;
         ret = qcow2_cache_flush(s, dep);

@@ -245,9 +245,12 @@ static int check_l2(CheckState *cs, uint64_t l2_offset, bool frag_info,
                            offset);
                 }
             }
-            ret = inc_refcounts(cs, offset, s->cluster_size);
-            if (ret < 0) {
-                return ret;
+            /* Data file clusters are not refcounted. */
+            if (!has_data_file(s)) {
+                ret = inc_refcounts(cs, offset, s->cluster_size);
+                if (ret < 0) {
+                    return ret;
+                }
             }
             break;
         }
@@ -803,10 +806,14 @@ static int check_oflag_copied(CheckState *cs, unsigned fix)
                 type != QCOW2_CLUSTER_ZERO_ALLOC) {
                 continue;
             }
-            ret = qcow2_get_refcount(s, (entry & L2E_OFFSET_MASK) >>
-                                     s->cluster_bits, &refcount);
-            if (ret < 0) {
-                continue;
+            if (has_data_file(s)) {
+                refcount = 1;   /* implied for every data file cluster */
+            } else {
+                ret = qcow2_get_refcount(s, (entry & L2E_OFFSET_MASK) >>
+                                         s->cluster_bits, &refcount);
+                if (ret < 0) {
+                    continue;
+                }
             }
             if ((refcount == 1) != ((entry & QCOW_OFLAG_COPIED) != 0)) {
                 cs->res->corruptions++;

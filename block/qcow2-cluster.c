@@ -419,6 +419,15 @@ int qcow2_get_host_offset(BDRVQcow2State *s, uint64_t offset,
 
     switch (*type) {
     case QCOW2_CLUSTER_COMPRESSED:
+        if (has_data_file(s)) {
+            qcow2_cache_put(s->l2_table_cache, &l2_table);
+            qcow2_signal_corruption(s, true, -1, -1,
+                                    "Compressed cluster entry found in image "
+                                    "with external data file (L2 offset: %#"
+                                    PRIx64 ", L2 index: %#x)", l2_offset,
+                                    l2_index);
+            return -EIO;
+        }
         *host_offset = entry & s->cluster_offset_mask;
         n = 1;
         break;
@@ -431,6 +440,16 @@ int qcow2_get_host_offset(BDRVQcow2State *s, uint64_t offset,
                                     " unaligned (L2 offset: %#" PRIx64
                                     ", L2 index: %#x)", host, l2_offset,
                                     l2_index);
+            return -EIO;
+        }
+        if (has_data_file(s) && host != start_of_cluster(s, offset)) {
+            qcow2_cache_put(s->l2_table_cache, &l2_table);
+            qcow2_signal_corruption(s, true, -1, -1,
+                                    "External data file host cluster offset "
+                                    "%#" PRIx64 " does not match guest "
+                                    "cluster offset: %#" PRIx64
+                                    ", L2 index: %#x)", host,
+                                    start_of_cluster(s, offset), l2_index);
             return -EIO;
         }
         for (n = 1; n < nclusters; n++) {
@@ -527,7 +546,7 @@ int qcow2_read_guest(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
             memset(buf, 0, cur);
             break;
         case QCOW2_CLUSTER_NORMAL:
-            ret = host_file_pread(s->file, host, buf, cur);
+            ret = qcow2_pread_data(s, host, buf, cur);
             break;
         case QCOW2_CLUSTER_COMPRESSED:
             g_mutex_lock(&s->meta_lock);
@@ -621,12 +640,21 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
                                 ", L2 index: %#x)", host, l2_offset, l2_index);
         return -EIO;
     }
+    if (kind != RUN_ALLOCATE && has_data_file(s) &&
+        host != start_of_cluster(s, offset)) {
+        /* Writing there would overwrite another guest cluster's data. */
+        qcow2_signal_corruption(s, true, -1, -1,
+                                "External data file host cluster offset %#"
+                                PRIx64 " does not match guest cluster "
+                                "offset: %#" PRIx64 ", L2 index: %#x)", host,
+                                start_of_cluster(s, offset), l2_index);
+        return -EIO;
+    }
 
     if (kind == RUN_IN_PLACE) {
         run_bytes = MIN(bytes, (n << s->cluster_bits) - in_cluster);
         iov[0] = (struct iovec){ (void *)buf, run_bytes };
-        ret = qcow2_pwritev_checked(s, 0, host + in_cluster, iov, 1,
-                                    run_bytes);
+        ret = qcow2_pwritev_data(s, host + in_cluster, iov, 1, run_bytes);
         return ret < 0 ? ret : (int64_t)run_bytes;
     }
 
@@ -635,7 +663,10 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
         return ret;
     }
     got = n;
-    if (kind == RUN_ALLOCATE) {
+    if (kind == RUN_ALLOCATE && has_data_file(s)) {
+        /* A data file cluster sits at its guest offset, unrefcounted. */
+        host = start_of_cluster(s, offset);
+    } else if (kind == RUN_ALLOCATE) {
         int64_t alloc = qcow2_alloc_clusters(s, n, &got);
         if (alloc < 0) {
             return alloc;
@@ -664,8 +695,7 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
         }
         iov[iovcnt++] = (struct iovec){ s->cow_buf + s->cluster_size, tail };
     }
-    ret = qcow2_pwritev_checked(s, 0, host, iov, iovcnt,
-                                head + run_bytes + tail);
+    ret = qcow2_pwritev_data(s, host, iov, iovcnt, head + run_bytes + tail);
     if (ret < 0) {
         goto fail;
     }
@@ -702,7 +732,7 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
     return ret < 0 ? ret : (int64_t)run_bytes;
 
 fail:
-    if (kind == RUN_ALLOCATE) {
+    if (kind == RUN_ALLOCATE && !has_data_file(s)) {
         (void)qcow2_free_clusters(s, host, got << s->cluster_bits,
                                   QCOW2_DISCARD_NEVER);
     }
@@ -941,7 +971,15 @@ static int for_each_l2_range(BDRVQcow2State *s, uint64_t offset,
 int qcow2_zero_clusters(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
                         bool may_unmap)
 {
+    int ret;
+
     g_assert(s->qcow_version >= 3);
+    ret = qcow2_data_file_zero(s, offset,
+                               MIN(bytes, s->img->total_size - offset),
+                               may_unmap);
+    if (ret < 0) {
+        return ret;
+    }
     return for_each_l2_range(s, offset, bytes, zero_entry, may_unmap,
                              QCOW2_DISCARD_REQUEST, true);
 }
@@ -988,6 +1026,30 @@ static int fill_run(BDRVQcow2State *s, uint64_t host, uint64_t bytes,
 }
 
 /*
+ * Map @n clusters of a data file image to their guest offsets.  The data
+ * file was sized (and for falloc/full, allocated) by the resize.
+ */
+static int map_data_file_run(BDRVQcow2State *s, uint64_t l2_offset,
+                             int l2_index, uint64_t guest, uint64_t n)
+{
+    void *l2_table;
+    uint64_t c;
+    int ret;
+
+    ret = qcow2_cache_get(s, s->l2_table_cache, l2_offset, &l2_table);
+    if (ret < 0) {
+        return ret;
+    }
+    for (c = 0; c < n; c++) {
+        l2_set(l2_table, l2_index + c,
+               (guest + (c << s->cluster_bits)) | QCOW_OFLAG_COPIED);
+    }
+    qcow2_cache_entry_mark_dirty(s->l2_table_cache, l2_table);
+    qcow2_cache_put(s->l2_table_cache, &l2_table);
+    return 0;
+}
+
+/*
  * Allocate data clusters for the unallocated clusters of one L2 table.
  * Clusters below @zero_end may hold stale data, so on v3 they are entered
  * as preallocated zero clusters.
@@ -1028,6 +1090,16 @@ static int preallocate_l2(BDRVQcow2State *s, uint64_t offset, uint64_t n,
         qcow2_cache_put(s->l2_table_cache, &l2_table);
         if (!run) {
             break;
+        }
+        if (has_data_file(s)) {
+            ret = map_data_file_run(s, l2_offset, l2_index + i,
+                                    start_of_cluster(s, offset) +
+                                    (i << s->cluster_bits), run);
+            if (ret < 0) {
+                return ret;
+            }
+            i += run;
+            continue;
         }
         host = qcow2_alloc_clusters(s, run, &got);
         if (host < 0) {
@@ -1167,8 +1239,8 @@ int qcow2_preallocate(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
             missing++;
         }
     }
-    ret = qcow2_reserve_refblocks(s, missing +
-                                  size_to_clusters(s, end - start));
+    ret = qcow2_reserve_refblocks(s, missing + (has_data_file(s) ? 0 :
+                                  size_to_clusters(s, end - start)));
     if (ret < 0) {
         return ret;
     }

@@ -44,8 +44,10 @@ static const CreateOpt qcow2_create_opts[] = {
       "Compatibility level: 0.10 (v2) or 1.1 (v3, default)" },
     { "backing_file", OPT_STRING, NULL, "File name of a base image" },
     { "backing_fmt", OPT_STRING, NULL, "Image format of the base image" },
-    { "data_file", OPT_STRING, NULL, "External data file (not supported)" },
-    { "data_file_raw", OPT_BOOL, NULL, "External data file is raw (not supported)" },
+    { "data_file", OPT_STRING, NULL,
+      "File name of an external data file (v3)" },
+    { "data_file_raw", OPT_BOOL, NULL,
+      "The external data file reads as the raw disk by itself" },
     { "encrypt.format", OPT_STRING, NULL, "Encryption format (not supported)" },
     { "lazy_refcounts", OPT_BOOL, "off", "Postpone refcount updates (v3)" },
     { "refcount_bits", OPT_NUMBER, "16",
@@ -171,6 +173,8 @@ typedef struct Qcow2CreateParams {
     int version;
     bool lazy_refcounts;
     uint8_t compression_type;
+    const char *data_file;
+    bool data_file_raw;
     Qcow2PreallocMode prealloc;
     const char *prealloc_name;
     const char *backing_file;
@@ -291,11 +295,11 @@ static int parse_create_params(const QGuardOpts *opts, Qcow2CreateParams *p,
         }
         return -ENOTSUP;
     }
-    if (qguard_opts_get(opts, "data_file") ||
-        qguard_opts_get(opts, "data_file_raw")) {
-        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
-                    "External data files are not supported by qguard");
-        return -ENOTSUP;
+    p->data_file = qguard_opts_get(opts, "data_file");
+    str = qguard_opts_get(opts, "data_file_raw");
+    if (str && !qguard_parse_bool("data_file_raw", str, &p->data_file_raw,
+                                  errp)) {
+        return -EINVAL;
     }
     str = qguard_opts_get(opts, "encryption");
     if (qguard_opts_get(opts, "encrypt.format") ||
@@ -305,6 +309,32 @@ static int parse_create_params(const QGuardOpts *opts, Qcow2CreateParams *p,
         return -ENOTSUP;
     }
 
+    if (p->data_file_raw && !p->data_file) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "data-file-raw requires data-file");
+        return -EINVAL;
+    }
+    if (p->data_file_raw && qguard_opts_get(opts, "backing_file")) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Backing file and data-file-raw cannot be used at the "
+                    "same time");
+        return -EINVAL;
+    }
+    if (p->data_file && p->version < 3) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "External data files are only supported with "
+                    "compatibility level 1.1 and above (use version=v3 or "
+                    "greater)");
+        return -EINVAL;
+    }
+    /*
+     * A raw data file must read as the disk by itself, so the tables map
+     * every cluster to its guest offset from the start.
+     */
+    if (p->data_file_raw && p->prealloc == QCOW2_PREALLOC_OFF) {
+        p->prealloc = QCOW2_PREALLOC_METADATA;
+        p->prealloc_name = "metadata";
+    }
     if (p->compression_type != QCOW2_COMPRESSION_ZLIB && p->version < 3) {
         g_set_error(errp, QGUARD_ERROR, EINVAL,
                     "Non-zlib compression type is only supported with "
@@ -358,6 +388,13 @@ static int write_empty_image(HostFile *file, const Qcow2CreateParams *p,
     s.compatible_features = p->lazy_refcounts ? QCOW2_COMPAT_LAZY_REFCOUNTS
                                               : 0;
     s.compression_type = p->compression_type;
+    if (p->data_file) {
+        s.incompatible_features |= QCOW2_INCOMPAT_DATA_FILE;
+        s.image_data_file = (char *)p->data_file;
+    }
+    if (p->data_file_raw) {
+        s.autoclear_features |= QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    }
     if (p->compression_type != QCOW2_COMPRESSION_ZLIB) {
         s.incompatible_features |= QCOW2_INCOMPAT_COMPRESSION;
     }
@@ -400,6 +437,13 @@ int qcow2_create(const char *filename, const QGuardOpts *opts,
     ret = parse_create_params(opts, &p, errp);
     if (ret < 0) {
         return ret;
+    }
+    /* As QEMU: the data file first, named as given (relative to the cwd). */
+    if (p.data_file) {
+        ret = qcow2_data_file_create(p.data_file, errp);
+        if (ret < 0) {
+            return ret;
+        }
     }
     ret = host_file_open(&file, filename, HOST_FILE_RDWR | HOST_FILE_CREATE,
                          &local_err);

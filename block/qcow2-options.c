@@ -61,6 +61,9 @@ bool qcow2_is_runtime_option(const char *name)
 {
     size_t i;
 
+    if (qcow2_is_data_file_option(name)) {
+        return true;
+    }
     for (i = 0; i < G_N_ELEMENTS(runtime_option_names); i++) {
         if (!strcmp(name, runtime_option_names[i])) {
             return true;

@@ -1038,6 +1038,18 @@ int qcow2_free_any_cluster(BDRVQcow2State *s, uint64_t l2_entry,
                                     l2_entry & L2E_OFFSET_MASK);
             return 0;
         }
+        if (has_data_file(s)) {
+            /*
+             * Nothing is refcounted in a data file; a discard is passed on
+             * (advisory: the cluster's old contents are no longer wanted).
+             */
+            if (s->discard_passthrough[type] && s->data_file) {
+                (void)host_file_discard(s->data_file,
+                                        l2_entry & L2E_OFFSET_MASK,
+                                        s->cluster_size);
+            }
+            return 0;
+        }
         return qcow2_free_clusters(s, l2_entry & L2E_OFFSET_MASK,
                                    s->cluster_size, type);
     case QCOW2_CLUSTER_ZERO_PLAIN:

@@ -505,6 +505,11 @@ int qcow2_snapshot_create(BDRVQcow2State *s, const char *name, GError **errp)
     int64_t l1_offset;
     int ret;
 
+    if (has_data_file(s)) {
+        /* Guest clusters cannot be shared with a snapshot in a data file. */
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP, "%s", g_strerror(ENOTSUP));
+        return -ENOTSUP;
+    }
     if (s->nb_snapshots >= QCOW_MAX_SNAPSHOTS) {
         g_set_error(errp, QGUARD_ERROR, EFBIG, "Too many snapshots");
         return -EFBIG;

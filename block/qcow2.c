@@ -194,6 +194,7 @@ int qcow2_update_header(BDRVQcow2State *s)
                          strlen(s->image_backing_file) : 0;
     size_t fmt_len = s->image_backing_format ?
                      strlen(s->image_backing_format) : 0;
+    size_t data_len = s->image_data_file ? strlen(s->image_data_file) : 0;
     uint8_t features[G_N_ELEMENTS(feature_names) * FEATURE_ENTRY_SIZE];
     bool with_features = s->qcow_version >= 3;
     uint8_t bitmaps[24];
@@ -202,6 +203,9 @@ int qcow2_update_header(BDRVQcow2State *s)
     need = hlen + 8 + backing_len;
     if (fmt_len) {
         need += ext_size(fmt_len);
+    }
+    if (data_len) {
+        need += ext_size(data_len);
     }
     if (s->has_bitmaps_ext) {
         need += ext_size(sizeof(bitmaps));
@@ -250,6 +254,10 @@ int qcow2_update_header(BDRVQcow2State *s)
     if (fmt_len) {
         put_ext(buf, &pos, QCOW2_EXT_MAGIC_BACKING_FORMAT,
                 s->image_backing_format, fmt_len);
+    }
+    if (data_len) {
+        put_ext(buf, &pos, QCOW2_EXT_MAGIC_DATA_FILE, s->image_data_file,
+                data_len);
     }
     if (with_features) {
         memset(features, 0, sizeof(features));
@@ -352,6 +360,12 @@ static int mark_consistent(BDRVQcow2State *s)
 int qcow2_flush_metadata(BDRVQcow2State *s)
 {
     int ret;
+
+    /* Data before the tables that point at it. */
+    ret = qcow2_flush_data_file(s);
+    if (ret < 0) {
+        return ret;
+    }
 
     ret = qcow2_cache_write(s, s->l2_table_cache);
     if (ret < 0) {
@@ -496,6 +510,10 @@ static int read_extensions(BDRVQcow2State *s, const uint8_t *hdr,
             g_free(s->image_backing_format);
             s->image_backing_format = g_strndup((const char *)hdr + offset,
                                                 len);
+            break;
+        case QCOW2_EXT_MAGIC_DATA_FILE:
+            g_free(s->image_data_file);
+            s->image_data_file = g_strndup((const char *)hdr + offset, len);
             break;
         case QCOW2_EXT_MAGIC_FEATURE_TABLE:
             g_free(*feature_table);
@@ -715,11 +733,6 @@ static int parse_header(BDRVQcow2State *s, const uint8_t *hdr,
                     s->crypt_method_header == 1 ? "AES" : "LUKS");
         return -ENOTSUP;
     }
-    if (s->incompatible_features & QCOW2_INCOMPAT_DATA_FILE) {
-        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
-                    "Images with an external data file are not supported");
-        return -ENOTSUP;
-    }
     if (s->incompatible_features & QCOW2_INCOMPAT_EXTL2) {
         g_set_error(errp, QGUARD_ERROR, ENOTSUP,
                     "Images with extended L2 entries are not supported");
@@ -843,6 +856,8 @@ static void qcow2_free_state(BDRVQcow2State *s)
     }
     g_free(s->image_backing_file);
     g_free(s->image_backing_format);
+    qcow2_data_file_close(s);
+    g_free(s->image_data_file);
     g_free(s->cow_buf);
     g_free(s->decomp_buf);
     g_mutex_clear(&s->meta_lock);
@@ -921,6 +936,10 @@ static int qcow2_open(QGuardImage *img, const QGuardOpts *opts, GError **errp)
     if (ret < 0) {
         goto fail;
     }
+    ret = qcow2_data_file_open(s, opts, errp);
+    if (ret < 0) {
+        goto fail;
+    }
     ret = load_l1_table(s, errp);
     if (ret < 0) {
         goto fail;
@@ -958,8 +977,8 @@ static int qcow2_open(QGuardImage *img, const QGuardOpts *opts, GError **errp)
 
     if (!img->read_only) {
         /* Autoclear bits we do not maintain must go before we write. */
-        if (s->autoclear_features & ~QCOW2_AUTOCLEAR_BITMAPS) {
-            s->autoclear_features &= QCOW2_AUTOCLEAR_BITMAPS;
+        if (s->autoclear_features & ~QCOW2_AUTOCLEAR_MASK) {
+            s->autoclear_features &= QCOW2_AUTOCLEAR_MASK;
             ret = qcow2_update_header(s);
             if (ret < 0) {
                 g_set_error(errp, QGUARD_ERROR, -ret,
@@ -1225,7 +1244,13 @@ out:
 static int qcow2_pwrite_compressed(QGuardImage *img, uint64_t offset,
                                    uint64_t bytes, const void *buf)
 {
-    return qcow2_write_compressed(img->opaque, offset, buf, bytes);
+    BDRVQcow2State *s = img->opaque;
+
+    /* Data files hold guest clusters at their guest offsets: no room. */
+    if (has_data_file(s)) {
+        return -ENOTSUP;
+    }
+    return qcow2_write_compressed(s, offset, buf, bytes);
 }
 
 static uint32_t qcow2_cluster_size(QGuardImage *img)
@@ -1294,6 +1319,9 @@ static int qcow2_block_status(QGuardImage *img, uint64_t offset,
     }
     st->bytes = bytes;
     st->host_offset = 0;
+    if (has_data_file(s) && s->data_file) {
+        st->filename = host_file_name(s->data_file);
+    }
     switch (type) {
     case QCOW2_CLUSTER_UNALLOCATED:
         st->flags = 0;
@@ -1310,6 +1338,23 @@ static int qcow2_block_status(QGuardImage *img, uint64_t offset,
         st->flags = QGUARD_BLOCK_DATA | QGUARD_BLOCK_ALLOCATED |
                     QGUARD_BLOCK_OFFSET_VALID;
         st->host_offset = host;
+        if (has_data_file(s)) {
+            /*
+             * As QEMU reports it: where the data file has a hole, the
+             * cluster reads zeros.
+             */
+            uint64_t n = st->bytes;
+            bool hole;
+
+            if (s->data_file &&
+                host_file_is_hole(s->data_file, host, &n, &hole) == 0) {
+                st->bytes = n;
+                if (hole) {
+                    st->flags |= QGUARD_BLOCK_ZERO;
+                }
+            }
+            break;
+        }
         if (!s->metadata_prealloc_checked) {
             s->metadata_prealloc = detect_metadata_preallocation(s);
             s->metadata_prealloc_checked = true;
@@ -1322,6 +1367,39 @@ static int qcow2_block_status(QGuardImage *img, uint64_t offset,
         st->flags = QGUARD_BLOCK_DATA | QGUARD_BLOCK_ALLOCATED |
                     QGUARD_BLOCK_COMPRESSED;
         break;
+    }
+    return 0;
+}
+
+/*
+ * The data file follows the disk size; falloc and full preallocation
+ * reserve or write the added range in it, since that is where the guest
+ * clusters go.
+ */
+static int resize_data_file(BDRVQcow2State *s, uint64_t old_size,
+                            uint64_t size, Qcow2PreallocMode mode)
+{
+    static const uint8_t zeros[64 * 1024];
+    uint64_t off;
+    int ret;
+
+    if (!has_data_file(s) || !s->data_file) {
+        return 0;
+    }
+    ret = host_file_truncate(s->data_file, size);
+    if (ret < 0 || size <= old_size) {
+        return ret;
+    }
+    if (mode == QCOW2_PREALLOC_FALLOC) {
+        return host_file_allocate(s->data_file, old_size, size - old_size);
+    }
+    for (off = old_size; mode == QCOW2_PREALLOC_FULL && off < size;
+         off += sizeof(zeros)) {
+        ret = host_file_pwrite(s->data_file, off, zeros,
+                               MIN(sizeof(zeros), size - off));
+        if (ret < 0) {
+            return ret;
+        }
     }
     return 0;
 }
@@ -1358,6 +1436,10 @@ int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
         g_set_error(errp, QGUARD_ERROR, EINVAL,
                     "The new size must be a multiple of 512");
         return -EINVAL;
+    }
+    if (data_file_is_raw(s) && mode == QCOW2_PREALLOC_OFF) {
+        /* The raw data file stays the whole disk: map what is added. */
+        mode = QCOW2_PREALLOC_METADATA;
     }
     if (size < old_size) {
         if (!shrink) {
@@ -1408,6 +1490,13 @@ int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
                         "Could not flush metadata: %s", g_strerror(-ret));
             return ret;
         }
+    }
+    ret = resize_data_file(s, old_size, size, mode);
+    if (ret < 0) {
+        g_set_error(errp, QGUARD_ERROR, -ret,
+                    "Could not resize external data file: %s",
+                    g_strerror(-ret));
+        return ret;
     }
     ret = qcow2_preallocate(s, old_size, size > old_size ? size - old_size : 0,
                             mode, progress, opaque);
@@ -1498,6 +1587,9 @@ static int qcow2_get_info(QGuardImage *img, QGuardImageInfo *info,
     info->refcount_bits = s->refcount_bits;
     info->corrupt = s->incompatible_features & QCOW2_INCOMPAT_CORRUPT;
     info->extended_l2 = false;
+    info->has_data_file = has_data_file(s);
+    info->data_file = g_strdup(s->image_data_file);
+    info->data_file_raw = data_file_is_raw(s);
     /* A damaged directory only costs the listing, not the whole info. */
     qcow2_bitmaps_info(s, &info->bitmaps, &info->nb_bitmaps);
     info->nb_snapshots = s->nb_snapshots;

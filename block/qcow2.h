@@ -139,6 +139,12 @@ typedef void Qcow2SetRefcountFunc(void *refcount_array, uint64_t index,
 struct BDRVQcow2State {
     QGuardImage *img;
     HostFile *file;
+    /*
+     * Where guest clusters live: @file, or the external data file (NULL
+     * when the image was opened with QGUARD_OPEN_NO_IO).
+     */
+    HostFile *data_file;
+    char *image_data_file;      /* the name in the header extension */
 
     int qcow_version;
     int cluster_bits;
@@ -300,6 +306,16 @@ static inline uint64_t size_to_l1(const BDRVQcow2State *s, uint64_t size)
     return (size + (1ULL << shift) - 1) >> shift;
 }
 
+static inline bool has_data_file(const BDRVQcow2State *s)
+{
+    return s->incompatible_features & QCOW2_INCOMPAT_DATA_FILE;
+}
+
+static inline bool data_file_is_raw(const BDRVQcow2State *s)
+{
+    return s->autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+}
+
 static inline QCow2ClusterType qcow2_get_cluster_type(const BDRVQcow2State *s,
                                                       uint64_t l2_entry)
 {
@@ -311,8 +327,12 @@ static inline QCow2ClusterType qcow2_get_cluster_type(const BDRVQcow2State *s,
                                             : QCOW2_CLUSTER_ZERO_PLAIN;
     }
     if (!(l2_entry & L2E_OFFSET_MASK)) {
-        /* An offset of 0 with COPIED set is only valid with data files. */
-        return QCOW2_CLUSTER_UNALLOCATED;
+        /*
+         * Offset 0 is a guest cluster like any other in a data file, where
+         * every allocated cluster has COPIED (an implied refcount of 1).
+         */
+        return has_data_file(s) && (l2_entry & QCOW_OFLAG_COPIED)
+               ? QCOW2_CLUSTER_NORMAL : QCOW2_CLUSTER_UNALLOCATED;
     }
     return QCOW2_CLUSTER_NORMAL;
 }
@@ -520,6 +540,21 @@ int qcow2_decompress(BDRVQcow2State *s, const uint8_t *in, size_t in_len,
                      uint8_t *out);
 int qcow2_decompress_cluster(BDRVQcow2State *s, uint64_t l2_entry,
                              uint8_t *out);
+
+/* qcow2-data-file.c */
+bool qcow2_is_data_file_option(const char *name);
+int qcow2_data_file_open(BDRVQcow2State *s, const QGuardOpts *opts,
+                         GError **errp);
+void qcow2_data_file_close(BDRVQcow2State *s);
+int qcow2_data_file_create(const char *name, GError **errp);
+int qcow2_pread_data(BDRVQcow2State *s, uint64_t offset, void *buf,
+                     uint64_t bytes);
+/* Guest data: to the data file unchecked, or to the image, checked. */
+int qcow2_pwritev_data(BDRVQcow2State *s, uint64_t offset,
+                       const struct iovec *iov, int iovcnt, uint64_t bytes);
+int qcow2_flush_data_file(BDRVQcow2State *s);
+int qcow2_data_file_zero(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
+                         bool may_unmap);
 
 /* qcow2-cache.c */
 Qcow2Cache *qcow2_cache_create(BDRVQcow2State *s, int num_tables,

@@ -93,6 +93,11 @@ enum {
     QGUARD_OPEN_WRITETHROUGH = 1 << 3,
     QGUARD_OPEN_NOCACHE      = 1 << 4,
     QGUARD_OPEN_NO_FLUSH     = 1 << 5,
+    /*
+     * Describe the image, never read or write guest data (qemu-img info):
+     * an external data file is neither needed nor opened.
+     */
+    QGUARD_OPEN_NO_IO        = 1 << 6,
 };
 #define QGUARD_OPEN_CACHE_MASK \
     (QGUARD_OPEN_WRITETHROUGH | QGUARD_OPEN_NOCACHE | QGUARD_OPEN_NO_FLUSH)
@@ -174,7 +179,9 @@ enum {
 typedef struct QGuardBlockStatus {
     unsigned flags;
     uint64_t bytes;          /* length of the extent with these properties */
-    uint64_t host_offset;    /* in the file of @image, if OFFSET_VALID */
+    uint64_t host_offset;    /* in @filename, if OFFSET_VALID */
+    /* The file host_offset is in: @image's, or its external data file. */
+    const char *filename;
     int depth;               /* 0 = this image, 1 = its backing file, ... */
     QGuardImage *image;      /* the layer that provided the status */
 } QGuardBlockStatus;
@@ -226,7 +233,9 @@ typedef struct QGuardImageInfo {
     int refcount_bits;
     bool corrupt;
     bool extended_l2;
-    bool has_data_file;
+    bool has_data_file;         /* incompatible bit 2 */
+    char *data_file;            /* its name in the image, or NULL */
+    bool data_file_raw;
     guint nb_snapshots;
     QGuardSnapshotInfo *snapshots;
     guint nb_bitmaps;

@@ -16,6 +16,12 @@ QObj *qcow2_format_specific_qobj(const QGuardImageInfo *info)
     guint i;
 
     qobj_dict_put_str(data, "compat", info->compat ? info->compat : "");
+    if (info->data_file) {
+        qobj_dict_put_str(data, "data-file", info->data_file);
+    }
+    if (info->has_data_file) {
+        qobj_dict_put_bool(data, "data-file-raw", info->data_file_raw);
+    }
     if (info->compat && strcmp(info->compat, "0.10")) {
         qobj_dict_put_bool(data, "lazy-refcounts", info->lazy_refcounts);
         qobj_dict_put_bool(data, "corrupt", info->corrupt);

@@ -186,12 +186,46 @@ static bool names_our_backing(const uint8_t *data, size_t size)
            !memcmp(data + off, name, len);
 }
 
+/*
+ * An image with an external data file is given our own one: the name in a
+ * fuzzed header could point anywhere, and the I/O target writes.
+ */
+static QGuardOpts *data_file_opts(const char *path)
+{
+    g_autofree char *data = g_build_filename(work_dir, "data.raw", NULL);
+    uint8_t hdr[80];
+    QGuardOpts *opts;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    bool has;
+
+    has = fd >= 0 && pread(fd, hdr, sizeof(hdr), 0) == sizeof(hdr) &&
+          hdr[7] >= 3 && (hdr[79] & 0x04);
+    if (fd >= 0) {
+        close(fd);
+    }
+    if (!has) {
+        return NULL;
+    }
+    fd = open(data, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        fuzz_fail("cannot create %s", data);
+    }
+    close(fd);
+    opts = qguard_opts_new();
+    qguard_opts_set(opts, "data-file.filename", data);
+    return opts;
+}
+
 static bool try_open(QGuardImage **img, const char *path, const char *fmt,
                      unsigned flags)
 {
     g_autoptr(GError) err = NULL;
-    int ret = qguard_image_open(img, path, fmt, NULL, flags, &err);
+    QGuardOpts *opts = data_file_opts(path);
+    int ret = qguard_image_open(img, path, fmt, opts, flags, &err);
 
+    if (opts) {
+        qguard_opts_free(opts);
+    }
     if (ret < 0) {
         if (!err || !err->message || !*err->message) {
             fuzz_fail("open failed (%d) without an error message", ret);

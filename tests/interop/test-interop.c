@@ -633,6 +633,7 @@ typedef struct Combo {
     uint64_t size0;     /* virtual size at creation */
     uint64_t size1;     /* after the resize */
     guint32 seed;
+    int data_file;      /* 0 none, 1 external data file, 2 raw one */
 } Combo;
 
 static void add_op(GArray *ops, OpKind kind, uint64_t off, uint64_t len,
@@ -745,6 +746,68 @@ static const char *op_name(OpKind k)
         "write", "zero", "zero-unmap", "discard", "resize",
     };
     return names[k];
+}
+
+/* ---- External data files ------------------------------------------------- */
+
+/* The first @len bytes of @from, holes kept, as @to. */
+static void copy_file_prefix(const char *from, const char *to, uint64_t len)
+{
+    Cmd *c = cmd_new("cp");
+
+    cmd_add(c, "--sparse=always");
+    cmd_add(c, "%s", from);
+    cmd_add(c, "%s", to);
+    g_free(cmd_run_ok(c));
+    if (truncate(to, len) < 0) {
+        FAIL("cannot truncate %s: %s", to, g_strerror(errno));
+    }
+}
+
+/* The data file of combo @c in direction @dir, or NULL. */
+static char *data_file_path(const Combo *c, const char *dir)
+{
+    return c->data_file ? tpath("%s-%s.data", dir, c->file_id) : NULL;
+}
+
+/* Creation options for @c's data file; absolute, so any cwd finds it. */
+static const char *data_file_opts(const Combo *c, const char *dir)
+{
+    static char buf[4096];
+    g_autofree char *path = data_file_path(c, dir);
+
+    if (!path) {
+        return "";
+    }
+    g_snprintf(buf, sizeof(buf), ",data_file=%s,data_file_raw=%s", path,
+               c->data_file == 2 ? "on" : "off");
+    return buf;
+}
+
+/*
+ * The data file covers the disk; a write of the last cluster (with its
+ * copy-on-write) may take it to the cluster's end.  A raw one reads as the
+ * disk by itself.
+ */
+static void check_data_file(const Combo *c, const char *dir, Model *m,
+                            const char *what)
+{
+    g_autofree char *path = data_file_path(c, dir);
+    g_autofree char *copy = NULL;
+    struct stat st;
+
+    if (!path) {
+        return;
+    }
+    g_assert_cmpint(stat(path, &st), ==, 0);
+    g_assert_cmpuint(st.st_size, >=, m->size);
+    g_assert_cmpuint(st.st_size, <=, ALIGN_UP(m->size, c->cluster_size));
+    if (c->data_file == 2) {
+        copy = g_strdup_printf("%s.disk", path);
+        copy_file_prefix(path, copy, m->size);
+        compare_raw_with_model(copy, m, what);
+        unlink(copy);
+    }
 }
 
 /* ---- qguard -> QEMU ------------------------------------------------------ */
@@ -863,10 +926,11 @@ static void test_qguard_to_qemu(const Combo *c)
     int ret;
 
     opts_str = g_strdup_printf("size=%" PRIu64 ",cluster_size=%u,"
-                               "refcount_bits=%d,compat=%s,preallocation=%s",
+                               "refcount_bits=%d,compat=%s,preallocation=%s%s",
                                c->size0, c->cluster_size, c->refcount_bits,
                                c->v2 ? "0.10" : "1.1",
-                               c->prealloc ? "metadata" : "off");
+                               c->prealloc ? "metadata" : "off",
+                               data_file_opts(c, "q2q"));
     g_assert_true(qguard_opts_parse(opts, opts_str, NULL, &err));
     ret = qguard_image_create(path, "qcow2", opts, NULL, NULL, &err);
     if (ret < 0) {
@@ -909,6 +973,7 @@ static void test_qguard_to_qemu(const Combo *c)
 
     qemu_convert_raw(path, "qcow2", raw);
     compare_raw_with_model(raw, m, "QEMU reading the qguard-written image");
+    check_data_file(c, "q2q", m, "the raw data file qguard wrote");
 
     cmd = cmd_new("qemu-io");
     cmd_add(cmd, "-r");
@@ -931,6 +996,11 @@ static void test_qguard_to_qemu(const Combo *c)
 
     unlink(path);
     unlink(raw);
+    g_free(opts_str);
+    opts_str = data_file_path(c, "q2q");
+    if (opts_str) {
+        unlink(opts_str);
+    }
     model_free(m);
 }
 
@@ -1018,8 +1088,9 @@ static void test_qemu_to_qguard(const Combo *c)
     cmd_add(cmd, "qcow2");
     cmd_add(cmd, "-o");
     cmd_add(cmd, "cluster_size=%u,refcount_bits=%d,preallocation=%s,"
-            "compat=%s", c->cluster_size, c->refcount_bits,
-            c->prealloc ? "metadata" : "off", c->v2 ? "0.10" : "1.1");
+            "compat=%s%s", c->cluster_size, c->refcount_bits,
+            c->prealloc ? "metadata" : "off", c->v2 ? "0.10" : "1.1",
+            data_file_opts(c, "q2g"));
     cmd_add(cmd, "%s", path);
     cmd_add(cmd, "%" PRIu64, c->size0);
     g_free(cmd_run_ok(cmd));
@@ -1053,6 +1124,7 @@ static void test_qemu_to_qguard(const Combo *c)
     compare_raw_with_model(raw, m, "QEMU against the test's model "
                            "(test bug if this fails)");
 
+    check_data_file(c, "q2g", m, "the raw data file QEMU wrote");
     img = open_image(path, 0);
     check_clean(img, "qguard check of the QEMU-written image");
     compare_image_with_model(img, m, "qguard reading the QEMU-written image");
@@ -1061,6 +1133,8 @@ static void test_qemu_to_qguard(const Combo *c)
     g_assert_cmpuint(info->cluster_size, ==, c->cluster_size);
     g_assert_cmpint(info->refcount_bits, ==, c->refcount_bits);
     g_assert_cmpstr(info->compat, ==, c->v2 ? "0.10" : "1.1");
+    g_assert_cmpint(info->has_data_file, ==, c->data_file != 0);
+    g_assert_cmpint(info->data_file_raw, ==, c->data_file == 2);
     qguard_image_info_free(info);
     close_image(img);
 
@@ -1071,6 +1145,12 @@ static void test_qemu_to_qguard(const Combo *c)
 
     unlink(path);
     unlink(raw);
+    {
+        g_autofree char *df = data_file_path(c, "q2g");
+        if (df) {
+            unlink(df);
+        }
+    }
     model_free(m);
 }
 
@@ -1925,6 +2005,26 @@ int main(int argc, char **argv)
                 }
             }
         }
+    }
+    /* External data files, plain and raw, with and without preallocation. */
+    for (i = 0; i < 4; i++) {
+        Combo *c = g_new0(Combo, 1);
+        g_autofree char *p1 = NULL, *p2 = NULL;
+
+        c->cluster_size = 65536;
+        c->refcount_bits = 16;
+        c->prealloc = i & 1;
+        c->data_file = 1 + (i >> 1);
+        c->id = g_strdup_printf("data-file%s,prealloc=%s",
+                                c->data_file == 2 ? "-raw" : "",
+                                c->prealloc ? "metadata" : "off");
+        c->file_id = g_strdelimit(g_strdup(c->id), "=,", '-');
+        c->seed = 0xdada0000u ^ (guint32)i;
+        combo_sizes(c);
+        p1 = g_strdup_printf("/interop/qguard-to-qemu/%s", c->id);
+        p2 = g_strdup_printf("/interop/qemu-to-qguard/%s", c->id);
+        add_isolated(p1, run_q2q, c);
+        add_isolated(p2, run_q2g, c);
     }
     for (i = 0; i < G_N_ELEMENTS(compressed_cases); i++) {
         g_autofree char *p = g_strdup_printf(

@@ -783,8 +783,10 @@ static const BadCase cases[] = {
       { { ABS, 32, 4, 0xffffffff } },
       REFUSE("Unsupported encryption method -1") },
     { "external-data-file-bit", "base.qcow2", { { ABS, 79, 1, 0x04 } },
-     
-      REFUSE("Images with an external data file are not supported") },
+      REFUSE("'data-file' is required for this image") },
+    { "data-file-raw-bit-without-data-file", "base.qcow2",
+      { { ABS, 95, 1, 0x02 } },
+      REFUSE("data-file-raw requires a data file") },
     { "extended-l2-bit", "base.qcow2", { { ABS, 79, 1, 0x10 } },
       REFUSE("Images with extended L2 entries are not supported") },
     { "compression-bit-zstd", "base.qcow2",
@@ -979,6 +981,18 @@ static const BadCase cases[] = {
     { "zstd-stream-past-eof", "zstd.qcow2",
       .edit = edit_compressed_past_eof, .ro = OPENS, .rw = OPENS,
       .read0_errno = EIO, .write0_errno = EIO },
+
+    /* ---- External data files (df.qcow2: data in df.raw, absolute) ---- */
+    { "data-file-missing", "gone.qcow2",
+      REFUSE("Could not open '*gone.raw': No such file or directory") },
+    { "data-file-compressed-entry", "df.qcow2",
+      { { L2, 0, 8, UINT64_C(0x4000000000050000) } },
+      .ro = OPENS, .rw = OPENS, .read0_errno = EIO, .write0_errno = EIO },
+    { "data-file-host-offset-mismatch", "df.qcow2",
+      { { L2, 0, 8, UINT64_C(0x8000000000010000) } },
+      .ro = OPENS, .rw = OPENS, .read0_errno = EIO, .write0_errno = EIO },
+    { "data-file-cluster-0-unallocated-without-copied", "df.qcow2",
+      { { L2, 0, 8, 0 } }, .ro = OPENS, .rw = OPENS },
 
     /* ---- Backing chains ---- */
     /*
@@ -1570,6 +1584,12 @@ static void make_templates(void)
     g_autofree char *src = tpath("comp.raw");
     g_autofree char *comp = tpath("comp.qcow2");
     g_autofree char *zstd = tpath("zstd.qcow2");
+    g_autofree char *df = tpath("df.qcow2");
+    g_autofree char *df_opt = g_strdup_printf("data_file=%s/df.raw",
+                                              test_dir);
+    g_autofree char *gone = tpath("gone.qcow2");
+    g_autofree char *gone_raw = tpath("gone.raw");
+    g_autofree char *gone_opt = g_strdup_printf("data_file=%s", gone_raw);
     GString *text = g_string_new(NULL);
     g_autoptr(GError) err = NULL;
     const char *const create[] = {
@@ -1587,6 +1607,17 @@ static void make_templates(void)
     const char *const convert[] = {
         "qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", src, comp,
         NULL,
+    };
+    const char *const create_df[] = {
+        "qemu-img", "create", "-q", "-f", "qcow2", "-o", df_opt, df, "64M",
+        NULL,
+    };
+    const char *const write_df[] = {
+        "qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 128k", df, NULL,
+    };
+    const char *const create_gone[] = {
+        "qemu-img", "create", "-q", "-f", "qcow2", "-o", gone_opt, gone,
+        "64M", NULL,
     };
     const char *const convert_zstd[] = {
         "qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", "-o",
@@ -1607,6 +1638,10 @@ static void make_templates(void)
     g_string_free(text, TRUE);
     run_tool(convert);
     run_tool(convert_zstd);
+    run_tool(create_df);
+    run_tool(write_df);
+    run_tool(create_gone);
+    unlink(gone_raw);
 }
 
 static int rm_cb(const char *path, const struct stat *sb, int type,

@@ -165,8 +165,10 @@ static GPtrArray *collect_image_info_list(const ImgOpts *o,
         }
         g_hash_table_add(seen, g_strdup(next_name));
 
+        /* As qemu-img 7.2: described only, so no external data file. */
         img = img_open(o->image_opts && first, next_name, next_fmt,
-                       QGUARD_OPEN_NO_BACKING, o->force_share);
+                       QGUARD_OPEN_NO_BACKING | QGUARD_OPEN_NO_IO,
+                       o->force_share);
         if (!img) {
             goto fail;
         }

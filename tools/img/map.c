@@ -44,7 +44,9 @@ static int get_block_status(QGuardImage *img, int64_t offset, int64_t bytes,
         .offset = st.host_offset,
     };
     if (e->has_offset && st.image) {
-        e->filename = qguard_image_filename(st.image);
+        /* The image's file, or its external data file. */
+        e->filename = st.filename ? st.filename
+                                  : qguard_image_filename(st.image);
     }
     return 0;
 }
