@@ -773,8 +773,12 @@ int qguard_image_block_status(QGuardImage *img, uint64_t offset,
         }
         bytes = st->bytes;
         if (!layer->backing || offset >= layer->backing->total_size) {
-            /* Unallocated all the way down: reads as zeros. */
-            st->flags = QGUARD_BLOCK_ZERO;
+            /*
+             * Unallocated all the way down: reads as zeros (a host offset
+             * the layer still has, as for unallocated subclusters, stays).
+             */
+            st->flags = QGUARD_BLOCK_ZERO |
+                        (st->flags & QGUARD_BLOCK_OFFSET_VALID);
             break;
         }
         bytes = MIN(bytes, layer->backing->total_size - offset);

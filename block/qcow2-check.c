@@ -136,10 +136,10 @@ static int fix_l2_entry_by_zero(CheckState *cs, uint64_t l2_offset,
                                 uint8_t *l2, int index, bool active)
 {
     BDRVQcow2State *s = cs->s;
-    uint64_t entry_offset = l2_offset + (uint64_t)index * 8;
+    uint64_t entry_offset = l2_offset + (uint64_t)index * s->l2_entry_size;
     int ret;
 
-    l2_set(l2, index, QCOW_OFLAG_ZERO);
+    l2_set(s, l2, index, QCOW_OFLAG_ZERO);
     ret = qcow2_pre_write_overlap_check(s, active ? QCOW2_OL_ACTIVE_L2
                                                   : QCOW2_OL_INACTIVE_L2,
                                         entry_offset, 8);
@@ -148,7 +148,8 @@ static int fix_l2_entry_by_zero(CheckState *cs, uint64_t l2_offset,
         cs->res->check_errors++;
         return ret;
     }
-    ret = host_file_pwrite(s->file, entry_offset, l2 + index * 8, 8);
+    ret = host_file_pwrite(s->file, entry_offset,
+                           l2 + (size_t)index * s->l2_entry_size, 8);
     if (ret >= 0) {
         ret = host_file_flush(s->file);
     }
@@ -159,6 +160,79 @@ static int fix_l2_entry_by_zero(CheckState *cs, uint64_t l2_offset,
         return ret;
     }
     qcow2_cache_discard(s->l2_table_cache, start_of_cluster(s, l2_offset));
+    cs->res->corruptions--;
+    cs->res->corruptions_fixed++;
+    return 0;
+}
+
+/*
+ * The subcluster bitmap of extended entry @index.  Repair (-r all) keeps
+ * the zero bit where a subcluster is marked both allocated and zero (no
+ * stale host data is exposed) and clears allocation bits of an
+ * unallocated cluster, which has no host cluster to read them from.  A
+ * compressed cluster with a bitmap is reported and not counted, as QEMU
+ * does (returns 1).
+ */
+static int check_l2_bitmap(CheckState *cs, uint64_t l2_offset, uint8_t *l2,
+                           int index, unsigned fix, bool active)
+{
+    BDRVQcow2State *s = cs->s;
+    uint64_t entry = l2_get(s, l2, index);
+    uint64_t bitmap = l2_get_bitmap(s, l2, index), fixed;
+    uint64_t pos = l2_offset + (uint64_t)index * 16 + 8;
+    bool repair = fix & QGUARD_CHECK_FIX_ERRORS;
+    uint8_t buf[8];
+    int ret;
+
+    switch (qcow2_get_cluster_type(s, entry)) {
+    case QCOW2_CLUSTER_COMPRESSED:
+        if (!bitmap) {
+            return 0;
+        }
+        report(cs, "ERROR compressed cluster %d with non-zero subcluster "
+               "allocation bitmap, entry=0x%" PRIx64, index, entry);
+        cs->res->corruptions++;
+        return 1;
+    case QCOW2_CLUSTER_NORMAL:
+        if (!((bitmap >> 32) & bitmap)) {
+            return 0;
+        }
+        report(cs, "%s offset=%" PRIx64 ": Allocated cluster has corrupted "
+               "subcluster allocation bitmap", repair ? "Repairing" : "ERROR",
+               entry & L2E_OFFSET_MASK);
+        fixed = bitmap & ~((bitmap >> 32) & bitmap);
+        break;
+    default:
+        if (!(bitmap & QCOW_L2_BITMAP_ALL_ALLOC)) {
+            return 0;
+        }
+        report(cs, "%s: Unallocated cluster has non-zero subcluster "
+               "allocation map", repair ? "Repairing" : "ERROR");
+        fixed = bitmap & ~QCOW_L2_BITMAP_ALL_ALLOC;
+        break;
+    }
+    cs->res->corruptions++;
+    if (!repair) {
+        return 0;
+    }
+    l2_set_bitmap(s, l2, index, fixed);
+    be_put64(buf, fixed);
+    ret = qcow2_pre_write_overlap_check(s, active ? QCOW2_OL_ACTIVE_L2
+                                                  : QCOW2_OL_INACTIVE_L2,
+                                        pos, 8);
+    if (ret >= 0) {
+        ret = host_file_pwrite(s->file, pos, buf, 8);
+    }
+    if (ret >= 0) {
+        ret = host_file_flush(s->file);
+    }
+    if (ret < 0) {
+        report(cs, "ERROR: Failed to overwrite L2 table entry: %s",
+               g_strerror(-ret));
+        cs->res->check_errors++;
+        return ret;
+    }
+    qcow2_cache_discard(s->l2_table_cache, l2_offset);
     cs->res->corruptions--;
     cs->res->corruptions_fixed++;
     return 0;
@@ -179,7 +253,7 @@ static int check_l2(CheckState *cs, uint64_t l2_offset, bool frag_info,
         return ret;
     }
     for (i = 0; i < s->l2_size; i++) {
-        uint64_t entry = l2_get(l2, i);
+        uint64_t entry = l2_get(s, l2, i);
         QCow2ClusterType type = qcow2_get_cluster_type(s, entry);
 
         if (type != QCOW2_CLUSTER_COMPRESSED &&
@@ -187,6 +261,15 @@ static int check_l2(CheckState *cs, uint64_t l2_offset, bool frag_info,
             report(cs, "ERROR found l2 entry with reserved bits set: %"
                    PRIx64, entry);
             cs->res->corruptions++;
+        }
+        if (has_subclusters(s)) {
+            ret = check_l2_bitmap(cs, l2_offset, l2, i, fix, active);
+            if (ret < 0) {
+                return ret;
+            }
+            if (ret > 0) {
+                continue;   /* QEMU counts nothing for such an entry */
+            }
         }
         switch (type) {
         case QCOW2_CLUSTER_COMPRESSED: {
@@ -800,7 +883,7 @@ static int check_oflag_copied(CheckState *cs, unsigned fix)
             return ret;
         }
         for (j = 0; j < s->l2_size; j++) {
-            uint64_t entry = l2_get(l2, j);
+            uint64_t entry = l2_get(s, l2, j);
             QCow2ClusterType type = qcow2_get_cluster_type(s, entry);
             if (type != QCOW2_CLUSTER_NORMAL &&
                 type != QCOW2_CLUSTER_ZERO_ALLOC) {
@@ -821,7 +904,7 @@ static int check_oflag_copied(CheckState *cs, unsigned fix)
                        " refcount=%" PRIu64, repair ? "Repairing" : "ERROR",
                        entry, refcount);
                 if (repair) {
-                    l2_set(l2, j, refcount == 1 ? entry | QCOW_OFLAG_COPIED
+                    l2_set(s, l2, j, refcount == 1 ? entry | QCOW_OFLAG_COPIED
                                                 : entry & ~QCOW_OFLAG_COPIED);
                     l2_dirty++;
                 }

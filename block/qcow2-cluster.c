@@ -413,7 +413,7 @@ int qcow2_get_host_offset(BDRVQcow2State *s, uint64_t offset,
         return ret;
     }
     nclusters = size_to_clusters(s, in_cluster + *bytes);
-    entry = l2_get(l2_table, l2_index);
+    entry = l2_get(s, l2_table, l2_index);
     *type = qcow2_get_cluster_type(s, entry);
     host = entry & L2E_OFFSET_MASK;
 
@@ -453,7 +453,7 @@ int qcow2_get_host_offset(BDRVQcow2State *s, uint64_t offset,
             return -EIO;
         }
         for (n = 1; n < nclusters; n++) {
-            uint64_t next = l2_get(l2_table, l2_index + n);
+            uint64_t next = l2_get(s, l2_table, l2_index + n);
             if (qcow2_get_cluster_type(s, next) != *type ||
                 (next & L2E_OFFSET_MASK) != host + (n << s->cluster_bits)) {
                 break;
@@ -463,15 +463,61 @@ int qcow2_get_host_offset(BDRVQcow2State *s, uint64_t offset,
         break;
     default:
         for (n = 1; n < nclusters; n++) {
-            if (qcow2_get_cluster_type(s, l2_get(l2_table, l2_index + n)) !=
+            if (qcow2_get_cluster_type(s, l2_get(s, l2_table, l2_index + n)) !=
                 *type) {
                 break;
             }
         }
         break;
     }
+    if (has_subclusters(s)) {
+        QCow2SubclusterType sct;
+        int64_t extent = qcow2_subcluster_extent(s, offset, l2_table,
+                                                 l2_offset, l2_index,
+                                                 nclusters, &sct);
+
+        qcow2_cache_put(s->l2_table_cache, &l2_table);
+        if (extent < 0) {
+            return extent;
+        }
+        *type = qcow2_subcluster_read_type(sct);
+        if (*type == QCOW2_CLUSTER_UNALLOCATED) {
+            *host_offset = 0;
+        }
+        *bytes = MIN(*bytes, (uint64_t)extent);
+        return 0;
+    }
     qcow2_cache_put(s->l2_table_cache, &l2_table);
     *bytes = MIN(*bytes, (n << s->cluster_bits) - in_cluster);
+    return 0;
+}
+
+/*
+ * The host offset of guest @offset if its cluster has a host cluster, even
+ * where the subcluster is unallocated (extended L2); else 0 in *valid.
+ */
+int qcow2_cluster_host(BDRVQcow2State *s, uint64_t offset, uint64_t *host,
+                       bool *valid)
+{
+    uint64_t l2_offset, entry;
+    void *l2_table;
+    int ret;
+
+    *valid = false;
+    ret = l2_offset_from_l1(s, offset_to_l1_index(s, offset), &l2_offset);
+    if (ret < 0 || !l2_offset) {
+        return ret;
+    }
+    ret = qcow2_cache_get(s, s->l2_table_cache, l2_offset, &l2_table);
+    if (ret < 0) {
+        return ret;
+    }
+    entry = l2_get(s, l2_table, offset_to_l2_index(s, offset));
+    qcow2_cache_put(s->l2_table_cache, &l2_table);
+    if (qcow2_get_cluster_type(s, entry) == QCOW2_CLUSTER_NORMAL) {
+        *host = (entry & L2E_OFFSET_MASK) + offset_into_cluster(s, offset);
+        *valid = true;
+    }
     return 0;
 }
 
@@ -491,7 +537,7 @@ static int read_compressed(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
     if (ret < 0) {
         return ret;
     }
-    entry = l2_get(l2_table, offset_to_l2_index(s, offset));
+    entry = l2_get(s, l2_table, offset_to_l2_index(s, offset));
     qcow2_cache_put(s->l2_table_cache, &l2_table);
 
     if (!s->decomp_buf) {
@@ -594,6 +640,43 @@ static int mark_dirty_for_lazy_refcounts(BDRVQcow2State *s)
 }
 
 /*
+ * Extended L2 entries of a run about to be written: an invalid one is a
+ * corruption (as in QEMU); *meta is set if a written subcluster is not yet
+ * allocated, so that even an in-place write must fill it and update the
+ * bitmap.
+ */
+static int check_subcluster_run(BDRVQcow2State *s, void *l2_table,
+                                uint64_t l2_offset, int l2_index, uint64_t n,
+                                uint64_t in_cluster, uint64_t bytes,
+                                bool *meta)
+{
+    uint64_t i, end = in_cluster + bytes;
+
+    for (i = 0; i < n; i++) {
+        uint64_t entry = l2_get(s, l2_table, l2_index + i);
+        uint64_t bitmap = l2_get_bitmap(s, l2_table, l2_index + i);
+        uint64_t from = MAX(in_cluster, i << s->cluster_bits);
+        uint64_t to = MIN(end, (i + 1) << s->cluster_bits);
+        int first = (from >> s->subcluster_bits) & (s->subclusters - 1);
+        int last = ((to - 1) >> s->subcluster_bits) & (s->subclusters - 1);
+        uint64_t want = QCOW_OFLAG_SUB_ALLOC_RANGE(first, last + 1);
+
+        if (qcow2_get_subcluster_type(s, entry, bitmap, 0) ==
+            QCOW2_SUBCLUSTER_INVALID) {
+            qcow2_signal_corruption(s, true, -1, -1, "Invalid cluster entry "
+                                    "found (L2 offset: %#" PRIx64 ", L2 "
+                                    "index: %#x)", l2_offset,
+                                    l2_index + (int)i);
+            return -EIO;
+        }
+        if ((bitmap & want) != want) {
+            *meta = true;
+        }
+    }
+    return 0;
+}
+
+/*
  * Write one run inside one L2 table.  Returns the number of guest bytes
  * written (at least one cluster's worth or the rest of @bytes), or a
  * negative errno.
@@ -606,6 +689,8 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
     uint64_t in_cluster = offset_into_cluster(s, offset);
     uint64_t nclusters = size_to_clusters(s, in_cluster + bytes);
     uint64_t l2_offset, entry, host, n, got, run_bytes, head, tail, i;
+    uint64_t last, end_in_last, cow_from, cow_to;
+    bool sc_meta = false;
     struct iovec iov[3];
     int iovcnt = 0;
     uint64_t *old_entries = NULL;
@@ -618,17 +703,25 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
     if (ret < 0) {
         return ret;
     }
-    entry = l2_get(l2_table, l2_index);
+    entry = l2_get(s, l2_table, l2_index);
     kind = run_kind(s, entry);
     host = entry & L2E_OFFSET_MASK;
     for (n = 1; n < nclusters; n++) {
-        uint64_t next = l2_get(l2_table, l2_index + n);
+        uint64_t next = l2_get(s, l2_table, l2_index + n);
         if (run_kind(s, next) != kind) {
             break;
         }
         if (kind != RUN_ALLOCATE &&
             (next & L2E_OFFSET_MASK) != host + (n << s->cluster_bits)) {
             break;
+        }
+    }
+    if (has_subclusters(s)) {
+        ret = check_subcluster_run(s, l2_table, l2_offset, l2_index, n,
+                                   in_cluster, bytes, &sc_meta);
+        if (ret < 0) {
+            qcow2_cache_put(s->l2_table_cache, &l2_table);
+            return ret;
         }
     }
     qcow2_cache_put(s->l2_table_cache, &l2_table);
@@ -651,7 +744,7 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
         return -EIO;
     }
 
-    if (kind == RUN_IN_PLACE) {
+    if (kind == RUN_IN_PLACE && !sc_meta) {
         run_bytes = MIN(bytes, (n << s->cluster_bits) - in_cluster);
         iov[0] = (struct iovec){ (void *)buf, run_bytes };
         ret = qcow2_pwritev_data(s, host + in_cluster, iov, 1, run_bytes);
@@ -674,9 +767,26 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
         host = alloc;
     }
     run_bytes = MIN(bytes, (got << s->cluster_bits) - in_cluster);
-    head = in_cluster;
-    tail = (size_to_clusters(s, in_cluster + run_bytes) << s->cluster_bits) -
-           (in_cluster + run_bytes);
+    last = size_to_clusters(s, in_cluster + run_bytes) - 1;
+    end_in_last = in_cluster + run_bytes - (last << s->cluster_bits);
+    cow_from = 0;
+    cow_to = s->cluster_size;
+    if (has_subclusters(s)) {
+        /* Only the written subclusters need their other bytes filled. */
+        ret = qcow2_cache_get(s, s->l2_table_cache, l2_offset, &l2_table);
+        if (ret < 0) {
+            goto fail;
+        }
+        cow_from = qcow2_cow_start(s, l2_get(s, l2_table, l2_index),
+                                   l2_get_bitmap(s, l2_table, l2_index),
+                                   in_cluster, kind == RUN_IN_PLACE);
+        cow_to = qcow2_cow_end(s, l2_get(s, l2_table, l2_index + last),
+                               l2_get_bitmap(s, l2_table, l2_index + last),
+                               end_in_last, kind == RUN_IN_PLACE);
+        qcow2_cache_put(s->l2_table_cache, &l2_table);
+    }
+    head = in_cluster - cow_from;
+    tail = cow_to - end_in_last;
 
     /* Copy-on-write: the untouched parts of the first and last cluster. */
     if (head) {
@@ -695,7 +805,8 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
         }
         iov[iovcnt++] = (struct iovec){ s->cow_buf + s->cluster_size, tail };
     }
-    ret = qcow2_pwritev_data(s, host, iov, iovcnt, head + run_bytes + tail);
+    ret = qcow2_pwritev_data(s, host + cow_from, iov, iovcnt,
+                             head + run_bytes + tail);
     if (ret < 0) {
         goto fail;
     }
@@ -709,13 +820,22 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
     if (ret < 0) {
         goto fail;
     }
-    nclusters = size_to_clusters(s, head + run_bytes);
+    nclusters = last + 1;
     old_entries = nclusters <= G_N_ELEMENTS(old_local)
                   ? old_local : g_new(uint64_t, nclusters);
     for (i = 0; i < nclusters; i++) {
-        old_entries[i] = l2_get(l2_table, l2_index + i);
-        l2_set(l2_table, l2_index + i,
-               (host + (i << s->cluster_bits)) | QCOW_OFLAG_COPIED);
+        old_entries[i] = l2_get(s, l2_table, l2_index + i);
+        if (kind != RUN_IN_PLACE) {
+            l2_set(s, l2_table, l2_index + i,
+                   (host + (i << s->cluster_bits)) | QCOW_OFLAG_COPIED);
+        }
+        if (has_subclusters(s)) {
+            l2_set_bitmap(s, l2_table, l2_index + i,
+                          qcow2_bitmap_written(s, old_entries[i],
+                              l2_get_bitmap(s, l2_table, l2_index + i),
+                              i ? 0 : cow_from,
+                              i == last ? cow_to : (uint64_t)s->cluster_size));
+        }
     }
     qcow2_cache_entry_mark_dirty(s->l2_table_cache, l2_table);
     qcow2_cache_put(s->l2_table_cache, &l2_table);
@@ -805,7 +925,7 @@ int qcow2_write_compressed(BDRVQcow2State *s, uint64_t offset,
     if (ret < 0) {
         return ret;
     }
-    entry = l2_get(l2_table, l2_index);
+    entry = l2_get(s, l2_table, l2_index);
     qcow2_cache_put(s->l2_table_cache, &l2_table);
     /* As in QEMU: a zero cluster without host cluster may be replaced. */
     if (entry & L2E_OFFSET_MASK) {
@@ -838,8 +958,12 @@ int qcow2_write_compressed(BDRVQcow2State *s, uint64_t offset,
     if (ret < 0) {
         return ret;
     }
-    l2_set(l2_table, l2_index, (uint64_t)coffset | QCOW_OFLAG_COMPRESSED |
+    l2_set(s, l2_table, l2_index, (uint64_t)coffset | QCOW_OFLAG_COMPRESSED |
            ((uint64_t)nb_csectors << s->csize_shift));
+    if (has_subclusters(s)) {
+        /* Compressed clusters have no subclusters: reserved, zero. */
+        l2_set_bitmap(s, l2_table, l2_index, 0);
+    }
     /*
      * Bytes freed since the last read may come back with new data under
      * an identical L2 entry: the decompressed cluster is no longer valid.
@@ -858,24 +982,33 @@ static bool cluster_is_allocated(QCow2ClusterType type)
            type == QCOW2_CLUSTER_COMPRESSED;
 }
 
-/* Both operations below take whole clusters inside one L2 table. */
-typedef uint64_t NewEntryFunc(BDRVQcow2State *s, uint64_t old, bool flag,
-                              bool *free_old);
+/*
+ * Both operations below take whole clusters inside one L2 table.  *bitmap
+ * holds the subcluster bitmap of an extended entry, in and out.
+ */
+typedef uint64_t NewEntryFunc(BDRVQcow2State *s, uint64_t old,
+                              uint64_t *bitmap, bool flag, bool *free_old);
 
-static uint64_t zero_entry(BDRVQcow2State *s, uint64_t old, bool may_unmap,
-                           bool *free_old)
+static uint64_t zero_entry(BDRVQcow2State *s, uint64_t old, uint64_t *bitmap,
+                           bool may_unmap, bool *free_old)
 {
     QCow2ClusterType type = qcow2_get_cluster_type(s, old);
     bool unmap = type == QCOW2_CLUSTER_COMPRESSED ||
                  (may_unmap && cluster_is_allocated(type));
 
     *free_old = unmap;
+    if (has_subclusters(s)) {
+        /* Every subcluster reads as zeros; a kept host cluster stays. */
+        *bitmap = QCOW_L2_BITMAP_ALL_ZEROES;
+        return unmap ? 0 : old;
+    }
     /* Without unmap a preallocated cluster keeps its host offset. */
     return (unmap ? 0 : old) | QCOW_OFLAG_ZERO;
 }
 
 static uint64_t discard_entry(BDRVQcow2State *s, uint64_t old,
-                              bool full_discard, bool *free_old)
+                              uint64_t *bitmap, bool full_discard,
+                              bool *free_old)
 {
     QCow2ClusterType type = qcow2_get_cluster_type(s, old);
 
@@ -885,10 +1018,22 @@ static uint64_t discard_entry(BDRVQcow2State *s, uint64_t old,
      * v2 image, which has no zero flag) lets it fall through to the backing
      * file instead.
      */
-    if (!full_discard && (s->img->backing || cluster_is_allocated(type)) &&
+    if (full_discard) {
+        *bitmap = 0;
+        return 0;
+    }
+    if ((s->img->backing || cluster_is_allocated(type)) &&
         s->qcow_version >= 3) {
+        if (has_subclusters(s)) {
+            *bitmap = QCOW_L2_BITMAP_ALL_ZEROES;
+            return 0;
+        }
         return QCOW_OFLAG_ZERO;
     }
+    if (has_subclusters(s) && !cluster_is_allocated(type)) {
+        return old;     /* unallocated, no backing: nothing to change */
+    }
+    *bitmap = 0;
     return 0;
 }
 
@@ -916,14 +1061,19 @@ static int update_l2_range(BDRVQcow2State *s, uint64_t offset,
         return ret;
     }
     for (i = 0; i < nclusters; i++) {
-        uint64_t old = l2_get(l2_table, l2_index + i);
+        uint64_t old = l2_get(s, l2_table, l2_index + i);
+        uint64_t old_bitmap = l2_get_bitmap(s, l2_table, l2_index + i);
+        uint64_t bitmap = old_bitmap;
         bool free_old;
-        uint64_t new = fn(s, old, flag, &free_old);
+        uint64_t new = fn(s, old, &bitmap, flag, &free_old);
 
-        if (new == old) {
+        if (new == old && bitmap == old_bitmap) {
             continue;
         }
-        l2_set(l2_table, l2_index + i, new);
+        l2_set(s, l2_table, l2_index + i, new);
+        if (has_subclusters(s)) {
+            l2_set_bitmap(s, l2_table, l2_index + i, bitmap);
+        }
         dirty = true;
         if (free_old) {
             freed[nfreed++] = old;
@@ -984,6 +1134,49 @@ int qcow2_zero_clusters(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
                              QCOW2_DISCARD_REQUEST, true);
 }
 
+/* Whole subclusters inside one cluster read as zeros (extended L2). */
+int qcow2_zero_subcluster_range(BDRVQcow2State *s, uint64_t offset,
+                                uint64_t bytes, bool check_only)
+{
+    uint64_t l2_offset;
+    void *l2_table;
+    int ret;
+
+    if (check_only) {
+        uint64_t n = s->subcluster_size, host;
+        QCow2ClusterType type;
+
+        ret = qcow2_get_host_offset(s, offset, &n, &host, &type);
+        return ret < 0 ? ret :
+               type == QCOW2_CLUSTER_COMPRESSED ? -ENOTSUP : 0;
+    }
+    ret = qcow2_data_file_zero(s, offset,
+                               MIN(bytes, s->img->total_size - offset),
+                               false);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = mark_dirty_for_lazy_refcounts(s);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = get_l2_for_write(s, offset_to_l1_index(s, offset), &l2_table,
+                           &l2_offset);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = qcow2_zero_subclusters(s, offset, bytes, l2_table,
+                                 offset_to_l2_index(s, offset));
+    qcow2_cache_put(s->l2_table_cache, &l2_table);
+    if (ret == -ENOTSUP) {
+        /* A compressed cluster cannot be zeroed in part: write zeros. */
+        g_autofree uint8_t *zeros = g_malloc0(bytes);
+        ret = qcow2_write_guest(s, offset, MIN(bytes, s->img->total_size -
+                                                      offset), zeros);
+    }
+    return ret;
+}
+
 int qcow2_discard_clusters(BDRVQcow2State *s, uint64_t offset,
                            uint64_t bytes, bool full_discard,
                            Qcow2DiscardType type)
@@ -1041,7 +1234,7 @@ static int map_data_file_run(BDRVQcow2State *s, uint64_t l2_offset,
         return ret;
     }
     for (c = 0; c < n; c++) {
-        l2_set(l2_table, l2_index + c,
+        l2_set(s, l2_table, l2_index + c,
                (guest + (c << s->cluster_bits)) | QCOW_OFLAG_COPIED);
     }
     qcow2_cache_entry_mark_dirty(s->l2_table_cache, l2_table);
@@ -1072,7 +1265,7 @@ static int preallocate_l2(BDRVQcow2State *s, uint64_t offset, uint64_t n,
             return ret;
         }
         while (i < n) {
-            uint64_t e = l2_get(l2_table, l2_index + i);
+            uint64_t e = l2_get(s, l2_table, l2_index + i);
             QCow2ClusterType t = qcow2_get_cluster_type(s, e);
             if (t == QCOW2_CLUSTER_UNALLOCATED || t == QCOW2_CLUSTER_ZERO_PLAIN) {
                 break;
@@ -1081,7 +1274,7 @@ static int preallocate_l2(BDRVQcow2State *s, uint64_t offset, uint64_t n,
         }
         while (i + run < n) {
             QCow2ClusterType t = qcow2_get_cluster_type(
-                s, l2_get(l2_table, l2_index + i + run));
+                s, l2_get(s, l2_table, l2_index + i + run));
             if (t != QCOW2_CLUSTER_UNALLOCATED && t != QCOW2_CLUSTER_ZERO_PLAIN) {
                 break;
             }
@@ -1146,11 +1339,16 @@ static int preallocate_l2(BDRVQcow2State *s, uint64_t offset, uint64_t n,
         for (c = 0; c < got; c++) {
             uint64_t h = host + (c << s->cluster_bits);
             uint64_t e = h | QCOW_OFLAG_COPIED;
+            /*
+             * With subclusters the bitmap is left alone: unallocated
+             * subclusters read from the backing file (or as zeros), never
+             * from the host cluster.
+             */
             if (h < zero_end && mode != QCOW2_PREALLOC_FULL &&
-                s->qcow_version >= 3) {
+                s->qcow_version >= 3 && !has_subclusters(s)) {
                 e |= QCOW_OFLAG_ZERO;
             }
-            l2_set(l2_table, l2_index + i + c, e);
+            l2_set(s, l2_table, l2_index + i + c, e);
         }
         qcow2_cache_entry_mark_dirty(s->l2_table_cache, l2_table);
         qcow2_cache_put(s->l2_table_cache, &l2_table);

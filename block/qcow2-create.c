@@ -34,7 +34,8 @@ typedef struct CreateOpt {
 static const CreateOpt qcow2_create_opts[] = {
     { "encryption", OPT_BOOL, NULL, "Encryption (not supported)" },
     { "cluster_size", OPT_SIZE, "65536", "qcow2 cluster size (512 B to 2 MiB)" },
-    { "extended_l2", OPT_BOOL, "off", "Extended L2 entries (not supported)" },
+    { "extended_l2", OPT_BOOL, "off",
+      "Extended L2 entries: 32 subclusters per cluster (v3, 16k clusters)" },
     { "preallocation", OPT_STRING, NULL,
       "Preallocation mode: off, metadata, falloc, full" },
     { "compression_type", OPT_STRING, "zlib",
@@ -172,6 +173,7 @@ typedef struct Qcow2CreateParams {
     int refcount_order;
     int version;
     bool lazy_refcounts;
+    bool extended_l2;
     uint8_t compression_type;
     const char *data_file;
     bool data_file_raw;
@@ -203,6 +205,12 @@ static int parse_create_params(const QGuardOpts *opts, Qcow2CreateParams *p,
         return -EINVAL;
     }
 
+    str = qguard_opts_get(opts, "extended_l2");
+    if (str && !qguard_parse_bool("extended_l2", str, &p->extended_l2,
+                                  errp)) {
+        return -EINVAL;
+    }
+
     n = 65536;
     str = qguard_opts_get(opts, "cluster_size");
     if (str && !qguard_parse_size(str, &n, NULL)) {
@@ -215,6 +223,12 @@ static int parse_create_params(const QGuardOpts *opts, Qcow2CreateParams *p,
         return -EINVAL;
     }
     p->cluster_bits = g_bit_nth_lsf(n, -1);
+    if (p->extended_l2 && n < (512 << 5)) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Extended L2 entries are only supported with cluster "
+                    "sizes of at least %u bytes", 512u << 5);
+        return -EINVAL;
+    }
 
     p->version = 3;
     str = qguard_opts_get(opts, "compat");
@@ -226,6 +240,14 @@ static int parse_create_params(const QGuardOpts *opts, Qcow2CreateParams *p,
                         "Parameter 'version' does not accept value '%s'", str);
             return -EINVAL;
         }
+    }
+
+    if (p->extended_l2 && p->version < 3) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Extended L2 entries are only supported with "
+                    "compatibility level 1.1 and above (use version=v3 or "
+                    "greater)");
+        return -EINVAL;
     }
 
     str = qguard_opts_get(opts, "refcount_bits");
@@ -287,14 +309,6 @@ static int parse_create_params(const QGuardOpts *opts, Qcow2CreateParams *p,
                     "'%s'", str);
         return -EINVAL;
     }
-    str = qguard_opts_get(opts, "extended_l2");
-    if (str && (!qguard_parse_bool("extended_l2", str, &b, errp) || b)) {
-        if (b) {
-            g_set_error(errp, QGUARD_ERROR, ENOTSUP,
-                        "Extended L2 entries are not supported by qguard");
-        }
-        return -ENOTSUP;
-    }
     p->data_file = qguard_opts_get(opts, "data_file");
     str = qguard_opts_get(opts, "data_file_raw");
     if (str && !qguard_parse_bool("data_file_raw", str, &p->data_file_raw,
@@ -345,14 +359,16 @@ static int parse_create_params(const QGuardOpts *opts, Qcow2CreateParams *p,
 
     p->backing_file = qguard_opts_get(opts, "backing_file");
     p->backing_fmt = qguard_opts_get(opts, "backing_fmt");
-    if (p->backing_file && p->prealloc != QCOW2_PREALLOC_OFF) {
+    /* Unallocated subclusters still read from the backing file. */
+    if (p->backing_file && p->prealloc != QCOW2_PREALLOC_OFF &&
+        !p->extended_l2) {
         g_set_error(errp, QGUARD_ERROR, EINVAL,
                     "Backing file and preallocation can only be used at the "
                     "same time if extended_l2 is on");
         return -EINVAL;
     }
     {
-        int l2_bits = p->cluster_bits - 3;
+        int l2_bits = p->cluster_bits - (p->extended_l2 ? 4 : 3);
         int shift = p->cluster_bits + l2_bits;
         uint64_t l1 = (p->size >> shift) + !!(p->size & ((1ULL << shift) - 1));
         if (l1 > QCOW_MAX_L1_SIZE / 8 || p->size > INT64_MAX) {
@@ -394,6 +410,9 @@ static int write_empty_image(HostFile *file, const Qcow2CreateParams *p,
     }
     if (p->data_file_raw) {
         s.autoclear_features |= QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    }
+    if (p->extended_l2) {
+        s.incompatible_features |= QCOW2_INCOMPAT_EXTL2;
     }
     if (p->compression_type != QCOW2_COMPRESSION_ZLIB) {
         s.incompatible_features |= QCOW2_INCOMPAT_COMPRESSION;

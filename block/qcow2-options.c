@@ -157,7 +157,8 @@ static uint64_t default_l2_cache_bytes(BDRVQcow2State *s)
     uint64_t max_l2_entries = (s->img->total_size + s->cluster_size - 1) >>
                               s->cluster_bits;
 
-    return MIN(ROUND_UP(max_l2_entries * 8, (uint64_t)s->cluster_size),
+    return MIN(ROUND_UP(max_l2_entries * s->l2_entry_size,
+                        (uint64_t)s->cluster_size),
                (uint64_t)DEFAULT_L2_CACHE_MAX_SIZE);
 }
 
@@ -191,7 +192,7 @@ static int parse_cache_options(BDRVQcow2State *s, const QGuardOpts *opts,
     bool combined_set, l2_set, refcount_set, entry_set, interval_set;
     uint64_t max_l2_entries = (s->img->total_size + s->cluster_size - 1) >>
                               s->cluster_bits;
-    uint64_t max_l2_cache = ROUND_UP(max_l2_entries * 8,
+    uint64_t max_l2_cache = ROUND_UP(max_l2_entries * s->l2_entry_size,
                                      (uint64_t)s->cluster_size);
     uint64_t min_refcount = (uint64_t)MIN_REFCOUNT_CACHE_SIZE *
                             s->cluster_size;

@@ -366,7 +366,7 @@ static int update_tree_refcounts(BDRVQcow2State *s, const uint64_t *l1,
             return ret;
         }
         for (j = 0; j < s->l2_size; j++) {
-            uint64_t entry = l2_get(l2, j);
+            uint64_t entry = l2_get(s, l2, j);
             switch (qcow2_get_cluster_type(s, entry)) {
             case QCOW2_CLUSTER_NORMAL:
             case QCOW2_CLUSTER_ZERO_ALLOC:
@@ -375,7 +375,7 @@ static int update_tree_refcounts(BDRVQcow2State *s, const uint64_t *l1,
                                             decrease, type);
                 if (ret >= 0 && clear_copied &&
                     (entry & QCOW_OFLAG_COPIED)) {
-                    l2_set(l2, j, entry & ~QCOW_OFLAG_COPIED);
+                    l2_set(s, l2, j, entry & ~QCOW_OFLAG_COPIED);
                     qcow2_cache_entry_mark_dirty(s->l2_table_cache, l2);
                 }
                 break;
@@ -446,7 +446,7 @@ static int fix_copied_flags(BDRVQcow2State *s)
             return ret;
         }
         for (j = 0; j < s->l2_size; j++) {
-            uint64_t e = l2_get(l2, j), n;
+            uint64_t e = l2_get(s, l2, j), n;
             QCow2ClusterType type = qcow2_get_cluster_type(s, e);
             if (type != QCOW2_CLUSTER_NORMAL &&
                 type != QCOW2_CLUSTER_ZERO_ALLOC) {
@@ -461,7 +461,7 @@ static int fix_copied_flags(BDRVQcow2State *s)
             n = refcount == 1 ? e | QCOW_OFLAG_COPIED
                               : e & ~QCOW_OFLAG_COPIED;
             if (n != e) {
-                l2_set(l2, j, n);
+                l2_set(s, l2, j, n);
                 dirty = true;
             }
         }

@@ -733,13 +733,17 @@ static int parse_header(BDRVQcow2State *s, const uint8_t *hdr,
                     s->crypt_method_header == 1 ? "AES" : "LUKS");
         return -ENOTSUP;
     }
-    if (s->incompatible_features & QCOW2_INCOMPAT_EXTL2) {
-        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
-                    "Images with extended L2 entries are not supported");
-        return -ENOTSUP;
-    }
 
-    s->l2_bits = s->cluster_bits - 3;
+    s->subclusters = has_subclusters(s) ? QCOW_EXTL2_SUBCLUSTERS : 1;
+    s->subcluster_size = s->cluster_size / s->subclusters;
+    s->subcluster_bits = s->cluster_bits - (has_subclusters(s) ? 5 : 0);
+    if (s->subcluster_size < (1 << MIN_CLUSTER_BITS)) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Unsupported subcluster size: %d", s->subcluster_size);
+        return -EINVAL;
+    }
+    s->l2_entry_size = has_subclusters(s) ? 16 : 8;
+    s->l2_bits = s->cluster_bits - (has_subclusters(s) ? 4 : 3);
     s->l2_size = 1 << s->l2_bits;
     s->csize_shift = 62 - (s->cluster_bits - 8);
     s->csize_mask = (1 << (s->cluster_bits - 8)) - 1;
@@ -1213,6 +1217,14 @@ static int qcow2_pwrite_zeroes(QGuardImage *img, uint64_t offset,
         /* Fail up front, before changing anything, if zeros must be written. */
         for (i = 0; i < plan.npartial; i++) {
             bool zero;
+            if (has_subclusters(s)) {
+                ret = qcow2_zero_piece_ext(s, plan.partial[i][0],
+                                           plan.partial[i][1], true);
+                if (ret < 0) {
+                    return ret;
+                }
+                continue;
+            }
             ret = cluster_reads_zero(s, plan.partial[i][0], &zero);
             if (ret < 0) {
                 return ret;
@@ -1223,8 +1235,11 @@ static int qcow2_pwrite_zeroes(QGuardImage *img, uint64_t offset,
         }
     }
     for (i = 0; i < plan.npartial; i++) {
-        ret = zero_partial(s, plan.partial[i][0],
-                           plan.partial[i][1] - plan.partial[i][0]);
+        ret = has_subclusters(s)
+              ? qcow2_zero_piece_ext(s, plan.partial[i][0],
+                                     plan.partial[i][1], false)
+              : zero_partial(s, plan.partial[i][0],
+                             plan.partial[i][1] - plan.partial[i][0]);
         if (ret < 0) {
             return ret;
         }
@@ -1325,6 +1340,15 @@ static int qcow2_block_status(QGuardImage *img, uint64_t offset,
     switch (type) {
     case QCOW2_CLUSTER_UNALLOCATED:
         st->flags = 0;
+        if (has_subclusters(s)) {
+            /* Unallocated subclusters of a cluster with a host cluster. */
+            bool valid;
+            ret = qcow2_cluster_host(s, offset, &st->host_offset, &valid);
+            if (ret < 0) {
+                return ret;
+            }
+            st->flags = valid ? QGUARD_BLOCK_OFFSET_VALID : 0;
+        }
         break;
     case QCOW2_CLUSTER_ZERO_PLAIN:
         st->flags = QGUARD_BLOCK_ZERO | QGUARD_BLOCK_ALLOCATED;
@@ -1586,7 +1610,7 @@ static int qcow2_get_info(QGuardImage *img, QGuardImageInfo *info,
                            QCOW2_COMPAT_LAZY_REFCOUNTS;
     info->refcount_bits = s->refcount_bits;
     info->corrupt = s->incompatible_features & QCOW2_INCOMPAT_CORRUPT;
-    info->extended_l2 = false;
+    info->extended_l2 = has_subclusters(s);
     info->has_data_file = has_data_file(s);
     info->data_file = g_strdup(s->image_data_file);
     info->data_file_raw = data_file_is_raw(s);

@@ -41,6 +41,17 @@
 #define QCOW_OFLAG_COMPRESSED (UINT64_C(1) << 62)
 #define QCOW_OFLAG_ZERO       (UINT64_C(1) << 0)
 
+/* Extended L2 entries: 32 subclusters, an allocated and a zero bit each. */
+#define QCOW_EXTL2_SUBCLUSTERS 32
+#define QCOW_OFLAG_SUB_ALLOC(x)   (UINT64_C(1) << (x))
+#define QCOW_OFLAG_SUB_ZERO(x)    (QCOW_OFLAG_SUB_ALLOC(x) << 32)
+/* Subclusters [x, y), 0 <= x <= y <= 32 */
+#define QCOW_OFLAG_SUB_ALLOC_RANGE(x, y) \
+    (QCOW_OFLAG_SUB_ALLOC(y) - QCOW_OFLAG_SUB_ALLOC(x))
+#define QCOW_OFLAG_SUB_ZERO_RANGE(x, y) (QCOW_OFLAG_SUB_ALLOC_RANGE(x, y) << 32)
+#define QCOW_L2_BITMAP_ALL_ALLOC  QCOW_OFLAG_SUB_ALLOC_RANGE(0, 32)
+#define QCOW_L2_BITMAP_ALL_ZEROES QCOW_OFLAG_SUB_ZERO_RANGE(0, 32)
+
 #define QCOW2_COMPRESSED_SECTOR_SIZE 512ULL
 #define QCOW2_COMPRESSION_ZLIB 0
 #define QCOW2_COMPRESSION_ZSTD 1
@@ -91,6 +102,21 @@ typedef enum QCow2ClusterType {
     QCOW2_CLUSTER_NORMAL,
     QCOW2_CLUSTER_COMPRESSED,
 } QCow2ClusterType;
+
+/*
+ * What one subcluster of an extended L2 entry is (images without them have
+ * one "subcluster" per cluster).  INVALID: the bitmap contradicts itself or
+ * the descriptor.
+ */
+typedef enum QCow2SubclusterType {
+    QCOW2_SUBCLUSTER_UNALLOCATED_PLAIN,
+    QCOW2_SUBCLUSTER_UNALLOCATED_ALLOC,
+    QCOW2_SUBCLUSTER_ZERO_PLAIN,
+    QCOW2_SUBCLUSTER_ZERO_ALLOC,
+    QCOW2_SUBCLUSTER_NORMAL,
+    QCOW2_SUBCLUSTER_COMPRESSED,
+    QCOW2_SUBCLUSTER_INVALID,
+} QCow2SubclusterType;
 
 typedef enum Qcow2DiscardType {
     QCOW2_DISCARD_NEVER,
@@ -151,6 +177,10 @@ struct BDRVQcow2State {
     int cluster_size;
     int l2_bits;
     int l2_size;                /* entries per L2 table */
+    int l2_entry_size;          /* 8, or 16 with extended L2 entries */
+    int subcluster_bits;
+    int subcluster_size;
+    int subclusters;            /* per cluster: 32, or 1 */
     int csize_shift;
     int csize_mask;
     uint64_t cluster_offset_mask;
@@ -311,6 +341,11 @@ static inline bool has_data_file(const BDRVQcow2State *s)
     return s->incompatible_features & QCOW2_INCOMPAT_DATA_FILE;
 }
 
+static inline bool has_subclusters(const BDRVQcow2State *s)
+{
+    return s->incompatible_features & QCOW2_INCOMPAT_EXTL2;
+}
+
 static inline bool data_file_is_raw(const BDRVQcow2State *s)
 {
     return s->autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW;
@@ -322,7 +357,8 @@ static inline QCow2ClusterType qcow2_get_cluster_type(const BDRVQcow2State *s,
     if (l2_entry & QCOW_OFLAG_COMPRESSED) {
         return QCOW2_CLUSTER_COMPRESSED;
     }
-    if ((l2_entry & QCOW_OFLAG_ZERO) && s->qcow_version >= 3) {
+    if ((l2_entry & QCOW_OFLAG_ZERO) && s->qcow_version >= 3 &&
+        !has_subclusters(s)) {
         return (l2_entry & L2E_OFFSET_MASK) ? QCOW2_CLUSTER_ZERO_ALLOC
                                             : QCOW2_CLUSTER_ZERO_PLAIN;
     }
@@ -376,14 +412,43 @@ static inline void be_put16(void *p, uint16_t v)
     memcpy(p, &v, 2);
 }
 
-static inline uint64_t l2_get(const void *l2_table, int index)
+static inline uint64_t l2_get(const BDRVQcow2State *s, const void *l2_table,
+                              int index)
 {
-    return be_get64((const uint8_t *)l2_table + (size_t)index * 8);
+    return be_get64((const uint8_t *)l2_table +
+                    (size_t)index * s->l2_entry_size);
 }
 
-static inline void l2_set(void *l2_table, int index, uint64_t entry)
+static inline void l2_set(const BDRVQcow2State *s, void *l2_table, int index,
+                          uint64_t entry)
 {
-    be_put64((uint8_t *)l2_table + (size_t)index * 8, entry);
+    be_put64((uint8_t *)l2_table + (size_t)index * s->l2_entry_size, entry);
+}
+
+/* The subcluster bitmap of an extended entry; 0 without subclusters. */
+static inline uint64_t l2_get_bitmap(const BDRVQcow2State *s,
+                                     const void *l2_table, int index)
+{
+    return has_subclusters(s) ?
+           be_get64((const uint8_t *)l2_table + (size_t)index * 16 + 8) : 0;
+}
+
+static inline void l2_set_bitmap(const BDRVQcow2State *s, void *l2_table,
+                                 int index, uint64_t bitmap)
+{
+    g_assert(has_subclusters(s));
+    be_put64((uint8_t *)l2_table + (size_t)index * 16 + 8, bitmap);
+}
+
+static inline int offset_to_sc_index(const BDRVQcow2State *s, uint64_t o)
+{
+    return (o >> s->subcluster_bits) & (s->subclusters - 1);
+}
+
+static inline uint64_t offset_into_subcluster(const BDRVQcow2State *s,
+                                              uint64_t o)
+{
+    return o & (s->subcluster_size - 1);
 }
 
 /* qcow2-options.c */
@@ -503,12 +568,16 @@ void qcow2_map_inactive_l2(BDRVQcow2State *s, const uint64_t *l1,
 int qcow2_get_host_offset(BDRVQcow2State *s, uint64_t offset,
                           uint64_t *bytes, uint64_t *host_offset,
                           QCow2ClusterType *type);
+int qcow2_cluster_host(BDRVQcow2State *s, uint64_t offset, uint64_t *host,
+                       bool *valid);
 int qcow2_read_guest(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
                      uint8_t *buf);
 int qcow2_write_guest(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
                       const uint8_t *buf);
 int qcow2_zero_clusters(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
                         bool may_unmap);
+int qcow2_zero_subcluster_range(BDRVQcow2State *s, uint64_t offset,
+                                uint64_t bytes, bool check_only);
 int qcow2_discard_clusters(BDRVQcow2State *s, uint64_t offset,
                            uint64_t bytes, bool full_discard,
                            Qcow2DiscardType type);
@@ -555,6 +624,35 @@ int qcow2_pwritev_data(BDRVQcow2State *s, uint64_t offset,
 int qcow2_flush_data_file(BDRVQcow2State *s);
 int qcow2_data_file_zero(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
                          bool may_unmap);
+
+/* qcow2-subcluster.c */
+QCow2SubclusterType qcow2_get_subcluster_type(const BDRVQcow2State *s,
+                                              uint64_t entry, uint64_t bitmap,
+                                              int sc);
+int qcow2_subcluster_range(const BDRVQcow2State *s, uint64_t entry,
+                           uint64_t bitmap, int sc_from,
+                           QCow2SubclusterType *type);
+QCow2ClusterType qcow2_subcluster_read_type(QCow2SubclusterType t);
+int64_t qcow2_subcluster_extent(BDRVQcow2State *s, uint64_t offset,
+                                void *l2_table, uint64_t l2_offset,
+                                int l2_index, uint64_t nclusters,
+                                QCow2SubclusterType *type);
+uint64_t qcow2_cow_start(const BDRVQcow2State *s, uint64_t entry,
+                         uint64_t bitmap, uint64_t in_cluster, bool keep_old);
+uint64_t qcow2_cow_end(const BDRVQcow2State *s, uint64_t entry,
+                       uint64_t bitmap, uint64_t end_in_cluster,
+                       bool keep_old);
+uint64_t qcow2_bitmap_written(const BDRVQcow2State *s, uint64_t entry,
+                              uint64_t bitmap, uint64_t from, uint64_t to);
+int qcow2_zero_subclusters(BDRVQcow2State *s, uint64_t offset,
+                           uint64_t bytes, void *l2_table, int l2_index);
+/*
+ * Zero [start, end) inside one cluster: unaligned parts as data (unless
+ * they read zeros), whole subclusters in the bitmap.  @check_only: change
+ * nothing, -ENOTSUP if zeros would have to be written.
+ */
+int qcow2_zero_piece_ext(BDRVQcow2State *s, uint64_t start, uint64_t end,
+                         bool check_only);
 
 /* qcow2-cache.c */
 Qcow2Cache *qcow2_cache_create(BDRVQcow2State *s, int num_tables,

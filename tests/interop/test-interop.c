@@ -634,6 +634,8 @@ typedef struct Combo {
     uint64_t size1;     /* after the resize */
     guint32 seed;
     int data_file;      /* 0 none, 1 external data file, 2 raw one */
+    bool extl2;         /* extended L2 entries */
+    bool backing;       /* over a raw backing file with data everywhere */
 } Combo;
 
 static void add_op(GArray *ops, OpKind kind, uint64_t off, uint64_t len,
@@ -688,7 +690,8 @@ static GArray *build_ops(const Combo *c)
 {
     GArray *ops = g_array_new(FALSE, FALSE, sizeof(Op));
     uint64_t cs = c->cluster_size;
-    uint64_t l2 = cs * cs / 8;          /* guest bytes per L2 table */
+    /* guest bytes per L2 table */
+    uint64_t l2 = cs * cs / (c->extl2 ? 16 : 8);
     uint64_t s0 = c->size0, s1 = c->size1, b, grown;
     GRand *r = g_rand_new_with_seed(c->seed);
     Op resize = { .kind = OP_RESIZE, .off = s1 };
@@ -749,6 +752,54 @@ static const char *op_name(OpKind k)
 }
 
 /* ---- External data files ------------------------------------------------- */
+
+static void write_file(const char *path, Model *m);
+
+/* The backing file of combo @c in direction @dir, or NULL. */
+static char *backing_path(const Combo *c, const char *dir)
+{
+    return c->backing ? tpath("%s-%s.base", dir, c->file_id) : NULL;
+}
+
+static const char *backing_opts(const Combo *c, const char *dir)
+{
+    static char buf[4096];
+    g_autofree char *path = backing_path(c, dir);
+
+    if (!path) {
+        return "";
+    }
+    g_snprintf(buf, sizeof(buf), ",backing_file=%s,backing_fmt=raw", path);
+    return buf;
+}
+
+/*
+ * The disk before any write: zeros, or with a backing file, a pattern in
+ * every byte of it (written now), so that every read of a subcluster that
+ * should come from the backing file shows whether it did.
+ */
+static Model *combo_model(const Combo *c, const char *dir)
+{
+    g_autofree char *path = backing_path(c, dir);
+    g_autofree uint8_t *buf = NULL;
+    Model *m = model_new(c->size0), *base;
+    uint64_t off;
+
+    if (!path) {
+        return m;
+    }
+    base = model_new(c->size0);
+    buf = g_malloc(MiB);
+    for (off = 0; off < c->size0; off += MiB) {
+        uint64_t n = MIN(MiB, c->size0 - off);
+        fill_rich(buf, off, n, 0xba5e);
+        model_write(base, off, buf, n);
+        model_write(m, off, buf, n);
+    }
+    write_file(path, base);
+    model_free(base);
+    return m;
+}
 
 /* The first @len bytes of @from, holes kept, as @to. */
 static void copy_file_prefix(const char *from, const char *to, uint64_t len)
@@ -919,18 +970,20 @@ static void test_qguard_to_qemu(const Combo *c)
     g_autofree char *info = NULL, *compat = NULL, *io_out = NULL;
     g_autofree char *opts_str = NULL;
     QGuardOpts *opts = qguard_opts_new();
-    Model *m = model_new(c->size0);
+    Model *m = combo_model(c, "q2q");
     QGuardImage *img;
     Cmd *cmd;
     guint i;
     int ret;
 
     opts_str = g_strdup_printf("size=%" PRIu64 ",cluster_size=%u,"
-                               "refcount_bits=%d,compat=%s,preallocation=%s%s",
-                               c->size0, c->cluster_size, c->refcount_bits,
-                               c->v2 ? "0.10" : "1.1",
+                               "refcount_bits=%d,compat=%s,preallocation=%s%s"
+                               "%s%s", c->size0, c->cluster_size,
+                               c->refcount_bits, c->v2 ? "0.10" : "1.1",
                                c->prealloc ? "metadata" : "off",
-                               data_file_opts(c, "q2q"));
+                               data_file_opts(c, "q2q"),
+                               c->extl2 ? ",extended_l2=on" : "",
+                               backing_opts(c, "q2q"));
     g_assert_true(qguard_opts_parse(opts, opts_str, NULL, &err));
     ret = qguard_image_create(path, "qcow2", opts, NULL, NULL, &err);
     if (ret < 0) {
@@ -1076,7 +1129,7 @@ static void test_qemu_to_qguard(const Combo *c)
     g_autoptr(GArray) ops = build_ops(c);
     g_autoptr(GError) err = NULL;
     QGuardImageInfo *info = NULL;
-    Model *m = model_new(c->size0);
+    Model *m = combo_model(c, "q2g");
     QGuardImage *img;
     Cmd *cmd, *io;
     guint i;
@@ -1088,9 +1141,10 @@ static void test_qemu_to_qguard(const Combo *c)
     cmd_add(cmd, "qcow2");
     cmd_add(cmd, "-o");
     cmd_add(cmd, "cluster_size=%u,refcount_bits=%d,preallocation=%s,"
-            "compat=%s%s", c->cluster_size, c->refcount_bits,
+            "compat=%s%s%s%s", c->cluster_size, c->refcount_bits,
             c->prealloc ? "metadata" : "off", c->v2 ? "0.10" : "1.1",
-            data_file_opts(c, "q2g"));
+            data_file_opts(c, "q2g"), c->extl2 ? ",extended_l2=on" : "",
+            backing_opts(c, "q2g"));
     cmd_add(cmd, "%s", path);
     cmd_add(cmd, "%" PRIu64, c->size0);
     g_free(cmd_run_ok(cmd));
@@ -1135,6 +1189,7 @@ static void test_qemu_to_qguard(const Combo *c)
     g_assert_cmpstr(info->compat, ==, c->v2 ? "0.10" : "1.1");
     g_assert_cmpint(info->has_data_file, ==, c->data_file != 0);
     g_assert_cmpint(info->data_file_raw, ==, c->data_file == 2);
+    g_assert_cmpint(info->extended_l2, ==, c->extl2);
     qguard_image_info_free(info);
     close_image(img);
 
@@ -2005,6 +2060,33 @@ int main(int argc, char **argv)
                 }
             }
         }
+    }
+    /* Extended L2 entries, alone and over a backing file. */
+    for (i = 0; i < 8; i++) {
+        Combo *c = g_new0(Combo, 1);
+        g_autofree char *p1 = NULL, *p2 = NULL;
+
+        c->cluster_size = i & 1 ? 16384 : 65536;
+        c->refcount_bits = 16;
+        c->prealloc = (i >> 1) & 1;
+        c->backing = (i >> 2) & 1;
+        c->extl2 = true;
+        c->id = g_strdup_printf("extended-l2,cs=%u,prealloc=%s%s",
+                                c->cluster_size,
+                                c->prealloc ? "metadata" : "off",
+                                c->backing ? ",backing" : "");
+        c->file_id = g_strdelimit(g_strdup(c->id), "=,", '-');
+        c->seed = 0xe712000u ^ (guint32)i;
+        if (c->cluster_size == 16384) {
+            c->size0 = 16 * MiB - 1536;
+            c->size1 = 300 * MiB + 512;
+        } else {
+            combo_sizes(c);
+        }
+        p1 = g_strdup_printf("/interop/qguard-to-qemu/%s", c->id);
+        p2 = g_strdup_printf("/interop/qemu-to-qguard/%s", c->id);
+        add_isolated(p1, run_q2q, c);
+        add_isolated(p2, run_q2g, c);
     }
     /* External data files, plain and raw, with and without preallocation. */
     for (i = 0; i < 4; i++) {

@@ -787,8 +787,11 @@ static const BadCase cases[] = {
     { "data-file-raw-bit-without-data-file", "base.qcow2",
       { { ABS, 95, 1, 0x02 } },
       REFUSE("data-file-raw requires a data file") },
+    /* 8-byte entries read as 16-byte ones: odd, but valid bitmaps. */
     { "extended-l2-bit", "base.qcow2", { { ABS, 79, 1, 0x10 } },
-      REFUSE("Images with extended L2 entries are not supported") },
+      .ro = OPENS, .rw = OPENS },
+    { "extended-l2-bit-4k-clusters", "cs4k.qcow2", { { ABS, 79, 1, 0x10 } },
+      REFUSE("Unsupported subcluster size: 128") },
     { "compression-bit-zstd", "base.qcow2",
       { { ABS, 79, 1, 0x08 }, { ABS, 104, 1, 1 } },
       .ro = OPENS, .rw = OPENS },
@@ -981,6 +984,24 @@ static const BadCase cases[] = {
     { "zstd-stream-past-eof", "zstd.qcow2",
       .edit = edit_compressed_past_eof, .ro = OPENS, .rw = OPENS,
       .read0_errno = EIO, .write0_errno = EIO },
+
+    /* ---- Extended L2 entries (extl2.qcow2: 4k at 0, 64k at 128k) ---- */
+    { "extl2-subcluster-allocated-and-zero", "extl2.qcow2",
+      { { L2, 8, 8, UINT64_C(0x0000000100000001) } },
+      .ro = OPENS, .rw = OPENS, .read0_errno = EIO, .write0_errno = EIO },
+    { "extl2-unallocated-cluster-with-allocated-subclusters", "extl2.qcow2",
+      { { L2, 0, 8, 0 }, { L2, 8, 8, 0xff } },
+      .ro = OPENS, .rw = OPENS, .read0_errno = EIO, .write0_errno = EIO },
+    { "extl2-all-bits-set", "extl2.qcow2",
+      { { L2, 8, 8, UINT64_MAX } },
+      .ro = OPENS, .rw = OPENS, .read0_errno = EIO, .write0_errno = EIO },
+    { "extl2-zero-bits-only", "extl2.qcow2",
+      { { L2, 8, 8, UINT64_C(0xffffffff00000000) } },
+      .ro = OPENS, .rw = OPENS },
+    { "extl2-compressed-entry-with-bitmap", "extl2.qcow2",
+      { { L2, 0, 8, UINT64_C(0x4000000000050000) },
+        { L2, 8, 8, UINT64_C(0x0000000100000000) } },
+      .ro = OPENS, .rw = OPENS, .read0_errno = EIO, .write0_errno = EIO },
 
     /* ---- External data files (df.qcow2: data in df.raw, absolute) ---- */
     { "data-file-missing", "gone.qcow2",
@@ -1473,6 +1494,56 @@ static void test_check_only_l2_entry_unaligned(void)
     check_leaves_file_alone("l2-entry-unaligned");
 }
 
+/*
+ * check -r all repairs corrupt subcluster bitmaps, and QEMU then finds the
+ * image clean and reads the repaired subcluster as zeros.
+ */
+static void repair_bitmap_case(const char *case_name)
+{
+    g_autofree char *name = g_strdup_printf("repair-%s.qcow2", case_name);
+    g_autofree char *path = tpath(name);
+    g_autoptr(GError) err = NULL;
+    QGuardCheckResult res;
+    QGuardImage *img = NULL;
+    size_t i;
+    const char *const qemu_check[] = {
+        "qemu-img", "check", "-f", "qcow2", path, NULL,
+    };
+    const char *const qemu_read[] = {
+        "qemu-io", "-f", "qcow2", "-c", "read -P 0 0 2k", path, NULL,
+    };
+
+    for (i = 0; i < G_N_ELEMENTS(cases); i++) {
+        if (!strcmp(cases[i].name, case_name)) {
+            make_case_file(&cases[i], path);
+        }
+    }
+    g_assert_cmpint(qguard_image_open(&img, path, "qcow2", NULL,
+                                      QGUARD_OPEN_RDWR | QGUARD_OPEN_CHECK,
+                                      &err), ==, 0);
+    g_assert_cmpint(qguard_image_check(img, 0, &res, NULL, NULL, &err), ==,
+                    0);
+    g_assert_cmpint(res.corruptions, ==, 1);
+    g_assert_cmpint(qguard_image_check(img, QGUARD_CHECK_FIX_ERRORS |
+                                       QGUARD_CHECK_FIX_LEAKS, &res, NULL,
+                                       NULL, &err), ==, 0);
+    g_assert_cmpint(res.corruptions_fixed, ==, 1);
+    g_assert_cmpint(res.corruptions, ==, 0);
+    g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
+    run_tool(qemu_check);
+    run_tool(qemu_read);
+}
+
+static void test_repair_extl2_allocated_and_zero(void)
+{
+    repair_bitmap_case("extl2-subcluster-allocated-and-zero");
+}
+
+static void test_repair_extl2_unallocated_with_alloc_bits(void)
+{
+    repair_bitmap_case("extl2-unallocated-cluster-with-allocated-subclusters");
+}
+
 static void test_check_only_l1_entry_unaligned(void)
 {
     check_leaves_file_alone("l1-entry-unaligned");
@@ -1585,6 +1656,8 @@ static void make_templates(void)
     g_autofree char *comp = tpath("comp.qcow2");
     g_autofree char *zstd = tpath("zstd.qcow2");
     g_autofree char *df = tpath("df.qcow2");
+    g_autofree char *extl2 = tpath("extl2.qcow2");
+    g_autofree char *cs4k = tpath("cs4k.qcow2");
     g_autofree char *df_opt = g_strdup_printf("data_file=%s/df.raw",
                                               test_dir);
     g_autofree char *gone = tpath("gone.qcow2");
@@ -1615,6 +1688,18 @@ static void make_templates(void)
     const char *const write_df[] = {
         "qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 128k", df, NULL,
     };
+    const char *const create_extl2[] = {
+        "qemu-img", "create", "-q", "-f", "qcow2", "-o", "extended_l2=on",
+        extl2, "64M", NULL,
+    };
+    const char *const write_extl2[] = {
+        "qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 4k", "-c",
+        "write -P 0x22 128k 64k", extl2, NULL,
+    };
+    const char *const create_cs4k[] = {
+        "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4k",
+        cs4k, "64M", NULL,
+    };
     const char *const create_gone[] = {
         "qemu-img", "create", "-q", "-f", "qcow2", "-o", gone_opt, gone,
         "64M", NULL,
@@ -1642,6 +1727,9 @@ static void make_templates(void)
     run_tool(write_df);
     run_tool(create_gone);
     unlink(gone_raw);
+    run_tool(create_extl2);
+    run_tool(write_extl2);
+    run_tool(create_cs4k);
 }
 
 static int rm_cb(const char *path, const struct stat *sb, int type,
@@ -1704,6 +1792,10 @@ int main(int argc, char **argv)
     }
     add_job("/bad-input/zstd/two-frames-read-as-one-cluster", NULL, false,
             test_zstd_two_frames);
+    add_job("/bad-input/repair/extl2-subcluster-allocated-and-zero", NULL,
+            false, test_repair_extl2_allocated_and_zero);
+    add_job("/bad-input/repair/extl2-unallocated-with-allocated-subclusters",
+            NULL, false, test_repair_extl2_unallocated_with_alloc_bits);
     add_job("/bad-input/corrupt-bit/repair-mode-opens-read-write", NULL,
             false, test_corrupt_bit_check_mode);
     add_job("/bad-input/backing/loop-or-missing-opens-without-backing", NULL,

@@ -422,7 +422,7 @@ static void inactive_l2_protection(const char *runtime, bool refused)
     g_assert_cmpuint(new_l2, !=, old_l2);
     g_assert_cmpint(qcow2_cache_get(s, s->l2_table_cache, new_l2, &l2), ==,
                     0);
-    l2_set(l2, 16, old_l2 | QCOW_OFLAG_COPIED);
+    l2_set(s, l2, 16, old_l2 | QCOW_OFLAG_COPIED);
     qcow2_cache_entry_mark_dirty(s->l2_table_cache, l2);
     qcow2_cache_put(s->l2_table_cache, &l2);
     qguard_set_message_handler(capture_message, g_string_new(NULL));
@@ -667,7 +667,7 @@ static void overlap_refusal(const char *algorithm)
     l2_offset = s->l1_table[0] & L1E_OFFSET_MASK;
     g_assert_cmpint(qcow2_cache_get(s, s->l2_table_cache, l2_offset, &l2),
                     ==, 0);
-    l2_set(l2, 0, s->l1_table_offset | QCOW_OFLAG_COPIED);
+    l2_set(s, l2, 0, s->l1_table_offset | QCOW_OFLAG_COPIED);
     qcow2_cache_put(s->l2_table_cache, &l2);
     g_assert_cmpint(qcow2_flush_metadata(s), ==, 0);
     g_assert_cmpint(host_file_pread(img->file, s->l1_table_offset, l1_before,
