@@ -244,6 +244,7 @@ static int check_l2(CheckState *cs, uint64_t l2_offset, bool frag_info,
     BDRVQcow2State *s = cs->s;
     g_autofree uint8_t *l2 = g_malloc(s->cluster_size);
     uint64_t next_contiguous = 0;
+    bool ext = has_subclusters(s);
     int i, ret;
 
     ret = host_file_pread(s->file, l2_offset, l2, s->cluster_size);
@@ -254,15 +255,20 @@ static int check_l2(CheckState *cs, uint64_t l2_offset, bool frag_info,
     }
     for (i = 0; i < s->l2_size; i++) {
         uint64_t entry = l2_get(s, l2, i);
-        QCow2ClusterType type = qcow2_get_cluster_type(s, entry);
+        QCow2ClusterType type;
 
+        /* Most entries of most tables are unallocated: nothing to count. */
+        if (!entry && !ext) {
+            continue;
+        }
+        type = qcow2_get_cluster_type(s, entry);
         if (type != QCOW2_CLUSTER_COMPRESSED &&
             (entry & L2E_STD_RESERVED_MASK)) {
             report(cs, "ERROR found l2 entry with reserved bits set: %"
                    PRIx64, entry);
             cs->res->corruptions++;
         }
-        if (has_subclusters(s)) {
+        if (ext) {
             ret = check_l2_bitmap(cs, l2_offset, l2, i, fix, active);
             if (ret < 0) {
                 return ret;

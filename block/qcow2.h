@@ -367,7 +367,7 @@ static inline QCow2ClusterType qcow2_get_cluster_type(const BDRVQcow2State *s,
          * Offset 0 is a guest cluster like any other in a data file, where
          * every allocated cluster has COPIED (an implied refcount of 1).
          */
-        return has_data_file(s) && (l2_entry & QCOW_OFLAG_COPIED)
+        return (l2_entry & QCOW_OFLAG_COPIED) && has_data_file(s)
                ? QCOW2_CLUSTER_NORMAL : QCOW2_CLUSTER_UNALLOCATED;
     }
     return QCOW2_CLUSTER_NORMAL;
