@@ -37,6 +37,9 @@ typedef struct ConvertState {
     uint64_t alignment;         /* sectors, zero detection granularity */
     uint64_t buf_sectors;
     uint8_t *buf;
+    /* -c: whole target clusters, each written compressed */
+    bool compressed;
+    uint64_t cluster_sectors;
     Progress *progress;
     uint64_t allocated_sectors;
     uint64_t allocated_done;
@@ -121,6 +124,18 @@ static int64_t convert_iteration_sectors(ConvertState *s,
     n = MIN(n, s->sector_next_status - sector_num);
     if (s->status == BLK_DATA || (!s->min_sparse && s->status == BLK_ZERO)) {
         n = MIN(n, s->buf_sectors);
+    }
+    /*
+     * Compressed clusters are written whole: a cluster only partly zero
+     * (or unallocated) in the source is copied as data.
+     */
+    if (s->compressed) {
+        if (n < s->cluster_sectors) {
+            n = MIN(s->cluster_sectors, s->total_sectors - sector_num);
+            s->status = BLK_DATA;
+        } else {
+            n -= n % s->cluster_sectors;
+        }
     }
     return n;
 }
@@ -267,6 +282,31 @@ static int convert_write_sparse(ConvertState *s, uint64_t sector_num,
                               buf + (run_start - sector_num) * SECTOR_SIZE);
 }
 
+/*
+ * One cluster, compressed with the target's compression type.  A zero
+ * cluster of a fresh target is left unallocated, as qemu-img does.
+ */
+static int convert_write_compressed(ConvertState *s, uint64_t sector_num,
+                                    uint64_t n)
+{
+    g_autoptr(GError) err = NULL;
+    uint64_t offset = sector_num * SECTOR_SIZE;
+    uint64_t bytes = MIN(n * SECTOR_SIZE,
+                         qguard_image_size(s->target) - offset);
+    int ret;
+
+    if (s->has_zero_init && s->min_sparse && sectors_are_zero(s->buf, n)) {
+        return 0;
+    }
+    ret = qguard_image_pwrite_compressed(s->target, offset, bytes, s->buf,
+                                         &err);
+    if (ret < 0) {
+        error_report("error while compressing sector %" PRIu64 ": %s",
+                     sector_num, gerr_msg(err, ret));
+    }
+    return ret;
+}
+
 static int convert_do_copy(ConvertState *s)
 {
     uint64_t sector_num;
@@ -301,9 +341,10 @@ static int convert_do_copy(ConvertState *s)
             if (ret < 0) {
                 return ret;
             }
-            ret = s->min_sparse ? convert_write_sparse(s, sector_num, n)
-                                : convert_write_data(s, sector_num, n,
-                                                     s->buf);
+            ret = s->compressed ? convert_write_compressed(s, sector_num, n)
+                  : s->min_sparse ? convert_write_sparse(s, sector_num, n)
+                                  : convert_write_data(s, sector_num, n,
+                                                       s->buf);
         } else if (!s->min_sparse) {
             memset(s->buf, 0, n * SECTOR_SIZE);
             ret = convert_write_data(s, sector_num, n, s->buf);
@@ -497,6 +538,16 @@ static int convert_run(ConvertState *s, bool fresh_target)
     s->alignment = MAX(1, s->min_sparse ?
                           1ULL << g_bit_nth_msf(s->min_sparse, -1) : 1);
     s->buf_sectors = IO_BUF_SIZE / SECTOR_SIZE;
+    if (s->compressed) {
+        /* One cluster at a time, in the target's compression type. */
+        s->cluster_sectors = qguard_image_cluster_size(s->target) /
+                             SECTOR_SIZE;
+        if (!s->cluster_sectors || s->cluster_sectors > s->buf_sectors) {
+            error_report("invalid cluster size");
+            return -EINVAL;
+        }
+        s->buf_sectors = s->cluster_sectors;
+    }
     s->buf = g_malloc(s->buf_sectors * SECTOR_SIZE);
 
     ret = convert_do_copy(s);
@@ -669,12 +720,19 @@ int img_convert(int argc, char **argv)
         }
     }
     if (p.compress) {
+        const char *prealloc = opts ? qguard_opts_get(opts, "preallocation")
+                                    : NULL;
+
         if (!strcmp(p.out_fmt, "raw")) {
             error_report("Compression not supported for this file format");
-        } else {
-            error_report("Compression (-c) is not supported yet");
+            goto out;
         }
-        goto out;
+        if (prealloc && strcmp(prealloc, "off")) {
+            error_report("Compression and preallocation not supported at "
+                         "the same time");
+            goto out;
+        }
+        s.compressed = true;
     }
     if (!p.skip_create &&
         !convert_create_target(&s, &p.o, &argv[optind], out_filename,
