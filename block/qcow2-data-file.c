@@ -63,9 +63,14 @@ static int open_data_file(BDRVQcow2State *s, const char *name,
         shared) {
         no_lock = true;
     }
+    /* The data file follows the image's cache mode, as QEMU's child does. */
     ret = host_file_open(&s->data_file, name,
                          (img->read_only ? 0 : HOST_FILE_RDWR) |
-                         HOST_FILE_NO_LOCK, &local_err);
+                         HOST_FILE_NO_LOCK |
+                         (img->flags & QGUARD_OPEN_NOCACHE ? HOST_FILE_DIRECT
+                                                           : 0) |
+                         (img->flags & QGUARD_OPEN_NO_FLUSH ?
+                          HOST_FILE_NO_FLUSH : 0), &local_err);
     if (ret < 0) {
         s->data_file = NULL;
         g_set_error(errp, QGUARD_ERROR, -ret, "%s", local_err->message);
