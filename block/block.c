@@ -1076,3 +1076,159 @@ void qguard_snapshot_info_clear(QGuardSnapshotInfo *info)
     g_free(info->name);
     memset(info, 0, sizeof(*info));
 }
+
+/* ---- Persistent dirty bitmaps --------------------------------------------- */
+
+/*
+ * QEMU names images in some bitmap errors by node name: "#block" and a
+ * counter (format nodes get the odd ones) with two random digits.  The
+ * digits are fixed here so that messages are reproducible.
+ */
+static char *node_name(QGuardImage *img)
+{
+    return g_strdup_printf("#block%d00", 2 * img->chain_depth + 1);
+}
+
+bool qguard_image_supports_bitmaps(QGuardImage *img)
+{
+    return img->drv->supports_bitmaps && img->drv->supports_bitmaps(img);
+}
+
+static int bitmap_not_found(const char *name, GError **errp)
+{
+    g_set_error(errp, QGUARD_ERROR, ENOENT, "Dirty bitmap '%s' not found",
+                name);
+    return -ENOENT;
+}
+
+int qguard_bitmap_add(QGuardImage *img, const char *name,
+                      uint32_t granularity, bool disabled, GError **errp)
+{
+    g_autofree char *node = node_name(img);
+    int ret;
+
+    if (!img->drv->bitmap_add) {
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                    "Can't store persistent bitmaps to %s: %s", node,
+                    g_strerror(ENOTSUP));
+        return -ENOTSUP;
+    }
+    image_lock(img);
+    ret = check_request(img, 0, 0, true, errp);
+    if (ret == 0) {
+        ret = img->drv->bitmap_add(img, node, name, granularity, disabled,
+                                   errp);
+    }
+    image_unlock(img);
+    return ret;
+}
+
+static int bitmap_op(QGuardImage *img, int op, const char *name,
+                     GError **errp)
+{
+    int ret;
+
+    if (!img->drv->bitmap_op) {
+        return bitmap_not_found(name, errp);
+    }
+    image_lock(img);
+    ret = check_request(img, 0, 0, true, errp);
+    if (ret == 0) {
+        ret = img->drv->bitmap_op(img, op, name, errp);
+    }
+    image_unlock(img);
+    return ret;
+}
+
+int qguard_bitmap_remove(QGuardImage *img, const char *name, GError **errp)
+{
+    return bitmap_op(img, BDRV_BITMAP_REMOVE, name, errp);
+}
+
+int qguard_bitmap_clear(QGuardImage *img, const char *name, GError **errp)
+{
+    return bitmap_op(img, BDRV_BITMAP_CLEAR, name, errp);
+}
+
+int qguard_bitmap_enable(QGuardImage *img, const char *name, GError **errp)
+{
+    return bitmap_op(img, BDRV_BITMAP_ENABLE, name, errp);
+}
+
+int qguard_bitmap_disable(QGuardImage *img, const char *name, GError **errp)
+{
+    return bitmap_op(img, BDRV_BITMAP_DISABLE, name, errp);
+}
+
+int qguard_bitmap_merge(QGuardImage *img, const char *target,
+                        QGuardImage *src, const char *source, GError **errp)
+{
+    /* Two images are locked in address order, whoever merges into whom. */
+    QGuardImage *first = src && (uintptr_t)src < (uintptr_t)img ? src : img;
+    QGuardImage *second = first == img ? src : img;
+    int ret;
+
+    if (!img->drv->bitmap_merge) {
+        return bitmap_not_found(target, errp);
+    }
+    image_lock(first);
+    if (second && second != first) {
+        image_lock(second);
+    }
+    ret = check_request(img, 0, 0, true, errp);
+    if (ret == 0 && src != img) {
+        ret = check_request(src, 0, 0, false, errp);
+    }
+    if (ret == 0) {
+        ret = img->drv->bitmap_merge(img, target, src, source, errp);
+    }
+    if (second && second != first) {
+        image_unlock(second);
+    }
+    image_unlock(first);
+    return ret;
+}
+
+int qguard_bitmap_list(QGuardImage *img, QGuardBitmapInfo **list,
+                       guint *count, GError **errp)
+{
+    int ret;
+
+    *list = NULL;
+    *count = 0;
+    if (!img->drv->bitmap_list) {
+        *list = g_new0(QGuardBitmapInfo, 1);
+        return 0;
+    }
+    image_lock(img);
+    ret = check_request(img, 0, 0, false, errp);
+    if (ret == 0) {
+        ret = img->drv->bitmap_list(img, list, count, errp);
+    }
+    image_unlock(img);
+    return ret;
+}
+
+int qguard_bitmap_status(QGuardImage *img, const char *name,
+                         uint64_t offset, uint64_t bytes, bool *dirty,
+                         uint64_t *pnum, GError **errp)
+{
+    int ret;
+
+    if (!img->drv->bitmap_status) {
+        return bitmap_not_found(name, errp);
+    }
+    /* Exclusive: the first look at a bitmap loads it. */
+    image_lock(img);
+    ret = check_request(img, offset, bytes, false, errp);
+    if (ret == 0 && !bytes) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL, "%s", g_strerror(EINVAL));
+        ret = -EINVAL;
+    }
+    if (ret == 0) {
+        ret = img->drv->bitmap_status(img, name, offset, bytes, dirty, pnum,
+                                      errp);
+    }
+    image_unlock(img);
+    return ret;
+}

@@ -99,9 +99,33 @@ struct BlockDriver {
     /* Internal snapshots: BDRV_SNAPSHOT_* on the snapshot named @name. */
     int (*snapshot)(QGuardImage *img, int op, const char *name,
                     GError **errp);
+    /*
+     * Persistent dirty bitmaps (docs/bitmaps.md); NULL for formats without
+     * them.  @node names the image in messages, as QEMU's node names do.
+     */
+    int (*bitmap_add)(QGuardImage *img, const char *node, const char *name,
+                      uint32_t granularity, bool disabled, GError **errp);
+    /* BDRV_BITMAP_* on the bitmap named @name. */
+    int (*bitmap_op)(QGuardImage *img, int op, const char *name,
+                     GError **errp);
+    int (*bitmap_merge)(QGuardImage *img, const char *target,
+                        QGuardImage *src, const char *source, GError **errp);
+    int (*bitmap_list)(QGuardImage *img, QGuardBitmapInfo **list,
+                       guint *count, GError **errp);
+    int (*bitmap_status)(QGuardImage *img, const char *name, uint64_t offset,
+                         uint64_t bytes, bool *dirty, uint64_t *pnum,
+                         GError **errp);
+    bool (*supports_bitmaps)(QGuardImage *img);
     /* Is @name an open-time option of this driver? */
     bool (*is_runtime_option)(const char *name);
     bool supports_backing;
+};
+
+enum {
+    BDRV_BITMAP_REMOVE,
+    BDRV_BITMAP_CLEAR,
+    BDRV_BITMAP_ENABLE,
+    BDRV_BITMAP_DISABLE,
 };
 
 enum {

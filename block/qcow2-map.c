@@ -342,10 +342,6 @@ int qcow2_map_build(BDRVQcow2State *s, GError **errp)
             return ret;
         }
     }
-    if (s->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS) {
-        qcow2_map_enter(s, s->bitmap_directory_offset,
-                        s->bitmap_directory_size,
-                        QCOW2_OL_BITMAP_DIRECTORY);
-    }
+    qcow2_bitmaps_map(s);
     return 0;
 }

@@ -1170,10 +1170,12 @@ unsigned qcow2_linear_overlap_check(BDRVQcow2State *s, unsigned chk,
             g_free(l1);
         }
     }
+    /* The bitmap tables count as part of the directory (docs/bitmaps.md). */
     if ((chk & QCOW2_OL_BITMAP_DIRECTORY) &&
         (s->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS) &&
-        ranges_overlap(offset, size, s->bitmap_directory_offset,
-                       s->bitmap_directory_size)) {
+        (ranges_overlap(offset, size, s->bitmap_directory_offset,
+                        s->bitmap_directory_size) ||
+         qcow2_bitmaps_overlap(s, offset, size))) {
         return QCOW2_OL_BITMAP_DIRECTORY;
     }
     return 0;

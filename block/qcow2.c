@@ -130,13 +130,17 @@ int qcow2_pwritev_checked(BDRVQcow2State *s, unsigned ignore,
     return host_file_pwritev(s->file, offset, iov, iovcnt);
 }
 
-/* Rewrite a few header bytes (always within the first sector), then flush. */
+/*
+ * Rewrite a few header bytes, then flush.  They lie within one sector, so
+ * that a crash leaves either the old or the new bytes.
+ */
 int qcow2_write_header_field(BDRVQcow2State *s, int offset, const void *data,
                              int bytes)
 {
     int ret;
 
-    g_assert(offset + bytes <= 512);
+    g_assert(bytes > 0 && offset / 512 == (offset + bytes - 1) / 512 &&
+             offset + bytes <= s->cluster_size);
     ret = write_checked(s, QCOW2_OL_MAIN_HEADER, offset, data, bytes);
     if (ret < 0) {
         return ret;
@@ -156,13 +160,21 @@ int qcow2_commit_header_field(BDRVQcow2State *s, int offset,
 {
     int ret = qcow2_write_header_field(s, offset, data, bytes);
 
-    if (ret < 0 && !s->img->broken) {
+    if (ret < 0) {
+        qcow2_switch_failed(s, ret);
+    }
+    return ret;
+}
+
+/* A switch to new metadata failed: see qcow2_commit_header_field(). */
+void qcow2_switch_failed(BDRVQcow2State *s, int ret)
+{
+    if (!s->img->broken) {
         qguard_message("qcow2: Failed to switch to new metadata: %s; the "
                        "image refuses further requests until it is reopened",
                        g_strerror(-ret));
         s->img->broken = true;
     }
-    return ret;
 }
 
 static size_t ext_size(uint32_t len)
@@ -276,7 +288,10 @@ int qcow2_update_header(BDRVQcow2State *s)
         be_put32(bitmaps + 4, 0);
         be_put64(bitmaps + 8, s->bitmap_directory_size);
         be_put64(bitmaps + 16, s->bitmap_directory_offset);
+        s->bitmaps_ext_offset = pos + 8;
         put_ext(buf, &pos, QCOW2_EXT_MAGIC_BITMAPS, bitmaps, sizeof(bitmaps));
+    } else {
+        s->bitmaps_ext_offset = 0;
     }
     for (i = 0; i < s->unknown_header_ext->len; i++) {
         Qcow2HeaderExt *ext = g_ptr_array_index(s->unknown_header_ext, i);
@@ -527,6 +542,7 @@ static int read_extensions(BDRVQcow2State *s, const uint8_t *hdr,
                 return -EINVAL;
             }
             s->has_bitmaps_ext = true;
+            s->bitmaps_ext_offset = offset;
             s->nb_bitmaps = be_get32(hdr + offset);
             s->bitmap_directory_size = be_get64(hdr + offset + 8);
             s->bitmap_directory_offset = be_get64(hdr + offset + 16);
@@ -852,6 +868,7 @@ static void qcow2_free_state(BDRVQcow2State *s)
     qcow2_cache_destroy(s->refcount_block_cache);
     qcow2_refcount_close(s);
     qcow2_free_snapshots(s);
+    qcow2_bitmaps_close(s);
     g_free(s->l1_table);
     g_free(s->l1_dirty_bits);
     g_free(s->unknown_header_fields);
@@ -974,6 +991,10 @@ static int qcow2_open(QGuardImage *img, const QGuardOpts *opts, GError **errp)
         }
     }
 
+    ret = qcow2_bitmaps_open(s, errp);
+    if (ret < 0) {
+        goto fail;
+    }
     ret = qcow2_map_build(s, errp);
     if (ret < 0) {
         goto fail;
@@ -991,7 +1012,7 @@ static int qcow2_open(QGuardImage *img, const QGuardOpts *opts, GError **errp)
                 goto fail;
             }
         }
-        ret = qcow2_bitmaps_mark_in_use(s, errp);
+        ret = qcow2_bitmaps_open_rw(s, errp);
         if (ret < 0) {
             goto fail;
         }
@@ -1064,13 +1085,16 @@ static void append_overlap_stats(QGuardImage *img)
 static int qcow2_close(QGuardImage *img)
 {
     BDRVQcow2State *s = img->opaque;
-    int ret = 0;
+    int ret = 0, ret2;
 
     if (!s) {
         return 0;
     }
     if (!img->read_only && !img->broken) {
-        ret = qcow2_flush_metadata(s);
+        /* Bitmaps first: storing them allocates and frees clusters. */
+        ret = qcow2_bitmaps_store(s, true);
+        ret2 = qcow2_flush_metadata(s);
+        ret = ret < 0 ? ret : ret2;
         /* Lazy refcounts are consistent again once everything is flushed. */
         if (ret == 0 && s->use_lazy_refcounts &&
             !(img->flags & QGUARD_OPEN_CHECK)) {
@@ -1096,7 +1120,10 @@ static int qcow2_pwrite(QGuardImage *img, uint64_t offset, uint64_t bytes,
                         const void *buf, unsigned flags)
 {
     BDRVQcow2State *s = img->opaque;
-    int ret = qcow2_write_guest(s, offset, bytes, buf);
+    int ret;
+
+    qcow2_bitmaps_set_dirty(s, offset, bytes);
+    ret = qcow2_write_guest(s, offset, bytes, buf);
 
     if (ret >= 0 && (flags & QGUARD_WRITE_FUA)) {
         ret = qcow2_flush_metadata(s);
@@ -1204,6 +1231,7 @@ static int qcow2_pwrite_zeroes(QGuardImage *img, uint64_t offset,
     ZeroPlan plan;
     int i, ret = 0;
 
+    qcow2_bitmaps_set_dirty(s, offset, bytes);
     if (s->qcow_version < 3) {
         /* No zero flag in v2: the zeros must be written out. */
         if (flags & QGUARD_ZERO_FAST) {
@@ -1265,6 +1293,7 @@ static int qcow2_pwrite_compressed(QGuardImage *img, uint64_t offset,
     if (has_data_file(s)) {
         return -ENOTSUP;
     }
+    qcow2_bitmaps_set_dirty(s, offset, bytes);
     return qcow2_write_compressed(s, offset, buf, bytes);
 }
 
@@ -1279,6 +1308,8 @@ static int qcow2_discard(QGuardImage *img, uint64_t offset, uint64_t bytes)
     uint64_t start = ROUND_UP(offset, (uint64_t)s->cluster_size);
     uint64_t end = offset + bytes;
 
+    /* As in QEMU, the whole request counts, even what is left alone. */
+    qcow2_bitmaps_set_dirty(s, offset, bytes);
     /* Only whole clusters can be discarded; partial ones are left alone. */
     end = end == img->total_size ? ROUND_UP(end, (uint64_t)s->cluster_size)
                                  : start_of_cluster(s, end);
@@ -1465,13 +1496,16 @@ int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
         /* The raw data file stays the whole disk: map what is added. */
         mode = QCOW2_PREALLOC_METADATA;
     }
+    if (size < old_size && !shrink) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Use the --shrink option to perform a shrink operation.");
+        return -EINVAL;
+    }
+    ret = qcow2_bitmaps_prepare_resize(s, size, errp);
+    if (ret < 0) {
+        return ret;
+    }
     if (size < old_size) {
-        if (!shrink) {
-            g_set_error(errp, QGUARD_ERROR, EINVAL,
-                        "Use the --shrink option to perform a shrink "
-                        "operation.");
-            return -EINVAL;
-        }
         if (mode != QCOW2_PREALLOC_OFF) {
             g_set_error(errp, QGUARD_ERROR, ENOTSUP,
                         "Preallocation can only be used for growing images");
@@ -1566,6 +1600,7 @@ int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
     }
     img->total_size = size;
     s->l1_vm_state_index = size_to_l1(s, size);
+    qcow2_bitmaps_resized(s, size);
     return 0;
 }
 
@@ -1614,7 +1649,7 @@ static int qcow2_get_info(QGuardImage *img, QGuardImageInfo *info,
     info->has_data_file = has_data_file(s);
     info->data_file = g_strdup(s->image_data_file);
     info->data_file_raw = data_file_is_raw(s);
-    /* A damaged directory only costs the listing, not the whole info. */
+    /* The directory on disk, as QEMU lists it; none if it is damaged. */
     qcow2_bitmaps_info(s, &info->bitmaps, &info->nb_bitmaps);
     info->nb_snapshots = s->nb_snapshots;
     info->snapshots = g_new0(QGuardSnapshotInfo, MAX(s->nb_snapshots, 1));
@@ -1682,11 +1717,69 @@ static int qcow2_snapshot_op(QGuardImage *img, int op, const char *name,
     switch (op) {
     case BDRV_SNAPSHOT_CREATE:
         return qcow2_snapshot_create(s, name, errp);
-    case BDRV_SNAPSHOT_APPLY:
-        return qcow2_snapshot_apply(s, name, errp);
+    case BDRV_SNAPSHOT_APPLY: {
+        int ret = qcow2_snapshot_apply(s, name, errp);
+
+        /* The guest content may now differ anywhere (spec: "auto"). */
+        if (ret >= 0) {
+            qcow2_bitmaps_set_dirty(s, 0, img->total_size);
+        }
+        return ret;
+    }
     default:
         return qcow2_snapshot_delete(s, name, errp);
     }
+}
+
+static int qcow2_bitmap_add_op(QGuardImage *img, const char *node,
+                               const char *name, uint32_t granularity,
+                               bool disabled, GError **errp)
+{
+    return qcow2_bitmap_add(img->opaque, node, name, granularity, disabled,
+                            errp);
+}
+
+static int qcow2_bitmap_op(QGuardImage *img, int op, const char *name,
+                           GError **errp)
+{
+    BDRVQcow2State *s = img->opaque;
+
+    switch (op) {
+    case BDRV_BITMAP_REMOVE:
+        return qcow2_bitmap_remove(s, name, errp);
+    case BDRV_BITMAP_CLEAR:
+        return qcow2_bitmap_clear(s, name, errp);
+    default:
+        return qcow2_bitmap_enable(s, name, op == BDRV_BITMAP_ENABLE, errp);
+    }
+}
+
+static int qcow2_bitmap_merge_op(QGuardImage *img, const char *target,
+                                 QGuardImage *src, const char *source,
+                                 GError **errp)
+{
+    return qcow2_bitmap_merge(img->opaque, target,
+                              src->drv == &bdrv_qcow2 ? src->opaque : NULL,
+                              source, errp);
+}
+
+static int qcow2_bitmap_list_op(QGuardImage *img, QGuardBitmapInfo **list,
+                                guint *count, GError **errp)
+{
+    return qcow2_bitmap_list(img->opaque, list, count, errp);
+}
+
+static int qcow2_bitmap_status_op(QGuardImage *img, const char *name,
+                                  uint64_t offset, uint64_t bytes, bool *dirty,
+                                  uint64_t *pnum, GError **errp)
+{
+    return qcow2_bitmap_status(img->opaque, name, offset, bytes, dirty, pnum,
+                               errp);
+}
+
+static bool qcow2_supports_bitmaps(QGuardImage *img)
+{
+    return ((BDRVQcow2State *)img->opaque)->qcow_version >= 3;
 }
 
 static const char *qcow2_last_error(QGuardImage *img G_GNUC_UNUSED)
@@ -1729,6 +1822,12 @@ const BlockDriver bdrv_qcow2 = {
     .last_error = qcow2_last_error,
     .clear_error = qcow2_clear_error,
     .snapshot = qcow2_snapshot_op,
+    .bitmap_add = qcow2_bitmap_add_op,
+    .bitmap_op = qcow2_bitmap_op,
+    .bitmap_merge = qcow2_bitmap_merge_op,
+    .bitmap_list = qcow2_bitmap_list_op,
+    .bitmap_status = qcow2_bitmap_status_op,
+    .supports_bitmaps = qcow2_supports_bitmaps,
     .is_runtime_option = qcow2_is_runtime_option,
     .supports_backing = true,
 };

@@ -155,6 +155,7 @@ typedef struct Qcow2HeaderExt {
 
 typedef struct Qcow2Cache Qcow2Cache;
 typedef struct Qcow2FreeIndex Qcow2FreeIndex;
+typedef struct Qcow2BitmapState Qcow2BitmapState;
 typedef struct BDRVQcow2State BDRVQcow2State;
 
 typedef uint64_t Qcow2GetRefcountFunc(const void *refcount_array,
@@ -241,11 +242,13 @@ struct BDRVQcow2State {
     uint64_t snapshots_size;    /* bytes on disk */
     QCowSnapshot *snapshots;
 
-    /* Bitmaps extension (kept, protected and counted, not interpreted). */
+    /* Bitmaps extension; the bitmaps themselves are in bm. */
     bool has_bitmaps_ext;
     uint32_t nb_bitmaps;
     uint64_t bitmap_directory_size;
     uint64_t bitmap_directory_offset;
+    uint32_t bitmaps_ext_offset;    /* its data in the header, 0 if none */
+    Qcow2BitmapState *bm;
 
     /* Runtime options. */
     bool use_lazy_refcounts;
@@ -492,6 +495,7 @@ int qcow2_write_header_field(BDRVQcow2State *s, int offset,
                              const void *data, int bytes);
 int qcow2_commit_header_field(BDRVQcow2State *s, int offset,
                               const void *data, int bytes);
+void qcow2_switch_failed(BDRVQcow2State *s, int ret);
 int qcow2_flush_metadata(BDRVQcow2State *s);
 int qcow2_validate_table(BDRVQcow2State *s, uint64_t offset,
                          uint64_t entries, size_t entry_len,
@@ -673,10 +677,36 @@ void qcow2_cache_discard(Qcow2Cache *c, uint64_t offset);
 int qcow2_cache_empty(BDRVQcow2State *s, Qcow2Cache *c);
 int qcow2_cache_num_tables(const Qcow2Cache *c);
 
-/* qcow2-bitmap.c */
+/* qcow2-bitmap.c: the bitmaps on disk (docs/bitmaps.md) */
+int qcow2_bitmaps_open(BDRVQcow2State *s, GError **errp);
+int qcow2_bitmaps_open_rw(BDRVQcow2State *s, GError **errp);
+int qcow2_bitmaps_store(BDRVQcow2State *s, bool closing);
+void qcow2_bitmaps_close(BDRVQcow2State *s);
+void qcow2_bitmaps_map(BDRVQcow2State *s);
+bool qcow2_bitmaps_overlap(BDRVQcow2State *s, uint64_t offset, uint64_t size);
 int qcow2_bitmaps_info(BDRVQcow2State *s, QGuardBitmapInfo **pinfo,
                        guint *count);
-int qcow2_bitmaps_mark_in_use(BDRVQcow2State *s, GError **errp);
+
+/* qcow2-bitmap-ops.c: the bitmaps in memory */
+void qcow2_bitmaps_set_dirty(BDRVQcow2State *s, uint64_t offset,
+                             uint64_t bytes);
+int qcow2_bitmaps_prepare_resize(BDRVQcow2State *s, uint64_t size,
+                                 GError **errp);
+void qcow2_bitmaps_resized(BDRVQcow2State *s, uint64_t size);
+int qcow2_bitmap_add(BDRVQcow2State *s, const char *node, const char *name,
+                     uint32_t granularity, bool disabled, GError **errp);
+int qcow2_bitmap_remove(BDRVQcow2State *s, const char *name, GError **errp);
+int qcow2_bitmap_clear(BDRVQcow2State *s, const char *name, GError **errp);
+int qcow2_bitmap_enable(BDRVQcow2State *s, const char *name, bool enable,
+                        GError **errp);
+int qcow2_bitmap_merge(BDRVQcow2State *s, const char *target,
+                       BDRVQcow2State *src_s, const char *source,
+                       GError **errp);
+int qcow2_bitmap_list(BDRVQcow2State *s, QGuardBitmapInfo **plist,
+                      guint *count, GError **errp);
+int qcow2_bitmap_status(BDRVQcow2State *s, const char *name, uint64_t offset,
+                        uint64_t bytes, bool *dirty, uint64_t *pnum,
+                        GError **errp);
 
 /* qcow2-snapshot.c */
 int qcow2_read_snapshots(BDRVQcow2State *s, GError **errp);

@@ -321,6 +321,42 @@ int qguard_snapshot_list(QGuardImage *img, QGuardSnapshotInfo **list,
                          guint *count, GError **errp);
 void qguard_snapshot_info_clear(QGuardSnapshotInfo *info);
 
+/* ---- Persistent dirty bitmaps (qcow2 v3) -------------------------------- */
+
+/*
+ * While the image is open read-write, every enabled bitmap records each
+ * write, zero write, discard and compressed write, in granules.  These
+ * calls and the recorded writes change memory; everything is stored when
+ * the image is closed, and qguard_image_close() fails if it cannot be
+ * (docs/bitmaps.md).  Errors carry the messages of QEMU's
+ * block-dirty-bitmap-* commands; -EPERM on a read-only image.
+ */
+bool qguard_image_supports_bitmaps(QGuardImage *img);
+/* @granularity 0: the default, the cluster size within [4 KiB, 64 KiB]. */
+int qguard_bitmap_add(QGuardImage *img, const char *name,
+                      uint32_t granularity, bool disabled, GError **errp);
+int qguard_bitmap_remove(QGuardImage *img, const char *name, GError **errp);
+int qguard_bitmap_clear(QGuardImage *img, const char *name, GError **errp);
+int qguard_bitmap_enable(QGuardImage *img, const char *name, GError **errp);
+int qguard_bitmap_disable(QGuardImage *img, const char *name,
+                          GError **errp);
+/* Add the dirty granules of @source in @src (may be @img) to @target. */
+int qguard_bitmap_merge(QGuardImage *img, const char *target,
+                        QGuardImage *src, const char *source, GError **errp);
+/*
+ * The bitmaps of the open image (in_use: inconsistent, unusable; is_auto:
+ * enabled).  Free with g_free() after g_free() of each name.
+ */
+int qguard_bitmap_list(QGuardImage *img, QGuardBitmapInfo **list,
+                       guint *count, GError **errp);
+/*
+ * Whether the granules from @offset on are dirty: *pnum bytes (at least 1,
+ * at most @bytes) from @offset have the state *dirty.
+ */
+int qguard_bitmap_status(QGuardImage *img, const char *name,
+                         uint64_t offset, uint64_t bytes, bool *dirty,
+                         uint64_t *pnum, GError **errp);
+
 /* ---- Overlap protection statistics -------------------------------------- */
 
 typedef struct QGuardOverlapStats {

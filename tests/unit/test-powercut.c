@@ -251,6 +251,8 @@ static uint64_t state_hash(const GuestState *st, uint64_t s)
 
 typedef struct Workload Workload;
 
+typedef struct BitmapState BitmapState;
+
 typedef struct Run {
     const Workload *w;
     QGuardImage *img;
@@ -258,6 +260,8 @@ typedef struct Run {
     GArray *ops;             /* of GuestOp */
     GuestState initial;
     GRand *rand;             /* the workload's own, fixed sequence */
+    /* Persistent bitmaps before the workload's open and after its close. */
+    GPtrArray *bitmaps_before, *bitmaps_after;
 } Run;
 
 struct Workload {
@@ -295,6 +299,15 @@ static void w_write(Run *r, uint64_t off, uint64_t len)
     op_end(r, &op);
     g_assert_cmpint(qguard_image_pread(r->img, off, len, rb, &err), ==, 0);
     g_assert_cmpmem(rb, len, buf, len);
+}
+
+static void w_write_plain(QGuardImage *img, uint64_t off, uint64_t len)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree uint8_t *buf = g_malloc(len);
+
+    fill_pattern(buf, len, off, 0xb17);
+    g_assert_cmpint(qguard_image_pwrite(img, off, len, buf, 0, &err), ==, 0);
 }
 
 static void w_zero(Run *r, uint64_t off, uint64_t len, unsigned flags)
@@ -479,6 +492,91 @@ static void run_lazy(Run *r)
     run_alloc(r, 4 << 20, 100000, 10);
 }
 
+/*
+ * Persistent bitmaps: long names so that the directory spans sectors (a
+ * torn in-place rewrite of flags), 512-byte clusters so that bitmap data
+ * and tables span several clusters.
+ */
+#define BM_NAME(n) n "-------------------------------------------------" \
+                     "--------------------------------------------------" \
+                     "--------------------------------------------------"
+
+static void bm_ok(int ret)
+{
+    g_assert_cmpint(ret, ==, 0);
+}
+
+static void prepare_bitmaps(QGuardImage *img)
+{
+    prepare_data(img);
+    bm_ok(qguard_bitmap_add(img, BM_NAME("fine"), 512, false, NULL));
+    bm_ok(qguard_bitmap_add(img, BM_NAME("coarse"), 65536, false, NULL));
+    bm_ok(qguard_bitmap_add(img, BM_NAME("frozen"), 4096, true, NULL));
+    w_write_plain(img, 4096, 8192);
+    w_write_plain(img, 3 << 20, 100000);
+    bm_ok(qguard_bitmap_merge(img, BM_NAME("frozen"), img, BM_NAME("fine"),
+                              NULL));
+}
+
+static void w_bitmap(Run *r, const char *what, int ret)
+{
+    GuestOp op;
+
+    /* Bitmap operations change memory only: no records, no new state. */
+    op_begin(r, &op, what);
+    bm_ok(ret);
+    op_end(r, &op);
+}
+
+static void run_bitmaps(Run *r)
+{
+    w_write(r, 0, 4096);
+    w_write(r, 1 << 20, 64 * 1024);
+    w_flush(r);
+    w_zero(r, 2 << 20, 128 * 1024, QGUARD_ZERO_MAY_UNMAP);
+    w_discard(r, 3 << 20, 64 * 1024);
+    w_bitmap(r, "bitmap-clear", qguard_bitmap_clear(r->img,
+                                                    BM_NAME("frozen"), NULL));
+    w_bitmap(r, "bitmap-merge", qguard_bitmap_merge(r->img, BM_NAME("frozen"),
+                                                    r->img,
+                                                    BM_NAME("coarse"), NULL));
+    w_bitmap(r, "bitmap-add", qguard_bitmap_add(r->img, BM_NAME("late"), 0,
+                                                false, NULL));
+    w_write(r, 5 << 20, 4096);
+    w_bitmap(r, "bitmap-remove", qguard_bitmap_remove(r->img,
+                                                      BM_NAME("coarse"),
+                                                      NULL));
+    w_flush(r);
+    w_truncate(r, 12 << 20);
+    w_write(r, (12 << 20) - 4096, 4096);
+}
+
+static void run_first_bitmap(Run *r)
+{
+    w_write(r, 0, 4096);
+    w_bitmap(r, "bitmap-add", qguard_bitmap_add(r->img, "on", 0, false,
+                                                NULL));
+    w_bitmap(r, "bitmap-add", qguard_bitmap_add(r->img, "off", 512, true,
+                                                NULL));
+    w_write(r, 1 << 20, 8192);
+    w_flush(r);
+    w_write(r, 100 * 1024, 1000);
+}
+
+static void run_remove_bitmaps(Run *r)
+{
+    w_write(r, 0, 4096);
+    w_bitmap(r, "bitmap-remove", qguard_bitmap_remove(r->img,
+                                                      BM_NAME("fine"), NULL));
+    w_bitmap(r, "bitmap-remove", qguard_bitmap_remove(r->img,
+                                                      BM_NAME("coarse"),
+                                                      NULL));
+    w_bitmap(r, "bitmap-remove", qguard_bitmap_remove(r->img,
+                                                      BM_NAME("frozen"),
+                                                      NULL));
+    w_write(r, 1 << 20, 4096);
+}
+
 static const Workload workloads[] = {
     { "alloc-64k", "size=8M", NULL, run_alloc_64k },
     { "alloc-512", "size=4M,cluster_size=512", NULL, run_alloc_512 },
@@ -490,9 +588,188 @@ static const Workload workloads[] = {
     { "snapshots", "size=2M,cluster_size=4096", prepare_data,
       run_snapshots },
     { "lazy-refcounts", "size=4M,lazy_refcounts=on", NULL, run_lazy },
+    { "bitmaps", "size=8M,cluster_size=512", prepare_bitmaps, run_bitmaps },
+    { "bitmap-first", "size=2M,cluster_size=4096", prepare_data,
+      run_first_bitmap },
+    { "bitmap-remove-all", "size=8M,cluster_size=512", prepare_bitmaps,
+      run_remove_bitmaps },
 };
 
 /* ---- Checking a crash image ---------------------------------------------- */
+
+struct BitmapState {
+    char *name;
+    uint32_t granularity;
+    bool in_use, is_auto;
+    char *map;               /* "offset:bytes:dirty" runs; NULL if in_use */
+};
+
+static void bitmap_state_free(gpointer p)
+{
+    BitmapState *b = p;
+
+    g_free(b->name);
+    g_free(b->map);
+    g_free(b);
+}
+
+static char *bitmap_map(QGuardImage *img, const char *name, GString *why)
+{
+    g_autoptr(GError) err = NULL;
+    GString *map = g_string_new(NULL);
+    uint64_t size = qguard_image_size(img), off = 0, n;
+    bool dirty;
+
+    while (off < size) {
+        if (qguard_bitmap_status(img, name, off, size - off, &dirty, &n,
+                                 &err) < 0) {
+            g_string_append_printf(why, "bitmap %.20s: %s\n", name,
+                                   err->message);
+            break;
+        }
+        g_string_append_printf(map, "%" PRIu64 ":%" PRIu64 ":%d ", off, n,
+                               dirty);
+        off += n;
+    }
+    return g_string_free(map, FALSE);
+}
+
+/* The bitmaps of @path as qguard reads them (read-only). */
+static GPtrArray *read_bitmaps(const char *path, GString *why)
+{
+    g_autoptr(GError) err = NULL;
+    GPtrArray *a = g_ptr_array_new_with_free_func(bitmap_state_free);
+    QGuardBitmapInfo *list = NULL;
+    QGuardImage *img = NULL;
+    guint n = 0, i;
+
+    if (qguard_image_open(&img, path, "qcow2", NULL, 0, &err) < 0 ||
+        qguard_bitmap_list(img, &list, &n, &err) < 0) {
+        g_string_append_printf(why, "bitmaps unreadable: %s\n",
+                               err->message);
+    }
+    for (i = 0; i < n; i++) {
+        BitmapState *b = g_new0(BitmapState, 1);
+        b->name = list[i].name;
+        b->granularity = list[i].granularity;
+        b->in_use = list[i].in_use;
+        b->is_auto = list[i].is_auto;
+        if (!b->in_use) {
+            b->map = bitmap_map(img, b->name, why);
+        }
+        g_ptr_array_add(a, b);
+    }
+    g_free(list);
+    if (img) {
+        qguard_image_close(img, NULL);
+    }
+    return a;
+}
+
+static const BitmapState *find_bitmap_state(GPtrArray *a, const char *name)
+{
+    guint i;
+
+    for (i = 0; i < a->len; i++) {
+        const BitmapState *b = g_ptr_array_index(a, i);
+        if (!strcmp(b->name, name)) {
+            return b;
+        }
+    }
+    return NULL;
+}
+
+static bool same_bitmap_names(GPtrArray *a, GPtrArray *b)
+{
+    guint i;
+
+    if (a->len != b->len) {
+        return false;
+    }
+    for (i = 0; i < a->len; i++) {
+        if (strcmp(((BitmapState *)g_ptr_array_index(a, i))->name,
+                   ((BitmapState *)g_ptr_array_index(b, i))->name)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool bitmap_matches(const BitmapState *x, const BitmapState *ref)
+{
+    if (!ref || ref->granularity != x->granularity ||
+        ref->is_auto != x->is_auto) {
+        return false;
+    }
+    /* A stale bitmap is refused by every reader: allowed after a crash. */
+    return x->in_use || (!ref->in_use && !strcmp(ref->map, x->map));
+}
+
+/*
+ * Each bitmap of a crash image is as it was before the workload opened
+ * the image, as the close stored it, or in_use; and an enabled bitmap
+ * that is not in_use marks every sector the crash image changed since the
+ * start (a missing in_use would leave a stale bitmap that looks valid).
+ */
+static void check_crash_bitmaps(Run *r, const char *path, GString *why)
+{
+    g_autoptr(GPtrArray) c = read_bitmaps(path, why);
+    g_autoptr(GError) err = NULL;
+    QGuardImage *img = NULL;
+    guint i;
+
+    if (why->len) {
+        return;
+    }
+    if (!same_bitmap_names(c, r->bitmaps_before) &&
+        !same_bitmap_names(c, r->bitmaps_after)) {
+        g_string_append_printf(why, "the bitmaps (%u) are neither those "
+                               "before (%u) nor after (%u)\n", c->len,
+                               r->bitmaps_before->len, r->bitmaps_after->len);
+        return;
+    }
+    for (i = 0; i < c->len; i++) {
+        const BitmapState *x = g_ptr_array_index(c, i);
+        const BitmapState *b = find_bitmap_state(r->bitmaps_before, x->name);
+        const BitmapState *a = find_bitmap_state(r->bitmaps_after, x->name);
+        uint64_t size, sector;
+
+        if (!bitmap_matches(x, b) && !bitmap_matches(x, a)) {
+            g_string_append_printf(why, "bitmap %.20s (%s%s) matches no "
+                                   "state: %.200s\n", x->name,
+                                   x->in_use ? "in_use " : "",
+                                   x->is_auto ? "auto" : "",
+                                   x->map ? x->map : "");
+            return;
+        }
+        if (x->in_use || !x->is_auto || !b) {
+            continue;
+        }
+        if (qguard_image_open(&img, path, "qcow2", NULL, 0, &err) < 0) {
+            g_string_append_printf(why, "open: %s\n", err->message);
+            return;
+        }
+        size = qguard_image_size(img);
+        for (sector = 0; sector * SECTOR < size && !why->len; sector++) {
+            uint8_t buf[SECTOR];
+            uint64_t len = MIN(SECTOR, size - sector * SECTOR), n;
+            bool dirty = false;
+
+            if (qguard_image_pread(img, sector * SECTOR, len, buf, &err) < 0 ||
+                hash_sector(buf, len) == state_hash(&r->initial, sector)) {
+                continue;
+            }
+            if (qguard_bitmap_status(img, x->name, sector * SECTOR, len,
+                                     &dirty, &n, &err) < 0 || !dirty) {
+                g_string_append_printf(why, "bitmap %.20s misses the change "
+                                       "of sector %" PRIu64 "\n", x->name,
+                                       sector);
+            }
+        }
+        qguard_image_close(img, NULL);
+        img = NULL;
+    }
+}
 
 typedef struct Verdict {
     GString *why;            /* empty: the image is fine */
@@ -519,6 +796,13 @@ static void check_crash_image(Run *r, const char *path, int64_t first,
     int rc;
     bool size_ok = false;
 
+    /* Before the read-write open below changes them. */
+    if (r->bitmaps_before->len || r->bitmaps_after->len) {
+        check_crash_bitmaps(r, path, why);
+        if (why->len) {
+            return;
+        }
+    }
     qguard_set_message_handler(quiet, NULL);
     rc = qguard_image_open(&img, path, "qcow2", NULL, QGUARD_OPEN_RDWR, &err);
     qguard_set_message_handler(NULL, NULL);
@@ -737,16 +1021,21 @@ static void run_workload(gconstpointer data)
     read_state(r.img, &r.initial);
     g_assert_cmpint(qguard_image_close(r.img, &err), ==, 0);
 
-    /* Record the workload on a copy. */
+    /* Record the workload on a copy, its open included. */
     mem_load(&durable, base);
     mem_store(&durable, work);
+    {
+        g_autoptr(GString) why = g_string_new(NULL);
+        r.bitmaps_before = read_bitmaps(work, why);
+        g_assert_cmpstr(why->str, ==, "");
+    }
     r.rec.path = work;
     r.rec.recs = g_array_new(FALSE, FALSE, sizeof(Rec));
     r.ops = g_array_new(FALSE, FALSE, sizeof(GuestOp));
     r.rand = g_rand_new_with_seed(0x5eed);
+    host_file_set_hook(record_hook, &r.rec);
     g_assert_cmpint(qguard_image_open(&r.img, work, "qcow2", NULL,
                                       QGUARD_OPEN_RDWR, &err), ==, 0);
-    host_file_set_hook(record_hook, &r.rec);
     w->run(&r);
     {
         /* The close flushes: the last durability point. */
@@ -762,6 +1051,11 @@ static void run_workload(gconstpointer data)
     }
     host_file_set_hook(NULL, NULL);
     nrec = r.rec.recs->len;
+    {
+        g_autoptr(GString) why = g_string_new(NULL);
+        r.bitmaps_after = read_bitmaps(work, why);
+        g_assert_cmpstr(why->str, ==, "");
+    }
     if (g_getenv("QGUARD_TEST_TRACE")) {
         static const char *const kinds[] = { "write", "flush", "truncate",
                                              "discard", "allocate" };
@@ -843,6 +1137,8 @@ static void run_workload(gconstpointer data)
     }
     g_array_free(r.rec.recs, TRUE);
     g_array_free(r.ops, TRUE);
+    g_ptr_array_free(r.bitmaps_before, TRUE);
+    g_ptr_array_free(r.bitmaps_after, TRUE);
     g_free(r.initial.hashes);
     g_free(durable.buf);
     g_free(final.buf);
