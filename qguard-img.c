@@ -38,11 +38,16 @@ static const ImgCmd img_cmds[] = {
       "      [-s buffer_size] [-S step_size] [-t cache] [-w] "
       "[--random[=seed]]\n"
       "      [--image-opts] [-U] filename" },
+    { "bitmap", img_bitmap,
+      "bitmap (--merge SOURCE | --add | --remove | --clear | --enable |\n"
+      "      --disable)... [-b source_file [-F source_fmt]] [-g granularity]\n"
+      "      [--image-opts | -f fmt] filename bitmap" },
     { "check", img_check,
       "check [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]]\n"
       "      [-T src_cache] [-U] filename" },
     { "convert", img_convert,
-      "convert [--image-opts] [-U] [-c] [-p] [-q] [-n] [-f fmt] [-t cache]\n"
+      "convert [--image-opts] [--bitmaps [--skip-broken-bitmaps]] [-U] [-c]\n"
+      "      [-p] [-q] [-n] [-f fmt] [-t cache]\n"
       "      [-T src_cache] [-O output_fmt] [-o options] [-S sparse_size]\n"
       "      [-m num_coroutines] [-W] filename [filename2 [...]] "
       "output_filename" },
@@ -79,6 +84,9 @@ static const char help_arguments[] =
     "  'ofmt' is 'human' or 'json'.\n"
     "  'cache' modes are accepted for compatibility and have no effect.\n"
     "  -q prints nothing but errors; -p shows progress (convert, create).\n"
+    "  bitmap runs its actions in the order given on one bitmap; -g sets the\n"
+    "    granularity for --add, -b and -F name the image --merge reads from.\n"
+    "  convert --bitmaps copies the persistent bitmaps of a single source.\n"
     "  check -r leaks repairs leaked clusters only, -r all repairs "
     "every kind of\n"
     "    error (with a higher risk of choosing the wrong fix).\n"

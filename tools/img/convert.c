@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -363,6 +364,114 @@ static int convert_do_copy(ConvertState *s)
     return 0;
 }
 
+/*
+ * The bitmaps of @src in the order qemu-img visits them: it keeps them in
+ * a list it prepends to as it loads the directory, so the last comes first.
+ */
+static QGuardBitmapInfo *source_bitmaps(QGuardImage *src, guint *count)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardBitmapInfo *list = NULL, t;
+    guint i;
+
+    if (qguard_bitmap_list(src, &list, count, &err) < 0) {
+        error_report("%s", gerr_msg(err, -EINVAL));
+        return NULL;
+    }
+    for (i = 0; i < *count / 2; i++) {
+        t = list[i];
+        list[i] = list[*count - 1 - i];
+        list[*count - 1 - i] = t;
+    }
+    return list;
+}
+
+static void free_bitmap_list(QGuardBitmapInfo *list, guint count)
+{
+    guint i;
+
+    for (i = 0; i < count; i++) {
+        g_free(list[i].name);
+    }
+    g_free(list);
+}
+
+/* Can the bitmaps be copied?  Says why not. */
+static int convert_check_bitmaps(QGuardImage *src, bool skip_broken)
+{
+    QGuardBitmapInfo *list;
+    guint count, i;
+    int ret = 0;
+
+    if (!qguard_image_supports_bitmaps(src)) {
+        error_report("Source lacks bitmap support");
+        return -1;
+    }
+    list = source_bitmaps(src, &count);
+    if (!list) {
+        return -1;
+    }
+    for (i = 0; i < count && !skip_broken; i++) {
+        if (list[i].in_use) {
+            error_report("Cannot copy inconsistent bitmap '%s'",
+                         list[i].name);
+            fprintf(stderr, "Try --skip-broken-bitmaps, or use 'qemu-img "
+                    "bitmap --remove' to delete it\n");
+            ret = -1;
+            break;
+        }
+    }
+    free_bitmap_list(list, count);
+    return ret;
+}
+
+/*
+ * Each bitmap of @src, with its granularity and state, into @dst.  Added
+ * last first, they are stored in the source's order (new bitmaps are
+ * stored most recent first, as in QEMU).
+ */
+static int convert_copy_bitmaps(QGuardImage *src, QGuardImage *dst,
+                                bool skip_broken)
+{
+    QGuardBitmapInfo *list;
+    guint count, i;
+    int ret = 0;
+
+    list = source_bitmaps(src, &count);
+    if (!list) {
+        return -1;
+    }
+    for (i = 0; i < count && ret == 0; i++) {
+        const QGuardBitmapInfo *bm = &list[i];
+        g_autoptr(GError) err = NULL;
+        g_autofree char *prefix = NULL;
+        int r;
+
+        if (skip_broken && bm->in_use) {
+            warn_report("Skipping inconsistent bitmap '%s'", bm->name);
+            continue;
+        }
+        r = qguard_bitmap_add(dst, bm->name, bm->granularity, !bm->is_auto,
+                              &err);
+        if (r < 0) {
+            prefix = g_strdup_printf("Failed to create bitmap %s", bm->name);
+            error_report_err(prefix, err, r);
+            ret = -1;
+            break;
+        }
+        r = qguard_bitmap_merge(dst, bm->name, src, bm->name, &err);
+        if (r < 0) {
+            prefix = g_strdup_printf("Failed to populate bitmap %s",
+                                     bm->name);
+            error_report_err(prefix, err, r);
+            qguard_bitmap_remove(dst, bm->name, NULL);
+            ret = -1;
+        }
+    }
+    free_bitmap_list(list, count);
+    return ret;
+}
+
 /* Creation options that are not also open-time options of the target. */
 static bool is_creation_option(const char *key)
 {
@@ -585,6 +694,8 @@ typedef struct ConvertParams {
     bool progress;          /* -p */
     bool skip_create;       /* -n */
     bool compress;          /* -c */
+    bool bitmaps;           /* --bitmaps */
+    bool skip_broken;       /* --skip-broken-bitmaps */
     uint64_t min_sparse;    /* -S, in sectors */
 } ConvertParams;
 
@@ -595,8 +706,8 @@ static const struct option convert_long_options[] = {
     { "target-image-opts", no_argument, NULL, OPTION_UNSUPPORTED },
     { "salvage", no_argument, NULL, OPTION_UNSUPPORTED },
     { "target-is-zero", no_argument, NULL, OPTION_UNSUPPORTED },
-    { "bitmaps", no_argument, NULL, OPTION_UNSUPPORTED },
-    { "skip-broken-bitmaps", no_argument, NULL, OPTION_UNSUPPORTED },
+    { "bitmaps", no_argument, NULL, OPTION_BITMAPS },
+    { "skip-broken-bitmaps", no_argument, NULL, OPTION_SKIP_BROKEN },
     LONGOPT_END
 };
 
@@ -648,6 +759,12 @@ static bool convert_option(int c, int opt_index, ConvertParams *p)
     case 'W':
         /* Out-of-order writes: requests are sequential here anyway. */
         break;
+    case OPTION_BITMAPS:
+        p->bitmaps = true;
+        break;
+    case OPTION_SKIP_BROKEN:
+        p->skip_broken = true;
+        break;
     case 'B':
     case 'C':
     case 'F':
@@ -684,6 +801,10 @@ int img_convert(int argc, char **argv)
         if (!convert_option(c, opt_index, &p)) {
             return 1;
         }
+    }
+    if (p.skip_broken && !p.bitmaps) {
+        error_report("Use of --skip-broken-bitmaps requires --bitmaps");
+        return 1;
     }
     if (p.skip_create && raw_opts->len) {
         error_report("-o has no effect when skipping image creation");
@@ -734,6 +855,15 @@ int img_convert(int argc, char **argv)
         }
         s.compressed = true;
     }
+    if (p.bitmaps) {
+        if (s.src_num > 1) {
+            error_report("Copying bitmaps only possible with single source");
+            goto out;
+        }
+        if (convert_check_bitmaps(s.src[0], p.skip_broken) < 0) {
+            goto out;
+        }
+    }
     if (!p.skip_create &&
         !convert_create_target(&s, &p.o, &argv[optind], out_filename,
                                p.out_fmt, opts)) {
@@ -749,6 +879,11 @@ int img_convert(int argc, char **argv)
     if (!s.target) {
         goto out;
     }
+    if (p.bitmaps && !qguard_image_supports_bitmaps(s.target)) {
+        error_report("Format driver '%s' does not support bitmaps",
+                     qguard_image_format(s.target));
+        goto out;
+    }
     if (p.skip_create &&
         qguard_image_size(s.target) < s.total_sectors * SECTOR_SIZE) {
         error_report("output file is smaller than input file");
@@ -756,6 +891,9 @@ int img_convert(int argc, char **argv)
     }
     ret = convert_run(&s, !p.skip_create &&
                           !qguard_opts_get(opts, "backing_file"));
+    if (ret == 0 && p.bitmaps) {
+        ret = convert_copy_bitmaps(s.src[0], s.target, p.skip_broken);
+    }
 
 out:
     if (s.target && img_close(s.target) < 0 && ret == 0) {

@@ -48,6 +48,8 @@ enum {
     OPTION_PREALLOCATION,
     OPTION_SHRINK,
     OPTION_RANDOM,
+    OPTION_BITMAPS,
+    OPTION_SKIP_BROKEN,
     OPTION_UNSUPPORTED,
 };
 
@@ -81,6 +83,7 @@ typedef enum OutputFormat {
 /* ---- The commands ------------------------------------------------------- */
 
 int img_bench(int argc, char **argv);
+int img_bitmap(int argc, char **argv);
 int img_check(int argc, char **argv);
 int img_convert(int argc, char **argv);
 int img_create(int argc, char **argv);
