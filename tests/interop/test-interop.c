@@ -1943,7 +1943,8 @@ static void add_isolated(const char *path, void (*fn)(gconstpointer),
 
     st->fn = fn;
     st->data = data;
-    g_test_add_data_func(path, st, isolated);
+    /* GTest frees its suites after the run: it must own @st too. */
+    g_test_add_data_func_full(path, st, isolated, g_free);
 }
 
 static const CompressedCase compressed_cases[] = {
