@@ -1459,6 +1459,46 @@ static int resize_data_file(BDRVQcow2State *s, uint64_t old_size,
     return 0;
 }
 
+/*
+ * A grown disk must read as zeros even where a longer backing file has
+ * data (QEMU's bdrv_co_truncate()): whole clusters get the zero flag, which
+ * costs L2 entries but no data, whole subclusters of a partial last cluster
+ * their zero bits (extended L2), and the rest real zeros.
+ */
+static int zero_grown_area(BDRVQcow2State *s, uint64_t old_size,
+                           uint64_t size, GError **errp)
+{
+    uint64_t zero_start = ROUND_UP(old_size, (uint64_t)s->subcluster_size);
+    uint64_t full_start = ROUND_UP(zero_start, (uint64_t)s->cluster_size);
+    int ret = 0;
+
+    if (size > zero_start && full_start > zero_start) {
+        ret = qcow2_zero_subcluster_range(s, zero_start,
+                                          ROUND_UP(MIN(full_start, size) -
+                                                   zero_start,
+                                                   (uint64_t)s->subcluster_size),
+                                          false);
+    }
+    if (ret >= 0 && size > full_start) {
+        ret = qcow2_zero_clusters(s, full_start, size - full_start, false);
+    }
+    if (ret < 0) {
+        g_set_error(errp, QGUARD_ERROR, -ret,
+                    "Failed to zero out new clusters: %s", g_strerror(-ret));
+        return ret;
+    }
+    if (zero_start > old_size) {
+        ret = write_zero_buffer(s, old_size, MIN(zero_start, size) - old_size);
+        if (ret < 0) {
+            g_set_error(errp, QGUARD_ERROR, -ret,
+                        "Failed to zero out the new area: %s",
+                        g_strerror(-ret));
+            return ret;
+        }
+    }
+    return 0;
+}
+
 int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
                  const char *prealloc, QGuardProgressFunc *progress,
                  void *opaque, GError **errp)
@@ -1466,6 +1506,7 @@ int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
     BDRVQcow2State *s = img->opaque;
     uint64_t old_size = img->total_size;
     Qcow2PreallocMode mode;
+    bool zero_new;
     uint8_t buf[8];
     int ret;
 
@@ -1500,6 +1541,15 @@ int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
         g_set_error(errp, QGUARD_ERROR, EINVAL,
                     "Use the --shrink option to perform a shrink operation.");
         return -EINVAL;
+    }
+    /* Only a backing file longer than the disk can show through a grow. */
+    zero_new = size > old_size && img->backing &&
+               img->backing->total_size > old_size;
+    if (zero_new && s->qcow_version < 3) {
+        /* Without the zero flag QEMU refuses, before changing anything. */
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                    "Failed to zero out new clusters: %s", g_strerror(ENOTSUP));
+        return -ENOTSUP;
     }
     ret = qcow2_bitmaps_prepare_resize(s, size, errp);
     if (ret < 0) {
@@ -1562,6 +1612,12 @@ int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
         g_set_error(errp, QGUARD_ERROR, -ret,
                     "Preallocation failed: %s", g_strerror(-ret));
         return ret;
+    }
+    if (zero_new) {
+        ret = zero_grown_area(s, old_size, size, errp);
+        if (ret < 0) {
+            return ret;
+        }
     }
     ret = qcow2_flush_metadata(s);
     if (ret < 0) {
