@@ -112,6 +112,7 @@ static bool is_generic_option(const char *key)
            !strcmp(key, "cache.direct") || !strcmp(key, "cache.no-flush") ||
            !strcmp(key, "file.cache.direct") ||
            !strcmp(key, "file.cache.no-flush") ||
+           !strcmp(key, "discard") ||
            g_str_has_prefix(key, "backing.");
 }
 
@@ -155,6 +156,19 @@ static bool parse_cache_option(const QGuardOpts *opts, const char *name,
     *file_val = *image_val;
     v = qguard_opts_get(opts, file_key);
     return !v || qguard_parse_bool(name, v, file_val, errp);
+}
+
+/* QEMU's bdrv_parse_discard_flags(): does the image pass discards on? */
+static bool parse_discard_mode(const char *mode, bool *unmap)
+{
+    if (!strcmp(mode, "off") || !strcmp(mode, "ignore")) {
+        *unmap = false;
+    } else if (!strcmp(mode, "on") || !strcmp(mode, "unmap")) {
+        *unmap = true;
+    } else {
+        return false;
+    }
+    return true;
 }
 
 static int check_options(const BlockDriver *drv, const QGuardOpts *opts,
@@ -263,6 +277,7 @@ static int open_image(QGuardImage **pimg, const char *filename,
     bool no_lock = false;
     bool direct, file_direct, no_flush, file_no_flush;
     unsigned file_flags;
+    bool unmap = true;
     int ret;
 
     if (!filename && qguard_opts_get(opts, "file")) {
@@ -351,8 +366,15 @@ static int open_image(QGuardImage **pimg, const char *filename,
         no_lock = no_lock || share;
     }
 
+    if (qguard_opts_get(opts, "discard") &&
+        !parse_discard_mode(qguard_opts_get(opts, "discard"), &unmap)) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL, "Invalid discard option");
+        return -EINVAL;
+    }
+
     img = g_new0(QGuardImage, 1);
     image_lock_init(img);
+    img->discard_unmap = unmap;
     img->filename = g_strdup(filename);
     img->flags = read_only ? flags & ~QGUARD_OPEN_RDWR : flags;
     img->read_only = read_only;
@@ -624,6 +646,10 @@ int qguard_image_pwrite_zeroes(QGuardImage *img, uint64_t offset,
 {
     int ret;
 
+    if (!img->discard_unmap) {
+        /* discard=ignore: zero writes keep their clusters allocated too. */
+        flags &= ~QGUARD_ZERO_MAY_UNMAP;
+    }
     image_lock(img);
     ret = check_request(img, offset, bytes, true, errp);
     if (ret == 0 && bytes) {
@@ -673,7 +699,8 @@ int qguard_image_discard(QGuardImage *img, uint64_t offset, uint64_t bytes,
 
     image_lock(img);
     ret = check_request(img, offset, bytes, true, errp);
-    if (ret == 0 && bytes && img->drv->discard) {
+    /* discard=ignore (or off): the request succeeds and does nothing. */
+    if (ret == 0 && bytes && img->drv->discard && img->discard_unmap) {
         ret = set_io_error(img, img->drv->discard(img, offset, bytes), errp);
     }
     image_unlock(img);

@@ -51,6 +51,11 @@ struct QGuardImage {
     /* Set after a fatal corruption: every further request fails. */
     bool broken;
     bool probed;                /* format guessed, not given */
+    /*
+     * The "discard" option: unmap/on passes guest discards (and the unmap
+     * permission of zero writes) to the driver; ignore/off drops them.
+     */
+    bool discard_unmap;
 };
 
 /* Driver entry points.  Requests have been bounds-checked by block.c. */

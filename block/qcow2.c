@@ -1166,16 +1166,28 @@ static int write_zero_buffer(BDRVQcow2State *s, uint64_t offset,
     return 0;
 }
 
-/* A partial cluster: nothing to do if it is zero already, else real zeros. */
-static int zero_partial(BDRVQcow2State *s, uint64_t offset, uint64_t bytes)
+/*
+ * A partial cluster: real zeros unless the whole cluster reads as zeros
+ * already; then, as QEMU does, it becomes a zero cluster (v3; v2 has
+ * nothing to change).
+ */
+static int zero_partial(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
+                        unsigned flags)
 {
     bool zero;
     int ret = cluster_reads_zero(s, offset, &zero);
 
-    if (ret < 0 || zero) {
+    if (ret < 0) {
         return ret;
     }
-    return write_zero_buffer(s, offset, bytes);
+    if (!zero) {
+        return write_zero_buffer(s, offset, bytes);
+    }
+    if (s->qcow_version < 3) {
+        return 0;
+    }
+    return qcow2_zero_clusters(s, start_of_cluster(s, offset),
+                               s->cluster_size, flags & QGUARD_ZERO_MAY_UNMAP);
 }
 
 /*
@@ -1233,12 +1245,18 @@ static int qcow2_pwrite_zeroes(QGuardImage *img, uint64_t offset,
 
     qcow2_bitmaps_set_dirty(s, offset, bytes);
     if (s->qcow_version < 3) {
-        /* No zero flag in v2: the zeros must be written out. */
+        /*
+         * No zero flag in v2.  Without a backing file an unallocated
+         * cluster reads as zeros, so QEMU deallocates whole clusters;
+         * with one, the zeros must be written out.
+         */
         if (flags & QGUARD_ZERO_FAST) {
             return -ENOTSUP;
         }
-        ret = write_zero_buffer(s, offset, bytes);
-        goto out;
+        if (img->backing) {
+            ret = write_zero_buffer(s, offset, bytes);
+            goto out;
+        }
     }
     plan_zero_request(s, offset, bytes, &plan);
     if (flags & QGUARD_ZERO_FAST) {
@@ -1267,12 +1285,16 @@ static int qcow2_pwrite_zeroes(QGuardImage *img, uint64_t offset,
               ? qcow2_zero_piece_ext(s, plan.partial[i][0],
                                      plan.partial[i][1], false)
               : zero_partial(s, plan.partial[i][0],
-                             plan.partial[i][1] - plan.partial[i][0]);
+                             plan.partial[i][1] - plan.partial[i][0], flags);
         if (ret < 0) {
             return ret;
         }
     }
-    if (plan.full_end > plan.full_start) {
+    if (plan.full_end > plan.full_start && s->qcow_version < 3) {
+        ret = qcow2_discard_clusters(s, plan.full_start,
+                                     plan.full_end - plan.full_start, false,
+                                     QCOW2_DISCARD_REQUEST);
+    } else if (plan.full_end > plan.full_start) {
         ret = qcow2_zero_clusters(s, plan.full_start,
                                   plan.full_end - plan.full_start,
                                   flags & QGUARD_ZERO_MAY_UNMAP);
@@ -1310,6 +1332,13 @@ static int qcow2_discard(QGuardImage *img, uint64_t offset, uint64_t bytes)
 
     /* As in QEMU, the whole request counts, even what is left alone. */
     qcow2_bitmaps_set_dirty(s, offset, bytes);
+    /*
+     * Without the zero flag, a discarded cluster of a v2 image would show
+     * the backing file's data: QEMU ignores such discards.
+     */
+    if (s->qcow_version < 3 && img->backing) {
+        return 0;
+    }
     /* Only whole clusters can be discarded; partial ones are left alone. */
     end = end == img->total_size ? ROUND_UP(end, (uint64_t)s->cluster_size)
                                  : start_of_cluster(s, end);

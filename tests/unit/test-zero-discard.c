@@ -1,0 +1,363 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * What a guest sees after zero writes, discards and grows, through the
+ * library API, by QEMU 7.2's rules: fast zeros that would have to write
+ * data fail and change nothing; the "discard" open option; v2 images,
+ * which have no zero flag; a grow over a longer backing file.
+ * tests/qemu-iotests/400 and 401 compare the same cases with QEMU's tools.
+ *
+ * Copyright (c) 2026 The qguard authors
+ */
+#include <glib.h>
+#include <glib/gstdio.h>
+#include <string.h>
+
+#include "qguard.h"
+
+#define MiB (1024 * 1024)
+#define CLUSTER 65536
+
+static char *test_dir;
+
+static char *test_path(const char *name)
+{
+    return g_build_filename(test_dir, name, NULL);
+}
+
+/* Create @name with @create_opts, raw if @format says so. */
+static char *create(const char *name, const char *format,
+                    const char *create_opts)
+{
+    char *path = test_path(name);
+    g_autoptr(GError) err = NULL;
+    QGuardOpts *opts = qguard_opts_new();
+
+    g_assert_true(qguard_opts_parse(opts, create_opts, NULL, &err));
+    g_assert_cmpint(qguard_image_create(path, format, opts, NULL, NULL,
+                                        &err), ==, 0);
+    g_assert_no_error(err);
+    qguard_opts_free(opts);
+    return path;
+}
+
+static QGuardImage *open_rw(const char *path, const char *format,
+                            const char *runtime)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardOpts *opts = qguard_opts_new();
+    QGuardImage *img = NULL;
+
+    if (runtime) {
+        g_assert_true(qguard_opts_parse(opts, runtime, NULL, &err));
+    }
+    g_assert_cmpint(qguard_image_open(&img, path, format, opts,
+                                      QGUARD_OPEN_RDWR, &err), ==, 0);
+    g_assert_no_error(err);
+    qguard_opts_free(opts);
+    return img;
+}
+
+static void close_image(QGuardImage *img)
+{
+    g_autoptr(GError) err = NULL;
+
+    g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
+    g_assert_no_error(err);
+}
+
+static void write_pattern(QGuardImage *img, uint64_t offset, uint64_t len,
+                          uint8_t byte)
+{
+    g_autofree uint8_t *buf = g_malloc(len);
+    g_autoptr(GError) err = NULL;
+
+    memset(buf, byte, len);
+    g_assert_cmpint(qguard_image_pwrite(img, offset, len, buf, 0, &err), ==,
+                    0);
+    g_assert_no_error(err);
+}
+
+/* Every byte of [offset, offset + len) reads as @byte. */
+static void assert_reads(QGuardImage *img, uint64_t offset, uint64_t len,
+                         uint8_t byte)
+{
+    g_autofree uint8_t *buf = g_malloc(len);
+    g_autoptr(GError) err = NULL;
+    uint64_t i;
+
+    g_assert_cmpint(qguard_image_pread(img, offset, len, buf, &err), ==, 0);
+    g_assert_no_error(err);
+    for (i = 0; i < len; i++) {
+        if (buf[i] != byte) {
+            g_error("byte %" G_GUINT64_FORMAT " reads 0x%02x, expected 0x%02x",
+                    offset + i, buf[i], byte);
+        }
+    }
+}
+
+static unsigned status_flags(QGuardImage *img, uint64_t offset)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardBlockStatus st;
+
+    g_assert_cmpint(qguard_image_block_status(img, offset, CLUSTER, &st,
+                                              &err), ==, 0);
+    g_assert_no_error(err);
+    return st.depth == 0 ? st.flags : 0;
+}
+
+/* A v3 image with 0x5a in its first two clusters. */
+static QGuardImage *data_image(const char *name, const char *create_opts,
+                               const char *runtime)
+{
+    g_autofree char *path = create(name, "qcow2", create_opts);
+    QGuardImage *img = open_rw(path, "qcow2", runtime);
+
+    write_pattern(img, 0, 2 * CLUSTER, 0x5a);
+    return img;
+}
+
+/* ---- Fast zeros (docs/nbd-export.md, Limits) ------------------------------ */
+
+static void test_fast_zero_partial_data(void)
+{
+    QGuardImage *img = data_image("fz1.qcow2", "size=1M", NULL);
+    g_autoptr(GError) err = NULL;
+
+    g_assert_cmpint(qguard_image_pwrite_zeroes(img, 4096, 4096,
+                                               QGUARD_ZERO_FAST, &err), ==,
+                    -ENOTSUP);
+    g_clear_error(&err);
+    /* A request with whole clusters and a partial one: nothing changes. */
+    g_assert_cmpint(qguard_image_pwrite_zeroes(img, 0, CLUSTER + 4096,
+                                               QGUARD_ZERO_FAST, &err), ==,
+                    -ENOTSUP);
+    assert_reads(img, 0, 2 * CLUSTER, 0x5a);
+    close_image(img);
+}
+
+static void test_fast_zero_partial_already_zero(void)
+{
+    QGuardImage *img = data_image("fz2.qcow2", "size=1M", NULL);
+    g_autoptr(GError) err = NULL;
+
+    /* The third cluster is unallocated: reads as zeros already. */
+    g_assert_cmpint(qguard_image_pwrite_zeroes(img, 2 * CLUSTER + 4096, 4096,
+                                               QGUARD_ZERO_FAST, &err), ==,
+                    0);
+    g_assert_no_error(err);
+    /* Whole clusters of data: the zero flag, no data written. */
+    g_assert_cmpint(qguard_image_pwrite_zeroes(img, 0, CLUSTER,
+                                               QGUARD_ZERO_FAST, &err), ==,
+                    0);
+    g_assert_no_error(err);
+    assert_reads(img, 0, CLUSTER, 0);
+    assert_reads(img, CLUSTER, CLUSTER, 0x5a);
+    g_assert_true(status_flags(img, 0) & QGUARD_BLOCK_ZERO);
+    close_image(img);
+}
+
+static void test_fast_zero_v2(void)
+{
+    QGuardImage *img = data_image("fz3.qcow2", "size=1M,compat=0.10", NULL);
+    g_autoptr(GError) err = NULL;
+
+    g_assert_cmpint(qguard_image_pwrite_zeroes(img, 0, CLUSTER,
+                                               QGUARD_ZERO_FAST, &err), ==,
+                    -ENOTSUP);
+    assert_reads(img, 0, 2 * CLUSTER, 0x5a);
+    close_image(img);
+}
+
+/* ---- The discard option ------------------------------------------------- */
+
+static void test_discard_ignore(gconstpointer mode)
+{
+    g_autofree char *runtime = g_strdup_printf("discard=%s",
+                                               (const char *)mode);
+    g_autofree char *name = g_strdup_printf("di-%s.qcow2",
+                                            (const char *)mode);
+    QGuardImage *img = data_image(name, "size=1M", runtime);
+    g_autoptr(GError) err = NULL;
+
+    g_assert_cmpint(qguard_image_discard(img, 0, CLUSTER, &err), ==, 0);
+    g_assert_no_error(err);
+    assert_reads(img, 0, CLUSTER, 0x5a);
+    /* The zeros are written, but the cluster keeps its host offset. */
+    g_assert_cmpint(qguard_image_pwrite_zeroes(img, CLUSTER, CLUSTER,
+                                               QGUARD_ZERO_MAY_UNMAP, &err),
+                    ==, 0);
+    g_assert_no_error(err);
+    assert_reads(img, CLUSTER, CLUSTER, 0);
+    g_assert_cmpuint(status_flags(img, CLUSTER) &
+                     (QGUARD_BLOCK_ZERO | QGUARD_BLOCK_OFFSET_VALID), ==,
+                     QGUARD_BLOCK_ZERO | QGUARD_BLOCK_OFFSET_VALID);
+    close_image(img);
+}
+
+static void test_discard_unmap(gconstpointer mode)
+{
+    g_autofree char *runtime = mode ? g_strdup_printf("discard=%s",
+                                                      (const char *)mode)
+                                    : NULL;
+    g_autofree char *name = g_strdup_printf("du-%s.qcow2",
+                                            mode ? (const char *)mode : "");
+    QGuardImage *img = data_image(name, "size=1M", runtime);
+    g_autoptr(GError) err = NULL;
+
+    g_assert_cmpint(qguard_image_discard(img, 0, CLUSTER, &err), ==, 0);
+    g_assert_no_error(err);
+    assert_reads(img, 0, CLUSTER, 0);
+    g_assert_cmpint(qguard_image_pwrite_zeroes(img, CLUSTER, CLUSTER,
+                                               QGUARD_ZERO_MAY_UNMAP, &err),
+                    ==, 0);
+    g_assert_no_error(err);
+    g_assert_cmpuint(status_flags(img, CLUSTER) &
+                     (QGUARD_BLOCK_ZERO | QGUARD_BLOCK_OFFSET_VALID), ==,
+                     QGUARD_BLOCK_ZERO);
+    close_image(img);
+}
+
+static void test_discard_bad_mode(void)
+{
+    g_autofree char *path = create("dbad.qcow2", "qcow2", "size=1M");
+    g_autoptr(GError) err = NULL;
+    QGuardOpts *opts = qguard_opts_new();
+    QGuardImage *img = NULL;
+
+    qguard_opts_set(opts, "discard", "sometimes");
+    g_assert_cmpint(qguard_image_open(&img, path, "qcow2", opts,
+                                      QGUARD_OPEN_RDWR, &err), ==, -EINVAL);
+    g_assert_cmpstr(err->message, ==, "Invalid discard option");
+    g_assert_null(img);
+    qguard_opts_free(opts);
+}
+
+/* ---- v2 images ------------------------------------------------------------ */
+
+/* A raw backing file full of 0x11 and a @compat overlay over it. */
+static QGuardImage *overlay(const char *name, const char *compat,
+                            uint64_t size)
+{
+    g_autofree char *base = create("base.raw", "raw", "size=8M");
+    g_autofree char *opts = g_strdup_printf(
+        "size=%" G_GUINT64_FORMAT ",compat=%s,backing_file=%s,"
+        "backing_fmt=raw", size, compat, base);
+    g_autofree char *path = create(name, "qcow2", opts);
+    QGuardImage *img = open_rw(base, "raw", NULL);
+
+    write_pattern(img, 0, 8 * MiB, 0x11);
+    close_image(img);
+    return open_rw(path, "qcow2", NULL);
+}
+
+static void test_v2_overlay_discard_ignored(void)
+{
+    QGuardImage *img = overlay("v2o.qcow2", "0.10", 2 * MiB);
+    g_autoptr(GError) err = NULL;
+
+    write_pattern(img, 0, 2 * CLUSTER, 0x5a);
+    g_assert_cmpint(qguard_image_discard(img, 0, 2 * CLUSTER, &err), ==, 0);
+    g_assert_no_error(err);
+    assert_reads(img, 0, 2 * CLUSTER, 0x5a);
+    close_image(img);
+}
+
+static void test_v2_write_zeroes_deallocates(void)
+{
+    QGuardImage *img = data_image("v2z.qcow2", "size=1M,compat=0.10", NULL);
+    g_autoptr(GError) err = NULL;
+
+    g_assert_cmpint(qguard_image_pwrite_zeroes(img, 0, CLUSTER, 0, &err), ==,
+                    0);
+    g_assert_no_error(err);
+    assert_reads(img, 0, CLUSTER, 0);
+    assert_reads(img, CLUSTER, CLUSTER, 0x5a);
+    g_assert_false(status_flags(img, 0) & QGUARD_BLOCK_ALLOCATED);
+    close_image(img);
+}
+
+/* ---- Growing over a longer backing file ---------------------------------- */
+
+static void test_grow_over_backing(void)
+{
+    QGuardImage *img = overlay("grow.qcow2", "1.1", 8 * MiB);
+    g_autoptr(GError) err = NULL;
+
+    write_pattern(img, MiB, CLUSTER, 0x22);
+    g_assert_cmpint(qguard_image_truncate(img, 2 * MiB + 512, true, NULL,
+                                          &err), ==, 0);
+    g_assert_cmpint(qguard_image_truncate(img, 8 * MiB, false, NULL, &err),
+                    ==, 0);
+    g_assert_no_error(err);
+    assert_reads(img, 0, MiB, 0x11);
+    assert_reads(img, MiB, CLUSTER, 0x22);
+    assert_reads(img, 2 * MiB, 512, 0x11);
+    assert_reads(img, 2 * MiB + 512, 6 * MiB - 512, 0);
+    close_image(img);
+}
+
+static void test_grow_over_backing_v2(void)
+{
+    QGuardImage *img = overlay("grow2.qcow2", "0.10", 2 * MiB);
+    g_autoptr(GError) err = NULL;
+
+    g_assert_cmpint(qguard_image_truncate(img, 8 * MiB, false, NULL, &err),
+                    ==, -ENOTSUP);
+    g_assert_cmpstr(err->message, ==,
+                    "Failed to zero out new clusters: Operation not supported");
+    g_assert_cmpuint(qguard_image_size(img), ==, 2 * MiB);
+    assert_reads(img, 0, 2 * MiB, 0x11);
+    close_image(img);
+}
+
+static int rm_all(const char *dir)
+{
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    const char *name;
+
+    while (d && (name = g_dir_read_name(d))) {
+        g_autofree char *p = g_build_filename(dir, name, NULL);
+        g_unlink(p);
+    }
+    return g_rmdir(dir);
+}
+
+int main(int argc, char **argv)
+{
+    g_autoptr(GError) err = NULL;
+    int ret;
+
+    g_test_init(&argc, &argv, NULL);
+    test_dir = g_dir_make_tmp("qguard-zero-discard-XXXXXX", &err);
+    g_assert_no_error(err);
+
+    g_test_add_func("/zero-discard/fast-zero/partial-data-enotsup",
+                    test_fast_zero_partial_data);
+    g_test_add_func("/zero-discard/fast-zero/partial-already-zero",
+                    test_fast_zero_partial_already_zero);
+    g_test_add_func("/zero-discard/fast-zero/v2-enotsup", test_fast_zero_v2);
+    g_test_add_data_func("/zero-discard/option/ignore", "ignore",
+                         test_discard_ignore);
+    g_test_add_data_func("/zero-discard/option/off", "off",
+                         test_discard_ignore);
+    g_test_add_data_func("/zero-discard/option/unmap", "unmap",
+                         test_discard_unmap);
+    g_test_add_data_func("/zero-discard/option/on", "on", test_discard_unmap);
+    g_test_add_data_func("/zero-discard/option/default", NULL,
+                         test_discard_unmap);
+    g_test_add_func("/zero-discard/option/invalid", test_discard_bad_mode);
+    g_test_add_func("/zero-discard/v2/overlay-discard-ignored",
+                    test_v2_overlay_discard_ignored);
+    g_test_add_func("/zero-discard/v2/write-zeroes-deallocates",
+                    test_v2_write_zeroes_deallocates);
+    g_test_add_func("/zero-discard/grow/over-longer-backing",
+                    test_grow_over_backing);
+    g_test_add_func("/zero-discard/grow/over-longer-backing-v2-refused",
+                    test_grow_over_backing_v2);
+
+    ret = g_test_run();
+    rm_all(test_dir);
+    g_free(test_dir);
+    return ret;
+}
