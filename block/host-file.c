@@ -112,15 +112,14 @@ static int lock_byte(int fd, off_t off, short type, int cmd)
 }
 
 /*
- * @unshared: what others may not do while we hold the file: write and
- * resize for an image (it holds metadata), only resize for an external
- * data file (QEMU's data children share writes).
+ * Take @perm and deny @unshared (PERM_* masks), unless someone objects.
+ * An image denies write and resize (it holds metadata), an external data
+ * file only resize (QEMU's data children share writes), a file being
+ * created only resize (QEMU's file-posix create).
  */
-static int apply_image_locks(int fd, const char *filename, bool rdwr,
+static int apply_image_locks(int fd, const char *filename, unsigned perm,
                              unsigned unshared, GError **errp)
 {
-    unsigned perm = PERM_CONSISTENT_READ |
-                    (rdwr ? PERM_WRITE | PERM_RESIZE : 0);
     int i, ret;
 
     for (i = 0; i < PERM_COUNT; i++) {
@@ -216,8 +215,12 @@ int host_file_open(HostFile **pfile, const char *filename, unsigned flags,
     int fd;
 
     oflags |= (flags & HOST_FILE_RDWR) ? O_RDWR : O_RDONLY;
+    /*
+     * Not O_TRUNC: an image that another process has open must keep its
+     * contents when the lock below is refused.
+     */
     if (flags & HOST_FILE_CREATE) {
-        oflags |= O_CREAT | O_TRUNC;
+        oflags |= O_CREAT;
     }
     if (flags & HOST_FILE_DIRECT) {
         oflags |= O_DIRECT;
@@ -241,11 +244,32 @@ int host_file_open(HostFile **pfile, const char *filename, unsigned flags,
         return -EISDIR;
     }
     if (!(flags & HOST_FILE_NO_LOCK)) {
-        int ret = apply_image_locks(fd, filename, (flags & HOST_FILE_RDWR) != 0,
-                                    PERM_WRITE | PERM_RESIZE, errp);
+        /*
+         * Creating needs write and resize and shares all but resize, as
+         * QEMU's file-posix create; a plain open shares neither.
+         */
+        unsigned perm = flags & HOST_FILE_CREATE ? PERM_WRITE | PERM_RESIZE :
+                        PERM_CONSISTENT_READ |
+                        (flags & HOST_FILE_RDWR ? PERM_WRITE | PERM_RESIZE : 0);
+        unsigned unshared = flags & HOST_FILE_CREATE ? PERM_RESIZE :
+                            PERM_WRITE | PERM_RESIZE;
+        int ret = apply_image_locks(fd, filename, perm, unshared, errp);
         if (ret < 0) {
             close(fd);
             return ret;
+        }
+    }
+    if (flags & HOST_FILE_CREATE) {
+        while (ftruncate(fd, 0) < 0) {
+            int err = errno;
+            if (err == EINTR) {
+                continue;
+            }
+            close(fd);
+            g_set_error(errp, G_FILE_ERROR, g_file_error_from_errno(err),
+                        "Could not clear '%s': %s", filename,
+                        g_strerror(err));
+            return -err;
         }
     }
     file = g_new0(HostFile, 1);
@@ -266,14 +290,18 @@ int host_file_open(HostFile **pfile, const char *filename, unsigned flags,
 
 int host_file_lock(HostFile *file, bool rdwr, GError **errp)
 {
-    return apply_image_locks(file->fd, file->filename, rdwr,
+    return apply_image_locks(file->fd, file->filename,
+                             PERM_CONSISTENT_READ |
+                             (rdwr ? PERM_WRITE | PERM_RESIZE : 0),
                              PERM_WRITE | PERM_RESIZE, errp);
 }
 
 int host_file_lock_data(HostFile *file, bool rdwr, GError **errp)
 {
-    return apply_image_locks(file->fd, file->filename, rdwr, PERM_RESIZE,
-                             errp);
+    return apply_image_locks(file->fd, file->filename,
+                             PERM_CONSISTENT_READ |
+                             (rdwr ? PERM_WRITE | PERM_RESIZE : 0),
+                             PERM_RESIZE, errp);
 }
 
 void host_file_close(HostFile *file)

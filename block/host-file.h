@@ -34,7 +34,8 @@ void host_file_set_hook(HostFileHookFunc *hook, void *opaque);
 
 enum {
     HOST_FILE_RDWR    = 1 << 0,
-    HOST_FILE_CREATE  = 1 << 1,  /* create or truncate to 0 */
+    /* Create, or truncate to 0 once the image lock is held. */
+    HOST_FILE_CREATE  = 1 << 1,
     /* Take no image locks (QEMU's locking=off / force-share readers). */
     HOST_FILE_NO_LOCK = 1 << 2,
     /*

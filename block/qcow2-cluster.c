@@ -294,6 +294,16 @@ static int l2_allocate(BDRVQcow2State *s, uint64_t l1_index)
                                 "offset 0");
         return -EIO;
     }
+    /*
+     * The table reaches the disk only when the L2 cache is written back:
+     * reserve its space now, so that a full disk fails this request (which
+     * gives its clusters back) instead of that write-back (which would
+     * leave the clusters written meanwhile leaked, and their data lost).
+     */
+    ret = host_file_allocate(s->file, new_offset, s->cluster_size);
+    if (ret < 0) {
+        goto fail;
+    }
     ret = l2_after_new_refcounts(s);
     if (ret < 0) {
         goto fail;
@@ -336,8 +346,7 @@ static int l2_allocate(BDRVQcow2State *s, uint64_t l1_index)
     return 0;
 
 fail:
-    (void)qcow2_free_clusters(s, new_offset, s->cluster_size,
-                              QCOW2_DISCARD_NEVER);
+    (void)qcow2_abort_allocation(s, new_offset, s->cluster_size);
     return ret;
 }
 
@@ -853,8 +862,7 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
 
 fail:
     if (kind == RUN_ALLOCATE && !has_data_file(s)) {
-        (void)qcow2_free_clusters(s, host, got << s->cluster_bits,
-                                  QCOW2_DISCARD_NEVER);
+        (void)qcow2_abort_allocation(s, host, got << s->cluster_bits);
     }
     return ret;
 }
@@ -937,7 +945,7 @@ int qcow2_write_compressed(BDRVQcow2State *s, uint64_t offset,
         return coffset;
     }
     if ((uint64_t)coffset + out_len > s->cluster_offset_mask) {
-        (void)qcow2_free_clusters(s, coffset, out_len, QCOW2_DISCARD_NEVER);
+        (void)qcow2_abort_allocation(s, coffset, out_len);
         return -EFBIG;
     }
     ret = qcow2_pre_write_overlap_check(s, 0, coffset, out_len);
@@ -945,7 +953,7 @@ int qcow2_write_compressed(BDRVQcow2State *s, uint64_t offset,
         ret = host_file_pwrite(s->file, coffset, out, out_len);
     }
     if (ret < 0) {
-        (void)qcow2_free_clusters(s, coffset, out_len, QCOW2_DISCARD_NEVER);
+        (void)qcow2_abort_allocation(s, coffset, out_len);
         return ret;
     }
     qcow2_cache_depends_on_flush(s->l2_table_cache);
@@ -1313,16 +1321,14 @@ static int preallocate_l2(BDRVQcow2State *s, uint64_t offset, uint64_t n,
                                         zero_end - host),
                            QCOW2_PREALLOC_FULL);
             if (ret < 0) {
-                (void)qcow2_free_clusters(s, host, got << s->cluster_bits,
-                                          QCOW2_DISCARD_NEVER);
+                (void)qcow2_abort_allocation(s, host, got << s->cluster_bits);
                 return ret;
             }
             qcow2_cache_depends_on_flush(s->l2_table_cache);
         }
         ret = fill_run(s, host, got << s->cluster_bits, mode);
         if (ret < 0) {
-            (void)qcow2_free_clusters(s, host, got << s->cluster_bits,
-                                      QCOW2_DISCARD_NEVER);
+            (void)qcow2_abort_allocation(s, host, got << s->cluster_bits);
             return ret;
         }
         if (mode == QCOW2_PREALLOC_FULL) {
@@ -1369,6 +1375,12 @@ static int preallocate_l2_tables(BDRVQcow2State *s, uint64_t first,
         tables = qcow2_alloc_clusters(s, missing, &got);
         if (tables < 0) {
             return tables;
+        }
+        /* Written back later: reserved now (see l2_allocate()). */
+        ret = host_file_allocate(s->file, tables, got << s->cluster_bits);
+        if (ret < 0) {
+            (void)qcow2_abort_allocation(s, tables, got << s->cluster_bits);
+            return ret;
         }
         ret = l2_after_new_refcounts(s);
         if (ret < 0) {

@@ -13,6 +13,7 @@
  */
 #include <inttypes.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "qcow2.h"
 
@@ -466,7 +467,11 @@ int qcow2_create(const char *filename, const QGuardOpts *opts,
     }
     ret = host_file_open(&file, filename, HOST_FILE_RDWR | HOST_FILE_CREATE,
                          &local_err);
-    if (ret < 0) {
+    if (ret == -EAGAIN) {
+        /* Locked by another process: the file is untouched. */
+        g_propagate_error(errp, g_steal_pointer(&local_err));
+        return ret;
+    } else if (ret < 0) {
         g_set_error(errp, QGUARD_ERROR, -ret, "Could not create '%s': %s",
                     filename, g_strerror(-ret));
         return ret;
@@ -474,7 +479,7 @@ int qcow2_create(const char *filename, const QGuardOpts *opts,
     ret = write_empty_image(file, &p, errp);
     host_file_close(file);
     if (ret < 0) {
-        return ret;
+        goto out;
     }
 
     runtime = qguard_opts_new();
@@ -488,7 +493,7 @@ int qcow2_create(const char *filename, const QGuardOpts *opts,
                             QGUARD_OPEN_RDWR | QGUARD_OPEN_NO_BACKING, errp);
     qguard_opts_free(runtime);
     if (ret < 0) {
-        return ret;
+        goto out;
     }
     s = img->opaque;
     if (p.backing_file) {
@@ -504,6 +509,9 @@ int qcow2_create(const char *filename, const QGuardOpts *opts,
     }
     ret = qcow2_resize(img, p.size, false, p.prealloc_name, progress, opaque,
                        errp);
+    if (ret < 0) {
+        g_prefix_error(errp, "Could not resize image: ");
+    }
 out:
     if (img) {
         GError *close_err = NULL;
@@ -512,6 +520,13 @@ out:
             g_propagate_error(errp, close_err);
             ret = ret2;
         }
+    }
+    if (ret < 0) {
+        /*
+         * The old contents are gone already; a half-made image would only
+         * mislead.  QEMU deletes it too.
+         */
+        unlink(filename);
     }
     return ret;
 }

@@ -981,9 +981,14 @@ static int update_refcount_range(BDRVQcow2State *s, uint64_t first,
     return ret;
 }
 
-int qcow2_update_refcount(BDRVQcow2State *s, uint64_t offset,
-                          uint64_t length, uint64_t amount, bool decrease,
-                          Qcow2DiscardType type)
+/*
+ * @after_l2: a decrease must reach the disk after the L2 tables that
+ * stopped pointing at the clusters (always, except when undoing an
+ * allocation that no table has pointed at).
+ */
+static int update_refcount(BDRVQcow2State *s, uint64_t offset,
+                           uint64_t length, uint64_t amount, bool decrease,
+                           Qcow2DiscardType type, bool after_l2)
 {
     uint64_t first, last, done = 0;
     int ret;
@@ -991,7 +996,8 @@ int qcow2_update_refcount(BDRVQcow2State *s, uint64_t offset,
     if (length == 0 || amount == 0) {
         return 0;
     }
-    if (decrease && !(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
+    if (decrease && after_l2 &&
+        !(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
         ret = qcow2_cache_set_dependency(s, s->refcount_block_cache,
                                          s->l2_table_cache);
         if (ret < 0) {
@@ -1008,6 +1014,24 @@ int qcow2_update_refcount(BDRVQcow2State *s, uint64_t offset,
                               QCOW2_DISCARD_NEVER, &undone);
     }
     return ret;
+}
+
+int qcow2_update_refcount(BDRVQcow2State *s, uint64_t offset,
+                          uint64_t length, uint64_t amount, bool decrease,
+                          Qcow2DiscardType type)
+{
+    return update_refcount(s, offset, length, amount, decrease, type, true);
+}
+
+/*
+ * The decrease waits for no L2 table: on a full disk, where the tables of
+ * the failed request cannot be written, the refcounts still go back and
+ * the image is left without leaks, as QEMU leaves it.
+ */
+int qcow2_abort_allocation(BDRVQcow2State *s, uint64_t offset, uint64_t size)
+{
+    return update_refcount(s, offset, size, 1, true, QCOW2_DISCARD_NEVER,
+                           false);
 }
 
 /*

@@ -211,6 +211,7 @@ int qcow2_update_header(BDRVQcow2State *s)
     bool with_features = s->qcow_version >= 3;
     uint8_t bitmaps[24];
     guint i;
+    int ret;
 
     need = hlen + 8 + backing_len;
     if (fmt_len) {
@@ -303,8 +304,8 @@ int qcow2_update_header(BDRVQcow2State *s)
         be_put32(buf + 16, backing_len);
         memcpy(buf + pos, s->image_backing_file, backing_len);
     }
-    return write_checked(s, QCOW2_OL_MAIN_HEADER, 0, buf, s->cluster_size) < 0
-           ? -EIO : host_file_flush(s->file);
+    ret = write_checked(s, QCOW2_OL_MAIN_HEADER, 0, buf, s->cluster_size);
+    return ret < 0 ? ret : host_file_flush(s->file);
 }
 
 static int write_incompatible_features(BDRVQcow2State *s)
@@ -1638,8 +1639,15 @@ int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
     ret = qcow2_preallocate(s, old_size, size > old_size ? size - old_size : 0,
                             mode, progress, opaque);
     if (ret < 0) {
-        g_set_error(errp, QGUARD_ERROR, -ret,
-                    "Preallocation failed: %s", g_strerror(-ret));
+        /* QEMU's words: data preallocation happens in its file layer. */
+        g_set_error(errp, QGUARD_ERROR, -ret, "%s: %s",
+                    mode == QCOW2_PREALLOC_METADATA ?
+                    "Allocating clusters failed" :
+                    mode == QCOW2_PREALLOC_FALLOC ?
+                    "Failed to resize underlying file: Could not preallocate "
+                    "new data" :
+                    "Failed to resize underlying file: Could not write zeros "
+                    "for preallocation", g_strerror(-ret));
         return ret;
     }
     if (zero_new) {

@@ -527,6 +527,9 @@ int qcow2_free_clusters(BDRVQcow2State *s, uint64_t offset, uint64_t size,
                         Qcow2DiscardType type);
 int qcow2_free_any_cluster(BDRVQcow2State *s, uint64_t l2_entry,
                            Qcow2DiscardType type);
+/* Give back clusters a failed request allocated and no table points at. */
+int qcow2_abort_allocation(BDRVQcow2State *s, uint64_t offset,
+                           uint64_t size);
 int qcow2_flush_refcounts(BDRVQcow2State *s);
 void qcow2_release_freed_clusters(BDRVQcow2State *s);
 int qcow2_refblock_free_bits(BDRVQcow2State *s, uint64_t index,

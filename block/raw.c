@@ -125,9 +125,15 @@ static int raw_flush(QGuardImage *img)
     return host_file_flush(img->file);
 }
 
+/*
+ * Change the file length as QEMU's file-posix does: falloc reserves the new
+ * range without truncating first, full writes zeros into it and syncs, and
+ * a failed preallocation leaves the file at its old length.
+ */
 static int resize_file(HostFile *file, uint64_t old_size, uint64_t size,
                        const char *prealloc, GError **errp)
 {
+    const char *what = "Could not resize file";
     int ret;
 
     if (prealloc && strcmp(prealloc, "off") && strcmp(prealloc, "falloc") &&
@@ -136,16 +142,25 @@ static int resize_file(HostFile *file, uint64_t old_size, uint64_t size,
                     "Unsupported preallocation mode '%s'", prealloc);
         return -EINVAL;
     }
-    ret = host_file_truncate(file, size);
-    if (ret >= 0 && size > old_size && prealloc) {
-        if (!strcmp(prealloc, "falloc")) {
-            ret = host_file_allocate(file, old_size, size - old_size);
-        } else if (!strcmp(prealloc, "full")) {
+    if (size > old_size && prealloc && !strcmp(prealloc, "falloc")) {
+        what = "Could not preallocate new data";
+        ret = host_file_allocate(file, old_size, size - old_size);
+    } else {
+        ret = host_file_truncate(file, size);
+        if (ret >= 0 && size > old_size && prealloc &&
+            !strcmp(prealloc, "full")) {
+            what = "Could not write zeros for preallocation";
             ret = write_zeros(file, old_size, size - old_size);
+            if (ret >= 0) {
+                ret = host_file_flush(file);
+            }
         }
     }
     if (ret < 0) {
-        g_set_error(errp, QGUARD_ERROR, -ret, "Could not resize file: %s",
+        if (size > old_size) {
+            (void)host_file_truncate(file, old_size);
+        }
+        g_set_error(errp, QGUARD_ERROR, -ret, "%s: %s", what,
                     g_strerror(-ret));
     }
     return ret;
@@ -218,6 +233,7 @@ static int raw_create(const char *filename, const QGuardOpts *opts,
                       GError **errp)
 {
     const char *size_str = qguard_opts_get(opts, "size");
+    g_autoptr(GError) local_err = NULL;
     HostFile *file;
     uint64_t size = 0;
     int ret;
@@ -228,8 +244,12 @@ static int raw_create(const char *filename, const QGuardOpts *opts,
         return -EINVAL;
     }
     ret = host_file_open(&file, filename, HOST_FILE_RDWR | HOST_FILE_CREATE,
-                         NULL);
-    if (ret < 0) {
+                         &local_err);
+    if (ret == -EAGAIN) {
+        /* Locked by another process: the file is untouched. */
+        g_propagate_error(errp, g_steal_pointer(&local_err));
+        return ret;
+    } else if (ret < 0) {
         g_set_error(errp, QGUARD_ERROR, -ret, "Could not create '%s': %s",
                     filename, g_strerror(-ret));
         return ret;
@@ -240,15 +260,15 @@ static int raw_create(const char *filename, const QGuardOpts *opts,
         host_file_close(file);
         return -EFBIG;
     }
+    /* A failure leaves an empty file, as QEMU's does. */
     ret = resize_file(file, 0, size, qguard_opts_get(opts, "preallocation"),
-                      NULL);
+                      &local_err);
     host_file_close(file);
     if (ret == -EFBIG) {
         g_set_error(errp, QGUARD_ERROR, EFBIG,
                     "The image size is too large for file format 'raw'");
     } else if (ret < 0) {
-        g_set_error(errp, QGUARD_ERROR, -ret, "Could not resize file: %s",
-                    g_strerror(-ret));
+        g_propagate_error(errp, g_steal_pointer(&local_err));
     }
     return ret;
 }

@@ -567,9 +567,10 @@ static int log_hook(void *opaque, HostFile *file, HostFileOp op,
     WriteLog *log = opaque;
     LoggedOp e = { op, offset, bytes };
 
-    (void)iov;
     (void)iovcnt;
-    if (file == log->file && (op == HOST_FILE_WRITE || op == HOST_FILE_FLUSH)) {
+    /* A space reservation (no data) orders nothing. */
+    if (file == log->file && ((op == HOST_FILE_WRITE && iov) ||
+                              op == HOST_FILE_FLUSH)) {
         g_array_append_val(log->ops, e);
     }
     return 0;
