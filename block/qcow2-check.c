@@ -1057,3 +1057,69 @@ out:
     }
     return ret;
 }
+
+/*
+ * Does [offset, offset + size) end a cluster or more past the end of the
+ * file?  The judgement of qemu-img check (see inc_refcounts()).
+ */
+static bool past_end_of_file(BDRVQcow2State *s, int64_t file_length,
+                             uint64_t offset, uint64_t size)
+{
+    return size && (offset + size < offset ||
+                    (int64_t)(offset + size - ROUND_UP(file_length, 512)) >=
+                    s->cluster_size);
+}
+
+/*
+ * A table past the end of the file reads as zeros: an L1 table loses the
+ * guest's data, a refcount table or block makes clusters in use look free,
+ * so the allocator would hand them out again and the next write would
+ * overwrite live data.  Such an image is not opened read-write (except to
+ * be repaired); read-only, its data can still be copied out.
+ */
+int qcow2_check_tables_in_file(BDRVQcow2State *s, GError **errp)
+{
+    static const char *const rebuild_hint =
+        "repair with 'qemu-img check -r all'";
+    static const char *const copy_hint =
+        "it can still be opened read-only, and copied with convert";
+    int64_t len = host_file_length(s->file);
+    g_autofree char *what = NULL;
+    const char *hint = copy_hint;
+    uint32_t i;
+
+    if (len <= 0) {
+        /* Not a regular file (a block device has no length to judge). */
+        return 0;
+    }
+    if (past_end_of_file(s, len, s->l1_table_offset,
+                         (uint64_t)s->l1_size * 8)) {
+        what = g_strdup("the active L1 table");
+    } else if (past_end_of_file(s, len, s->refcount_table_offset,
+                                (uint64_t)s->refcount_table_size * 8)) {
+        what = g_strdup("the refcount table");
+        hint = rebuild_hint;
+    }
+    for (i = 0; !what && i < s->refcount_table_size; i++) {
+        uint64_t block = s->refcount_table[i] & REFT_OFFSET_MASK;
+        if (block && past_end_of_file(s, len, block, s->cluster_size)) {
+            what = g_strdup_printf("refcount block %" PRIu32, i);
+            hint = rebuild_hint;
+        }
+    }
+    for (i = 0; !what && i < s->nb_snapshots; i++) {
+        const QCowSnapshot *sn = &s->snapshots[i];
+        if (past_end_of_file(s, len, sn->l1_table_offset,
+                             (uint64_t)sn->l1_size * 8)) {
+            what = g_strdup_printf("the L1 table of snapshot '%s'",
+                                   sn->name);
+        }
+    }
+    if (!what) {
+        return 0;
+    }
+    g_set_error(errp, QGUARD_ERROR, EACCES,
+                "qcow2: Image is corrupt: %s lies past the end of the file; "
+                "cannot be opened read/write (%s)", what, hint);
+    return -EACCES;
+}

@@ -978,6 +978,12 @@ static int qcow2_open(QGuardImage *img, const QGuardOpts *opts, GError **errp)
     if (ret < 0) {
         goto fail;
     }
+    if (!img->read_only && !(img->flags & QGUARD_OPEN_CHECK)) {
+        ret = qcow2_check_tables_in_file(s, errp);
+        if (ret < 0) {
+            goto fail;
+        }
+    }
 
     if (s->image_backing_file) {
         img->backing_file = g_strdup(s->image_backing_file);

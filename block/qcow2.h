@@ -477,6 +477,8 @@ char *qcow2_create_help(void);
 int qcow2_check_image(BDRVQcow2State *s, unsigned fix,
                       QGuardCheckResult *res, QGuardReportFunc *report,
                       void *opaque, GError **errp);
+/* Refuse (-EACCES) an image whose tables lie past the end of its file. */
+int qcow2_check_tables_in_file(BDRVQcow2State *s, GError **errp);
 /*
  * The text explaining the current request's failure, kept per thread (reads
  * run in parallel) and cleared when a request starts.

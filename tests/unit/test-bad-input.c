@@ -549,6 +549,18 @@ static void after_dirty_cleared(const char *path, const BadCase *bc)
 #define REFUSE(m) .ro = REFUSED, .rw = REFUSED, .msg_ro = (m), .msg_rw = (m)
 
 /*
+ * A table past the end of the file reads as zeros; written to, such an
+ * image would lose data or overwrite clusters in use (docs/design.md):
+ * read-only opens only.
+ */
+#define PAST_EOF(what, hint) .ro = OPENS, .rw = REFUSED, \
+    .msg_rw = "qcow2: Image is corrupt: " what " lies past the end of the " \
+              "file; cannot be opened read/write (" hint ")"
+#define COPY_HINT "it can still be opened read-only, and copied with convert"
+#define REPAIR_HINT "repair with 'qemu-img check -r all'"
+#define L1_PAST_EOF PAST_EOF("the active L1 table", COPY_HINT)
+
+/*
  * base.qcow2: qemu-img create 64M, qemu-io write -P 0x11 0 128k.  Header in
  * cluster 0, refcount table 0x10000, refcount block 0x20000, L1 0x30000,
  * L2 0x40000, data 0x50000 and 0x60000 (offsets are looked up, not assumed).
@@ -559,12 +571,10 @@ static const BadCase cases[] = {
       REFUSE("Image is not in qcow2 format") },
     { "truncated-50", "base.qcow2", .truncate = TRUNC(50),
       REFUSE("qcow2 header too short") },
-    { "truncated-104", "base.qcow2", .truncate = TRUNC(104),
-      .ro = OPENS, .rw = OPENS },
-    { "truncated-4096", "base.qcow2", .truncate = TRUNC(4096),
-      .ro = OPENS, .rw = OPENS },
+    { "truncated-104", "base.qcow2", .truncate = TRUNC(104), L1_PAST_EOF },
+    { "truncated-4096", "base.qcow2", .truncate = TRUNC(4096), L1_PAST_EOF },
     { "truncated-64k-tables-cut-off", "base.qcow2", .truncate = TRUNC(65536),
-      .ro = OPENS, .rw = OPENS },
+      L1_PAST_EOF },
     { "truncated-inside-l1", "base.qcow2", .truncate = TRUNC(0x30004),
       .ro = OPENS, .rw = OPENS },
     { "truncated-inside-l2", "base.qcow2", .truncate = TRUNC(0x40008),
@@ -647,7 +657,7 @@ static const BadCase cases[] = {
       { { ABS, 36, 4, 0x400001 } },
       REFUSE("Active L1 table too large") },
     { "l1-size-at-32mib-cap", "base.qcow2", { { ABS, 36, 4, 0x400000 } },
-      .ro = OPENS, .rw = OPENS },
+      L1_PAST_EOF },
     { "l1-size-0", "base.qcow2", { { ABS, 36, 4, 0 } },
       REFUSE("L1 table is too small") },
     { "l1-offset-unaligned", "base.qcow2", { { ABS, 40, 8, 0x30001 } },
@@ -659,7 +669,7 @@ static const BadCase cases[] = {
       { { ABS, 40, 8, UINT64_C(0xffffffffffff0000) } },
       REFUSE("Active L1 table offset invalid") },
     { "l1-offset-beyond-eof", "base.qcow2", { { ABS, 40, 8, 0x1000000 } },
-      .ro = OPENS, .rw = OPENS },
+      L1_PAST_EOF },
 
     /* ---- Refcount table ---- */
     { "refcount-table-offset-unaligned", "base.qcow2",
@@ -669,7 +679,8 @@ static const BadCase cases[] = {
       { { ABS, 48, 8, UINT64_C(0xffffffffffff0000) } },
       REFUSE("Reference count table offset invalid") },
     { "refcount-table-offset-beyond-eof", "base.qcow2",
-      { { ABS, 48, 8, 0x1000000 } }, .ro = OPENS, .rw = OPENS },
+      { { ABS, 48, 8, 0x1000000 } },
+      PAST_EOF("the refcount table", REPAIR_HINT) },
     { "refcount-table-clusters-0", "base.qcow2", { { ABS, 56, 4, 0 } },
       REFUSE("Image does not contain a reference count table") },
     { "refcount-table-clusters-0xffffffff", "base.qcow2",
@@ -682,7 +693,7 @@ static const BadCase cases[] = {
       { { ABS, 56, 4, 129 } },
       REFUSE("Reference count table too large") },
     { "refcount-table-clusters-at-8mib-cap", "base.qcow2",
-      { { ABS, 56, 4, 128 } }, .ro = OPENS, .rw = OPENS },
+      { { ABS, 56, 4, 128 } }, PAST_EOF("the refcount table", REPAIR_HINT) },
 
     /* ---- Snapshot table ---- */
     { "nb-snapshots-0xffffffff", "base.qcow2",
@@ -710,6 +721,9 @@ static const BadCase cases[] = {
     { "snapshot-extra-data-size-1025", "snap.qcow2",
       { { SNAP, 36, 4, 1025 } },
       REFUSE("Too much extra metadata in snapshot table entry 0") },
+    { "snapshot-l1-offset-beyond-eof", "snap.qcow2",
+      { { SNAP, 0, 8, 0x10000000 } },
+      PAST_EOF("the L1 table of snapshot 's1'", COPY_HINT) },
     { "snapshot-id-length-past-table", "snap.qcow2",
       { { SNAP, 12, 2, 0xffff } }, .ro = EITHER, .rw = EITHER },
     { "snapshot-name-length-past-table", "snap.qcow2",
@@ -941,10 +955,11 @@ static const BadCase cases[] = {
     { "refcount-entry-at-refcount-table", "base.qcow2",
       { { RT, 0, 8, 0x10000 } }, .ro = OPENS, .rw = OPENS },
     { "refcount-entry-beyond-eof", "base.qcow2",
-      { { RT, 0, 8, 0x10000000 } }, .ro = OPENS, .rw = OPENS },
+      { { RT, 0, 8, 0x10000000 } },
+      PAST_EOF("refcount block 0", REPAIR_HINT) },
     { "refcount-entry-huge", "base.qcow2",
       { { RT, 0, 8, UINT64_C(0xfffffffffffffe00) } },
-      .ro = OPENS, .rw = OPENS },
+      PAST_EOF("refcount block 0", REPAIR_HINT) },
     { "refcount-entry-unaligned", "base.qcow2",
       { { RT, 0, 8, 0x20200 } }, .ro = OPENS, .rw = OPENS },
     { "refcount-block-all-zero", "base.qcow2",
@@ -1453,8 +1468,10 @@ static void check_leaves_file_alone(const char *case_name)
     }
     before = read_whole(path, &len_before);
     qguard_set_message_handler(capture_message, events);
+    /* As a repair tool opens it: tables past the end of file are allowed. */
     g_assert_cmpint(qguard_image_open(&img, path, "qcow2", NULL,
-                                      QGUARD_OPEN_RDWR, &err), ==, 0);
+                                      QGUARD_OPEN_RDWR | QGUARD_OPEN_CHECK,
+                                      &err), ==, 0);
     memset(&res, 0, sizeof(res));
     ret = qguard_image_check(img, 0, &res, capture_message, lines, &err);
     g_assert_cmpint(ret, ==, 0);
