@@ -646,10 +646,6 @@ int qguard_image_pwrite_zeroes(QGuardImage *img, uint64_t offset,
 {
     int ret;
 
-    if (!img->discard_unmap) {
-        /* discard=ignore: zero writes keep their clusters allocated too. */
-        flags &= ~QGUARD_ZERO_MAY_UNMAP;
-    }
     image_lock(img);
     ret = check_request(img, offset, bytes, true, errp);
     if (ret == 0 && bytes) {

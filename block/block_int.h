@@ -52,8 +52,9 @@ struct QGuardImage {
     bool broken;
     bool probed;                /* format guessed, not given */
     /*
-     * The "discard" option: unmap/on passes guest discards (and the unmap
-     * permission of zero writes) to the driver; ignore/off drops them.
+     * The "discard" option: unmap/on passes guest discards to the driver,
+     * ignore/off drops them.  As in QEMU 7.2, zero writes keep their
+     * permission to unmap either way.
      */
     bool discard_unmap;
 };

@@ -96,6 +96,7 @@ typedef struct OpenParams {
     bool native_aio;
     bool force_share;
     bool copy_on_read;
+    const char *discard;        /* -d, or NULL */
 } OpenParams;
 
 /*

@@ -165,6 +165,11 @@ static int open_snapshot_overlay(QGuardImage **pimg, const char *name,
         if (!strcmp(key, "driver") || g_str_has_prefix(key, "file")) {
             continue;
         }
+        if (!strcmp(key, "discard")) {
+            /* Guest discards go to the overlay. */
+            qguard_opts_set(overlay_opts, key, qguard_opts_value(opts, i));
+            continue;
+        }
         bkey = g_strdup_printf("backing.%s", key);
         qguard_opts_set(overlay_opts, bkey, qguard_opts_value(opts, i));
     }
@@ -202,6 +207,10 @@ int open_image(const char *name, const char *format, QGuardOpts *opts,
             return -EINVAL;
         }
         qguard_opts_set(opts, "force-share", "on");
+    }
+    /* -d is the default of the "discard" option, as in QEMU. */
+    if (p->discard && !qguard_opts_has(opts, "discard")) {
+        qguard_opts_set(opts, "discard", p->discard);
     }
     if (p->native_aio && !p->nocache) {
         error_report("%s: aio=native was specified, but it requires "
@@ -293,6 +302,7 @@ int open_param_opt(int c, OpenParams *p)
             error_report("Invalid discard option: %s", optarg);
             return -EINVAL;
         }
+        p->discard = optarg;
         break;
     case 'i':
         if (!parse_aio_mode(optarg, &native)) {
