@@ -278,6 +278,7 @@ static int open_image(QGuardImage **pimg, const char *filename,
     bool direct, file_direct, no_flush, file_no_flush;
     unsigned file_flags;
     bool unmap = true;
+    bool share = false;
     int ret;
 
     if (!filename && qguard_opts_get(opts, "file")) {
@@ -351,7 +352,6 @@ static int open_image(QGuardImage **pimg, const char *filename,
     }
     if (qguard_opts_get(opts, "force-share")) {
         /* A reader that shares everything needs no locks at all. */
-        bool share;
         if (!qguard_parse_bool("force-share", qguard_opts_get(opts,
                                                               "force-share"),
                                &share, errp)) {
@@ -375,6 +375,7 @@ static int open_image(QGuardImage **pimg, const char *filename,
     img = g_new0(QGuardImage, 1);
     image_lock_init(img);
     img->discard_unmap = unmap;
+    img->force_share = share;
     img->filename = g_strdup(filename);
     img->flags = read_only ? flags & ~QGUARD_OPEN_RDWR : flags;
     img->read_only = read_only;
@@ -478,6 +479,10 @@ int bdrv_open_backing(QGuardImage *img, const QGuardOpts *opts,
     QGuardOpts *backing_opts = bdrv_opts_subset(opts, "backing");
     int ret;
 
+    /* As in QEMU, the chain below a force-share image shares too. */
+    if (img->force_share && !qguard_opts_has(backing_opts, "force-share")) {
+        qguard_opts_set(backing_opts, "force-share", "on");
+    }
     ret = open_image(&img->backing, img->full_backing_file,
                      img->backing_format, backing_opts,
                      img->flags & (QGUARD_OPEN_NOCACHE | QGUARD_OPEN_NO_FLUSH),

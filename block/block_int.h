@@ -57,6 +57,7 @@ struct QGuardImage {
      * permission to unmap either way.
      */
     bool discard_unmap;
+    bool force_share;           /* force-share=on: no image locks */
 };
 
 /* Driver entry points.  Requests have been bounds-checked by block.c. */

@@ -222,15 +222,19 @@ QGuardImage *img_open(bool image_opts, const char *filename,
             return NULL;
         }
     }
-    /*
-     * qguard takes no locks, so -U changes nothing, but QEMU refuses to
-     * share an image that it opens for writing; keep that behaviour.
-     */
+    /* QEMU refuses to share an image that it opens for writing. */
     if (force_share && (flags & QGUARD_OPEN_RDWR)) {
         error_report("Could not open '%s': force-share=on can only be used "
                      "with read-only images", filename);
         qguard_opts_free(opts);
         return NULL;
+    }
+    if (force_share) {
+        /* Take no locks, so that an image in use elsewhere can be read. */
+        if (!opts) {
+            opts = qguard_opts_new();
+        }
+        qguard_opts_set(opts, "force-share", "on");
     }
     ret = qguard_image_open(&img, image_opts ? NULL : filename,
                             image_opts ? NULL : fmt, opts, flags, &err);
