@@ -2013,12 +2013,23 @@ static char *make_test_dir(void)
     return dir;
 }
 
+static void combo_free(gpointer p)
+{
+    Combo *c = p;
+
+    g_free(c->id);
+    g_free(c->file_id);
+    g_free(c);
+}
+
 int main(int argc, char **argv)
 {
     static const uint32_t cluster_sizes[] = {
         512, 4096, 65536, 2 * 1024 * 1024,
     };
     static const int refcount_bits[] = { 1, 16, 64 };
+    /* Shared by two subtests each; freed after the run. */
+    g_autoptr(GPtrArray) combos = g_ptr_array_new_with_free_func(combo_free);
     size_t ci, ri, i;
     int pi, vi, ret;
 
@@ -2041,6 +2052,7 @@ int main(int argc, char **argv)
                         continue;
                     }
                     c = g_new0(Combo, 1);
+                    g_ptr_array_add(combos, c);
                     c->cluster_size = cluster_sizes[ci];
                     c->refcount_bits = refcount_bits[ri];
                     c->prealloc = pi;
