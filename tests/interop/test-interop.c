@@ -2079,6 +2079,8 @@ int main(int argc, char **argv)
         Combo *c = g_new0(Combo, 1);
         g_autofree char *p1 = NULL, *p2 = NULL;
 
+        g_ptr_array_add(combos, c);
+
         c->cluster_size = i & 1 ? 16384 : 65536;
         c->refcount_bits = 16;
         c->prealloc = (i >> 1) & 1;
@@ -2105,6 +2107,8 @@ int main(int argc, char **argv)
     for (i = 0; i < 4; i++) {
         Combo *c = g_new0(Combo, 1);
         g_autofree char *p1 = NULL, *p2 = NULL;
+
+        g_ptr_array_add(combos, c);
 
         c->cluster_size = 65536;
         c->refcount_bits = 16;
