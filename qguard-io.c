@@ -191,7 +191,8 @@ static void usage(void)
 "  -i, --aio=MODE       threads, native or io_uring; accepted for\n"
 "                       compatibility\n"
 "  -t, --cache=MODE     none, off, writeback, unsafe, directsync or\n"
-"                       writethrough\n"
+"                       writethrough (the default: a write is on disk\n"
+"                       when it is reported)\n"
 "  -d, --discard=MODE   ignore, off, unmap or on\n"
 "  -T, --trace [[enable=]<pattern>][,events=<file>][,file=<file>]\n"
 "                       accepted; libqguard has no trace events to enable\n"
@@ -394,7 +395,7 @@ int main(int argc, char **argv)
     };
     g_autofree char **cmdline = g_new0(char *, argc + 1);
     const char *format = NULL;
-    OpenParams p = { 0 };
+    OpenParams p = OPEN_PARAMS_INIT;
     int ncmdline = 0;
     int c, ret;
 
@@ -454,7 +455,9 @@ int main(int argc, char **argv)
     }
 
     ret = command_loop(cmdline, ncmdline);
-    close_image();
+    if (close_image() < 0) {
+        ret = -EIO;
+    }
     return ret < 0 ? 1 : 0;
 }
 

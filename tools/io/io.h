@@ -92,7 +92,8 @@ extern bool image_opts_mode;
 typedef struct OpenParams {
     bool read_only;
     bool snapshot;
-    bool nocache;
+    /* QGUARD_OPEN_CACHE_MASK bits; qemu-io's default is writethrough. */
+    unsigned cache_flags;
     bool native_aio;
     bool force_share;
     bool copy_on_read;
@@ -105,8 +106,14 @@ typedef struct OpenParams {
  */
 int open_image(const char *name, const char *format, QGuardOpts *opts,
                const OpenParams *p);
-/* Deliver outstanding aio reports and close the image, if one is open. */
-void close_image(void);
+/* What qemu-io starts "open" and the command line with. */
+#define OPEN_PARAMS_INIT { .cache_flags = QGUARD_OPEN_WRITETHROUGH }
+/*
+ * Deliver outstanding aio reports and close the image, if one is open.
+ * A failure to write back what the image held (writeback mode) is printed
+ * and returned: the run must not end with exit status 0.
+ */
+int close_image(void);
 /*
  * Parse "-o" style options into @opts, warning about bare keys as
  * QemuOpts does; false after printing the error.
@@ -115,6 +122,7 @@ bool parse_open_options(QGuardOpts *opts, const char *str);
 /*
  * Record option @c (with optarg) in @p if it is one of the open options
  * that "open" and the command line share (-s -n -C -r -k -U -t -d -i): 1.
+ * -n is cache mode none with the write cache on, as in qemu-io.
  * 0 if it is not; -EINVAL after printing why its argument is wrong.
  */
 int open_param_opt(int c, OpenParams *p);

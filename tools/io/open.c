@@ -26,17 +26,13 @@ static struct {
     QGuardOpts *opts;
     bool read_only;
     bool snapshot;          /* a temporary overlay from -s */
+    unsigned cache_flags;
 } open_state;
 
-static bool parse_cache_mode(const char *mode, bool *nocache)
+static bool set_cache_mode(unsigned *flags, const char *mode)
 {
-    if (!strcmp(mode, "none") || !strcmp(mode, "off") ||
-        !strcmp(mode, "directsync")) {
-        *nocache = true;
-    } else if (!strcmp(mode, "writeback") || !strcmp(mode, "unsafe") ||
-               !strcmp(mode, "writethrough")) {
-        *nocache = false;
-    } else {
+    if (!qguard_parse_cache_mode(mode, flags)) {
+        error_report("Invalid cache option: %s", mode);
         return false;
     }
     return true;
@@ -95,15 +91,27 @@ static void forget_open_state(void)
     memset(&open_state, 0, sizeof(open_state));
 }
 
-void close_image(void)
+int close_image(void)
 {
+    g_autoptr(GError) err = NULL;
+    int ret = 0;
+
     aio_deliver_reports();
     if (image) {
-        /* qemu-io does not report a failing flush at close either. */
-        qguard_image_close(image, NULL);
+        /*
+         * qemu-io says nothing when this fails, and exits 0 although
+         * writes it reported are lost; qguard-io says so and fails.
+         */
+        ret = qguard_image_close(image, &err);
+        if (ret < 0) {
+            /* After the reports of the writes that are lost. */
+            fflush(stdout);
+            error_report_err(NULL, err, ret);
+        }
         image = NULL;
     }
     forget_open_state();
+    return ret;
 }
 
 /*
@@ -112,7 +120,7 @@ void close_image(void)
  */
 static int open_snapshot_overlay(QGuardImage **pimg, const char *name,
                                  const char *format, const QGuardOpts *opts,
-                                 GError **errp)
+                                 unsigned cache_flags, GError **errp)
 {
     g_autofree char *tmpl = NULL;
     g_autofree char *base_path = NULL;
@@ -123,7 +131,8 @@ static int open_snapshot_overlay(QGuardImage **pimg, const char *name,
     guint i;
     int fd, ret;
 
-    ret = qguard_image_open(&base, name, format, opts, 0, errp);
+    ret = qguard_image_open(&base, name, format, opts,
+                            cache_flags & ~QGUARD_OPEN_WRITETHROUGH, errp);
     if (ret < 0) {
         return ret;
     }
@@ -174,7 +183,7 @@ static int open_snapshot_overlay(QGuardImage **pimg, const char *name,
         qguard_opts_set(overlay_opts, bkey, qguard_opts_value(opts, i));
     }
     ret = qguard_image_open(pimg, tmpl, "qcow2", overlay_opts,
-                            QGUARD_OPEN_RDWR, errp);
+                            QGUARD_OPEN_RDWR | cache_flags, errp);
     qguard_opts_free(overlay_opts);
     unlink(tmpl);
     return ret;
@@ -212,7 +221,8 @@ int open_image(const char *name, const char *format, QGuardOpts *opts,
     if (p->discard && !qguard_opts_has(opts, "discard")) {
         qguard_opts_set(opts, "discard", p->discard);
     }
-    if (p->native_aio && !p->nocache) {
+    if (p->native_aio && !(p->cache_flags & QGUARD_OPEN_NOCACHE) &&
+        g_strcmp0(qguard_opts_get(opts, "cache.direct"), "on")) {
         error_report("%s: aio=native was specified, but it requires "
                      "cache.direct=on, which was not specified.", prefix);
         qguard_opts_free(opts);
@@ -226,10 +236,12 @@ int open_image(const char *name, const char *format, QGuardOpts *opts,
     }
 
     if (p->snapshot && !p->read_only) {
-        ret = open_snapshot_overlay(&image, name, format, opts, &err);
+        ret = open_snapshot_overlay(&image, name, format, opts,
+                                    p->cache_flags, &err);
     } else {
         ret = qguard_image_open(&image, name, format, opts,
-                                p->read_only ? 0 : QGUARD_OPEN_RDWR, &err);
+                                (p->read_only ? 0 : QGUARD_OPEN_RDWR) |
+                                p->cache_flags, &err);
     }
     if (ret < 0) {
         error_report_err(prefix, err, ret);
@@ -244,6 +256,7 @@ int open_image(const char *name, const char *format, QGuardOpts *opts,
     open_state.opts = opts;
     open_state.read_only = p->read_only;
     open_state.snapshot = p->snapshot && !p->read_only;
+    open_state.cache_flags = p->cache_flags;
     return 0;
 }
 
@@ -263,6 +276,7 @@ static const char open_help[] =
 " -k, -- native Linux AIO (needs -n); accepted for compatibility\n"
 " -i, -- AIO mode: threads, native or io_uring; accepted for compatibility\n"
 " -t, -- cache mode: none, off, writeback, unsafe, directsync, writethrough\n"
+"        (default writethrough: a write is on disk when it is reported)\n"
 " -d, -- discard mode: ignore, off, unmap or on\n"
 " -o, -- runtime options for the image, e.g. overlap-check=all or\n"
 "        overlap-check.algorithm=linear\n"
@@ -277,7 +291,8 @@ int open_param_opt(int c, OpenParams *p)
         p->snapshot = true;
         break;
     case 'n':
-        p->nocache = true;
+        p->cache_flags = (p->cache_flags | QGUARD_OPEN_NOCACHE) &
+                         ~QGUARD_OPEN_WRITETHROUGH;
         break;
     case 'C':
         p->copy_on_read = true;
@@ -292,8 +307,7 @@ int open_param_opt(int c, OpenParams *p)
         p->force_share = true;
         break;
     case 't':
-        if (!parse_cache_mode(optarg, &p->nocache)) {
-            error_report("Invalid cache option: %s", optarg);
+        if (!set_cache_mode(&p->cache_flags, optarg)) {
             return -EINVAL;
         }
         break;
@@ -319,7 +333,7 @@ int open_param_opt(int c, OpenParams *p)
 
 static int open_f(int argc, char **argv)
 {
-    OpenParams p = { 0 };
+    OpenParams p = OPEN_PARAMS_INIT;
     QGuardOpts *opts = qguard_opts_new();
     int c, ret;
 
@@ -371,8 +385,7 @@ static int close_f(int argc, char **argv)
 {
     (void)argc;
     (void)argv;
-    close_image();
-    return 0;
+    return close_image();
 }
 
 const Command close_cmd = {
@@ -391,7 +404,7 @@ static const char reopen_help[] =
 " the new ones; if that fails, it is opened as it was.\n"
 " -r, -- make the image read-only\n"
 " -w, -- make the image writable\n"
-" -c, -- cache mode, as for 'open -t' (accepted for compatibility)\n"
+" -c, -- cache mode, as for 'open -t' (default: unchanged)\n"
 " -o, -- runtime options to change (as for 'open -o')\n"
 "\n";
 
@@ -429,7 +442,8 @@ static bool reopen_changes_allowed(const QGuardOpts *changes)
  * Close the image and open it with @opts (consumed); if that fails, open
  * it as it was, and if even that fails, no image is open afterwards.
  */
-static int reopen_image(QGuardOpts *opts, bool read_only)
+static int reopen_image(QGuardOpts *opts, bool read_only,
+                        unsigned cache_flags)
 {
     g_autoptr(GError) err = NULL;
     g_autoptr(GError) err2 = NULL;
@@ -437,14 +451,28 @@ static int reopen_image(QGuardOpts *opts, bool read_only)
     int ret;
 
     aio_deliver_reports();
-    qguard_image_close(image, NULL);
+    /* As QEMU's reopen: what cannot be written back stays open, unchanged. */
+    ret = qguard_image_flush(image, &err);
+    if (ret < 0) {
+        error_report("Error flushing drive: %s", gerr_msg(err, ret));
+        qguard_opts_free(opts);
+        return ret;
+    }
+    ret = qguard_image_close(image, &err);
     image = NULL;
+    if (ret < 0) {
+        /* The flush succeeded: only a failing close of the file is left. */
+        error_report_err(NULL, err, ret);
+        g_clear_error(&err);
+    }
     ret = qguard_image_open(&image, filename, open_state.format, opts,
-                            read_only ? 0 : QGUARD_OPEN_RDWR, &err);
+                            (read_only ? 0 : QGUARD_OPEN_RDWR) | cache_flags,
+                            &err);
     if (ret == 0) {
         qguard_opts_free(open_state.opts);
         open_state.opts = opts;
         open_state.read_only = read_only;
+        open_state.cache_flags = cache_flags;
         return 0;
     }
     error_report_err(NULL, err, ret);
@@ -452,8 +480,8 @@ static int reopen_image(QGuardOpts *opts, bool read_only)
     image = NULL;
     if (qguard_image_open(&image, filename, open_state.format,
                           open_state.opts,
-                          open_state.read_only ? 0 : QGUARD_OPEN_RDWR,
-                          &err2) < 0) {
+                          (open_state.read_only ? 0 : QGUARD_OPEN_RDWR) |
+                          open_state.cache_flags, &err2) < 0) {
         g_autofree char *prefix = filename ?
             g_strdup_printf("can't open device %s", filename) :
             g_strdup("can't open");
@@ -469,15 +497,15 @@ static int reopen_f(int argc, char **argv)
 {
     QGuardOpts *changes = qguard_opts_new();
     QGuardOpts *merged;
-    bool read_only = open_state.read_only, has_rw = false, nocache;
+    bool read_only = open_state.read_only, has_rw = false;
+    unsigned cache_flags = open_state.cache_flags;
     guint i;
     int c, ret = -EINVAL;
 
     while ((c = getopt(argc, argv, "c:o:rw")) != -1) {
         switch (c) {
         case 'c':
-            if (!parse_cache_mode(optarg, &nocache)) {
-                error_report("Invalid cache option: %s", optarg);
+            if (!set_cache_mode(&cache_flags, optarg)) {
                 goto out;
             }
             break;
@@ -512,7 +540,7 @@ static int reopen_f(int argc, char **argv)
         qguard_opts_set(merged, qguard_opts_key(changes, i),
                         qguard_opts_value(changes, i));
     }
-    ret = reopen_image(merged, read_only);
+    ret = reopen_image(merged, read_only, cache_flags);
 out:
     qguard_opts_free(changes);
     return ret;
