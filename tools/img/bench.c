@@ -231,6 +231,7 @@ int img_bench(int argc, char **argv)
     g_autoptr(GRand) rand = NULL;
     QGuardImage *img;
     uint8_t *buf = NULL;
+    unsigned cache_flags = 0;
     int ret = 1, c;
 
     while ((c = tool_getopt(argc, argv, ":hc:d:f:ni:o:qs:S:t:wU",
@@ -239,7 +240,8 @@ int img_bench(int argc, char **argv)
             return 1;
         }
     }
-    if (!valid_cache_mode(b.cache)) {
+    /* qemu-img bench's default is writeback, as for most commands. */
+    if (!parse_cache_flags(b.cache, &cache_flags)) {
         error_report("Invalid cache mode");
         return 1;
     }
@@ -253,7 +255,8 @@ int img_bench(int argc, char **argv)
         return 1;
     }
 
-    img = img_open_opts(&b.o, filename, b.is_write ? QGUARD_OPEN_RDWR : 0);
+    img = img_open_opts(&b.o, filename,
+                        (b.is_write ? QGUARD_OPEN_RDWR : 0) | cache_flags);
     if (!img) {
         return 1;
     }

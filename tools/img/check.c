@@ -204,7 +204,7 @@ int img_check(int argc, char **argv)
     if (!parse_output_format(o.output, &ofmt)) {
         return 1;
     }
-    if (!valid_cache_mode(cache)) {
+    if (!parse_cache_flags(cache, &flags)) {
         error_report("Invalid source cache option: %s", cache);
         return 1;
     }

@@ -504,7 +504,7 @@ static bool same_file(const char *a, const char *b)
 
 /* Open the sources, in order, and add up their sizes. */
 static bool convert_open_sources(ConvertState *s, const ImgOpts *o,
-                                 char **names)
+                                 char **names, unsigned cache_flags)
 {
     int i;
 
@@ -515,7 +515,7 @@ static bool convert_open_sources(ConvertState *s, const ImgOpts *o,
     for (i = 0; i < s->src_num; i++) {
         QGuardImageInfo *info = NULL;
 
-        s->src[i] = img_open_opts(o, names[i], 0);
+        s->src[i] = img_open_opts(o, names[i], cache_flags);
         if (!s->src[i]) {
             return false;
         }
@@ -607,22 +607,27 @@ static bool convert_create_target(const ConvertState *s, const ImgOpts *o,
     return true;
 }
 
-/* An existing target (-n) is opened as given, a new one with -o's options. */
+/*
+ * An existing target (-n) is opened as given, a new one with -o's options;
+ * both in the cache mode of -t, "unsafe" by default as in qemu-img: no
+ * sync at all, the final flush only writes the metadata back to the host.
+ */
 static QGuardImage *convert_open_target(const char *out_filename,
                                         const char *out_fmt,
                                         bool skip_create,
-                                        const QGuardOpts *open_opts)
+                                        const QGuardOpts *open_opts,
+                                        unsigned cache_flags)
 {
     g_autoptr(GError) err = NULL;
     QGuardImage *target = NULL;
     int ret;
 
     if (skip_create) {
-        return img_open(false, out_filename, out_fmt, QGUARD_OPEN_RDWR,
-                        false);
+        return img_open(false, out_filename, out_fmt,
+                        QGUARD_OPEN_RDWR | cache_flags, false);
     }
     ret = qguard_image_open(&target, out_filename, out_fmt, open_opts,
-                            QGUARD_OPEN_RDWR, &err);
+                            QGUARD_OPEN_RDWR | cache_flags, &err);
     if (ret < 0) {
         error_report("Could not open '%s': %s", out_filename,
                      gerr_msg(err, ret));
@@ -792,6 +797,7 @@ int img_convert(int argc, char **argv)
     const char *out_filename;
     QGuardOpts *opts = NULL, *open_opts = NULL;
     ConvertState s = { 0 };
+    unsigned src_flags = 0, target_flags = 0;
     Progress prog;
     int opt_index = 0;
     int ret = -1, c;
@@ -821,7 +827,7 @@ int img_convert(int argc, char **argv)
         error_report("Must specify image file name");
         return 1;
     }
-    if (!valid_cache_mode(p.src_cache)) {
+    if (!parse_cache_flags(p.src_cache, &src_flags)) {
         error_report("Invalid source cache option: %s", p.src_cache);
         return 1;
     }
@@ -830,7 +836,7 @@ int img_convert(int argc, char **argv)
     progress_set(&prog, 0);
     s.progress = &prog;
 
-    if (!convert_open_sources(&s, &p.o, &argv[optind])) {
+    if (!convert_open_sources(&s, &p.o, &argv[optind], src_flags)) {
         goto out;
     }
     if (!p.skip_create) {
@@ -869,13 +875,13 @@ int img_convert(int argc, char **argv)
                                p.out_fmt, opts)) {
         goto out;
     }
-    if (!valid_cache_mode(p.cache)) {
+    if (!parse_cache_flags(p.cache, &target_flags)) {
         error_report("Invalid cache option: %s", p.cache);
         goto out;
     }
 
     s.target = convert_open_target(out_filename, p.out_fmt, p.skip_create,
-                                   open_opts);
+                                   open_opts, target_flags);
     if (!s.target) {
         goto out;
     }
@@ -896,8 +902,13 @@ int img_convert(int argc, char **argv)
     }
 
 out:
-    if (s.target && img_close(s.target) < 0 && ret == 0) {
-        ret = -1;
+    if (s.target && ret == 0) {
+        if (img_close(s.target) < 0) {
+            ret = -1;
+        }
+    } else if (s.target) {
+        /* Failing to write back is the error already reported. */
+        qguard_image_close(s.target, NULL);
     }
     if (!ret) {
         progress_set(&prog, 100);

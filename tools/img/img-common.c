@@ -112,19 +112,9 @@ bool parse_output_format(const char *output, OutputFormat *ofmt)
     return true;
 }
 
-bool valid_cache_mode(const char *mode)
+bool parse_cache_flags(const char *mode, unsigned *flags)
 {
-    static const char *const modes[] = {
-        "none", "off", "directsync", "writeback", "unsafe", "writethrough",
-    };
-    size_t i;
-
-    for (i = 0; i < G_N_ELEMENTS(modes); i++) {
-        if (!strcmp(mode, modes[i])) {
-            return true;
-        }
-    }
-    return false;
+    return qguard_parse_cache_mode(mode, flags);
 }
 
 /*

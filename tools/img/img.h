@@ -120,8 +120,11 @@ int64_t cvtnum(const char *name, const char *value);
 bool parse_ulong(const char *str, unsigned long *res);
 /* --output: "human" (also when NULL) or "json"; prints the error. */
 bool parse_output_format(const char *output, OutputFormat *ofmt);
-/* The cache modes QEMU knows; none of them changes what qguard does. */
-bool valid_cache_mode(const char *mode);
+/*
+ * -t/-T: QEMU's cache mode names into QGUARD_OPEN_CACHE_MASK bits of
+ * @flags; false for an unknown one (each command has its own message).
+ */
+bool parse_cache_flags(const char *mode, unsigned *flags);
 
 /*
  * -o: append one option list (false after printing why it is invalid);
