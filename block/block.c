@@ -531,13 +531,18 @@ int qguard_image_close(QGuardImage *img, GError **errp)
      */
     if (!img->read_only && !img->broken && img->drv->flush) {
         ret = img->drv->flush(img);
+    } else if (!img->read_only && img->broken && img->unflushed) {
+        /* Nothing may be written any more: the unflushed writes are gone. */
+        detail = "writes since the last flush are lost (the image was taken "
+                 "out of service after an error)";
+        ret = -EIO;
     }
     if (img->drv->close && img->opaque) {
         ret2 = img->drv->close(img);
         ret = ret < 0 ? ret : ret2;
     }
     if (ret < 0) {
-        if (img->drv->last_error) {
+        if (!detail && img->drv->last_error) {
             detail = img->drv->last_error(img);
         }
         g_set_error(errp, QGUARD_ERROR, -ret, "Failed to flush the image: %s",
@@ -595,6 +600,15 @@ static unsigned write_cache_fua(const QGuardImage *img)
     return img->flags & QGUARD_OPEN_WRITETHROUGH ? QGUARD_WRITE_FUA : 0;
 }
 
+/* Book-keeping for the close of an image that an error took out of service. */
+static void note_request(QGuardImage *img, int ret, unsigned flags)
+{
+    if (ret >= 0) {
+        /* A FUA request flushes everything written before it as well. */
+        img->unflushed = !(flags & QGUARD_WRITE_FUA);
+    }
+}
+
 static int check_request(QGuardImage *img, uint64_t offset, uint64_t bytes,
                          bool write, GError **errp)
 {
@@ -638,9 +652,10 @@ int qguard_image_pwrite(QGuardImage *img, uint64_t offset, uint64_t bytes,
     image_lock(img);
     ret = check_request(img, offset, bytes, true, errp);
     if (ret == 0 && bytes) {
+        flags |= write_cache_fua(img);
         ret = set_io_error(img, img->drv->pwrite(img, offset, bytes, buf,
-                                                 flags | write_cache_fua(img)),
-                           errp);
+                                                 flags), errp);
+        note_request(img, ret, flags);
     }
     image_unlock(img);
     return ret;
@@ -654,10 +669,10 @@ int qguard_image_pwrite_zeroes(QGuardImage *img, uint64_t offset,
     image_lock(img);
     ret = check_request(img, offset, bytes, true, errp);
     if (ret == 0 && bytes) {
+        flags |= write_cache_fua(img);
         ret = set_io_error(img, img->drv->pwrite_zeroes(img, offset, bytes,
-                                                        flags |
-                                                        write_cache_fua(img)),
-                           errp);
+                                                        flags), errp);
+        note_request(img, ret, flags);
     }
     image_unlock(img);
     return ret;
@@ -683,6 +698,7 @@ int qguard_image_pwrite_compressed(QGuardImage *img, uint64_t offset,
             ret = img->drv->flush(img);
         }
         ret = set_io_error(img, ret, errp);
+        note_request(img, ret, write_cache_fua(img));
     }
     image_unlock(img);
     return ret;
@@ -703,6 +719,7 @@ int qguard_image_discard(QGuardImage *img, uint64_t offset, uint64_t bytes,
     /* discard=ignore (or off): the request succeeds and does nothing. */
     if (ret == 0 && bytes && img->drv->discard && img->discard_unmap) {
         ret = set_io_error(img, img->drv->discard(img, offset, bytes), errp);
+        note_request(img, ret, 0);
     }
     image_unlock(img);
     return ret;
@@ -717,6 +734,7 @@ int qguard_image_flush(QGuardImage *img, GError **errp)
         ret = check_request(img, 0, 0, false, errp);
     } else if (!img->read_only && img->drv->flush) {
         ret = set_io_error(img, img->drv->flush(img), errp);
+        note_request(img, ret, QGUARD_WRITE_FUA);
     }
     image_unlock(img);
     return ret;
@@ -736,6 +754,7 @@ int qguard_image_truncate(QGuardImage *img, uint64_t size, bool shrink,
             ret = -ENOTSUP;
         } else {
             ret = img->drv->truncate(img, size, shrink, prealloc, errp);
+            note_request(img, ret, 0);
         }
     }
     image_unlock(img);
@@ -1059,6 +1078,7 @@ static int snapshot_op(QGuardImage *img, int op, const char *name,
     ret = check_request(img, 0, 0, true, errp);
     if (ret == 0) {
         ret = img->drv->snapshot(img, op, name, errp);
+        note_request(img, ret, 0);
     }
     image_unlock(img);
     return ret;

@@ -50,6 +50,11 @@ struct QGuardImage {
     pthread_rwlock_t lock;
     /* Set after a fatal corruption: every further request fails. */
     bool broken;
+    /*
+     * A request changed the image and succeeded since the last flush: what
+     * it wrote is durable only after another flush (writeback mode).
+     */
+    bool unflushed;
     bool probed;                /* format guessed, not given */
     /*
      * The "discard" option: unmap/on passes guest discards to the driver,

@@ -180,6 +180,124 @@ static void assert_filled(const uint8_t *buf, size_t len, uint8_t pattern)
     }
 }
 
+static uint64_t be64_at(const uint8_t *p)
+{
+    uint64_t v = 0;
+    int i;
+
+    for (i = 0; i < 8; i++) {
+        v = (v << 8) | p[i];
+    }
+    return v;
+}
+
+/*
+ * A write in writeback mode, then an error that takes the image out of
+ * service (a FUA write refused by the overlap check): the first write's
+ * metadata can no longer be written, so the close must fail.
+ */
+static void drop_message(void *opaque, const char *line)
+{
+    (void)opaque;
+    (void)line;
+}
+
+static void test_close_of_broken_image_fails(void)
+{
+    g_autofree char *path = test_path("broken.qcow2");
+    g_autoptr(GError) err = NULL;
+    uint8_t hdr[56], entry[8], buf[4096];
+    uint64_t l1_offset, l2;
+    QGuardImage *img;
+    int fd, i;
+
+    create_image(path, "size=1G");
+    fd = open(path, O_RDWR);
+    g_assert_cmpint(fd, >=, 0);
+    g_assert_cmpint(pread(fd, hdr, sizeof(hdr), 0), ==, sizeof(hdr));
+    l1_offset = be64_at(hdr + 40);
+    /* L1 entry 1 (guest 512 MiB..1 GiB) names the refcount table as L2. */
+    l2 = be64_at(hdr + 48) | (1ULL << 63);
+    for (i = 0; i < 8; i++) {
+        entry[i] = l2 >> (56 - 8 * i);
+    }
+    g_assert_cmpint(pwrite(fd, entry, 8, l1_offset + 8), ==, 8);
+    close(fd);
+
+    img = open_image(path, "overlap-check=all", QGUARD_OPEN_RDWR);
+    memset(buf, 0x5a, sizeof(buf));
+    g_assert_cmpint(qguard_image_pwrite(img, 0, sizeof(buf), buf, 0, &err),
+                    ==, 0);
+    qguard_set_message_handler(drop_message, NULL);
+    g_assert_cmpint(qguard_image_pwrite(img, 600 << 20, 512, buf,
+                                        QGUARD_WRITE_FUA, &err),
+                    <, 0);
+    g_clear_error(&err);
+    g_assert_cmpint(qguard_image_close(img, &err), ==, -EIO);
+    qguard_set_message_handler(NULL, NULL);
+    g_assert_error(err, QGUARD_ERROR, EIO);
+}
+
+typedef struct ErrorCase {
+    const char *mode;
+    HostFileOp op;
+    uint64_t nth;
+    int err;
+} ErrorCase;
+
+/*
+ * A write followed by a close, with one host operation failing: whatever
+ * the cache mode, a failed operation is reported by the write or by the
+ * close, and if neither reports anything the data is in the image.
+ */
+static void test_error_reported(gconstpointer data)
+{
+    const ErrorCase *c = data;
+    g_autofree char *path = test_path("err.qcow2");
+    g_autoptr(GError) err = NULL;
+    g_autofree uint8_t *buf = g_malloc(1 << 20);
+    Hook h = { .path = path, .fail_op = c->op, .fail_nth = c->nth,
+               .fail_errno = c->err };
+    unsigned flags = QGUARD_OPEN_RDWR;
+    QGuardImage *img;
+    int wret, cret;
+
+    g_assert_true(qguard_parse_cache_mode(c->mode, &flags));
+    create_image(path, "size=8M");
+    img = open_image(path, NULL, flags);
+    memset(buf, 0x5a, 1 << 20);
+    host_file_set_hook(hook_fn, &h);
+    wret = qguard_image_pwrite(img, 0, 1 << 20, buf, 0, &err);
+    g_assert_true((wret < 0) == (err != NULL));
+    g_clear_error(&err);
+    cret = qguard_image_close(img, &err);
+    g_assert_true((cret < 0) == (err != NULL));
+    host_file_set_hook(NULL, NULL);
+
+    if (h.counts[c->op] >= c->nth) {
+        g_assert_true(wret < 0 || cret < 0);
+    }
+    if (wret == 0 && cret == 0) {
+        memset(buf, 0, 1 << 20);
+        read_other(path, "qcow2", 0, 1 << 20, buf);
+        assert_filled(buf, 1 << 20, 0x5a);
+    }
+}
+
+static const ErrorCase error_cases[] = {
+    { "writeback", HOST_FILE_FLUSH, 1, EIO },
+    { "writeback", HOST_FILE_WRITE, 2, EIO },
+    { "writeback", HOST_FILE_WRITE, 2, ENOSPC },
+    { "writethrough", HOST_FILE_FLUSH, 1, EIO },
+    { "writethrough", HOST_FILE_WRITE, 2, EIO },
+    { "writethrough", HOST_FILE_WRITE, 2, ENOSPC },
+    { "none", HOST_FILE_FLUSH, 1, EIO },
+    { "none", HOST_FILE_WRITE, 2, EIO },
+    { "directsync", HOST_FILE_WRITE, 2, ENOSPC },
+    { "unsafe", HOST_FILE_WRITE, 2, EIO },
+    { "unsafe", HOST_FILE_WRITE, 3, ENOSPC },
+};
+
 typedef struct WriteCase {
     const char *create_opts;
     const char *runtime_opts;
@@ -409,6 +527,8 @@ int main(int argc, char **argv)
                     test_flush_error_is_sticky);
     g_test_add_func("/cache/close/reports-mark-clean-failure",
                     test_close_reports_mark_clean_failure);
+    g_test_add_func("/cache/close/broken-image-with-unflushed-writes",
+                    test_close_of_broken_image_fails);
 
     for (size_t i = 0; i < G_N_ELEMENTS(write_cases); i++) {
         g_autofree char *name = g_strdup_printf("/cache/write/%s",
@@ -421,6 +541,15 @@ int main(int argc, char **argv)
                                                 direct_case_names[i]);
         g_test_add_data_func(name, &direct_cases[i],
                              test_direct_matches_buffered);
+    }
+
+    for (size_t i = 0; i < G_N_ELEMENTS(error_cases); i++) {
+        const ErrorCase *c = &error_cases[i];
+        g_autofree char *name = g_strdup_printf(
+            "/cache/error/%s-%s-%" G_GUINT64_FORMAT "-%s", c->mode,
+            c->op == HOST_FILE_FLUSH ? "flush" : "write", c->nth,
+            c->err == EIO ? "eio" : "enospc");
+        g_test_add_data_func(name, c, test_error_reported);
     }
 
     ret = g_test_run();
