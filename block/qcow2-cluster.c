@@ -33,7 +33,7 @@
  * must reach the disk first.  A dirty image (lazy refcounts) skips the
  * ordering, because opening it repairs the refcounts anyway.
  */
-static int l2_after_new_refcounts(BDRVQcow2State *s)
+int qcow2_l2_after_new_refcounts(BDRVQcow2State *s)
 {
     if (s->incompatible_features & QCOW2_INCOMPAT_DIRTY) {
         return 0;
@@ -304,7 +304,7 @@ static int l2_allocate(BDRVQcow2State *s, uint64_t l1_index)
     if (ret < 0) {
         goto fail;
     }
-    ret = l2_after_new_refcounts(s);
+    ret = qcow2_l2_after_new_refcounts(s);
     if (ret < 0) {
         goto fail;
     }
@@ -351,8 +351,8 @@ fail:
 }
 
 /* The L2 table for @l1_index, allocated or unshared as needed; pinned. */
-static int get_l2_for_write(BDRVQcow2State *s, uint64_t l1_index,
-                            void **l2_table, uint64_t *l2_offset)
+int qcow2_get_l2_for_write(BDRVQcow2State *s, uint64_t l1_index,
+                           void **l2_table, uint64_t *l2_offset)
 {
     int ret;
 
@@ -639,7 +639,7 @@ static RunKind run_kind(BDRVQcow2State *s, uint64_t entry)
     }
 }
 
-static int mark_dirty_for_lazy_refcounts(BDRVQcow2State *s)
+int qcow2_mark_dirty_for_lazy_refcounts(BDRVQcow2State *s)
 {
     if (s->use_lazy_refcounts &&
         !(s->incompatible_features & QCOW2_INCOMPAT_DIRTY)) {
@@ -708,7 +708,7 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
     RunKind kind;
     int ret;
 
-    ret = get_l2_for_write(s, l1_index, &l2_table, &l2_offset);
+    ret = qcow2_get_l2_for_write(s, l1_index, &l2_table, &l2_offset);
     if (ret < 0) {
         return ret;
     }
@@ -760,7 +760,7 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
         return ret < 0 ? ret : (int64_t)run_bytes;
     }
 
-    ret = mark_dirty_for_lazy_refcounts(s);
+    ret = qcow2_mark_dirty_for_lazy_refcounts(s);
     if (ret < 0) {
         return ret;
     }
@@ -821,7 +821,7 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
     }
     /* The data must be on disk before an L2 table pointing at it is. */
     qcow2_cache_depends_on_flush(s->l2_table_cache);
-    ret = l2_after_new_refcounts(s);
+    ret = qcow2_l2_after_new_refcounts(s);
     if (ret < 0) {
         goto fail;
     }
@@ -924,11 +924,11 @@ int qcow2_write_compressed(BDRVQcow2State *s, uint64_t offset,
     } else if (ret < 0) {
         return ret;
     }
-    ret = mark_dirty_for_lazy_refcounts(s);
+    ret = qcow2_mark_dirty_for_lazy_refcounts(s);
     if (ret < 0) {
         return ret;
     }
-    ret = get_l2_for_write(s, offset_to_l1_index(s, offset), &l2_table,
+    ret = qcow2_get_l2_for_write(s, offset_to_l1_index(s, offset), &l2_table,
                            &l2_offset);
     if (ret < 0) {
         return ret;
@@ -957,7 +957,7 @@ int qcow2_write_compressed(BDRVQcow2State *s, uint64_t offset,
         return ret;
     }
     qcow2_cache_depends_on_flush(s->l2_table_cache);
-    ret = l2_after_new_refcounts(s);
+    ret = qcow2_l2_after_new_refcounts(s);
     if (ret < 0) {
         return ret;
     }
@@ -1064,7 +1064,7 @@ static int update_l2_range(BDRVQcow2State *s, uint64_t offset,
             return ret;
         }
     }
-    ret = get_l2_for_write(s, l1_index, &l2_table, &l2_offset);
+    ret = qcow2_get_l2_for_write(s, l1_index, &l2_table, &l2_offset);
     if (ret < 0) {
         return ret;
     }
@@ -1108,7 +1108,7 @@ static int for_each_l2_range(BDRVQcow2State *s, uint64_t offset,
     uint64_t end = offset + bytes;
     int ret;
 
-    ret = mark_dirty_for_lazy_refcounts(s);
+    ret = qcow2_mark_dirty_for_lazy_refcounts(s);
     if (ret < 0) {
         return ret;
     }
@@ -1164,11 +1164,11 @@ int qcow2_zero_subcluster_range(BDRVQcow2State *s, uint64_t offset,
     if (ret < 0) {
         return ret;
     }
-    ret = mark_dirty_for_lazy_refcounts(s);
+    ret = qcow2_mark_dirty_for_lazy_refcounts(s);
     if (ret < 0) {
         return ret;
     }
-    ret = get_l2_for_write(s, offset_to_l1_index(s, offset), &l2_table,
+    ret = qcow2_get_l2_for_write(s, offset_to_l1_index(s, offset), &l2_table,
                            &l2_offset);
     if (ret < 0) {
         return ret;
@@ -1195,280 +1195,4 @@ int qcow2_discard_clusters(BDRVQcow2State *s, uint64_t offset,
 
     return for_each_l2_range(s, offset, bytes, discard_entry, full_discard,
                              type, allocate_l2);
-}
-
-/* ---- Preallocation ------------------------------------------------------ */
-
-#define ZERO_CHUNK (1024 * 1024)
-
-static int fill_run(BDRVQcow2State *s, uint64_t host, uint64_t bytes,
-                    Qcow2PreallocMode mode)
-{
-    static const uint8_t zeros[ZERO_CHUNK];
-    int ret;
-
-    if (mode == QCOW2_PREALLOC_FALLOC) {
-        ret = qcow2_pre_write_overlap_check(s, 0, host, bytes);
-        return ret < 0 ? ret : host_file_allocate(s->file, host, bytes);
-    }
-    if (mode == QCOW2_PREALLOC_FULL) {
-        while (bytes > 0) {
-            uint64_t cur = MIN(bytes, (uint64_t)ZERO_CHUNK);
-            struct iovec iov = { (void *)zeros, cur };
-            ret = qcow2_pwritev_checked(s, 0, host, &iov, 1, cur);
-            if (ret < 0) {
-                return ret;
-            }
-            host += cur;
-            bytes -= cur;
-        }
-    }
-    return 0;
-}
-
-/*
- * Map @n clusters of a data file image to their guest offsets.  The data
- * file was sized (and for falloc/full, allocated) by the resize.
- */
-static int map_data_file_run(BDRVQcow2State *s, uint64_t l2_offset,
-                             int l2_index, uint64_t guest, uint64_t n)
-{
-    void *l2_table;
-    uint64_t c;
-    int ret;
-
-    ret = qcow2_cache_get(s, s->l2_table_cache, l2_offset, &l2_table);
-    if (ret < 0) {
-        return ret;
-    }
-    for (c = 0; c < n; c++) {
-        l2_set(s, l2_table, l2_index + c,
-               (guest + (c << s->cluster_bits)) | QCOW_OFLAG_COPIED);
-    }
-    qcow2_cache_entry_mark_dirty(s->l2_table_cache, l2_table);
-    qcow2_cache_put(s->l2_table_cache, &l2_table);
-    return 0;
-}
-
-/*
- * Allocate data clusters for the unallocated clusters of one L2 table.
- * Clusters below @zero_end may hold stale data, so on v3 they are entered
- * as preallocated zero clusters.
- */
-static int preallocate_l2(BDRVQcow2State *s, uint64_t offset, uint64_t n,
-                          Qcow2PreallocMode mode, uint64_t zero_end)
-{
-    uint64_t l1_index = offset_to_l1_index(s, offset);
-    int l2_index = offset_to_l2_index(s, offset);
-    uint64_t l2_offset, i = 0;
-    void *l2_table;
-    int ret;
-
-    while (i < n) {
-        uint64_t run = 0, got, c;
-        int64_t host;
-
-        ret = get_l2_for_write(s, l1_index, &l2_table, &l2_offset);
-        if (ret < 0) {
-            return ret;
-        }
-        while (i < n) {
-            uint64_t e = l2_get(s, l2_table, l2_index + i);
-            QCow2ClusterType t = qcow2_get_cluster_type(s, e);
-            if (t == QCOW2_CLUSTER_UNALLOCATED || t == QCOW2_CLUSTER_ZERO_PLAIN) {
-                break;
-            }
-            i++;
-        }
-        while (i + run < n) {
-            QCow2ClusterType t = qcow2_get_cluster_type(
-                s, l2_get(s, l2_table, l2_index + i + run));
-            if (t != QCOW2_CLUSTER_UNALLOCATED && t != QCOW2_CLUSTER_ZERO_PLAIN) {
-                break;
-            }
-            run++;
-        }
-        qcow2_cache_put(s->l2_table_cache, &l2_table);
-        if (!run) {
-            break;
-        }
-        if (has_data_file(s)) {
-            ret = map_data_file_run(s, l2_offset, l2_index + i,
-                                    start_of_cluster(s, offset) +
-                                    (i << s->cluster_bits), run);
-            if (ret < 0) {
-                return ret;
-            }
-            i += run;
-            continue;
-        }
-        host = qcow2_alloc_clusters(s, run, &got);
-        if (host < 0) {
-            return host;
-        }
-        /*
-         * Clusters below the current end of file may hold old contents
-         * (tables moved during this very preallocation): they must read as
-         * zeros, by the zero flag on v3 or by writing zeros on v2.
-         */
-        {
-            int64_t len = host_file_length(s->file);
-            zero_end = len > 0 ? (uint64_t)len : 0;
-        }
-        if (s->qcow_version < 3 && mode != QCOW2_PREALLOC_FULL &&
-            (uint64_t)host < zero_end) {
-            ret = fill_run(s, host, MIN(got << s->cluster_bits,
-                                        zero_end - host),
-                           QCOW2_PREALLOC_FULL);
-            if (ret < 0) {
-                (void)qcow2_abort_allocation(s, host, got << s->cluster_bits);
-                return ret;
-            }
-            qcow2_cache_depends_on_flush(s->l2_table_cache);
-        }
-        ret = fill_run(s, host, got << s->cluster_bits, mode);
-        if (ret < 0) {
-            (void)qcow2_abort_allocation(s, host, got << s->cluster_bits);
-            return ret;
-        }
-        if (mode == QCOW2_PREALLOC_FULL) {
-            qcow2_cache_depends_on_flush(s->l2_table_cache);
-        }
-        ret = l2_after_new_refcounts(s);
-        if (ret < 0) {
-            return ret;
-        }
-        ret = qcow2_cache_get(s, s->l2_table_cache, l2_offset, &l2_table);
-        if (ret < 0) {
-            return ret;
-        }
-        for (c = 0; c < got; c++) {
-            uint64_t h = host + (c << s->cluster_bits);
-            uint64_t e = h | QCOW_OFLAG_COPIED;
-            /*
-             * With subclusters the bitmap is left alone: unallocated
-             * subclusters read from the backing file (or as zeros), never
-             * from the host cluster.
-             */
-            if (h < zero_end && mode != QCOW2_PREALLOC_FULL &&
-                s->qcow_version >= 3 && !has_subclusters(s)) {
-                e |= QCOW_OFLAG_ZERO;
-            }
-            l2_set(s, l2_table, l2_index + i + c, e);
-        }
-        qcow2_cache_entry_mark_dirty(s->l2_table_cache, l2_table);
-        qcow2_cache_put(s->l2_table_cache, &l2_table);
-        i += got;
-    }
-    return 0;
-}
-
-/* Give every L1 entry in [first, last] without an L2 table a fresh one. */
-static int preallocate_l2_tables(BDRVQcow2State *s, uint64_t first,
-                                 uint64_t last, uint64_t missing)
-{
-    uint64_t i = first, got;
-    int64_t tables;
-    int ret;
-
-    while (missing) {
-        tables = qcow2_alloc_clusters(s, missing, &got);
-        if (tables < 0) {
-            return tables;
-        }
-        /* Written back later: reserved now (see l2_allocate()). */
-        ret = host_file_allocate(s->file, tables, got << s->cluster_bits);
-        if (ret < 0) {
-            (void)qcow2_abort_allocation(s, tables, got << s->cluster_bits);
-            return ret;
-        }
-        ret = l2_after_new_refcounts(s);
-        if (ret < 0) {
-            return ret;
-        }
-        for (; i <= last && got; i++) {
-            void *l2_table;
-            if (s->l1_table[i] & L1E_OFFSET_MASK) {
-                continue;
-            }
-            ret = qcow2_cache_get_empty(s, s->l2_table_cache, tables,
-                                        &l2_table);
-            if (ret < 0) {
-                return ret;
-            }
-            memset(l2_table, 0, s->cluster_size);
-            qcow2_cache_entry_mark_dirty(s->l2_table_cache, l2_table);
-            qcow2_cache_put(s->l2_table_cache, &l2_table);
-            qcow2_map_enter(s, tables, s->cluster_size, QCOW2_OL_ACTIVE_L2);
-            s->l1_table[i] = tables | QCOW_OFLAG_COPIED;
-            qcow2_l1_mark_dirty(s, i);
-            tables += s->cluster_size;
-            got--;
-            missing--;
-        }
-    }
-    return 0;
-}
-
-/*
- * Allocate L2 tables and data clusters for guest range [offset, end).
- *
- * Metadata goes first and together: the refcount blocks for everything
- * this will allocate, then all new L2 tables, then the data.  Tables that
- * sit next to each other are written back with one pwritev, and the data
- * windows of the overlap map hold no metadata at all, so writes into them
- * are checked without touching a list.
- */
-int qcow2_preallocate(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
-                      Qcow2PreallocMode mode, QGuardProgressFunc *progress,
-                      void *opaque)
-{
-    uint64_t start = start_of_cluster(s, offset);
-    uint64_t end = offset + bytes;
-    uint64_t l2_span = l2_entries_to_bytes(s);
-    int64_t file_len = host_file_length(s->file);
-    uint64_t zero_end = file_len > 0 ? (uint64_t)file_len : 0;
-    uint64_t l1_first, l1_last, i, missing = 0;
-    int ret;
-
-    if (!bytes || mode == QCOW2_PREALLOC_OFF) {
-        return 0;
-    }
-    ret = mark_dirty_for_lazy_refcounts(s);
-    if (ret < 0) {
-        return ret;
-    }
-    ret = qcow2_grow_l1_table(s, size_to_l1(s, end), true);
-    if (ret < 0) {
-        return ret;
-    }
-    l1_first = offset_to_l1_index(s, start);
-    l1_last = offset_to_l1_index(s, end - 1);
-    for (i = l1_first; i <= l1_last; i++) {
-        if (!(s->l1_table[i] & L1E_OFFSET_MASK)) {
-            missing++;
-        }
-    }
-    ret = qcow2_reserve_refblocks(s, missing + (has_data_file(s) ? 0 :
-                                  size_to_clusters(s, end - start)));
-    if (ret < 0) {
-        return ret;
-    }
-    ret = preallocate_l2_tables(s, l1_first, l1_last, missing);
-    if (ret < 0) {
-        return ret;
-    }
-    for (i = l1_first; i <= l1_last; i++) {
-        uint64_t from = MAX(start, i * l2_span);
-        uint64_t to = MIN(end, (i + 1) * l2_span);
-        ret = preallocate_l2(s, from, size_to_clusters(s, to - from), mode,
-                             zero_end);
-        if (ret < 0) {
-            return ret;
-        }
-        if (progress && ((i - l1_first) % 64 == 63 || i == l1_last)) {
-            progress(opaque, 100.0 * (to - start) / (end - start));
-        }
-    }
-    return 0;
 }

@@ -310,59 +310,49 @@ static void remember_freed_cluster(BDRVQcow2State *s, uint64_t c, bool punch)
 }
 
 /*
- * Clusters [first, first + count) were freed and their freeing is durable:
- * those still at refcount 0 become free for the index (and are punched if
- * @punch).  A cluster referenced again meanwhile (an undone refcount update)
- * is left alone; one whose refcount cannot be read stays out of the index,
- * which only costs the space until the next open.
+ * Clusters [first, first + n) are referenced again (an undone free): they
+ * must be neither reused nor punched when the freed clusters are released.
  */
-static void release_range(BDRVQcow2State *s, uint64_t first, uint64_t count,
-                          bool punch)
+static void forget_freed_clusters(BDRVQcow2State *s, uint64_t first,
+                                  uint64_t n)
 {
-    uint64_t mask = s->refcount_block_size - 1;
-    uint64_t c = first, end = first + count, run = 0;
+    GArray *a = s->freed_clusters;
+    uint64_t end = first + n;
+    guint i = freed_search(s, first);
 
-    while (c < end) {
-        uint64_t table_index = c >> s->refcount_block_bits;
-        uint64_t block_end = MIN(end, (table_index + 1) <<
-                                      s->refcount_block_bits);
-        uint64_t block;
-        void *refblock = NULL;
+    while (i < a->len) {
+        Qcow2FreedRange *r = &g_array_index(a, Qcow2FreedRange, i);
+        uint64_t r_end = r->first + r->count;
+        uint64_t from = MAX(r->first, first), to = MIN(r_end, end);
 
-        if (refblock_offset(s, table_index, &block) < 0 || !block ||
-            qcow2_cache_get(s, s->refcount_block_cache, block,
-                            &refblock) < 0) {
-            refblock = NULL;
+        if (r->first >= end) {
+            break;
         }
-        for (; c <= block_end; c++) {
-            if (c < block_end && refblock &&
-                s->get_refcount(refblock, c & mask) == 0) {
-                run++;
-                continue;
-            }
-            if (run) {
-                qcow2_free_index_mark_free(s, c - run, run);
-                if (punch) {
-                    /* Best effort: without hole punching the data stays. */
-                    host_file_discard(s->file, (c - run) << s->cluster_bits,
-                                      run << s->cluster_bits);
-                }
-                run = 0;
-            }
-            if (c == block_end) {
-                break;
+        s->freed_cluster_count -= to - from;
+        if (from == r->first && to == r_end) {
+            g_array_remove_index(a, i);
+            continue;
+        }
+        if (from == r->first) {
+            r->first = to;
+            r->count = r_end - to;
+        } else {
+            Qcow2FreedRange tail = { to, r_end - to, r->punch };
+            r->count = from - r->first;
+            if (to < r_end) {
+                g_array_insert_val(a, i + 1, tail);
+                i++;
             }
         }
-        if (refblock) {
-            qcow2_cache_put(s->refcount_block_cache, &refblock);
-        }
+        i++;
     }
 }
 
 /*
  * Called once the tables that stopped pointing at the freed clusters and
  * the refcount blocks that free them are on disk: the clusters may now be
- * reused, and punched where a discard type asks for it.
+ * reused, and punched where a discard type asks for it.  Every one of them
+ * still has refcount 0 (see forget_freed_clusters()).
  */
 void qcow2_release_freed_clusters(BDRVQcow2State *s)
 {
@@ -379,7 +369,12 @@ void qcow2_release_freed_clusters(BDRVQcow2State *s)
         Qcow2FreedRange *r = &g_array_index(a, Qcow2FreedRange, i);
 
         s->free_cluster_index = MIN(s->free_cluster_index, r->first);
-        release_range(s, r->first, r->count, r->punch);
+        qcow2_free_index_mark_free(s, r->first, r->count);
+        if (r->punch) {
+            /* Best effort: without hole punching the data just stays. */
+            host_file_discard(s->file, r->first << s->cluster_bits,
+                              r->count << s->cluster_bits);
+        }
     }
     g_array_free(a, TRUE);
 }
@@ -744,29 +739,278 @@ static int ensure_refblocks(BDRVQcow2State *s, uint64_t first, uint64_t n)
     return 0;
 }
 
-/*
- * Create the refcount blocks that the next @n allocated clusters will need,
- * now and next to each other, so that a large preallocation puts its
- * metadata together instead of one block in every block's worth of data.
- * Blocks that already exist are kept; extra coverage only costs the blocks.
- */
-int qcow2_reserve_refblocks(BDRVQcow2State *s, uint64_t n)
+/* ---- Bulk allocation at the tail (docs/allocation.md) -------------------- */
+
+#define TAIL_WRITE_BYTES (4 * 1024 * 1024)
+
+/* Past the last cluster in use or freed since the last flush. */
+int64_t qcow2_tail_cluster(BDRVQcow2State *s)
 {
-    uint64_t got, idx, last, total;
-    int64_t first;
+    int64_t end = qcow2_host_end_cluster(s);
+    GArray *a = s->freed_clusters;
+
+    if (end >= 0 && a->len) {
+        Qcow2FreedRange *r = &g_array_index(a, Qcow2FreedRange, a->len - 1);
+        end = MAX((uint64_t)end, r->first + r->count);
+    }
+    return end < 0 ? end : MAX(end, 1);
+}
+
+static bool has_refblock(BDRVQcow2State *s, uint64_t index)
+{
+    return index < s->refcount_table_size &&
+           (s->refcount_table[index] & REFT_OFFSET_MASK);
+}
+
+/* Apply +1 (or undo it) to the part of [first, end) with refcount blocks. */
+static int tail_existing_refcounts(BDRVQcow2State *s, uint64_t first,
+                                   uint64_t end, bool undo)
+{
+    uint64_t c = first;
+
+    while (c < end) {
+        uint64_t index = c >> s->refcount_block_bits;
+        uint64_t next = MIN(end, (index + 1) << s->refcount_block_bits);
+
+        if (has_refblock(s, index)) {
+            int ret = qcow2_update_refcount(s, c << s->cluster_bits,
+                                            (next - c) << s->cluster_bits, 1,
+                                            undo, QCOW2_DISCARD_NEVER);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        c = next;
+    }
+    return 0;
+}
+
+/*
+ * Cluster @k of the new area: a new refcount block (refcount 1 for the new
+ * clusters it describes) or a cluster of the new refcount table.
+ */
+static void fill_area_cluster(BDRVQcow2State *s, uint8_t *buf, uint64_t k,
+                              const uint64_t *new_index, uint64_t nb,
+                              const uint8_t *table, const uint8_t *all_ones,
+                              uint64_t first, uint64_t end)
+{
+    uint64_t from, to, c;
+
+    if (k >= nb) {
+        memcpy(buf, table + ((k - nb) << s->cluster_bits), s->cluster_size);
+        return;
+    }
+    from = MAX(first, new_index[k] << s->refcount_block_bits);
+    to = MIN(end, (new_index[k] + 1) << s->refcount_block_bits);
+    if (to - from == (uint64_t)s->refcount_block_size) {
+        memcpy(buf, all_ones, s->cluster_size);
+        return;
+    }
+    memset(buf, 0, s->cluster_size);
+    for (c = from; c < to; c++) {
+        s->set_refcount(buf, c & (s->refcount_block_size - 1), 1);
+    }
+}
+
+/*
+ * Allocate @n contiguous clusters past everything in use, together with
+ * the refcount blocks they need: the missing blocks and a complete new
+ * refcount table go first in the same run, and the header switches to the
+ * new table with one write.  Order: existing blocks, new blocks and table
+ * written, one sync, header, one sync.  Returns the offset of the first of
+ * the @n clusters, whose refcounts are on disk.
+ */
+int64_t qcow2_alloc_tail(BDRVQcow2State *s, uint64_t n)
+{
+    uint64_t epc = s->cluster_size / 8;
+    uint64_t limit = QCOW2_MAX_HOST_OFFSET >> s->cluster_bits;
+    uint64_t old_size = s->refcount_table_size;
+    uint64_t old_offset = s->refcount_table_offset;
+    uint64_t old_clusters = size_to_clusters(s, old_size * 8);
+    uint64_t nb = 0, tc = 0, entries = old_size, first, end, i, k;
+    g_autofree uint64_t *new_index = NULL;
+    g_autofree uint64_t *new_table = NULL;
+    g_autofree uint8_t *table = NULL;
+    g_autofree uint8_t *buf = NULL;
+    g_autofree uint8_t *all_ones = NULL;
+    uint64_t batch, table_offset;
+    uint8_t hdr[12];
+    int64_t start;
     int ret;
 
-    first = find_free_run(s, 1, true, &got);
-    if (first < 0) {
-        return first;
+    if (n == 0) {
+        return -EINVAL;
     }
-    /* The blocks themselves take clusters from the front of the range. */
-    total = n + n / (s->refcount_block_size - 1) + 2;
-    last = (first + total - 1) >> s->refcount_block_bits;
-    for (idx = first >> s->refcount_block_bits; idx <= last; idx++) {
-        ret = ensure_refblock(s, idx);
+    start = qcow2_tail_cluster(s);
+    if (start < 0) {
+        return start;
+    }
+    first = start;
+
+    /* Blocks and table describe themselves too: repeat until they fit. */
+    for (;;) {
+        uint64_t want_nb = 0, want_entries = old_size, want_tc = 0, last;
+
+        end = first + nb + tc + n;
+        if (end > limit || end < first) {
+            return -EFBIG;
+        }
+        last = (end - 1) >> s->refcount_block_bits;
+        for (i = first >> s->refcount_block_bits; i <= last; i++) {
+            want_nb += !has_refblock(s, i);
+        }
+        if (want_nb) {
+            want_entries = ROUND_UP(MAX(old_size, last + 1), epc);
+            want_tc = want_entries / epc;
+        }
+        if (want_nb == nb && want_tc == tc) {
+            entries = want_entries;
+            break;
+        }
+        nb = want_nb;
+        tc = want_tc;
+    }
+    if (entries * 8 > QCOW_MAX_REFTABLE_SIZE) {
+        qcow2_set_error(s, "Refcount table would exceed the maximum size");
+        return -EFBIG;
+    }
+    ret = tail_existing_refcounts(s, first, end, false);
+    if (ret < 0) {
+        return ret;
+    }
+    if (nb == 0) {
+        ret = qcow2_flush_refcounts(s);
+        if (ret < 0) {
+            goto undo;
+        }
+        return (int64_t)first << s->cluster_bits;
+    }
+
+    new_index = g_try_new(uint64_t, nb);
+    new_table = g_try_new0(uint64_t, entries);
+    table = g_try_malloc0(tc << s->cluster_bits);
+    batch = MAX(1u, MIN(nb + tc, (uint64_t)TAIL_WRITE_BYTES >> s->cluster_bits));
+    buf = g_try_malloc(batch << s->cluster_bits);
+    all_ones = g_try_malloc0(s->cluster_size);
+    if (!new_index || !new_table || !table || !buf || !all_ones) {
+        ret = -ENOMEM;
+        goto undo;
+    }
+    for (i = 0; i < (uint64_t)s->refcount_block_size; i++) {
+        s->set_refcount(all_ones, i, 1);
+    }
+    memcpy(new_table, s->refcount_table, old_size * 8);
+    k = 0;
+    for (i = first >> s->refcount_block_bits;
+         i <= (end - 1) >> s->refcount_block_bits; i++) {
+        if (!has_refblock(s, i)) {
+            new_index[k] = i;
+            new_table[i] = (first + k) << s->cluster_bits;
+            k++;
+        }
+    }
+    for (i = 0; i < entries; i++) {
+        be_put64(table + i * 8, new_table[i]);
+    }
+    table_offset = (first + nb) << s->cluster_bits;
+
+    /* Existing blocks first: the new table names them too. */
+    ret = qcow2_cache_write(s, s->refcount_block_cache);
+    if (ret < 0) {
+        goto undo;
+    }
+    for (k = 0; k < nb + tc; k += batch) {
+        uint64_t cnt = MIN(batch, nb + tc - k), j;
+
+        for (j = 0; j < cnt; j++) {
+            fill_area_cluster(s, buf + (j << s->cluster_bits), k + j,
+                              new_index, nb, table, all_ones, first, end);
+        }
+        ret = qcow2_pwrite_meta(s, QCOW2_OL_REFCOUNT_BLOCK |
+                                QCOW2_OL_REFCOUNT_TABLE,
+                                (first + k) << s->cluster_bits, buf,
+                                cnt << s->cluster_bits);
+        if (ret < 0) {
+            goto undo;
+        }
+    }
+    ret = host_file_flush(s->file);
+    if (ret < 0) {
+        goto undo;
+    }
+    be_put64(hdr, table_offset);
+    be_put32(hdr + 8, tc);
+    ret = qcow2_commit_header_field(s, HDR_OFF_REFTABLE_OFFSET, hdr, 12);
+    if (ret < 0) {
+        return ret;     /* either table may be the one on disk: keep both */
+    }
+
+    qcow2_map_remove(s, old_offset, old_clusters << s->cluster_bits,
+                     QCOW2_OL_REFCOUNT_TABLE);
+    g_free(s->refcount_table);
+    s->refcount_table = g_steal_pointer(&new_table);
+    s->refcount_table_size = entries;
+    s->refcount_table_offset = table_offset;
+    update_max_refcount_table_index(s);
+    qcow2_free_index_resize(s);
+    for (k = 0; k < nb; k++) {
+        uint64_t from = MAX(first, new_index[k] << s->refcount_block_bits);
+        uint64_t to = MIN(end, (new_index[k] + 1) << s->refcount_block_bits);
+        qcow2_free_index_mark_used(s, from, to - from);
+    }
+    qcow2_map_enter(s, first << s->cluster_bits, nb << s->cluster_bits,
+                    QCOW2_OL_REFCOUNT_BLOCK);
+    qcow2_map_enter(s, table_offset, tc << s->cluster_bits,
+                    QCOW2_OL_REFCOUNT_TABLE);
+    if (old_clusters) {
+        /* Unreferenced now; a failure here only leaks it. */
+        ret = qcow2_free_clusters(s, old_offset,
+                                  old_clusters << s->cluster_bits,
+                                  QCOW2_DISCARD_OTHER);
         if (ret < 0) {
             return ret;
+        }
+    }
+    return (int64_t)(first + nb + tc) << s->cluster_bits;
+
+undo:
+    (void)tail_existing_refcounts(s, first, end, true);
+    return ret;
+}
+
+/* The cluster the next allocation would start at (nothing is allocated). */
+int64_t qcow2_first_free_cluster(BDRVQcow2State *s)
+{
+    uint64_t got;
+
+    return find_free_run(s, 1, true, &got);
+}
+
+/*
+ * Free clusters that nothing on disk names any more (a table the header
+ * stopped pointing at, synced): unlike other frees they may be reused at
+ * once, so they skip the freed list.  Their refcount drop still goes
+ * through the cache, after the writes that depend on it.
+ */
+int qcow2_free_unreferenced_clusters(BDRVQcow2State *s, uint64_t offset,
+                                     uint64_t size)
+{
+    uint64_t first = offset >> s->cluster_bits;
+    uint64_t n = size_to_clusters(s, offset_into_cluster(s, offset) + size);
+    uint64_t c;
+    int ret;
+
+    ret = qcow2_update_refcount(s, offset, size, 1, true,
+                                QCOW2_DISCARD_NEVER);
+    if (ret < 0) {
+        return ret;
+    }
+    forget_freed_clusters(s, first, n);
+    for (c = first; c < first + n; c++) {
+        uint64_t refcount;
+        if (qcow2_get_refcount(s, c, &refcount) == 0 && refcount == 0) {
+            qcow2_free_index_mark_free(s, c, 1);
+            s->free_cluster_index = MIN(s->free_cluster_index, c);
         }
     }
     return 0;
@@ -971,6 +1215,9 @@ static int update_refcount_range(BDRVQcow2State *s, uint64_t first,
         }
         if (!decrease && c > block_first) {
             qcow2_free_index_mark_used(s, block_first, c - block_first);
+            if (s->freed_clusters->len) {
+                forget_freed_clusters(s, block_first, c - block_first);
+            }
         }
         qcow2_cache_entry_mark_dirty(s->refcount_block_cache, refblock);
         qcow2_cache_put(s->refcount_block_cache, &refblock);

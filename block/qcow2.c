@@ -1617,7 +1617,9 @@ int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
                         "Failed to grow the L1 table: %s", g_strerror(EFBIG));
             return -EFBIG;
         }
-        ret = qcow2_grow_l1_table(s, l1_needed, true);
+        /* Preallocation writes the grown table once, with its entries. */
+        ret = mode == QCOW2_PREALLOC_OFF
+              ? qcow2_grow_l1_table(s, l1_needed, true) : 0;
         if (ret < 0) {
             g_set_error(errp, QGUARD_ERROR, -ret,
                         "Failed to grow the L1 table: %s", g_strerror(-ret));
@@ -1674,20 +1676,6 @@ int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
         int64_t len = host_file_length(s->file);
         if (end >= 0 && len >= 0 && (end << s->cluster_bits) < len) {
             host_file_truncate(s->file, end << s->cluster_bits);
-        }
-    }
-    if (mode != QCOW2_PREALLOC_OFF) {
-        /* Preallocated data clusters past the last table extend the file. */
-        int64_t end = qcow2_host_end_cluster(s);
-        int64_t len = host_file_length(s->file);
-        if (end >= 0 && len >= 0 && (end << s->cluster_bits) > len) {
-            ret = host_file_truncate(s->file, end << s->cluster_bits);
-            if (ret < 0) {
-                g_set_error(errp, QGUARD_ERROR, -ret,
-                            "Could not resize image file: %s",
-                            g_strerror(-ret));
-                return ret;
-            }
         }
     }
     be_put64(buf, size);

@@ -518,7 +518,11 @@ int qcow2_get_refcount(BDRVQcow2State *s, uint64_t cluster_index,
 int64_t qcow2_alloc_clusters(BDRVQcow2State *s, uint64_t n,
                              uint64_t *got);
 int64_t qcow2_alloc_clusters_exact(BDRVQcow2State *s, uint64_t n);
-int qcow2_reserve_refblocks(BDRVQcow2State *s, uint64_t n);
+int64_t qcow2_alloc_tail(BDRVQcow2State *s, uint64_t n);
+int64_t qcow2_tail_cluster(BDRVQcow2State *s);
+int64_t qcow2_first_free_cluster(BDRVQcow2State *s);
+int qcow2_free_unreferenced_clusters(BDRVQcow2State *s, uint64_t offset,
+                                     uint64_t size);
 int64_t qcow2_alloc_bytes(BDRVQcow2State *s, int size);
 int qcow2_alloc_clusters_at(BDRVQcow2State *s, uint64_t offset,
                             uint64_t n);
@@ -593,6 +597,10 @@ int qcow2_discard_clusters(BDRVQcow2State *s, uint64_t offset,
 int qcow2_grow_l1_table(BDRVQcow2State *s, uint64_t min_size,
                         bool exact_size);
 int qcow2_write_l1_dirty(BDRVQcow2State *s);
+int qcow2_l2_after_new_refcounts(BDRVQcow2State *s);
+int qcow2_get_l2_for_write(BDRVQcow2State *s, uint64_t l1_index,
+                           void **l2_table, uint64_t *l2_offset);
+int qcow2_mark_dirty_for_lazy_refcounts(BDRVQcow2State *s);
 int qcow2_shrink_l1_table(BDRVQcow2State *s, uint64_t new_size);
 typedef enum Qcow2PreallocMode {
     QCOW2_PREALLOC_OFF,
@@ -601,6 +609,7 @@ typedef enum Qcow2PreallocMode {
     QCOW2_PREALLOC_FULL,
 } Qcow2PreallocMode;
 
+/* qcow2-prealloc.c */
 int qcow2_preallocate(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
                       Qcow2PreallocMode mode, QGuardProgressFunc *progress,
                       void *opaque);

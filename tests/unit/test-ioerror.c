@@ -56,6 +56,7 @@ typedef enum StepKind {
     S_DISCARD,
     S_FLUSH,
     S_TRUNCATE,
+    S_TRUNCATE_PREALLOC,
     S_SNAP_CREATE,
     S_SNAP_APPLY,
     S_SNAP_DELETE,
@@ -66,7 +67,7 @@ typedef struct Step {
     StepKind kind;
     uint64_t off;           /* S_TRUNCATE: the new size */
     uint64_t len;
-    const char *name;       /* snapshots */
+    const char *name;       /* snapshots; preallocation mode */
 } Step;
 
 typedef struct Workload {
@@ -84,6 +85,7 @@ typedef struct Workload {
 #define ZERO_UNMAP(o, l)  { S_ZERO_UNMAP, (o), (l), NULL }
 #define DISCARD(o, l)     { S_DISCARD, (o), (l), NULL }
 #define TRUNCATE(size)    { S_TRUNCATE, (size), 0, NULL }
+#define PREALLOC(size, m) { S_TRUNCATE_PREALLOC, (size), 0, (m) }
 #define FLUSH             { S_FLUSH, 0, 0, NULL }
 #define SNAP_CREATE(n)    { S_SNAP_CREATE, 0, 0, (n) }
 #define SNAP_APPLY(n)     { S_SNAP_APPLY, 0, 0, (n) }
@@ -132,12 +134,20 @@ static const Step steps_snapshots[] = {
     SNAP_DELETE("s1"), END,
 };
 
+static const Step steps_prealloc[] = {
+    W(0, 64 * K), FLUSH, PREALLOC(6 * M, "metadata"),
+    W(5 * M, 8 * K), FLUSH, PREALLOC(6 * M + 96 * K, "full"),
+    W(6 * M + 90 * K, 4 * K), END,
+};
+
 static const Workload workloads[] = {
     { "alloc-64k", "size=8M", false, steps_alloc_64k },
     { "alloc-512", "size=4M,cluster_size=512", false, steps_alloc_512 },
     { "reftable-growth", "size=4M,cluster_size=512,refcount_bits=64", false,
       steps_reftable },
     { "l1-growth", "size=1M,cluster_size=512", false, steps_l1_growth },
+    { "prealloc", "size=1M,cluster_size=512,refcount_bits=64", false,
+      steps_prealloc },
     { "discard-zero", "size=2M,cluster_size=4096", true, steps_discard_zero },
     { "snapshots", "size=2M,cluster_size=4096", true, steps_snapshots },
 };
@@ -169,6 +179,9 @@ static int run_step(QGuardImage *img, const Step *st, int index)
         break;
     case S_TRUNCATE:
         ret = qguard_image_truncate(img, st->off, false, NULL, &err);
+        break;
+    case S_TRUNCATE_PREALLOC:
+        ret = qguard_image_truncate(img, st->off, false, st->name, &err);
         break;
     case S_SNAP_CREATE:
         ret = qguard_snapshot_create(img, st->name, &err);

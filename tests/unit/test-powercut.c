@@ -353,6 +353,19 @@ static void w_truncate(Run *r, uint64_t size)
     op_end(r, &op);
 }
 
+/* Grow with preallocation: the batched table writes of qcow2-prealloc.c. */
+static void w_truncate_prealloc(Run *r, uint64_t size, const char *mode)
+{
+    g_autoptr(GError) err = NULL;
+    GuestOp op;
+
+    op_begin(r, &op, "truncate-prealloc");
+    g_assert_cmpint(qguard_image_truncate(r->img, size, false, mode, &err),
+                    ==, 0);
+    g_assert_no_error(err);
+    op_end(r, &op);
+}
+
 typedef int SnapshotFn(QGuardImage *img, const char *name, GError **errp);
 
 static void w_snapshot(Run *r, SnapshotFn *fn, const char *what,
@@ -487,6 +500,34 @@ static void run_snapshots(Run *r)
     w_snapshot(r, qguard_snapshot_create, "snapshot-create", "s3");
 }
 
+/*
+ * 64-bit refcounts with 512-byte clusters: a refcount block covers 32 KiB,
+ * so growing to 6 MiB needs new blocks, a new refcount table and a grown
+ * L1 table, all in one bulk allocation.
+ */
+static void run_prealloc(Run *r)
+{
+    w_write(r, 0, 64 * 1024);
+    w_flush(r);
+    w_truncate_prealloc(r, 6 << 20, "metadata");
+    w_write(r, 5 << 20, 8192);
+    w_flush(r);
+    w_truncate_prealloc(r, (6 << 20) + 96 * 1024, "full");
+    w_write(r, (6 << 20) + 90 * 1024, 4096);
+}
+
+/* Small growths whose refcounts fit the existing blocks, and an L2 table
+ * that exists already (the edge of the grown range). */
+static void run_prealloc_small(Run *r)
+{
+    w_write(r, 0, 40 * 1024);
+    w_flush(r);
+    w_truncate_prealloc(r, 80 * 1024, "metadata");
+    w_write(r, 70 * 1024, 4096);
+    w_truncate_prealloc(r, 100 * 1024, "falloc");
+    w_write(r, 98 * 1024, 1024);
+}
+
 static void run_lazy(Run *r)
 {
     run_alloc(r, 4 << 20, 100000, 10);
@@ -593,6 +634,12 @@ static const Workload workloads[] = {
       run_first_bitmap },
     { "bitmap-remove-all", "size=8M,cluster_size=512", prepare_bitmaps,
       run_remove_bitmaps },
+    { "prealloc", "size=1M,cluster_size=512,refcount_bits=64", NULL,
+      run_prealloc },
+    { "prealloc-v2", "size=1M,cluster_size=512,compat=0.10", NULL,
+      run_prealloc },
+    { "prealloc-small", "size=48K,cluster_size=512", NULL,
+      run_prealloc_small },
 };
 
 /* ---- Checking a crash image ---------------------------------------------- */
