@@ -1369,7 +1369,8 @@ static int qcow2_flush(QGuardImage *img)
 static bool detect_metadata_preallocation(BDRVQcow2State *s)
 {
     int64_t allocated = host_file_allocated(s->file);
-    uint64_t real_clusters, threshold, used = 0, c;
+    uint64_t real_clusters, threshold, used = 0, i;
+    g_autofree uint64_t *bits = NULL;
     int64_t end = qcow2_host_end_cluster(s);
 
     if (allocated < 0 || end < 0) {
@@ -1377,12 +1378,24 @@ static bool detect_metadata_preallocation(BDRVQcow2State *s)
     }
     real_clusters = allocated / s->cluster_size;
     threshold = MAX(real_clusters * 10 / 9, real_clusters + 2);
-    for (c = 0; c < (uint64_t)end && used <= threshold; c++) {
-        uint64_t refcount;
-        if (qcow2_get_refcount(s, c, &refcount) < 0) {
+    /*
+     * By refcount block: ranges without one are free and are skipped, so a
+     * damaged table that names a far block costs its entries, not clusters.
+     */
+    bits = g_new(uint64_t, s->refcount_block_size / 64);
+    for (i = 0; i < s->refcount_table_size &&
+                (i << s->refcount_block_bits) < (uint64_t)end &&
+                used <= threshold; i++) {
+        uint64_t nfree;
+
+        if (!(s->refcount_table[i] & REFT_OFFSET_MASK)) {
+            continue;
+        }
+        memset(bits, 0, s->refcount_block_size / 8);
+        if (qcow2_refblock_free_bits(s, i, bits, &nfree) < 0) {
             return false;
         }
-        used += refcount > 0;
+        used += s->refcount_block_size - nfree;
     }
     return used > threshold;
 }
