@@ -136,6 +136,7 @@ struct Qcow2MetadataMap {
 
     void *root;                     /* OvlNode, or OvlLeaf when height == 0 */
     unsigned height;
+    bool hw_popcount;               /* the CPU has POPCNT: checks use it */
 
     /* the last leaf a check looked up (NULL: known absent), or NO_LEAF */
     uint64_t leaf_memo_index;
@@ -300,6 +301,19 @@ static inline unsigned chunk_slot_index(const OvlChunk *c, unsigned b)
     uint64_t below = c->present[b / 64] & ((UINT64_C(1) << (b % 64)) - 1);
 
     return c->rank[b / 64] + popcount64(below);
+}
+
+/*
+ * The same for the checks, which choose the popcount: @hw is a constant
+ * where it is inlined, true only in code compiled for POPCNT.
+ */
+static inline __attribute__((always_inline))
+unsigned chunk_slot_index_hw(const OvlChunk *c, unsigned b, bool hw)
+{
+    uint64_t below = c->present[b / 64] & ((UINT64_C(1) << (b % 64)) - 1);
+
+    return c->rank[b / 64] + (hw ? (unsigned)__builtin_popcountll(below)
+                                 : popcount64(below));
 }
 
 static inline uint32_t *chunk_slots(const OvlChunk *c)

@@ -209,6 +209,11 @@
 
 #include "qcow2-overlap-int.h"
 
+/* Checks have a second copy built for POPCNT, chosen at run time. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_CHECK_POPCNT 1
+#endif
+
 /* ---- runs ------------------------------------------------------------------------ */
 
 static void run_emit(OvlRun *out, size_t *k, uint64_t a, uint64_t b, unsigned mask)
@@ -269,25 +274,23 @@ static unsigned runs_to_frags(const OvlRun *runs, size_t n, uint32_t *frags)
 /* OR of bytes[s, e): the check of a window held as a bytemap. */
 static inline unsigned bytemap_or(const uint8_t *b, unsigned s, unsigned e)
 {
-    uint64_t acc = 0;
+    uint64_t acc = 0, w;
+    const uint8_t *p, *last;
 
-    if (e - s < 16) {
+    if (e - s < 8) {
         while (s < e) {
             acc |= b[s++];
         }
         return acc;
     }
-    while (s & 7) {
-        acc |= b[s++];
-    }
-    for (; s + 8 <= e; s += 8) {
-        uint64_t w;
-        memcpy(&w, b + s, 8);
+    /* Whole words, the last one overlapping the one before if need be. */
+    last = b + e - 8;
+    for (p = b + s; p < last; p += 8) {
+        memcpy(&w, p, 8);
         acc |= w;
     }
-    while (s < e) {
-        acc |= b[s++];
-    }
+    memcpy(&w, last, 8);
+    acc |= w;
     acc |= acc >> 32;
     acc |= acc >> 16;
     acc |= acc >> 8;
@@ -421,6 +424,18 @@ static __attribute__((noinline)) unsigned list_or(const uint32_t *p, unsigned n,
         m |= slot_tail_types(rest);
     }
     return m;
+}
+
+/* Every type of a list: a check that covers the whole window. */
+static __attribute__((noinline)) unsigned list_or_all(const uint32_t *p, unsigned n,
+                                                      uint32_t rest)
+{
+    uint32_t acc = slot_list_tail(rest) ? slot_tail_types(rest) << 24 : 0;
+
+    for (unsigned i = 0; i < n; i++) {
+        acc |= p[i];
+    }
+    return acc >> 24;
 }
 
 /* ---- the cache ------------------------------------------------------------------- */
@@ -672,74 +687,145 @@ static void window_edit(Qcow2MetadataMap *map, uint64_t w, unsigned s, unsigned 
     bytemap_edit(map, bm, s, e, types, set);
 }
 
-/* The check of a window held as a bytemap (cached or permanent). */
-static __attribute__((noinline)) unsigned bytemap_check(const OvlBytemap *e, unsigned s,
-                                                        unsigned end)
+/*
+ * The answers of the forms that need more than a few instructions, out of
+ * line so that the lookup before them keeps few registers and ends in a
+ * tail call.
+ */
+/*
+ * One cluster, the usual question of random writes: the last fragment
+ * starting at or before s covers it or nothing does.  Walk at most three
+ * steps from the guess, as list_rank() does, before giving up on the
+ * spread.
+ */
+static __attribute__((noinline)) unsigned list_check_one(const uint32_t *p, unsigned n,
+                                                         uint32_t rest, unsigned s,
+                                                         unsigned want)
 {
-    return bytemap_or(e->bytes, s, end);
+    unsigned g = (s * n) >> WINDOW_BITS, k, m = 0;
+    uint32_t f = p[g];
+
+    if (frag_start(f) > s) {
+        for (k = 0;; k++) {
+            if (!g) {
+                goto tail;
+            }
+            f = p[--g];
+            if (frag_start(f) <= s) {
+                break;
+            }
+            if (k == 2) {
+                return list_or(p, n, rest, s, s + 1) & want;
+            }
+        }
+    } else {
+        for (k = 0; g + 1 < n && frag_start(p[g + 1]) <= s; k++) {
+            if (k == 2) {
+                return list_or(p, n, rest, s, s + 1) & want;
+            }
+            f = p[++g];
+        }
+    }
+    m = frag_end(f) > s ? frag_types(f) : 0;
+tail:
+    if (slot_list_tail(rest) && slot_tail_start(rest) == s) {
+        m |= slot_tail_types(rest);
+    }
+    return m & want;
 }
 
-/*
- * The types in clusters [s, e) of window w: the hot path of every check.
- * It reads the window in whatever form it is and changes nothing but the
- * memos and the list_queries counter.  An empty window costs the memo
- * compares and one bit test; the leaf memo lets checks near the last one
- * skip the tree, and the check memo lets another check of the same window
- * (a sequential writer) skip the lookup.
- */
-static inline __attribute__((always_inline))
-unsigned window_check(Qcow2MetadataMap *map, uint64_t w, unsigned s, unsigned e)
+static __attribute__((noinline)) unsigned bytemap_check(const OvlBytemap *b, unsigned s,
+                                                        unsigned e, unsigned want)
 {
-    unsigned b, start, len, second;
-    const OvlChunk *c;
-    const void *data;
-    uint32_t slot;
+    return bytemap_or(b->bytes, s, e) & want;
+}
 
-    if (w == map->check_window) {
-        slot = map->check_slot;
-        data = map->check_data;
-    } else {
-        if (w >> LEAF_SHIFT != map->leaf_memo_index) {
-            map->leaf_memo = leaf_find(map, w >> LEAF_SHIFT);
-            map->leaf_memo_index = w >> LEAF_SHIFT;
-        }
-        if (!map->leaf_memo) {
-            return 0;
-        }
-        c = &map->leaf_memo->chunk[(w >> CHUNK_BITS) & (LEAF_CHUNKS - 1)];
-        b = w & (CHUNK_WINDOWS - 1);
-        if (!chunk_has(c, b)) {
-            return 0;
-        }
-        slot = chunk_slots(c)[chunk_slot_index(c, b)];
-        data = NULL;
-        if (slot_tag(slot) == SLOT_LIST) {
-            data = pool_list(c, b, slot);
-            map->check_list_len = list_len(data);
-        } else if (slot_tag(slot) == SLOT_BYTEMAP) {
-            data = map->handles[slot_handle(slot)];
-        }
-        map->check_window = w;
-        map->check_slot = slot;
-        map->check_data = data;
-    }
+/* The types of @want in clusters [s, e) of a window with this slot. */
+static inline __attribute__((always_inline))
+unsigned slot_check(Qcow2MetadataMap *map, uint32_t slot, const void *data, unsigned s,
+                    unsigned e, unsigned want)
+{
+    unsigned start, len, second;
+
     switch (slot_tag(slot)) {
     case SLOT_INLINE:
         /* the usual slot at 64 KiB clusters: a lone L2 table or refblock */
         start = slot & 0xfff;
         len = ((slot >> 12) & 0xff) + 1;
-        return start < e && s < start + len ? (slot >> 20) & 0xff : 0;
+        return start < e && s < start + len ? (slot >> 20) & want : 0;
     case SLOT_PAIR:
         start = slot & 0xfff;
         second = (slot >> 15) & 0xfff;
-        return (start - s < e - s ? 1u << ((slot >> 12) & 7) : 0) |
-               (second - s < e - s ? 1u << ((slot >> 27) & 7) : 0);
+        return ((start - s < e - s ? 1u << ((slot >> 12) & 7) : 0) |
+                (second - s < e - s ? 1u << ((slot >> 27) & 7) : 0)) & want;
     case SLOT_LIST:
         map->stats.list_queries++;
-        return list_or(data, map->check_list_len, slot, s, e);
+        if (e - s == 1) {
+            return list_check_one(data, map->check_list_len, slot, s, want);
+        }
+        if (e - s == WINDOW_CLUSTERS) {
+            return list_or_all(data, map->check_list_len, slot) & want;
+        }
+        return list_or(data, map->check_list_len, slot, s, e) & want;
     default:
-        return bytemap_check(data, s, e);
+        if (e - s == 1) {
+            return ((const OvlBytemap *)data)->bytes[s] & want;
+        }
+        return bytemap_check(data, s, e, want);
     }
+}
+
+/*
+ * The types of @want in clusters [s, e) of window w: the hot path of every
+ * check.  It reads the window in whatever form it is and changes nothing
+ * but the memos and the list_queries counter.  An empty window costs the
+ * memo compares and one bit test; the leaf memo lets checks near the last
+ * one skip the tree, and the check memo lets another check of the same
+ * window (a sequential writer) skip the lookup.  @hw (a constant wherever
+ * this is inlined) says the code is compiled for POPCNT.
+ */
+static inline __attribute__((always_inline))
+unsigned window_check_hw(Qcow2MetadataMap *map, uint64_t w, unsigned s,
+                         unsigned e, unsigned want, bool hw)
+{
+    const OvlChunk *c;
+    const void *data;
+    uint32_t slot;
+    unsigned b;
+
+    if (w == map->check_window) {
+        return slot_check(map, map->check_slot, map->check_data, s, e, want);
+    }
+    if (G_UNLIKELY(w >> LEAF_SHIFT != map->leaf_memo_index)) {
+        map->leaf_memo = leaf_find(map, w >> LEAF_SHIFT);
+        map->leaf_memo_index = w >> LEAF_SHIFT;
+    }
+    if (!map->leaf_memo) {
+        return 0;
+    }
+    c = &map->leaf_memo->chunk[(w >> CHUNK_BITS) & (LEAF_CHUNKS - 1)];
+    b = w & (CHUNK_WINDOWS - 1);
+    if (!chunk_has(c, b)) {
+        return 0;
+    }
+    slot = chunk_slots(c)[chunk_slot_index_hw(c, b, hw)];
+    data = NULL;
+    if (slot_tag(slot) == SLOT_LIST) {
+        data = pool_list(c, b, slot);
+        map->check_list_len = list_len(data);
+    } else if (slot_tag(slot) == SLOT_BYTEMAP) {
+        data = map->handles[slot_handle(slot)];
+    }
+    map->check_window = w;
+    map->check_slot = slot;
+    map->check_data = data;
+    return slot_check(map, slot, data, s, e, want);
+}
+
+static unsigned window_check(Qcow2MetadataMap *map, uint64_t w, unsigned s,
+                             unsigned e)
+{
+    return window_check_hw(map, w, s, e, LOW_TYPES, false);
 }
 
 /* Every edit starts here: what a check memoized may be about to change. */
@@ -822,6 +908,9 @@ Qcow2MetadataMap *qcow2_metadata_map_new(unsigned cluster_bits, unsigned cache_w
     map->leaf_memo_index = NO_LEAF;
     map->check_window = NO_WINDOW;
     map->free_handle = NO_HANDLE;
+#ifdef HAVE_CHECK_POPCNT
+    map->hw_popcount = __builtin_cpu_supports("popcnt");
+#endif
     mem_add(map, sizeof(*map));
     return map;
 }
@@ -918,25 +1007,54 @@ static __attribute__((noinline)) unsigned check_range(Qcow2MetadataMap *map, uin
     return found & want;
 }
 
-unsigned qcow2_metadata_map_check(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes,
-                                  unsigned ignore)
+/* A check within one window with no high types on the map: the common case. */
+static inline __attribute__((always_inline))
+unsigned check_hw(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes, unsigned ignore,
+                  bool hw)
 {
-    unsigned want = QCOW2_OL_ALL & ~ignore;
     uint64_t first, last;
 
     map->stats.queries++;
-    if (!bytes) {
+    if (G_UNLIKELY(!bytes)) {
         return 0;
     }
     assert(offset <= QCOW2_OVERLAP_MAX_BYTES && bytes <= QCOW2_OVERLAP_MAX_BYTES - offset);
     first = offset >> map->cluster_bits;
     last = (offset + bytes - 1) >> map->cluster_bits;
-    if (first >> WINDOW_BITS != last >> WINDOW_BITS || map->hi_count) {
-        return check_range(map, first, last + 1, want);
+    if (G_UNLIKELY((first ^ last) >> WINDOW_BITS || map->hi_count)) {
+        return check_range(map, first, last + 1, QCOW2_OL_ALL & ~ignore);
     }
-    /* the common case, kept small: one window, no high types on the map */
-    return window_check(map, first >> WINDOW_BITS, first & (WINDOW_CLUSTERS - 1),
-                        (last & (WINDOW_CLUSTERS - 1)) + 1) & want;
+    return window_check_hw(map, first >> WINDOW_BITS, first & (WINDOW_CLUSTERS - 1),
+                           (last & (WINDOW_CLUSTERS - 1)) + 1, ~ignore & LOW_TYPES, hw);
+}
+
+static __attribute__((noinline)) unsigned check_sw(Qcow2MetadataMap *map, uint64_t offset,
+                                                   uint64_t bytes, unsigned ignore)
+{
+    return check_hw(map, offset, bytes, ignore, false);
+}
+
+#ifdef HAVE_CHECK_POPCNT
+/*
+ * Built for POPCNT and chosen at run time: the rank of a slot is one
+ * instruction instead of a dozen, and the default build stays baseline.
+ */
+static __attribute__((noinline, target("popcnt")))
+unsigned check_popcnt(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes, unsigned ignore)
+{
+    return check_hw(map, offset, bytes, ignore, true);
+}
+#endif
+
+unsigned qcow2_metadata_map_check(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes,
+                                  unsigned ignore)
+{
+#ifdef HAVE_CHECK_POPCNT
+    if (map->hw_popcount) {
+        return check_popcnt(map, offset, bytes, ignore);
+    }
+#endif
+    return check_sw(map, offset, bytes, ignore);
 }
 
 void qcow2_metadata_map_flush(Qcow2MetadataMap *map)

@@ -1468,18 +1468,40 @@ unsigned qcow2_check_metadata_overlap(BDRVQcow2State *s, unsigned ignore,
     return qcow2_metadata_map_check(s->metadata_map, offset, size, ~chk);
 }
 
-int qcow2_pre_write_overlap_check(BDRVQcow2State *s, unsigned ignore,
-                                  uint64_t offset, uint64_t size)
+/*
+ * The check before every write, the hot path: the mask of enabled types
+ * other than @ignore that [offset, offset + size) overlaps, or a negative
+ * errno.  The windowed map is asked with a tail call; the caller refuses a
+ * non-zero answer with qcow2_refuse_overlap().
+ */
+int qcow2_overlap_hit(BDRVQcow2State *s, unsigned ignore, uint64_t offset,
+                      uint64_t size)
 {
-    int ret = (int)qcow2_check_metadata_overlap(s, ignore, offset, size);
+    unsigned chk = s->overlap_check & ~ignore;
+
+    if (!chk || !size) {
+        return 0;
+    }
+    s->overlap_checks++;
+    if (G_LIKELY(s->overlap_algorithm == QCOW2_OVERLAP_WINDOWED &&
+                 s->metadata_map)) {
+        return qcow2_metadata_map_check(s->metadata_map, offset, size, ~chk);
+    }
+    return (int)qcow2_linear_overlap_check(s, chk, offset, size);
+}
+
+/* A write would hit metadata (@hit): refuse it as QEMU does, naming it. */
+int qcow2_refuse_overlap(BDRVQcow2State *s, int hit, uint64_t offset,
+                         uint64_t size)
+{
     size_t i;
 
-    if (ret <= 0) {
-        return ret;
+    if (hit < 0) {
+        return hit;
     }
     for (i = 0; i < G_N_ELEMENTS(overlap_report_order); i++) {
         int bitnr = overlap_report_order[i];
-        if (ret & (1 << bitnr)) {
+        if (hit & (1 << bitnr)) {
             s->overlap_refused++;
             qcow2_signal_corruption(s, true, offset, size,
                                     "Preventing invalid write on metadata "
@@ -1489,4 +1511,12 @@ int qcow2_pre_write_overlap_check(BDRVQcow2State *s, unsigned ignore,
         }
     }
     g_assert_not_reached();
+}
+
+int qcow2_pre_write_overlap_check(BDRVQcow2State *s, unsigned ignore,
+                                  uint64_t offset, uint64_t size)
+{
+    int hit = qcow2_overlap_hit(s, ignore, offset, size);
+
+    return hit ? qcow2_refuse_overlap(s, hit, offset, size) : 0;
 }

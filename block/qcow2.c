@@ -123,9 +123,9 @@ int qcow2_pwritev_checked(BDRVQcow2State *s, unsigned ignore,
     if (offset + bytes > QCOW2_MAX_HOST_OFFSET) {
         return -EFBIG;
     }
-    ret = qcow2_pre_write_overlap_check(s, ignore, offset, bytes);
-    if (ret < 0) {
-        return ret;
+    ret = qcow2_overlap_hit(s, ignore, offset, bytes);
+    if (G_UNLIKELY(ret)) {
+        return qcow2_refuse_overlap(s, ret, offset, bytes);
     }
     return host_file_pwritev(s->file, offset, iov, iovcnt);
 }

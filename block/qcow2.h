@@ -547,6 +547,10 @@ unsigned qcow2_check_metadata_overlap(BDRVQcow2State *s, unsigned ignore,
                                       uint64_t offset, uint64_t size);
 int qcow2_pre_write_overlap_check(BDRVQcow2State *s, unsigned ignore,
                                   uint64_t offset, uint64_t size);
+int qcow2_overlap_hit(BDRVQcow2State *s, unsigned ignore, uint64_t offset,
+                      uint64_t size);
+int qcow2_refuse_overlap(BDRVQcow2State *s, int hit, uint64_t offset,
+                         uint64_t size);
 unsigned qcow2_linear_overlap_check(BDRVQcow2State *s, unsigned chk,
                                     uint64_t offset, uint64_t size);
 
