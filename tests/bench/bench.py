@@ -8,11 +8,14 @@ Workloads (docs/benchmarks.md explains the method):
   w2  sequential 64 KiB writes over a fresh image with 512-byte clusters
   w3  random 512-byte writes into a fresh preallocated image (512 B clusters)
   guest  a TCG guest's dd over an NBD export (nbdkit + qguard, qemu-nbd)
+  disk   w1-w3 on the checkout's file system (a disk), with sync and write
+         counts, and dd of the same bytes as the floor for w1
+  nbd    4 KiB random writes over several NBD connections (fio): latency
 
-Default sizes are scaled down to fit 10 minutes on 2 cores; BENCH_FULL=1
-runs the 2014 sizes.  Other knobs (for development): BENCH_RUNS=N,
-BENCH_ONLY=w1,w2,w3,guest,cost, BENCH_GUEST=0|1, BENCH_DIR=DIR,
-BENCH_OUT=DIR (where the docs files go; default docs/).
+Default sizes are scaled down to fit about 8 minutes on 2 cores;
+BENCH_FULL=1 runs the 2014 sizes.  Other knobs (for development):
+BENCH_RUNS=N, BENCH_ONLY=w1,w2,w3,guest,cost,disk,nbd, BENCH_GUEST=0|1,
+BENCH_DIR=DIR, BENCH_OUT=DIR (where the docs files go; default docs/).
 """
 
 import argparse
@@ -32,7 +35,9 @@ import time
 
 sys.dont_write_bytecode = True     # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import disk as D  # noqa: E402
 import guest as G  # noqa: E402
+import nbd as N  # noqa: E402
 import profiling as P  # noqa: E402
 import report as R  # noqa: E402
 
@@ -47,6 +52,9 @@ SCALES = {
         "guest": 256 * MiB, "guest_passes": 2,
         "guest_rows": ["nbd-cached", "nbd-all", "nbd-linear", "qemu-nbd"],
         "perf_min_samples": 20000, "perf_max_runs": 25,
+        "disk_w1_qemu": 64 * MiB, "disk_qemu_runs": 1,
+        "disk_w2": 32 * MiB, "disk_w3": 64 * MiB, "disk_w3_writes": 5000,
+        "nbd_size": 1 * GiB, "nbd_runtime": 6, "nbd_connections": [1, 4],
     },
     "full": {
         "w1": 2 * GiB, "w1_cg": 512 * MiB,
@@ -57,6 +65,9 @@ SCALES = {
         "guest_rows": ["nbd-cached", "nbd-all", "nbd-linear", "qemu-nbd",
                        "qemu-nbd-none"],
         "perf_min_samples": 40000, "perf_max_runs": 40,
+        "disk_w1_qemu": 128 * MiB, "disk_qemu_runs": 2,
+        "disk_w2": 128 * MiB, "disk_w3": 256 * MiB, "disk_w3_writes": 20000,
+        "nbd_size": 4 * GiB, "nbd_runtime": 15, "nbd_connections": [1, 2, 4],
     },
 }
 
@@ -219,8 +230,11 @@ class RandomWorkload(Workload):
                        check=True)
 
     def cmd(self, row, path, p):
+        # qemu-io defaults to writethrough (a flush after every write);
+        # both tools get writeback, so that both do the same work.
         tool = self.ctx.qguard_io if row[2] == "qguard" else "qemu-io"
-        return [tool, "--image-opts", self.image_opts(row, path)]
+        return [tool, "-t", "writeback", "--image-opts",
+                self.image_opts(row, path)]
 
     def stdin_for(self, p):
         return p["script"]
@@ -574,7 +588,8 @@ def main():
     ctx.mode = "full" if ctx.full else "default"
     ctx.scale = dict(SCALES[ctx.mode])
     ctx.runs = int(os.environ.get("BENCH_RUNS", "3"))
-    only = os.environ.get("BENCH_ONLY", "w1,w2,w3,guest,cost").split(",")
+    only = os.environ.get("BENCH_ONLY",
+                          "w1,w2,w3,guest,cost,disk,nbd").split(",")
     if os.environ.get("BENCH_GUEST") == "0" and "guest" in only:
         only.remove("guest")
     outdir = os.environ.get("BENCH_OUT", os.path.join(ctx.top, "docs"))
@@ -648,6 +663,17 @@ def main():
                 result["workloads"][wl.key] = bench_workload(ctx, wl)
         if "cost" in only:
             result["check_cost"] = bench_check_cost(ctx)
+        if "disk" in only:
+            w3 = RandomWorkload(ctx)
+            ctx.w3_script, ctx.w3_template = w3.script, w3.template
+            result["disk"] = D.run_disk(ctx, progress)
+        if "nbd" in only:
+            try:
+                result["nbd"] = N.run_nbd(ctx, progress)
+            except (RuntimeError, OSError, ValueError,
+                    subprocess.SubprocessError) as e:
+                progress("nbd benchmark failed: %s" % e)
+                result["nbd"] = {"error": str(e)}
         if "guest" in only:
             try:
                 result["guest"] = G.run_guest(ctx, sc["guest"],

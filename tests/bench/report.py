@@ -6,6 +6,8 @@ import os
 import subprocess
 import tempfile
 
+import report_disk as RD
+
 TARGET_SHARE = 0.05          # % of CPU in overlap checking
 TARGET_W1_SPEEDUP = 30.0
 BYTEMAP_BYTES = 4136         # one cached bytemap (docs/overlap-map.md)
@@ -498,6 +500,23 @@ def targets(res):
     return out
 
 
+def ir_rows(res):
+    """(workload, configuration, Ir per check) of the windowed rows."""
+    out = []
+    for key in ("w1", "w2", "w3"):
+        wl = res["workloads"].get(key)
+        for rid in ("qg-cached", "qg-all", "qg-c1"):
+            r = wl and row_by(wl, rid)
+            c = (r or {}).get("callgrind") or {}
+            if c.get("ir_per_check"):
+                out.append((key, rid.replace("qg-", ""), c["ir_per_check"]))
+    return out
+
+
+def all_targets(res):
+    return targets(res) + RD.targets(res, ir_rows(res))
+
+
 def rng(vals, fmt="%.0f", unit=""):
     vals = [v for v in vals if v is not None]
     if not vals:
@@ -747,7 +766,7 @@ def render(res, outdir):
               "## Sizes", "", sizes_md(res), ""]
     parts += ["## Targets", "",
               table(["target", "measured", "verdict"],
-                    [[a, b, c] for a, b, c in targets(res)],
+                    [[a, b, c] for a, b, c in all_targets(res)],
                     ["l", "l", "l"]), ""]
     for key in ("w1", "w2", "w3"):
         wl = res["workloads"].get(key)
@@ -776,6 +795,11 @@ def render(res, outdir):
     elif res.get("guest", {}).get("error"):
         parts += ["## Guest dd over the NBD export", "",
                   "Skipped: %s" % res["guest"]["error"], ""]
+    if res.get("disk"):
+        parts += ["## On a disk", ""] + RD.disk_md(res["disk"])
+    if res.get("nbd"):
+        parts += ["## NBD export: 4 KiB random writes over several "
+                  "connections", ""] + RD.nbd_md(res["nbd"])
     if res.get("check_cost"):
         parts += ["## Cost of one check against image size", "",
                   "![per-check cost](bench-check-cost.svg)", "",
@@ -824,8 +848,12 @@ def render_stdout(res):
         parts += ["## Guest dd over NBD", gt, ""]
     if res.get("check_cost"):
         parts += ["## Per-check cost", cost_table(res), ""]
+    if res.get("disk"):
+        parts += ["## On a disk"] + RD.disk_md(res["disk"])
+    if res.get("nbd"):
+        parts += ["## NBD 4 KiB random writes"] + RD.nbd_md(res["nbd"])
     parts += ["## Map memory", memory_table(res), "",
               "## Targets", table(["target", "measured", "verdict"],
-                                  [[a, b, c] for a, b, c in targets(res)],
+                                  [[a, b, c] for a, b, c in all_targets(res)],
                                   ["l", "l", "l"])]
     return "\n".join(parts)
