@@ -211,7 +211,7 @@ static void image_lock(QGuardImage *img)
     }
 }
 
-/* Shared with other readers. */
+/* Shared with other readers (and writers, where the driver allows it). */
 static void image_lock_shared(QGuardImage *img)
 {
     pthread_rwlock_rdlock(&img->lock);
@@ -649,7 +649,12 @@ int qguard_image_pwrite(QGuardImage *img, uint64_t offset, uint64_t bytes,
 {
     int ret;
 
-    image_lock(img);
+    /* The driver serializes what writes share; see its pwrite. */
+    if (img->drv->parallel_writes) {
+        image_lock_shared(img);
+    } else {
+        image_lock(img);
+    }
     ret = check_request(img, offset, bytes, true, errp);
     if (ret == 0 && bytes) {
         flags |= write_cache_fua(img);

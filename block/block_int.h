@@ -80,11 +80,16 @@ struct BlockDriver {
                   QGuardProgressFunc *progress, void *opaque, GError **errp);
     char *(*create_describe)(const QGuardOpts *opts, GError **errp);
     char *(*create_help)(void);
-    /* May run in several threads at once (never beside anything else). */
+    /*
+     * May run in several threads at once, beside nothing else but other
+     * preads and, with parallel_writes, pwrites.
+     */
     int (*pread)(QGuardImage *img, uint64_t offset, uint64_t bytes,
                  void *buf);
     int (*pwrite)(QGuardImage *img, uint64_t offset, uint64_t bytes,
                   const void *buf, unsigned flags);
+    /* pwrite may run in several threads at once, beside preads. */
+    bool parallel_writes;
     int (*pwrite_zeroes)(QGuardImage *img, uint64_t offset, uint64_t bytes,
                          unsigned flags);
     int (*pwrite_compressed)(QGuardImage *img, uint64_t offset,

@@ -572,16 +572,21 @@ int host_file_pwritev(HostFile *file, uint64_t offset,
     if (ret < 0) {
         return ret;
     }
-    file->unsynced = true;
     if (!file->direct) {
-        return write_fully(file, offset, iov, iovcnt);
+        ret = write_fully(file, offset, iov, iovcnt);
+    } else if (!dio_aligned(file, offset, iov, iovcnt, total)) {
+        ret = dio_rmw_write(file, offset, iov, iovcnt, total);
+    } else {
+        pthread_rwlock_rdlock(&file->rmw_lock);
+        ret = write_fully(file, offset, iov, iovcnt);
+        pthread_rwlock_unlock(&file->rmw_lock);
     }
-    if (!dio_aligned(file, offset, iov, iovcnt, total)) {
-        return dio_rmw_write(file, offset, iov, iovcnt, total);
-    }
-    pthread_rwlock_rdlock(&file->rmw_lock);
-    ret = write_fully(file, offset, iov, iovcnt);
-    pthread_rwlock_unlock(&file->rmw_lock);
+    /*
+     * Marked after the write (even a failed one may have reached the page
+     * cache): a flush running meanwhile in another thread clears the mark
+     * before its fdatasync, and this one must not be lost.
+     */
+    __atomic_store_n(&file->unsynced, true, __ATOMIC_RELEASE);
     return ret;
 }
 
@@ -596,23 +601,31 @@ int host_file_flush(HostFile *file)
         return -file->flush_error;
     }
     /* Ordering flushes are frequent; one with nothing to sync is free. */
-    if (!file->unsynced || file->no_flush) {
+    if (!__atomic_load_n(&file->unsynced, __ATOMIC_ACQUIRE) ||
+        file->no_flush) {
         return 0;
     }
     ret = run_hook(file, HOST_FILE_FLUSH, 0, 0, NULL, 0);
+    /*
+     * Cleared before the sync: a write of another thread that lands while
+     * it runs marks the file again, so the next flush does not skip it.
+     */
+    if (ret == 0) {
+        __atomic_store_n(&file->unsynced, false, __ATOMIC_RELEASE);
+    }
     while (ret == 0 && fdatasync(file->fd) < 0) {
         if (errno != EINTR) {
             ret = -errno;
         }
     }
     if (ret < 0) {
+        __atomic_store_n(&file->unsynced, true, __ATOMIC_RELEASE);
         /* Without a page cache, nothing was dropped: a retry is honest. */
         if (!file->direct) {
             file->flush_error = -ret;
         }
         return ret;
     }
-    file->unsynced = false;
     return 0;
 }
 
@@ -650,7 +663,7 @@ int host_file_truncate(HostFile *file, uint64_t length)
     if (ret < 0) {
         return ret;
     }
-    file->unsynced = true;
+    __atomic_store_n(&file->unsynced, true, __ATOMIC_RELEASE);
     while (ftruncate(file->fd, length) < 0) {
         if (errno != EINTR) {
             return -errno;
@@ -670,7 +683,7 @@ int host_file_allocate(HostFile *file, uint64_t offset, uint64_t bytes)
     if (ret < 0) {
         return ret;
     }
-    file->unsynced = true;
+    __atomic_store_n(&file->unsynced, true, __ATOMIC_RELEASE);
     ret = posix_fallocate(file->fd, offset, bytes);
     return -ret;
 }
@@ -686,7 +699,7 @@ int host_file_discard(HostFile *file, uint64_t offset, uint64_t bytes)
     if (ret < 0) {
         return ret;
     }
-    file->unsynced = true;
+    __atomic_store_n(&file->unsynced, true, __ATOMIC_RELEASE);
     if (fallocate(file->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                   offset, bytes) < 0) {
         return errno == EOPNOTSUPP ? -ENOTSUP : -errno;
@@ -710,7 +723,7 @@ int host_file_write_zeroes(HostFile *file, uint64_t offset, uint64_t bytes,
     if (ret < 0) {
         return ret;
     }
-    file->unsynced = true;
+    __atomic_store_n(&file->unsynced, true, __ATOMIC_RELEASE);
     if (fallocate(file->fd, mode, offset, bytes) == 0) {
         return 0;
     }

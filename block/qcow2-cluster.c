@@ -685,10 +685,97 @@ static int check_subcluster_run(BDRVQcow2State *s, void *l2_table,
     return 0;
 }
 
+/* ---- Writes in parallel ---------------------------------------------------- */
+
+/* Does an in-flight write change the entries of guest clusters [first, end)? */
+static bool inflight_overlaps(BDRVQcow2State *s, uint64_t first, uint64_t end)
+{
+    guint i;
+
+    for (i = 0; i < s->inflight->len; i++) {
+        Qcow2Inflight *f = &g_array_index(s->inflight, Qcow2Inflight, i);
+        if (f->first < end && first < f->end) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void inflight_add(BDRVQcow2State *s, uint64_t first, uint64_t end)
+{
+    Qcow2Inflight f = { first, end };
+
+    g_array_append_val(s->inflight, f);
+}
+
+static void inflight_remove(BDRVQcow2State *s, uint64_t first)
+{
+    guint i;
+
+    for (i = 0; i < s->inflight->len; i++) {
+        if (g_array_index(s->inflight, Qcow2Inflight, i).first == first) {
+            g_array_remove_index_fast(s->inflight, i);
+            break;
+        }
+    }
+    g_cond_broadcast(&s->inflight_cond);
+}
+
+/* Copy-on-write space of two clusters, kept for the next write. */
+static uint8_t *cow_get(BDRVQcow2State *s)
+{
+    if (s->cow_pool->len) {
+        return g_ptr_array_steal_index_fast(s->cow_pool, s->cow_pool->len - 1);
+    }
+    return g_malloc(2 * (size_t)s->cluster_size);
+}
+
+static void cow_put(BDRVQcow2State *s, uint8_t *cow)
+{
+    if (cow) {
+        g_ptr_array_add(s->cow_pool, cow);
+    }
+}
+
+/* Under meta_lock: may a data write to [offset, offset + bytes) go ahead? */
+static int data_write_check(BDRVQcow2State *s, uint64_t offset, uint64_t bytes)
+{
+    int hit;
+
+    if (s->img->broken) {
+        return -EIO;
+    }
+    if (has_data_file(s)) {
+        return s->data_file ? 0 : -ENOMEDIUM;
+    }
+    if (offset + bytes > QCOW2_MAX_HOST_OFFSET) {
+        return -EFBIG;
+    }
+    hit = qcow2_overlap_hit(s, 0, offset, bytes);
+    return hit ? qcow2_refuse_overlap(s, hit, offset, bytes) : 0;
+}
+
+/* Outside meta_lock: the data, to the file data_write_check() allowed. */
+static int data_write(BDRVQcow2State *s, uint64_t offset,
+                      const struct iovec *iov, int iovcnt)
+{
+    return host_file_pwritev(has_data_file(s) ? s->data_file : s->file,
+                             offset, iov, iovcnt);
+}
+
 /*
  * Write one run inside one L2 table.  Returns the number of guest bytes
  * written (at least one cluster's worth or the rest of @bytes), or a
  * negative errno.
+ *
+ * Several writes may run at once (the image lock is shared).  The mapping
+ * is looked up and changed under meta_lock, and the data goes to disk
+ * outside it: an overwrite in place needs nothing else, as no other write
+ * changes an entry that is allocated and COPIED.  A write that changes
+ * entries (allocation, a preallocated zero cluster, subclusters) registers
+ * its guest clusters as in flight first, so that a second write to the
+ * same clusters waits and then finds the new entries, instead of
+ * allocating again and losing one of the two.
  */
 static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
                          const uint8_t *buf)
@@ -697,20 +784,25 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
     int l2_index = offset_to_l2_index(s, offset);
     uint64_t in_cluster = offset_into_cluster(s, offset);
     uint64_t nclusters = size_to_clusters(s, in_cluster + bytes);
-    uint64_t l2_offset, entry, host, n, got, run_bytes, head, tail, i;
+    uint64_t gfirst = offset >> s->cluster_bits;
+    uint64_t l2_offset, entry, host, n, got, run_bytes = 0, head, tail, i;
     uint64_t last, end_in_last, cow_from, cow_to;
-    bool sc_meta = false;
+    bool sc_meta, registered = false;
     struct iovec iov[3];
     int iovcnt = 0;
     uint64_t *old_entries = NULL;
     uint64_t old_local[64];
+    uint8_t *cow = NULL;
     void *l2_table;
     RunKind kind;
     int ret;
 
+    g_mutex_lock(&s->meta_lock);
+retry:
+    sc_meta = false;
     ret = qcow2_get_l2_for_write(s, l1_index, &l2_table, &l2_offset);
     if (ret < 0) {
-        return ret;
+        goto out;
     }
     entry = l2_get(s, l2_table, l2_index);
     kind = run_kind(s, entry);
@@ -730,7 +822,7 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
                                    in_cluster, bytes, &sc_meta);
         if (ret < 0) {
             qcow2_cache_put(s->l2_table_cache, &l2_table);
-            return ret;
+            goto out;
         }
     }
     qcow2_cache_put(s->l2_table_cache, &l2_table);
@@ -740,7 +832,8 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
                                 "Cluster allocation offset %#" PRIx64
                                 " unaligned (L2 offset: %#" PRIx64
                                 ", L2 index: %#x)", host, l2_offset, l2_index);
-        return -EIO;
+        ret = -EIO;
+        goto out;
     }
     if (kind != RUN_ALLOCATE && has_data_file(s) &&
         host != start_of_cluster(s, offset)) {
@@ -750,19 +843,30 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
                                 PRIx64 " does not match guest cluster "
                                 "offset: %#" PRIx64 ", L2 index: %#x)", host,
                                 start_of_cluster(s, offset), l2_index);
-        return -EIO;
+        ret = -EIO;
+        goto out;
     }
 
     if (kind == RUN_IN_PLACE && !sc_meta) {
         run_bytes = MIN(bytes, (n << s->cluster_bits) - in_cluster);
+        ret = data_write_check(s, host + in_cluster, run_bytes);
+        g_mutex_unlock(&s->meta_lock);
+        if (ret < 0) {
+            return ret;
+        }
         iov[0] = (struct iovec){ (void *)buf, run_bytes };
-        ret = qcow2_pwritev_data(s, host + in_cluster, iov, 1, run_bytes);
+        ret = data_write(s, host + in_cluster, iov, 1);
         return ret < 0 ? ret : (int64_t)run_bytes;
+    }
+    if (inflight_overlaps(s, gfirst, gfirst + n)) {
+        /* Its entries change under us: wait, then look them up again. */
+        g_cond_wait(&s->inflight_cond, &s->meta_lock);
+        goto retry;
     }
 
     ret = qcow2_mark_dirty_for_lazy_refcounts(s);
     if (ret < 0) {
-        return ret;
+        goto out;
     }
     got = n;
     if (kind == RUN_ALLOCATE && has_data_file(s)) {
@@ -771,7 +875,8 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
     } else if (kind == RUN_ALLOCATE) {
         int64_t alloc = qcow2_alloc_clusters(s, n, &got);
         if (alloc < 0) {
-            return alloc;
+            ret = alloc;
+            goto out;
         }
         host = alloc;
     }
@@ -796,26 +901,36 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
     }
     head = in_cluster - cow_from;
     tail = cow_to - end_in_last;
+    inflight_add(s, gfirst, gfirst + last + 1);
+    registered = true;
+    ret = data_write_check(s, host + cow_from, head + run_bytes + tail);
+    if (ret < 0) {
+        goto fail;
+    }
+    if (head || tail) {
+        cow = cow_get(s);
+    }
+    g_mutex_unlock(&s->meta_lock);
 
-    /* Copy-on-write: the untouched parts of the first and last cluster. */
+    /*
+     * Copy-on-write: the untouched parts of the first and last cluster.
+     * They read what the entries name now, which nothing else changes
+     * while this write is in flight.
+     */
     if (head) {
-        ret = qcow2_read_guest(s, offset - head, head, s->cow_buf);
-        if (ret < 0) {
-            goto fail;
-        }
-        iov[iovcnt++] = (struct iovec){ s->cow_buf, head };
+        ret = qcow2_read_guest(s, offset - head, head, cow);
+        iov[iovcnt++] = (struct iovec){ cow, head };
     }
     iov[iovcnt++] = (struct iovec){ (void *)buf, run_bytes };
-    if (tail) {
+    if (tail && ret >= 0) {
         ret = qcow2_read_guest(s, offset + run_bytes, tail,
-                               s->cow_buf + s->cluster_size);
-        if (ret < 0) {
-            goto fail;
-        }
-        iov[iovcnt++] = (struct iovec){ s->cow_buf + s->cluster_size, tail };
+                               cow + s->cluster_size);
+        iov[iovcnt++] = (struct iovec){ cow + s->cluster_size, tail };
     }
-    ret = qcow2_pwritev_data(s, host + cow_from, iov, iovcnt,
-                             head + run_bytes + tail);
+    if (ret >= 0) {
+        ret = data_write(s, host + cow_from, iov, iovcnt);
+    }
+    g_mutex_lock(&s->meta_lock);
     if (ret < 0) {
         goto fail;
     }
@@ -825,7 +940,8 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
     if (ret < 0) {
         goto fail;
     }
-    ret = qcow2_cache_get(s, s->l2_table_cache, l2_offset, &l2_table);
+    /* The L1 entry may name a copy of the table by now (a shared one). */
+    ret = qcow2_get_l2_for_write(s, l1_index, &l2_table, &l2_offset);
     if (ret < 0) {
         goto fail;
     }
@@ -858,13 +974,19 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
     if (old_entries != old_local) {
         g_free(old_entries);
     }
-    return ret < 0 ? ret : (int64_t)run_bytes;
+    goto out;
 
 fail:
     if (kind == RUN_ALLOCATE && !has_data_file(s)) {
         (void)qcow2_abort_allocation(s, host, got << s->cluster_bits);
     }
-    return ret;
+out:
+    if (registered) {
+        inflight_remove(s, gfirst);
+    }
+    cow_put(s, cow);
+    g_mutex_unlock(&s->meta_lock);
+    return ret < 0 ? ret : (int64_t)run_bytes;
 }
 
 int qcow2_write_guest(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,

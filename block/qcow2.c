@@ -880,7 +880,13 @@ static void qcow2_free_state(BDRVQcow2State *s)
     g_free(s->image_backing_format);
     qcow2_data_file_close(s);
     g_free(s->image_data_file);
-    g_free(s->cow_buf);
+    if (s->cow_pool) {
+        g_ptr_array_free(s->cow_pool, TRUE);
+    }
+    if (s->inflight) {
+        g_array_free(s->inflight, TRUE);
+    }
+    g_cond_clear(&s->inflight_cond);
     g_free(s->decomp_buf);
     g_mutex_clear(&s->meta_lock);
     g_free(s);
@@ -927,6 +933,9 @@ static int qcow2_open(QGuardImage *img, const QGuardOpts *opts, GError **errp)
     img->opaque = s;
     s->img = img;
     g_mutex_init(&s->meta_lock);
+    g_cond_init(&s->inflight_cond);
+    s->inflight = g_array_new(FALSE, FALSE, sizeof(Qcow2Inflight));
+    s->cow_pool = g_ptr_array_new_with_free_func(g_free);
     s->file = img->file;
     s->unknown_header_ext = g_ptr_array_new_with_free_func(header_ext_free);
 
@@ -973,7 +982,6 @@ static int qcow2_open(QGuardImage *img, const QGuardOpts *opts, GError **errp)
     s->l2_table_cache = qcow2_cache_create(s, l2_tables, QCOW2_OL_ACTIVE_L2);
     s->refcount_block_cache = qcow2_cache_create(s, refcount_tables,
                                                  QCOW2_OL_REFCOUNT_BLOCK);
-    s->cow_buf = g_malloc(2 * (size_t)s->cluster_size);
     ret = qcow2_read_snapshots(s, errp);
     if (ret < 0) {
         goto fail;
@@ -1141,7 +1149,10 @@ static int qcow2_pwrite(QGuardImage *img, uint64_t offset, uint64_t bytes,
     ret = qcow2_write_guest(s, offset, bytes, buf);
 
     if (ret >= 0 && (flags & QGUARD_WRITE_FUA)) {
+        /* Other writes may run beside this one (qcow2_write_guest()). */
+        g_mutex_lock(&s->meta_lock);
         ret = qcow2_flush_metadata(s);
+        g_mutex_unlock(&s->meta_lock);
     }
     return ret;
 }
@@ -1916,6 +1927,7 @@ const BlockDriver bdrv_qcow2 = {
     .create_help = qcow2_create_help,
     .pread = qcow2_pread,
     .pwrite = qcow2_pwrite,
+    .parallel_writes = true,
     .pwrite_zeroes = qcow2_pwrite_zeroes,
     .pwrite_compressed = qcow2_pwrite_compressed,
     .cluster_size = qcow2_cluster_size,

@@ -273,20 +273,35 @@ struct BDRVQcow2State {
     GArray *freed_clusters;
     uint64_t freed_cluster_count;
 
-    /* Scratch space for copy-on-write head and tail (two clusters). */
-    uint8_t *cow_buf;
+    /*
+     * Writes run in parallel under the image's shared lock: an allocating
+     * write (or one that changes a cluster's entry) registers its guest
+     * clusters here while its data goes to disk outside meta_lock, and a
+     * write that would change the same entries waits on inflight_cond.
+     * Each keeps its copy-on-write head and tail in a buffer of two
+     * clusters from cow_pool.  All of it under meta_lock.
+     */
+    GArray *inflight;               /* of Qcow2Inflight */
+    GCond inflight_cond;
+    GPtrArray *cow_pool;
     /* The most recently decompressed cluster, by L2 entry. */
     uint64_t decomp_entry;
     uint8_t *decomp_buf;
 
     /*
-     * Reads run in parallel under the image's shared lock; this serializes
-     * what they do to shared state: the L2 and refcount caches (a miss can
-     * evict and write back), the decompression buffer, corruption events.
-     * Writers hold the image lock exclusively and do not take it.
+     * Reads and writes run in parallel under the image's shared lock; this
+     * serializes what they do to shared state: the L1 table, the L2 and
+     * refcount caches (a miss can evict and write back), allocation, the
+     * overlap map, the decompression buffer, corruption events, and the
+     * in-flight writes above.  Requests that hold the image lock
+     * exclusively need not take it (the write path takes it anyway).
      */
     GMutex meta_lock;
 };
+
+typedef struct Qcow2Inflight {
+    uint64_t first, end;    /* guest clusters [first, end) */
+} Qcow2Inflight;
 
 typedef struct Qcow2FreedRange {
     uint64_t first;     /* cluster index */

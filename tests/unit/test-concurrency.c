@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Several threads on one image, as the NBD export runs it: reads in
- * parallel with each other, writes alone; and error texts that belong to
- * the request that failed.
+ * Several threads on one image, as the NBD export runs it: reads and
+ * writes in parallel with each other; and error texts that belong to the
+ * request that failed.
  *
  * Copyright (c) 2026 The qguard authors
  *
@@ -13,8 +13,10 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "qguard.h"
+#include "block/host-file.h"
 
 #define IMAGE_SIZE (16 << 20)
 #define CLUSTER 512
@@ -219,6 +221,258 @@ static void test_parallel_reads_beside_writes(void)
     g_rand_free(rand);
 }
 
+/* ---- Writes in parallel ---------------------------------------------------- */
+
+#define PW_SIZE (2 << 20)
+#define PW_BLOCK 4096
+#define PW_WRITERS 4
+#define PW_WRITES 1500
+
+typedef struct ParallelWrites {
+    const char *name;
+    const char *create_opts;    /* size added */
+    const char *runtime_opts;
+    bool backing;               /* the first half of the disk in a backing file */
+    bool snapshot;              /* a snapshot of written data before the race */
+} ParallelWrites;
+
+typedef struct Writer {
+    QGuardImage *img;
+    int id;
+    guint32 seed;
+    uint32_t *version;          /* per block, only this writer's blocks */
+    gint failures;
+} Writer;
+
+/* Every byte of a block says which block and which write it holds. */
+static void fill_block(uint8_t *buf, uint64_t block, uint32_t version)
+{
+    fill(buf, PW_BLOCK, block * PW_BLOCK, (uint8_t)(version * 37 + 5));
+}
+
+/*
+ * Writer @id owns the blocks b with b % PW_WRITERS == id, so that every
+ * cluster, L2 table and refcount block is written by all writers at once
+ * (with 64 KiB clusters, sixteen blocks share a cluster), and the final
+ * content of every block is known.
+ */
+static gpointer pw_writer(gpointer opaque)
+{
+    Writer *w = opaque;
+    GRand *rand = g_rand_new_with_seed(w->seed);
+    uint8_t buf[PW_BLOCK];
+    uint64_t nblocks = PW_SIZE / PW_BLOCK;
+    int i;
+
+    for (i = 0; i < PW_WRITES; i++) {
+        g_autoptr(GError) err = NULL;
+        uint64_t b = (uint64_t)g_rand_int_range(rand, 0,
+                                                nblocks / PW_WRITERS) *
+                     PW_WRITERS + w->id;
+        unsigned flags = i % 97 == 0 ? QGUARD_WRITE_FUA : 0;
+
+        fill_block(buf, b, w->version[b] + 1);
+        if (qguard_image_pwrite(w->img, b * PW_BLOCK, PW_BLOCK, buf, flags,
+                                &err) < 0) {
+            g_printerr("writer %d: block %" PRIu64 ": %s\n", w->id, b,
+                       err->message);
+            g_atomic_int_inc(&w->failures);
+            break;
+        }
+        w->version[b]++;
+        if (w->id == 0 && i % 250 == 249 &&
+            qguard_image_flush(w->img, &err) < 0) {
+            g_atomic_int_inc(&w->failures);
+            break;
+        }
+    }
+    g_rand_free(rand);
+    return w;
+}
+
+/*
+ * Data writes linger, so that a second write to a cluster whose allocation
+ * is in flight arrives while the first one's data is still on its way.
+ */
+static int slow_data_writes(void *opaque, HostFile *file, HostFileOp op,
+                            uint64_t offset, uint64_t bytes,
+                            const struct iovec *iov, int iovcnt)
+{
+    (void)opaque;
+    (void)file;
+    (void)offset;
+    (void)iov;
+    (void)iovcnt;
+    if (op == HOST_FILE_WRITE && bytes >= PW_BLOCK) {
+        g_usleep(1000);
+    }
+    return 0;
+}
+
+/*
+ * Four writers at once on one image: allocating writes into the same
+ * clusters, L2 tables and refcount blocks, copy-on-write from a backing
+ * file or from clusters a snapshot shares, with caches of a few tables so
+ * that write-back and eviction run between them.  Every block must hold
+ * the last write of its owner, and the image must check clean.
+ */
+static void test_parallel_writes(gconstpointer data)
+{
+    const ParallelWrites *pw = data;
+    g_autofree char *path = test_path("pw.qcow2");
+    g_autofree char *base = test_path("pw-base.qcow2");
+    g_autofree char *opts = NULL;
+    g_autofree uint8_t *image = g_malloc(PW_SIZE);
+    g_autofree uint8_t *backing = g_malloc0(PW_SIZE);
+    g_autofree uint32_t *version = g_new0(uint32_t, PW_SIZE / PW_BLOCK);
+    g_autoptr(GError) err = NULL;
+    GThread *threads[PW_WRITERS];
+    Writer writers[PW_WRITERS];
+    uint8_t want[PW_BLOCK];
+    QGuardCheckResult res;
+    QGuardImage *img;
+    uint64_t b;
+    int i;
+
+    unlink(path);
+    unlink(base);
+    if (pw->backing) {
+        create(base, "size=2M,cluster_size=65536");
+        img = open_image(base, "");
+        fill(backing, PW_SIZE / 2, 0, 0x71);
+        g_assert_cmpint(qguard_image_pwrite(img, 0, PW_SIZE / 2, backing, 0,
+                                            &err), ==, 0);
+        g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
+        opts = g_strdup_printf("size=2M,%s,backing_file=%s,backing_fmt=qcow2",
+                               pw->create_opts, base);
+    } else {
+        opts = g_strdup_printf("size=2M,%s", pw->create_opts);
+    }
+    create(path, opts);
+    img = open_image(path, pw->runtime_opts);
+    if (pw->snapshot) {
+        /* Shared clusters and L2 tables: the writes below copy them. */
+        fill(backing, PW_SIZE, 0, 0x33);
+        g_assert_cmpint(qguard_image_pwrite(img, 0, PW_SIZE, backing, 0,
+                                            &err), ==, 0);
+        g_assert_cmpint(qguard_snapshot_create(img, "s1", &err), ==, 0);
+    }
+    host_file_set_hook(slow_data_writes, NULL);
+    for (i = 0; i < PW_WRITERS; i++) {
+        writers[i] = (Writer){ .img = img, .id = i, .seed = seed + i * 7919,
+                               .version = version };
+        threads[i] = g_thread_new("writer", pw_writer, &writers[i]);
+    }
+    for (i = 0; i < PW_WRITERS; i++) {
+        g_thread_join(threads[i]);
+    }
+    host_file_set_hook(NULL, NULL);
+    for (i = 0; i < PW_WRITERS; i++) {
+        g_assert_cmpint(writers[i].failures, ==, 0);
+    }
+    g_assert_cmpint(qguard_image_pread(img, 0, PW_SIZE, image, &err), ==, 0);
+    for (b = 0; b < PW_SIZE / PW_BLOCK; b++) {
+        if (version[b]) {
+            fill_block(want, b, version[b]);
+        } else {
+            memcpy(want, backing + b * PW_BLOCK, PW_BLOCK);
+        }
+        if (memcmp(image + b * PW_BLOCK, want, PW_BLOCK)) {
+            g_error("%s: block %" PRIu64 " (version %u) holds other data "
+                    "(seed %u)", pw->name, b, version[b], seed);
+        }
+    }
+    g_assert_cmpint(qguard_image_check(img, 0, &res, NULL, NULL, &err), ==, 0);
+    g_assert_cmpint(res.corruptions + res.leaks + res.check_errors, ==, 0);
+    g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
+    /* And after a reopen, from the disk. */
+    img = open_image(path, "");
+    g_assert_cmpint(qguard_image_pread(img, 0, PW_SIZE, backing, &err), ==, 0);
+    g_assert_true(memcmp(backing, image, PW_SIZE) == 0);
+    g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
+}
+
+static gpointer same_cluster_writer(gpointer opaque)
+{
+    Writer *w = opaque;
+    uint8_t buf[PW_BLOCK];
+    uint64_t c;
+
+    for (c = 0; c < PW_SIZE / 65536; c++) {
+        g_autoptr(GError) err = NULL;
+        uint64_t b = c * (65536 / PW_BLOCK) + w->id;
+
+        fill_block(buf, b, 1);
+        if (qguard_image_pwrite(w->img, b * PW_BLOCK, PW_BLOCK, buf, 0,
+                                &err) < 0) {
+            g_atomic_int_inc(&w->failures);
+            break;
+        }
+    }
+    return w;
+}
+
+/*
+ * The allocation race itself: every writer writes its own 4 KiB of the
+ * same fresh 64 KiB clusters, in the same order, while data writes linger.
+ * Without the in-flight registry two of them allocate the same cluster and
+ * the later L2 update drops the other's data (about half the blocks).
+ */
+static void test_parallel_writes_same_cluster(void)
+{
+    g_autofree char *path = test_path("same.qcow2");
+    g_autofree uint8_t *image = g_malloc(PW_SIZE);
+    g_autoptr(GError) err = NULL;
+    GThread *threads[PW_WRITERS];
+    Writer writers[PW_WRITERS];
+    uint8_t want[PW_BLOCK];
+    QGuardCheckResult res;
+    QGuardImage *img;
+    uint64_t b;
+    int i;
+
+    unlink(path);
+    create(path, "size=2M,cluster_size=65536");
+    img = open_image(path, "");
+    host_file_set_hook(slow_data_writes, NULL);
+    for (i = 0; i < PW_WRITERS; i++) {
+        writers[i] = (Writer){ .img = img, .id = i };
+        threads[i] = g_thread_new("writer", same_cluster_writer, &writers[i]);
+    }
+    for (i = 0; i < PW_WRITERS; i++) {
+        g_thread_join(threads[i]);
+    }
+    host_file_set_hook(NULL, NULL);
+    for (i = 0; i < PW_WRITERS; i++) {
+        g_assert_cmpint(writers[i].failures, ==, 0);
+    }
+    g_assert_cmpint(qguard_image_pread(img, 0, PW_SIZE, image, &err), ==, 0);
+    for (b = 0; b < PW_SIZE / PW_BLOCK; b++) {
+        if (b % (65536 / PW_BLOCK) < PW_WRITERS) {
+            fill_block(want, b, 1);
+        } else {
+            memset(want, 0, PW_BLOCK);
+        }
+        if (memcmp(image + b * PW_BLOCK, want, PW_BLOCK)) {
+            g_error("block %" PRIu64 " lost its write", b);
+        }
+    }
+    g_assert_cmpint(qguard_image_check(img, 0, &res, NULL, NULL, &err), ==, 0);
+    g_assert_cmpint(res.corruptions + res.leaks + res.check_errors, ==, 0);
+    g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
+}
+
+static const ParallelWrites parallel_writes[] = {
+    { "512-backing", "cluster_size=512",
+      "l2-cache-size=4096,refcount-cache-size=4096", true, false },
+    { "64k-snapshot", "cluster_size=65536", "l2-cache-size=65536", false,
+      true },
+    { "64k-extended-l2", "cluster_size=65536,extended_l2=on", "", true,
+      false },
+    { "4k-lazy-refcounts", "cluster_size=4096,lazy_refcounts=on",
+      "l2-cache-size=8192,refcount-cache-size=8192", false, false },
+};
+
 /* A failure's text must not be an earlier, unrelated failure's. */
 static void test_error_text_is_fresh(void)
 {
@@ -263,6 +517,13 @@ int main(int argc, char **argv)
                     test_parallel_reads_beside_writes);
     g_test_add_func("/concurrency/error-text-is-fresh",
                     test_error_text_is_fresh);
+    g_test_add_func("/concurrency/parallel-writes/same-cluster",
+                    test_parallel_writes_same_cluster);
+    for (size_t i = 0; i < G_N_ELEMENTS(parallel_writes); i++) {
+        g_autofree char *name = g_strdup_printf("/concurrency/parallel-writes/"
+                                                "%s", parallel_writes[i].name);
+        g_test_add_data_func(name, &parallel_writes[i], test_parallel_writes);
+    }
     ret = g_test_run();
     cmd = g_strdup_printf("rm -rf '%s'", test_dir);
     if (system(cmd) != 0) {
