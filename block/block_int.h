@@ -175,5 +175,18 @@ void qguard_message(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 /* Option value parsing with QEMU's messages. */
 bool qguard_parse_bool(const char *name, const char *value, bool *out,
                        GError **errp);
+/* A non-negative integer, decimal, octal or hex, as QEMU's numbers. */
+bool qguard_parse_number(const char *str, uint64_t *value);
+
+typedef enum BlockOptType {
+    OPT_STRING,
+    OPT_SIZE,
+    OPT_NUMBER,
+    OPT_BOOL,
+} BlockOptType;
+
+/* QEMU's message for an option value of the wrong syntax for its type. */
+bool qguard_check_opt_syntax(const char *name, const char *value,
+                             BlockOptType type, GError **errp);
 
 #endif

@@ -17,16 +17,9 @@
 
 #include "qcow2.h"
 
-typedef enum OptType {
-    OPT_STRING,
-    OPT_SIZE,
-    OPT_NUMBER,
-    OPT_BOOL,
-} OptType;
-
 typedef struct CreateOpt {
     const char *name;
-    OptType type;
+    BlockOptType type;
     const char *def;        /* shown in the description when not given */
     const char *help;
 } CreateOpt;
@@ -68,42 +61,6 @@ static const CreateOpt *find_create_opt(const char *name)
     return NULL;
 }
 
-static bool parse_number(const char *str, uint64_t *value)
-{
-    char *end;
-
-    if (!*str || *str == '-' || !g_ascii_isdigit(*str)) {
-        return false;
-    }
-    *value = g_ascii_strtoull(str, &end, 0);
-    return *end == '\0';
-}
-
-/* Syntax errors that qemu-img reports before its "Formatting" line. */
-static bool check_opt_syntax(const char *name, const char *value,
-                             OptType type, GError **errp)
-{
-    uint64_t n;
-    bool b;
-
-    switch (type) {
-    case OPT_SIZE:
-        return qguard_parse_size_option(name, value, &n, NULL, errp);
-    case OPT_NUMBER:
-        if (!parse_number(value, &n)) {
-            g_set_error(errp, QGUARD_ERROR, EINVAL,
-                        "Parameter '%s' expects a number", name);
-            return false;
-        }
-        return true;
-    case OPT_BOOL:
-        return qguard_parse_bool(name, value, &b, errp);
-    case OPT_STRING:
-        return true;
-    }
-    return true;
-}
-
 char *qcow2_create_describe(const QGuardOpts *opts, GError **errp)
 {
     GString *str = g_string_new("fmt=qcow2");
@@ -117,7 +74,7 @@ char *qcow2_create_describe(const QGuardOpts *opts, GError **errp)
                         "Invalid parameter '%s'", key);
             goto fail;
         }
-        if (opt && !check_opt_syntax(key, qguard_opts_value(opts, i),
+        if (opt && !qguard_check_opt_syntax(key, qguard_opts_value(opts, i),
                                      opt->type, errp)) {
             goto fail;
         }
@@ -253,7 +210,7 @@ static int parse_create_params(const QGuardOpts *opts, Qcow2CreateParams *p,
 
     str = qguard_opts_get(opts, "refcount_bits");
     n = 16;
-    if (str && !parse_number(str, &n)) {
+    if (str && !qguard_parse_number(str, &n)) {
         n = 0;
     }
     if (n == 0 || n > 64 || (n & (n - 1))) {

@@ -222,6 +222,41 @@ bool qguard_parse_bool(const char *name, const char *value, bool *out,
     return false;
 }
 
+bool qguard_parse_number(const char *str, uint64_t *value)
+{
+    char *end;
+
+    if (!*str || *str == '-' || !g_ascii_isdigit(*str)) {
+        return false;
+    }
+    *value = g_ascii_strtoull(str, &end, 0);
+    return *end == '\0';
+}
+
+bool qguard_check_opt_syntax(const char *name, const char *value,
+                             BlockOptType type, GError **errp)
+{
+    uint64_t n;
+    bool b;
+
+    switch (type) {
+    case OPT_SIZE:
+        return qguard_parse_size_option(name, value, &n, NULL, errp);
+    case OPT_NUMBER:
+        if (!qguard_parse_number(value, &n)) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "Parameter '%s' expects a number", name);
+            return false;
+        }
+        return true;
+    case OPT_BOOL:
+        return qguard_parse_bool(name, value, &b, errp);
+    case OPT_STRING:
+        return true;
+    }
+    return true;
+}
+
 static int suffix_shift(char c)
 {
     switch (g_ascii_toupper(c)) {
