@@ -1055,6 +1055,128 @@ char *qguard_create_help(const char *format, GError **errp)
     return drv ? drv->create_help() : NULL;
 }
 
+/* ---- Amend, backing file changes, emptying, measuring ------------------- */
+
+int qguard_image_amend(QGuardImage *img, const QGuardOpts *opts, bool force,
+                       QGuardProgressFunc *progress, void *opaque,
+                       GError **errp)
+{
+    int ret;
+
+    if (!img->drv->amend) {
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                    "Format driver '%s' does not support option amendment",
+                    img->drv->format_name);
+        return -ENOTSUP;
+    }
+    image_lock(img);
+    ret = check_request(img, 0, 0, true, errp);
+    if (ret == 0) {
+        ret = img->drv->amend(img, opts, force, progress, opaque, errp);
+    }
+    image_unlock(img);
+    return ret;
+}
+
+char *qguard_amend_help(const char *format, GError **errp)
+{
+    const BlockDriver *drv = find_driver(format);
+
+    if (!drv) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL, "Unknown file format '%s'",
+                    format);
+        return NULL;
+    }
+    if (!drv->amend_help) {
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                    "Format driver '%s' does not support option amendment",
+                    format);
+        return NULL;
+    }
+    return drv->amend_help();
+}
+
+int qguard_image_change_backing_file(QGuardImage *img,
+                                     const char *backing_file,
+                                     const char *backing_fmt, bool require,
+                                     GError **errp)
+{
+    int ret;
+
+    if ((backing_fmt && !backing_file) ||
+        (require && backing_file && !backing_fmt)) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL, "%s", g_strerror(EINVAL));
+        return -EINVAL;
+    }
+    if (!img->drv->change_backing_file) {
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP, "%s", g_strerror(ENOTSUP));
+        return -ENOTSUP;
+    }
+    image_lock(img);
+    ret = check_request(img, 0, 0, true, errp);
+    if (ret == 0) {
+        ret = img->drv->change_backing_file(img, backing_file, backing_fmt,
+                                            errp);
+    }
+    if (ret == 0) {
+        g_free(img->backing_file);
+        g_free(img->backing_format);
+        g_free(img->full_backing_file);
+        img->backing_file = g_strdup(backing_file);
+        img->backing_format = g_strdup(backing_fmt);
+        img->full_backing_file = backing_file ?
+            bdrv_resolve_backing_path(img->filename, backing_file) : NULL;
+    }
+    image_unlock(img);
+    return ret;
+}
+
+int qguard_image_make_empty(QGuardImage *img, GError **errp)
+{
+    int ret;
+
+    if (!img->drv->make_empty) {
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP, "%s", g_strerror(ENOTSUP));
+        return -ENOTSUP;
+    }
+    image_lock(img);
+    ret = check_request(img, 0, 0, true, errp);
+    if (ret == 0) {
+        ret = img->drv->make_empty(img, errp);
+    }
+    image_unlock(img);
+    return ret;
+}
+
+bool qguard_measure_opts_valid(const char *format, const QGuardOpts *opts,
+                               GError **errp)
+{
+    const BlockDriver *drv = find_driver(format);
+
+    return !drv || !drv->measure_check_opts ||
+           drv->measure_check_opts(opts, errp);
+}
+
+int qguard_measure(const char *format, const QGuardOpts *opts,
+                   QGuardImage *in, QGuardMeasureInfo *info, GError **errp)
+{
+    const BlockDriver *drv = find_driver(format);
+
+    memset(info, 0, sizeof(*info));
+    if (!drv) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL, "Unknown file format '%s'",
+                    format);
+        return -EINVAL;
+    }
+    if (!drv->measure) {
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                    "Block driver '%s' does not support size measurement",
+                    format);
+        return -ENOTSUP;
+    }
+    return drv->measure(opts, in, info, errp);
+}
+
 const char *qguard_overlap_type_name(int bitnr)
 {
     return qcow2_overlap_type_name(bitnr);

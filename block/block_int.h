@@ -18,6 +18,9 @@
 /* Round @n up to a multiple of @d (any positive @d). */
 #define ROUND_UP(n, d) ((((n) + (d) - 1) / (d)) * (d))
 #endif
+#ifndef DIV_ROUND_UP
+#define DIV_ROUND_UP(n, d) (((n) + (d) - 1) / (d))
+#endif
 
 typedef struct BlockDriver BlockDriver;
 
@@ -135,6 +138,18 @@ struct BlockDriver {
     bool (*supports_bitmaps)(QGuardImage *img);
     /* Is @name an open-time option of this driver? */
     bool (*is_runtime_option)(const char *name);
+    /* qemu-img amend; the image is open read-write. */
+    int (*amend)(QGuardImage *img, const QGuardOpts *opts, bool force,
+                 QGuardProgressFunc *progress, void *opaque, GError **errp);
+    char *(*amend_help)(void);
+    int (*change_backing_file)(QGuardImage *img, const char *backing_file,
+                               const char *backing_fmt, GError **errp);
+    int (*make_empty)(QGuardImage *img, GError **errp);
+    /* Names and syntax of measure's creation options. */
+    bool (*measure_check_opts)(const QGuardOpts *opts, GError **errp);
+    /* @in may be NULL: measure an empty image of the size in @opts. */
+    int (*measure)(const QGuardOpts *opts, QGuardImage *in,
+                   QGuardMeasureInfo *info, GError **errp);
     bool supports_backing;
 };
 

@@ -61,6 +61,13 @@ static const CreateOpt *find_create_opt(const char *name)
     return NULL;
 }
 
+int qcow2_create_opt_type(const char *name)
+{
+    const CreateOpt *opt = find_create_opt(name);
+
+    return opt ? (int)opt->type : -1;
+}
+
 char *qcow2_create_describe(const QGuardOpts *opts, GError **errp)
 {
     GString *str = g_string_new("fmt=qcow2");

@@ -123,6 +123,16 @@ void qcow2_refcount_setup_order(BDRVQcow2State *s)
     s->set_refcount = set_refcount_funcs[s->refcount_order];
 }
 
+Qcow2GetRefcountFunc *qcow2_get_refcount_func(int order)
+{
+    return get_refcount_funcs[order];
+}
+
+Qcow2SetRefcountFunc *qcow2_set_refcount_func(int order)
+{
+    return set_refcount_funcs[order];
+}
+
 static void update_max_refcount_table_index(BDRVQcow2State *s)
 {
     uint32_t i = s->refcount_table_size;
@@ -131,6 +141,11 @@ static void update_max_refcount_table_index(BDRVQcow2State *s)
         i--;
     }
     s->max_refcount_table_index = i ? i - 1 : 0;
+}
+
+void qcow2_refcount_table_changed(BDRVQcow2State *s)
+{
+    update_max_refcount_table_index(s);
 }
 
 int qcow2_refcount_init(BDRVQcow2State *s, GError **errp)

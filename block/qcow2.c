@@ -1949,5 +1949,11 @@ const BlockDriver bdrv_qcow2 = {
     .bitmap_status = qcow2_bitmap_status_op,
     .supports_bitmaps = qcow2_supports_bitmaps,
     .is_runtime_option = qcow2_is_runtime_option,
+    .amend = qcow2_amend,
+    .amend_help = qcow2_amend_help,
+    .change_backing_file = qcow2_change_backing_file,
+    .make_empty = qcow2_make_empty,
+    .measure_check_opts = qcow2_measure_check_opts,
+    .measure = qcow2_measure,
     .supports_backing = true,
 };

@@ -487,6 +487,30 @@ int qcow2_create(const char *filename, const QGuardOpts *opts,
                  QGuardProgressFunc *progress, void *opaque, GError **errp);
 char *qcow2_create_describe(const QGuardOpts *opts, GError **errp);
 char *qcow2_create_help(void);
+/* The BlockOptType of creation option @name, or -1 if there is none. */
+int qcow2_create_opt_type(const char *name);
+
+/* qcow2-amend.c */
+int qcow2_amend(QGuardImage *img, const QGuardOpts *opts, bool force,
+                QGuardProgressFunc *progress, void *opaque, GError **errp);
+char *qcow2_amend_help(void);
+
+/* qcow2-refcount-order.c */
+/* Progress of a long operation: @done of @total units. */
+typedef void Qcow2StatusFunc(void *opaque, int64_t done, int64_t total);
+int qcow2_change_refcount_order(BDRVQcow2State *s, int refcount_order,
+                                Qcow2StatusFunc *status, void *opaque,
+                                GError **errp);
+
+/* qcow2-backing.c */
+int qcow2_change_backing_file(QGuardImage *img, const char *backing_file,
+                              const char *backing_fmt, GError **errp);
+int qcow2_make_empty(QGuardImage *img, GError **errp);
+
+/* qcow2-measure.c */
+bool qcow2_measure_check_opts(const QGuardOpts *opts, GError **errp);
+int qcow2_measure(const QGuardOpts *opts, QGuardImage *in,
+                  QGuardMeasureInfo *info, GError **errp);
 
 /* qcow2-check.c */
 int qcow2_check_image(BDRVQcow2State *s, unsigned fix,
@@ -528,6 +552,10 @@ int qcow2_pwritev_checked(BDRVQcow2State *s, unsigned ignore,
 int qcow2_refcount_init(BDRVQcow2State *s, GError **errp);
 void qcow2_refcount_close(BDRVQcow2State *s);
 void qcow2_refcount_setup_order(BDRVQcow2State *s);
+Qcow2GetRefcountFunc *qcow2_get_refcount_func(int order);
+Qcow2SetRefcountFunc *qcow2_set_refcount_func(int order);
+/* The refcount table was replaced: recompute what is derived from it. */
+void qcow2_refcount_table_changed(BDRVQcow2State *s);
 int qcow2_get_refcount(BDRVQcow2State *s, uint64_t cluster_index,
                        uint64_t *refcount);
 int64_t qcow2_alloc_clusters(BDRVQcow2State *s, uint64_t n,

@@ -273,6 +273,58 @@ static int raw_create(const char *filename, const QGuardOpts *opts,
     return ret;
 }
 
+/* Options of a raw image and of the file it is. */
+static bool raw_measure_check_opts(const QGuardOpts *opts, GError **errp)
+{
+    static const struct {
+        const char *name;
+        BlockOptType type;
+    } known[] = {
+        { "size", OPT_SIZE }, { "nocow", OPT_BOOL },
+        { "preallocation", OPT_STRING }, { "extent_size_hint", OPT_SIZE },
+    };
+    guint i;
+    size_t k;
+
+    for (i = 0; i < qguard_opts_count(opts); i++) {
+        const char *key = qguard_opts_key(opts, i);
+
+        for (k = 0; k < G_N_ELEMENTS(known); k++) {
+            if (!strcmp(key, known[k].name)) {
+                break;
+            }
+        }
+        if (k == G_N_ELEMENTS(known)) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "Invalid parameter '%s'", key);
+            return false;
+        }
+        if (!qguard_check_opt_syntax(key, qguard_opts_value(opts, i),
+                                     known[k].type, errp)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Every byte of the disk is a byte of the file, allocated or not. */
+static int raw_measure(const QGuardOpts *opts, QGuardImage *in,
+                       QGuardMeasureInfo *info, GError **errp)
+{
+    const char *size = qguard_opts_get(opts, "size");
+    uint64_t n = 0;
+
+    (void)errp;
+    if (in) {
+        n = qguard_image_size(in);
+    } else if (size) {
+        qguard_parse_size(size, &n, NULL);
+        n = ROUND_UP(n, 512);
+    }
+    info->required = info->fully_allocated = n;
+    return 0;
+}
+
 static int raw_probe(const uint8_t *buf, size_t len)
 {
     (void)buf;
@@ -295,4 +347,6 @@ const BlockDriver bdrv_raw = {
     .flush = raw_flush,
     .truncate = raw_truncate,
     .block_status = raw_block_status,
+    .measure_check_opts = raw_measure_check_opts,
+    .measure = raw_measure,
 };

@@ -303,6 +303,62 @@ char *qguard_create_prepare(const char *filename, const char *format,
 /* Help text for -o help: one "  name=<type>  - description" line each. */
 char *qguard_create_help(const char *format, GError **errp);
 
+/* ---- Changing existing images (amend, rebase, commit, measure) ---------- */
+
+/*
+ * qemu-img amend: change the options in @opts ("compat", "refcount_bits",
+ * "lazy_refcounts", "size", ...) of an image opened read-write.  -ENOTSUP
+ * for formats that cannot be amended; the error names the option or the
+ * feature that stands in the way.  @progress may be NULL.
+ */
+int qguard_image_amend(QGuardImage *img, const QGuardOpts *opts, bool force,
+                       QGuardProgressFunc *progress, void *opaque,
+                       GError **errp);
+/* "Amend options for 'qcow2':" and one line per option, as -o help shows. */
+char *qguard_amend_help(const char *format, GError **errp);
+
+/*
+ * Write a new backing file name (NULL: none) and format into the image
+ * header; the open backing chain is not changed.  With @require, a backing
+ * file needs a format.  Returns -EINVAL for a bad combination or a name
+ * that is too long, -ENOSPC if the header cluster has no room, -ENOTSUP
+ * for formats without backing files; the GError says which.
+ */
+int qguard_image_change_backing_file(QGuardImage *img,
+                                     const char *backing_file,
+                                     const char *backing_fmt, bool require,
+                                     GError **errp);
+
+/*
+ * Drop all data of the image's active layer, so that it reads from its
+ * backing file again (what qemu-img commit does to the committed image).
+ * -ENOTSUP for formats that cannot do this.
+ */
+int qguard_image_make_empty(QGuardImage *img, GError **errp);
+
+typedef struct QGuardMeasureInfo {
+    uint64_t required;          /* bytes for the data that is present */
+    uint64_t fully_allocated;   /* bytes if every cluster is allocated */
+    bool has_bitmaps;
+    uint64_t bitmaps;           /* bytes for the persistent bitmaps */
+} QGuardMeasureInfo;
+
+/*
+ * qemu-img measure: the file size an image of @format created with @opts
+ * (creation options) would need to hold the data of @in, or, with @in
+ * NULL, an empty disk of the size in @opts' "size".  Check @opts with
+ * qguard_measure_opts_valid() first.
+ */
+int qguard_measure(const char *format, const QGuardOpts *opts,
+                   QGuardImage *in, QGuardMeasureInfo *info, GError **errp);
+/*
+ * Are @opts names and values that an image of @format can be created with?
+ * (qemu-img follows this error with "Invalid options for file format".)
+ * An unknown @format is left to qguard_measure().
+ */
+bool qguard_measure_opts_valid(const char *format, const QGuardOpts *opts,
+                               GError **errp);
+
 /* ---- Internal snapshots -------------------------------------------------- */
 
 /*
