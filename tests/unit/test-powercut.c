@@ -618,6 +618,57 @@ static void run_remove_bitmaps(Run *r)
     w_write(r, 1 << 20, 4096);
 }
 
+static void w_amend(Run *r, const char *optstr)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardOpts *opts = qguard_opts_new();
+    GuestOp op;
+
+    g_assert_true(qguard_opts_parse(opts, optstr, NULL, &err));
+    op_begin(r, &op, optstr);
+    g_assert_cmpint(qguard_image_amend(r->img, opts, false, NULL, NULL,
+                                       &err), ==, 0);
+    g_assert_no_error(err);
+    op_end(r, &op);
+    qguard_opts_free(opts);
+}
+
+/*
+ * New refcount widths (the whole refcount structure is rebuilt and
+ * switched), lazy refcounts on and off, and a downgrade that turns zero
+ * clusters, some shared with a snapshot, into data clusters.
+ */
+static void run_amend(Run *r)
+{
+    w_zero(r, 64 * 1024, 64 * 1024, 0);
+    w_zero(r, 256 * 1024, 128 * 1024, QGUARD_ZERO_MAY_UNMAP);
+    w_snapshot(r, qguard_snapshot_create, "snapshot-create", "s1");
+    w_zero(r, 512 * 1024, 64 * 1024, 0);
+    w_write(r, 4096, 8192);
+    w_amend(r, "refcount_bits=64");
+    w_write(r, 1 << 20, 100000);
+    w_amend(r, "refcount_bits=2");
+    w_amend(r, "lazy_refcounts=on");
+    w_write(r, 1536 * 1024, 4096);
+    w_amend(r, "lazy_refcounts=off");
+    w_amend(r, "refcount_bits=16,compat=0.10");
+    w_write(r, 8192, 4096);
+    w_amend(r, "compat=1.1");
+}
+
+static void run_make_empty(Run *r)
+{
+    g_autoptr(GError) err = NULL;
+    GuestOp op;
+
+    w_snapshot(r, qguard_snapshot_create, "snapshot-create", "s1");
+    w_write(r, 4096, 8192);
+    op_begin(r, &op, "make-empty");
+    g_assert_cmpint(qguard_image_make_empty(r->img, &err), ==, 0);
+    op_end(r, &op);
+    w_write(r, 0, 4096);
+}
+
 static const Workload workloads[] = {
     { "alloc-64k", "size=8M", NULL, run_alloc_64k },
     { "alloc-512", "size=4M,cluster_size=512", NULL, run_alloc_512 },
@@ -640,6 +691,9 @@ static const Workload workloads[] = {
       run_prealloc },
     { "prealloc-small", "size=48K,cluster_size=512", NULL,
       run_prealloc_small },
+    { "amend", "size=2M,cluster_size=4096", prepare_data, run_amend },
+    { "make-empty", "size=2M,cluster_size=4096", prepare_data,
+      run_make_empty },
 };
 
 /* ---- Checking a crash image ---------------------------------------------- */
