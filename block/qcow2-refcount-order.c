@@ -193,36 +193,66 @@ static int read_refcounts(BDRVQcow2State *s, uint64_t first, uint64_t count,
     return 0;
 }
 
-static int write_new_structures(BDRVQcow2State *s, NewRefcounts *n,
-                                GError **errp)
+static int write_new_block(BDRVQcow2State *s, NewRefcounts *n, uint64_t j,
+                           uint64_t *counts, uint8_t *block, GError **errp)
 {
     Qcow2SetRefcountFunc *set = qcow2_set_refcount_func(n->order);
     uint64_t entries = 1ULL << n->block_bits;
-    g_autofree uint64_t *counts = g_new(uint64_t, entries);
-    g_autofree uint8_t *block = g_malloc(s->cluster_size);
-    g_autofree uint64_t *table = g_new(uint64_t, n->table_size);
-    uint64_t j, k;
+    uint64_t k;
     int ret;
 
+    ret = read_refcounts(s, j << n->block_bits, entries, counts, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    memset(block, 0, s->cluster_size);
+    for (k = 0; k < entries; k++) {
+        set(block, k, counts[k]);
+    }
+    ret = qcow2_pwrite_meta(s, 0, n->table[j], block, s->cluster_size);
+    if (ret < 0) {
+        g_set_error(errp, QGUARD_ERROR, -ret, "Failed to write refblock: %s",
+                    g_strerror(-ret));
+    }
+    return ret;
+}
+
+/*
+ * The new blocks go out in the order of the old table's entries, which
+ * is what progress is counted in.
+ */
+static int write_new_structures(BDRVQcow2State *s, NewRefcounts *n,
+                                Qcow2StatusFunc *status, void *opaque,
+                                int64_t walk, GError **errp)
+{
+    g_autofree uint64_t *counts = g_new(uint64_t, 1ULL << n->block_bits);
+    g_autofree uint8_t *block = g_malloc(s->cluster_size);
+    g_autofree uint64_t *table = g_new(uint64_t, n->table_size);
+    uint64_t i, j = 0;
+    int ret;
+
+    for (i = 0; i <= s->refcount_table_size; i++) {
+        /* New blocks that start below the end of old block i. */
+        uint64_t limit = i < s->refcount_table_size ?
+                         ((i + 1) << s->refcount_block_bits) >> n->block_bits
+                         : n->table_size;
+
+        if (status && i < s->refcount_table_size) {
+            status(opaque, walk * s->refcount_table_size + i,
+                   (walk + 1) * s->refcount_table_size);
+        }
+        for (; j < n->table_size && j <= limit; j++) {
+            if (!n->table[j]) {
+                continue;
+            }
+            ret = write_new_block(s, n, j, counts, block, errp);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+    }
     for (j = 0; j < n->table_size; j++) {
         table[j] = GUINT64_TO_BE(n->table[j]);
-        if (!n->table[j]) {
-            continue;
-        }
-        ret = read_refcounts(s, j << n->block_bits, entries, counts, errp);
-        if (ret < 0) {
-            return ret;
-        }
-        memset(block, 0, s->cluster_size);
-        for (k = 0; k < entries; k++) {
-            set(block, k, counts[k]);
-        }
-        ret = qcow2_pwrite_meta(s, 0, n->table[j], block, s->cluster_size);
-        if (ret < 0) {
-            g_set_error(errp, QGUARD_ERROR, -ret,
-                        "Failed to write refblock: %s", g_strerror(-ret));
-            return ret;
-        }
     }
     ret = qcow2_pwrite_meta(s, 0, n->table_offset, table, n->table_size * 8);
     if (ret < 0) {
@@ -396,11 +426,7 @@ int qcow2_change_refcount_order(BDRVQcow2State *s, int refcount_order,
                     g_strerror(-ret));
         goto fail;
     }
-    if (status) {
-        status(opaque, walk * s->refcount_table_size,
-               (walk + 1) * s->refcount_table_size);
-    }
-    ret = write_new_structures(s, &n, errp);
+    ret = write_new_structures(s, &n, status, opaque, walk, errp);
     if (ret < 0) {
         goto fail;
     }
