@@ -1228,6 +1228,34 @@ int qguard_snapshot_delete(QGuardImage *img, const char *id_or_name,
     return snapshot_op(img, BDRV_SNAPSHOT_DELETE, id_or_name, errp);
 }
 
+int qguard_snapshot_load_tmp(QGuardImage *img, const char *id,
+                             const char *name, GError **errp)
+{
+    int ret;
+
+    if (!id && !name) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "snapshot_id and name are both NULL");
+        return -EINVAL;
+    }
+    if (!img->read_only) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL, "Device is not readonly");
+        return -EINVAL;
+    }
+    if (!img->drv->snapshot_load_tmp) {
+        /* qemu-img's images have no device name. */
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                    "Block format '%s' used by device '' does not support "
+                    "temporarily loading internal snapshots",
+                    img->drv->format_name);
+        return -ENOTSUP;
+    }
+    image_lock(img);
+    ret = img->drv->snapshot_load_tmp(img, id, name, errp);
+    image_unlock(img);
+    return ret;
+}
+
 int qguard_snapshot_list(QGuardImage *img, QGuardSnapshotInfo **list,
                          guint *count, GError **errp)
 {

@@ -136,6 +136,9 @@ struct BlockDriver {
                          uint64_t bytes, bool *dirty, uint64_t *pnum,
                          GError **errp);
     bool (*supports_bitmaps)(QGuardImage *img);
+    /* Read-only images: read this snapshot from now on. */
+    int (*snapshot_load_tmp)(QGuardImage *img, const char *id,
+                             const char *name, GError **errp);
     /* Is @name an open-time option of this driver? */
     bool (*is_runtime_option)(const char *name);
     /* qemu-img amend; the image is open read-write. */

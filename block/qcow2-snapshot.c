@@ -767,3 +767,45 @@ out:
     }
     return ret;
 }
+
+/*
+ * Read the snapshot's L1 table as the active one, for the rest of the
+ * image's (read-only) life: qemu-img convert -l and measure -l.
+ */
+int qcow2_snapshot_load_tmp(BDRVQcow2State *s, const char *id,
+                            const char *name, GError **errp)
+{
+    QCowSnapshot *sn = NULL;
+    uint64_t *l1;
+    uint32_t i;
+    int ret;
+
+    g_assert(s->img->read_only);
+    for (i = 0; i < s->nb_snapshots && !sn; i++) {
+        if ((!id || !strcmp(s->snapshots[i].id_str, id)) &&
+            (!name || !strcmp(s->snapshots[i].name, name))) {
+            sn = &s->snapshots[i];
+        }
+    }
+    if (!sn) {
+        g_set_error(errp, QGUARD_ERROR, ENOENT, "Can't find snapshot");
+        return -ENOENT;
+    }
+    ret = qcow2_validate_table(s, sn->l1_table_offset, sn->l1_size, 8,
+                               QCOW_MAX_L1_SIZE, "Snapshot L1 table", errp);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = read_l1(s, sn->l1_table_offset, sn->l1_size, &l1);
+    if (ret < 0) {
+        g_set_error(errp, QGUARD_ERROR, -ret,
+                    "Failed to read l1 table for snapshot: %s",
+                    g_strerror(-ret));
+        return ret;
+    }
+    g_free(s->l1_table);
+    s->l1_table = l1;
+    s->l1_size = sn->l1_size;
+    s->l1_table_offset = sn->l1_table_offset;
+    return 0;
+}

@@ -1901,6 +1901,12 @@ static bool qcow2_supports_bitmaps(QGuardImage *img)
     return ((BDRVQcow2State *)img->opaque)->qcow_version >= 3;
 }
 
+static int qcow2_snapshot_load_tmp_op(QGuardImage *img, const char *id,
+                                      const char *name, GError **errp)
+{
+    return qcow2_snapshot_load_tmp(img->opaque, id, name, errp);
+}
+
 static const char *qcow2_last_error(QGuardImage *img G_GNUC_UNUSED)
 {
     return qcow2_error_message();
@@ -1948,6 +1954,7 @@ const BlockDriver bdrv_qcow2 = {
     .bitmap_list = qcow2_bitmap_list_op,
     .bitmap_status = qcow2_bitmap_status_op,
     .supports_bitmaps = qcow2_supports_bitmaps,
+    .snapshot_load_tmp = qcow2_snapshot_load_tmp_op,
     .is_runtime_option = qcow2_is_runtime_option,
     .amend = qcow2_amend,
     .amend_help = qcow2_amend_help,

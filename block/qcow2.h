@@ -780,5 +780,7 @@ int qcow2_snapshot_apply(BDRVQcow2State *s, const char *id_or_name,
                          GError **errp);
 int qcow2_snapshot_delete(BDRVQcow2State *s, const char *id_or_name,
                           GError **errp);
+int qcow2_snapshot_load_tmp(BDRVQcow2State *s, const char *id,
+                            const char *name, GError **errp);
 
 #endif

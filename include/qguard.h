@@ -371,6 +371,14 @@ int qguard_snapshot_apply(QGuardImage *img, const char *id_or_name,
                           GError **errp);
 int qguard_snapshot_delete(QGuardImage *img, const char *id_or_name,
                            GError **errp);
+/*
+ * From now on read the snapshot with id @id and/or name @name (either may
+ * be NULL, not both) instead of the active disk, as qemu-img convert -l
+ * and measure -l do; the image must be read-only.  -ENOENT if there is no
+ * such snapshot.
+ */
+int qguard_snapshot_load_tmp(QGuardImage *img, const char *id,
+                             const char *name, GError **errp);
 /* The snapshot table as qemu-img snapshot -l lists it; free with g_free
  * after qguard_snapshot_info_clear() on each element. */
 int qguard_snapshot_list(QGuardImage *img, QGuardSnapshotInfo **list,

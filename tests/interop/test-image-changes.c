@@ -695,6 +695,64 @@ static void test_make_empty(void)
     SH("qemu-io -c 'read -P 3 0 1M' -c 'read -P 1 1M 1M' s.qcow2");
 }
 
+/* ---- Reading a snapshot ------------------------------------------------- */
+
+static void test_snapshot_load_tmp(void)
+{
+    g_autofree char *p = path("s.qcow2");
+    g_autofree char *raw = path("r.raw");
+    g_autofree uint8_t *buf = g_malloc(2 * 65536);
+    g_autoptr(GError) err = NULL;
+    QGuardImage *img = NULL;
+
+    SH("qemu-img create -q -f qcow2 s.qcow2 1M");
+    SH("qemu-io -c 'write -P 1 0 128k' s.qcow2");
+    SH("qemu-img snapshot -c one s.qcow2");
+    SH("qemu-io -c 'write -P 2 64k 64k' s.qcow2");
+    SH("qemu-img resize -q s.qcow2 1G");
+    SH("qemu-img snapshot -c two s.qcow2");
+    SH("qemu-io -c 'write -P 3 0 64k' s.qcow2");
+    SH("qemu-img create -q -f raw r.raw 1M");
+
+    g_assert_cmpint(qguard_image_open(&img, p, NULL, NULL, 0, &err), ==, 0);
+    g_assert_cmpint(qguard_snapshot_load_tmp(img, NULL, "nope", &err), ==,
+                    -ENOENT);
+    g_assert_cmpstr(err->message, ==, "Can't find snapshot");
+    g_clear_error(&err);
+    /* Both given: both must match. */
+    g_assert_cmpint(qguard_snapshot_load_tmp(img, "1", "two", &err), ==,
+                    -ENOENT);
+    g_clear_error(&err);
+    g_assert_cmpint(qguard_snapshot_load_tmp(img, "1", NULL, &err), ==, 0);
+    g_assert_cmpint(qguard_image_pread(img, 0, 2 * 65536, buf, &err), ==, 0);
+    g_assert_true(buf[0] == 1 && buf[65535] == 1 && buf[65536] == 1 &&
+                  buf[2 * 65536 - 1] == 1);
+    g_assert_cmpint(qguard_snapshot_load_tmp(img, NULL, "two", &err), ==, 0);
+    g_assert_cmpint(qguard_image_pread(img, 0, 2 * 65536, buf, &err), ==, 0);
+    g_assert_true(buf[0] == 1 && buf[65536] == 2);
+    /* The snapshot's disk was smaller: its L1 table is too. */
+    g_assert_cmpint(qguard_snapshot_load_tmp(img, "1", NULL, &err), ==, 0);
+    g_assert_cmpint(qguard_image_pread(img, 512 << 20, 65536, buf, &err), ==,
+                    0);
+    g_assert_true(buf[0] == 0 && buf[65535] == 0);
+    close_ok(img);
+
+    img = open_rw("s.qcow2");
+    g_assert_cmpint(qguard_snapshot_load_tmp(img, "1", NULL, &err), ==,
+                    -EINVAL);
+    g_assert_cmpstr(err->message, ==, "Device is not readonly");
+    g_clear_error(&err);
+    close_ok(img);
+
+    g_assert_cmpint(qguard_image_open(&img, raw, "raw", NULL, 0, &err), ==,
+                    0);
+    g_assert_cmpint(qguard_snapshot_load_tmp(img, "1", NULL, &err), ==,
+                    -ENOTSUP);
+    close_ok(img);
+    /* Nothing was written: the active disk is as QEMU left it. */
+    SH("qemu-io -c 'read -P 3 0 64k' -c 'read -P 2 64k 64k' s.qcow2");
+}
+
 /* ---- Test driver -------------------------------------------------------- */
 
 typedef void TestFunc(void);
@@ -755,6 +813,7 @@ int main(int argc, char **argv)
     add("/measure/refusals", test_measure_refusals);
     add("/backing/change-backing-file", test_change_backing_file);
     add("/backing/make-empty", test_make_empty);
+    add("/snapshot/load-tmp", test_snapshot_load_tmp);
 
     ret = g_test_run();
     nftw(test_dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
