@@ -261,6 +261,8 @@ static int raw_create(const char *filename, const QGuardOpts *opts,
         return -EFBIG;
     }
     /* A failure leaves an empty file, as QEMU's does. */
+    /* The file holds whole sectors, as QEMU creates it. */
+    size = ROUND_UP(size, 512);
     ret = resize_file(file, 0, size, qguard_opts_get(opts, "preallocation"),
                       &local_err);
     host_file_close(file);
