@@ -32,6 +32,10 @@ typedef struct ImgCmd {
 
 /* Sorted by name: --help lists them in this order. */
 static const ImgCmd img_cmds[] = {
+    { "amend", img_amend,
+      "amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] "
+      "[-t cache]\n"
+      "      [--force] -o options filename" },
     { "bench", img_bench,
       "bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval]\n"
       "      [-i aio] [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q]\n"
@@ -45,6 +49,12 @@ static const ImgCmd img_cmds[] = {
     { "check", img_check,
       "check [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]]\n"
       "      [-T src_cache] [-U] filename" },
+    { "commit", img_commit,
+      "commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache]\n"
+      "      [-b base] [-r rate_limit] [-d] [-p] filename" },
+    { "compare", img_compare,
+      "compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt]\n"
+      "      [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2" },
     { "convert", img_convert,
       "convert [--image-opts] [--bitmaps [--skip-broken-bitmaps]] [-U] [-c]\n"
       "      [-p] [-q] [-n] [-f fmt] [-t cache]\n"
@@ -54,12 +64,25 @@ static const ImgCmd img_cmds[] = {
     { "create", img_create,
       "create [-q] [-p] [-f fmt] [-b backing_file [-F backing_fmt]] [-u]\n"
       "      [-o options] filename [size]" },
+    { "dd", img_dd,
+      "dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size]\n"
+      "      [count=blocks] [skip=blocks] if=input of=output" },
     { "info", img_info,
       "info [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] [-U]\n"
       "      filename" },
     { "map", img_map,
       "map [--image-opts] [-f fmt] [--start-offset=offset] [--max-length=len]\n"
       "      [--output=ofmt] [-U] filename" },
+    { "measure", img_measure,
+      "measure [--output=ofmt] [-O output_fmt] [-o options] [--size N |\n"
+      "      [--object objectdef] [--image-opts] [-f fmt] "
+      "[-l snapshot_param]\n"
+      "      filename]" },
+    { "rebase", img_rebase,
+      "rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] "
+      "[-t cache]\n"
+      "      [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] "
+      "filename" },
     { "resize", img_resize,
       "resize [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] "
       "[--shrink]\n"
@@ -85,7 +108,8 @@ static const char help_arguments[] =
     "  'cache' is the cache mode: 'none', 'writeback' (default, except for\n"
     "    convert), 'writethrough', 'directsync' and 'unsafe' (default for\n"
     "    convert), as in qemu-img.\n"
-    "  -q prints nothing but errors; -p shows progress (convert, create).\n"
+    "  -q prints nothing but errors; -p shows progress (amend, commit, compare,\n"
+    "    convert, create, rebase).\n"
     "  bitmap runs its actions in the order given on one bitmap; -g sets the\n"
     "    granularity for --add, -b and -F name the image --merge reads from.\n"
     "  convert --bitmaps copies the persistent bitmaps of a single source.\n"

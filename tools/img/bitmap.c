@@ -13,14 +13,14 @@
 
 #include "img.h"
 
+/* After img.h's long options, OPTION_OBJECT among them. */
 enum {
-    OPTION_ADD = OPTION_UNSUPPORTED + 1,
+    OPTION_ADD = OPTION_SIZE + 1,
     OPTION_REMOVE,
     OPTION_CLEAR,
     OPTION_ENABLE,
     OPTION_DISABLE,
     OPTION_MERGE,
-    OPTION_OBJECT,
 };
 
 typedef struct BitmapAction {

@@ -51,6 +51,9 @@ enum {
     OPTION_BITMAPS,
     OPTION_SKIP_BROKEN,
     OPTION_UNSUPPORTED,
+    OPTION_OBJECT,
+    OPTION_FORCE,
+    OPTION_SIZE,
 };
 
 /* The long options several commands share (each also has a short one). */
@@ -82,13 +85,19 @@ typedef enum OutputFormat {
 
 /* ---- The commands ------------------------------------------------------- */
 
+int img_amend(int argc, char **argv);
 int img_bench(int argc, char **argv);
 int img_bitmap(int argc, char **argv);
 int img_check(int argc, char **argv);
+int img_commit(int argc, char **argv);
+int img_compare(int argc, char **argv);
 int img_convert(int argc, char **argv);
 int img_create(int argc, char **argv);
+int img_dd(int argc, char **argv);
 int img_info(int argc, char **argv);
 int img_map(int argc, char **argv);
+int img_measure(int argc, char **argv);
+int img_rebase(int argc, char **argv);
 int img_resize(int argc, char **argv);
 int img_snapshot(int argc, char **argv);
 

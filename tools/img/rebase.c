@@ -1,0 +1,351 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qemu-img rebase: give an image a new backing file.
+ *
+ * Copyright (c) 2026 The qguard authors
+ *
+ * Safe mode first copies into the image every range that it does not
+ * allocate and where the old and the new backing file differ, so that its
+ * content stays the same; only then does the header name the new backing
+ * file.  Interrupted before that, the image reads as it always did.  -u
+ * only rewrites the header.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "img.h"
+
+#define IO_BUF_SIZE (2 * 1024 * 1024)
+
+/* Like qemu's path_combine(): @name relative to the directory of @base. */
+static char *path_combine(const char *base, const char *name)
+{
+    const char *slash = strrchr(base, '/');
+
+    if (g_path_is_absolute(name) || !slash) {
+        return g_strdup(name);
+    }
+    return g_strdup_printf("%.*s%s", (int)(slash - base + 1), base, name);
+}
+
+/* Is @path (a file name to open) the image @img? */
+static bool same_file(const char *path, QGuardImage *img)
+{
+    g_autofree char *a = realpath(path, NULL);
+    g_autofree char *b = realpath(qguard_image_filename(img), NULL);
+
+    return a && b && !strcmp(a, b);
+}
+
+/*
+ * The image in @img's backing chain that @path names, if any: rebasing
+ * onto an image further down the chain needs no new image opened, and only
+ * the ranges that the images in between allocate can differ.
+ */
+static QGuardImage *find_backing_image(QGuardImage *img, const char *path)
+{
+    QGuardImage *b;
+
+    for (b = qguard_image_backing(img); b; b = qguard_image_backing(b)) {
+        if (same_file(path, b)) {
+            return b;
+        }
+    }
+    return NULL;
+}
+
+/* Is @layer (in @top's chain) above @base? */
+static bool is_above(QGuardImage *top, QGuardImage *layer, QGuardImage *base)
+{
+    QGuardImage *b;
+
+    for (b = top; b && b != base; b = qguard_image_backing(b)) {
+        if (b == layer) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The first sector differs?  *@pnum: the prefix that answers the same. */
+static bool compare_buffers(const uint8_t *buf1, const uint8_t *buf2,
+                            uint64_t bytes, uint64_t *pnum)
+{
+    uint64_t i = MIN(bytes, (uint64_t)SECTOR_SIZE);
+    bool res = memcmp(buf1, buf2, i) != 0;
+
+    while (i < bytes) {
+        uint64_t len = MIN(bytes - i, (uint64_t)SECTOR_SIZE);
+        if ((memcmp(buf1 + i, buf2 + i, len) != 0) != res) {
+            break;
+        }
+        i += len;
+    }
+    *pnum = i;
+    return res;
+}
+
+typedef struct Rebase {
+    QGuardImage *img;
+    QGuardImage *old_backing;   /* NULL: none */
+    QGuardImage *new_backing;   /* NULL: none */
+    QGuardImage *prefix;        /* the new backing, if in the old chain */
+    uint8_t *buf_old;
+    uint8_t *buf_new;
+} Rebase;
+
+/* Read @n bytes at @offset of @b, zeros past its end; NULL reads zeros. */
+static int read_backing(QGuardImage *b, uint64_t offset, uint64_t *n,
+                        uint8_t *buf, bool *zero)
+{
+    g_autoptr(GError) err = NULL;
+    uint64_t size = b ? qguard_image_size(b) : 0;
+
+    *zero = offset >= size;
+    if (*zero) {
+        memset(buf, 0, *n);
+        return 0;
+    }
+    *n = MIN(*n, size - offset);
+    return qguard_image_pread(b, offset, *n, buf, &err);
+}
+
+/* Copy what differs between old and new backing file into the image. */
+static int copy_differences(Rebase *r, Progress *progress)
+{
+    uint64_t size = qguard_image_size(r->img);
+    uint64_t old_size = r->old_backing ? qguard_image_size(r->old_backing)
+                                       : 0;
+    float local_progress = 0;
+    uint64_t offset, n;
+    int ret;
+
+    if (size) {
+        local_progress = 100.0f / (size / MIN(size, (uint64_t)IO_BUF_SIZE));
+    }
+    for (offset = 0; offset < size; offset += n) {
+        g_autoptr(GError) err = NULL;
+        QGuardBlockStatus st;
+        bool old_zero, new_zero;
+        uint64_t written = 0;
+
+        n = MIN((uint64_t)IO_BUF_SIZE, size - offset);
+        ret = qguard_image_block_status(r->img, offset, n, &st, &err);
+        if (ret < 0) {
+            error_report("error while reading image metadata: %s",
+                         g_strerror(-ret));
+            return ret;
+        }
+        n = st.bytes;
+        if (st.depth == 0 && (st.flags & QGUARD_BLOCK_ALLOCATED)) {
+            continue;   /* the image's own data hides both backing files */
+        }
+        if (r->prefix && offset < old_size) {
+            ret = qguard_image_block_status(r->old_backing, offset,
+                                            MIN(n, old_size - offset), &st,
+                                            &err);
+            if (ret < 0) {
+                error_report("error while reading image metadata: %s",
+                             g_strerror(-ret));
+                return ret;
+            }
+            n = st.bytes;
+            if (!(st.flags & QGUARD_BLOCK_ALLOCATED) ||
+                !is_above(r->old_backing, st.image, r->prefix)) {
+                continue;   /* unchanged since the new backing file */
+            }
+        }
+
+        ret = read_backing(r->old_backing, offset, &n, r->buf_old, &old_zero);
+        if (ret < 0) {
+            error_report("error while reading from old backing file");
+            return ret;
+        }
+        ret = read_backing(r->new_backing, offset, &n, r->buf_new,
+                           &new_zero);
+        if (ret < 0) {
+            error_report("error while reading from new backing file");
+            return ret;
+        }
+        while (written < n) {
+            uint64_t pnum;
+
+            if (compare_buffers(r->buf_old + written, r->buf_new + written,
+                                n - written, &pnum)) {
+                ret = old_zero ?
+                      qguard_image_pwrite_zeroes(r->img, offset + written,
+                                                 pnum, 0, &err) :
+                      qguard_image_pwrite(r->img, offset + written, pnum,
+                                          r->buf_old + written, 0, &err);
+                if (ret < 0) {
+                    error_report("Error while writing to COW image: %s",
+                                 g_strerror(-ret));
+                    return ret;
+                }
+            }
+            written += pnum;
+        }
+        progress_set(progress, progress->current + local_progress);
+    }
+    return 0;
+}
+
+int img_rebase(int argc, char **argv)
+{
+    static const struct option long_options[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "object", required_argument, NULL, OPTION_OBJECT },
+        { "image-opts", no_argument, NULL, OPTION_IMAGE_OPTS },
+        { "force-share", no_argument, NULL, 'U' },
+        { NULL, 0, NULL, 0 }
+    };
+    const char *fmt = NULL, *cache = "writeback", *src_cache = "writeback";
+    const char *out_baseimg = NULL, *out_basefmt = NULL, *filename;
+    bool unsafe = false, show_progress = false, quiet = false;
+    bool image_opts = false, force_share = false;
+    g_autoptr(GError) err = NULL;
+    Rebase r = { 0 };
+    Progress progress;
+    int ret = -1, c;
+
+    while ((c = tool_getopt(argc, argv, ":hf:F:b:upt:T:qU", long_options,
+                            NULL)) != -1) {
+        switch (c) {
+        case 'f':
+            fmt = optarg;
+            break;
+        case 'F':
+            out_basefmt = optarg;
+            break;
+        case 'b':
+            out_baseimg = optarg;
+            break;
+        case 'u':
+            unsafe = true;
+            break;
+        case 'p':
+            show_progress = true;
+            break;
+        case 't':
+            cache = optarg;
+            break;
+        case 'T':
+            src_cache = optarg;
+            break;
+        case 'q':
+            quiet = true;
+            break;
+        case OPTION_OBJECT:
+            /* Objects only hold secrets, for encryption qguard lacks. */
+            break;
+        case OPTION_IMAGE_OPTS:
+            image_opts = true;
+            break;
+        case 'U':
+            force_share = true;
+            break;
+        }
+    }
+    if (optind != argc - 1) {
+        error_exit("Expecting one image file name");
+    }
+    if (!unsafe && !out_baseimg) {
+        error_exit("Must specify backing file (-b) or use unsafe mode (-u)");
+    }
+    filename = argv[optind];
+    progress_init(&progress, show_progress && !quiet, 2.0f);
+    progress_set(&progress, 0.0f);
+
+    if (!valid_cache_mode(cache)) {
+        error_report("Invalid cache option: %s", cache);
+        goto out;
+    }
+    if (!valid_cache_mode(src_cache)) {
+        error_report("Invalid source cache option: %s", src_cache);
+        goto out;
+    }
+    /* -u may fix the name of a backing file that cannot be opened. */
+    r.img = img_open(image_opts, filename, fmt,
+                     QGUARD_OPEN_RDWR | (unsafe ? QGUARD_OPEN_NO_BACKING : 0),
+                     false);
+    if (!r.img) {
+        goto out;
+    }
+    if (out_basefmt && strcmp(out_basefmt, "qcow2") &&
+        strcmp(out_basefmt, "raw")) {
+        error_report("Invalid format name: '%s'", out_basefmt);
+        goto out;
+    }
+
+    if (!unsafe) {
+        r.old_backing = qguard_image_backing(r.img);
+        if (out_baseimg[0]) {
+            g_autofree char *path = path_combine(qguard_image_filename(r.img),
+                                                 out_baseimg);
+
+            r.prefix = find_backing_image(r.img, path);
+            if (r.prefix) {
+                r.new_backing = r.prefix;
+            } else {
+                QGuardOpts *opts = qguard_opts_new();
+                int ret2;
+
+                if (force_share) {
+                    qguard_opts_set(opts, "force-share", "on");
+                }
+                ret2 = qguard_image_open(&r.new_backing, path, out_basefmt,
+                                         opts, 0, &err);
+                qguard_opts_free(opts);
+                if (ret2 < 0) {
+                    error_report("Could not open new backing file '%s': %s",
+                                 out_baseimg, gerr_msg(err, ret2));
+                    goto out;
+                }
+            }
+        }
+        r.buf_old = g_malloc(IO_BUF_SIZE);
+        r.buf_new = g_malloc(IO_BUF_SIZE);
+        if (copy_differences(&r, &progress) < 0) {
+            goto out;
+        }
+    }
+
+    /*
+     * Everything that differs is in the image now: switching the backing
+     * file changes nothing that a reader sees.
+     */
+    g_clear_error(&err);
+    if (out_baseimg && *out_baseimg) {
+        ret = qguard_image_change_backing_file(r.img, out_baseimg,
+                                               out_basefmt, true, &err);
+    } else {
+        ret = qguard_image_change_backing_file(r.img, NULL, NULL, false,
+                                               &err);
+    }
+    if (ret == -ENOSPC) {
+        error_report("Could not change the backing file to '%s': No space "
+                     "left in the file header", out_baseimg);
+    } else if (ret == -EINVAL && out_baseimg && !out_basefmt) {
+        error_report("Could not change the backing file to '%s': backing "
+                     "format must be specified", out_baseimg);
+    } else if (ret < 0) {
+        error_report("Could not change the backing file to '%s': %s",
+                     out_baseimg ? out_baseimg : "(null)", g_strerror(-ret));
+    }
+    progress_set(&progress, 100.0f);
+
+out:
+    progress_end(&progress);
+    if (r.new_backing && !r.prefix) {
+        qguard_image_close(r.new_backing, NULL);
+    }
+    g_free(r.buf_old);
+    g_free(r.buf_new);
+    if (img_close(r.img) < 0) {
+        ret = -1;
+    }
+    return ret ? 1 : 0;
+}
