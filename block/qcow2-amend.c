@@ -519,8 +519,7 @@ static int expand_zeros_in_l1(BDRVQcow2State *s, const uint64_t *l1,
     return 0;
 }
 
-static int expand_zero_clusters(BDRVQcow2State *s, AmendProgress *p,
-                                GError **errp)
+static int expand_zero_clusters(BDRVQcow2State *s, AmendProgress *p)
 {
     g_autofree uint64_t *l1 = NULL;
     int64_t total = s->l1_size, visited = 0;
@@ -546,10 +545,19 @@ static int expand_zero_clusters(BDRVQcow2State *s, AmendProgress *p,
     for (i = 0; i < s->nb_snapshots; i++) {
         QCowSnapshot *sn = &s->snapshots[i];
 
+        g_autoptr(GError) err = NULL;
+
         ret = qcow2_validate_table(s, sn->l1_table_offset, sn->l1_size, 8,
                                    QCOW_MAX_L1_SIZE, "Snapshot L1 table",
-                                   errp);
+                                   &err);
         if (ret < 0) {
+            /*
+             * QEMU reports the table at once and then fails the downgrade
+             * with the errno; the tool's name leads both lines.
+             */
+            const char *prog = g_get_prgname();
+            qguard_message("%s%s%s", prog ? prog : "", prog ? ": " : "",
+                           err->message);
             return ret;
         }
         l1 = g_renew(uint64_t, l1, MAX(sn->l1_size, 1));
@@ -627,7 +635,7 @@ static int qcow2_downgrade(BDRVQcow2State *s, AmendProgress *p,
     /* Lazy refcounts were made good when the image was marked clean. */
     s->compatible_features = 0;
     s->autoclear_features = 0;
-    ret = expand_zero_clusters(s, p, errp);
+    ret = expand_zero_clusters(s, p);
     if (ret >= 0) {
         /* No zero flag may reach a v2 reader. */
         ret = qcow2_flush_metadata(s);
@@ -635,11 +643,9 @@ static int qcow2_downgrade(BDRVQcow2State *s, AmendProgress *p,
     if (ret < 0) {
         s->compatible_features = saved_compat;
         s->autoclear_features = saved_autoclear;
-        if (!*errp) {
-            g_set_error(errp, QGUARD_ERROR, -ret,
-                        "Failed to turn zero into data clusters: %s",
-                        g_strerror(-ret));
-        }
+        g_set_error(errp, QGUARD_ERROR, -ret,
+                    "Failed to turn zero into data clusters: %s",
+                    g_strerror(-ret));
         return ret;
     }
 

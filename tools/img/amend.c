@@ -14,6 +14,11 @@ static int print_amend_option_help(const char *fmt)
     g_autoptr(GError) err = NULL;
     g_autofree char *text = qguard_amend_help(fmt, &err);
 
+    if (!text && err->code == EINVAL && qemu_knows_format(fmt)) {
+        error_report("Format driver '%s' does not support option amendment",
+                     fmt);
+        return 1;
+    }
     if (!text) {
         error_report("%s", gerr_msg(err, -EINVAL));
         return 1;

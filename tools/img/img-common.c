@@ -112,6 +112,27 @@ bool parse_output_format(const char *output, OutputFormat *ofmt)
     return true;
 }
 
+bool qemu_knows_format(const char *fmt)
+{
+    static const char *const formats[] = {
+        "blkdebug", "blklogwrites", "blkverify", "bochs", "cloop",
+        "compress", "copy-before-write", "copy-on-read", "dmg", "file",
+        "ftp", "ftps", "gluster", "host_cdrom", "host_device", "http",
+        "https", "iscsi", "iser", "luks", "nbd", "nfs", "null-aio",
+        "null-co", "nvme", "parallels", "preallocate", "qcow", "qcow2",
+        "qed", "quorum", "raw", "rbd", "replication", "snapshot-access",
+        "ssh", "throttle", "vdi", "vhdx", "vmdk", "vpc", "vvfat",
+    };
+    size_t i;
+
+    for (i = 0; i < G_N_ELEMENTS(formats); i++) {
+        if (!strcmp(fmt, formats[i])) {
+            return true;
+        }
+    }
+    return false;
+}
+
 bool parse_cache_flags(const char *mode, unsigned *flags)
 {
     return qguard_parse_cache_mode(mode, flags);

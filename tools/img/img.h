@@ -134,6 +134,12 @@ bool parse_output_format(const char *output, OutputFormat *ofmt);
  * @flags; false for an unknown one (each command has its own message).
  */
 bool parse_cache_flags(const char *mode, unsigned *flags);
+/*
+ * Is @fmt one of the formats Debian's qemu-img 7.2 knows?  Where QEMU
+ * names a format it knows but cannot use for something, qguard gives the
+ * same message for formats it does not implement.
+ */
+bool qemu_knows_format(const char *fmt);
 
 /*
  * -o: append one option list (false after printing why it is invalid);

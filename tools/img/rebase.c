@@ -274,8 +274,7 @@ int img_rebase(int argc, char **argv)
     if (!r.img) {
         goto out;
     }
-    if (out_basefmt && strcmp(out_basefmt, "qcow2") &&
-        strcmp(out_basefmt, "raw")) {
+    if (out_basefmt && !qemu_knows_format(out_basefmt)) {
         error_report("Invalid format name: '%s'", out_basefmt);
         goto out;
     }
