@@ -30,17 +30,17 @@ static int print_amend_option_help(const char *fmt)
 int img_amend(int argc, char **argv)
 {
     static const struct option long_options[] = {
-        { "help", no_argument, NULL, 'h' },
-        { "object", required_argument, NULL, OPTION_OBJECT },
-        { "image-opts", no_argument, NULL, OPTION_IMAGE_OPTS },
+        LONGOPT_HELP,
+        LONGOPT_OBJECT,
+        LONGOPT_IMAGE_OPTS,
         { "force", no_argument, NULL, OPTION_FORCE },
-        { NULL, 0, NULL, 0 }
+        LONGOPT_END
     };
     g_autoptr(GString) options = NULL;
     g_autoptr(GError) err = NULL;
-    const char *fmt = NULL, *filename, *cache = "writeback";
-    bool quiet = false, show_progress = false, image_opts = false;
-    bool force = false;
+    const char *filename, *cache = "writeback";
+    bool show_progress = false, force = false;
+    ImgOpts o = { 0 };
     QGuardOpts *opts = NULL;
     QGuardImage *img = NULL;
     Progress progress;
@@ -57,38 +57,31 @@ int img_amend(int argc, char **argv)
                 return 1;
             }
             break;
-        case 'f':
-            fmt = optarg;
-            break;
         case 't':
             cache = optarg;
             break;
         case 'p':
             show_progress = true;
             break;
-        case 'q':
-            quiet = true;
-            break;
         case OPTION_OBJECT:
             /* Objects only hold secrets, for encryption qguard lacks. */
-            break;
-        case OPTION_IMAGE_OPTS:
-            image_opts = true;
             break;
         case OPTION_FORCE:
             force = true;
             break;
+        default:
+            img_common_opt(c, &o);
         }
     }
     if (!options) {
         error_exit("Must specify options (-o)");
     }
-    progress_init(&progress, show_progress && !quiet, 1.0f);
+    progress_init(&progress, show_progress && !o.quiet, 1.0f);
 
     filename = optind == argc - 1 ? argv[argc - 1] : NULL;
-    if (fmt && has_help_option(options->str)) {
+    if (o.fmt && has_help_option(options->str)) {
         /* With a format named, help needs no image. */
-        ret = print_amend_option_help(fmt) ? -1 : 0;
+        ret = print_amend_option_help(o.fmt) ? -1 : 0;
         goto out;
     }
     if (optind != argc - 1) {
@@ -101,7 +94,7 @@ int img_amend(int argc, char **argv)
         ret = -1;
         goto out;
     }
-    img = img_open(image_opts, filename, fmt, QGUARD_OPEN_RDWR, false);
+    img = img_open_opts(&o, filename, QGUARD_OPEN_RDWR);
     if (!img) {
         ret = -1;
         goto out;

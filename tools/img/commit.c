@@ -266,14 +266,14 @@ static QGuardImage *open_for_commit(bool image_opts, const char *filename,
 int img_commit(int argc, char **argv)
 {
     static const struct option long_options[] = {
-        { "help", no_argument, NULL, 'h' },
-        { "object", required_argument, NULL, OPTION_OBJECT },
-        { "image-opts", no_argument, NULL, OPTION_IMAGE_OPTS },
-        { NULL, 0, NULL, 0 }
+        LONGOPT_HELP,
+        LONGOPT_OBJECT,
+        LONGOPT_IMAGE_OPTS,
+        LONGOPT_END
     };
-    const char *fmt = NULL, *cache = "writeback", *base = NULL, *filename;
-    bool show_progress = false, quiet = false, drop = false;
-    bool image_opts = false;
+    const char *cache = "writeback", *base = NULL, *filename;
+    bool show_progress = false, drop = false;
+    ImgOpts o = { 0 };
     int64_t rate_limit = 0;
     g_autofree char *error = NULL;
     QGuardImage *img, *base_img = NULL;
@@ -283,9 +283,6 @@ int img_commit(int argc, char **argv)
     while ((c = tool_getopt(argc, argv, ":f:ht:b:dpqr:", long_options,
                             NULL)) != -1) {
         switch (c) {
-        case 'f':
-            fmt = optarg;
-            break;
         case 't':
             cache = optarg;
             break;
@@ -300,9 +297,6 @@ int img_commit(int argc, char **argv)
         case 'p':
             show_progress = true;
             break;
-        case 'q':
-            quiet = true;
-            break;
         case 'r':
             rate_limit = cvtnum("rate limit", optarg);
             if (rate_limit < 0) {
@@ -312,25 +306,21 @@ int img_commit(int argc, char **argv)
         case OPTION_OBJECT:
             /* Objects only hold secrets, for encryption qguard lacks. */
             break;
-        case OPTION_IMAGE_OPTS:
-            image_opts = true;
-            break;
+        default:
+            img_common_opt(c, &o);
         }
     }
-    if (optind != argc - 1) {
-        error_exit("Expecting one image file name");
-    }
-    filename = argv[optind];
+    filename = img_one_filename(argc, argv);
     if (!valid_cache_mode(cache)) {
         error_report("Invalid cache option: %s", cache);
         return 1;
     }
 
-    img = img_open(image_opts, filename, fmt, QGUARD_OPEN_RDWR, false);
+    img = img_open_opts(&o, filename, QGUARD_OPEN_RDWR);
     if (!img) {
         return 1;
     }
-    progress_init(&progress, show_progress && !quiet, 1.0f);
+    progress_init(&progress, show_progress && !o.quiet, 1.0f);
     progress_set(&progress, 0.0f);
 
     if (base) {
@@ -345,7 +335,7 @@ int img_commit(int argc, char **argv)
     if (!error) {
         /* The base is opened read-only with the chain: open it writable. */
         img_close(img);
-        img = open_for_commit(image_opts, filename, fmt, depth);
+        img = open_for_commit(o.image_opts, filename, o.fmt, depth);
         if (!img) {
             progress_end(&progress);
             return 1;
@@ -392,6 +382,6 @@ int img_commit(int argc, char **argv)
         error_report("%s", error);
         return 1;
     }
-    qprintf(quiet, "Image committed.\n");
+    qprintf(o.quiet, "Image committed.\n");
     return 0;
 }

@@ -249,16 +249,16 @@ static int compare_images(QGuardImage *img1, QGuardImage *img2,
 int img_compare(int argc, char **argv)
 {
     static const struct option long_options[] = {
-        { "help", no_argument, NULL, 'h' },
-        { "object", required_argument, NULL, OPTION_OBJECT },
-        { "image-opts", no_argument, NULL, OPTION_IMAGE_OPTS },
-        { "force-share", no_argument, NULL, 'U' },
-        { NULL, 0, NULL, 0 }
+        LONGOPT_HELP,
+        LONGOPT_OBJECT,
+        LONGOPT_IMAGE_OPTS,
+        LONGOPT_FORCE_SHARE,
+        LONGOPT_END
     };
-    const char *fmt1 = NULL, *fmt2 = NULL, *cache = "writeback";
+    const char *fmt2 = NULL, *cache = "writeback";
     const char *filename1, *filename2;
-    bool show_progress = false, quiet = false, strict = false;
-    bool image_opts = false, force_share = false;
+    bool show_progress = false, strict = false;
+    ImgOpts o = { 0 };
     QGuardImage *img1 = NULL, *img2 = NULL;
     Progress progress;
     int ret, c;
@@ -266,9 +266,6 @@ int img_compare(int argc, char **argv)
     while ((c = tool_getopt(argc, argv, ":hf:F:T:pqsU", long_options,
                             NULL)) != -1) {
         switch (c) {
-        case 'f':
-            fmt1 = optarg;
-            break;
         case 'F':
             fmt2 = optarg;
             break;
@@ -278,21 +275,14 @@ int img_compare(int argc, char **argv)
         case 'p':
             show_progress = true;
             break;
-        case 'q':
-            quiet = true;
-            break;
         case 's':
             strict = true;
-            break;
-        case 'U':
-            force_share = true;
             break;
         case OPTION_OBJECT:
             /* Objects only hold secrets, for encryption qguard lacks. */
             break;
-        case OPTION_IMAGE_OPTS:
-            image_opts = true;
-            break;
+        default:
+            img_common_opt(c, &o);
         }
     }
     if (optind != argc - 2) {
@@ -300,24 +290,24 @@ int img_compare(int argc, char **argv)
     }
     filename1 = argv[optind];
     filename2 = argv[optind + 1];
-    progress_init(&progress, show_progress && !quiet, 2.0f);
+    progress_init(&progress, show_progress && !o.quiet, 2.0f);
 
     if (!valid_cache_mode(cache)) {
         error_report("Invalid source cache option: %s", cache);
         ret = 2;
         goto out;
     }
-    img1 = img_open(image_opts, filename1, fmt1, 0, force_share);
+    img1 = img_open_opts(&o, filename1, 0);
     if (!img1) {
         ret = 2;
         goto out;
     }
-    img2 = img_open(image_opts, filename2, fmt2, 0, force_share);
+    img2 = img_open(o.image_opts, filename2, fmt2, 0, o.force_share);
     if (!img2) {
         ret = 2;
         goto out;
     }
-    ret = compare_images(img1, img2, filename1, filename2, strict, quiet,
+    ret = compare_images(img1, img2, filename1, filename2, strict, o.quiet,
                          &progress);
 
 out:

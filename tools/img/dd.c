@@ -105,16 +105,17 @@ static int copy_blocks(QGuardImage *src, QGuardImage *dst, int64_t in_pos,
 int img_dd(int argc, char **argv)
 {
     static const struct option long_options[] = {
-        { "help", no_argument, NULL, 'h' },
-        { "object", required_argument, NULL, OPTION_OBJECT },
-        { "image-opts", no_argument, NULL, OPTION_IMAGE_OPTS },
-        { "force-share", no_argument, NULL, 'U' },
-        { NULL, 0, NULL, 0 }
+        LONGOPT_HELP,
+        LONGOPT_OBJECT,
+        LONGOPT_IMAGE_OPTS,
+        LONGOPT_FORCE_SHARE,
+        LONGOPT_END
     };
     DdArgs dd = { .bsz = 512 };
     g_autoptr(GError) err = NULL;
-    const char *out_fmt = "raw", *fmt = NULL;
-    bool image_opts = false, force_share = false, past_end;
+    const char *out_fmt = "raw";
+    bool past_end;
+    ImgOpts o = { 0 };
     QGuardImage *src = NULL, *dst = NULL;
     QGuardOpts *opts = NULL;
     g_autofree char *size_str = NULL;
@@ -127,18 +128,11 @@ int img_dd(int argc, char **argv)
         case 'O':
             out_fmt = optarg;
             break;
-        case 'f':
-            fmt = optarg;
-            break;
-        case 'U':
-            force_share = true;
-            break;
         case OPTION_OBJECT:
             /* Objects only hold secrets, for encryption qguard lacks. */
             break;
-        case OPTION_IMAGE_OPTS:
-            image_opts = true;
-            break;
+        default:
+            img_common_opt(c, &o);
         }
     }
     for (i = optind; i < argc; i++) {
@@ -151,7 +145,7 @@ int img_dd(int argc, char **argv)
         goto out;
     }
 
-    src = img_open(image_opts, dd.in, fmt, 0, force_share);
+    src = img_open_opts(&o, dd.in, 0);
     if (!src) {
         goto out;
     }

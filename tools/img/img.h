@@ -64,6 +64,8 @@ enum {
                               OPTION_IMAGE_OPTS }
 #define LONGOPT_OUTPUT      { "output", required_argument, NULL, \
                               OPTION_OUTPUT }
+#define LONGOPT_OBJECT      { "object", required_argument, NULL, \
+                              OPTION_OBJECT }
 #define LONGOPT_END         { NULL, 0, NULL, 0 }
 
 /*

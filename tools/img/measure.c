@@ -80,20 +80,21 @@ static void dump_json_measure(const QGuardMeasureInfo *info)
 int img_measure(int argc, char **argv)
 {
     static const struct option long_options[] = {
-        { "help", no_argument, NULL, 'h' },
-        { "image-opts", no_argument, NULL, OPTION_IMAGE_OPTS },
-        { "object", required_argument, NULL, OPTION_OBJECT },
-        { "output", required_argument, NULL, OPTION_OUTPUT },
+        LONGOPT_HELP,
+        LONGOPT_IMAGE_OPTS,
+        LONGOPT_OBJECT,
+        LONGOPT_OUTPUT,
         { "size", required_argument, NULL, OPTION_SIZE },
-        { "force-share", no_argument, NULL, 'U' },
-        { NULL, 0, NULL, 0 }
+        LONGOPT_FORCE_SHARE,
+        LONGOPT_END
     };
     g_autoptr(GString) options = g_string_new(NULL);
     g_autoptr(GError) err = NULL;
     g_autofree char *sn_id = NULL, *sn_name = NULL;
-    const char *filename = NULL, *fmt = NULL, *out_fmt = "raw";
+    const char *filename = NULL, *out_fmt = "raw";
     const char *snapshot_name = NULL;
-    bool force_share = false, image_opts = false, sn_opts = false;
+    bool sn_opts = false;
+    ImgOpts o = { 0 };
     OutputFormat output_format = OFORMAT_HUMAN;
     uint64_t img_size = UINT64_MAX;
     QGuardOpts *opts = NULL;
@@ -104,9 +105,6 @@ int img_measure(int argc, char **argv)
     while ((c = tool_getopt(argc, argv, ":hf:O:o:l:U", long_options,
                             NULL)) != -1) {
         switch (c) {
-        case 'f':
-            fmt = optarg;
-            break;
         case 'O':
             out_fmt = optarg;
             break;
@@ -127,14 +125,8 @@ int img_measure(int argc, char **argv)
                 snapshot_name = optarg;
             }
             break;
-        case 'U':
-            force_share = true;
-            break;
         case OPTION_OBJECT:
             /* Objects only hold secrets, for encryption qguard lacks. */
-            break;
-        case OPTION_IMAGE_OPTS:
-            image_opts = true;
             break;
         case OPTION_OUTPUT:
             if (!parse_output_format(optarg, &output_format)) {
@@ -149,6 +141,8 @@ int img_measure(int argc, char **argv)
             img_size = sval;
             break;
         }
+        default:
+            img_common_opt(c, &o);
         }
     }
 
@@ -158,7 +152,7 @@ int img_measure(int argc, char **argv)
     } else if (argc - optind == 1) {
         filename = argv[optind];
     }
-    if (!filename && (image_opts || fmt || snapshot_name || sn_opts)) {
+    if (!filename && (o.image_opts || o.fmt || snapshot_name || sn_opts)) {
         error_report("--image-opts, -f, and -l require a filename argument.");
         goto out;
     }
@@ -172,7 +166,7 @@ int img_measure(int argc, char **argv)
     }
 
     if (filename) {
-        in = img_open(image_opts, filename, fmt, 0, force_share);
+        in = img_open_opts(&o, filename, 0);
         if (!in) {
             goto out;
         }

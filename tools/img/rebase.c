@@ -196,16 +196,16 @@ static int copy_differences(Rebase *r, Progress *progress)
 int img_rebase(int argc, char **argv)
 {
     static const struct option long_options[] = {
-        { "help", no_argument, NULL, 'h' },
-        { "object", required_argument, NULL, OPTION_OBJECT },
-        { "image-opts", no_argument, NULL, OPTION_IMAGE_OPTS },
-        { "force-share", no_argument, NULL, 'U' },
-        { NULL, 0, NULL, 0 }
+        LONGOPT_HELP,
+        LONGOPT_OBJECT,
+        LONGOPT_IMAGE_OPTS,
+        LONGOPT_FORCE_SHARE,
+        LONGOPT_END
     };
-    const char *fmt = NULL, *cache = "writeback", *src_cache = "writeback";
+    const char *cache = "writeback", *src_cache = "writeback";
     const char *out_baseimg = NULL, *out_basefmt = NULL, *filename;
-    bool unsafe = false, show_progress = false, quiet = false;
-    bool image_opts = false, force_share = false;
+    bool unsafe = false, show_progress = false;
+    ImgOpts o = { 0 };
     g_autoptr(GError) err = NULL;
     Rebase r = { 0 };
     Progress progress;
@@ -214,9 +214,6 @@ int img_rebase(int argc, char **argv)
     while ((c = tool_getopt(argc, argv, ":hf:F:b:upt:T:qU", long_options,
                             NULL)) != -1) {
         switch (c) {
-        case 'f':
-            fmt = optarg;
-            break;
         case 'F':
             out_basefmt = optarg;
             break;
@@ -235,28 +232,18 @@ int img_rebase(int argc, char **argv)
         case 'T':
             src_cache = optarg;
             break;
-        case 'q':
-            quiet = true;
-            break;
         case OPTION_OBJECT:
             /* Objects only hold secrets, for encryption qguard lacks. */
             break;
-        case OPTION_IMAGE_OPTS:
-            image_opts = true;
-            break;
-        case 'U':
-            force_share = true;
-            break;
+        default:
+            img_common_opt(c, &o);
         }
     }
-    if (optind != argc - 1) {
-        error_exit("Expecting one image file name");
-    }
+    filename = img_one_filename(argc, argv);
     if (!unsafe && !out_baseimg) {
         error_exit("Must specify backing file (-b) or use unsafe mode (-u)");
     }
-    filename = argv[optind];
-    progress_init(&progress, show_progress && !quiet, 2.0f);
+    progress_init(&progress, show_progress && !o.quiet, 2.0f);
     progress_set(&progress, 0.0f);
 
     if (!valid_cache_mode(cache)) {
@@ -268,7 +255,7 @@ int img_rebase(int argc, char **argv)
         goto out;
     }
     /* -u may fix the name of a backing file that cannot be opened. */
-    r.img = img_open(image_opts, filename, fmt,
+    r.img = img_open(o.image_opts, filename, o.fmt,
                      QGUARD_OPEN_RDWR | (unsafe ? QGUARD_OPEN_NO_BACKING : 0),
                      false);
     if (!r.img) {
@@ -292,7 +279,7 @@ int img_rebase(int argc, char **argv)
                 QGuardOpts *opts = qguard_opts_new();
                 int ret2;
 
-                if (force_share) {
+                if (o.force_share) {
                     qguard_opts_set(opts, "force-share", "on");
                 }
                 ret2 = qguard_image_open(&r.new_backing, path, out_basefmt,
