@@ -591,6 +591,11 @@ static int qcow2_downgrade(BDRVQcow2State *s, AmendProgress *p,
                     "compat=0.10 requires refcount_bits=16");
         return -ENOTSUP;
     }
+    if (has_data_file(s)) {
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                    "Cannot downgrade an image with a data file");
+        return -ENOTSUP;
+    }
     /*
      * v2 snapshot entries need not carry the disk size nor a 64-bit VM
      * state size, so v2 readers may ignore them.
@@ -708,6 +713,8 @@ int qcow2_amend(QGuardImage *img, const QGuardOpts *opts, bool force,
     BDRVQcow2State *s = img->opaque;
     int old_version = s->qcow_version, new_version = old_version;
     bool lazy_refcounts = s->use_lazy_refcounts;
+    bool data_file_raw = data_file_is_raw(s);
+    const char *data_file = NULL;
     int refcount_bits = s->refcount_bits;
     const char *backing_file = NULL, *backing_fmt = NULL;
     uint64_t new_size = 0;
@@ -750,13 +757,17 @@ int qcow2_amend(QGuardImage *img, const QGuardOpts *opts, bool force,
         } else if (!strcmp(name, "backing_fmt")) {
             backing_fmt = value;
         } else if (!strcmp(name, "data_file")) {
-            g_set_error(errp, QGUARD_ERROR, EINVAL,
-                        "data-file can only be set for images that use an "
-                        "external data file");
-            return -EINVAL;
+            if (!has_data_file(s)) {
+                g_set_error(errp, QGUARD_ERROR, EINVAL,
+                            "data-file can only be set for images that use "
+                            "an external data file");
+                return -EINVAL;
+            }
+            data_file = value;
         } else if (!strcmp(name, "data_file_raw")) {
             qguard_parse_bool(name, value, &b, NULL);
-            if (b) {
+            data_file_raw = b;
+            if (b && !data_file_is_raw(s)) {
                 g_set_error(errp, QGUARD_ERROR, EINVAL,
                             "data-file-raw cannot be set on existing images");
                 return -EINVAL;
@@ -804,6 +815,17 @@ int qcow2_amend(QGuardImage *img, const QGuardOpts *opts, bool force,
         }
     }
 
+    /* data_file_raw=off may be what lets a backing file in. */
+    if (data_file_raw) {
+        s->autoclear_features |= QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    } else {
+        s->autoclear_features &= ~QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    }
+    if (data_file) {
+        /* Only the name in the header: the open data file stays. */
+        g_free(s->image_data_file);
+        s->image_data_file = *data_file ? g_strdup(data_file) : NULL;
+    }
     ret = qcow2_update_header(s);
     if (ret < 0) {
         g_set_error(errp, QGUARD_ERROR, -ret,

@@ -19,7 +19,9 @@ int qcow2_change_backing_file(QGuardImage *img, const char *backing_file,
     char *old_fmt = s->image_backing_format;
     int ret;
 
-    if (backing_file && strlen(backing_file) > QCOW2_MAX_BACKING_NAME) {
+    /* A raw data file must stay the whole truth about the disk. */
+    if ((backing_file && data_file_is_raw(s)) ||
+        (backing_file && strlen(backing_file) > QCOW2_MAX_BACKING_NAME)) {
         g_set_error(errp, QGUARD_ERROR, EINVAL, "%s", g_strerror(EINVAL));
         return -EINVAL;
     }
