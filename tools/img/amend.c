@@ -39,6 +39,7 @@ int img_amend(int argc, char **argv)
     g_autoptr(GString) options = NULL;
     g_autoptr(GError) err = NULL;
     const char *filename, *cache = "writeback";
+    unsigned cache_flags = 0;
     bool show_progress = false, force = false;
     ImgOpts o = { 0 };
     QGuardOpts *opts = NULL;
@@ -89,12 +90,12 @@ int img_amend(int argc, char **argv)
         ret = -1;
         goto out;
     }
-    if (!valid_cache_mode(cache)) {
+    if (!parse_cache_flags(cache, &cache_flags)) {
         error_report("Invalid cache option: %s", cache);
         ret = -1;
         goto out;
     }
-    img = img_open_opts(&o, filename, QGUARD_OPEN_RDWR);
+    img = img_open_opts(&o, filename, QGUARD_OPEN_RDWR | cache_flags);
     if (!img) {
         ret = -1;
         goto out;

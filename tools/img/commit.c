@@ -272,6 +272,7 @@ int img_commit(int argc, char **argv)
         LONGOPT_END
     };
     const char *cache = "writeback", *base = NULL, *filename;
+    unsigned cache_flags = 0;
     bool show_progress = false, drop = false;
     ImgOpts o = { 0 };
     int64_t rate_limit = 0;
@@ -311,12 +312,12 @@ int img_commit(int argc, char **argv)
         }
     }
     filename = img_one_filename(argc, argv);
-    if (!valid_cache_mode(cache)) {
+    if (!parse_cache_flags(cache, &cache_flags)) {
         error_report("Invalid cache option: %s", cache);
         return 1;
     }
 
-    img = img_open_opts(&o, filename, QGUARD_OPEN_RDWR);
+    img = img_open_opts(&o, filename, QGUARD_OPEN_RDWR | cache_flags);
     if (!img) {
         return 1;
     }

@@ -256,6 +256,7 @@ int img_compare(int argc, char **argv)
         LONGOPT_END
     };
     const char *fmt2 = NULL, *cache = "writeback";
+    unsigned cache_flags = 0;
     const char *filename1, *filename2;
     bool show_progress = false, strict = false;
     ImgOpts o = { 0 };
@@ -292,17 +293,18 @@ int img_compare(int argc, char **argv)
     filename2 = argv[optind + 1];
     progress_init(&progress, show_progress && !o.quiet, 2.0f);
 
-    if (!valid_cache_mode(cache)) {
+    if (!parse_cache_flags(cache, &cache_flags)) {
         error_report("Invalid source cache option: %s", cache);
         ret = 2;
         goto out;
     }
-    img1 = img_open_opts(&o, filename1, 0);
+    img1 = img_open_opts(&o, filename1, cache_flags);
     if (!img1) {
         ret = 2;
         goto out;
     }
-    img2 = img_open(o.image_opts, filename2, fmt2, 0, o.force_share);
+    img2 = img_open(o.image_opts, filename2, fmt2, cache_flags,
+                    o.force_share);
     if (!img2) {
         ret = 2;
         goto out;

@@ -203,6 +203,7 @@ int img_rebase(int argc, char **argv)
         LONGOPT_END
     };
     const char *cache = "writeback", *src_cache = "writeback";
+    unsigned cache_flags = 0, src_cache_flags = 0;
     const char *out_baseimg = NULL, *out_basefmt = NULL, *filename;
     bool unsafe = false, show_progress = false;
     ImgOpts o = { 0 };
@@ -246,17 +247,18 @@ int img_rebase(int argc, char **argv)
     progress_init(&progress, show_progress && !o.quiet, 2.0f);
     progress_set(&progress, 0.0f);
 
-    if (!valid_cache_mode(cache)) {
+    if (!parse_cache_flags(cache, &cache_flags)) {
         error_report("Invalid cache option: %s", cache);
         goto out;
     }
-    if (!valid_cache_mode(src_cache)) {
+    if (!parse_cache_flags(src_cache, &src_cache_flags)) {
         error_report("Invalid source cache option: %s", src_cache);
         goto out;
     }
     /* -u may fix the name of a backing file that cannot be opened. */
     r.img = img_open(o.image_opts, filename, o.fmt,
-                     QGUARD_OPEN_RDWR | (unsafe ? QGUARD_OPEN_NO_BACKING : 0),
+                     QGUARD_OPEN_RDWR | cache_flags |
+                     (unsafe ? QGUARD_OPEN_NO_BACKING : 0),
                      false);
     if (!r.img) {
         goto out;
@@ -283,7 +285,7 @@ int img_rebase(int argc, char **argv)
                     qguard_opts_set(opts, "force-share", "on");
                 }
                 ret2 = qguard_image_open(&r.new_backing, path, out_basefmt,
-                                         opts, 0, &err);
+                                         opts, src_cache_flags, &err);
                 qguard_opts_free(opts);
                 if (ret2 < 0) {
                     error_report("Could not open new backing file '%s': %s",
