@@ -678,28 +678,37 @@ static bool same_layout(const uint8_t *a, const uint8_t *b, uint64_t size)
     return true;
 }
 
-/* Everything a removed bitmap owns, freed once the switch is on disk. */
-static void free_dropped(BDRVQcow2State *s, Qcow2Bitmap *bm, Store *st)
+/*
+ * Everything a removed bitmap owns, freed once the switch is on disk.  A
+ * damaged table only costs leaked data clusters, as in QEMU; a table that
+ * cannot be read fails the store.
+ */
+static int free_dropped(BDRVQcow2State *s, Qcow2Bitmap *bm, Store *st)
 {
     g_autofree uint64_t *table = NULL;
+    const uint64_t *t = bm->table;
     uint32_t i;
 
     if (!bm->table_offset) {
-        return;
+        return 0;
     }
-    /* A damaged table only costs leaked data clusters, as in QEMU. */
-    if (bm->table || read_table(s, bm, &table) == 0) {
-        const uint64_t *t = bm->table ? bm->table : table;
-        for (i = 0; i < bm->table_size; i++) {
-            uint64_t off = t[i] & BME_TABLE_ENTRY_OFFSET_MASK;
-            if (off) {
-                add_range(st->to_free, off, s->cluster_size,
-                          QCOW2_DISCARD_ALWAYS);
-            }
+    if (!t) {
+        int ret = read_table(s, bm, &table);
+        if (ret < 0 && ret != -EINVAL) {
+            return ret;
+        }
+        t = table;
+    }
+    for (i = 0; t && i < bm->table_size; i++) {
+        uint64_t off = t[i] & BME_TABLE_ENTRY_OFFSET_MASK;
+        if (off) {
+            add_range(st->to_free, off, s->cluster_size,
+                      QCOW2_DISCARD_ALWAYS);
         }
     }
     add_range(st->to_free, bm->table_offset, (uint64_t)bm->table_size * 8,
               QCOW2_DISCARD_OTHER);
+    return 0;
 }
 
 #define HDR_OFF_AUTOCLEAR 88
@@ -891,7 +900,12 @@ int qcow2_bitmaps_store(BDRVQcow2State *s, bool closing)
     }
 
     for (i = 0; i < bst->dropped->len; i++) {
-        free_dropped(s, g_ptr_array_index(bst->dropped, i), &st);
+        ret = free_dropped(s, g_ptr_array_index(bst->dropped, i), &st);
+        if (ret < 0) {
+            qcow2_set_error(s, "Failed to update bitmap extension: %s",
+                            g_strerror(-ret));
+            goto fail;
+        }
     }
     if (old_dir_size && extension_valid(s)) {
         add_range(st.to_free, old_dir, old_dir_size, QCOW2_DISCARD_OTHER);

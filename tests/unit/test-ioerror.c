@@ -60,6 +60,9 @@ typedef enum StepKind {
     S_SNAP_CREATE,
     S_SNAP_APPLY,
     S_SNAP_DELETE,
+    S_BITMAP_ADD,
+    S_BITMAP_CLEAR,
+    S_BITMAP_REMOVE,
     S_END,
 } StepKind;
 
@@ -67,7 +70,7 @@ typedef struct Step {
     StepKind kind;
     uint64_t off;           /* S_TRUNCATE: the new size */
     uint64_t len;
-    const char *name;       /* snapshots; preallocation mode */
+    const char *name;       /* snapshots, bitmaps; preallocation mode */
 } Step;
 
 typedef struct Workload {
@@ -90,6 +93,10 @@ typedef struct Workload {
 #define SNAP_CREATE(n)    { S_SNAP_CREATE, 0, 0, (n) }
 #define SNAP_APPLY(n)     { S_SNAP_APPLY, 0, 0, (n) }
 #define SNAP_DELETE(n)    { S_SNAP_DELETE, 0, 0, (n) }
+/* A persistent bitmap; granularity in .len (0: the default). */
+#define BITMAP_ADD(n, g)  { S_BITMAP_ADD, 0, (g), (n) }
+#define BITMAP_CLEAR(n)   { S_BITMAP_CLEAR, 0, 0, (n) }
+#define BITMAP_REMOVE(n)  { S_BITMAP_REMOVE, 0, 0, (n) }
 #define END               { S_END, 0, 0, NULL }
 
 static const Step steps_alloc_64k[] = {
@@ -140,6 +147,17 @@ static const Step steps_prealloc[] = {
     W(6 * M + 90 * K, 4 * K), END,
 };
 
+/*
+ * Bitmaps change memory only; what fails is the store at close (data
+ * clusters, tables, directory, header switch), which must be reported and
+ * leave an image that opens and checks clean.
+ */
+static const Step steps_bitmaps[] = {
+    BITMAP_ADD("on", 512), BITMAP_ADD("coarse", 0), W(0, 4 * K), FLUSH,
+    W(1 * M + 100, 20000), BITMAP_ADD("late", 4096), W(3 * M, 64 * K),
+    BITMAP_CLEAR("coarse"), W(2 * M, 4 * K), BITMAP_REMOVE("on"), END,
+};
+
 static const Workload workloads[] = {
     { "alloc-64k", "size=8M", false, steps_alloc_64k },
     { "alloc-512", "size=4M,cluster_size=512", false, steps_alloc_512 },
@@ -150,6 +168,7 @@ static const Workload workloads[] = {
       steps_prealloc },
     { "discard-zero", "size=2M,cluster_size=4096", true, steps_discard_zero },
     { "snapshots", "size=2M,cluster_size=4096", true, steps_snapshots },
+    { "bitmaps", "size=4M,cluster_size=512", true, steps_bitmaps },
 };
 
 /* Run one step; a negative errno if the library reported a failure. */
@@ -191,6 +210,15 @@ static int run_step(QGuardImage *img, const Step *st, int index)
         break;
     case S_SNAP_DELETE:
         ret = qguard_snapshot_delete(img, st->name, &err);
+        break;
+    case S_BITMAP_ADD:
+        ret = qguard_bitmap_add(img, st->name, st->len, false, &err);
+        break;
+    case S_BITMAP_CLEAR:
+        ret = qguard_bitmap_clear(img, st->name, &err);
+        break;
+    case S_BITMAP_REMOVE:
+        ret = qguard_bitmap_remove(img, st->name, &err);
         break;
     case S_END:
         break;
