@@ -4,7 +4,7 @@
 BUILD ?= build
 ASAN_BUILD ?= build-asan
 
-.PHONY: all asan check check-unit check-asan check-iotests bench bench-full bench-snapshots install clean
+.PHONY: all asan check check-unit check-asan check-iotests check-qemu-iotests bench bench-full bench-snapshots install clean
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -27,6 +27,11 @@ check-unit: all
 
 check-iotests: all
 	tests/run-all --build=$(BUILD) --only=iotests
+
+# QEMU 7.2's own qcow2 iotests with the tools as qemu-img / qemu-io drop-ins
+# (docs/qemu-iotests.md); fetches Debian's qemu source once into $(BUILD).
+check-qemu-iotests: all
+	tests/run-all --build=$(BUILD) --only=qemu-iotests
 
 # The 2014 overlap-check benchmarks beside QEMU 7.2 (docs/benchmarks.md).
 # Default sizes are scaled down; bench-full (BENCH_FULL=1) runs the 2014 ones.
