@@ -204,11 +204,6 @@ int qcow2_cache_num_tables(const Qcow2Cache *c)
     return c->size;
 }
 
-bool qcow2_cache_is_dirty(const Qcow2Cache *c)
-{
-    return c->dirty->len > 0;
-}
-
 static int flush_dependency(BDRVQcow2State *s, Qcow2Cache *c)
 {
     int ret = 0;

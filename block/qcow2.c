@@ -1115,14 +1115,6 @@ static int qcow2_close(QGuardImage *img)
             !(img->flags & QGUARD_OPEN_CHECK)) {
             ret = qcow2_mark_clean(s);
         }
-    } else if (!img->read_only &&
-               (s->l1_dirty || qcow2_cache_is_dirty(s->l2_table_cache) ||
-                qcow2_cache_is_dirty(s->refcount_block_cache))) {
-        /*
-         * Taken out of service with tables still unwritten: writes it
-         * acknowledged since the last flush never became durable.
-         */
-        ret = -EIO;
     }
     /* After the last flush, whose writes are checked too. */
     append_overlap_stats(img);

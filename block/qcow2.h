@@ -737,7 +737,6 @@ void qcow2_cache_depends_on_flush(Qcow2Cache *c);
 void qcow2_cache_discard(Qcow2Cache *c, uint64_t offset);
 int qcow2_cache_empty(BDRVQcow2State *s, Qcow2Cache *c);
 int qcow2_cache_num_tables(const Qcow2Cache *c);
-bool qcow2_cache_is_dirty(const Qcow2Cache *c);
 
 /* qcow2-bitmap.c: the bitmaps on disk (docs/bitmaps.md) */
 int qcow2_bitmaps_open(BDRVQcow2State *s, GError **errp);
