@@ -5,7 +5,8 @@
  * The directory of the metadata overlap map: where each window's 32-bit
  * slot lives, and where the fragment lists of list windows are kept.
  * The design and its invariants are described at the top of
- * qcow2-overlap.c (THE DIRECTORY); this file is its storage half:
+ * qcow2-overlap.c (THE DIRECTORY, BIT LAYOUTS, invariant D); this file
+ * is its storage half:
  *
  *   - a radix tree of 64-way nodes over leaves of 16 chunks;
  *   - chunks of 256 windows: a presence bitmap with per-word ranks so that
@@ -287,16 +288,12 @@ void ovl_handle_free(Qcow2MetadataMap *map, uint32_t h)
 bool ovl_frags_fit_slot(const uint32_t *f, unsigned n, uint32_t *slot)
 {
     if (n == 1) {
-        *slot = frag_start(f[0]) | (uint32_t)(frag_len(f[0]) - 1) << 12 |
-                (uint32_t)frag_types(f[0]) << 20;
+        *slot = slot_inline_make(f[0]);
         return true;
     }
     if (n == 2 && frag_len(f[0]) == 1 && frag_len(f[1]) == 1 &&
         one_bit(frag_types(f[0])) && one_bit(frag_types(f[1]))) {
-        *slot = (uint32_t)SLOT_PAIR << 30 |
-                frag_start(f[0]) | (uint32_t)__builtin_ctz(frag_types(f[0])) << 12 |
-                (uint32_t)frag_start(f[1]) << 15 |
-                (uint32_t)__builtin_ctz(frag_types(f[1])) << 27;
+        *slot = slot_pair_make(f[0], f[1]);
         return true;
     }
     return false;
@@ -306,14 +303,18 @@ bool ovl_frags_fit_slot(const uint32_t *f, unsigned n, uint32_t *slot)
 unsigned ovl_slot_runs(uint32_t slot, OvlRun *runs)
 {
     if (slot_tag(slot) == SLOT_INLINE) {
-        unsigned start = slot & 0xfff;
-        runs[0] = (OvlRun){ start, start + ((slot >> 12) & 0xff) + 1, (slot >> 20) & 0xff };
+        unsigned start = slot_inline_start(slot);
+
+        runs[0] = (OvlRun){ start, start + slot_inline_len(slot),
+                            slot_inline_types(slot) };
         return 1;
     }
     assert(slot_tag(slot) == SLOT_PAIR);
-    runs[0] = (OvlRun){ slot & 0xfff, (slot & 0xfff) + 1, 1u << ((slot >> 12) & 7) };
-    runs[1] = (OvlRun){ (slot >> 15) & 0xfff, ((slot >> 15) & 0xfff) + 1,
-                        1u << ((slot >> 27) & 7) };
+    for (unsigned i = 0; i < 2; i++) {
+        unsigned start = slot_pair_start(slot, i);
+
+        runs[i] = (OvlRun){ start, start + 1, slot_pair_types(slot, i) };
+    }
     return 2;
 }
 
@@ -354,16 +355,15 @@ static unsigned pool_insert_offset(const Qcow2MetadataMap *map, const OvlChunk *
 /* Write the length marks (list_len()) into the n >= 1 words of a list. */
 static void list_mark(uint32_t *p, unsigned n)
 {
+    const unsigned marks[4] = {
+        n < 15 ? n : 15,
+        n < 15 ? 0 : n & 15,
+        n < 15 ? 0 : (n >> 4) & 15,
+        n < 15 ? 0 : n >> 8,
+    };
+
     for (unsigned i = 0; i < MIN(n, 4u); i++) {
-        p[i] &= ~UINT32_C(0xf000);
-    }
-    if (n < 15) {
-        p[0] |= n << 12;
-    } else {
-        p[0] |= 15u << 12;
-        p[1] |= (n & 15) << 12;
-        p[2] |= ((n >> 4) & 15) << 12;
-        p[3] |= (n >> 8) << 12;
+        p[i] = frag_set_mark(p[i], marks[i]);
     }
 }
 
@@ -490,7 +490,7 @@ unsigned ovl_list_copy(const uint32_t *pool, uint32_t rest, uint32_t *frags)
     unsigned n = list_len(pool);
 
     for (unsigned i = 0; i < n; i++) {
-        frags[i] = pool[i] & ~UINT32_C(0xf000);
+        frags[i] = frag_set_mark(pool[i], 0);
     }
     if (slot_list_tail(rest)) {
         frags[n++] = slot_list_tail_frag(rest);
@@ -651,7 +651,7 @@ void ovl_dir_verify(const Qcow2MetadataMap *map, OvlVerifyState *vs)
     } else {
         g_assert_cmpuint(map->height, ==, 0);
     }
-    /* the leaf memo, if set, names the leaf the tree has at that index */
+    /* the leaf memo (Q), if set, names the leaf the tree has at that index */
     if (map->leaf_memo_index != NO_LEAF) {
         g_assert_true(map->leaf_memo == leaf_find(map, map->leaf_memo_index));
     } else {

@@ -57,6 +57,8 @@
 G_STATIC_ASSERT(LIST_MAX_FRAGS * sizeof(uint32_t) == WINDOW_CLUSTERS);
 G_STATIC_ASSERT(WINDOW_CLUSTERS == QCOW2_OVERLAP_WINDOW_CLUSTERS);
 G_STATIC_ASSERT((GROUP_WINDOWS - 1) * LIST_MAX_FRAGS <= LIST_OFF_MASK);
+/* a list slot: offset, the has-tail bit, then the tail unit */
+G_STATIC_ASSERT(LIST_OFF_BITS + 1 == 15);
 
 enum { SLOT_INLINE, SLOT_PAIR, SLOT_LIST, SLOT_BYTEMAP };
 
@@ -202,39 +204,114 @@ static inline void ovl_free(Qcow2MetadataMap *map, void *p, size_t n)
 /* ---- fragments and slots ------------------------------------------------ */
 
 /*
- * A fragment is types (8) | length - 1 (8) | start (16), but a start is
- * below 4096, so bits 12..15 are free.  In a pool they carry the length of
- * the list a fragment belongs to (see list_len()); frag_start() ignores them.
+ * Bit layouts: the table BIT LAYOUTS at the top of qcow2-overlap.c.  No
+ * code outside this section shifts a fragment or a slot by hand.
+ */
+#define FRAG_START_MASK 0xfffu
+#define FRAG_MARK_SHIFT 12
+#define FRAG_MARK_MASK  (UINT32_C(0xf) << FRAG_MARK_SHIFT)
+#define SLOT_TAG_SHIFT  30
+#define UNIT_BITS       15          /* one cluster of one type, see unit_*() */
+
+/*
+ * A fragment is types (8) | length - 1 (8) | mark (4) | start (12).  In a
+ * pool the marks carry the length of the list a fragment belongs to (see
+ * list_len()); frag_start() ignores them.
  */
 static inline uint32_t frag_make(unsigned start, unsigned len, unsigned types)
 {
     return (uint32_t)types << 24 | (uint32_t)(len - 1) << 16 | start;
 }
 
-static inline unsigned frag_start(uint32_t f) { return f & 0xfff; }
+static inline unsigned frag_start(uint32_t f) { return f & FRAG_START_MASK; }
 static inline unsigned frag_len(uint32_t f) { return ((f >> 16) & 0xff) + 1; }
 static inline unsigned frag_types(uint32_t f) { return f >> 24; }
 static inline unsigned frag_end(uint32_t f) { return frag_start(f) + frag_len(f); }
-static inline unsigned frag_mark(uint32_t f) { return (f >> 12) & 0xf; }
+static inline unsigned frag_mark(uint32_t f)
+{
+    return (f & FRAG_MARK_MASK) >> FRAG_MARK_SHIFT;
+}
+static inline uint32_t frag_set_mark(uint32_t f, unsigned mark)
+{
+    return (f & ~FRAG_MARK_MASK) | (uint32_t)mark << FRAG_MARK_SHIFT;
+}
 
-static inline unsigned slot_tag(uint32_t slot) { return slot >> 30; }
+static inline unsigned slot_tag(uint32_t slot) { return slot >> SLOT_TAG_SHIFT; }
 static inline uint32_t slot_handle(uint32_t slot) { return slot & (MAX_HANDLES - 1); }
 
 static inline uint32_t slot_ref(unsigned tag, uint32_t payload)
 {
-    return (uint32_t)tag << 30 | payload;
+    return (uint32_t)tag << SLOT_TAG_SHIFT | payload;
 }
 
 /*
- * A list slot: offset of the list in its group's pool (14) | has tail (1) |
- * tail start (12) | tail type bit (3).  The tail is the list's last
- * fragment when that is one cluster of one type (an L2 table or refcount
- * block, nearly always); it is kept here rather than in the pool.
+ * A unit: one cluster of one type (an L2 table or a refcount block) in 15
+ * bits, type bit number (3) | start (12).  A pair slot holds two, a list
+ * slot's tail is one.  'frag' must be one cluster with one type bit.
+ */
+static inline uint32_t unit_pack(uint32_t frag)
+{
+    return frag_start(frag) |
+           (uint32_t)__builtin_ctz(frag_types(frag)) << 12;
+}
+
+static inline unsigned unit_start(uint32_t unit) { return unit & 0xfff; }
+static inline unsigned unit_types(uint32_t unit) { return 1u << ((unit >> 12) & 7); }
+
+/* An inline slot: 0 (2) | types (8) | length - 1 (8) | start (12). */
+static inline uint32_t slot_inline_make(uint32_t frag)
+{
+    return slot_ref(SLOT_INLINE, frag_start(frag) |
+                                 (uint32_t)(frag_len(frag) - 1) << 12 |
+                                 (uint32_t)frag_types(frag) << 20);
+}
+
+static inline unsigned slot_inline_start(uint32_t slot) { return slot & 0xfff; }
+static inline unsigned slot_inline_len(uint32_t slot)
+{
+    return ((slot >> 12) & 0xff) + 1;
+}
+static inline unsigned slot_inline_types(uint32_t slot)
+{
+    return (slot >> 20) & 0xff;
+}
+
+/*
+ * A pair slot: unit 1 (15) | unit 0 (15), two one-cluster, one-type
+ * fragments, unit 0 first in the window.  i is 0 or 1.
+ */
+static inline uint32_t slot_pair_make(uint32_t frag0, uint32_t frag1)
+{
+    return slot_ref(SLOT_PAIR, unit_pack(frag1) << UNIT_BITS |
+                               unit_pack(frag0));
+}
+
+static inline unsigned slot_pair_start(uint32_t slot, unsigned i)
+{
+    return unit_start(slot >> (UNIT_BITS * i));
+}
+
+static inline unsigned slot_pair_types(uint32_t slot, unsigned i)
+{
+    return unit_types(slot >> (UNIT_BITS * i));
+}
+
+/*
+ * A list slot: tail unit (15) | has tail (1) | offset of the list in its
+ * group's pool (14).  The tail is the list's last fragment when that is one
+ * cluster of one type (an L2 table or refcount block, nearly always); it is
+ * kept here rather than in the pool.
  */
 static inline unsigned slot_list_off(uint32_t slot) { return slot & LIST_OFF_MASK; }
 static inline bool slot_list_tail(uint32_t slot) { return slot >> LIST_OFF_BITS & 1; }
-static inline unsigned slot_tail_start(uint32_t slot) { return (slot >> 15) & 0xfff; }
-static inline unsigned slot_tail_types(uint32_t slot) { return 1u << ((slot >> 27) & 7); }
+static inline unsigned slot_tail_start(uint32_t slot)
+{
+    return unit_start(slot >> UNIT_BITS);
+}
+static inline unsigned slot_tail_types(uint32_t slot)
+{
+    return unit_types(slot >> UNIT_BITS);
+}
 
 static inline uint32_t slot_list_tail_frag(uint32_t slot)
 {
@@ -246,8 +323,7 @@ static inline uint32_t slot_list_make(unsigned off, const uint32_t *tail)
     uint32_t slot = slot_ref(SLOT_LIST, off);
 
     if (tail) {
-        slot |= 1u << LIST_OFF_BITS | (uint32_t)frag_start(*tail) << 15 |
-                (uint32_t)__builtin_ctz(frag_types(*tail)) << 27;
+        slot |= unit_pack(*tail) << UNIT_BITS | 1u << LIST_OFF_BITS;
     }
     return slot;
 }

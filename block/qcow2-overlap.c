@@ -16,6 +16,10 @@
  * sparse so that memory follows the metadata and not the size of the host
  * file, and with checks answered from the form at rest.
  *
+ * This comment is the one description of the map's data structure and of
+ * every invariant it keeps (F, C, Q, D, H, M below); docs/overlap-map.md
+ * explains the choices and measures them, and refers here.
+ *
  * FILES
  *
  *   qcow2-overlap.c      this comment; windows, fragments, bytemaps, the
@@ -24,25 +28,185 @@
  *   qcow2-overlap-dir.c  the directory: radix tree, chunks, slot arrays,
  *                        bytemap handles, list pools, storing a window at
  *                        rest
- *   qcow2-overlap-int.h  the types and inline lookups both share
+ *   qcow2-overlap-int.h  the types, the bit-level accessors of fragments
+ *                        and slots, and the inline lookups both share
+ *
+ * GLOSSARY
+ *
+ *   window      4096 consecutive host clusters; window w holds clusters
+ *               [w * 4096, (w + 1) * 4096).  Everything below is per
+ *               window except the directory and the high types.
+ *   mask, types the OR of QCOW2_OL_* bits stored for a cluster.  Bits 0..7
+ *               ("low types") live in the windows; bit 8 and up ("high
+ *               types") in a separate array (HIGH TYPES).
+ *   fragment    a run of 1..256 clusters of one window with one non-empty
+ *               mask, packed in 32 bits (BIT LAYOUTS).
+ *   canonical   the one fragment list that F1..F3 allow for a window's
+ *   list        content; every form below stands for it.
+ *   slot        the 32 bits the directory keeps per window with metadata;
+ *               its top two bits say the window's form (BIT LAYOUTS).
+ *   form        how a window is held right now: inline, pair, list or
+ *               bytemap (WINDOWS below).
+ *   at rest,    the form a window has when no bytemap of it exists: the
+ *   "rest"      smallest of inline, pair and list that holds its canonical
+ *               list (F4).  It is a pure function of the content.  In the
+ *               code a variable or field named 'rest' holds such a form's
+ *               slot, in practice a list slot: OvlBytemap.rest is the list
+ *               slot a clean bytemap kept (0 once dirty), ovl_rest_store()
+ *               and ovl_rest_drop() create and free the form at rest.
+ *   tail        a list's last fragment, kept in the list slot instead of
+ *               the pool when it is one cluster of one type.
+ *   pool        the array holding the lists of 16 neighbouring windows
+ *               back to back (THE DIRECTORY).
+ *   bytemap     4096 bytes, one mask per cluster: the form being edited.
+ *               Cached: in the LRU.  Permanent: outside the LRU because
+ *               its list would exceed 1024 fragments (C4).  Clean: equal to
+ *               the list it was expanded from, which is kept (C2).  Dirty:
+ *               changed since; its list is gone.
+ *   handle      a bytemap slot's 30-bit index into the map's table of
+ *               bytemap pointers.
+ *   the memos   three one-entry caches of a lookup, each a pure shortcut:
+ *               edit memo   map->memo / memo_window: the bytemap of the last
+ *                           edit, so that the next edit of that window
+ *                           skips the lookup and the LRU update (C5);
+ *               leaf memo   map->leaf_memo / leaf_memo_index: the last leaf
+ *                           a check looked up (or NULL: none there), so
+ *                           checks near each other skip the tree walk;
+ *               check memo  map->check_window / check_slot / check_data /
+ *                           check_list_len: the last window with metadata
+ *                           a check found and what it found there, so a
+ *                           sequential writer's next check skips the
+ *                           lookup altogether.
+ *               Checks set only the leaf and check memos; edits set only
+ *               the edit memo.  Every edit and flush clears the check
+ *               memo; creating or freeing a leaf clears the leaf memo.
  *
  * WINDOWS
  *
- * The host file is cut into windows of 4096 clusters.  A window with no
- * metadata has no storage at all; every question about it is answered "no"
- * after one bit test.  A window with metadata is in exactly one of these
- * forms, all of which name the same per-cluster content:
+ * A window with no metadata has no storage at all; every question about it
+ * is answered "no" after one bit test.  A window with metadata is in
+ * exactly one of these forms, all of which name the same per-cluster
+ * content:
  *
- *   inline     one fragment, stored in the window's 32-bit slot
+ *   inline     one fragment, stored in the window's slot
  *   pair       two fragments of one cluster and one type each, in the slot
- *   list       a sorted array of 2..1024 fragments (the form at rest)
- *   bytemap    4096 bytes, one per cluster: the OR of its type bits 0..7
- *              (the form being edited), either in the LRU cache or
- *              permanent
+ *   list       a sorted array of 2..1024 fragments in the pool, its last
+ *              fragment possibly in the slot (the tail)
+ *   bytemap    the slot holds a handle; cached in the LRU or permanent
  *
- * A FRAGMENT is 32 bits: types (8) | length - 1 (8) | start (16), a run of
- * 1..256 clusters with one type mask, starting at 'start' in the window.
- * Every list, and the canonical list a bytemap stands for, obeys:
+ * At rest (no bytemap) a window is inline if its canonical list has one
+ * fragment, pair if it has two of one cluster and one type bit each, and a
+ * list otherwise.  A bytemap exists only because an edit expanded the list
+ * (an inline or pair window is edited in its slot and never becomes a
+ * bytemap), and it goes back to its form at rest (possibly inline or pair:
+ * the edit may have thinned it out) exactly when it leaves the LRU: evicted
+ * as the least recently edited when another window needs the cache, or by
+ * qcow2_metadata_map_flush().  A clean one just drops the bytemap and keeps
+ * its list; a dirty one is converted, unless the result would exceed 1024
+ * fragments, in which case it becomes permanent (C4) until its next change
+ * puts it back into the LRU.  A bytemap whose last cluster is cleared
+ * deletes the window at once (C3).
+ *
+ * BIT LAYOUTS
+ *
+ * Fields from the most significant bit down, each with its width in bits.
+ *
+ *   fragment  types (8) | len - 1 (8) | mark (4) | start (12)
+ *
+ * 'start' is relative to the window (< 4096), which leaves the four mark
+ * bits spare.  A canonical fragment has mark 0.  In a pool the marks of a
+ * list's first words carry its length (list_len()): word 0 holds it if it
+ * is below 15, else 15 and the length is spread over words 1..3, low
+ * nibble first.
+ *
+ * A slot's top two bits (the tag) say the window's form:
+ *
+ *   tag  form     the other 30 bits
+ *   00   inline   0 (2) | types (8) | len - 1 (8) | start (12)
+ *   01   pair     bit1 (3) | start1 (12) | bit0 (3) | start0 (12)
+ *   10   list     tbit (3) | tail start (12) | T (1) | pool offset (14)
+ *   11   bytemap  handle (30)
+ *
+ * 'bit0', 'bit1' and 'tbit' are a type's bit number (0..7), not a mask: a
+ * pair fragment and a tail are one cluster of one type, which is what an L2
+ * table or a refcount block is.  A pair's first fragment starts before its
+ * second.  A pair's second fragment and a list's tail use the same bits.
+ * T says the list has a tail; without one, bits 29..14 are zero.  The pool
+ * offset is the list's first word in its pool, in words.  Code reads and
+ * builds slots only through the accessors in qcow2-overlap-int.h
+ * (slot_inline_*, slot_pair_*, slot_list_*, slot_handle).
+ *
+ * CHECKS
+ *
+ * A check reads whatever form the window is in and changes no form, no cache
+ * entry, not the LRU order and not the edit memo; only the leaf and check
+ * memos and the list_queries counter (Q).  Inline and pair slots are two
+ * comparisons each.  A list is answered in place: find the last fragment
+ * starting at or before the range (F1 makes starts and ends both sorted),
+ * then OR it if it reaches into the range, the fragments that start inside
+ * the range, and the tail kept in the slot.  The search starts where an even
+ * spread would put the range (L2 tables and refcount blocks are spread
+ * evenly), probes three fragments either way and falls back to a binary
+ * search: O(1 + hits) for real images, O(log n + hits) at worst.  A cached
+ * or permanent bytemap is a word-wise OR of the range.  Expanding a list to
+ * answer one question would cost 4 KiB of writes and an eviction to learn
+ * what a few reads already say, and random writes into an image with small
+ * clusters would pay that on nearly every check.
+ *
+ * THE CACHE
+ *
+ * Edits (enter, remove) of a list window expand it into a bytemap, O(4096),
+ * kept in an LRU of at most N bytemaps (default 16), because the next edit
+ * usually hits the same window and a sorted array is expensive to edit in
+ * place.  Inline and pair windows are edited in their slot.  The LRU orders
+ * windows by their last edit; checks do not reorder it.  list_to_bytemap
+ * therefore counts expansions for edits only; list_queries counts checks
+ * answered from a list.
+ *
+ * THE DIRECTORY
+ *
+ * Window w's slot lives in a sparse radix tree.  256 windows form a
+ * chunk: a 256-bit presence bitmap, one rank byte per 64-bit word (the
+ * present windows of the words before it) and one allocation holding the
+ * chunk's pool table, if any, then a packed array with one slot per present
+ * window, in window order.  A slot is found with one popcount (index =
+ * rank byte + rank in the word) and nothing read outside the chunk's 48
+ * bytes but the slot itself; an empty window inside a populated chunk costs
+ * one bit and a present one four bytes.  16 chunks form a leaf; interior
+ * nodes have 64 children and the tree is only as high as the largest
+ * window index needs (at most 4 levels: one cluster at 2^55 with 512-byte
+ * clusters costs 4 nodes and a leaf, under 3 KiB).  Chunks, leaves and
+ * nodes are freed as soon as they empty.  Checks and removes over a range
+ * skip absent subtrees, so a check of the whole 2^56-byte space costs
+ * O(present windows + tree nodes), not O(2^35 windows).
+ *
+ * Lists live in pools: each chunk has, once one of its windows needs a list,
+ * one pool per 16 windows holding their lists back to back in window order.
+ * Slot (offset) and pool (length marks) together find a list and its length
+ * without looking at the neighbours, and a list window costs 4 bytes per
+ * fragment with its slot, nothing else: no pointer, no header, no malloc
+ * block.  A clean cached window keeps its list in the pool and its list
+ * slot in the bytemap.  Resizing a list moves the lists after it in the
+ * pool and the offsets in their slots.
+ *
+ * HIGH TYPES (the bitmap directory)
+ *
+ * A byte holds eight type bits; QCOW2_OL_BITMAP_DIRECTORY is the ninth.
+ * Widening every cluster to 16 bits would double every bytemap and break
+ * the 32-bit fragment, for a structure of which an image has one.  Types 8
+ * and up are therefore kept apart, in a sorted array of [start, end)
+ * cluster ranges on the map (one entry for a normal image), so checking
+ * them is a binary search, O(1) in practice, that needs neither a window
+ * nor a conversion, and a check that ignores them skips it.
+ *
+ * INVARIANTS
+ *
+ * All of these hold whenever no public call is running, i.e. after every
+ * enter, remove, check and flush.  qcow2_metadata_map_verify() asserts each
+ * one (its asserts carry these names); the randomized unit tests call it
+ * every 4096 operations and after each scenario.
+ *
+ * Lists: every list, and the canonical list a slot or bytemap stands for:
  *
  *   F1  fragments are sorted by start, do not overlap and stay inside the
  *       window;
@@ -51,41 +215,14 @@
  *       first is 256 clusters long (equal runs are cut greedily from the left
  *       into 256-cluster pieces);
  *   F4  smallest form: a list is used only when the fragments fit neither
- *       inline nor pair, and it is never longer than 1024 fragments.
+ *       inline nor pair, it is never longer than 1024 fragments, and its
+ *       last fragment is the tail exactly when it is one cluster of one
+ *       type.
  *
  * F1..F4 make the form at rest a pure function of the window's content, so
  * list -> bytemap -> list round trips never drift.
  *
- * CHECKS
- *
- * A check reads whatever form the window is in and changes no form, no cache
- * entry, not the LRU order and not the edit memo; only its own memos and the
- * list_queries counter.  Inline and pair slots are two comparisons each.  A
- * list is answered in place: find the last fragment starting at or before
- * the range (F1 makes starts and ends both sorted), then OR it if it reaches
- * into the range, the fragments that start inside the range, and the tail
- * kept in the slot.  The search starts where an even spread would put the
- * range (L2 tables and refcount blocks are spread evenly), probes three
- * fragments either way and falls back to a binary search: O(1 + hits) for
- * real images, O(log n + hits) at worst.  A cached or permanent bytemap is a
- * word-wise OR of the range.  Expanding a list to answer one question would
- * cost 4 KiB of writes and an eviction to learn what a few reads already
- * say, and random writes into an image with small clusters would pay that on
- * nearly every check.
- *
- * Two memos make repeated checks cheap, and only edits and flushes
- * invalidate what they hold: the last leaf a check looked up, so that checks
- * near each other skip the tree, and the last window with metadata a check
- * found, with its slot and list, so that the next check of the same window
- * (a sequential writer) skips the lookup altogether.
- *
- * THE CACHE
- *
- * Edits (enter, remove) of a list window expand it into a bytemap, O(4096),
- * kept in an LRU of at most N bytemaps (default 16), because the next edit
- * usually hits the same window and a sorted array is expensive to edit in
- * place.  Inline and pair windows are edited in their slot.  The LRU orders
- * windows by their last edit; checks do not reorder it.
+ * Cache:
  *
  *   C1  a bytemap is authoritative for its window;
  *   C2  clean: the window's list is kept, byte-for-byte equal to the
@@ -97,59 +234,43 @@
  *   C4  a dirty bytemap whose list would exceed 1024 fragments (more bytes
  *       than the bytemap) is not converted: it stays expanded as a permanent
  *       bytemap outside the LRU.  Its next change puts it back at the head of
- *       the LRU, so a window that thins out returns to a list;
- *   C5  the memo (last bytemap edited) is the LRU head or permanent, so a
- *       repeated edit needs no LRU update.  Checks neither use nor set it.
+ *       the LRU, so a window that thins out returns to a list.  The LRU holds
+ *       at most N bytemaps, each once, and no permanent one;
+ *   C5  the edit memo is the LRU head or permanent, so a repeated edit needs
+ *       no LRU update.  Checks neither use nor set it.
  *
- * list_to_bytemap therefore counts expansions for edits only; list_queries
- * counts checks answered from a list.
+ * Checks:
  *
- * THE DIRECTORY
+ *   Q   a check changes no form, list or slot, neither the LRU nor the edit
+ *       memo, and allocates nothing (the unit tests assert this through the
+ *       counters, the memory figures and the forms).  The leaf memo names
+ *       the leaf the tree has at that index (or none), and the check memo
+ *       holds exactly what a fresh lookup of its window returns.
  *
- * Window w's 32-bit slot lives in a sparse radix tree.  256 windows form a
- * chunk: a 256-bit presence bitmap, one rank byte per 64-bit word (the
- * present windows of the words before it) and one allocation holding the
- * chunk's pool table, if any, then a packed array with one slot per present
- * window, in window order.  A slot is found with one popcount (index =
- * rank byte + rank in the word) and nothing read outside the chunk's 48
- * bytes but the slot itself; an empty window inside a populated chunk costs
- * one bit and a present one four bytes.  16 chunks form a leaf; interior
- * nodes have 64 children and the tree is only as high as the largest
- * window index needs (at most 4 levels: one cluster at 2^55 with 512-byte
- * clusters costs 4 nodes and a leaf, under 3 KiB).  Chunks, leaves and
- * nodes are freed as soon as they empty.
- * The leaf memo of the checks is forgotten whenever a leaf is created or
- * freed.  Checks and removes over a range skip absent subtrees, so a check
- * of the whole 2^56-byte space costs O(present windows + tree nodes), not
- * O(2^35 windows).
+ * Directory:
  *
- * A slot's top two bits say its form.  Inline: start (12) | len - 1 (8) |
- * types (8).  Pair: (start (12) | type bit (3)) twice.  List: the list's
- * offset in its pool (14) and, when the last fragment is one cluster of one
- * type (an L2 table or a refcount block, nearly always), that fragment as
- * has-tail (1) | start (12) | type bit (3).  Bytemap: a 30-bit handle into a
- * table of pointers (bytemaps only, so it holds about N entries).
+ *   D   a presence bit is set exactly when the window has a slot, and each
+ *       rank byte counts the presence bits before its word.  Each pool holds
+ *       exactly the lists of its list windows and of its clean cached
+ *       windows, in window order, and nothing else.  Each list's offset in
+ *       its slot is the sum of the lengths before it; the length marks in
+ *       its first words are exactly the ones list_mark() writes and every
+ *       other mark is zero.  A chunk has a pool table exactly while one of
+ *       its pools is non-empty.  Chunks, leaves and nodes exist only while
+ *       they contain a window, and their 'used' counts are exact.  Every
+ *       used handle belongs to exactly one window, every other one is on the
+ *       free chain.
  *
- * Lists live in pools: each chunk has, once one of its windows needs a list,
- * one pool per 16 windows holding their lists back to back in window order.
- * A start is below 4096, so bits 12..15 of a fragment are free; in a pool
- * the first word of a list carries its length there (lengths of 15 or more
- * spill into the next three words).  Slot and pool together find a list
- * and its length without looking at the neighbours, and a list window
- * costs 4 bytes per fragment with its slot, nothing else: no pointer, no
- * header, no malloc block.  A clean cached window keeps its list in the
- * pool and its list slot in the bytemap.  Resizing a list moves the lists
- * after it in the pool and the offsets in their slots.
+ * High types:
  *
- * HIGH TYPES (the bitmap directory)
+ *   H   the high-type ranges are sorted, disjoint, non-empty, hold only
+ *       types 8 and up, and are maximal: touching ranges differ in mask.
  *
- * A byte holds eight type bits; QCOW2_OL_BITMAP_DIRECTORY is the ninth.
- * Widening every cluster to 16 bits would double every bytemap and break
- * the 32-bit fragment, for a structure of which an image has one.  Types 8
- * and up are therefore kept apart, in a sorted array of disjoint, maximal
- * [start, end) cluster ranges on the map (one entry for a normal image), so
- * checking them is a binary search, O(1) in practice, that needs neither a
- * window nor a conversion, and a check that ignores them skips it.
+ * Memory:
+ *
+ *   M   mem_current equals a fresh recount of every allocation, mem_peak >=
+ *       mem_current, and the windows, fragments and cached_bytemaps
+ *       counters equal a fresh count.
  *
  * COMPLEXITY (c = clusters in the range, w = windows it touches, n =
  * fragments in a window's list)
@@ -745,19 +866,19 @@ static inline __attribute__((always_inline))
 unsigned slot_check(Qcow2MetadataMap *map, uint32_t slot, const void *data, unsigned s,
                     unsigned e, unsigned want)
 {
-    unsigned start, len, second;
+    unsigned start;
 
     switch (slot_tag(slot)) {
     case SLOT_INLINE:
         /* the usual slot at 64 KiB clusters: a lone L2 table or refblock */
-        start = slot & 0xfff;
-        len = ((slot >> 12) & 0xff) + 1;
-        return start < e && s < start + len ? (slot >> 20) & want : 0;
+        start = slot_inline_start(slot);
+        return start < e && s < start + slot_inline_len(slot) ?
+               slot_inline_types(slot) & want : 0;
     case SLOT_PAIR:
-        start = slot & 0xfff;
-        second = (slot >> 15) & 0xfff;
-        return ((start - s < e - s ? 1u << ((slot >> 12) & 7) : 0) |
-                (second - s < e - s ? 1u << ((slot >> 27) & 7) : 0)) & want;
+        return ((slot_pair_start(slot, 0) - s < e - s ?
+                 slot_pair_types(slot, 0) : 0) |
+                (slot_pair_start(slot, 1) - s < e - s ?
+                 slot_pair_types(slot, 1) : 0)) & want;
     case SLOT_LIST:
         map->stats.list_queries++;
         if (e - s == 1) {
@@ -1285,7 +1406,7 @@ void qcow2_metadata_map_verify(const Qcow2MetadataMap *map)
     vs.handle_seen = g_malloc0(map->handles_next + 1);
     ovl_dir_verify(map, &vs);
 
-    /* handles: every used one owned by exactly one window, the rest free */
+    /* handles (D): each used one owned by one window, the rest free */
     g_assert_cmpuint(vs.handles, ==, map->handles_used);
     for (uint32_t h = map->free_handle; h != NO_HANDLE; nfree++) {
         g_assert_cmpuint(h, <, map->handles_next);
@@ -1320,7 +1441,7 @@ void qcow2_metadata_map_verify(const Qcow2MetadataMap *map)
         g_assert_cmpuint(map->memo_window, ==, NO_WINDOW);
     }
 
-    /* the check memo, if set, says what a fresh lookup says */
+    /* the check memo (Q), if set, says what a fresh lookup says */
     if (map->check_window != NO_WINDOW) {
         OvlPos pos = ovl_window_find(map, map->check_window);
         uint32_t slot;
@@ -1340,7 +1461,7 @@ void qcow2_metadata_map_verify(const Qcow2MetadataMap *map)
         }
     }
 
-    /* high types: sorted, disjoint, maximal */
+    /* high types (H): sorted, disjoint, maximal */
     for (size_t i = 0; i < map->hi_count; i++) {
         const OvlRun *r = &map->hi[i];
         g_assert_cmpuint(r->start, <, r->end);
@@ -1355,6 +1476,7 @@ void qcow2_metadata_map_verify(const Qcow2MetadataMap *map)
     g_assert_true(!map->hi_count == !map->hi);
     vs.mem += map->hi_count * sizeof(OvlRun);
 
+    /* counters and memory (M) */
     g_assert_cmpuint(vs.windows, ==, map->stats.windows);
     g_assert_cmpuint(vs.fragments, ==, map->stats.fragments);
     g_assert_cmpuint(vs.bytemaps, ==, map->stats.cached_bytemaps);

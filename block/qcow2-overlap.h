@@ -4,8 +4,10 @@
 /*
  * Metadata overlap map: which host clusters of a qcow2 image hold which
  * kinds of metadata, so that a write can be refused before it lands on the
- * image's own tables.  The data structure, its invariants and its costs are
- * described at the top of qcow2-overlap.c and in docs/overlap-map.md.
+ * image's own tables.  The data structure, its bit layouts, every
+ * invariant and the costs are described in one place, the comment at the
+ * top of qcow2-overlap.c; docs/overlap-map.md explains the choices and
+ * measures them.
  */
 
 #ifndef QCOW2_OVERLAP_H
@@ -102,7 +104,7 @@ void qcow2_metadata_map_reset_counters(Qcow2MetadataMap *map);
  */
 
 /* Abort (g_assert) unless every invariant listed in qcow2-overlap.c holds
- * and the memory counter equals a fresh recount of every allocation. */
+ * (F1-F4, C1-C5, Q, D, H, M: the memory counter included). */
 void qcow2_metadata_map_verify(const Qcow2MetadataMap *map);
 
 /* Exact set of type bits stored for one cluster (index = offset >> cluster_bits). */
