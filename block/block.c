@@ -116,7 +116,7 @@ static bool is_generic_option(const char *key)
            g_str_has_prefix(key, "backing.");
 }
 
-bool qguard_parse_cache_mode(const char *mode, unsigned *flags)
+int qguard_parse_cache_mode(const char *mode, unsigned *flags)
 {
     unsigned cache;
 
@@ -131,10 +131,10 @@ bool qguard_parse_cache_mode(const char *mode, unsigned *flags)
     } else if (!strcmp(mode, "writethrough")) {
         cache = QGUARD_OPEN_WRITETHROUGH;
     } else {
-        return false;
+        return -EINVAL;
     }
     *flags = (*flags & ~QGUARD_OPEN_CACHE_MASK) | cache;
-    return true;
+    return 0;
 }
 
 /*
@@ -572,9 +572,43 @@ bool qguard_image_is_read_only(const QGuardImage *img)
     return img->read_only;
 }
 
-QGuardImage *qguard_image_backing(QGuardImage *img)
+QGuardImage *qguard_image_backing(const QGuardImage *img)
 {
     return img->backing;
+}
+
+/* ---- Caller-allocated structs ------------------------------------------ */
+
+/*
+ * The size of the first version of a struct whose last field then was
+ * @last: the least a caller may pass.  Fields added later do not move it.
+ */
+#define SIZE_V1(type, last) (offsetof(type, last) + sizeof(((type *)0)->last))
+
+/* -EINVAL unless the caller's struct is at least the first version. */
+static int sized_check(size_t size, size_t v1, GError **errp)
+{
+    if (size < v1) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Struct size %zu below the library's minimum %zu",
+                    size, v1);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/*
+ * Copy the library's full struct to the caller's, which starts with its
+ * size: only as much as the caller has room for, and its size stays.
+ */
+static void sized_copy_out(void *out, const void *full, size_t full_size)
+{
+    size_t n;
+
+    memcpy(&n, out, sizeof(n));
+    n = MIN(n, full_size);
+    memcpy((char *)out + sizeof(n), (const char *)full + sizeof(n),
+           n - sizeof(n));
 }
 
 /* ---- Requests ----------------------------------------------------------- */
@@ -709,7 +743,7 @@ int qguard_image_pwrite_compressed(QGuardImage *img, uint64_t offset,
     return ret;
 }
 
-uint32_t qguard_image_cluster_size(QGuardImage *img)
+uint32_t qguard_image_cluster_size(const QGuardImage *img)
 {
     return img->drv->cluster_size ? img->drv->cluster_size(img) : 0;
 }
@@ -793,9 +827,8 @@ static void add_file_zero_status(QGuardImage *img, QGuardBlockStatus *st)
     }
 }
 
-int qguard_image_block_status(QGuardImage *img, uint64_t offset,
-                              uint64_t bytes, QGuardBlockStatus *st,
-                              GError **errp)
+static int block_status(QGuardImage *img, uint64_t offset, uint64_t bytes,
+                        QGuardBlockStatus *st, GError **errp)
 {
     QGuardImage *layer = img;
     int depth = 0;
@@ -808,7 +841,7 @@ int qguard_image_block_status(QGuardImage *img, uint64_t offset,
         return ret;
     }
     for (;;) {
-        memset(st, 0, sizeof(*st));
+        *st = QGUARD_SIZED(QGuardBlockStatus);
         ret = layer->drv->block_status(layer, offset, bytes, st);
         if (ret < 0) {
             set_io_error(layer, ret, errp);
@@ -838,6 +871,21 @@ int qguard_image_block_status(QGuardImage *img, uint64_t offset,
         depth++;
     }
     image_unlock(img);
+    return ret;
+}
+
+int qguard_image_block_status(QGuardImage *img, uint64_t offset,
+                              uint64_t bytes, QGuardBlockStatus *st,
+                              GError **errp)
+{
+    QGuardBlockStatus full = QGUARD_SIZED(QGuardBlockStatus);
+    int ret = sized_check(st->size, SIZE_V1(QGuardBlockStatus, image), errp);
+
+    if (ret < 0) {
+        return ret;
+    }
+    ret = block_status(img, offset, bytes, &full, errp);
+    sized_copy_out(st, &full, sizeof(full));
     return ret;
 }
 
@@ -871,20 +919,11 @@ int qguard_image_get_info(QGuardImage *img, QGuardImageInfo **pinfo,
 
 void qguard_image_info_free(QGuardImageInfo *info)
 {
-    guint i;
-
     if (!info) {
         return;
     }
-    for (i = 0; i < info->nb_snapshots; i++) {
-        g_free(info->snapshots[i].id);
-        g_free(info->snapshots[i].name);
-    }
-    for (i = 0; i < info->nb_bitmaps; i++) {
-        g_free(info->bitmaps[i].name);
-    }
-    g_free(info->snapshots);
-    g_free(info->bitmaps);
+    qguard_snapshot_list_free(info->snapshots, info->nb_snapshots);
+    qguard_bitmap_list_free(info->bitmaps, info->nb_bitmaps);
     g_free(info->filename);
     g_free(info->format);
     g_free(info->backing_filename);
@@ -897,12 +936,18 @@ void qguard_image_info_free(QGuardImageInfo *info)
 }
 
 int qguard_image_check(QGuardImage *img, unsigned fix,
-                       QGuardCheckResult *result, QGuardReportFunc *report,
+                       QGuardCheckResult *out, QGuardReportFunc *report,
                        void *opaque, GError **errp)
 {
-    int ret;
+    QGuardCheckResult full = QGUARD_SIZED(QGuardCheckResult);
+    int ret = sized_check(out->size,
+                          SIZE_V1(QGuardCheckResult, compressed_clusters),
+                          errp);
 
-    memset(result, 0, sizeof(*result));
+    if (ret < 0) {
+        return ret;
+    }
+    sized_copy_out(out, &full, sizeof(full));
     if (!img->drv->check) {
         g_set_error(errp, QGUARD_ERROR, ENOTSUP,
                     "This image format does not support checks");
@@ -914,21 +959,28 @@ int qguard_image_check(QGuardImage *img, unsigned fix,
         return -EPERM;
     }
     image_lock(img);
-    ret = img->drv->check(img, fix, result, report, opaque, errp);
+    ret = img->drv->check(img, fix, &full, report, opaque, errp);
     image_unlock(img);
+    sized_copy_out(out, &full, sizeof(full));
     return ret;
 }
 
-int qguard_image_overlap_stats(QGuardImage *img, QGuardOverlapStats *stats)
+int qguard_image_overlap_stats(QGuardImage *img, QGuardOverlapStats *out)
 {
-    int ret;
+    QGuardOverlapStats full = QGUARD_SIZED(QGuardOverlapStats);
+    int ret = sized_check(out->size, SIZE_V1(QGuardOverlapStats, cache_size),
+                          NULL);
 
+    if (ret < 0) {
+        return ret;
+    }
     if (!img->drv->overlap_stats) {
         return -ENOTSUP;
     }
     image_lock(img);
-    ret = img->drv->overlap_stats(img, stats);
+    ret = img->drv->overlap_stats(img, &full);
     image_unlock(img);
+    sized_copy_out(out, &full, sizeof(full));
     return ret;
 }
 
@@ -1148,21 +1200,20 @@ int qguard_image_make_empty(QGuardImage *img, GError **errp)
     return ret;
 }
 
-bool qguard_measure_opts_valid(const char *format, const QGuardOpts *opts,
-                               GError **errp)
+int qguard_measure_opts_valid(const char *format, const QGuardOpts *opts,
+                              GError **errp)
 {
     const BlockDriver *drv = find_driver(format);
 
     return !drv || !drv->measure_check_opts ||
-           drv->measure_check_opts(opts, errp);
+           drv->measure_check_opts(opts, errp) ? 0 : -EINVAL;
 }
 
-int qguard_measure(const char *format, const QGuardOpts *opts,
+static int measure(const char *format, const QGuardOpts *opts,
                    QGuardImage *in, QGuardMeasureInfo *info, GError **errp)
 {
     const BlockDriver *drv = find_driver(format);
 
-    memset(info, 0, sizeof(*info));
     if (!drv) {
         g_set_error(errp, QGUARD_ERROR, EINVAL, "Unknown file format '%s'",
                     format);
@@ -1175,6 +1226,21 @@ int qguard_measure(const char *format, const QGuardOpts *opts,
         return -ENOTSUP;
     }
     return drv->measure(opts, in, info, errp);
+}
+
+int qguard_measure(const char *format, const QGuardOpts *opts,
+                   QGuardImage *in, QGuardMeasureInfo *out, GError **errp)
+{
+    QGuardMeasureInfo full = QGUARD_SIZED(QGuardMeasureInfo);
+    int ret = sized_check(out->size, SIZE_V1(QGuardMeasureInfo, bitmaps),
+                          errp);
+
+    if (ret < 0) {
+        return ret;
+    }
+    ret = measure(format, opts, in, &full, errp);
+    sized_copy_out(out, &full, sizeof(full));
+    return ret;
 }
 
 const char *qguard_overlap_type_name(int bitnr)
@@ -1273,11 +1339,13 @@ int qguard_snapshot_list(QGuardImage *img, QGuardSnapshotInfo **list,
     return 0;
 }
 
-void qguard_snapshot_info_clear(QGuardSnapshotInfo *info)
+void qguard_snapshot_list_free(QGuardSnapshotInfo *list, guint count)
 {
-    g_free(info->id);
-    g_free(info->name);
-    memset(info, 0, sizeof(*info));
+    for (guint i = 0; i < count; i++) {
+        g_free(list[i].id);
+        g_free(list[i].name);
+    }
+    g_free(list);
 }
 
 /* ---- Persistent dirty bitmaps --------------------------------------------- */
@@ -1292,7 +1360,7 @@ static char *node_name(QGuardImage *img)
     return g_strdup_printf("#block%d00", 2 * img->chain_depth + 1);
 }
 
-bool qguard_image_supports_bitmaps(QGuardImage *img)
+bool qguard_image_supports_bitmaps(const QGuardImage *img)
 {
     return img->drv->supports_bitmaps && img->drv->supports_bitmaps(img);
 }
@@ -1410,6 +1478,14 @@ int qguard_bitmap_list(QGuardImage *img, QGuardBitmapInfo **list,
     }
     image_unlock(img);
     return ret;
+}
+
+void qguard_bitmap_list_free(QGuardBitmapInfo *list, guint count)
+{
+    for (guint i = 0; i < count; i++) {
+        g_free(list[i].name);
+    }
+    g_free(list);
 }
 
 int qguard_bitmap_status(QGuardImage *img, const char *name,

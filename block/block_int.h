@@ -97,7 +97,7 @@ struct BlockDriver {
                          unsigned flags);
     int (*pwrite_compressed)(QGuardImage *img, uint64_t offset,
                              uint64_t bytes, const void *buf);
-    uint32_t (*cluster_size)(QGuardImage *img);
+    uint32_t (*cluster_size)(const QGuardImage *img);
     int (*discard)(QGuardImage *img, uint64_t offset, uint64_t bytes);
     int (*flush)(QGuardImage *img);
     int (*truncate)(QGuardImage *img, uint64_t size, bool shrink,
@@ -135,7 +135,7 @@ struct BlockDriver {
     int (*bitmap_status)(QGuardImage *img, const char *name, uint64_t offset,
                          uint64_t bytes, bool *dirty, uint64_t *pnum,
                          GError **errp);
-    bool (*supports_bitmaps)(QGuardImage *img);
+    bool (*supports_bitmaps)(const QGuardImage *img);
     /* Read-only images: read this snapshot from now on. */
     int (*snapshot_load_tmp)(QGuardImage *img, const char *id,
                              const char *name, GError **errp);

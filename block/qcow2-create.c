@@ -97,7 +97,8 @@ char *qcow2_create_describe(const QGuardOpts *opts, GError **errp)
         if (!value) {
             continue;
         }
-        if (opt->type == OPT_SIZE && qguard_parse_size(value, &n, NULL)) {
+        if (opt->type == OPT_SIZE &&
+            qguard_parse_size(value, &n, NULL) == 0) {
             g_string_append_printf(str, " %s=%" PRIu64, opt->name, n);
         } else {
             g_string_append_printf(str, " %s=%s", opt->name, value);
@@ -157,7 +158,7 @@ static int parse_create_params(const QGuardOpts *opts, Qcow2CreateParams *p,
 
     memset(p, 0, sizeof(*p));
     str = qguard_opts_get(opts, "size");
-    if (!str || !qguard_parse_size(str, &p->size, NULL)) {
+    if (!str || qguard_parse_size(str, &p->size, NULL) < 0) {
         g_set_error(errp, QGUARD_ERROR, EINVAL,
                     "Image creation needs a size parameter");
         return -EINVAL;
@@ -178,7 +179,7 @@ static int parse_create_params(const QGuardOpts *opts, Qcow2CreateParams *p,
 
     n = 65536;
     str = qguard_opts_get(opts, "cluster_size");
-    if (str && !qguard_parse_size(str, &n, NULL)) {
+    if (str && qguard_parse_size(str, &n, NULL) < 0) {
         n = 0;
     }
     if (n < 512 || n > (1 << MAX_CLUSTER_BITS) || (n & (n - 1))) {

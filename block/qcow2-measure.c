@@ -104,7 +104,7 @@ static int count_data(QGuardImage *in, uint64_t cluster_size,
 
     *required = 0;
     for (offset = 0; offset < size; offset += pnum) {
-        QGuardBlockStatus st;
+        QGuardBlockStatus st = QGUARD_SIZED(QGuardBlockStatus);
         g_autoptr(GError) err = NULL;
         int ret = qguard_image_block_status(in, offset, size - offset, &st,
                                             &err);

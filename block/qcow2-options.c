@@ -25,7 +25,7 @@ static bool parse_size_opt(const QGuardOpts *opts, const char *name,
     if (!str) {
         return true;
     }
-    return qguard_parse_size_option(name, str, value, NULL, errp);
+    return qguard_parse_size_option(name, str, value, NULL, errp) == 0;
 }
 
 static bool parse_bool_opt(const QGuardOpts *opts, const char *name,

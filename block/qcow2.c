@@ -1337,7 +1337,7 @@ static int qcow2_pwrite_compressed(QGuardImage *img, uint64_t offset,
     return qcow2_write_compressed(s, offset, buf, bytes);
 }
 
-static uint32_t qcow2_cluster_size(QGuardImage *img)
+static uint32_t qcow2_cluster_size(const QGuardImage *img)
 {
     return ((BDRVQcow2State *)img->opaque)->cluster_size;
 }
@@ -1888,7 +1888,7 @@ static int qcow2_bitmap_status_op(QGuardImage *img, const char *name,
                                errp);
 }
 
-static bool qcow2_supports_bitmaps(QGuardImage *img)
+static bool qcow2_supports_bitmaps(const QGuardImage *img)
 {
     return ((BDRVQcow2State *)img->opaque)->qcow_version >= 3;
 }

@@ -211,7 +211,7 @@ static char *raw_create_describe(const QGuardOpts *opts, GError **errp)
             return NULL;
         }
     }
-    if (size && !qguard_parse_size_option("size", size, &n, NULL, errp)) {
+    if (size && qguard_parse_size_option("size", size, &n, NULL, errp) < 0) {
         return NULL;
     }
     return g_strdup_printf("fmt=raw%s%" PRIu64 "%s%s",
@@ -240,7 +240,7 @@ static int raw_create(const char *filename, const QGuardOpts *opts,
 
     (void)progress;
     (void)opaque;
-    if (size_str && !qguard_parse_size(size_str, &size, errp)) {
+    if (size_str && qguard_parse_size(size_str, &size, errp) < 0) {
         return -EINVAL;
     }
     ret = host_file_open(&file, filename, HOST_FILE_RDWR | HOST_FILE_CREATE,

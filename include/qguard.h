@@ -5,9 +5,24 @@
  * Copyright (c) 2026 The qguard authors
  *
  * Everything a tool (qguard-img, qguard-io, the nbdkit plugin) needs goes
- * through this header.  Functions that can fail return 0 or a positive value
- * on success and a negative errno on failure; where a user will read the
- * failure, a GError carries the message.
+ * through this header.  Its conventions (docs/design.md, "Library API"):
+ *
+ *   - A call that can fail returns int: 0 or a positive value on success,
+ *     a negative errno on failure, and the message through its GError
+ *     argument where it has one.  bool is only for questions that cannot
+ *     fail (qguard_opts_has(), qguard_image_is_read_only(), ...).
+ *   - Getters take a const image.
+ *   - A returned string or list is the caller's: strings are freed with
+ *     g_free(), every list with its own *_free() function.
+ *   - A struct that the caller allocates for the library to fill starts
+ *     with 'size', which the caller sets to sizeof the struct (QGUARD_SIZED
+ *     does it), so that a newer library with a longer struct writes only
+ *     what the caller has room for.  A size below the first version's is
+ *     refused with -EINVAL.  Structs the library allocates grow only at
+ *     the end; list elements never grow.
+ *
+ * The shared library's soversion changes with every incompatible change of
+ * this header (docs/design.md lists them).
  */
 #ifndef QGUARD_H
 #define QGUARD_H
@@ -21,6 +36,9 @@ G_BEGIN_DECLS
 
 #define QGUARD_ERROR qguard_error_quark()
 GQuark qguard_error_quark(void);
+
+/* An initializer for a caller-allocated struct: QGUARD_SIZED(QGuardX). */
+#define QGUARD_SIZED(type) ((type){ .size = sizeof(type) })
 
 /* ---- Option lists ------------------------------------------------------ */
 
@@ -37,8 +55,8 @@ void qguard_opts_free(QGuardOpts *opts);
  * Parse @str and append its pairs.  If @implied_key is non-NULL, a first
  * element without '=' is taken as the value of @implied_key.
  */
-bool qguard_opts_parse(QGuardOpts *opts, const char *str,
-                       const char *implied_key, GError **errp);
+int qguard_opts_parse(QGuardOpts *opts, const char *str,
+                      const char *implied_key, GError **errp);
 /* Replaces an existing value of @key. */
 void qguard_opts_set(QGuardOpts *opts, const char *key, const char *value);
 const char *qguard_opts_get(const QGuardOpts *opts, const char *key);
@@ -57,13 +75,13 @@ const char *qguard_opts_value(const QGuardOpts *opts, guint i);
  */
 int qguard_strtosz(const char *str, uint64_t *size, bool *hex_suffix);
 /* qguard_strtosz() with a GError ("Invalid size '...'", or too large). */
-bool qguard_parse_size(const char *str, uint64_t *size, GError **errp);
+int qguard_parse_size(const char *str, uint64_t *size, GError **errp);
 /*
  * qguard_strtosz() for the option @name, with QemuOpts' messages (the
  * "expects a non-negative number" hint, or "out of range").
  */
-bool qguard_parse_size_option(const char *name, const char *value,
-                              uint64_t *size, bool *hex_suffix, GError **errp);
+int qguard_parse_size_option(const char *name, const char *value,
+                             uint64_t *size, bool *hex_suffix, GError **errp);
 /* "1 GiB", "512 KiB", "1.5 MiB": QEMU's size_to_str(). Free with g_free. */
 char *qguard_size_to_str(uint64_t size);
 
@@ -105,9 +123,9 @@ enum {
 /*
  * QEMU's cache modes: "writethrough", "writeback", "none" (or "off"),
  * "directsync", "unsafe".  Replaces the QGUARD_OPEN_CACHE_MASK bits of
- * *flags; false (and *flags unchanged) for anything else.
+ * *flags; -EINVAL (and *flags unchanged) for anything else.
  */
-bool qguard_parse_cache_mode(const char *mode, unsigned *flags);
+int qguard_parse_cache_mode(const char *mode, unsigned *flags);
 
 /*
  * Open @filename (or, with @filename NULL, the file named by the option
@@ -127,8 +145,8 @@ const char *qguard_image_filename(const QGuardImage *img);
 const char *qguard_image_format(const QGuardImage *img);
 uint64_t qguard_image_size(const QGuardImage *img);
 bool qguard_image_is_read_only(const QGuardImage *img);
-/* The image's backing image, or NULL. */
-QGuardImage *qguard_image_backing(QGuardImage *img);
+/* The image's backing image, or NULL; it belongs to @img. */
+QGuardImage *qguard_image_backing(const QGuardImage *img);
 
 enum {
     /* The write is on stable storage when the call returns. */
@@ -157,7 +175,7 @@ int qguard_image_pwrite_compressed(QGuardImage *img, uint64_t offset,
                                    uint64_t bytes, const void *buf,
                                    GError **errp);
 /* Cluster size of a qcow2 image, 0 for formats without clusters. */
-uint32_t qguard_image_cluster_size(QGuardImage *img);
+uint32_t qguard_image_cluster_size(const QGuardImage *img);
 int qguard_image_flush(QGuardImage *img, GError **errp);
 /*
  * Change the virtual size.  Shrinking is refused unless @shrink is set.
@@ -177,6 +195,7 @@ enum {
 };
 
 typedef struct QGuardBlockStatus {
+    size_t size;             /* sizeof(QGuardBlockStatus), set by the caller */
     unsigned flags;
     uint64_t bytes;          /* length of the extent with these properties */
     uint64_t host_offset;    /* in @filename, if OFFSET_VALID */
@@ -254,6 +273,7 @@ enum {
 };
 
 typedef struct QGuardCheckResult {
+    size_t size;                /* sizeof(QGuardCheckResult), by the caller */
     int corruptions;
     int leaks;
     int check_errors;
@@ -296,11 +316,15 @@ int qguard_image_create(const char *filename, const char *format,
  * What qemu-img does before it prints "Formatting": check the options'
  * syntax, check the backing file (unless @unsafe) and take a missing size
  * from it (stored into @opts).  Returns the "fmt=qcow2 cluster_size=..."
- * description, with defaults, in QEMU's order.
+ * description, with defaults, in QEMU's order (free with g_free()), or
+ * NULL and the error.
  */
 char *qguard_create_prepare(const char *filename, const char *format,
                             QGuardOpts *opts, bool unsafe, GError **errp);
-/* Help text for -o help: one "  name=<type>  - description" line each. */
+/*
+ * Help text for -o help: one "  name=<type>  - description" line each
+ * (free with g_free()), or NULL and the error.
+ */
 char *qguard_create_help(const char *format, GError **errp);
 
 /* ---- Changing existing images (amend, rebase, commit, measure) ---------- */
@@ -314,7 +338,10 @@ char *qguard_create_help(const char *format, GError **errp);
 int qguard_image_amend(QGuardImage *img, const QGuardOpts *opts, bool force,
                        QGuardProgressFunc *progress, void *opaque,
                        GError **errp);
-/* "Amend options for 'qcow2':" and one line per option, as -o help shows. */
+/*
+ * "Amend options for 'qcow2':" and one line per option, as -o help shows
+ * (free with g_free()), or NULL and the error.
+ */
 char *qguard_amend_help(const char *format, GError **errp);
 
 /*
@@ -337,6 +364,7 @@ int qguard_image_change_backing_file(QGuardImage *img,
 int qguard_image_make_empty(QGuardImage *img, GError **errp);
 
 typedef struct QGuardMeasureInfo {
+    size_t size;                /* sizeof(QGuardMeasureInfo), by the caller */
     uint64_t required;          /* bytes for the data that is present */
     uint64_t fully_allocated;   /* bytes if every cluster is allocated */
     bool has_bitmaps;
@@ -352,12 +380,13 @@ typedef struct QGuardMeasureInfo {
 int qguard_measure(const char *format, const QGuardOpts *opts,
                    QGuardImage *in, QGuardMeasureInfo *info, GError **errp);
 /*
- * Are @opts names and values that an image of @format can be created with?
- * (qemu-img follows this error with "Invalid options for file format".)
- * An unknown @format is left to qguard_measure().
+ * 0 if @opts are names and values that an image of @format can be created
+ * with, else -EINVAL and the error (qemu-img follows it with "Invalid
+ * options for file format").  An unknown @format is left to
+ * qguard_measure().
  */
-bool qguard_measure_opts_valid(const char *format, const QGuardOpts *opts,
-                               GError **errp);
+int qguard_measure_opts_valid(const char *format, const QGuardOpts *opts,
+                              GError **errp);
 
 /* ---- Internal snapshots -------------------------------------------------- */
 
@@ -379,11 +408,13 @@ int qguard_snapshot_delete(QGuardImage *img, const char *id_or_name,
  */
 int qguard_snapshot_load_tmp(QGuardImage *img, const char *id,
                              const char *name, GError **errp);
-/* The snapshot table as qemu-img snapshot -l lists it; free with g_free
- * after qguard_snapshot_info_clear() on each element. */
+/*
+ * The snapshot table as qemu-img snapshot -l lists it; free it with
+ * qguard_snapshot_list_free().
+ */
 int qguard_snapshot_list(QGuardImage *img, QGuardSnapshotInfo **list,
                          guint *count, GError **errp);
-void qguard_snapshot_info_clear(QGuardSnapshotInfo *info);
+void qguard_snapshot_list_free(QGuardSnapshotInfo *list, guint count);
 
 /* ---- Persistent dirty bitmaps (qcow2 v3) -------------------------------- */
 
@@ -395,7 +426,7 @@ void qguard_snapshot_info_clear(QGuardSnapshotInfo *info);
  * (docs/bitmaps.md).  Errors carry the messages of QEMU's
  * block-dirty-bitmap-* commands; -EPERM on a read-only image.
  */
-bool qguard_image_supports_bitmaps(QGuardImage *img);
+bool qguard_image_supports_bitmaps(const QGuardImage *img);
 /* @granularity 0: the default, the cluster size within [4 KiB, 64 KiB]. */
 int qguard_bitmap_add(QGuardImage *img, const char *name,
                       uint32_t granularity, bool disabled, GError **errp);
@@ -409,10 +440,11 @@ int qguard_bitmap_merge(QGuardImage *img, const char *target,
                         QGuardImage *src, const char *source, GError **errp);
 /*
  * The bitmaps of the open image (in_use: inconsistent, unusable; is_auto:
- * enabled).  Free with g_free() after g_free() of each name.
+ * enabled).  Free with qguard_bitmap_list_free().
  */
 int qguard_bitmap_list(QGuardImage *img, QGuardBitmapInfo **list,
                        guint *count, GError **errp);
+void qguard_bitmap_list_free(QGuardBitmapInfo *list, guint count);
 /*
  * Whether the granules from @offset on are dirty: *pnum bytes (at least 1,
  * at most @bytes) from @offset have the state *dirty.
@@ -424,6 +456,7 @@ int qguard_bitmap_status(QGuardImage *img, const char *name,
 /* ---- Overlap protection statistics -------------------------------------- */
 
 typedef struct QGuardOverlapStats {
+    size_t size;                /* sizeof(QGuardOverlapStats), by the caller */
     char algorithm[16];         /* "windowed", "linear" */
     unsigned checks_mask;       /* enabled metadata types, bit per type */
     uint64_t checks;            /* overlap checks performed */
@@ -442,7 +475,7 @@ typedef struct QGuardOverlapStats {
     unsigned cache_size;
 } QGuardOverlapStats;
 
-/* -ENOTSUP if the format has no overlap protection. */
+/* -ENOTSUP if the format has no overlap protection, -EINVAL for a bad size. */
 int qguard_image_overlap_stats(QGuardImage *img, QGuardOverlapStats *stats);
 void qguard_image_overlap_stats_reset(QGuardImage *img);
 const char *qguard_overlap_type_name(int bitnr);

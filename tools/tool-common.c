@@ -190,7 +190,7 @@ static QGuardOpts *parse_image_opts(const char *str, bool force_share)
     QGuardOpts *opts = qguard_opts_new();
     const char *fs;
 
-    if (!qguard_opts_parse(opts, str, "file", &err)) {
+    if (qguard_opts_parse(opts, str, "file", &err) < 0) {
         error_report("%s", err->message);
         qguard_opts_free(opts);
         return NULL;

@@ -156,8 +156,8 @@ static const char *take_element(const char *p, GString *key, GString *value,
     return p;
 }
 
-bool qguard_opts_parse(QGuardOpts *opts, const char *str,
-                       const char *implied_key, GError **errp)
+int qguard_opts_parse(QGuardOpts *opts, const char *str,
+                      const char *implied_key, GError **errp)
 {
     const char *p = str;
     bool first = true;
@@ -189,7 +189,7 @@ bool qguard_opts_parse(QGuardOpts *opts, const char *str,
         p = take_element(p, key, value, &has_value);
         if (!key->len) {
             g_set_error(errp, QGUARD_ERROR, EINVAL, "Invalid parameter ''");
-            return false;
+            return -EINVAL;
         }
         if (!has_value && first && implied_key) {
             qguard_opts_set(opts, implied_key, key->str);
@@ -201,7 +201,7 @@ bool qguard_opts_parse(QGuardOpts *opts, const char *str,
         }
         first = false;
     }
-    return true;
+    return 0;
 }
 
 bool qguard_parse_bool(const char *name, const char *value, bool *out,
@@ -241,7 +241,7 @@ bool qguard_check_opt_syntax(const char *name, const char *value,
 
     switch (type) {
     case OPT_SIZE:
-        return qguard_parse_size_option(name, value, &n, NULL, errp);
+        return qguard_parse_size_option(name, value, &n, NULL, errp) == 0;
     case OPT_NUMBER:
         if (!qguard_parse_number(value, &n)) {
             g_set_error(errp, QGUARD_ERROR, EINVAL,
@@ -395,7 +395,7 @@ int qguard_strtosz(const char *str, uint64_t *size, bool *hex_suffix)
     return 0;
 }
 
-bool qguard_parse_size(const char *str, uint64_t *size, GError **errp)
+int qguard_parse_size(const char *str, uint64_t *size, GError **errp)
 {
     int ret = qguard_strtosz(str, size, NULL);
 
@@ -404,11 +404,11 @@ bool qguard_parse_size(const char *str, uint64_t *size, GError **errp)
     } else if (ret < 0) {
         g_set_error(errp, QGUARD_ERROR, EINVAL, "Invalid size '%s'", str);
     }
-    return ret == 0;
+    return ret;
 }
 
-bool qguard_parse_size_option(const char *name, const char *value,
-                              uint64_t *size, bool *hex_suffix, GError **errp)
+int qguard_parse_size_option(const char *name, const char *value,
+                             uint64_t *size, bool *hex_suffix, GError **errp)
 {
     int ret = qguard_strtosz(value, size, hex_suffix);
 
@@ -423,7 +423,7 @@ bool qguard_parse_size_option(const char *name, const char *value,
                     "mega-, giga-, tera-, peta-\nand exabytes, "
                     "respectively.\n", name);
     }
-    return ret == 0;
+    return ret;
 }
 
 char *qguard_size_to_str(uint64_t val)

@@ -105,7 +105,7 @@ int dump_snapshots(QGuardImage *img, GError **errp)
 {
     g_autoptr(GString) out = g_string_new(NULL);
     QGuardSnapshotInfo *list = NULL;
-    guint count = 0, i;
+    guint count = 0;
     int ret;
 
     ret = qguard_snapshot_list(img, &list, &count, errp);
@@ -116,9 +116,6 @@ int dump_snapshots(QGuardImage *img, GError **errp)
         snapshot_table(out, list, count);
         fputs(out->str, stdout);
     }
-    for (i = 0; i < count; i++) {
-        qguard_snapshot_info_clear(&list[i]);
-    }
-    g_free(list);
+    qguard_snapshot_list_free(list, count);
     return 0;
 }

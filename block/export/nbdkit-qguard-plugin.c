@@ -109,7 +109,7 @@ static int qg_config(const char *key, const char *value)
         }
         export_readonly = r;
     } else if (!strcmp(key, "cache")) {
-        if (!qguard_parse_cache_mode(value, &cache_flags)) {
+        if (qguard_parse_cache_mode(value, &cache_flags) < 0) {
             nbdkit_error("Invalid cache mode `%s'", value);
             return -1;
         }
@@ -388,7 +388,7 @@ static int qg_extents(void *handle, uint32_t count, uint64_t offset,
 
     while (count > 0) {
         g_autoptr(GError) err = NULL;
-        QGuardBlockStatus st;
+        QGuardBlockStatus st = QGUARD_SIZED(QGuardBlockStatus);
         uint32_t type = 0;
         int ret;
 

@@ -109,7 +109,7 @@ static QGuardImage *open_image(const char *path, const char *runtime)
     QGuardImage *img;
     GError *err = NULL;
 
-    if (runtime && !qguard_opts_parse(opts, runtime, NULL, &err)) {
+    if (runtime && qguard_opts_parse(opts, runtime, NULL, &err) < 0) {
         die("options", err);
     }
     if (qguard_image_open(&img, path, "qcow2", opts, QGUARD_OPEN_RDWR,
@@ -186,7 +186,7 @@ static void measure(const char *path, const char *runtime, int runs,
     int run, w;
 
     for (run = 0; run < runs; run++) {
-        QGuardOverlapStats st;
+        QGuardOverlapStats st = QGUARD_SIZED(QGuardOverlapStats);
         QGuardImage *img;
         uint64_t heap0 = heap_in_use();
         double t0 = now_ms(), t1;
@@ -361,7 +361,7 @@ static bool parse_case(const char *arg, Case *c)
 
     if (ok) {
         c->cluster_size = strtoul(parts[0], NULL, 10);
-        ok = qguard_parse_size(parts[1], &c->size, &err);
+        ok = qguard_parse_size(parts[1], &c->size, &err) == 0;
         c->snapshots = strtoul(parts[2], NULL, 10);
         ok = ok && c->cluster_size >= 512 && c->cluster_size <= 2 << 20 &&
              !(c->cluster_size & (c->cluster_size - 1)) && c->size > 0;

@@ -255,7 +255,7 @@ static int run_check(QGuardImage *img, unsigned fix, QGuardCheckResult *res)
 
 static void check_and_info(QGuardImage *img)
 {
-    QGuardCheckResult res;
+    QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
     QGuardImageInfo *info = NULL;
 
     run_check(img, 0, &res);
@@ -267,7 +267,7 @@ static void check_and_info(QGuardImage *img)
 int qguard_fuzz_image_check(const uint8_t *data, size_t size)
 {
     QGuardImage *img;
-    QGuardCheckResult res;
+    QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
     int ret;
 
     qguard_fuzz_init();
@@ -389,8 +389,8 @@ static uint64_t clamp_len(uint64_t size, uint64_t off, uint64_t len)
 int qguard_fuzz_image_io(const uint8_t *data, size_t size)
 {
     QGuardImage *img;
-    QGuardBlockStatus st;
-    QGuardCheckResult res;
+    QGuardBlockStatus st = QGUARD_SIZED(QGuardBlockStatus);
+    QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
     uint64_t vsize, off, len;
     unsigned flags = QGUARD_OPEN_RDWR;
 

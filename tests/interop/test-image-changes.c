@@ -101,7 +101,7 @@ static char *amend(const char *name, const char *optstr)
     QGuardImage *img = open_rw(name);
     char *msg = NULL;
 
-    g_assert_true(qguard_opts_parse(opts, optstr, NULL, &err));
+    g_assert_cmpint(qguard_opts_parse(opts, optstr, NULL, &err), ==, 0);
     if (qguard_image_amend(img, opts, false, NULL, NULL, &err) < 0) {
         msg = g_strdup(err->message);
     }
@@ -389,7 +389,7 @@ static void test_refcount_bits_then_write(void)
         QGuardOpts *opts = qguard_opts_new();
         uint64_t off = (2 + i) * (1024 * 1024);
 
-        g_assert_true(qguard_opts_parse(opts, widths[i], NULL, &err));
+        g_assert_cmpint(qguard_opts_parse(opts, widths[i], NULL, &err), ==, 0);
         g_assert_cmpint(qguard_image_amend(img, opts, false, NULL, NULL,
                                            &err), ==, 0);
         qguard_opts_free(opts);
@@ -498,13 +498,13 @@ static void measure_like_qemu(const char *in, const char *fmt,
     QGuardOpts *opts = qguard_opts_new();
     g_autoptr(GError) err = NULL;
     g_autofree char *out = NULL;
-    QGuardMeasureInfo info;
+    QGuardMeasureInfo info = QGUARD_SIZED(QGuardMeasureInfo);
     QGuardImage *img = NULL;
 
     out = sh("qemu-img measure --output=json -O %s %s%s%s %s%s %s", fmt,
              *optstr ? "-o '" : "", optstr, *optstr ? "'" : "",
              size ? "--size " : "", size ? size : "", in ? in : "");
-    g_assert_true(qguard_opts_parse(opts, optstr, NULL, &err));
+    g_assert_cmpint(qguard_opts_parse(opts, optstr, NULL, &err), ==, 0);
     if (size) {
         qguard_opts_set(opts, "size", size);
     }
@@ -513,7 +513,7 @@ static void measure_like_qemu(const char *in, const char *fmt,
         g_assert_cmpint(qguard_image_open(&img, p, NULL, NULL, 0, &err), ==,
                         0);
     }
-    g_assert_true(qguard_measure_opts_valid(fmt, opts, &err));
+    g_assert_cmpint(qguard_measure_opts_valid(fmt, opts, &err), ==, 0);
     g_assert_cmpint(qguard_measure(fmt, opts, img, &info, &err), ==, 0);
     if (img) {
         close_ok(img);
@@ -567,19 +567,19 @@ static void assert_measure_refusal(const char *fmt, const char *optstr,
     QGuardOpts *opts = qguard_opts_new();
     g_autoptr(GError) err = NULL;
     g_autofree char *out = NULL, *qerr = NULL, *want = NULL;
-    QGuardMeasureInfo info;
+    QGuardMeasureInfo info = QGUARD_SIZED(QGuardMeasureInfo);
 
     g_assert_cmpint(sh_status(&out, &qerr, "qemu-img measure -O %s -o '%s' "
                               "--size %s", fmt, optstr, size), ==, 1);
-    g_assert_true(qguard_opts_parse(opts, optstr, NULL, &err));
+    g_assert_cmpint(qguard_opts_parse(opts, optstr, NULL, &err), ==, 0);
     qguard_opts_set(opts, "size", size);
     if (bad_opts) {
-        g_assert_false(qguard_measure_opts_valid(fmt, opts, &err));
+        g_assert_cmpint(qguard_measure_opts_valid(fmt, opts, &err), <, 0);
         want = g_strdup_printf("qemu-img: %s%sqemu-img: Invalid options for "
                                "file format '%s'\n", err->message,
                                strchr(err->message, '\n') ? "" : "\n", fmt);
     } else {
-        g_assert_true(qguard_measure_opts_valid(fmt, opts, &err));
+        g_assert_cmpint(qguard_measure_opts_valid(fmt, opts, &err), ==, 0);
         g_assert_cmpint(qguard_measure(fmt, opts, NULL, &info, &err), <, 0);
         want = g_strdup_printf("qemu-img: %s%s", err->message,
                                strchr(err->message, '\n') ? "" : "\n");

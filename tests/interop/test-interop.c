@@ -436,7 +436,7 @@ static void compare_image_with_model(QGuardImage *img, Model *m,
     }
     while (off < m->size) {
         g_autoptr(GError) err = NULL;
-        QGuardBlockStatus st;
+        QGuardBlockStatus st = QGUARD_SIZED(QGuardBlockStatus);
         uint64_t end;
         int ret = qguard_image_block_status(img, off, m->size - off, &st,
                                             &err);
@@ -507,7 +507,7 @@ static QGuardCheckResult check_clean(QGuardImage *img, const char *what)
 {
     g_autoptr(GError) err = NULL;
     g_autoptr(GString) log = g_string_new(NULL);
-    QGuardCheckResult res = { 0 };
+    QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
     int ret = qguard_image_check(img, 0, &res, report_to_string, log, &err);
 
     if (ret < 0) {
@@ -984,7 +984,7 @@ static void test_qguard_to_qemu(const Combo *c)
                                data_file_opts(c, "q2q"),
                                c->extl2 ? ",extended_l2=on" : "",
                                backing_opts(c, "q2q"));
-    g_assert_true(qguard_opts_parse(opts, opts_str, NULL, &err));
+    g_assert_cmpint(qguard_opts_parse(opts, opts_str, NULL, &err), ==, 0);
     ret = qguard_image_create(path, "qcow2", opts, NULL, NULL, &err);
     if (ret < 0) {
         FAIL("qguard_image_create(%s) failed: %s", opts_str,
@@ -1305,7 +1305,7 @@ static void test_compressed(const CompressedCase *cc)
     guint32 seed = 0xc0ffee ^ cc->cluster_size;
     Model *m = compressible_content(cc->size, cc->cluster_size, seed);
     Model *qm;
-    QGuardCheckResult res;
+    QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
     QGuardImage *img;
     uint64_t cs = cc->cluster_size, off;
     Cmd *cmd;
@@ -1489,7 +1489,7 @@ static void test_compressed_by_qguard(const CompressedCase *cc)
     Model *m = compressible_content(cc->size, cc->cluster_size,
                                     0xbadc0de ^ cc->cluster_size);
     QGuardOpts *opts = qguard_opts_new();
-    QGuardCheckResult res;
+    QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
     QGuardImage *img;
     int compared = 0;
     Cmd *cmd;
@@ -1497,7 +1497,7 @@ static void test_compressed_by_qguard(const CompressedCase *cc)
     opts_str = g_strdup_printf("size=%" PRIu64 ",cluster_size=%u,"
                                "compression_type=%s", cc->size,
                                cc->cluster_size, cc->type);
-    g_assert_true(qguard_opts_parse(opts, opts_str, NULL, &err));
+    g_assert_cmpint(qguard_opts_parse(opts, opts_str, NULL, &err), ==, 0);
     if (qguard_image_create(path, "qcow2", opts, NULL, NULL, &err) < 0) {
         FAIL("qguard_image_create(%s) failed: %s", opts_str, err->message);
     }
@@ -1549,7 +1549,7 @@ static void test_compressed_by_qguard(const CompressedCase *cc)
         opts_str = g_strdup_printf("size=%" PRIu64 ",cluster_size=%u,"
                                    "compression_type=%s", cs,
                                    cc->cluster_size, cc->type);
-        g_assert_true(qguard_opts_parse(opts, opts_str, NULL, &err));
+        g_assert_cmpint(qguard_opts_parse(opts, opts_str, NULL, &err), ==, 0);
         g_assert_cmpint(qguard_image_create(gtwin, "qcow2", opts, NULL, NULL,
                                             &err), ==, 0);
         qguard_opts_free(opts);
@@ -1644,7 +1644,7 @@ static void expect_status(QGuardImage *img, uint64_t off, unsigned want,
                           unsigned mask, const char *what)
 {
     g_autoptr(GError) err = NULL;
-    QGuardBlockStatus st;
+    QGuardBlockStatus st = QGUARD_SIZED(QGuardBlockStatus);
 
     g_assert_cmpint(qguard_image_block_status(img, off, 64 * KiB, &st, &err),
                     ==, 0);

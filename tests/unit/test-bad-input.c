@@ -1176,10 +1176,10 @@ static void run_check(QGuardImage *img)
 {
     g_autoptr(GError) err = NULL;
     g_autoptr(GPtrArray) lines = g_ptr_array_new_with_free_func(g_free);
-    QGuardCheckResult res;
+    QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
     int ret;
 
-    memset(&res, 0, sizeof(res));
+    res = QGUARD_SIZED(QGuardCheckResult);
     ret = qguard_image_check(img, 0, &res, capture_message, lines, &err);
     if (ret < 0) {
         assert_clean_error(ret, err, "qguard_image_check");
@@ -1410,7 +1410,7 @@ static void check_mode_reports(const char *case_name)
     g_autofree char *path = tpath(name);
     g_autoptr(GError) err = NULL;
     g_autoptr(GPtrArray) lines = g_ptr_array_new_with_free_func(g_free);
-    QGuardCheckResult res;
+    QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
     QGuardImage *img = NULL;
     size_t i;
     int ret;
@@ -1426,7 +1426,7 @@ static void check_mode_reports(const char *case_name)
         FAIL("repair-mode open refused an image qemu-img check opens: %s",
              err->message);
     }
-    memset(&res, 0, sizeof(res));
+    res = QGUARD_SIZED(QGuardCheckResult);
     ret = qguard_image_check(img, 0, &res, capture_message, lines, &err);
     g_assert_cmpint(ret, ==, 0);
     g_assert_cmpint(res.corruptions, >=, 1);
@@ -1457,7 +1457,7 @@ static void check_leaves_file_alone(const char *case_name)
     g_autoptr(GPtrArray) lines = g_ptr_array_new_with_free_func(g_free);
     g_autoptr(GPtrArray) events = g_ptr_array_new_with_free_func(g_free);
     size_t len_before, len_after, i;
-    QGuardCheckResult res;
+    QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
     QGuardImage *img = NULL;
     int ret;
 
@@ -1472,7 +1472,7 @@ static void check_leaves_file_alone(const char *case_name)
     g_assert_cmpint(qguard_image_open(&img, path, "qcow2", NULL,
                                       QGUARD_OPEN_RDWR | QGUARD_OPEN_CHECK,
                                       &err), ==, 0);
-    memset(&res, 0, sizeof(res));
+    res = QGUARD_SIZED(QGuardCheckResult);
     ret = qguard_image_check(img, 0, &res, capture_message, lines, &err);
     g_assert_cmpint(ret, ==, 0);
     g_assert_cmpint(res.corruptions, >=, 1);
@@ -1520,7 +1520,7 @@ static void repair_bitmap_case(const char *case_name)
     g_autofree char *name = g_strdup_printf("repair-%s.qcow2", case_name);
     g_autofree char *path = tpath(name);
     g_autoptr(GError) err = NULL;
-    QGuardCheckResult res;
+    QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
     QGuardImage *img = NULL;
     size_t i;
     const char *const qemu_check[] = {

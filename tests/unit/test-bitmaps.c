@@ -217,9 +217,8 @@ static char *qguard_list(QGuardImage *img)
                                list[i].in_use ? "in-use" : "",
                                list[i].in_use && list[i].is_auto ? "," : "",
                                list[i].is_auto ? "auto" : "");
-        g_free(list[i].name);
     }
-    g_free(list);
+    qguard_bitmap_list_free(list, n);
     return g_string_free(s, FALSE);
 }
 
@@ -812,7 +811,7 @@ static void test_repeated_sessions(void)
     qemu_check_clean(f);
     {
         QGuardImage *ro = NULL;
-        QGuardCheckResult res;
+        QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
         g_assert_cmpint(qguard_image_open(&ro, f, "qcow2", NULL, 0, NULL),
                         ==, 0);
         OK(qguard_image_check(ro, 0, &res, NULL, NULL, E));
@@ -1053,7 +1052,7 @@ static void test_damaged(gconstpointer data)
         uint8_t buf[512];
         bool dirty;
         uint64_t n;
-        QGuardCheckResult res;
+        QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
 
         OK(qguard_image_pread(img, 0, 512, buf, E));
         g_assert_cmpint(buf[0], ==, 0xcd);
@@ -1090,7 +1089,7 @@ static void test_tables_protected(gconstpointer data)
     data_cluster = peek_be(f, table, 8) & ~UINT64_C(0x1ff);
     g_assert_cmpuint(data_cluster, !=, 0);
 
-    g_assert_true(qguard_opts_parse(opts, opts_str, NULL, NULL));
+    g_assert_cmpint(qguard_opts_parse(opts, opts_str, NULL, NULL), ==, 0);
     g_assert_cmpint(qguard_image_open(&img, f, "qcow2", opts,
                                       QGUARD_OPEN_RDWR, NULL), ==, 0);
     qguard_opts_free(opts);

@@ -27,7 +27,7 @@ static void create_image(const char *path, const char *create_opts)
     g_autofree char *desc = NULL;
     QGuardOpts *opts = qguard_opts_new();
 
-    g_assert_true(qguard_opts_parse(opts, create_opts, NULL, &err));
+    g_assert_cmpint(qguard_opts_parse(opts, create_opts, NULL, &err), ==, 0);
     desc = qguard_create_prepare(path, "qcow2", opts, false, &err);
     g_assert_no_error(err);
     g_assert_cmpint(qguard_image_create(path, "qcow2", opts, NULL, NULL,
@@ -43,7 +43,7 @@ static QGuardImage *open_image(const char *path, const char *runtime_opts,
     QGuardImage *img = NULL;
 
     if (runtime_opts) {
-        g_assert_true(qguard_opts_parse(opts, runtime_opts, NULL, &err));
+        g_assert_cmpint(qguard_opts_parse(opts, runtime_opts, NULL, &err), ==, 0);
     }
     g_assert_cmpint(qguard_image_open(&img, path, "qcow2", opts, flags, &err),
                     ==, 0);
@@ -262,7 +262,7 @@ static void test_error_reported(gconstpointer data)
     QGuardImage *img;
     int wret, cret;
 
-    g_assert_true(qguard_parse_cache_mode(c->mode, &flags));
+    g_assert_cmpint(qguard_parse_cache_mode(c->mode, &flags), ==, 0);
     create_image(path, "size=8M");
     img = open_image(path, NULL, flags);
     memset(buf, 0x5a, 1 << 20);

@@ -57,7 +57,7 @@ static QGuardImage *open_image(const char *path, const char *runtime)
     QGuardOpts *opts = qguard_opts_new();
     QGuardImage *img = NULL;
 
-    g_assert_true(qguard_opts_parse(opts, runtime, NULL, &err));
+    g_assert_cmpint(qguard_opts_parse(opts, runtime, NULL, &err), ==, 0);
     g_assert_cmpint(qguard_image_open(&img, path, "qcow2", opts,
                                       QGUARD_OPEN_RDWR, &err), ==, 0);
     g_assert_no_error(err);
@@ -70,7 +70,7 @@ static void create(const char *path, const char *create_opts)
     g_autoptr(GError) err = NULL;
     QGuardOpts *opts = qguard_opts_new();
 
-    g_assert_true(qguard_opts_parse(opts, create_opts, NULL, &err));
+    g_assert_cmpint(qguard_opts_parse(opts, create_opts, NULL, &err), ==, 0);
     g_assert_cmpint(qguard_image_create(path, "qcow2", opts, NULL, NULL,
                                         &err), ==, 0);
     g_assert_no_error(err);
@@ -117,7 +117,7 @@ static QGuardImage *build_image(uint8_t *model)
                             ==, 0);
             memset(model + off, 0, len);
         } else if (kind == 3) {
-            QGuardBlockStatus st;
+            QGuardBlockStatus st = QGUARD_SIZED(QGuardBlockStatus);
 
             /* Compressed writes need an unallocated cluster. */
             g_assert_cmpint(qguard_image_block_status(img, off, len, &st,
@@ -179,7 +179,7 @@ static void test_parallel_reads_beside_writes(void)
     GThread *threads[READERS];
     GRand *rand = g_rand_new_with_seed(seed ^ 0x5eed);
     Shared sh = { 0 };
-    QGuardCheckResult res;
+    QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
     int i;
 
     sh.img = build_image(model);
@@ -329,7 +329,7 @@ static void test_parallel_writes(gconstpointer data)
     GThread *threads[PW_WRITERS];
     Writer writers[PW_WRITERS];
     uint8_t want[PW_BLOCK];
-    QGuardCheckResult res;
+    QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
     QGuardImage *img;
     uint64_t b;
     int i;
@@ -426,7 +426,7 @@ static void test_parallel_writes_same_cluster(void)
     GThread *threads[PW_WRITERS];
     Writer writers[PW_WRITERS];
     uint8_t want[PW_BLOCK];
-    QGuardCheckResult res;
+    QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
     QGuardImage *img;
     uint64_t b;
     int i;

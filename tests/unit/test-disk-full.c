@@ -68,7 +68,7 @@ static int create_image(const char *path, const char *format,
     QGuardOpts *opts = qguard_opts_new();
     int ret;
 
-    g_assert_true(qguard_opts_parse(opts, create_opts, NULL, NULL));
+    g_assert_cmpint(qguard_opts_parse(opts, create_opts, NULL, NULL), ==, 0);
     ret = qguard_image_create(path, format, opts, NULL, NULL, errp);
     qguard_opts_free(opts);
     return ret;
@@ -90,7 +90,7 @@ static void assert_clean(const char *path)
     g_autoptr(GError) err = NULL;
     g_autofree char *out = NULL;
     QGuardImage *img = open_rw(path, "qcow2");
-    QGuardCheckResult res;
+    QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
     const char *argv[] = { "qemu-img", "check", "-f", "qcow2", path, NULL };
 
     g_assert_cmpint(qguard_image_check(img, 0, &res, quiet, NULL, &err), ==,

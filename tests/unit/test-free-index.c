@@ -43,7 +43,7 @@ static QGuardImage *create_image(const char *path, const char *create_opts)
     QGuardOpts *opts = qguard_opts_new();
     g_autofree char *desc = NULL;
 
-    g_assert_true(qguard_opts_parse(opts, create_opts, NULL, &err));
+    g_assert_cmpint(qguard_opts_parse(opts, create_opts, NULL, &err), ==, 0);
     desc = qguard_create_prepare(path, "qcow2", opts, false, &err);
     g_assert_no_error(err);
     g_assert_cmpint(qguard_image_create(path, "qcow2", opts, NULL, NULL,
@@ -199,7 +199,7 @@ static void run_index(gconstpointer data)
             g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
             img = open_image(path);
         } else {
-            QGuardCheckResult res;
+            QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
             what = "check -r all";
             ret = qguard_image_check(img, QGUARD_CHECK_FIX_ERRORS |
                                      QGUARD_CHECK_FIX_LEAKS, &res, NULL,

@@ -390,7 +390,7 @@ static void make_base(const Workload *w, const char *base)
     g_autofree char *desc = NULL;
     QGuardImage *img = NULL;
 
-    g_assert_true(qguard_opts_parse(opts, w->create_opts, NULL, &err));
+    g_assert_cmpint(qguard_opts_parse(opts, w->create_opts, NULL, &err), ==, 0);
     desc = qguard_create_prepare(base, "qcow2", opts, false, &err);
     g_assert_no_error(err);
     g_assert_cmpint(qguard_image_create(base, "qcow2", opts, NULL, NULL,
@@ -459,7 +459,7 @@ static char *inject(const Workload *w, const Reference *ref,
     const char *fix[] = { "qemu-img", "check", "-r", "leaks", "-f", "qcow2",
                           work, NULL };
     Fault f = { .path = work, .kind = kind, .n = n };
-    QGuardCheckResult res;
+    QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
     QGuardImage *img;
     State got = { 0 };
     int i, j, last_flush = -1, fired_at = -2, first_failure = ref->nsteps;

@@ -624,7 +624,7 @@ static void w_amend(Run *r, const char *optstr)
     QGuardOpts *opts = qguard_opts_new();
     GuestOp op;
 
-    g_assert_true(qguard_opts_parse(opts, optstr, NULL, &err));
+    g_assert_cmpint(qguard_opts_parse(opts, optstr, NULL, &err), ==, 0);
     op_begin(r, &op, optstr);
     g_assert_cmpint(qguard_image_amend(r->img, opts, false, NULL, NULL,
                                        &err), ==, 0);
@@ -751,7 +751,7 @@ static GPtrArray *read_bitmaps(const char *path, GString *why)
     }
     for (i = 0; i < n; i++) {
         BitmapState *b = g_new0(BitmapState, 1);
-        b->name = list[i].name;
+        b->name = g_strdup(list[i].name);
         b->granularity = list[i].granularity;
         b->in_use = list[i].in_use;
         b->is_auto = list[i].is_auto;
@@ -760,7 +760,7 @@ static GPtrArray *read_bitmaps(const char *path, GString *why)
         }
         g_ptr_array_add(a, b);
     }
-    g_free(list);
+    qguard_bitmap_list_free(list, n);
     if (img) {
         qguard_image_close(img, NULL);
     }
@@ -890,7 +890,7 @@ static void check_crash_image(Run *r, const char *path, int64_t first,
     const char *check[] = { "qemu-img", "check", "-f", "qcow2", path, NULL };
     const char *fix[] = { "qemu-img", "check", "-r", "leaks", "-f", "qcow2",
                           path, NULL };
-    QGuardCheckResult res;
+    QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
     QGuardImage *img = NULL;
     uint64_t size, off, chunk = 1 << 20, s;
     int64_t j;
@@ -1108,7 +1108,7 @@ static void run_workload(gconstpointer data)
 
 
     /* The starting image, with its data already on disk. */
-    g_assert_true(qguard_opts_parse(opts, w->create_opts, NULL, &err));
+    g_assert_cmpint(qguard_opts_parse(opts, w->create_opts, NULL, &err), ==, 0);
     desc = qguard_create_prepare(base, "qcow2", opts, false, &err);
     g_assert_no_error(err);
     g_assert_cmpint(qguard_image_create(base, "qcow2", opts, NULL, NULL,

@@ -38,14 +38,14 @@ static QGuardImage *create_and_open(const char *name, const char *create_opts,
     QGuardImage *img = NULL;
     g_autofree char *desc = NULL;
 
-    g_assert_true(qguard_opts_parse(opts, create_opts, NULL, &err));
+    g_assert_cmpint(qguard_opts_parse(opts, create_opts, NULL, &err), ==, 0);
     desc = qguard_create_prepare(path, "qcow2", opts, false, &err);
     g_assert_no_error(err);
     g_assert_cmpint(qguard_image_create(path, "qcow2", opts, NULL, NULL,
                                         &err), ==, 0);
     g_assert_no_error(err);
     if (runtime_opts) {
-        g_assert_true(qguard_opts_parse(ropts, runtime_opts, NULL, &err));
+        g_assert_cmpint(qguard_opts_parse(ropts, runtime_opts, NULL, &err), ==, 0);
     }
     g_assert_cmpint(qguard_image_open(&img, path, "qcow2", ropts,
                                       QGUARD_OPEN_RDWR, &err), ==, 0);
@@ -63,7 +63,7 @@ static QGuardImage *reopen(QGuardImage *img, const char *runtime_opts)
 
     g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
     if (runtime_opts) {
-        g_assert_true(qguard_opts_parse(ropts, runtime_opts, NULL, &err));
+        g_assert_cmpint(qguard_opts_parse(ropts, runtime_opts, NULL, &err), ==, 0);
     }
     g_assert_cmpint(qguard_image_open(&img, path, "qcow2", ropts,
                                       QGUARD_OPEN_RDWR, &err), ==, 0);
@@ -88,7 +88,7 @@ static void assert_check_clean(QGuardImage *img)
 {
     g_autoptr(GError) err = NULL;
     g_autoptr(GString) log = g_string_new(NULL);
-    QGuardCheckResult res;
+    QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
     int ret;
 
     ret = qguard_image_check(img, 0, &res, report_to_test_log, log, &err);
@@ -100,6 +100,47 @@ static void assert_check_clean(QGuardImage *img)
     g_assert_cmpint(res.corruptions, ==, 0);
     g_assert_cmpint(res.leaks, ==, 0);
     g_assert_cmpint(res.check_errors, ==, 0);
+}
+
+/* ---- Sized structs of the public API -------------------------------------- */
+
+/*
+ * A caller-allocated struct's size bounds what the library writes: a
+ * caller built against a longer struct keeps the bytes the library does
+ * not know, and a size below the first version's is refused.
+ */
+static void test_api_sized_structs(void)
+{
+    struct {
+        QGuardCheckResult r;
+        uint8_t newer[16];
+    } big;
+    QGuardOverlapStats st = QGUARD_SIZED(QGuardOverlapStats);
+    QGuardBlockStatus bs = { .size = offsetof(QGuardBlockStatus, flags) };
+    QGuardImage *img = create_and_open("sized.qcow2", "size=1M", NULL);
+    g_autoptr(GError) err = NULL;
+
+    memset(&big, 0xa5, sizeof(big));
+    big.r.size = sizeof(big);
+    g_assert_cmpint(qguard_image_check(img, 0, &big.r, NULL, NULL, &err),
+                    ==, 0);
+    g_assert_cmpuint(big.r.size, ==, sizeof(big));
+    g_assert_cmpint(big.r.corruptions, ==, 0);
+    g_assert_cmpuint(big.r.total_clusters, ==, 16);
+    for (size_t i = 0; i < sizeof(big.newer); i++) {
+        g_assert_cmphex(big.newer[i], ==, 0xa5);
+    }
+
+    g_assert_cmpint(qguard_image_block_status(img, 0, 4096, &bs, &err), ==,
+                    -EINVAL);
+    g_assert_error(err, QGUARD_ERROR, EINVAL);
+    g_clear_error(&err);
+
+    g_assert_cmpint(qguard_image_overlap_stats(img, &st), ==, 0);
+    g_assert_cmpstr(st.algorithm, ==, "windowed");
+    st.size = 1;
+    g_assert_cmpint(qguard_image_overlap_stats(img, &st), ==, -EINVAL);
+    g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
 }
 
 /* ---- Data against a model ------------------------------------------------ */
@@ -807,16 +848,13 @@ static void test_linear_and_windowed_agree_snapshots(void)
             snapshots++;
         } else {
             QGuardSnapshotInfo *list = NULL;
-            guint count = 0, pick, i;
+            guint count = 0, pick;
 
             g_assert_cmpint(qguard_snapshot_list(img, &list, &count, &err),
                             ==, 0);
             pick = g_rand_int_range(rand, 0, count);
             name = g_strdup(list[pick].name);
-            for (i = 0; i < count; i++) {
-                qguard_snapshot_info_clear(&list[i]);
-            }
-            g_free(list);
+            qguard_snapshot_list_free(list, count);
             if (op < 16) {
                 g_assert_cmpint(qguard_snapshot_delete(img, name, &err), ==,
                                 0);
@@ -890,6 +928,7 @@ int main(int argc, char **argv)
     g_test_message("seed %u (set QGUARD_TEST_SEED to repeat)", seed);
     test_dir = g_dir_make_tmp("qguard-engine-XXXXXX", NULL);
 
+    g_test_add_func("/qcow2/api/sized-structs", test_api_sized_structs);
     g_test_add_func("/qcow2/refcount/accessors-round-trip",
                     test_refcount_accessors_round_trip);
     g_test_add_func("/qcow2/refcount/table-grows-and-moves",

@@ -62,7 +62,7 @@ static int child_open(const char *path, const char *want, int pipe_fd)
 {
     g_autoptr(GError) err = NULL;
     QGuardImage *img = NULL;
-    QGuardCheckResult res;
+    QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
     const char *msg;
     int ret;
 
@@ -97,7 +97,7 @@ static void run_case(gconstpointer data)
     int status, i, fds[2];
     ssize_t n;
 
-    g_assert_true(qguard_opts_parse(opts, bc->create_opts, NULL, &err));
+    g_assert_cmpint(qguard_opts_parse(opts, bc->create_opts, NULL, &err), ==, 0);
     desc = qguard_create_prepare(path, "qcow2", opts, false, &err);
     g_assert_cmpint(qguard_image_create(path, "qcow2", opts, NULL, NULL,
                                         &err), ==, 0);

@@ -148,20 +148,20 @@ static void test_messages(void)
     g_autoptr(GError) err = NULL;
     uint64_t value;
 
-    g_assert_false(qguard_parse_size(".5k", &value, &err));
+    g_assert_cmpint(qguard_parse_size(".5k", &value, &err), <, 0);
     g_assert_cmpstr(err->message, ==, "Invalid size '.5k'");
     g_clear_error(&err);
-    g_assert_false(qguard_parse_size("16E", &value, &err));
+    g_assert_cmpint(qguard_parse_size("16E", &value, &err), <, 0);
     g_assert_cmpint(err->code, ==, ERANGE);
     g_clear_error(&err);
 
-    g_assert_false(qguard_parse_size_option("size", "16E", &value, NULL,
-                                            &err));
+    g_assert_cmpint(qguard_parse_size_option("size", "16E", &value, NULL,
+                                            &err), <, 0);
     g_assert_cmpstr(err->message, ==,
                     "Value '16E' is out of range for parameter 'size'");
     g_clear_error(&err);
-    g_assert_false(qguard_parse_size_option("size", "1.5", &value, NULL,
-                                            &err));
+    g_assert_cmpint(qguard_parse_size_option("size", "1.5", &value, NULL,
+                                            &err), <, 0);
     g_assert_cmpstr(err->message, ==,
                     "Parameter 'size' expects a non-negative number below "
                     "2^64\nOptional suffix k, M, G, T, P or E means kilo-, "

@@ -32,7 +32,7 @@ static char *create(const char *name, const char *format,
     g_autoptr(GError) err = NULL;
     QGuardOpts *opts = qguard_opts_new();
 
-    g_assert_true(qguard_opts_parse(opts, create_opts, NULL, &err));
+    g_assert_cmpint(qguard_opts_parse(opts, create_opts, NULL, &err), ==, 0);
     g_assert_cmpint(qguard_image_create(path, format, opts, NULL, NULL,
                                         &err), ==, 0);
     g_assert_no_error(err);
@@ -48,7 +48,7 @@ static QGuardImage *open_rw(const char *path, const char *format,
     QGuardImage *img = NULL;
 
     if (runtime) {
-        g_assert_true(qguard_opts_parse(opts, runtime, NULL, &err));
+        g_assert_cmpint(qguard_opts_parse(opts, runtime, NULL, &err), ==, 0);
     }
     g_assert_cmpint(qguard_image_open(&img, path, format, opts,
                                       QGUARD_OPEN_RDWR, &err), ==, 0);
@@ -98,7 +98,7 @@ static void assert_reads(QGuardImage *img, uint64_t offset, uint64_t len,
 static unsigned status_flags(QGuardImage *img, uint64_t offset)
 {
     g_autoptr(GError) err = NULL;
-    QGuardBlockStatus st;
+    QGuardBlockStatus st = QGUARD_SIZED(QGuardBlockStatus);
 
     g_assert_cmpint(qguard_image_block_status(img, offset, CLUSTER, &st,
                                               &err), ==, 0);

@@ -105,7 +105,7 @@ int img_amend(int argc, char **argv)
         goto out;
     }
     opts = qguard_opts_new();
-    if (!qguard_opts_parse(opts, options->str, NULL, &err)) {
+    if (qguard_opts_parse(opts, options->str, NULL, &err) < 0) {
         error_report("%s", err->message);
         ret = -1;
         goto out;

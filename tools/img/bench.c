@@ -25,7 +25,7 @@ static uint64_t random_below(GRand *rand, uint64_t limit)
 
 static void print_overlap_stats(QGuardImage *img)
 {
-    QGuardOverlapStats st;
+    QGuardOverlapStats st = QGUARD_SIZED(QGuardOverlapStats);
 
     if (qguard_image_overlap_stats(img, &st) < 0) {
         return;

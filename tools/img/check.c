@@ -29,6 +29,7 @@ static int collect_image_check(QGuardImage *img, ImageCheck *check,
 {
     g_autoptr(GError) err = NULL;
 
+    check->r = QGUARD_SIZED(QGuardCheckResult);
     return qguard_image_check(img, fix, &check->r, check_report, NULL, &err);
 }
 

@@ -93,7 +93,7 @@ static int allocated_above(Commit *c, uint64_t offset, uint64_t *bytes,
                            bool *allocated)
 {
     g_autoptr(GError) err = NULL;
-    QGuardBlockStatus st;
+    QGuardBlockStatus st = QGUARD_SIZED(QGuardBlockStatus);
     int ret = qguard_image_block_status(c->top, offset, *bytes, &st, &err);
 
     if (ret < 0) {
@@ -131,7 +131,7 @@ static int commit_chunk(Commit *c, uint64_t offset, uint64_t end,
     g_autoptr(GError) err = NULL;
     uint64_t size = qguard_image_size(c->top);
     uint64_t base_cluster = MAX(qguard_image_cluster_size(c->base), 1);
-    QGuardBlockStatus st;
+    QGuardBlockStatus st = QGUARD_SIZED(QGuardBlockStatus);
     uint64_t io;
     bool copy = true;
     int ret;

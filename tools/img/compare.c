@@ -35,7 +35,7 @@ static int chain_status(QGuardImage *img, uint64_t offset, uint64_t *pnum)
 {
     g_autoptr(GError) err = NULL;
     uint64_t size = qguard_image_size(img);
-    QGuardBlockStatus st;
+    QGuardBlockStatus st = QGUARD_SIZED(QGuardBlockStatus);
     int status = 0;
 
     if (qguard_image_block_status(img, offset, size - offset, &st,

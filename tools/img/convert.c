@@ -89,7 +89,7 @@ static int64_t convert_iteration_sectors(ConvertState *s,
 
         if (offset < size) {
             g_autoptr(GError) err = NULL;
-            QGuardBlockStatus st;
+            QGuardBlockStatus st = QGUARD_SIZED(QGuardBlockStatus);
             int ret;
 
             count = MIN(n * SECTOR_SIZE, size - offset);
@@ -386,16 +386,6 @@ static QGuardBitmapInfo *source_bitmaps(QGuardImage *src, guint *count)
     return list;
 }
 
-static void free_bitmap_list(QGuardBitmapInfo *list, guint count)
-{
-    guint i;
-
-    for (i = 0; i < count; i++) {
-        g_free(list[i].name);
-    }
-    g_free(list);
-}
-
 /* Can the bitmaps be copied?  Says why not. */
 static int convert_check_bitmaps(QGuardImage *src, bool skip_broken)
 {
@@ -421,7 +411,7 @@ static int convert_check_bitmaps(QGuardImage *src, bool skip_broken)
             break;
         }
     }
-    free_bitmap_list(list, count);
+    qguard_bitmap_list_free(list, count);
     return ret;
 }
 
@@ -468,7 +458,7 @@ static int convert_copy_bitmaps(QGuardImage *src, QGuardImage *dst,
             ret = -1;
         }
     }
-    free_bitmap_list(list, count);
+    qguard_bitmap_list_free(list, count);
     return ret;
 }
 

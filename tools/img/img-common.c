@@ -135,7 +135,7 @@ bool qemu_knows_format(const char *fmt)
 
 bool parse_cache_flags(const char *mode, unsigned *flags)
 {
-    return qguard_parse_cache_mode(mode, flags);
+    return qguard_parse_cache_mode(mode, flags) == 0;
 }
 
 /*
@@ -212,7 +212,7 @@ QGuardOpts *parse_create_options(const char *raw, const char *prefix)
     g_autoptr(GError) err = NULL;
     QGuardOpts *opts = qguard_opts_new();
 
-    if (*raw && !qguard_opts_parse(opts, raw, NULL, &err)) {
+    if (*raw && qguard_opts_parse(opts, raw, NULL, &err) < 0) {
         error_report("%s%s", prefix, err->message);
         qguard_opts_free(opts);
         return NULL;

@@ -26,7 +26,7 @@ static int get_block_status(QGuardImage *img, int64_t offset, int64_t bytes,
                             MapEntry *e)
 {
     g_autoptr(GError) err = NULL;
-    QGuardBlockStatus st;
+    QGuardBlockStatus st = QGUARD_SIZED(QGuardBlockStatus);
     int ret;
 
     ret = qguard_image_block_status(img, offset, bytes, &st, &err);

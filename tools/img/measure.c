@@ -17,7 +17,7 @@ static bool parse_snapshot_param(const char *param, char **id, char **name)
 {
     g_autoptr(GError) err = NULL;
     QGuardOpts *opts = qguard_opts_new();
-    bool ok = qguard_opts_parse(opts, param, NULL, &err);
+    bool ok = qguard_opts_parse(opts, param, NULL, &err) == 0;
     guint i;
 
     for (i = 0; ok && i < qguard_opts_count(opts); i++) {
@@ -99,7 +99,7 @@ int img_measure(int argc, char **argv)
     uint64_t img_size = UINT64_MAX;
     QGuardOpts *opts = NULL;
     QGuardImage *in = NULL;
-    QGuardMeasureInfo info;
+    QGuardMeasureInfo info = QGUARD_SIZED(QGuardMeasureInfo);
     int ret = 1, c;
 
     while ((c = tool_getopt(argc, argv, ":hf:O:o:l:U", long_options,
@@ -178,12 +178,12 @@ int img_measure(int argc, char **argv)
     }
 
     opts = qguard_opts_new();
-    if (options->len && !qguard_opts_parse(opts, options->str, NULL, &err)) {
+    if (options->len && qguard_opts_parse(opts, options->str, NULL, &err) < 0) {
         error_report("%s", err->message);
         error_report("Invalid options for file format '%s'", out_fmt);
         goto out;
     }
-    if (!qguard_measure_opts_valid(out_fmt, opts, &err)) {
+    if (qguard_measure_opts_valid(out_fmt, opts, &err) < 0) {
         error_report("%s", err->message);
         error_report("Invalid options for file format '%s'", out_fmt);
         goto out;

@@ -128,7 +128,7 @@ static int copy_differences(Rebase *r, Progress *progress)
     }
     for (offset = 0; offset < size; offset += n) {
         g_autoptr(GError) err = NULL;
-        QGuardBlockStatus st;
+        QGuardBlockStatus st = QGUARD_SIZED(QGuardBlockStatus);
         bool old_zero, new_zero;
         uint64_t written = 0;
 

@@ -28,7 +28,7 @@ static bool parse_resize_size(const char *size, int *relative, uint64_t *n)
     if (*relative) {
         size++;
     }
-    ok = qguard_parse_size_option("size", size, n, &hex_suffix, &err);
+    ok = qguard_parse_size_option("size", size, n, &hex_suffix, &err) == 0;
     if (hex_suffix) {
         warn_hex_suffix(size);
     }

@@ -31,9 +31,8 @@ static char *find_snapshot_id_by_name(QGuardImage *img, const char *name)
         if (!id && list[i].name && !strcmp(list[i].name, name)) {
             id = g_strdup(list[i].id);
         }
-        qguard_snapshot_info_clear(&list[i]);
     }
-    g_free(list);
+    qguard_snapshot_list_free(list, count);
     return id;
 }
 

@@ -396,7 +396,7 @@ int do_pwrite_compressed(const uint8_t *buf, int64_t offset,
 int is_allocated(int64_t offset, int64_t bytes, int64_t *pnum)
 {
     uint64_t size = qguard_image_size(image);
-    QGuardBlockStatus st;
+    QGuardBlockStatus st = QGUARD_SIZED(QGuardBlockStatus);
     int ret;
 
     if (bytes <= 0 || (uint64_t)offset >= size) {
@@ -415,7 +415,7 @@ int is_allocated(int64_t offset, int64_t bytes, int64_t *pnum)
 bool range_has_data(int64_t offset, int64_t bytes)
 {
     uint64_t size = qguard_image_size(image);
-    QGuardBlockStatus st;
+    QGuardBlockStatus st = QGUARD_SIZED(QGuardBlockStatus);
 
     if ((uint64_t)offset >= size) {
         return false;

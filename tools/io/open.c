@@ -31,7 +31,7 @@ static struct {
 
 static bool set_cache_mode(unsigned *flags, const char *mode)
 {
-    if (!qguard_parse_cache_mode(mode, flags)) {
+    if (qguard_parse_cache_mode(mode, flags) < 0) {
         error_report("Invalid cache option: %s", mode);
         return false;
     }
@@ -76,7 +76,7 @@ bool parse_open_options(QGuardOpts *opts, const char *str)
                         "Please use %s=on instead", elem->str, elem->str);
         }
     }
-    if (!qguard_opts_parse(opts, str, NULL, &err)) {
+    if (qguard_opts_parse(opts, str, NULL, &err) < 0) {
         error_report_err(NULL, err, -EINVAL);
         return false;
     }

@@ -23,13 +23,12 @@ static const char overlap_stats_help[] =
 
 static int overlap_stats_f(int argc, char **argv)
 {
-    QGuardOverlapStats st;
+    QGuardOverlapStats st = QGUARD_SIZED(QGuardOverlapStats);
     GString *checks = g_string_new(NULL);
     int ret, i;
 
     (void)argc;
     (void)argv;
-    memset(&st, 0, sizeof(st));
     ret = qguard_image_overlap_stats(image, &st);
     if (ret < 0) {
         printf("overlap-stats failed: %s\n", strerror(-ret));
