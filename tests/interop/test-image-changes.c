@@ -22,29 +22,9 @@
 #include <unistd.h>
 
 #include "qguard.h"
+#include "test-lib.h"
 
 static char *test_dir;
-
-/* Run a shell command in the test directory; returns the exit status. */
-static int G_GNUC_PRINTF(3, 4) sh_status(char **out, char **err,
-                                         const char *fmt, ...)
-{
-    g_autofree char *cmd = NULL;
-    g_autoptr(GError) gerr = NULL;
-    char *argv[] = { (char *)"/bin/sh", (char *)"-c", NULL, NULL };
-    int status;
-    va_list ap;
-
-    va_start(ap, fmt);
-    cmd = g_strdup_vprintf(fmt, ap);
-    va_end(ap);
-    argv[2] = cmd;
-    if (!g_spawn_sync(test_dir, argv, NULL, 0, NULL, NULL, out, err, &status,
-                      &gerr)) {
-        g_error("cannot run '%s': %s", cmd, gerr->message);
-    }
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
 
 /* Run a shell command that must succeed; returns its stdout. */
 static char * G_GNUC_PRINTF(1, 2) sh(const char *fmt, ...)
@@ -58,7 +38,7 @@ static char * G_GNUC_PRINTF(1, 2) sh(const char *fmt, ...)
     va_start(ap, fmt);
     cmd = g_strdup_vprintf(fmt, ap);
     va_end(ap);
-    status = sh_status(&out, &err, "%s", cmd);
+    status = test_sh(test_dir, &out, &err, "%s", cmd);
     if (status) {
         g_error("'%s' exited with %d:\n%s%s", cmd, status, out, err);
     }
@@ -123,7 +103,7 @@ static void amend_ok(const char *name, const char *optstr)
 static void qemu_check_clean(const char *name)
 {
     g_autofree char *out = NULL, *err = NULL;
-    int status = sh_status(&out, &err, "qemu-img check %s", name);
+    int status = test_sh(test_dir, &out, &err, "qemu-img check %s", name);
 
     if (status || !strstr(out, "No errors were found on the image.")) {
         g_error("qemu-img check %s (exit %d):\n%s%s", name, status, out, err);
@@ -134,8 +114,7 @@ static void qemu_check_clean(const char *name)
 static void qemu_reads_as(const char *name, const char *raw)
 {
     g_autofree char *out = NULL, *err = NULL;
-    int status = sh_status(&out, &err, "qemu-img compare -F raw %s %s",
-                           name, raw);
+    int status = test_sh(test_dir, &out, &err, "qemu-img compare -F raw %s %s", name, raw);
 
     if (status) {
         g_error("qemu-img compare %s %s (exit %d):\n%s%s", name, raw, status,
@@ -175,8 +154,7 @@ static char *qemu_amend_error(const char *name, const char *optstr)
     int status;
 
     SH("cp %s qemu-copy.qcow2", name);
-    status = sh_status(&out, &err, "qemu-img amend -o '%s' qemu-copy.qcow2",
-                       optstr);
+    status = test_sh(test_dir, &out, &err, "qemu-img amend -o '%s' qemu-copy.qcow2", optstr);
     g_assert_cmpint(status, ==, 1);
     g_assert_true(g_str_has_prefix(err, "qemu-img: "));
     return g_strdup(err + strlen("qemu-img: "));
@@ -569,7 +547,7 @@ static void assert_measure_refusal(const char *fmt, const char *optstr,
     g_autofree char *out = NULL, *qerr = NULL, *want = NULL;
     QGuardMeasureInfo info = QGUARD_SIZED(QGuardMeasureInfo);
 
-    g_assert_cmpint(sh_status(&out, &qerr, "qemu-img measure -O %s -o '%s' "
+    g_assert_cmpint(test_sh(test_dir, &out, &qerr, "qemu-img measure -O %s -o '%s' "
                               "--size %s", fmt, optstr, size), ==, 1);
     g_assert_cmpint(qguard_opts_parse(opts, optstr, NULL, &err), ==, 0);
     qguard_opts_set(opts, "size", size);
@@ -757,15 +735,6 @@ static void test_snapshot_load_tmp(void)
 
 typedef void TestFunc(void);
 
-static int rm_cb(const char *p, const struct stat *sb, int type,
-                 struct FTW *ftw)
-{
-    (void)sb;
-    (void)type;
-    (void)ftw;
-    return remove(p);
-}
-
 static void run_in_own_dir(gconstpointer data)
 {
     TestFunc *fn = (TestFunc *)data;
@@ -774,7 +743,7 @@ static void run_in_own_dir(gconstpointer data)
     test_dir = g_build_filename(top, "XXXXXX", NULL);
     g_assert_nonnull(g_mkdtemp(test_dir));
     fn();
-    nftw(test_dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    test_rm_tree(test_dir);
     g_free(test_dir);
     test_dir = g_steal_pointer(&top);
 }
@@ -816,7 +785,7 @@ int main(int argc, char **argv)
     add("/snapshot/load-tmp", test_snapshot_load_tmp);
 
     ret = g_test_run();
-    nftw(test_dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+    test_rm_tree(test_dir);
     g_free(test_dir);
     return ret;
 }

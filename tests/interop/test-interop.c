@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "qguard.h"
+#include "test-lib.h"
 
 #define KiB (UINT64_C(1) << 10)
 #define MiB (UINT64_C(1) << 20)
@@ -46,35 +47,6 @@
 #define TOOL_TIMEOUT_SEC "60"
 
 static char *test_dir;
-
-/* Fail the current subtest with a formatted message. */
-#define FAIL(...) fail_at(__FILE__, __LINE__, G_STRFUNC, __VA_ARGS__)
-
-static void G_GNUC_PRINTF(4, 5) G_GNUC_NORETURN
-fail_at(const char *file, int line, const char *func, const char *fmt, ...)
-{
-    g_autofree char *msg = NULL;
-    va_list ap;
-
-    va_start(ap, fmt);
-    msg = g_strdup_vprintf(fmt, ap);
-    va_end(ap);
-    g_assertion_message(G_LOG_DOMAIN, file, line, func, msg);
-    abort();
-}
-
-static char *tpath(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
-
-static char *tpath(const char *fmt, ...)
-{
-    g_autofree char *name = NULL;
-    va_list ap;
-
-    va_start(ap, fmt);
-    name = g_strdup_vprintf(fmt, ap);
-    va_end(ap);
-    return g_build_filename(test_dir, name, NULL);
-}
 
 /* ---- Running QEMU's tools ------------------------------------------------ */
 
@@ -129,22 +101,12 @@ static char *cmd_string(Cmd *c)
 /* Run @c; returns the exit status (128 + signal if killed). */
 static int cmd_run(Cmd *c, char **out, char **err)
 {
-    g_autoptr(GError) gerr = NULL;
-    g_autofree char **argv = g_new0(char *, c->argv->len + 1);
-    int status;
-    guint i;
+    g_autofree const char **argv = g_new0(const char *, c->argv->len + 1);
 
-    for (i = 0; i < c->argv->len; i++) {
+    for (guint i = 0; i < c->argv->len; i++) {
         argv[i] = g_ptr_array_index(c->argv, i);
     }
-    if (!g_spawn_sync(test_dir, argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL,
-                      out, err, &status, &gerr)) {
-        FAIL("cannot run %s: %s", argv[4], gerr->message);
-    }
-    if (WIFEXITED(status)) {
-        return WEXITSTATUS(status);
-    }
-    return 128 + WTERMSIG(status);
+    return test_spawn(test_dir, argv, 0, out, err);
 }
 
 /* Run @c, which must exit 0; returns its stdout.  Frees @c. */
@@ -593,16 +555,6 @@ static void fill_rich(uint8_t *buf, uint64_t off, uint64_t len, uint32_t tag)
         uint64_t x = off + i;
         buf[i] = (uint8_t)(x * 131 + (x >> 9) * 7 + tag * 29 + 1);
     }
-}
-
-static int rm_cb(const char *path, const struct stat *sb, int type,
-                 struct FTW *ftw)
-{
-    (void)sb;
-    (void)type;
-    (void)ftw;
-    remove(path);
-    return 0;
 }
 
 /* ---- The operation list -------------------------------------------------- */
@@ -2039,6 +1991,7 @@ int main(int argc, char **argv)
         g_test_set_nonfatal_assertions();
     }
     test_dir = make_test_dir();
+    test_scratch_set(test_dir);
 
     for (ci = 0; ci < G_N_ELEMENTS(cluster_sizes); ci++) {
         for (ri = 0; ri < G_N_ELEMENTS(refcount_bits); ri++) {
@@ -2151,11 +2104,7 @@ int main(int argc, char **argv)
 
     ret = g_test_run();
     if (!g_test_subprocess()) {
-        if (g_getenv("QGUARD_KEEP_TEST_DIR")) {
-            g_printerr("# test files kept in %s\n", test_dir);
-        } else {
-            nftw(test_dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-        }
+        test_scratch_remove();
     }
     g_free(test_dir);
     return ret;

@@ -7,16 +7,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 
 #include "fault-common.h"
+#include "test-lib.h"
 
 void fault_test_begin(FaultTest *t, int *argc, char ***argv,
                       const char *name, const char *slow_what)
 {
-    const char *env_seed = g_getenv("QGUARD_TEST_SEED");
-    const char *tmp = g_file_test("/dev/shm", G_FILE_TEST_IS_DIR) ?
-                      "/dev/shm" : g_get_tmp_dir();
     g_autofree char *base = g_strdup_printf("qguard-%s-XXXXXX", name);
     char **args = g_new0(char *, *argc + 2);
 
@@ -26,21 +23,16 @@ void fault_test_begin(FaultTest *t, int *argc, char ***argv,
     *argv = t->argv = args;
     g_test_init(argc, argv, NULL);
     t->slow = g_test_slow() || g_getenv("QGUARD_TEST_SLOW");
-    t->seed = env_seed ? (guint32)strtoul(env_seed, NULL, 0)
-                       : (guint32)g_random_int();
-    printf("# seed %u (set QGUARD_TEST_SEED to repeat)%s%s\n", t->seed,
-           t->slow ? ", " : "", t->slow ? slow_what : "");
-    t->dir = g_mkdtemp(g_build_filename(tmp, base, NULL));
-    g_assert_nonnull(t->dir);
+    t->seed = test_seed();
+    if (t->slow) {
+        printf("# %s\n", slow_what);
+    }
+    t->dir = g_strdup(test_scratch_init_fast(base));
 }
 
 void fault_test_end(FaultTest *t)
 {
-    g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", t->dir);
-
-    if (system(cmd) != 0) {
-        g_printerr("could not remove %s\n", t->dir);
-    }
+    test_scratch_remove();
     g_free(t->dir);
     g_free(t->argv);
 }
@@ -62,30 +54,16 @@ uint64_t hash_sector(const uint8_t *p, size_t len)
     return h;
 }
 
-void fill_pattern(uint8_t *buf, uint64_t len, uint64_t offset, uint32_t tag)
-{
-    uint64_t i;
-
-    for (i = 0; i < len; i++) {
-        uint64_t x = (offset + i) / 8 * 0x9e3779b97f4a7c15ULL + tag;
-        buf[i] = (uint8_t)(x >> (8 * ((offset + i) % 8)));
-    }
-}
-
 int run_qemu_img(const char *const *argv, char **output)
 {
-    g_autoptr(GError) err = NULL;
     g_autofree char *out = NULL, *errs = NULL;
-    int status;
+    int status = test_spawn(NULL, argv, G_SPAWN_LEAVE_DESCRIPTORS_OPEN, &out,
+                            &errs);
 
-    g_assert_true(g_spawn_sync(NULL, (char **)argv, NULL,
-                               G_SPAWN_SEARCH_PATH |
-                               G_SPAWN_LEAVE_DESCRIPTORS_OPEN, NULL, NULL,
-                               &out, &errs, &status, &err));
     if (output) {
         *output = g_strconcat(out, errs, NULL);
     }
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+    return status;
 }
 
 void report_line(void *opaque, const char *line)

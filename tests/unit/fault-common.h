@@ -13,6 +13,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "test-lib.h"
+
 typedef struct FaultTest {
     char *dir;          /* scratch directory, removed by fault_test_end() */
     guint32 seed;       /* QGUARD_TEST_SEED, or random */
@@ -30,7 +32,6 @@ void fault_test_begin(FaultTest *t, int *argc, char ***argv,
 void fault_test_end(FaultTest *t);
 
 uint64_t hash_sector(const uint8_t *p, size_t len);
-void fill_pattern(uint8_t *buf, uint64_t len, uint64_t offset, uint32_t tag);
 /* Exit status of qemu-img @argv; its stdout+stderr into @output if set. */
 int run_qemu_img(const char *const *argv, char **output);
 /* Message handlers: indent into a GString, or drop. */

@@ -33,6 +33,7 @@
 #include <zstd.h>
 
 #include "qguard.h"
+#include "test-lib.h"
 
 #define KiB (UINT64_C(1) << 10)
 #define MiB (UINT64_C(1) << 20)
@@ -51,31 +52,10 @@
 
 static char *test_dir;
 
-#define FAIL(...) fail_at(__FILE__, __LINE__, G_STRFUNC, __VA_ARGS__)
-
-static void G_GNUC_PRINTF(4, 5) G_GNUC_NORETURN
-fail_at(const char *file, int line, const char *func, const char *fmt, ...)
-{
-    g_autofree char *msg = NULL;
-    va_list ap;
-
-    va_start(ap, fmt);
-    msg = g_strdup_vprintf(fmt, ap);
-    va_end(ap);
-    g_assertion_message(G_LOG_DOMAIN, file, line, func, msg);
-    abort();
-}
-
-static char *tpath(const char *name)
-{
-    return g_build_filename(test_dir, name, NULL);
-}
-
 /* ---- Building the images ------------------------------------------------- */
 
 static void run_tool(const char *const *args)
 {
-    g_autoptr(GError) err = NULL;
     g_autofree char *out = NULL, *errout = NULL;
     GPtrArray *argv = g_ptr_array_new();
     int status;
@@ -86,12 +66,9 @@ static void run_tool(const char *const *args)
         g_ptr_array_add(argv, (gpointer)*args);
     }
     g_ptr_array_add(argv, NULL);
-    if (!g_spawn_sync(test_dir, (char **)argv->pdata, NULL,
-                      G_SPAWN_SEARCH_PATH, NULL, NULL, &out, &errout,
-                      &status, &err)) {
-        FAIL("cannot run %s: %s", (char *)argv->pdata[2], err->message);
-    }
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    status = test_spawn(test_dir, (const char *const *)argv->pdata, 0, &out,
+                        &errout);
+    if (status != 0) {
         g_autofree char *line = g_strjoinv(" ", (char **)argv->pdata + 2);
         FAIL("`%s` failed (status 0x%x): %s%s", line, status, errout, out);
     }
@@ -1129,7 +1106,7 @@ static void make_case_file(const BadCase *bc, const char *path)
 
     unlink(path);
     if (bc->tmpl) {
-        g_autofree char *t = tpath(bc->tmpl);
+        g_autofree char *t = tpath("%s", bc->tmpl);
         copy_file(t, path);
     }
     l = bc->tmpl ? layout_of(path) : (Layout) { 0 };
@@ -1259,7 +1236,7 @@ static void run_case(const BadCase *bc, bool rw)
 {
     g_autofree char *name = g_strdup_printf("%s-%s.qcow2", rw ? "rw" : "ro",
                                             bc->name);
-    g_autofree char *path = tpath(name);
+    g_autofree char *path = tpath("%s", name);
     g_autofree uint8_t *before = NULL, *after = NULL;
     g_autoptr(GError) err = NULL;
     g_autoptr(GPtrArray) events = g_ptr_array_new_with_free_func(g_free);
@@ -1407,7 +1384,7 @@ static void test_corrupt_bit_check_mode(void)
 static void check_mode_reports(const char *case_name)
 {
     g_autofree char *name = g_strdup_printf("check-%s.qcow2", case_name);
-    g_autofree char *path = tpath(name);
+    g_autofree char *path = tpath("%s", name);
     g_autoptr(GError) err = NULL;
     g_autoptr(GPtrArray) lines = g_ptr_array_new_with_free_func(g_free);
     QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
@@ -1451,7 +1428,7 @@ static void test_check_mode_snapshot_l1_size(void)
 static void check_leaves_file_alone(const char *case_name)
 {
     g_autofree char *name = g_strdup_printf("report-%s.qcow2", case_name);
-    g_autofree char *path = tpath(name);
+    g_autofree char *path = tpath("%s", name);
     g_autofree uint8_t *before = NULL, *after = NULL;
     g_autoptr(GError) err = NULL;
     g_autoptr(GPtrArray) lines = g_ptr_array_new_with_free_func(g_free);
@@ -1518,7 +1495,7 @@ static void test_check_only_l2_entry_unaligned(void)
 static void repair_bitmap_case(const char *case_name)
 {
     g_autofree char *name = g_strdup_printf("repair-%s.qcow2", case_name);
-    g_autofree char *path = tpath(name);
+    g_autofree char *path = tpath("%s", name);
     g_autoptr(GError) err = NULL;
     QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
     QGuardImage *img = NULL;
@@ -1613,7 +1590,7 @@ static void test_backing_problems_no_backing_open(void)
     for (i = 0; i < n; i++) {
         g_autofree char *name = g_strdup_printf("nb-%s.qcow2",
                                                 picked[i]->name);
-        g_autofree char *path = tpath(name);
+        g_autofree char *path = tpath("%s", name);
         g_autoptr(GError) err = NULL;
         QGuardImage *img = NULL;
 
@@ -1749,16 +1726,6 @@ static void make_templates(void)
     run_tool(create_cs4k);
 }
 
-static int rm_cb(const char *path, const struct stat *sb, int type,
-                 struct FTW *ftw)
-{
-    (void)sb;
-    (void)type;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
 /*
  * GLib frees its test cases, not their data, at the end of g_test_run():
  * the jobs are kept here so that LeakSanitizer does not see them lost.
@@ -1796,6 +1763,9 @@ int main(int argc, char **argv)
         test_dir = g_dir_make_tmp("qguard-bad-input-XXXXXX", &err);
         g_assert_no_error(err);
         g_setenv("QGUARD_BAD_INPUT_DIR", test_dir, TRUE);
+    }
+    test_scratch_set(test_dir);
+    if (!g_test_subprocess() || !env) {
         make_templates();
     }
 
@@ -1833,11 +1803,7 @@ int main(int argc, char **argv)
     ret = g_test_run();
     g_ptr_array_free(jobs, TRUE);
     if (!g_test_subprocess()) {
-        if (g_getenv("QGUARD_KEEP_TEST_DIR")) {
-            g_printerr("# test files kept in %s\n", test_dir);
-        } else {
-            nftw(test_dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-        }
+        test_scratch_remove();
     }
     g_free(test_dir);
     return ret;

@@ -31,16 +31,12 @@
 #include "qguard.h"
 #include "block/block_int.h"
 #include "block/qcow2.h"
+#include "test-lib.h"
 
 #define KiB (UINT64_C(1) << 10)
 #define MiB (UINT64_C(1) << 20)
 
 static char *test_dir;
-
-static char *tpath(const char *name)
-{
-    return g_build_filename(test_dir, name, NULL);
-}
 
 /* ---- Running QEMU's tools ----------------------------------------------- */
 
@@ -49,22 +45,17 @@ static int sh(char **out, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 
 static int sh(char **out, const char *fmt, ...)
 {
-    g_autoptr(GError) err = NULL;
-    g_autofree char *line = NULL, *o = NULL, *e = NULL;
-    const char *argv[] = { "/bin/sh", "-c", NULL, NULL };
+    g_autofree char *o = NULL, *e = NULL;
     va_list ap;
     int status;
 
     va_start(ap, fmt);
-    line = g_strdup_vprintf(fmt, ap);
+    status = test_shv(test_dir, &o, &e, fmt, ap);
     va_end(ap);
-    argv[2] = line;
-    g_assert_true(g_spawn_sync(test_dir, (char **)argv, NULL, 0, NULL, NULL,
-                               &o, &e, &status, &err));
     if (out) {
         *out = g_strconcat(o, e, NULL);
     }
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+    return status;
 }
 
 static void sh_ok(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
@@ -1132,6 +1123,7 @@ int main(int argc, char **argv)
 
     g_test_init(&argc, &argv, NULL);
     test_dir = g_mkdtemp(tmpl);
+    test_scratch_set(test_dir);
     g_assert_nonnull(test_dir);
 
     g_test_add_func("/bitmaps/qemu-bitmaps-updated",

@@ -13,44 +13,7 @@
 
 #include "qguard.h"
 #include "block/block_int.h"
-
-static char *test_dir;
-
-static char *test_path(const char *name)
-{
-    return g_build_filename(test_dir, name, NULL);
-}
-
-static void create_image(const char *path, const char *create_opts)
-{
-    g_autoptr(GError) err = NULL;
-    g_autofree char *desc = NULL;
-    QGuardOpts *opts = qguard_opts_new();
-
-    g_assert_cmpint(qguard_opts_parse(opts, create_opts, NULL, &err), ==, 0);
-    desc = qguard_create_prepare(path, "qcow2", opts, false, &err);
-    g_assert_no_error(err);
-    g_assert_cmpint(qguard_image_create(path, "qcow2", opts, NULL, NULL,
-                                        &err), ==, 0);
-    qguard_opts_free(opts);
-}
-
-static QGuardImage *open_image(const char *path, const char *runtime_opts,
-                               unsigned flags)
-{
-    g_autoptr(GError) err = NULL;
-    QGuardOpts *opts = qguard_opts_new();
-    QGuardImage *img = NULL;
-
-    if (runtime_opts) {
-        g_assert_cmpint(qguard_opts_parse(opts, runtime_opts, NULL, &err), ==, 0);
-    }
-    g_assert_cmpint(qguard_image_open(&img, path, "qcow2", opts, flags, &err),
-                    ==, 0);
-    g_assert_no_error(err);
-    qguard_opts_free(opts);
-    return img;
-}
+#include "test-lib.h"
 
 /* ---- Fault and counting hook ------------------------------------------- */
 
@@ -91,15 +54,16 @@ static int hook_fn(void *opaque, HostFile *file, HostFileOp op,
  */
 static void test_flush_error_is_sticky(void)
 {
-    g_autofree char *path = test_path("sticky.qcow2");
+    g_autofree char *path = tpath("sticky.qcow2");
     g_autoptr(GError) err = NULL;
     Hook h = { .path = path, .fail_op = HOST_FILE_FLUSH, .fail_nth = 1,
                .fail_errno = EIO };
     uint8_t buf[4096];
     QGuardImage *img;
 
-    create_image(path, "size=1M");
-    img = open_image(path, NULL, QGUARD_OPEN_RDWR);
+    test_image_new(path, "qcow2", "size=1M");
+    img = test_image_open(path, "qcow2", NULL,
+                          QGUARD_OPEN_RDWR);
     memset(buf, 0x5a, sizeof(buf));
     g_assert_cmpint(qguard_image_pwrite(img, 0, sizeof(buf), buf, 0, &err),
                     ==, 0);
@@ -121,7 +85,7 @@ static void test_flush_error_is_sticky(void)
  */
 static void test_close_reports_mark_clean_failure(void)
 {
-    g_autofree char *path = test_path("lazy.qcow2");
+    g_autofree char *path = tpath("lazy.qcow2");
     g_autoptr(GError) err = NULL;
     Hook h = { .path = path, .fail_op = HOST_FILE_WRITE, .fail_nth = 1,
                .fail_errno = EIO };
@@ -129,8 +93,9 @@ static void test_close_reports_mark_clean_failure(void)
     uint8_t buf[4096];
     QGuardImage *img;
 
-    create_image(path, "size=1M,lazy_refcounts=on");
-    img = open_image(path, NULL, QGUARD_OPEN_RDWR);
+    test_image_new(path, "qcow2", "size=1M,lazy_refcounts=on");
+    img = test_image_open(path, "qcow2", NULL,
+                          QGUARD_OPEN_RDWR);
     memset(buf, 0x5a, sizeof(buf));
     g_assert_cmpint(qguard_image_pwrite(img, 0, sizeof(buf), buf, 0, &err),
                     ==, 0);
@@ -142,7 +107,8 @@ static void test_close_reports_mark_clean_failure(void)
     g_assert_cmpint(h.counts[HOST_FILE_WRITE], ==, 1);
 
     /* The flushed write is there; the image is still marked dirty. */
-    img = open_image(path, NULL, QGUARD_OPEN_NO_BACKING);
+    img = test_image_open(path, "qcow2", NULL,
+                          QGUARD_OPEN_NO_BACKING);
     g_assert_cmpint(qguard_image_get_info(img, &info, NULL), ==, 0);
     g_assert_true(info->dirty_flag);
     qguard_image_info_free(info);
@@ -204,14 +170,14 @@ static void drop_message(void *opaque, const char *line)
 
 static void test_close_of_broken_image_fails(void)
 {
-    g_autofree char *path = test_path("broken.qcow2");
+    g_autofree char *path = tpath("broken.qcow2");
     g_autoptr(GError) err = NULL;
     uint8_t hdr[56], entry[8], buf[4096];
     uint64_t l1_offset, l2;
     QGuardImage *img;
     int fd, i;
 
-    create_image(path, "size=1G");
+    test_image_new(path, "qcow2", "size=1G");
     fd = open(path, O_RDWR);
     g_assert_cmpint(fd, >=, 0);
     g_assert_cmpint(pread(fd, hdr, sizeof(hdr), 0), ==, sizeof(hdr));
@@ -224,7 +190,8 @@ static void test_close_of_broken_image_fails(void)
     g_assert_cmpint(pwrite(fd, entry, 8, l1_offset + 8), ==, 8);
     close(fd);
 
-    img = open_image(path, "overlap-check=all", QGUARD_OPEN_RDWR);
+    img = test_image_open(path, "qcow2", "overlap-check=all",
+                          QGUARD_OPEN_RDWR);
     memset(buf, 0x5a, sizeof(buf));
     g_assert_cmpint(qguard_image_pwrite(img, 0, sizeof(buf), buf, 0, &err),
                     ==, 0);
@@ -253,7 +220,7 @@ typedef struct ErrorCase {
 static void test_error_reported(gconstpointer data)
 {
     const ErrorCase *c = data;
-    g_autofree char *path = test_path("err.qcow2");
+    g_autofree char *path = tpath("err.qcow2");
     g_autoptr(GError) err = NULL;
     g_autofree uint8_t *buf = g_malloc(1 << 20);
     Hook h = { .path = path, .fail_op = c->op, .fail_nth = c->nth,
@@ -263,8 +230,9 @@ static void test_error_reported(gconstpointer data)
     int wret, cret;
 
     g_assert_cmpint(qguard_parse_cache_mode(c->mode, &flags), ==, 0);
-    create_image(path, "size=8M");
-    img = open_image(path, NULL, flags);
+    test_image_new(path, "qcow2", "size=8M");
+    img = test_image_open(path, "qcow2", NULL,
+                          flags);
     memset(buf, 0x5a, 1 << 20);
     host_file_set_hook(hook_fn, &h);
     wret = qguard_image_pwrite(img, 0, 1 << 20, buf, 0, &err);
@@ -315,15 +283,16 @@ typedef struct WriteCase {
 static void test_write_cache(gconstpointer data)
 {
     const WriteCase *c = data;
-    g_autofree char *path = test_path("wc.qcow2");
+    g_autofree char *path = tpath("wc.qcow2");
     g_autoptr(GError) err = NULL;
     g_autofree uint8_t *buf = g_malloc(1 << 20);
     uint64_t small_flushes, big_flushes;
     Hook h = { .path = path };
     QGuardImage *img;
 
-    create_image(path, c->create_opts);
-    img = open_image(path, c->runtime_opts, QGUARD_OPEN_RDWR | c->flags);
+    test_image_new(path, "qcow2", c->create_opts);
+    img = test_image_open(path, "qcow2", c->runtime_opts,
+                          QGUARD_OPEN_RDWR | c->flags);
     memset(buf, 0x5a, 1 << 20);
     /* The first L2 table: later writes allocate tables only if small. */
     g_assert_cmpint(qguard_image_pwrite(img, 0, 4096, buf, 0, &err), ==, 0);
@@ -408,7 +377,7 @@ static void create_any(const char *path, const DirectCase *c)
                         0);
         close(fd);
     } else {
-        create_image(path, c->create_opts);
+        test_image_new(path, "qcow2", c->create_opts);
     }
 }
 
@@ -432,8 +401,8 @@ static void assert_same_files(const char *a, const char *b)
 static void test_direct_matches_buffered(gconstpointer data)
 {
     const DirectCase *c = data;
-    g_autofree char *pa = test_path("buffered.img");
-    g_autofree char *pb = test_path("direct.img");
+    g_autofree char *pa = tpath("buffered.img");
+    g_autofree char *pb = tpath("direct.img");
     g_autoptr(GError) err = NULL;
     GRand *rand = g_rand_new_with_seed(42);
     size_t max_len = 300 * 1024;
@@ -516,12 +485,10 @@ static const char *const direct_case_names[] = {
 
 int main(int argc, char **argv)
 {
-    g_autofree char *cmd = NULL;
     int ret;
 
     g_test_init(&argc, &argv, NULL);
-    test_dir = g_dir_make_tmp("qguard-cache-XXXXXX", NULL);
-    g_assert_nonnull(test_dir);
+    test_scratch_init("qguard-cache-XXXXXX");
 
     g_test_add_func("/cache/flush-error-is-sticky",
                     test_flush_error_is_sticky);
@@ -553,10 +520,6 @@ int main(int argc, char **argv)
     }
 
     ret = g_test_run();
-    cmd = g_strdup_printf("rm -rf '%s'", test_dir);
-    if (system(cmd) != 0) {
-        g_printerr("could not remove %s\n", test_dir);
-    }
-    g_free(test_dir);
+    test_scratch_remove();
     return ret;
 }

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "qguard.h"
+#include "test-lib.h"
 #include "block/host-file.h"
 
 #define IMAGE_SIZE (16 << 20)
@@ -26,7 +27,6 @@
 #define READS_PER_THREAD 3000
 #define WRITES 1500
 
-static char *test_dir;
 static guint32 seed;
 
 typedef struct Shared {
@@ -37,46 +37,6 @@ typedef struct Shared {
     gint reads_done;
 } Shared;
 
-static char *test_path(const char *name)
-{
-    return g_build_filename(test_dir, name, NULL);
-}
-
-static void fill(uint8_t *buf, size_t len, uint64_t offset, uint8_t tag)
-{
-    size_t i;
-
-    for (i = 0; i < len; i++) {
-        buf[i] = (uint8_t)((offset + i) / 7 + tag);
-    }
-}
-
-static QGuardImage *open_image(const char *path, const char *runtime)
-{
-    g_autoptr(GError) err = NULL;
-    QGuardOpts *opts = qguard_opts_new();
-    QGuardImage *img = NULL;
-
-    g_assert_cmpint(qguard_opts_parse(opts, runtime, NULL, &err), ==, 0);
-    g_assert_cmpint(qguard_image_open(&img, path, "qcow2", opts,
-                                      QGUARD_OPEN_RDWR, &err), ==, 0);
-    g_assert_no_error(err);
-    qguard_opts_free(opts);
-    return img;
-}
-
-static void create(const char *path, const char *create_opts)
-{
-    g_autoptr(GError) err = NULL;
-    QGuardOpts *opts = qguard_opts_new();
-
-    g_assert_cmpint(qguard_opts_parse(opts, create_opts, NULL, &err), ==, 0);
-    g_assert_cmpint(qguard_image_create(path, "qcow2", opts, NULL, NULL,
-                                        &err), ==, 0);
-    g_assert_no_error(err);
-    qguard_opts_free(opts);
-}
-
 /*
  * A backing file with data in its first half; on top, plain data, zero
  * clusters and compressed clusters, so that a read meets every kind of
@@ -84,8 +44,8 @@ static void create(const char *path, const char *create_opts)
  */
 static QGuardImage *build_image(uint8_t *model)
 {
-    g_autofree char *base = test_path("base.qcow2");
-    g_autofree char *top = test_path("top.qcow2");
+    g_autofree char *base = tpath("base.qcow2");
+    g_autofree char *top = tpath("top.qcow2");
     g_autofree char *top_opts = NULL;
     g_autoptr(GError) err = NULL;
     GRand *rand = g_rand_new_with_seed(seed);
@@ -94,17 +54,20 @@ static QGuardImage *build_image(uint8_t *model)
     uint64_t off;
     int i;
 
-    create(base, "size=16M,cluster_size=512");
-    img = open_image(base, "l2-cache-size=64k");
-    fill(model, IMAGE_SIZE / 2, 0, 1);
+    test_image_new(base, "qcow2", "size=16M,cluster_size=512");
+    img = test_image_open(base, "qcow2", "l2-cache-size=64k",
+                          QGUARD_OPEN_RDWR);
+    fill_pattern(model, IMAGE_SIZE / 2, 0, 1);
     g_assert_cmpint(qguard_image_pwrite(img, 0, IMAGE_SIZE / 2, model, 0,
                                         &err), ==, 0);
     g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
 
     top_opts = g_strdup_printf("size=16M,cluster_size=512,backing_file=%s,"
                                "backing_fmt=qcow2", base);
-    create(top, top_opts);
-    img = open_image(top, "l2-cache-size=4096,refcount-cache-size=4096");
+    test_image_new(top, "qcow2", top_opts);
+    img = test_image_open(top, "qcow2",
+                          "l2-cache-size=4096,refcount-cache-size=4096",
+                          QGUARD_OPEN_RDWR);
     for (i = 0; i < 4000; i++) {
         int kind = g_rand_int_range(rand, 0, 4);
         uint64_t len = kind == 3 ? CLUSTER
@@ -130,7 +93,7 @@ static QGuardImage *build_image(uint8_t *model)
                                                            &err), ==, 0);
             memcpy(model + off, buf, len);
         } else {
-            fill(buf, len, off, (uint8_t)i);
+            fill_pattern(buf, len, off, (uint8_t)i);
             g_assert_cmpint(qguard_image_pwrite(img, off, len, buf, 0, &err),
                             ==, 0);
             memcpy(model + off, buf, len);
@@ -195,7 +158,7 @@ static void test_parallel_reads_beside_writes(void)
         uint64_t off = WRITE_REGION + (uint64_t)g_rand_int_range(rand, 0,
                        (IMAGE_SIZE - WRITE_REGION - len) / CLUSTER) * CLUSTER;
 
-        fill(model + off, len, off, (uint8_t)(i + 3));
+        fill_pattern(model + off, len, off, (uint8_t)(i + 3));
         g_assert_cmpint(qguard_image_pwrite(sh.img, off, len, model + off, 0,
                                             &err), ==, 0);
         if (i % 100 == 99) {
@@ -247,7 +210,7 @@ typedef struct Writer {
 /* Every byte of a block says which block and which write it holds. */
 static void fill_block(uint8_t *buf, uint64_t block, uint32_t version)
 {
-    fill(buf, PW_BLOCK, block * PW_BLOCK, (uint8_t)(version * 37 + 5));
+    fill_pattern(buf, PW_BLOCK, block * PW_BLOCK, (uint8_t)(version * 37 + 5));
 }
 
 /*
@@ -319,8 +282,8 @@ static int slow_data_writes(void *opaque, HostFile *file, HostFileOp op,
 static void test_parallel_writes(gconstpointer data)
 {
     const ParallelWrites *pw = data;
-    g_autofree char *path = test_path("pw.qcow2");
-    g_autofree char *base = test_path("pw-base.qcow2");
+    g_autofree char *path = tpath("pw.qcow2");
+    g_autofree char *base = tpath("pw-base.qcow2");
     g_autofree char *opts = NULL;
     g_autofree uint8_t *image = g_malloc(PW_SIZE);
     g_autofree uint8_t *backing = g_malloc0(PW_SIZE);
@@ -337,9 +300,10 @@ static void test_parallel_writes(gconstpointer data)
     unlink(path);
     unlink(base);
     if (pw->backing) {
-        create(base, "size=2M,cluster_size=65536");
-        img = open_image(base, "");
-        fill(backing, PW_SIZE / 2, 0, 0x71);
+        test_image_new(base, "qcow2", "size=2M,cluster_size=65536");
+        img = test_image_open(base, "qcow2", "",
+                          QGUARD_OPEN_RDWR);
+        fill_pattern(backing, PW_SIZE / 2, 0, 0x71);
         g_assert_cmpint(qguard_image_pwrite(img, 0, PW_SIZE / 2, backing, 0,
                                             &err), ==, 0);
         g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
@@ -348,11 +312,12 @@ static void test_parallel_writes(gconstpointer data)
     } else {
         opts = g_strdup_printf("size=2M,%s", pw->create_opts);
     }
-    create(path, opts);
-    img = open_image(path, pw->runtime_opts);
+    test_image_new(path, "qcow2", opts);
+    img = test_image_open(path, "qcow2", pw->runtime_opts,
+                          QGUARD_OPEN_RDWR);
     if (pw->snapshot) {
         /* Shared clusters and L2 tables: the writes below copy them. */
-        fill(backing, PW_SIZE, 0, 0x33);
+        fill_pattern(backing, PW_SIZE, 0, 0x33);
         g_assert_cmpint(qguard_image_pwrite(img, 0, PW_SIZE, backing, 0,
                                             &err), ==, 0);
         g_assert_cmpint(qguard_snapshot_create(img, "s1", &err), ==, 0);
@@ -386,7 +351,8 @@ static void test_parallel_writes(gconstpointer data)
     g_assert_cmpint(res.corruptions + res.leaks + res.check_errors, ==, 0);
     g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
     /* And after a reopen, from the disk. */
-    img = open_image(path, "");
+    img = test_image_open(path, "qcow2", "",
+                          QGUARD_OPEN_RDWR);
     g_assert_cmpint(qguard_image_pread(img, 0, PW_SIZE, backing, &err), ==, 0);
     g_assert_true(memcmp(backing, image, PW_SIZE) == 0);
     g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
@@ -420,7 +386,7 @@ static gpointer same_cluster_writer(gpointer opaque)
  */
 static void test_parallel_writes_same_cluster(void)
 {
-    g_autofree char *path = test_path("same.qcow2");
+    g_autofree char *path = tpath("same.qcow2");
     g_autofree uint8_t *image = g_malloc(PW_SIZE);
     g_autoptr(GError) err = NULL;
     GThread *threads[PW_WRITERS];
@@ -432,8 +398,9 @@ static void test_parallel_writes_same_cluster(void)
     int i;
 
     unlink(path);
-    create(path, "size=2M,cluster_size=65536");
-    img = open_image(path, "");
+    test_image_new(path, "qcow2", "size=2M,cluster_size=65536");
+    img = test_image_open(path, "qcow2", "",
+                          QGUARD_OPEN_RDWR);
     host_file_set_hook(slow_data_writes, NULL);
     for (i = 0; i < PW_WRITERS; i++) {
         writers[i] = (Writer){ .img = img, .id = i };
@@ -476,13 +443,14 @@ static const ParallelWrites parallel_writes[] = {
 /* A failure's text must not be an earlier, unrelated failure's. */
 static void test_error_text_is_fresh(void)
 {
-    g_autofree char *path = test_path("err.qcow2");
+    g_autofree char *path = tpath("err.qcow2");
     g_autoptr(GError) err = NULL;
     uint8_t buf[CLUSTER] = { 1 };
     QGuardImage *img;
 
-    create(path, "size=1M,cluster_size=512");
-    img = open_image(path, "overlap-check=cached");
+    test_image_new(path, "qcow2", "size=1M,cluster_size=512");
+    img = test_image_open(path, "qcow2", "overlap-check=cached",
+                          QGUARD_OPEN_RDWR);
     g_assert_cmpint(qguard_image_pwrite(img, 0, CLUSTER, buf, 0, &err), ==, 0);
     g_assert_cmpint(qguard_image_pwrite_compressed(img, 0, CLUSTER, buf, &err),
                     ==, -EIO);
@@ -500,19 +468,11 @@ static void test_error_text_is_fresh(void)
 
 int main(int argc, char **argv)
 {
-    const char *env_seed = g_getenv("QGUARD_TEST_SEED");
-    g_autofree char *tmpl = g_build_filename(g_get_tmp_dir(),
-                                             "qguard-conc-XXXXXX", NULL);
-    g_autofree char *cmd = NULL;
     int ret;
 
     g_test_init(&argc, &argv, NULL);
-    seed = env_seed ? (guint32)strtoul(env_seed, NULL, 0)
-                    : (guint32)g_random_int();
-    g_test_message("seed %u (QGUARD_TEST_SEED=%u repeats this run)", seed,
-                   seed);
-    test_dir = g_mkdtemp(tmpl);
-    g_assert_nonnull(test_dir);
+    seed = test_seed();
+    test_scratch_init("qguard-conc-XXXXXX");
     g_test_add_func("/concurrency/parallel-reads-beside-writes",
                     test_parallel_reads_beside_writes);
     g_test_add_func("/concurrency/error-text-is-fresh",
@@ -525,9 +485,6 @@ int main(int argc, char **argv)
         g_test_add_data_func(name, &parallel_writes[i], test_parallel_writes);
     }
     ret = g_test_run();
-    cmd = g_strdup_printf("rm -rf '%s'", test_dir);
-    if (system(cmd) != 0) {
-        g_printerr("could not remove %s\n", test_dir);
-    }
+    test_scratch_remove();
     return ret;
 }

@@ -20,37 +20,11 @@
 #include <unistd.h>
 
 #include "qguard.h"
+#include "test-lib.h"
 #include "block/block_int.h"
 #include "block/qcow2.h"
 
-static char *test_dir;
 static guint32 seed;
-
-static QGuardImage *open_image(const char *path)
-{
-    g_autoptr(GError) err = NULL;
-    QGuardImage *img = NULL;
-
-    g_assert_cmpint(qguard_image_open(&img, path, "qcow2", NULL,
-                                      QGUARD_OPEN_RDWR, &err), ==, 0);
-    g_assert_no_error(err);
-    return img;
-}
-
-static QGuardImage *create_image(const char *path, const char *create_opts)
-{
-    g_autoptr(GError) err = NULL;
-    QGuardOpts *opts = qguard_opts_new();
-    g_autofree char *desc = NULL;
-
-    g_assert_cmpint(qguard_opts_parse(opts, create_opts, NULL, &err), ==, 0);
-    desc = qguard_create_prepare(path, "qcow2", opts, false, &err);
-    g_assert_no_error(err);
-    g_assert_cmpint(qguard_image_create(path, "qcow2", opts, NULL, NULL,
-                                        &err), ==, 0);
-    qguard_opts_free(opts);
-    return open_image(path);
-}
 
 static bool pending_freed(BDRVQcow2State *s, uint64_t c)
 {
@@ -141,12 +115,12 @@ static void run_index(gconstpointer data)
 {
     const IndexRun *run = data;
     g_autoptr(GError) err = NULL;
-    g_autofree char *path = g_build_filename(test_dir, "index.qcow2", NULL);
+    g_autofree char *path = tpath("index.qcow2");
     g_autofree uint8_t *buf = g_malloc(run->max_len);
     GRand *rand = g_rand_new_with_seed(seed ^ g_str_hash(run->create_opts));
     g_autofree char *opts = g_strdup_printf("%s,size=%" PRIu64,
                                             run->create_opts, run->size);
-    QGuardImage *img = create_image(path, opts);
+    QGuardImage *img = test_qcow2_new(path, opts, NULL);
     uint64_t size = run->size;
     int snapshots = 0, i;
 
@@ -197,7 +171,7 @@ static void run_index(gconstpointer data)
         } else if (op < 98) {
             what = "reopen";
             g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
-            img = open_image(path);
+            img = test_image_open(path, "qcow2", NULL, QGUARD_OPEN_RDWR);
         } else {
             QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
             what = "check -r all";
@@ -224,9 +198,9 @@ static const IndexRun runs[] = {
 static void test_holes_are_reused_lowest_first(void)
 {
     g_autoptr(GError) err = NULL;
-    g_autofree char *path = g_build_filename(test_dir, "holes.qcow2", NULL);
+    g_autofree char *path = tpath("holes.qcow2");
     g_autofree uint8_t *buf = g_malloc(1 << 20);
-    QGuardImage *img = create_image(path, "cluster_size=512,size=4M");
+    QGuardImage *img = test_qcow2_new(path, "cluster_size=512,size=4M", NULL);
     BDRVQcow2State *s = img->opaque;
     uint64_t got, first_free, host, bytes;
     QCow2ClusterType type;
@@ -260,16 +234,12 @@ static void test_holes_are_reused_lowest_first(void)
 
 int main(int argc, char **argv)
 {
-    const char *env = g_getenv("QGUARD_TEST_SEED");
     size_t i;
     int ret;
 
     g_test_init(&argc, &argv, NULL);
-    seed = env ? (guint32)strtoul(env, NULL, 0) : g_random_int();
-    g_test_message("seed %u (QGUARD_TEST_SEED=%u repeats this run)", seed,
-                   seed);
-    test_dir = g_dir_make_tmp("qguard-free-index-XXXXXX", NULL);
-    g_assert_nonnull(test_dir);
+    seed = test_seed();
+    test_scratch_init("qguard-free-index-XXXXXX");
     for (i = 0; i < G_N_ELEMENTS(runs); i++) {
         g_autofree char *name = g_strdup_printf("/free-index/random/%s",
                                                 runs[i].create_opts);
@@ -278,13 +248,6 @@ int main(int argc, char **argv)
     g_test_add_func("/free-index/holes-are-reused-lowest-first",
                     test_holes_are_reused_lowest_first);
     ret = g_test_run();
-    {
-        g_autofree char *p1 = g_build_filename(test_dir, "index.qcow2", NULL);
-        g_autofree char *p2 = g_build_filename(test_dir, "holes.qcow2", NULL);
-        unlink(p1);
-        unlink(p2);
-        rmdir(test_dir);
-    }
-    g_free(test_dir);
+    test_scratch_remove();
     return ret;
 }

@@ -386,16 +386,9 @@ typedef struct Reference {
 static void make_base(const Workload *w, const char *base)
 {
     g_autoptr(GError) err = NULL;
-    QGuardOpts *opts = qguard_opts_new();
-    g_autofree char *desc = NULL;
     QGuardImage *img = NULL;
 
-    g_assert_cmpint(qguard_opts_parse(opts, w->create_opts, NULL, &err), ==, 0);
-    desc = qguard_create_prepare(base, "qcow2", opts, false, &err);
-    g_assert_no_error(err);
-    g_assert_cmpint(qguard_image_create(base, "qcow2", opts, NULL, NULL,
-                                        &err), ==, 0);
-    qguard_opts_free(opts);
+    test_image_new(base, "qcow2", w->create_opts);
     if (w->prepare) {
         g_autofree uint8_t *buf = g_malloc(2 * M);
         fill_pattern(buf, 2 * M, 0, 0xbeef);

@@ -1097,8 +1097,6 @@ static void run_workload(gconstpointer data)
     g_autoptr(GError) err = NULL;
     g_autofree char *base = g_build_filename(ft.dir, "base.qcow2", NULL);
     g_autofree char *work = g_build_filename(ft.dir, "work.qcow2", NULL);
-    QGuardOpts *opts = qguard_opts_new();
-    g_autofree char *desc = NULL;
     g_autofree uint8_t *cut_set = NULL;
     MemFile durable = { 0 }, final = { 0 }, actual = { 0 };
     CutStats cs = { 0 };
@@ -1108,14 +1106,7 @@ static void run_workload(gconstpointer data)
 
 
     /* The starting image, with its data already on disk. */
-    g_assert_cmpint(qguard_opts_parse(opts, w->create_opts, NULL, &err), ==, 0);
-    desc = qguard_create_prepare(base, "qcow2", opts, false, &err);
-    g_assert_no_error(err);
-    g_assert_cmpint(qguard_image_create(base, "qcow2", opts, NULL, NULL,
-                                        &err), ==, 0);
-    qguard_opts_free(opts);
-    g_assert_cmpint(qguard_image_open(&r.img, base, "qcow2", NULL,
-                                      QGUARD_OPEN_RDWR, &err), ==, 0);
+    r.img = test_qcow2_new(base, w->create_opts, NULL);
     if (w->prepare) {
         w->prepare(r.img);
     }

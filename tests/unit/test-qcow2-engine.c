@@ -19,56 +19,24 @@
 #include "qguard.h"
 #include "block/block_int.h"
 #include "block/qcow2.h"
+#include "test-lib.h"
 
-static char *test_dir;
 static guint32 seed;
-
-static char *test_path(const char *name)
-{
-    return g_build_filename(test_dir, name, NULL);
-}
 
 static QGuardImage *create_and_open(const char *name, const char *create_opts,
                                     const char *runtime_opts)
 {
-    g_autofree char *path = test_path(name);
-    g_autoptr(GError) err = NULL;
-    QGuardOpts *opts = qguard_opts_new();
-    QGuardOpts *ropts = qguard_opts_new();
-    QGuardImage *img = NULL;
-    g_autofree char *desc = NULL;
+    g_autofree char *path = tpath("%s", name);
 
-    g_assert_cmpint(qguard_opts_parse(opts, create_opts, NULL, &err), ==, 0);
-    desc = qguard_create_prepare(path, "qcow2", opts, false, &err);
-    g_assert_no_error(err);
-    g_assert_cmpint(qguard_image_create(path, "qcow2", opts, NULL, NULL,
-                                        &err), ==, 0);
-    g_assert_no_error(err);
-    if (runtime_opts) {
-        g_assert_cmpint(qguard_opts_parse(ropts, runtime_opts, NULL, &err), ==, 0);
-    }
-    g_assert_cmpint(qguard_image_open(&img, path, "qcow2", ropts,
-                                      QGUARD_OPEN_RDWR, &err), ==, 0);
-    g_assert_no_error(err);
-    qguard_opts_free(opts);
-    qguard_opts_free(ropts);
-    return img;
+    return test_qcow2_new(path, create_opts, runtime_opts);
 }
 
 static QGuardImage *reopen(QGuardImage *img, const char *runtime_opts)
 {
     g_autofree char *path = g_strdup(qguard_image_filename(img));
-    g_autoptr(GError) err = NULL;
-    QGuardOpts *ropts = qguard_opts_new();
 
-    g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
-    if (runtime_opts) {
-        g_assert_cmpint(qguard_opts_parse(ropts, runtime_opts, NULL, &err), ==, 0);
-    }
-    g_assert_cmpint(qguard_image_open(&img, path, "qcow2", ropts,
-                                      QGUARD_OPEN_RDWR, &err), ==, 0);
-    qguard_opts_free(ropts);
-    return img;
+    test_image_close(img);
+    return test_image_open(path, "qcow2", runtime_opts, QGUARD_OPEN_RDWR);
 }
 
 static void capture_message(void *opaque, const char *line)
@@ -152,16 +120,6 @@ typedef struct ModelRun {
     int ops;
     uint64_t max_len;
 } ModelRun;
-
-static void fill_pattern(uint8_t *buf, uint64_t len, uint64_t offset,
-                         uint32_t tag)
-{
-    uint64_t i;
-
-    for (i = 0; i < len; i++) {
-        buf[i] = (uint8_t)((offset + i) * 31 + tag);
-    }
-}
 
 static void verify_against_model(QGuardImage *img, const uint8_t *model,
                                  uint64_t size)
@@ -918,15 +876,12 @@ static const ModelRun model_runs[] = {
 
 int main(int argc, char **argv)
 {
-    const char *env_seed = g_getenv("QGUARD_TEST_SEED");
     size_t i;
     int ret;
 
     g_test_init(&argc, &argv, NULL);
-    seed = env_seed ? (guint32)strtoul(env_seed, NULL, 0)
-                    : (guint32)g_random_int();
-    g_test_message("seed %u (set QGUARD_TEST_SEED to repeat)", seed);
-    test_dir = g_dir_make_tmp("qguard-engine-XXXXXX", NULL);
+    seed = test_seed();
+    test_scratch_init("qguard-engine-XXXXXX");
 
     g_test_add_func("/qcow2/api/sized-structs", test_api_sized_structs);
     g_test_add_func("/qcow2/refcount/accessors-round-trip",
@@ -971,12 +926,6 @@ int main(int argc, char **argv)
         g_test_add_data_func(name, &model_runs[i], run_model);
     }
     ret = g_test_run();
-    {
-        g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", test_dir);
-        if (system(cmd) != 0) {
-            g_printerr("could not remove %s\n", test_dir);
-        }
-    }
-    g_free(test_dir);
+    test_scratch_remove();
     return ret;
 }

@@ -20,11 +20,11 @@
 #include <unistd.h>
 
 #include "qguard.h"
+#include "test-lib.h"
 
 #define MAX_RSS_KIB (256 * 1024)
 #define MAX_SECONDS 1.0
 
-static char *test_dir;
 
 typedef struct Field {
     int offset;
@@ -85,10 +85,8 @@ static void run_case(gconstpointer data)
 {
     const BoundsCase *bc = data;
     g_autoptr(GError) err = NULL;
-    g_autofree char *path = g_build_filename(test_dir, "bounds.qcow2", NULL);
+    g_autofree char *path = tpath("bounds.qcow2");
     g_autofree char *hdr_data = NULL;
-    QGuardOpts *opts = qguard_opts_new();
-    g_autofree char *desc = NULL;
     char msg[1024];
     struct rusage ru;
     gint64 start, elapsed;
@@ -97,11 +95,7 @@ static void run_case(gconstpointer data)
     int status, i, fds[2];
     ssize_t n;
 
-    g_assert_cmpint(qguard_opts_parse(opts, bc->create_opts, NULL, &err), ==, 0);
-    desc = qguard_create_prepare(path, "qcow2", opts, false, &err);
-    g_assert_cmpint(qguard_image_create(path, "qcow2", opts, NULL, NULL,
-                                        &err), ==, 0);
-    qguard_opts_free(opts);
+    test_image_new(path, "qcow2", bc->create_opts);
     g_assert_true(g_file_get_contents(path, &hdr_data, &len, NULL));
     for (i = 0; i < 3 && bc->fields[i].width; i++) {
         put_be((uint8_t *)hdr_data + bc->fields[i].offset,
@@ -182,27 +176,17 @@ static const BoundsCase cases[] = {
 
 int main(int argc, char **argv)
 {
-    const char *tmp = g_file_test("/dev/shm", G_FILE_TEST_IS_DIR) ?
-                      "/dev/shm" : g_get_tmp_dir();
-    g_autofree char *tmpl = g_build_filename(tmp, "qguard-bounds-XXXXXX",
-                                             NULL);
     size_t i;
     int ret;
 
     g_test_init(&argc, &argv, NULL);
-    test_dir = g_mkdtemp(tmpl);
-    g_assert_nonnull(test_dir);
+    test_scratch_init_fast("qguard-bounds-XXXXXX");
     for (i = 0; i < G_N_ELEMENTS(cases); i++) {
         g_autofree char *name = g_strdup_printf("/resource-bounds/%s",
                                                 cases[i].name);
         g_test_add_data_func(name, &cases[i], run_case);
     }
     ret = g_test_run();
-    {
-        g_autofree char *cmd = g_strdup_printf("rm -rf '%s'", test_dir);
-        if (system(cmd) != 0) {
-            g_printerr("could not remove %s\n", test_dir);
-        }
-    }
+    test_scratch_remove();
     return ret;
 }

@@ -13,22 +13,17 @@
 #include <string.h>
 
 #include "qguard.h"
+#include "test-lib.h"
 
 #define MiB (1024 * 1024)
 #define CLUSTER 65536
 
-static char *test_dir;
-
-static char *test_path(const char *name)
-{
-    return g_build_filename(test_dir, name, NULL);
-}
 
 /* Create @name with @create_opts, raw if @format says so. */
 static char *create(const char *name, const char *format,
                     const char *create_opts)
 {
-    char *path = test_path(name);
+    char *path = tpath("%s", name);
     g_autoptr(GError) err = NULL;
     QGuardOpts *opts = qguard_opts_new();
 
@@ -38,31 +33,6 @@ static char *create(const char *name, const char *format,
     g_assert_no_error(err);
     qguard_opts_free(opts);
     return path;
-}
-
-static QGuardImage *open_rw(const char *path, const char *format,
-                            const char *runtime)
-{
-    g_autoptr(GError) err = NULL;
-    QGuardOpts *opts = qguard_opts_new();
-    QGuardImage *img = NULL;
-
-    if (runtime) {
-        g_assert_cmpint(qguard_opts_parse(opts, runtime, NULL, &err), ==, 0);
-    }
-    g_assert_cmpint(qguard_image_open(&img, path, format, opts,
-                                      QGUARD_OPEN_RDWR, &err), ==, 0);
-    g_assert_no_error(err);
-    qguard_opts_free(opts);
-    return img;
-}
-
-static void close_image(QGuardImage *img)
-{
-    g_autoptr(GError) err = NULL;
-
-    g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
-    g_assert_no_error(err);
 }
 
 static void write_pattern(QGuardImage *img, uint64_t offset, uint64_t len,
@@ -111,7 +81,8 @@ static QGuardImage *data_image(const char *name, const char *create_opts,
                                const char *runtime)
 {
     g_autofree char *path = create(name, "qcow2", create_opts);
-    QGuardImage *img = open_rw(path, "qcow2", runtime);
+    QGuardImage *img = test_image_open(path, "qcow2", runtime,
+                                       QGUARD_OPEN_RDWR);
 
     write_pattern(img, 0, 2 * CLUSTER, 0x5a);
     return img;
@@ -133,7 +104,7 @@ static void test_fast_zero_partial_data(void)
                                                QGUARD_ZERO_FAST, &err), ==,
                     -ENOTSUP);
     assert_reads(img, 0, 2 * CLUSTER, 0x5a);
-    close_image(img);
+    test_image_close(img);
 }
 
 static void test_fast_zero_partial_already_zero(void)
@@ -154,7 +125,7 @@ static void test_fast_zero_partial_already_zero(void)
     assert_reads(img, 0, CLUSTER, 0);
     assert_reads(img, CLUSTER, CLUSTER, 0x5a);
     g_assert_true(status_flags(img, 0) & QGUARD_BLOCK_ZERO);
-    close_image(img);
+    test_image_close(img);
 }
 
 static void test_fast_zero_v2(void)
@@ -166,7 +137,7 @@ static void test_fast_zero_v2(void)
                                                QGUARD_ZERO_FAST, &err), ==,
                     -ENOTSUP);
     assert_reads(img, 0, 2 * CLUSTER, 0x5a);
-    close_image(img);
+    test_image_close(img);
 }
 
 /* ---- The discard option ------------------------------------------------- */
@@ -194,7 +165,7 @@ static void test_discard_ignore(gconstpointer mode)
     g_assert_cmpuint(status_flags(img, CLUSTER) &
                      (QGUARD_BLOCK_ZERO | QGUARD_BLOCK_OFFSET_VALID), ==,
                      QGUARD_BLOCK_ZERO);
-    close_image(img);
+    test_image_close(img);
 }
 
 static void test_discard_unmap(gconstpointer mode)
@@ -217,7 +188,7 @@ static void test_discard_unmap(gconstpointer mode)
     g_assert_cmpuint(status_flags(img, CLUSTER) &
                      (QGUARD_BLOCK_ZERO | QGUARD_BLOCK_OFFSET_VALID), ==,
                      QGUARD_BLOCK_ZERO);
-    close_image(img);
+    test_image_close(img);
 }
 
 static void test_discard_bad_mode(void)
@@ -246,11 +217,11 @@ static QGuardImage *overlay(const char *name, const char *compat,
         "size=%" G_GUINT64_FORMAT ",compat=%s,backing_file=%s,"
         "backing_fmt=raw", size, compat, base);
     g_autofree char *path = create(name, "qcow2", opts);
-    QGuardImage *img = open_rw(base, "raw", NULL);
+    QGuardImage *img = test_image_open(base, "raw", NULL, QGUARD_OPEN_RDWR);
 
     write_pattern(img, 0, 8 * MiB, 0x11);
-    close_image(img);
-    return open_rw(path, "qcow2", NULL);
+    test_image_close(img);
+    return test_image_open(path, "qcow2", NULL, QGUARD_OPEN_RDWR);
 }
 
 static void test_v2_overlay_discard_ignored(void)
@@ -262,7 +233,7 @@ static void test_v2_overlay_discard_ignored(void)
     g_assert_cmpint(qguard_image_discard(img, 0, 2 * CLUSTER, &err), ==, 0);
     g_assert_no_error(err);
     assert_reads(img, 0, 2 * CLUSTER, 0x5a);
-    close_image(img);
+    test_image_close(img);
 }
 
 static void test_v2_write_zeroes_deallocates(void)
@@ -276,7 +247,7 @@ static void test_v2_write_zeroes_deallocates(void)
     assert_reads(img, 0, CLUSTER, 0);
     assert_reads(img, CLUSTER, CLUSTER, 0x5a);
     g_assert_false(status_flags(img, 0) & QGUARD_BLOCK_ALLOCATED);
-    close_image(img);
+    test_image_close(img);
 }
 
 /* ---- Growing over a longer backing file ---------------------------------- */
@@ -296,7 +267,7 @@ static void test_grow_over_backing(void)
     assert_reads(img, MiB, CLUSTER, 0x22);
     assert_reads(img, 2 * MiB, 512, 0x11);
     assert_reads(img, 2 * MiB + 512, 6 * MiB - 512, 0);
-    close_image(img);
+    test_image_close(img);
 }
 
 static void test_grow_over_backing_v2(void)
@@ -310,29 +281,15 @@ static void test_grow_over_backing_v2(void)
                     "Failed to zero out new clusters: Operation not supported");
     g_assert_cmpuint(qguard_image_size(img), ==, 2 * MiB);
     assert_reads(img, 0, 2 * MiB, 0x11);
-    close_image(img);
-}
-
-static int rm_all(const char *dir)
-{
-    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
-    const char *name;
-
-    while (d && (name = g_dir_read_name(d))) {
-        g_autofree char *p = g_build_filename(dir, name, NULL);
-        g_unlink(p);
-    }
-    return g_rmdir(dir);
+    test_image_close(img);
 }
 
 int main(int argc, char **argv)
 {
-    g_autoptr(GError) err = NULL;
     int ret;
 
     g_test_init(&argc, &argv, NULL);
-    test_dir = g_dir_make_tmp("qguard-zero-discard-XXXXXX", &err);
-    g_assert_no_error(err);
+    test_scratch_init("qguard-zero-discard-XXXXXX");
 
     g_test_add_func("/zero-discard/fast-zero/partial-data-enotsup",
                     test_fast_zero_partial_data);
@@ -359,7 +316,6 @@ int main(int argc, char **argv)
                     test_grow_over_backing_v2);
 
     ret = g_test_run();
-    rm_all(test_dir);
-    g_free(test_dir);
+    test_scratch_remove();
     return ret;
 }
