@@ -302,10 +302,7 @@ static int open_image(QGuardImage **pimg, const char *filename,
                     "The 'file' block driver requires a file name");
         return -EINVAL;
     }
-    if (file_driver && strcmp(file_driver, "file")) {
-        g_set_error(errp, QGUARD_ERROR, EINVAL,
-                    "Unknown protocol driver '%s' (only 'file' is supported)",
-                    file_driver);
+    if (bdrv_file_child_opts(file_driver, NULL, &no_lock, errp) < 0) {
         return -EINVAL;
     }
     if (driver_opt) {
@@ -339,16 +336,9 @@ static int open_image(QGuardImage **pimg, const char *filename,
     flags &= ~(QGUARD_OPEN_NOCACHE | QGUARD_OPEN_NO_FLUSH);
     flags |= (direct ? QGUARD_OPEN_NOCACHE : 0) |
              (no_flush ? QGUARD_OPEN_NO_FLUSH : 0);
-    if (qguard_opts_get(opts, "file.locking")) {
-        const char *locking = qguard_opts_get(opts, "file.locking");
-        if (!strcmp(locking, "off")) {
-            no_lock = true;
-        } else if (strcmp(locking, "on") && strcmp(locking, "auto")) {
-            g_set_error(errp, QGUARD_ERROR, EINVAL,
-                        "Parameter 'locking' does not accept value '%s'",
-                        locking);
-            return -EINVAL;
-        }
+    if (bdrv_file_child_opts(NULL, qguard_opts_get(opts, "file.locking"),
+                             &no_lock, errp) < 0) {
+        return -EINVAL;
     }
     if (qguard_opts_get(opts, "force-share")) {
         /* A reader that shares everything needs no locks at all. */
@@ -492,6 +482,53 @@ int bdrv_open_backing(QGuardImage *img, const QGuardOpts *opts,
         img->backing = NULL;
         g_set_error(errp, QGUARD_ERROR, -ret, "Could not open backing file: %s",
                     local_err->message);
+    }
+    return ret;
+}
+
+int bdrv_error_errno(GError **errp, int ret, const char *fmt, ...)
+{
+    g_autofree char *msg = NULL;
+    va_list ap;
+
+    va_start(ap, fmt);
+    msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    g_set_error(errp, QGUARD_ERROR, -ret, "%s: %s", msg, g_strerror(-ret));
+    return ret;
+}
+
+int bdrv_file_child_opts(const char *driver, const char *locking,
+                         bool *no_lock, GError **errp)
+{
+    if (driver && strcmp(driver, "file")) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Unknown protocol driver '%s' (only 'file' is supported)",
+                    driver);
+        return -EINVAL;
+    }
+    if (locking && !strcmp(locking, "off")) {
+        *no_lock = true;
+    } else if (locking && strcmp(locking, "on") && strcmp(locking, "auto")) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Parameter 'locking' does not accept value '%s'",
+                    locking);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int bdrv_create_file(HostFile **pfile, const char *filename, GError **errp)
+{
+    g_autoptr(GError) local_err = NULL;
+    int ret = host_file_open(pfile, filename,
+                             HOST_FILE_RDWR | HOST_FILE_CREATE, &local_err);
+
+    if (ret == -EAGAIN) {
+        g_propagate_error(errp, g_steal_pointer(&local_err));
+    } else if (ret < 0) {
+        g_set_error(errp, QGUARD_ERROR, -ret, "Could not create '%s': %s",
+                    filename, g_strerror(-ret));
     }
     return ret;
 }

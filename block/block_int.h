@@ -184,6 +184,25 @@ int bdrv_backing_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,
                        void *buf);
 /* Resolve a backing file name relative to the directory of @image_path. */
 char *bdrv_resolve_backing_path(const char *image_path, const char *backing);
+/*
+ * Open @filename for a new image, creating it if need be: a lock held by
+ * another process is reported as host_file_open() words it (the file is
+ * untouched), anything else as "Could not create".
+ */
+int bdrv_create_file(HostFile **pfile, const char *filename, GError **errp);
+/*
+ * "@fmt: strerror(-@ret)" into *@errp (code -@ret), as QEMU's
+ * error_setg_errno(); returns @ret, so that a failure is one statement.
+ */
+int bdrv_error_errno(GError **errp, int ret, const char *fmt, ...)
+    G_GNUC_PRINTF(3, 4);
+/*
+ * The options of a file child (the image's own file, an external data
+ * file): @driver must be "file" if given; @locking "off" sets *@no_lock,
+ * "on" and "auto" leave it.  -EINVAL and the error otherwise.
+ */
+int bdrv_file_child_opts(const char *driver, const char *locking,
+                         bool *no_lock, GError **errp);
 /* The options in @opts under "prefix." with the prefix stripped. */
 QGuardOpts *bdrv_opts_subset(const QGuardOpts *opts, const char *prefix);
 

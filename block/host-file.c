@@ -649,21 +649,38 @@ int64_t host_file_allocated(HostFile *file)
     return (int64_t)st.st_blocks * 512;
 }
 
-int host_file_truncate(HostFile *file, uint64_t length)
+/*
+ * What every change of the file's content or size does first: refuse on a
+ * read-only file, let the test hook see (or fail) it, and note that the
+ * file now has something to sync.
+ */
+static int begin_change(HostFile *file, HostFileOp op, uint64_t offset,
+                        uint64_t bytes)
 {
     int ret;
 
     if (file->read_only) {
         return -EBADF;
     }
-    if (length > INT64_MAX) {
-        return -EFBIG;
-    }
-    ret = run_hook(file, HOST_FILE_TRUNCATE, length, 0, NULL, 0);
+    ret = run_hook(file, op, offset, bytes, NULL, 0);
     if (ret < 0) {
         return ret;
     }
     __atomic_store_n(&file->unsynced, true, __ATOMIC_RELEASE);
+    return 0;
+}
+
+int host_file_truncate(HostFile *file, uint64_t length)
+{
+    int ret;
+
+    if (length > INT64_MAX && !file->read_only) {
+        return -EFBIG;
+    }
+    ret = begin_change(file, HOST_FILE_TRUNCATE, length, 0);
+    if (ret < 0) {
+        return ret;
+    }
     while (ftruncate(file->fd, length) < 0) {
         if (errno != EINTR) {
             return -errno;
@@ -676,14 +693,10 @@ int host_file_allocate(HostFile *file, uint64_t offset, uint64_t bytes)
 {
     int ret;
 
-    if (file->read_only) {
-        return -EBADF;
-    }
-    ret = run_hook(file, HOST_FILE_WRITE, offset, bytes, NULL, 0);
+    ret = begin_change(file, HOST_FILE_WRITE, offset, bytes);
     if (ret < 0) {
         return ret;
     }
-    __atomic_store_n(&file->unsynced, true, __ATOMIC_RELEASE);
     ret = posix_fallocate(file->fd, offset, bytes);
     return -ret;
 }
@@ -692,14 +705,10 @@ int host_file_discard(HostFile *file, uint64_t offset, uint64_t bytes)
 {
     int ret;
 
-    if (file->read_only) {
-        return -EBADF;
-    }
-    ret = run_hook(file, HOST_FILE_DISCARD, offset, bytes, NULL, 0);
+    ret = begin_change(file, HOST_FILE_DISCARD, offset, bytes);
     if (ret < 0) {
         return ret;
     }
-    __atomic_store_n(&file->unsynced, true, __ATOMIC_RELEASE);
     if (fallocate(file->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                   offset, bytes) < 0) {
         return errno == EOPNOTSUPP ? -ENOTSUP : -errno;
@@ -715,15 +724,11 @@ int host_file_write_zeroes(HostFile *file, uint64_t offset, uint64_t bytes,
                          : FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
     int ret;
 
-    if (file->read_only) {
-        return -EBADF;
-    }
     /* To a recorder this is a discard: afterwards the range reads zeros. */
-    ret = run_hook(file, HOST_FILE_DISCARD, offset, bytes, NULL, 0);
+    ret = begin_change(file, HOST_FILE_DISCARD, offset, bytes);
     if (ret < 0) {
         return ret;
     }
-    __atomic_store_n(&file->unsynced, true, __ATOMIC_RELEASE);
     if (fallocate(file->fd, mode, offset, bytes) == 0) {
         return 0;
     }

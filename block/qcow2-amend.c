@@ -210,10 +210,8 @@ static int qcow2_upgrade(BDRVQcow2State *s, AmendProgress *p, GError **errp)
         /* The table is always written in the v3 layout. */
         ret = qcow2_write_snapshots(s);
         if (ret < 0) {
-            g_set_error(errp, QGUARD_ERROR, -ret,
-                        "Failed to update the snapshot table: %s",
-                        g_strerror(-ret));
-            return ret;
+            return bdrv_error_errno(errp, ret,
+                                    "Failed to update the snapshot table");
         }
     }
     amend_progress(p, 1, 2);
@@ -224,9 +222,7 @@ static int qcow2_upgrade(BDRVQcow2State *s, AmendProgress *p, GError **errp)
     if (ret < 0) {
         s->qcow_version = 2;
         s->header_length = old_header_length;
-        g_set_error(errp, QGUARD_ERROR, -ret,
-                    "Failed to update the image header: %s", g_strerror(-ret));
-        return ret;
+        return bdrv_error_errno(errp, ret, "Failed to update the image header");
     }
     amend_progress(p, 2, 2);
     return 0;
@@ -623,10 +619,8 @@ static int qcow2_downgrade(BDRVQcow2State *s, AmendProgress *p,
     if (s->incompatible_features & QCOW2_INCOMPAT_DIRTY) {
         ret = qcow2_mark_clean(s);
         if (ret < 0) {
-            g_set_error(errp, QGUARD_ERROR, -ret,
-                        "Failed to make the image clean: %s",
-                        g_strerror(-ret));
-            return ret;
+            return bdrv_error_errno(errp, ret,
+                                    "Failed to make the image clean");
         }
     }
     if (s->incompatible_features & ~QCOW2_INCOMPAT_COMPRESSION) {
@@ -648,10 +642,8 @@ static int qcow2_downgrade(BDRVQcow2State *s, AmendProgress *p,
     if (ret < 0) {
         s->compatible_features = saved_compat;
         s->autoclear_features = saved_autoclear;
-        g_set_error(errp, QGUARD_ERROR, -ret,
-                    "Failed to turn zero into data clusters: %s",
-                    g_strerror(-ret));
-        return ret;
+        return bdrv_error_errno(errp, ret,
+                                "Failed to turn zero into data clusters");
     }
 
     s->qcow_version = 2;
@@ -660,9 +652,7 @@ static int qcow2_downgrade(BDRVQcow2State *s, AmendProgress *p,
         s->qcow_version = 3;
         s->compatible_features = saved_compat;
         s->autoclear_features = saved_autoclear;
-        g_set_error(errp, QGUARD_ERROR, -ret,
-                    "Failed to update the image header: %s", g_strerror(-ret));
-        return ret;
+        return bdrv_error_errno(errp, ret, "Failed to update the image header");
     }
     s->use_lazy_refcounts = false;
     return 0;
@@ -685,10 +675,8 @@ static int set_lazy_refcounts(BDRVQcow2State *s, bool on, int version,
         /* The refcounts on disk must be right before nothing excuses them. */
         ret = qcow2_mark_clean(s);
         if (ret < 0) {
-            g_set_error(errp, QGUARD_ERROR, -ret,
-                        "Failed to make the image clean: %s",
-                        g_strerror(-ret));
-            return ret;
+            return bdrv_error_errno(errp, ret,
+                                    "Failed to make the image clean");
         }
         s->compatible_features &= ~QCOW2_COMPAT_LAZY_REFCOUNTS;
     } else {
@@ -697,9 +685,7 @@ static int set_lazy_refcounts(BDRVQcow2State *s, bool on, int version,
     ret = qcow2_update_header(s);
     if (ret < 0) {
         s->compatible_features ^= QCOW2_COMPAT_LAZY_REFCOUNTS;
-        g_set_error(errp, QGUARD_ERROR, -ret,
-                    "Failed to update the image header: %s", g_strerror(-ret));
-        return ret;
+        return bdrv_error_errno(errp, ret, "Failed to update the image header");
     }
     s->use_lazy_refcounts = on;
     return 0;
@@ -828,9 +814,7 @@ int qcow2_amend(QGuardImage *img, const QGuardOpts *opts, bool force,
     }
     ret = qcow2_update_header(s);
     if (ret < 0) {
-        g_set_error(errp, QGUARD_ERROR, -ret,
-                    "Failed to update the image header: %s", g_strerror(-ret));
-        return ret;
+        return bdrv_error_errno(errp, ret, "Failed to update the image header");
     }
     if ((backing_file || backing_fmt) &&
         (g_strcmp0(backing_file, s->image_backing_file) ||

@@ -64,10 +64,7 @@ int qcow2_make_empty(QGuardImage *img, GError **errp)
         ret = qcow2_flush_metadata(s);
     }
     if (ret < 0) {
-        const char *detail = qcow2_error_message();
-        g_set_error(errp, QGUARD_ERROR, -ret, "%s",
-                    detail ? detail : g_strerror(-ret));
-        return ret;
+        return qcow2_error_propagate(ret, errp);
     }
     /* Best effort, as after a shrink: only space is at stake. */
     end_cluster = qcow2_host_end_cluster(s);

@@ -26,6 +26,20 @@ static void mark_changed(BDRVQcow2State *s, Qcow2Bitmap *bm, uint64_t word)
     bm->changed[c / 64] |= UINT64_C(1) << (c % 64);
 }
 
+/* The bits of word @w that lie in granules [first, end). */
+static uint64_t word_mask(uint64_t w, uint64_t first, uint64_t end)
+{
+    uint64_t mask = UINT64_MAX;
+
+    if (w == first / 64) {
+        mask &= UINT64_MAX << (first % 64);
+    }
+    if (w == (end - 1) / 64) {
+        mask &= UINT64_MAX >> (63 - (end - 1) % 64);
+    }
+    return mask;
+}
+
 /* Set granules [first, end); data clusters whose words change are noted. */
 static void set_bits(BDRVQcow2State *s, Qcow2Bitmap *bm, uint64_t first,
                      uint64_t end)
@@ -33,14 +47,8 @@ static void set_bits(BDRVQcow2State *s, Qcow2Bitmap *bm, uint64_t first,
     uint64_t w = first / 64, last = (end - 1) / 64;
 
     for (; w <= last; w++) {
-        uint64_t mask = UINT64_MAX;
+        uint64_t mask = word_mask(w, first, end);
 
-        if (w == first / 64) {
-            mask &= UINT64_MAX << (first % 64);
-        }
-        if (w == last) {
-            mask &= UINT64_MAX >> (63 - (end - 1) % 64);
-        }
         if ((bm->bits[w] & mask) != mask) {
             bm->bits[w] |= mask;
             mark_changed(s, bm, w);
@@ -55,14 +63,8 @@ static void clear_bits(BDRVQcow2State *s, Qcow2Bitmap *bm, uint64_t first,
     uint64_t w = first / 64, last = (end - 1) / 64;
 
     for (; w <= last; w++) {
-        uint64_t mask = UINT64_MAX;
+        uint64_t mask = word_mask(w, first, end);
 
-        if (w == first / 64) {
-            mask &= UINT64_MAX << (first % 64);
-        }
-        if (w == last) {
-            mask &= UINT64_MAX >> (63 - (end - 1) % 64);
-        }
         if (bm->bits[w] & mask) {
             bm->bits[w] &= ~mask;
             mark_changed(s, bm, w);
@@ -335,17 +337,30 @@ int qcow2_bitmap_remove(BDRVQcow2State *s, const char *name, GError **errp)
     return 0;
 }
 
-int qcow2_bitmap_clear(BDRVQcow2State *s, const char *name, GError **errp)
+/*
+ * The bitmap @name into *pbm (NULL and -ENOENT if there is none), checked
+ * for consistency and with its bits loaded: 0 or a negative errno.
+ */
+static int lookup_loaded(BDRVQcow2State *s, const char *name,
+                         Qcow2Bitmap **pbm, GError **errp)
 {
-    Qcow2Bitmap *bm = lookup(s, name, errp);
+    Qcow2Bitmap *bm = *pbm = lookup(s, name, errp);
     int ret;
 
     if (!bm) {
         return -ENOENT;
     }
     ret = check_consistent(bm, errp);
-    if (ret >= 0) {
-        ret = qcow2_bitmap_load(s, bm, errp);
+    return ret < 0 ? ret : qcow2_bitmap_load(s, bm, errp);
+}
+
+int qcow2_bitmap_clear(BDRVQcow2State *s, const char *name, GError **errp)
+{
+    Qcow2Bitmap *bm;
+    int ret = lookup_loaded(s, name, &bm, errp);
+
+    if (!bm) {
+        return ret;
     }
     if (ret >= 0 && bm->nb_bits) {
         clear_bits(s, bm, 0, bm->nb_bits);
@@ -481,16 +496,12 @@ int qcow2_bitmap_status(BDRVQcow2State *s, const char *name, uint64_t offset,
                         uint64_t bytes, bool *dirty, uint64_t *pnum,
                         GError **errp)
 {
-    Qcow2Bitmap *bm = lookup(s, name, errp);
+    Qcow2Bitmap *bm;
     uint64_t k, end, next;
-    int ret;
+    int ret = lookup_loaded(s, name, &bm, errp);
 
     if (!bm) {
-        return -ENOENT;
-    }
-    ret = check_consistent(bm, errp);
-    if (ret >= 0) {
-        ret = qcow2_bitmap_load(s, bm, errp);
+        return ret;
     }
     if (ret < 0) {
         return ret;

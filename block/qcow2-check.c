@@ -132,6 +132,28 @@ static int inc_refcounts(CheckState *cs, uint64_t offset, uint64_t size)
  * A preallocated zero cluster at an unaligned offset holds no data: turn it
  * into a plain zero cluster on disk and stop counting it (-r all).
  */
+/*
+ * Unless @ret already says the write may not go ahead, write the 8 bytes
+ * at @word to @pos of the image file and sync them: a repaired L2 entry or
+ * subcluster bitmap.  A failure is reported and counted.
+ */
+static int write_l2_word(CheckState *cs, int ret, uint64_t pos,
+                         const void *word)
+{
+    if (ret >= 0) {
+        ret = host_file_pwrite(cs->s->file, pos, word, 8);
+    }
+    if (ret >= 0) {
+        ret = host_file_flush(cs->s->file);
+    }
+    if (ret < 0) {
+        report(cs, "ERROR: Failed to overwrite L2 table entry: %s",
+               g_strerror(-ret));
+        cs->res->check_errors++;
+    }
+    return ret;
+}
+
 static int fix_l2_entry_by_zero(CheckState *cs, uint64_t l2_offset,
                                 uint8_t *l2, int index, bool active)
 {
@@ -148,15 +170,9 @@ static int fix_l2_entry_by_zero(CheckState *cs, uint64_t l2_offset,
         cs->res->check_errors++;
         return ret;
     }
-    ret = host_file_pwrite(s->file, entry_offset,
-                           l2 + (size_t)index * s->l2_entry_size, 8);
-    if (ret >= 0) {
-        ret = host_file_flush(s->file);
-    }
+    ret = write_l2_word(cs, 0, entry_offset,
+                        l2 + (size_t)index * s->l2_entry_size);
     if (ret < 0) {
-        report(cs, "ERROR: Failed to overwrite L2 table entry: %s",
-               g_strerror(-ret));
-        cs->res->check_errors++;
         return ret;
     }
     qcow2_cache_discard(s->l2_table_cache, start_of_cluster(s, l2_offset));
@@ -220,16 +236,8 @@ static int check_l2_bitmap(CheckState *cs, uint64_t l2_offset, uint8_t *l2,
     ret = qcow2_pre_write_overlap_check(s, active ? QCOW2_OL_ACTIVE_L2
                                                   : QCOW2_OL_INACTIVE_L2,
                                         pos, 8);
-    if (ret >= 0) {
-        ret = host_file_pwrite(s->file, pos, buf, 8);
-    }
-    if (ret >= 0) {
-        ret = host_file_flush(s->file);
-    }
+    ret = write_l2_word(cs, ret, pos, buf);
     if (ret < 0) {
-        report(cs, "ERROR: Failed to overwrite L2 table entry: %s",
-               g_strerror(-ret));
-        cs->res->check_errors++;
         return ret;
     }
     qcow2_cache_discard(s->l2_table_cache, l2_offset);
@@ -952,9 +960,7 @@ int qcow2_check_image(BDRVQcow2State *s, unsigned fix,
     if (!s->img->read_only) {
         ret = qcow2_flush_metadata(s);
         if (ret < 0) {
-            g_set_error(errp, QGUARD_ERROR, -ret,
-                        "Could not flush metadata: %s", g_strerror(-ret));
-            return ret;
+            return bdrv_error_errno(errp, ret, "Could not flush metadata");
         }
     }
     cs.file_length = host_file_length(s->file);

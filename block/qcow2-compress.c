@@ -30,6 +30,16 @@
 
 #define QCOW2_ZLIB_WINDOW_BITS (-12)
 
+/* Point a zlib stream at its input and output. */
+static void zlib_buffers(z_stream *strm, const uint8_t *in, size_t in_len,
+                         uint8_t *out, size_t out_len)
+{
+    strm->next_in = (uint8_t *)in;
+    strm->avail_in = in_len;
+    strm->next_out = out;
+    strm->avail_out = out_len;
+}
+
 static int zlib_compress(const uint8_t *in, size_t in_len, uint8_t *out,
                          size_t out_max, size_t *out_len)
 {
@@ -40,10 +50,7 @@ static int zlib_compress(const uint8_t *in, size_t in_len, uint8_t *out,
                      QCOW2_ZLIB_WINDOW_BITS, 9, Z_DEFAULT_STRATEGY) != Z_OK) {
         return -EIO;
     }
-    strm.next_in = (uint8_t *)in;
-    strm.avail_in = in_len;
-    strm.next_out = out;
-    strm.avail_out = out_max;
+    zlib_buffers(&strm, in, in_len, out, out_max);
     ret = deflate(&strm, Z_FINISH);
     *out_len = out_max - strm.avail_out;
     deflateEnd(&strm);
@@ -62,10 +69,7 @@ static int zlib_decompress(const uint8_t *in, size_t in_len, uint8_t *out,
     if (inflateInit2(&strm, QCOW2_ZLIB_WINDOW_BITS) != Z_OK) {
         return -EIO;
     }
-    strm.next_in = (uint8_t *)in;
-    strm.avail_in = in_len;
-    strm.next_out = out;
-    strm.avail_out = out_len;
+    zlib_buffers(&strm, in, in_len, out, out_len);
     zret = inflate(&strm, Z_FINISH);
     ret = (zret == Z_STREAM_END || zret == Z_BUF_ERROR) &&
           strm.avail_out == 0 ? 0 : -EIO;

@@ -411,7 +411,6 @@ int qcow2_create(const char *filename, const QGuardOpts *opts,
                  QGuardProgressFunc *progress, void *opaque, GError **errp)
 {
     Qcow2CreateParams p;
-    g_autoptr(GError) local_err = NULL;
     QGuardOpts *runtime = NULL;
     QGuardImage *img = NULL;
     BDRVQcow2State *s;
@@ -430,15 +429,8 @@ int qcow2_create(const char *filename, const QGuardOpts *opts,
             return ret;
         }
     }
-    ret = host_file_open(&file, filename, HOST_FILE_RDWR | HOST_FILE_CREATE,
-                         &local_err);
-    if (ret == -EAGAIN) {
-        /* Locked by another process: the file is untouched. */
-        g_propagate_error(errp, g_steal_pointer(&local_err));
-        return ret;
-    } else if (ret < 0) {
-        g_set_error(errp, QGUARD_ERROR, -ret, "Could not create '%s': %s",
-                    filename, g_strerror(-ret));
+    ret = bdrv_create_file(&file, filename, errp);
+    if (ret < 0) {
         return ret;
     }
     ret = write_empty_image(file, &p, errp);

@@ -42,21 +42,8 @@ static int open_data_file(BDRVQcow2State *s, const char *name,
     bool no_lock = false, shared = false;
     int ret;
 
-    if (driver && strcmp(driver, "file")) {
-        g_set_error(errp, QGUARD_ERROR, EINVAL,
-                    "Unknown protocol driver '%s' (only 'file' is supported)",
-                    driver);
+    if (bdrv_file_child_opts(driver, locking, &no_lock, errp) < 0) {
         return -EINVAL;
-    }
-    if (locking) {
-        if (!strcmp(locking, "off")) {
-            no_lock = true;
-        } else if (strcmp(locking, "on") && strcmp(locking, "auto")) {
-            g_set_error(errp, QGUARD_ERROR, EINVAL,
-                        "Parameter 'locking' does not accept value '%s'",
-                        locking);
-            return -EINVAL;
-        }
     }
     /* force-share is inherited by every child, the data file included. */
     if (share && qguard_parse_bool("force-share", share, &shared, NULL) &&

@@ -244,10 +244,8 @@ static int map_snapshot_l2_tables(BDRVQcow2State *s, GError **errp)
                                       (size_t)have * 8);
             }
             if (ret < 0) {
-                g_set_error(errp, QGUARD_ERROR, -ret,
-                            "Could not read snapshot L1 table: %s",
-                            g_strerror(-ret));
-                return ret;
+                return bdrv_error_errno(errp, ret,
+                                        "Could not read snapshot L1 table");
             }
             for (i = 0; i < have; i++) {
                 slice[i] = GUINT64_FROM_BE(slice[i]) & L1E_OFFSET_MASK;

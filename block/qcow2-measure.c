@@ -110,9 +110,7 @@ static int count_data(QGuardImage *in, uint64_t cluster_size,
                                             &err);
 
         if (ret < 0) {
-            g_set_error(errp, QGUARD_ERROR, -ret,
-                        "Unable to get block status: %s", g_strerror(-ret));
-            return ret;
+            return bdrv_error_errno(errp, ret, "Unable to get block status");
         }
         pnum = st.bytes;
         if (st.flags & QGUARD_BLOCK_ZERO) {

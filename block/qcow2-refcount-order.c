@@ -87,9 +87,7 @@ static int find_nonempty_blocks(BDRVQcow2State *s, NewRefcounts *n,
         }
         ret = qcow2_cache_get(s, s->refcount_block_cache, block, &refblock);
         if (ret < 0) {
-            g_set_error(errp, QGUARD_ERROR, -ret,
-                        "Failed to retrieve refblock: %s", g_strerror(-ret));
-            return ret;
+            return bdrv_error_errno(errp, ret, "Failed to retrieve refblock");
         }
         for (j = 0; j < (uint64_t)s->refcount_block_size; j++) {
             uint64_t refcount = s->get_refcount(refblock, j);
@@ -180,9 +178,7 @@ static int read_refcounts(BDRVQcow2State *s, uint64_t first, uint64_t count,
         }
         ret = qcow2_cache_get(s, s->refcount_block_cache, block, &refblock);
         if (ret < 0) {
-            g_set_error(errp, QGUARD_ERROR, -ret,
-                        "Failed to retrieve refblock: %s", g_strerror(-ret));
-            return ret;
+            return bdrv_error_errno(errp, ret, "Failed to retrieve refblock");
         }
         for (; c < stop; c++) {
             out[c - first] = s->get_refcount(refblock, c &
@@ -256,9 +252,7 @@ static int write_new_structures(BDRVQcow2State *s, NewRefcounts *n,
     }
     ret = qcow2_pwrite_meta(s, 0, n->table_offset, table, n->table_size * 8);
     if (ret < 0) {
-        g_set_error(errp, QGUARD_ERROR, -ret,
-                    "Failed to write the new reftable: %s", g_strerror(-ret));
-        return ret;
+        return bdrv_error_errno(errp, ret, "Failed to write the new reftable");
     }
     ret = host_file_flush(s->file);
     if (ret < 0) {
@@ -318,10 +312,8 @@ static int switch_to_new_set(BDRVQcow2State *s, NewRefcounts *n,
     /* Cached blocks are in the old width; none may be written later. */
     ret = qcow2_cache_empty(s, s->refcount_block_cache);
     if (ret < 0) {
-        g_set_error(errp, QGUARD_ERROR, -ret,
-                    "Failed to flush the refblock cache: %s",
-                    g_strerror(-ret));
-        return ret;
+        return bdrv_error_errno(errp, ret,
+                                "Failed to flush the refblock cache");
     }
     s->refcount_order = n->order;
     s->refcount_table_size = n->table_size;
@@ -338,10 +330,7 @@ static int switch_to_new_set(BDRVQcow2State *s, NewRefcounts *n,
                            "reopened", g_strerror(-ret));
             s->img->broken = true;
         }
-        g_set_error(errp, QGUARD_ERROR, -ret,
-                    "Failed to update the qcow2 header: %s",
-                    g_strerror(-ret));
-        return ret;
+        return bdrv_error_errno(errp, ret, "Failed to update the qcow2 header");
     }
 
     s->refcount_table = n->table;
@@ -384,9 +373,7 @@ int qcow2_change_refcount_order(BDRVQcow2State *s, int refcount_order,
 
     ret = qcow2_flush_metadata(s);
     if (ret < 0) {
-        g_set_error(errp, QGUARD_ERROR, -ret, "Failed to flush metadata: %s",
-                    g_strerror(-ret));
-        return ret;
+        return bdrv_error_errno(errp, ret, "Failed to flush metadata");
     }
     do {
         ret = find_nonempty_blocks(s, &n, status, opaque, walk,

@@ -571,13 +571,7 @@ int qcow2_snapshot_create(BDRVQcow2State *s, const char *name, GError **errp)
                     QCOW2_OL_INACTIVE_L1);
     qcow2_map_inactive_l2(s, s->l1_table, s->l1_size, true);
 out:
-    ret = end_snapshot_op(s, ret);
-    if (ret < 0 && errp && !*errp) {
-        g_set_error(errp, QGUARD_ERROR, -ret, "%s",
-                    qcow2_error_message() ? qcow2_error_message()
-                                          : g_strerror(-ret));
-    }
-    return ret;
+    return qcow2_error_propagate(end_snapshot_op(s, ret), errp);
 }
 
 int qcow2_snapshot_apply(BDRVQcow2State *s, const char *id_or_name,
@@ -694,13 +688,7 @@ int qcow2_snapshot_apply(BDRVQcow2State *s, const char *id_or_name,
     }
 out:
     g_free(old_l1);
-    ret = end_snapshot_op(s, ret);
-    if (ret < 0 && errp && !*errp) {
-        g_set_error(errp, QGUARD_ERROR, -ret, "%s",
-                    qcow2_error_message() ? qcow2_error_message()
-                                          : g_strerror(-ret));
-    }
-    return ret;
+    return qcow2_error_propagate(end_snapshot_op(s, ret), errp);
 }
 
 int qcow2_snapshot_delete(BDRVQcow2State *s, const char *id_or_name,
@@ -759,13 +747,7 @@ int qcow2_snapshot_delete(BDRVQcow2State *s, const char *id_or_name,
         ret = fix_copied_flags(s);
     }
 out:
-    ret = end_snapshot_op(s, ret);
-    if (ret < 0 && errp && !*errp) {
-        g_set_error(errp, QGUARD_ERROR, -ret, "%s",
-                    qcow2_error_message() ? qcow2_error_message()
-                                          : g_strerror(-ret));
-    }
-    return ret;
+    return qcow2_error_propagate(end_snapshot_op(s, ret), errp);
 }
 
 /*
@@ -798,10 +780,8 @@ int qcow2_snapshot_load_tmp(BDRVQcow2State *s, const char *id,
     }
     ret = read_l1(s, sn->l1_table_offset, sn->l1_size, &l1);
     if (ret < 0) {
-        g_set_error(errp, QGUARD_ERROR, -ret,
-                    "Failed to read l1 table for snapshot: %s",
-                    g_strerror(-ret));
-        return ret;
+        return bdrv_error_errno(errp, ret,
+                                "Failed to read l1 table for snapshot");
     }
     g_free(s->l1_table);
     s->l1_table = l1;

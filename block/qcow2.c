@@ -55,6 +55,17 @@ const char *qcow2_error_message(void)
     return g_private_get(&request_error);
 }
 
+int qcow2_error_propagate(int ret, GError **errp)
+{
+    if (ret < 0 && errp && !*errp) {
+        const char *detail = qcow2_error_message();
+
+        g_set_error(errp, QGUARD_ERROR, -ret, "%s",
+                    detail ? detail : g_strerror(-ret));
+    }
+    return ret;
+}
+
 /*
  * Report a corruption.  A fatal one marks the image corrupt on disk and makes
  * the open image refuse further I/O, as QEMU does, so that nothing more is
@@ -847,9 +858,7 @@ static int load_l1_table(BDRVQcow2State *s, GError **errp)
     ret = host_file_pread(s->file, s->l1_table_offset, s->l1_table,
                           (size_t)s->l1_size * 8);
     if (ret < 0) {
-        g_set_error(errp, QGUARD_ERROR, -ret, "Could not read L1 table: %s",
-                    g_strerror(-ret));
-        return ret;
+        return bdrv_error_errno(errp, ret, "Could not read L1 table");
     }
     for (i = 0; i < s->l1_size; i++) {
         s->l1_table[i] = GUINT64_FROM_BE(s->l1_table[i]);
@@ -1543,17 +1552,13 @@ static int zero_grown_area(BDRVQcow2State *s, uint64_t old_size,
         ret = qcow2_zero_clusters(s, full_start, size - full_start, false);
     }
     if (ret < 0) {
-        g_set_error(errp, QGUARD_ERROR, -ret,
-                    "Failed to zero out new clusters: %s", g_strerror(-ret));
-        return ret;
+        return bdrv_error_errno(errp, ret, "Failed to zero out new clusters");
     }
     if (zero_start > old_size) {
         ret = write_zero_buffer(s, old_size, MIN(zero_start, size) - old_size);
         if (ret < 0) {
-            g_set_error(errp, QGUARD_ERROR, -ret,
-                        "Failed to zero out the new area: %s",
-                        g_strerror(-ret));
-            return ret;
+            return bdrv_error_errno(errp, ret,
+                                    "Failed to zero out the new area");
         }
     }
     return 0;
@@ -1629,10 +1634,8 @@ int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
             ret = qcow2_shrink_l1_table(s, size_to_l1(s, size));
         }
         if (ret < 0) {
-            g_set_error(errp, QGUARD_ERROR, -ret,
-                        "Failed to discard cropped clusters: %s",
-                        g_strerror(-ret));
-            return ret;
+            return bdrv_error_errno(errp, ret,
+                                    "Failed to discard cropped clusters");
         }
     } else if (size > old_size) {
         uint64_t l1_needed = size_to_l1(s, size);
@@ -1645,9 +1648,7 @@ int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
         ret = mode == QCOW2_PREALLOC_OFF
               ? qcow2_grow_l1_table(s, l1_needed, true) : 0;
         if (ret < 0) {
-            g_set_error(errp, QGUARD_ERROR, -ret,
-                        "Failed to grow the L1 table: %s", g_strerror(-ret));
-            return ret;
+            return bdrv_error_errno(errp, ret, "Failed to grow the L1 table");
         }
     }
     if (size > old_size) {
@@ -1656,17 +1657,13 @@ int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
         ret = qcow2_grow_default_l2_cache(s);
         img->total_size = saved;
         if (ret < 0) {
-            g_set_error(errp, QGUARD_ERROR, -ret,
-                        "Could not flush metadata: %s", g_strerror(-ret));
-            return ret;
+            return bdrv_error_errno(errp, ret, "Could not flush metadata");
         }
     }
     ret = resize_data_file(s, old_size, size, mode);
     if (ret < 0) {
-        g_set_error(errp, QGUARD_ERROR, -ret,
-                    "Could not resize external data file: %s",
-                    g_strerror(-ret));
-        return ret;
+        return bdrv_error_errno(errp, ret,
+                                "Could not resize external data file");
     }
     ret = qcow2_preallocate(s, old_size, size > old_size ? size - old_size : 0,
                             mode, progress, opaque);
@@ -1690,9 +1687,7 @@ int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
     }
     ret = qcow2_flush_metadata(s);
     if (ret < 0) {
-        g_set_error(errp, QGUARD_ERROR, -ret, "Could not flush metadata: %s",
-                    g_strerror(-ret));
-        return ret;
+        return bdrv_error_errno(errp, ret, "Could not flush metadata");
     }
     if (size < old_size) {
         /* Give back the space past the last cluster still in use. */

@@ -391,44 +391,24 @@ static inline QCow2ClusterType qcow2_get_cluster_type(const BDRVQcow2State *s,
     return QCOW2_CLUSTER_NORMAL;
 }
 
-static inline uint64_t be_get64(const void *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return GUINT64_FROM_BE(v);
+/* be_get16/32/64() and be_put16/32/64(): unaligned big-endian fields. */
+#define QCOW2_BE_ACCESSORS(bits)                                        \
+static inline uint##bits##_t be_get##bits(const void *p)                \
+{                                                                       \
+    uint##bits##_t v;                                                   \
+    memcpy(&v, p, sizeof(v));                                           \
+    return GUINT##bits##_FROM_BE(v);                                    \
+}                                                                       \
+                                                                        \
+static inline void be_put##bits(void *p, uint##bits##_t v)              \
+{                                                                       \
+    v = GUINT##bits##_TO_BE(v);                                         \
+    memcpy(p, &v, sizeof(v));                                           \
 }
 
-static inline void be_put64(void *p, uint64_t v)
-{
-    v = GUINT64_TO_BE(v);
-    memcpy(p, &v, 8);
-}
-
-static inline uint32_t be_get32(const void *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return GUINT32_FROM_BE(v);
-}
-
-static inline void be_put32(void *p, uint32_t v)
-{
-    v = GUINT32_TO_BE(v);
-    memcpy(p, &v, 4);
-}
-
-static inline uint16_t be_get16(const void *p)
-{
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return GUINT16_FROM_BE(v);
-}
-
-static inline void be_put16(void *p, uint16_t v)
-{
-    v = GUINT16_TO_BE(v);
-    memcpy(p, &v, 2);
-}
+QCOW2_BE_ACCESSORS(16)
+QCOW2_BE_ACCESSORS(32)
+QCOW2_BE_ACCESSORS(64)
 
 static inline uint64_t l2_get(const BDRVQcow2State *s, const void *l2_table,
                               int index)
@@ -525,6 +505,11 @@ int qcow2_check_tables_in_file(BDRVQcow2State *s, GError **errp);
 void qcow2_set_error(BDRVQcow2State *s, const char *fmt, ...)
     G_GNUC_PRINTF(2, 3);
 const char *qcow2_error_message(void);
+/*
+ * A failure (@ret < 0) into *@errp, unless it holds an error already:
+ * this request's text, or strerror.  Returns @ret.
+ */
+int qcow2_error_propagate(int ret, GError **errp);
 void qcow2_signal_corruption(BDRVQcow2State *s, bool fatal, int64_t offset,
                              int64_t size, const char *fmt, ...)
     G_GNUC_PRINTF(5, 6);

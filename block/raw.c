@@ -243,15 +243,8 @@ static int raw_create(const char *filename, const QGuardOpts *opts,
     if (size_str && qguard_parse_size(size_str, &size, errp) < 0) {
         return -EINVAL;
     }
-    ret = host_file_open(&file, filename, HOST_FILE_RDWR | HOST_FILE_CREATE,
-                         &local_err);
-    if (ret == -EAGAIN) {
-        /* Locked by another process: the file is untouched. */
-        g_propagate_error(errp, g_steal_pointer(&local_err));
-        return ret;
-    } else if (ret < 0) {
-        g_set_error(errp, QGUARD_ERROR, -ret, "Could not create '%s': %s",
-                    filename, g_strerror(-ret));
+    ret = bdrv_create_file(&file, filename, errp);
+    if (ret < 0) {
         return ret;
     }
     if (size > INT64_MAX) {
