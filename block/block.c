@@ -232,7 +232,7 @@ static void image_free(QGuardImage *img)
     }
     if (img->drv && img->drv->close && img->opaque) {
         /* Nothing to write back: a backing image, or a failed open. */
-        img->drv->close(img);
+        img->drv->close(img, NULL);
     }
     if (img->backing) {
         image_free(img->backing);
@@ -542,7 +542,8 @@ int bdrv_backing_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,
 
     if (offset < b->total_size) {
         avail = MIN(bytes, b->total_size - offset);
-        ret = b->drv->pread(b, offset, avail, buf);
+        /* A failure's text stays with the backing driver's request. */
+        ret = b->drv->pread(b, offset, avail, buf, NULL);
         if (ret < 0) {
             return ret;
         }
@@ -553,6 +554,7 @@ int bdrv_backing_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,
 
 int qguard_image_close(QGuardImage *img, GError **errp)
 {
+    g_autoptr(GError) err = NULL;
     const char *detail = NULL;
     int ret = 0, ret2;
 
@@ -567,7 +569,7 @@ int qguard_image_close(QGuardImage *img, GError **errp)
      * here: a failure loses acknowledged writes and must reach the caller.
      */
     if (!img->read_only && !img->broken && img->drv->flush) {
-        ret = img->drv->flush(img);
+        ret = img->drv->flush(img, &err);
     } else if (!img->read_only && img->broken && img->unflushed) {
         /* Nothing may be written any more: the unflushed writes are gone. */
         detail = "writes since the last flush are lost (the image was taken "
@@ -575,12 +577,12 @@ int qguard_image_close(QGuardImage *img, GError **errp)
         ret = -EIO;
     }
     if (img->drv->close && img->opaque) {
-        ret2 = img->drv->close(img);
+        ret2 = img->drv->close(img, ret < 0 ? NULL : &err);
         ret = ret < 0 ? ret : ret2;
     }
     if (ret < 0) {
-        if (!detail && img->drv->last_error) {
-            detail = img->drv->last_error(img);
+        if (!detail && err) {
+            detail = err->message;
         }
         g_set_error(errp, QGUARD_ERROR, -ret, "Failed to flush the image: %s",
                     detail ? detail : g_strerror(-ret));
@@ -650,14 +652,10 @@ static void sized_copy_out(void *out, const void *full, size_t full_size)
 
 /* ---- Requests ----------------------------------------------------------- */
 
-static int set_io_error(QGuardImage *img, int ret, GError **errp)
+int bdrv_io_error(int ret, GError **errp)
 {
-    const char *detail = img->drv->last_error ? img->drv->last_error(img)
-                                              : NULL;
-
     if (ret < 0) {
-        g_set_error(errp, QGUARD_ERROR, -ret, "%s",
-                    detail ? detail : g_strerror(-ret));
+        g_set_error(errp, QGUARD_ERROR, -ret, "%s", g_strerror(-ret));
     }
     return ret;
 }
@@ -708,8 +706,7 @@ int qguard_image_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,
     image_lock_shared(img);
     ret = check_request(img, offset, bytes, false, errp);
     if (ret == 0 && bytes) {
-        ret = set_io_error(img, img->drv->pread(img, offset, bytes, buf),
-                           errp);
+        ret = img->drv->pread(img, offset, bytes, buf, errp);
     }
     image_unlock(img);
     return ret;
@@ -729,8 +726,7 @@ int qguard_image_pwrite(QGuardImage *img, uint64_t offset, uint64_t bytes,
     ret = check_request(img, offset, bytes, true, errp);
     if (ret == 0 && bytes) {
         flags |= write_cache_fua(img);
-        ret = set_io_error(img, img->drv->pwrite(img, offset, bytes, buf,
-                                                 flags), errp);
+        ret = img->drv->pwrite(img, offset, bytes, buf, flags, errp);
         note_request(img, ret, flags);
     }
     image_unlock(img);
@@ -746,8 +742,7 @@ int qguard_image_pwrite_zeroes(QGuardImage *img, uint64_t offset,
     ret = check_request(img, offset, bytes, true, errp);
     if (ret == 0 && bytes) {
         flags |= write_cache_fua(img);
-        ret = set_io_error(img, img->drv->pwrite_zeroes(img, offset, bytes,
-                                                        flags), errp);
+        ret = img->drv->pwrite_zeroes(img, offset, bytes, flags, errp);
         note_request(img, ret, flags);
     }
     image_unlock(img);
@@ -769,11 +764,10 @@ int qguard_image_pwrite_compressed(QGuardImage *img, uint64_t offset,
     image_lock(img);
     ret = check_request(img, offset, bytes, true, errp);
     if (ret == 0 && bytes) {
-        ret = img->drv->pwrite_compressed(img, offset, bytes, buf);
+        ret = img->drv->pwrite_compressed(img, offset, bytes, buf, errp);
         if (ret >= 0 && write_cache_fua(img)) {
-            ret = img->drv->flush(img);
+            ret = img->drv->flush(img, errp);
         }
-        ret = set_io_error(img, ret, errp);
         note_request(img, ret, write_cache_fua(img));
     }
     image_unlock(img);
@@ -794,7 +788,7 @@ int qguard_image_discard(QGuardImage *img, uint64_t offset, uint64_t bytes,
     ret = check_request(img, offset, bytes, true, errp);
     /* discard=ignore (or off): the request succeeds and does nothing. */
     if (ret == 0 && bytes && img->drv->discard && img->discard_unmap) {
-        ret = set_io_error(img, img->drv->discard(img, offset, bytes), errp);
+        ret = img->drv->discard(img, offset, bytes, errp);
         note_request(img, ret, 0);
     }
     image_unlock(img);
@@ -809,7 +803,7 @@ int qguard_image_flush(QGuardImage *img, GError **errp)
     if (img->broken) {
         ret = check_request(img, 0, 0, false, errp);
     } else if (!img->read_only && img->drv->flush) {
-        ret = set_io_error(img, img->drv->flush(img), errp);
+        ret = img->drv->flush(img, errp);
         note_request(img, ret, QGUARD_WRITE_FUA);
     }
     image_unlock(img);
@@ -879,9 +873,8 @@ static int block_status(QGuardImage *img, uint64_t offset, uint64_t bytes,
     }
     for (;;) {
         *st = QGUARD_SIZED(QGuardBlockStatus);
-        ret = layer->drv->block_status(layer, offset, bytes, st);
+        ret = layer->drv->block_status(layer, offset, bytes, st, errp);
         if (ret < 0) {
-            set_io_error(layer, ret, errp);
             break;
         }
         st->depth = depth;

@@ -68,7 +68,12 @@ struct QGuardImage {
     bool force_share;           /* force-share=on: no image locks */
 };
 
-/* Driver entry points.  Requests have been bounds-checked by block.c. */
+/*
+ * Driver entry points.  Requests have been bounds-checked by block.c.  A
+ * request that fails returns a negative errno and sets *errp (which may be
+ * NULL) to the text the user reads: the driver's own explanation, or
+ * strerror.
+ */
 struct BlockDriver {
     const char *format_name;
     /* Score 0..100 for how sure the driver is that @buf starts its format. */
@@ -78,7 +83,7 @@ struct BlockDriver {
      * Write back what is still in memory and free the driver state (even
      * if writing fails, which is then returned).
      */
-    int (*close)(QGuardImage *img);
+    int (*close)(QGuardImage *img, GError **errp);
     int (*create)(const char *filename, const QGuardOpts *opts,
                   QGuardProgressFunc *progress, void *opaque, GError **errp);
     char *(*create_describe)(const QGuardOpts *opts, GError **errp);
@@ -88,33 +93,33 @@ struct BlockDriver {
      * preads and, with parallel_writes, pwrites.
      */
     int (*pread)(QGuardImage *img, uint64_t offset, uint64_t bytes,
-                 void *buf);
+                 void *buf, GError **errp);
     int (*pwrite)(QGuardImage *img, uint64_t offset, uint64_t bytes,
-                  const void *buf, unsigned flags);
+                  const void *buf, unsigned flags, GError **errp);
     /* pwrite may run in several threads at once, beside preads. */
     bool parallel_writes;
     int (*pwrite_zeroes)(QGuardImage *img, uint64_t offset, uint64_t bytes,
-                         unsigned flags);
+                         unsigned flags, GError **errp);
     int (*pwrite_compressed)(QGuardImage *img, uint64_t offset,
-                             uint64_t bytes, const void *buf);
+                             uint64_t bytes, const void *buf, GError **errp);
     uint32_t (*cluster_size)(const QGuardImage *img);
-    int (*discard)(QGuardImage *img, uint64_t offset, uint64_t bytes);
-    int (*flush)(QGuardImage *img);
+    int (*discard)(QGuardImage *img, uint64_t offset, uint64_t bytes,
+                   GError **errp);
+    int (*flush)(QGuardImage *img, GError **errp);
     int (*truncate)(QGuardImage *img, uint64_t size, bool shrink,
                     const char *prealloc, GError **errp);
     /* Status of this layer only; ALLOCATED unset means "ask the backing". */
     int (*block_status)(QGuardImage *img, uint64_t offset, uint64_t bytes,
-                        QGuardBlockStatus *st);
+                        QGuardBlockStatus *st, GError **errp);
     int (*get_info)(QGuardImage *img, QGuardImageInfo *info, GError **errp);
     int (*check)(QGuardImage *img, unsigned fix, QGuardCheckResult *result,
                  QGuardReportFunc *report, void *opaque, GError **errp);
     int (*overlap_stats)(QGuardImage *img, QGuardOverlapStats *stats);
     void (*overlap_stats_reset)(QGuardImage *img);
     /*
-     * The text of the calling thread's last driver error, which the generic
-     * layer passes on; cleared at the start of each request.
+     * A request starts: the driver forgets what it noted about the calling
+     * thread's previous one (its error text).
      */
-    const char *(*last_error)(QGuardImage *img);
     void (*clear_error)(QGuardImage *img);
     /* Internal snapshots: BDRV_SNAPSHOT_* on the snapshot named @name. */
     int (*snapshot)(QGuardImage *img, int op, const char *name,
@@ -196,6 +201,8 @@ int bdrv_create_file(HostFile **pfile, const char *filename, GError **errp);
  */
 int bdrv_error_errno(GError **errp, int ret, const char *fmt, ...)
     G_GNUC_PRINTF(3, 4);
+/* A failure (@ret < 0) as strerror into *@errp; returns @ret. */
+int bdrv_io_error(int ret, GError **errp);
 /*
  * The options of a file child (the image's own file, an external data
  * file): @driver must be "file" if given; @locking "off" sets *@no_lock,

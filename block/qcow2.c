@@ -1106,7 +1106,7 @@ static void append_overlap_stats(QGuardImage *img)
     fclose(f);
 }
 
-static int qcow2_close(QGuardImage *img)
+static int do_close(QGuardImage *img)
 {
     BDRVQcow2State *s = img->opaque;
     int ret = 0, ret2;
@@ -1135,13 +1135,14 @@ static int qcow2_close(QGuardImage *img)
 /* ---- Requests ------------------------------------------------------------- */
 
 static int qcow2_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,
-                       void *buf)
+                       void *buf, GError **errp)
 {
-    return qcow2_read_guest(img->opaque, offset, bytes, buf);
+    return qcow2_error_propagate(qcow2_read_guest(img->opaque, offset, bytes,
+                                                  buf), errp);
 }
 
 static int qcow2_pwrite(QGuardImage *img, uint64_t offset, uint64_t bytes,
-                        const void *buf, unsigned flags)
+                        const void *buf, unsigned flags, GError **errp)
 {
     BDRVQcow2State *s = img->opaque;
     int ret;
@@ -1155,7 +1156,7 @@ static int qcow2_pwrite(QGuardImage *img, uint64_t offset, uint64_t bytes,
         ret = qcow2_flush_metadata(s);
         g_mutex_unlock(&s->meta_lock);
     }
-    return ret;
+    return qcow2_error_propagate(ret, errp);
 }
 
 /* Does the whole cluster at @offset already read as zeros? */
@@ -1263,8 +1264,8 @@ static void plan_zero_request(BDRVQcow2State *s, uint64_t offset,
     }
 }
 
-static int qcow2_pwrite_zeroes(QGuardImage *img, uint64_t offset,
-                               uint64_t bytes, unsigned flags)
+static int do_pwrite_zeroes(QGuardImage *img, uint64_t offset,
+                            uint64_t bytes, unsigned flags)
 {
     BDRVQcow2State *s = img->opaque;
     ZeroPlan plan;
@@ -1333,8 +1334,8 @@ out:
     return ret;
 }
 
-static int qcow2_pwrite_compressed(QGuardImage *img, uint64_t offset,
-                                   uint64_t bytes, const void *buf)
+static int do_pwrite_compressed(QGuardImage *img, uint64_t offset,
+                                uint64_t bytes, const void *buf)
 {
     BDRVQcow2State *s = img->opaque;
 
@@ -1351,7 +1352,7 @@ static uint32_t qcow2_cluster_size(const QGuardImage *img)
     return ((BDRVQcow2State *)img->opaque)->cluster_size;
 }
 
-static int qcow2_discard(QGuardImage *img, uint64_t offset, uint64_t bytes)
+static int do_discard(QGuardImage *img, uint64_t offset, uint64_t bytes)
 {
     BDRVQcow2State *s = img->opaque;
     uint64_t start = ROUND_UP(offset, (uint64_t)s->cluster_size);
@@ -1376,9 +1377,9 @@ static int qcow2_discard(QGuardImage *img, uint64_t offset, uint64_t bytes)
                                   QCOW2_DISCARD_REQUEST);
 }
 
-static int qcow2_flush(QGuardImage *img)
+static int qcow2_flush(QGuardImage *img, GError **errp)
 {
-    return qcow2_flush_metadata(img->opaque);
+    return qcow2_error_propagate(qcow2_flush_metadata(img->opaque), errp);
 }
 
 /*
@@ -1420,8 +1421,8 @@ static bool detect_metadata_preallocation(BDRVQcow2State *s)
     return used > threshold;
 }
 
-static int qcow2_block_status(QGuardImage *img, uint64_t offset,
-                              uint64_t bytes, QGuardBlockStatus *st)
+static int do_block_status(QGuardImage *img, uint64_t offset,
+                           uint64_t bytes, QGuardBlockStatus *st)
 {
     BDRVQcow2State *s = img->opaque;
     uint64_t host;
@@ -1894,9 +1895,42 @@ static int qcow2_snapshot_load_tmp_op(QGuardImage *img, const char *id,
     return qcow2_snapshot_load_tmp(img->opaque, id, name, errp);
 }
 
-static const char *qcow2_last_error(QGuardImage *img G_GNUC_UNUSED)
+/*
+ * The entry points whose engine functions can fail in more than one place:
+ * the failure's text (qcow2_set_error()) goes into the error argument.
+ */
+static int qcow2_close(QGuardImage *img, GError **errp)
 {
-    return qcow2_error_message();
+    return qcow2_error_propagate(do_close(img), errp);
+}
+
+static int qcow2_pwrite_zeroes(QGuardImage *img, uint64_t offset,
+                               uint64_t bytes, unsigned flags, GError **errp)
+{
+    return qcow2_error_propagate(do_pwrite_zeroes(img, offset, bytes, flags),
+                                 errp);
+}
+
+static int qcow2_pwrite_compressed(QGuardImage *img, uint64_t offset,
+                                   uint64_t bytes, const void *buf,
+                                   GError **errp)
+{
+    return qcow2_error_propagate(do_pwrite_compressed(img, offset, bytes,
+                                                      buf), errp);
+}
+
+static int qcow2_discard(QGuardImage *img, uint64_t offset, uint64_t bytes,
+                         GError **errp)
+{
+    return qcow2_error_propagate(do_discard(img, offset, bytes), errp);
+}
+
+static int qcow2_block_status(QGuardImage *img, uint64_t offset,
+                              uint64_t bytes, QGuardBlockStatus *st,
+                              GError **errp)
+{
+    return qcow2_error_propagate(do_block_status(img, offset, bytes, st),
+                                 errp);
 }
 
 static void qcow2_clear_error(QGuardImage *img G_GNUC_UNUSED)
@@ -1932,7 +1966,6 @@ const BlockDriver bdrv_qcow2 = {
     .check = qcow2_check,
     .overlap_stats = qcow2_overlap_stats,
     .overlap_stats_reset = qcow2_overlap_stats_reset,
-    .last_error = qcow2_last_error,
     .clear_error = qcow2_clear_error,
     .snapshot = qcow2_snapshot_op,
     .bitmap_add = qcow2_bitmap_add_op,

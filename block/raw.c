@@ -29,16 +29,17 @@ static int raw_open(QGuardImage *img, const QGuardOpts *opts, GError **errp)
     return 0;
 }
 
-static int raw_close(QGuardImage *img)
+static int raw_close(QGuardImage *img, GError **errp)
 {
+    (void)errp;
     img->opaque = NULL;
     return 0;
 }
 
 static int raw_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,
-                     void *buf)
+                     void *buf, GError **errp)
 {
-    return host_file_pread(img->file, offset, buf, bytes);
+    return bdrv_io_error(host_file_pread(img->file, offset, buf, bytes), errp);
 }
 
 /* A probed raw image must not become something that probes differently. */
@@ -61,19 +62,17 @@ static int check_first_sector(QGuardImage *img, uint64_t offset,
 }
 
 static int raw_pwrite(QGuardImage *img, uint64_t offset, uint64_t bytes,
-                      const void *buf, unsigned flags)
+                      const void *buf, unsigned flags, GError **errp)
 {
     int ret = check_first_sector(img, offset, bytes, buf);
 
-    if (ret < 0) {
-        return ret;
+    if (ret >= 0) {
+        ret = host_file_pwrite(img->file, offset, buf, bytes);
     }
-    ret = host_file_pwrite(img->file, offset, buf, bytes);
-
     if (ret >= 0 && (flags & QGUARD_WRITE_FUA)) {
         ret = host_file_flush(img->file);
     }
-    return ret;
+    return bdrv_io_error(ret, errp);
 }
 
 static int write_zeros(HostFile *file, uint64_t offset, uint64_t bytes)
@@ -93,36 +92,34 @@ static int write_zeros(HostFile *file, uint64_t offset, uint64_t bytes)
 }
 
 static int raw_pwrite_zeroes(QGuardImage *img, uint64_t offset,
-                             uint64_t bytes, unsigned flags)
+                             uint64_t bytes, unsigned flags, GError **errp)
 {
     int ret = -ENOTSUP;
 
     if (flags & QGUARD_ZERO_MAY_UNMAP) {
         ret = host_file_discard(img->file, offset, bytes);
     }
-    if (ret == -ENOTSUP) {
-        if (flags & QGUARD_ZERO_FAST) {
-            return -ENOTSUP;
-        }
+    if (ret == -ENOTSUP && !(flags & QGUARD_ZERO_FAST)) {
         ret = write_zeros(img->file, offset, bytes);
     }
     if (ret >= 0 && (flags & QGUARD_WRITE_FUA)) {
         ret = host_file_flush(img->file);
     }
-    return ret;
+    return bdrv_io_error(ret, errp);
 }
 
-static int raw_discard(QGuardImage *img, uint64_t offset, uint64_t bytes)
+static int raw_discard(QGuardImage *img, uint64_t offset, uint64_t bytes,
+                       GError **errp)
 {
     int ret = host_file_discard(img->file, offset, bytes);
 
     /* Discard is advisory: a filesystem without hole punching is fine. */
-    return ret == -ENOTSUP ? 0 : ret;
+    return bdrv_io_error(ret == -ENOTSUP ? 0 : ret, errp);
 }
 
-static int raw_flush(QGuardImage *img)
+static int raw_flush(QGuardImage *img, GError **errp)
 {
-    return host_file_flush(img->file);
+    return bdrv_io_error(host_file_flush(img->file), errp);
 }
 
 /*
@@ -184,10 +181,12 @@ static int raw_truncate(QGuardImage *img, uint64_t size, bool shrink,
 }
 
 static int raw_block_status(QGuardImage *img, uint64_t offset,
-                            uint64_t bytes, QGuardBlockStatus *st)
+                            uint64_t bytes, QGuardBlockStatus *st,
+                            GError **errp)
 {
     bool hole = false;
 
+    (void)errp;
     st->bytes = bytes;
     host_file_is_hole(img->file, offset, &st->bytes, &hole);
     st->flags = QGUARD_BLOCK_ALLOCATED | QGUARD_BLOCK_OFFSET_VALID |
