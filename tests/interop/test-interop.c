@@ -1899,6 +1899,18 @@ static void add_isolated(const char *path, void (*fn)(gconstpointer),
     g_test_add_data_func_full(path, st, isolated, g_free);
 }
 
+/* Both directions of combination @c. */
+static void add_combo(Combo *c)
+{
+    g_autofree char *p1 = g_strdup_printf("/interop/qguard-to-qemu/%s",
+                                          c->id);
+    g_autofree char *p2 = g_strdup_printf("/interop/qemu-to-qguard/%s",
+                                          c->id);
+
+    add_isolated(p1, run_q2q, c);
+    add_isolated(p2, run_q2g, c);
+}
+
 static const CompressedCase compressed_cases[] = {
     { 512, 2 * MiB, "zlib" },
     { 4096, 6 * MiB, "zlib" },
@@ -1998,7 +2010,6 @@ int main(int argc, char **argv)
             for (pi = 0; pi < 2; pi++) {
                 for (vi = 0; vi < 2; vi++) {
                     Combo *c;
-                    g_autofree char *p1 = NULL, *p2 = NULL;
 
                     /* compat=0.10 requires refcount_bits=16. */
                     if (vi == 0 && refcount_bits[ri] != 16) {
@@ -2019,10 +2030,7 @@ int main(int argc, char **argv)
                     c->seed = 0x9e3779b9u ^ (c->cluster_size * 2654435761u) ^
                               (c->refcount_bits << 8) ^ (pi << 4) ^ vi;
                     combo_sizes(c);
-                    p1 = g_strdup_printf("/interop/qguard-to-qemu/%s", c->id);
-                    p2 = g_strdup_printf("/interop/qemu-to-qguard/%s", c->id);
-                    add_isolated(p1, run_q2q, c);
-                    add_isolated(p2, run_q2g, c);
+                    add_combo(c);
                 }
             }
         }
@@ -2030,7 +2038,6 @@ int main(int argc, char **argv)
     /* Extended L2 entries, alone and over a backing file. */
     for (i = 0; i < 8; i++) {
         Combo *c = g_new0(Combo, 1);
-        g_autofree char *p1 = NULL, *p2 = NULL;
 
         g_ptr_array_add(combos, c);
 
@@ -2051,15 +2058,11 @@ int main(int argc, char **argv)
         } else {
             combo_sizes(c);
         }
-        p1 = g_strdup_printf("/interop/qguard-to-qemu/%s", c->id);
-        p2 = g_strdup_printf("/interop/qemu-to-qguard/%s", c->id);
-        add_isolated(p1, run_q2q, c);
-        add_isolated(p2, run_q2g, c);
+        add_combo(c);
     }
     /* External data files, plain and raw, with and without preallocation. */
     for (i = 0; i < 4; i++) {
         Combo *c = g_new0(Combo, 1);
-        g_autofree char *p1 = NULL, *p2 = NULL;
 
         g_ptr_array_add(combos, c);
 
@@ -2073,10 +2076,7 @@ int main(int argc, char **argv)
         c->file_id = g_strdelimit(g_strdup(c->id), "=,", '-');
         c->seed = 0xdada0000u ^ (guint32)i;
         combo_sizes(c);
-        p1 = g_strdup_printf("/interop/qguard-to-qemu/%s", c->id);
-        p2 = g_strdup_printf("/interop/qemu-to-qguard/%s", c->id);
-        add_isolated(p1, run_q2q, c);
-        add_isolated(p2, run_q2g, c);
+        add_combo(c);
     }
     for (i = 0; i < G_N_ELEMENTS(compressed_cases); i++) {
         g_autofree char *p = g_strdup_printf(

@@ -273,6 +273,28 @@ static int slow_data_writes(void *opaque, HostFile *file, HostFileOp op,
 }
 
 /*
+ * Run @fn in PW_WRITERS threads, one per writers[i], with data writes
+ * slowed down so that they overlap; none may have failed.
+ */
+static void run_writers(Writer *writers, GThreadFunc fn)
+{
+    GThread *threads[PW_WRITERS];
+    int i;
+
+    host_file_set_hook(slow_data_writes, NULL);
+    for (i = 0; i < PW_WRITERS; i++) {
+        threads[i] = g_thread_new("writer", fn, &writers[i]);
+    }
+    for (i = 0; i < PW_WRITERS; i++) {
+        g_thread_join(threads[i]);
+    }
+    host_file_set_hook(NULL, NULL);
+    for (i = 0; i < PW_WRITERS; i++) {
+        g_assert_cmpint(writers[i].failures, ==, 0);
+    }
+}
+
+/*
  * Four writers at once on one image: allocating writes into the same
  * clusters, L2 tables and refcount blocks, copy-on-write from a backing
  * file or from clusters a snapshot shares, with caches of a few tables so
@@ -289,7 +311,6 @@ static void test_parallel_writes(gconstpointer data)
     g_autofree uint8_t *backing = g_malloc0(PW_SIZE);
     g_autofree uint32_t *version = g_new0(uint32_t, PW_SIZE / PW_BLOCK);
     g_autoptr(GError) err = NULL;
-    GThread *threads[PW_WRITERS];
     Writer writers[PW_WRITERS];
     uint8_t want[PW_BLOCK];
     QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
@@ -322,19 +343,11 @@ static void test_parallel_writes(gconstpointer data)
                                             &err), ==, 0);
         g_assert_cmpint(qguard_snapshot_create(img, "s1", &err), ==, 0);
     }
-    host_file_set_hook(slow_data_writes, NULL);
     for (i = 0; i < PW_WRITERS; i++) {
         writers[i] = (Writer){ .img = img, .id = i, .seed = seed + i * 7919,
                                .version = version };
-        threads[i] = g_thread_new("writer", pw_writer, &writers[i]);
     }
-    for (i = 0; i < PW_WRITERS; i++) {
-        g_thread_join(threads[i]);
-    }
-    host_file_set_hook(NULL, NULL);
-    for (i = 0; i < PW_WRITERS; i++) {
-        g_assert_cmpint(writers[i].failures, ==, 0);
-    }
+    run_writers(writers, pw_writer);
     g_assert_cmpint(qguard_image_pread(img, 0, PW_SIZE, image, &err), ==, 0);
     for (b = 0; b < PW_SIZE / PW_BLOCK; b++) {
         if (version[b]) {
@@ -389,7 +402,6 @@ static void test_parallel_writes_same_cluster(void)
     g_autofree char *path = tpath("same.qcow2");
     g_autofree uint8_t *image = g_malloc(PW_SIZE);
     g_autoptr(GError) err = NULL;
-    GThread *threads[PW_WRITERS];
     Writer writers[PW_WRITERS];
     uint8_t want[PW_BLOCK];
     QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
@@ -401,18 +413,10 @@ static void test_parallel_writes_same_cluster(void)
     test_image_new(path, "qcow2", "size=2M,cluster_size=65536");
     img = test_image_open(path, "qcow2", "",
                           QGUARD_OPEN_RDWR);
-    host_file_set_hook(slow_data_writes, NULL);
     for (i = 0; i < PW_WRITERS; i++) {
         writers[i] = (Writer){ .img = img, .id = i };
-        threads[i] = g_thread_new("writer", same_cluster_writer, &writers[i]);
     }
-    for (i = 0; i < PW_WRITERS; i++) {
-        g_thread_join(threads[i]);
-    }
-    host_file_set_hook(NULL, NULL);
-    for (i = 0; i < PW_WRITERS; i++) {
-        g_assert_cmpint(writers[i].failures, ==, 0);
-    }
+    run_writers(writers, same_cluster_writer);
     g_assert_cmpint(qguard_image_pread(img, 0, PW_SIZE, image, &err), ==, 0);
     for (b = 0; b < PW_SIZE / PW_BLOCK; b++) {
         if (b % (65536 / PW_BLOCK) < PW_WRITERS) {
