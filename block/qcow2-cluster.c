@@ -776,9 +776,12 @@ static int data_write(BDRVQcow2State *s, uint64_t offset,
  * its guest clusters as in flight first, so that a second write to the
  * same clusters waits and then finds the new entries, instead of
  * allocating again and losing one of the two.
+ *
+ * *@next is the host offset just past the request's previous run (0 for
+ * none): new clusters continue there when it is free, as in QEMU.
  */
 static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
-                         const uint8_t *buf)
+                         const uint8_t *buf, uint64_t *next)
 {
     uint64_t l1_index = offset_to_l1_index(s, offset);
     int l2_index = offset_to_l2_index(s, offset);
@@ -849,6 +852,8 @@ retry:
 
     if (kind == RUN_IN_PLACE && !sc_meta) {
         run_bytes = MIN(bytes, (n << s->cluster_bits) - in_cluster);
+        *next = host + size_to_clusters(s, in_cluster + run_bytes) *
+                       s->cluster_size;
         ret = data_write_check(s, host + in_cluster, run_bytes);
         g_mutex_unlock(&s->meta_lock);
         if (ret < 0) {
@@ -873,7 +878,7 @@ retry:
         /* A data file cluster sits at its guest offset, unrefcounted. */
         host = start_of_cluster(s, offset);
     } else if (kind == RUN_ALLOCATE) {
-        int64_t alloc = qcow2_alloc_clusters(s, n, &got);
+        int64_t alloc = qcow2_alloc_data_clusters(s, n, *next, &got);
         if (alloc < 0) {
             ret = alloc;
             goto out;
@@ -881,6 +886,8 @@ retry:
         host = alloc;
     }
     run_bytes = MIN(bytes, (got << s->cluster_bits) - in_cluster);
+    *next = host + size_to_clusters(s, in_cluster + run_bytes) *
+                   s->cluster_size;
     last = size_to_clusters(s, in_cluster + run_bytes) - 1;
     end_in_last = in_cluster + run_bytes - (last << s->cluster_bits);
     cow_from = 0;
@@ -992,11 +999,13 @@ out:
 int qcow2_write_guest(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
                       const uint8_t *buf)
 {
+    uint64_t next = 0;
+
     while (bytes > 0) {
         int l2_index = offset_to_l2_index(s, offset);
         uint64_t in_table = ((uint64_t)(s->l2_size - l2_index) <<
                              s->cluster_bits) - offset_into_cluster(s, offset);
-        int64_t done = write_run(s, offset, MIN(bytes, in_table), buf);
+        int64_t done = write_run(s, offset, MIN(bytes, in_table), buf, &next);
 
         if (done < 0) {
             return done;

@@ -519,21 +519,6 @@ bool qcow2_free_index_verify(BDRVQcow2State *s, GString *why)
             return false;
         }
         if (c == CHUNK_UNKNOWN) {
-            /* Invariant 4 also holds for what has not been read yet. */
-            for (w = 0; w < fi->chunk_words; w++) {
-                uint64_t first;
-                if (!want[w]) {
-                    continue;
-                }
-                first = i * per_chunk + w * 64 + __builtin_ctzll(want[w]);
-                if (first < s->free_cluster_index) {
-                    g_string_printf(why, "cluster %" PRIu64 " is free, below "
-                                    "the hint %" PRIu64, first,
-                                    s->free_cluster_index);
-                    return false;
-                }
-                break;
-            }
             continue;
         }
         for (w = 0; w < fi->chunk_words; w++) {
@@ -547,12 +532,6 @@ bool qcow2_free_index_verify(BDRVQcow2State *s, GString *why)
                                 "refcounts say %s", base + bad,
                                 (have >> bad) & 1 ? "free" : "used",
                                 (want[w] >> bad) & 1 ? "free" : "used");
-                return false;
-            }
-            if (have && base + __builtin_ctzll(have) < s->free_cluster_index) {
-                g_string_printf(why, "cluster %" PRIu64 " is free, below the "
-                                "hint %" PRIu64, base + __builtin_ctzll(have),
-                                s->free_cluster_index);
                 return false;
             }
             count += __builtin_popcountll(have);

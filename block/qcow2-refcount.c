@@ -468,33 +468,68 @@ int qcow2_refblock_free_bits(BDRVQcow2State *s, uint64_t index,
     return 0;
 }
 
+/* The first cluster freed since the last metadata flush at or after @c. */
+static uint64_t first_freed_from(BDRVQcow2State *s, uint64_t c)
+{
+    guint i = freed_search(s, c);
+    Qcow2FreedRange *r;
+
+    if (i >= s->freed_clusters->len) {
+        return UINT64_MAX;
+    }
+    r = &g_array_index(s->freed_clusters, Qcow2FreedRange, i);
+    return MAX(r->first, c);
+}
+
 /*
- * Find the first run of free clusters at or after free_cluster_index, up to
- * @n long.  With @exact, only a run of exactly @n clusters is accepted and
- * shorter holes are skipped over.  Returns the first cluster index; a free
- * cluster 0 means damaged refcounts and is refused here, for every caller.
+ * Find the first run of free clusters at or after the search start
+ * free_cluster_index, up to @n long.  With @exact, only a run of exactly
+ * @n clusters is accepted and shorter holes are skipped over.  Returns the
+ * first cluster index; a free cluster 0 means damaged refcounts and is
+ * refused here, for every caller.  With @take, the next search starts past
+ * the run, as QEMU's does: holes an exact search skipped stay behind until
+ * a cluster at or below them is freed.
+ *
+ * QEMU reuses a freed cluster at once, while on-disk tables may still name
+ * it; here it waits for the next metadata flush (design.md, "Freeing").
+ * Where QEMU would take a cluster freed since that flush, the flush happens
+ * first: the layout is QEMU's, and only a session that frees and then
+ * allocates pays for one flush.
  */
 static int64_t find_free_run(BDRVQcow2State *s, uint64_t n, bool exact,
-                             uint64_t *got)
+                             bool take, uint64_t *got)
 {
     uint64_t limit = QCOW2_MAX_HOST_OFFSET >> s->cluster_bits;
-    uint64_t first_free;
+    bool flushed = false;
+    uint64_t first_free, freed;
     int64_t first;
+    int ret;
 
     if (s->freed_cluster_count >= FREED_CLUSTERS_MAX) {
         /* Make the frees durable so that the space can be reused. */
-        int ret = qcow2_flush_metadata(s);
+        ret = qcow2_flush_metadata(s);
         if (ret < 0) {
             return ret;
         }
     }
-    first = qcow2_free_index_find(s, s->free_cluster_index, n, exact, got,
-                                  &first_free);
-    if (first < 0) {
-        return first;
+    for (;;) {
+        first = qcow2_free_index_find(s, s->free_cluster_index, n, exact, got,
+                                      &first_free);
+        if (first < 0) {
+            return first;
+        }
+        /* QEMU's search start goes down to every cluster it frees. */
+        freed = first_freed_from(s, 0);
+        if (flushed || freed > (uint64_t)first + *got ||
+            (freed == (uint64_t)first + *got && (exact || *got == n))) {
+            break;
+        }
+        ret = qcow2_flush_metadata(s);
+        if (ret < 0) {
+            return ret;
+        }
+        flushed = true;
     }
-    /* Nothing between the hint and the first free cluster is free. */
-    s->free_cluster_index = first_free;
     if ((uint64_t)first >= limit || *got > limit - first) {
         return -EFBIG;
     }
@@ -504,6 +539,9 @@ static int64_t find_free_run(BDRVQcow2State *s, uint64_t n, bool exact,
                                 "Preventing invalid allocation of cluster 0 "
                                 "(refcounts are damaged)");
         return -EIO;
+    }
+    if (take) {
+        s->free_cluster_index = first + *got;
     }
     return first;
 }
@@ -522,14 +560,21 @@ static int write_reftable_entry(BDRVQcow2State *s, uint64_t index)
     return host_file_flush(s->file);
 }
 
-static int grow_refcount_table(BDRVQcow2State *s, uint64_t needed_index);
+static int grow_refcount_table(BDRVQcow2State *s, uint64_t index,
+                               uint64_t new_block, uint64_t cluster);
 
 /*
  * Make sure refcount block @index exists.  Returns 0 if it already did,
  * 1 if something was allocated (callers that searched for free clusters
- * must search again), or a negative errno.
+ * must search again), or a negative errno.  @cluster is the first cluster
+ * the caller wants a refcount for in that block.
+ *
+ * The block's own cluster is searched for from free_cluster_index, which
+ * the caller's search left past its run: as in QEMU, a block that a run
+ * needs goes after the run, into the range it describes when that is free.
  */
-static int ensure_refblock(BDRVQcow2State *s, uint64_t index)
+static int ensure_refblock(BDRVQcow2State *s, uint64_t index,
+                           uint64_t cluster)
 {
     uint64_t block, new_cluster, got, own_index;
     void *refblock;
@@ -540,38 +585,28 @@ static int ensure_refblock(BDRVQcow2State *s, uint64_t index)
     if (ret < 0 || block) {
         return ret;
     }
-    if (index >= s->refcount_table_size) {
-        ret = grow_refcount_table(s, index);
-        return ret < 0 ? ret : 1;
-    }
 
-    for (;;) {
-        found = find_free_run(s, 1, true, &got);
-        if (found < 0) {
-            return found;
-        }
-        new_cluster = found;
-        own_index = new_cluster >> s->refcount_block_bits;
-        if (own_index == index) {
-            break;
-        }
+    found = find_free_run(s, 1, true, true, &got);
+    if (found < 0) {
+        return found;
+    }
+    new_cluster = found;
+    own_index = new_cluster >> s->refcount_block_bits;
+    if (own_index != index) {
         /* The new block's own refcount lives in another block. */
-        ret = ensure_refblock(s, own_index);
+        ret = ensure_refblock(s, own_index, new_cluster);
+        if (ret != 0) {
+            return ret;     /* made: the caller searches again, as QEMU */
+        }
+        ret = qcow2_update_refcount(s, new_cluster << s->cluster_bits,
+                                    1, 1, false, QCOW2_DISCARD_NEVER);
         if (ret < 0) {
             return ret;
         }
-        if (ret == 0) {
-            ret = qcow2_update_refcount(s, new_cluster << s->cluster_bits,
-                                        1, 1, false, QCOW2_DISCARD_NEVER);
-            if (ret < 0) {
-                return ret;
-            }
-            /* That refcount must be on disk before the table points here. */
-            ret = qcow2_flush_refcounts(s);
-            if (ret < 0) {
-                return ret;
-            }
-            break;
+        /* That refcount must be on disk before a table points here. */
+        ret = qcow2_flush_refcounts(s);
+        if (ret < 0) {
+            return ret;
         }
     }
 
@@ -588,165 +623,187 @@ static int ensure_refblock(BDRVQcow2State *s, uint64_t index)
     ret = qcow2_pwrite_meta(s, QCOW2_OL_REFCOUNT_BLOCK, block, refblock,
                             s->cluster_size);
     qcow2_cache_put(s->refcount_block_cache, &refblock);
-    if (ret < 0) {
-        qcow2_cache_discard(s->refcount_block_cache, block);
-        return ret;
+    if (ret >= 0) {
+        ret = host_file_flush(s->file);
     }
-    ret = host_file_flush(s->file);
     if (ret < 0) {
         qcow2_cache_discard(s->refcount_block_cache, block);
         return ret;
     }
 
-    s->refcount_table[index] = block;
-    ret = write_reftable_entry(s, index);
-    if (ret < 0) {
-        s->refcount_table[index] = 0;
-        qcow2_cache_discard(s->refcount_block_cache, block);
-        return ret;
-    }
-    if (index > s->max_refcount_table_index) {
-        s->max_refcount_table_index = index;
+    if (index >= s->refcount_table_size) {
+        /* The new table names the block: it is hooked up with the switch. */
+        ret = grow_refcount_table(s, index, block, cluster);
+        if (ret < 0) {
+            qcow2_cache_discard(s->refcount_block_cache, block);
+            return ret;
+        }
+    } else {
+        s->refcount_table[index] = block;
+        ret = write_reftable_entry(s, index);
+        if (ret < 0) {
+            s->refcount_table[index] = 0;
+            qcow2_cache_discard(s->refcount_block_cache, block);
+            return ret;
+        }
+        if (index > s->max_refcount_table_index) {
+            s->max_refcount_table_index = index;
+        }
     }
     qcow2_map_enter(s, block, s->cluster_size, QCOW2_OL_REFCOUNT_BLOCK);
     if (own_index == index) {
         /* Its refcount was set in the block itself, not through an update. */
         qcow2_free_index_mark_used(s, new_cluster, 1);
     }
-    if (new_cluster == s->free_cluster_index) {
-        s->free_cluster_index++;
-    }
     return 1;
 }
 
 /*
- * Grow the refcount table so that it has an entry @needed_index.
- *
- * The clusters past the old table's coverage are free by definition, so the
- * new table and the refcount blocks that describe it go there, all written
- * before the header switches to the new table.
+ * Refcount blocks needed to describe @clusters clusters plus the refcount
+ * structures themselves, with room for a table half as large again, as
+ * QEMU sizes a growing refcount table (qcow2_refcount_metadata_size()).
  */
-static int grow_refcount_table(BDRVQcow2State *s, uint64_t needed_index)
+static uint64_t grown_refblock_count(BDRVQcow2State *s, uint64_t clusters)
+{
+    uint64_t per_table_cluster = s->cluster_size / 8;
+    uint64_t blocks = 0, table = 0, n = 0, last;
+    bool generous = true;
+
+    do {
+        last = n;
+        blocks = DIV_ROUND_UP(clusters + table + blocks,
+                              (uint64_t)s->refcount_block_size);
+        table = DIV_ROUND_UP(blocks, per_table_cluster);
+        n = clusters + blocks + table;
+        if (n == last && generous) {
+            clusters += DIV_ROUND_UP(table, 2);
+            n = 0;
+            generous = false;
+        }
+    } while (n != last);
+    return blocks;
+}
+
+/*
+ * Grow the refcount table so that it names refcount block @index, already
+ * written at @new_block (for @cluster and what follows it).
+ *
+ * As in QEMU, the new structures start at the first refcount-block
+ * boundary past @cluster and @new_block, where everything is free: the
+ * blocks for that area and beyond, then a table with half as many entries
+ * again as needed.  All of it is written and synced before the header
+ * switches to the new table with one write (design.md, rule 5).
+ */
+static int grow_refcount_table(BDRVQcow2State *s, uint64_t index,
+                               uint64_t new_block, uint64_t cluster)
 {
     uint64_t epc = s->cluster_size / 8;           /* entries per cluster */
+    uint64_t rbs = s->refcount_block_size;
     uint64_t old_size = s->refcount_table_size;
-    uint64_t area_start = old_size << s->refcount_block_bits;
-    uint64_t new_size, table_clusters, nblocks, area_end, c;
     uint64_t old_offset = s->refcount_table_offset;
     uint64_t old_clusters = size_to_clusters(s, old_size * 8);
+    uint64_t blocks_used, start, total, entries, tc, nb, end, c, i;
     uint64_t table_offset;
-    uint8_t *blocks = NULL;
-    uint8_t *table = NULL;
-    uint64_t *new_table;
+    g_autofree uint8_t *area = NULL;
+    g_autofree uint64_t *new_table = NULL;
     uint8_t hdr[12];
-    uint64_t i;
     int ret;
 
-    new_size = MAX(needed_index + 1, old_size);
-    new_size += new_size / 2;
+    blocks_used = DIV_ROUND_UP(MAX(cluster, new_block >> s->cluster_bits) + 1,
+                               rbs);
+    start = blocks_used * rbs;
+    total = grown_refblock_count(s, start);
     for (;;) {
-        new_size = (new_size + epc - 1) / epc * epc;
-        table_clusters = new_size / epc;
-        nblocks = (table_clusters + s->refcount_block_size) /
-                  s->refcount_block_size;
-        while ((nblocks + table_clusters + s->refcount_block_size - 1) /
-               s->refcount_block_size > nblocks) {
-            nblocks++;
-        }
-        area_end = area_start + nblocks + table_clusters;
-        if (((area_end - 1) >> s->refcount_block_bits) < new_size) {
+        entries = ROUND_UP(total + DIV_ROUND_UP(total, 2), epc);
+        tc = entries / epc;
+        nb = total - blocks_used;
+        end = start + nb + tc;
+        if (end <= total * rbs) {
             break;
         }
-        new_size += epc;
+        total++;    /* never for QEMU's sizes; keeps every new cluster counted */
     }
-    if (new_size * 8 > QCOW_MAX_REFTABLE_SIZE ||
-        area_end > (QCOW2_MAX_HOST_OFFSET >> s->cluster_bits)) {
+    if (entries * 8 > QCOW_MAX_REFTABLE_SIZE ||
+        end > (QCOW2_MAX_HOST_OFFSET >> s->cluster_bits)) {
         qcow2_set_error(s, "Refcount table would exceed the maximum size");
         return -EFBIG;
     }
 
-    blocks = g_try_malloc0(nblocks * s->cluster_size);
-    table = g_try_malloc0(table_clusters * s->cluster_size);
-    new_table = g_try_new0(uint64_t, new_size);
-    if (!blocks || !table || !new_table) {
-        ret = -ENOMEM;
-        goto out;
-    }
-    for (c = area_start; c < area_end; c++) {
-        uint64_t b = (c - area_start) >> s->refcount_block_bits;
-        s->set_refcount(blocks + b * s->cluster_size,
-                        c & (s->refcount_block_size - 1), 1);
+    area = g_try_malloc0((nb + tc) << s->cluster_bits);
+    new_table = g_try_new0(uint64_t, entries);
+    if (!area || !new_table) {
+        return -ENOMEM;
     }
     memcpy(new_table, s->refcount_table, old_size * 8);
-    for (i = 0; i < nblocks; i++) {
-        new_table[old_size + i] = (area_start + i) << s->cluster_bits;
+    new_table[index] = new_block;
+    for (i = 0; i < nb; i++) {
+        new_table[blocks_used + i] = (start + i) << s->cluster_bits;
     }
-    for (i = 0; i < new_size; i++) {
-        be_put64(table + i * 8, new_table[i]);
+    for (c = start; c < end; c++) {
+        uint64_t b = (c >> s->refcount_block_bits) - blocks_used;
+        s->set_refcount(area + (b << s->cluster_bits), c & (rbs - 1), 1);
     }
-    table_offset = (area_start + nblocks) << s->cluster_bits;
+    for (i = 0; i < entries; i++) {
+        be_put64(area + ((nb << s->cluster_bits) + i * 8), new_table[i]);
+    }
+    table_offset = (start + nb) << s->cluster_bits;
 
     /* Everything the new table needs is on disk before the header moves. */
     ret = qcow2_flush_refcounts(s);
     if (ret < 0) {
-        goto out;
+        return ret;
     }
-    ret = qcow2_pwrite_meta(s, QCOW2_OL_REFCOUNT_BLOCK,
-                            area_start << s->cluster_bits, blocks,
-                            nblocks * s->cluster_size);
+    ret = qcow2_pwrite_meta(s, QCOW2_OL_REFCOUNT_BLOCK |
+                            QCOW2_OL_REFCOUNT_TABLE,
+                            start << s->cluster_bits, area,
+                            (nb + tc) << s->cluster_bits);
     if (ret < 0) {
-        goto out;
-    }
-    ret = qcow2_pwrite_meta(s, QCOW2_OL_REFCOUNT_TABLE, table_offset, table,
-                            table_clusters * s->cluster_size);
-    if (ret < 0) {
-        goto out;
+        return ret;
     }
     ret = host_file_flush(s->file);
     if (ret < 0) {
-        goto out;
+        return ret;
     }
     be_put64(hdr, table_offset);
-    be_put32(hdr + 8, table_clusters);
+    be_put32(hdr + 8, tc);
     ret = qcow2_commit_header_field(s, HDR_OFF_REFTABLE_OFFSET, hdr, 12);
     if (ret < 0) {
-        goto out;       /* either table may be the one on disk: keep both */
+        return ret;     /* either table may be the one on disk: keep both */
     }
 
     qcow2_map_remove(s, old_offset, old_clusters << s->cluster_bits,
                      QCOW2_OL_REFCOUNT_TABLE);
     g_free(s->refcount_table);
-    s->refcount_table = new_table;
-    new_table = NULL;
-    s->refcount_table_size = new_size;
+    s->refcount_table = g_steal_pointer(&new_table);
+    s->refcount_table_size = entries;
     s->refcount_table_offset = table_offset;
     update_max_refcount_table_index(s);
     qcow2_free_index_resize(s);
-    qcow2_free_index_mark_used(s, area_start, area_end - area_start);
-    qcow2_map_enter(s, area_start << s->cluster_bits,
-                    nblocks << s->cluster_bits, QCOW2_OL_REFCOUNT_BLOCK);
-    qcow2_map_enter(s, table_offset, table_clusters << s->cluster_bits,
+    qcow2_free_index_mark_used(s, start, end - start);
+    qcow2_map_enter(s, start << s->cluster_bits, nb << s->cluster_bits,
+                    QCOW2_OL_REFCOUNT_BLOCK);
+    qcow2_map_enter(s, table_offset, tc << s->cluster_bits,
                     QCOW2_OL_REFCOUNT_TABLE);
 
     /* The old table is unreferenced now; a failure here only leaks it. */
-    ret = qcow2_free_clusters(s, old_offset, old_clusters << s->cluster_bits,
-                              QCOW2_DISCARD_OTHER);
-out:
-    g_free(blocks);
-    g_free(table);
-    g_free(new_table);
-    return ret;
+    return qcow2_free_clusters(s, old_offset, old_clusters << s->cluster_bits,
+                               QCOW2_DISCARD_OTHER);
 }
 
-/* Make sure refcount blocks exist for clusters [first, first + n). */
-static int ensure_refblocks(BDRVQcow2State *s, uint64_t first, uint64_t n)
+/*
+ * Make sure refcount blocks exist for clusters [first, first + n).  When
+ * one had to be made (1), *@missing is the first cluster it describes.
+ */
+static int ensure_refblocks(BDRVQcow2State *s, uint64_t first, uint64_t n,
+                            uint64_t *missing)
 {
     uint64_t idx = first >> s->refcount_block_bits;
     uint64_t last = (first + n - 1) >> s->refcount_block_bits;
     int ret;
 
     for (; idx <= last; idx++) {
-        ret = ensure_refblock(s, idx);
+        *missing = MAX(first, idx << s->refcount_block_bits);
+        ret = ensure_refblock(s, idx, *missing);
         if (ret != 0) {
             return ret;
         }
@@ -998,7 +1055,7 @@ int64_t qcow2_first_free_cluster(BDRVQcow2State *s)
 {
     uint64_t got;
 
-    return find_free_run(s, 1, true, &got);
+    return find_free_run(s, 1, true, false, &got);
 }
 
 /*
@@ -1034,6 +1091,7 @@ int qcow2_free_unreferenced_clusters(BDRVQcow2State *s, uint64_t offset,
 static int64_t alloc_clusters(BDRVQcow2State *s, uint64_t n, bool exact,
                               uint64_t *got)
 {
+    uint64_t missing;
     int64_t first;
     int ret;
 
@@ -1041,26 +1099,28 @@ static int64_t alloc_clusters(BDRVQcow2State *s, uint64_t n, bool exact,
         return -EINVAL;
     }
     for (;;) {
-        first = find_free_run(s, n, exact, got);
+        first = find_free_run(s, n, exact, true, got);
         if (first < 0) {
             return first;
         }
-        ret = ensure_refblocks(s, first, *got);
+        ret = ensure_refblocks(s, first, *got, &missing);
         if (ret < 0) {
             return ret;
         }
         if (ret == 0) {
             break;
         }
+        /*
+         * QEMU searches again from the run once refcount structures were
+         * made for it, so the run usually stays where it was found.
+         */
+        s->free_cluster_index = MIN(s->free_cluster_index, (uint64_t)first);
     }
     ret = qcow2_update_refcount(s, (uint64_t)first << s->cluster_bits,
                                 *got << s->cluster_bits, 1, false,
                                 QCOW2_DISCARD_NEVER);
     if (ret < 0) {
         return ret;
-    }
-    if ((uint64_t)first == s->free_cluster_index) {
-        s->free_cluster_index = first + *got;
     }
     return (int64_t)first << s->cluster_bits;
 }
@@ -1080,17 +1140,55 @@ int64_t qcow2_alloc_clusters_exact(BDRVQcow2State *s, uint64_t n)
 }
 
 /*
+ * Host clusters for a run of a guest write, placed as QEMU places them:
+ * right after the host clusters of the request's previous run (@next, a
+ * host offset, 0 for none), as many of up to @n as are free there;
+ * otherwise the first run of exactly @n free clusters.  *got says how
+ * many.
+ */
+int64_t qcow2_alloc_data_clusters(BDRVQcow2State *s, uint64_t n,
+                                  uint64_t next, uint64_t *got)
+{
+    uint64_t c = next >> s->cluster_bits, first_free, missing;
+    uint64_t limit = QCOW2_MAX_HOST_OFFSET >> s->cluster_bits;
+    int64_t found;
+    int ret;
+
+    while (c && c < limit && n) {
+        found = qcow2_free_index_find(s, c, MIN(n, limit - c), false, got,
+                                      &first_free);
+        if (found < 0) {
+            return found;
+        }
+        if ((uint64_t)found != c || !*got) {
+            break;
+        }
+        ret = ensure_refblocks(s, c, *got, &missing);
+        if (ret < 0) {
+            return ret;
+        }
+        if (ret > 0) {
+            continue;   /* the new block may sit there: look again */
+        }
+        ret = qcow2_update_refcount(s, next, *got << s->cluster_bits, 1,
+                                    false, QCOW2_DISCARD_NEVER);
+        return ret < 0 ? ret : (int64_t)next;
+    }
+    return alloc_clusters(s, n, true, got);
+}
+
+/*
  * Allocate clusters at a given place, which must be free (preallocation of
  * ranges whose position is fixed).  Returns -EAGAIN if any is in use.
  */
 int qcow2_alloc_clusters_at(BDRVQcow2State *s, uint64_t offset, uint64_t n)
 {
     uint64_t first = offset >> s->cluster_bits;
-    uint64_t i, refcount;
+    uint64_t i, refcount, missing;
     int ret;
 
     do {
-        ret = ensure_refblocks(s, first, n);
+        ret = ensure_refblocks(s, first, n, &missing);
         if (ret < 0) {
             return ret;
         }
@@ -1134,15 +1232,15 @@ int64_t qcow2_alloc_bytes(BDRVQcow2State *s, int size)
         free_in_cluster = s->cluster_size - offset_into_cluster(s, offset);
     }
     if (!offset || free_in_cluster < (uint64_t)size) {
-        uint64_t got;
+        uint64_t got, missing;
         int64_t first;
 
         for (;;) {
-            first = find_free_run(s, 1, true, &got);
+            first = find_free_run(s, 1, true, true, &got);
             if (first < 0) {
                 return first;
             }
-            ret = ensure_refblocks(s, first, 1);
+            ret = ensure_refblocks(s, first, 1, &missing);
             if (ret < 0) {
                 return ret;
             }

@@ -217,7 +217,10 @@ struct BDRVQcow2State {
     bool metadata_prealloc_checked;
     bool metadata_prealloc;
 
-    /* No cluster below free_cluster_index is free (a search hint). */
+    /*
+     * Where the next search for free clusters starts, as QEMU's: past the
+     * last run taken, down to the lowest cluster freed since.
+     */
     uint64_t free_cluster_index;
     Qcow2FreeIndex *free_index;     /* qcow2-free.c */
     uint64_t free_byte_offset;  /* where the next compressed cluster goes */
@@ -546,6 +549,8 @@ int qcow2_get_refcount(BDRVQcow2State *s, uint64_t cluster_index,
 int64_t qcow2_alloc_clusters(BDRVQcow2State *s, uint64_t n,
                              uint64_t *got);
 int64_t qcow2_alloc_clusters_exact(BDRVQcow2State *s, uint64_t n);
+int64_t qcow2_alloc_data_clusters(BDRVQcow2State *s, uint64_t n,
+                                  uint64_t next, uint64_t *got);
 int64_t qcow2_alloc_tail(BDRVQcow2State *s, uint64_t n);
 int64_t qcow2_tail_cluster(BDRVQcow2State *s);
 int64_t qcow2_first_free_cluster(BDRVQcow2State *s);

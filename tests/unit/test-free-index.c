@@ -9,7 +9,8 @@
  * unmap, flushes, snapshots, resizes, reopens, repairs) on images of
  * several cluster sizes and refcount widths.  After every operation the
  * index must satisfy its invariants (qcow2_free_index_verify()) and answer
- * "first free run" exactly as a scan of every refcount would.
+ * "first free run from the search start" exactly as a scan of every
+ * refcount from there would.
  *
  * QGUARD_TEST_SEED=N repeats a run.
  */
@@ -48,11 +49,11 @@ static bool cluster_free(BDRVQcow2State *s, uint64_t c)
     return refcount == 0 && !pending_freed(s, c);
 }
 
-/* The oracle: the first run by scanning every refcount from cluster 0. */
+/* The oracle: the first run by scanning every refcount from the hint. */
 static uint64_t scan_first_run(BDRVQcow2State *s, uint64_t n, bool exact,
                                uint64_t *got)
 {
-    uint64_t c = 0, start = 0, len = 0;
+    uint64_t c = s->free_cluster_index, start = 0, len = 0;
 
     for (;; c++) {
         if (cluster_free(s, c)) {
