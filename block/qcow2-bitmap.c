@@ -528,17 +528,18 @@ static int64_t alloc_write(BDRVQcow2State *s, Store *st, const void *buf,
 }
 
 /*
- * New data clusters for the changed parts of @bm and, if any entry
- * changes, a new table (I1): data clusters first, then the table, as QEMU
- * allocates them.
+ * New data clusters for the changed parts of @bm (with @all, for every part
+ * that is not zero, as QEMU writes a bitmap) and, if any entry changes, a
+ * new table (I1): data clusters first, then the table, as QEMU allocates
+ * them.
  */
 static int store_bitmap(BDRVQcow2State *s, Qcow2Bitmap *bm, Pending *p,
-                        Store *st)
+                        Store *st, bool all)
 {
     uint64_t wpc = qcow2_bitmap_words_per_cluster(s);
     g_autofree uint64_t *buf = g_malloc(s->cluster_size);
     uint32_t old_size = bm->table ? bm->table_size : 0;
-    bool table_changed = bm->table_changed || !bm->table_offset ||
+    bool table_changed = all || bm->table_changed || !bm->table_offset ||
                          bm->nb_clusters != bm->table_size;
     uint32_t i;
     uint64_t w;
@@ -553,7 +554,7 @@ static int store_bitmap(BDRVQcow2State *s, Qcow2Bitmap *bm, Pending *p,
         bool zero = true;
         int64_t off;
 
-        if (i < old_size && !test_bit(bm->changed, i)) {
+        if (!all && i < old_size && !test_bit(bm->changed, i)) {
             p->table[i] = old;
             continue;
         }
@@ -867,8 +868,16 @@ int qcow2_bitmaps_store(BDRVQcow2State *s, bool closing)
     for (i = 0; i < list->len; i++) {
         Qcow2Bitmap *bm = g_ptr_array_index(list, i);
 
+        if (closing && !bm->inconsistent && !bm->bits) {
+            /*
+             * QEMU writes every bitmap it loaded anew when it closes the
+             * image; one that cannot be read here keeps its place.
+             */
+            g_autoptr(GError) ignored = NULL;
+            (void)qcow2_bitmap_load(s, bm, &ignored);
+        }
         if (bm->bits && !bm->inconsistent) {
-            ret = store_bitmap(s, bm, &st.pending[i], &st);
+            ret = store_bitmap(s, bm, &st.pending[i], &st, closing);
             if (ret < 0) {
                 qcow2_set_error(s, "Failed to write bitmap '%s' to file: %s",
                                 bm->name, g_strerror(-ret));
