@@ -1070,26 +1070,29 @@ char *qguard_create_prepare(const char *filename, const char *format,
                         "filename as the backing file");
             goto fail;
         }
-        if (!backing_fmt) {
-            HostFile *f = NULL;
-            const char *probed = "raw";
-            if (host_file_open(&f, path, 0, NULL) == 0) {
-                probed = probe_driver(f)->format_name;
-                host_file_close(f);
+        if (unsafe) {
+            if (!backing_fmt) {
+                g_set_error(errp, QGUARD_ERROR, EINVAL,
+                            "Backing file specified without backing format");
+                goto fail;
             }
-            g_set_error(errp, QGUARD_ERROR, EINVAL,
-                        "Backing file specified without backing format\n"
-                        "Detected format of %s.", probed);
-            goto fail;
-        }
-        if (!unsafe) {
+        } else {
             g_autoptr(GError) local_err = NULL;
+
+            /* As qemu-img: a backing file that cannot be opened comes first. */
             ret = qguard_image_open(&b, path, backing_fmt, NULL, 0,
                                     &local_err);
             if (ret < 0) {
                 g_set_error(errp, QGUARD_ERROR, -ret,
                             "%s\nCould not open backing image.\n",
                             local_err->message);
+                goto fail;
+            }
+            if (!backing_fmt) {
+                g_set_error(errp, QGUARD_ERROR, EINVAL,
+                            "Backing file specified without backing format\n"
+                            "Detected format of %s.", qguard_image_format(b));
+                qguard_image_close(b, NULL);
                 goto fail;
             }
             if (!qguard_opts_has(opts, "size")) {

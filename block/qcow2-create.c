@@ -68,6 +68,13 @@ int qcow2_create_opt_type(const char *name)
     return opt ? (int)opt->type : -1;
 }
 
+static char *escape_commas(const char *value)
+{
+    g_auto(GStrv) parts = g_strsplit(value, ",", -1);
+
+    return g_strjoinv(",,", parts);
+}
+
 char *qcow2_create_describe(const QGuardOpts *opts, GError **errp)
 {
     GString *str = g_string_new("fmt=qcow2");
@@ -100,6 +107,16 @@ char *qcow2_create_describe(const QGuardOpts *opts, GError **errp)
         if (opt->type == OPT_SIZE &&
             qguard_parse_size(value, &n, NULL) == 0) {
             g_string_append_printf(str, " %s=%" PRIu64, opt->name, n);
+        } else if (opt->type == OPT_NUMBER &&
+                   qguard_parse_number(value, &n)) {
+            /* As QEMU prints it: signed, so "-1" stays "-1". */
+            g_string_append_printf(str, " %s=%" PRId64, opt->name,
+                                   (int64_t)n);
+        } else if (opt->type == OPT_STRING) {
+            g_autofree char *escaped = escape_commas(value);
+
+            /* Commas doubled, so that the line reads back as -o. */
+            g_string_append_printf(str, " %s=%s", opt->name, escaped);
         } else {
             g_string_append_printf(str, " %s=%s", opt->name, value);
         }

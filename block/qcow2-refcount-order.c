@@ -109,6 +109,11 @@ static int find_nonempty_blocks(BDRVQcow2State *s, NewRefcounts *n,
         }
         qcow2_cache_put(s->refcount_block_cache, &refblock);
     }
+    /* A finished walk is reported too, as QEMU does. */
+    if (status) {
+        status(opaque, (walk + 1) * s->refcount_table_size,
+               walks * s->refcount_table_size);
+    }
     return 0;
 }
 

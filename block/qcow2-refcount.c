@@ -1311,7 +1311,8 @@ static int update_refcount_range(BDRVQcow2State *s, uint64_t first,
                 qcow2_set_error(s, "Refcount of cluster %" G_GUINT64_FORMAT
                                 " would %s", c,
                                 decrease ? "drop below 0" : "overflow");
-                ret = decrease ? -EINVAL : -ERANGE;
+                /* QEMU's errno for both, which snapshot -c prints. */
+                ret = -EINVAL;
                 break;
             }
             new = decrease ? old - amount : old + amount;

@@ -222,15 +222,28 @@ bool qguard_parse_bool(const char *name, const char *value, bool *out,
     return false;
 }
 
+static int parse_u64(const char *str, const char **end, int base,
+                     uint64_t *val);
+
+/*
+ * A number option as QEMU reads it (strtoull() in base 0): leading blanks
+ * and a sign are accepted and a negative value wraps around, so "-1" is
+ * UINT64_MAX.  0, -EINVAL if it is no number, -ERANGE if it overflows.
+ */
+static int parse_number(const char *str, uint64_t *value)
+{
+    const char *end;
+    int ret = parse_u64(str, &end, 0, value);
+
+    if (ret == 0 && *end != '\0') {
+        ret = -EINVAL;
+    }
+    return ret;
+}
+
 bool qguard_parse_number(const char *str, uint64_t *value)
 {
-    char *end;
-
-    if (!*str || *str == '-' || !g_ascii_isdigit(*str)) {
-        return false;
-    }
-    *value = g_ascii_strtoull(str, &end, 0);
-    return *end == '\0';
+    return parse_number(str, value) == 0;
 }
 
 bool qguard_check_opt_syntax(const char *name, const char *value,
@@ -243,12 +256,19 @@ bool qguard_check_opt_syntax(const char *name, const char *value,
     case OPT_SIZE:
         return qguard_parse_size_option(name, value, &n, NULL, errp) == 0;
     case OPT_NUMBER:
-        if (!qguard_parse_number(value, &n)) {
+        switch (parse_number(value, &n)) {
+        case 0:
+            return true;
+        case -ERANGE:
+            g_set_error(errp, QGUARD_ERROR, ERANGE,
+                        "Value '%s' is too large for parameter '%s'",
+                        value, name);
+            return false;
+        default:
             g_set_error(errp, QGUARD_ERROR, EINVAL,
                         "Parameter '%s' expects a number", name);
             return false;
         }
-        return true;
     case OPT_BOOL:
         return qguard_parse_bool(name, value, &b, errp);
     case OPT_STRING:
