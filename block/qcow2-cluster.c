@@ -101,9 +101,12 @@ int qcow2_write_l1_dirty(BDRVQcow2State *s)
     if (ret < 0) {
         return ret;
     }
-    ret = qcow2_flush_refcounts(s);
-    if (ret < 0) {
-        return ret;
+    /* A dirty image's refcounts are rebuilt when it is opened. */
+    if (!qcow2_refcounts_postponed(s)) {
+        ret = qcow2_flush_refcounts(s);
+        if (ret < 0) {
+            return ret;
+        }
     }
     for (sector = 0; sector <= s->l1_dirty_nsectors; sector++) {
         bool dirty = sector < s->l1_dirty_nsectors &&
@@ -304,7 +307,16 @@ static int l2_allocate(BDRVQcow2State *s, uint64_t l1_index)
     if (ret < 0) {
         goto fail;
     }
-    ret = qcow2_l2_after_new_refcounts(s);
+    if (s->use_lazy_refcounts) {
+        /*
+         * Even with lazy refcounts QEMU writes the refcount of a new table
+         * at once (before the write that needs it makes the image dirty),
+         * so a crashed image has the same damage to repair as with QEMU.
+         */
+        ret = qcow2_flush_refcounts(s);
+    } else {
+        ret = qcow2_l2_after_new_refcounts(s);
+    }
     if (ret < 0) {
         goto fail;
     }

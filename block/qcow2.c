@@ -349,6 +349,8 @@ int qcow2_mark_dirty(BDRVQcow2State *s)
     return ret;
 }
 
+static int flush_metadata(BDRVQcow2State *s, bool refcounts);
+
 int qcow2_mark_clean(BDRVQcow2State *s)
 {
     int ret;
@@ -357,7 +359,7 @@ int qcow2_mark_clean(BDRVQcow2State *s)
         return 0;
     }
     /* Clearing the bit promises that the refcounts on disk are right. */
-    ret = qcow2_flush_metadata(s);
+    ret = flush_metadata(s, true);
     if (ret < 0) {
         return ret;
     }
@@ -383,8 +385,9 @@ static int mark_consistent(BDRVQcow2State *s)
 /*
  * Write back everything in dependency order: refcount blocks and L2 tables
  * (the caches order themselves), then the L1 table, then flush the file.
+ * @refcounts false leaves the refcount blocks in the cache.
  */
-int qcow2_flush_metadata(BDRVQcow2State *s)
+static int flush_metadata(BDRVQcow2State *s, bool refcounts)
 {
     int ret;
 
@@ -398,9 +401,11 @@ int qcow2_flush_metadata(BDRVQcow2State *s)
     if (ret < 0) {
         return ret;
     }
-    ret = qcow2_cache_write(s, s->refcount_block_cache);
-    if (ret < 0) {
-        return ret;
+    if (refcounts) {
+        ret = qcow2_cache_write(s, s->refcount_block_cache);
+        if (ret < 0) {
+            return ret;
+        }
     }
     ret = qcow2_write_l1_dirty(s);
     if (ret < 0) {
@@ -412,6 +417,24 @@ int qcow2_flush_metadata(BDRVQcow2State *s)
         qcow2_release_freed_clusters(s);
     }
     return ret;
+}
+
+/* Are refcount writes postponed until the image is marked clean? */
+bool qcow2_refcounts_postponed(BDRVQcow2State *s)
+{
+    return s->use_lazy_refcounts &&
+           (s->incompatible_features & QCOW2_INCOMPAT_DIRTY);
+}
+
+/*
+ * The refcounts of an image made dirty by lazy refcounts are rebuilt when
+ * it is next opened: as in QEMU, they are written only when it is marked
+ * clean, which is what lazy refcounts save.  (A snapshot operation's dirty
+ * bit only covers its crash window: its refcounts are written as usual.)
+ */
+int qcow2_flush_metadata(BDRVQcow2State *s)
+{
+    return flush_metadata(s, !qcow2_refcounts_postponed(s));
 }
 
 /* ---- Open ---------------------------------------------------------------- */

@@ -526,6 +526,7 @@ int qcow2_commit_header_field(BDRVQcow2State *s, int offset,
                               const void *data, int bytes);
 void qcow2_switch_failed(BDRVQcow2State *s, int ret);
 int qcow2_flush_metadata(BDRVQcow2State *s);
+bool qcow2_refcounts_postponed(BDRVQcow2State *s);
 int qcow2_validate_table(BDRVQcow2State *s, uint64_t offset,
                          uint64_t entries, size_t entry_len,
                          uint64_t max_size_bytes, const char *table_name,
