@@ -1661,6 +1661,17 @@ int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
             return bdrv_error_errno(errp, ret,
                                     "Failed to discard cropped clusters");
         }
+        /* The tables stop naming the cropped clusters before that. */
+        ret = qcow2_flush_metadata(s);
+        if (ret >= 0) {
+            ret = qcow2_shrink_reftable(s);
+        }
+        if (ret < 0) {
+            g_set_error(errp, QGUARD_ERROR, -ret,
+                        "Failed to discard unused refblocks: %s",
+                        g_strerror(-ret));
+            return ret;
+        }
     } else if (size > old_size) {
         uint64_t l1_needed = size_to_l1(s, size);
         if (l1_needed > QCOW_MAX_L1_SIZE / 8 || size > INT64_MAX) {
