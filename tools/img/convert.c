@@ -23,6 +23,7 @@
 typedef enum BlockKind {
     BLK_ZERO,
     BLK_DATA,
+    BLK_BACKING_FILE,   /* the target's backing file provides it */
 } BlockKind;
 
 typedef struct ConvertState {
@@ -34,6 +35,14 @@ typedef struct ConvertState {
     uint64_t total_sectors;
     QGuardImage *target;
     bool has_zero_init;
+    /*
+     * With a backing file for the target, only what the top layer of each
+     * source allocates is copied; the rest is left to the backing file,
+     * which covers target_backing_sectors (-1: unknown).
+     */
+    bool target_has_backing;
+    int64_t target_backing_sectors;
+    bool copy_range;            /* -C: data copied as is, zeros too */
     uint64_t min_sparse;        /* sectors, 0: write everything */
     uint64_t alignment;         /* sectors, zero detection granularity */
     uint64_t buf_sectors;
@@ -75,16 +84,26 @@ static int64_t convert_iteration_sectors(ConvertState *s,
                                          uint64_t sector_num)
 {
     uint64_t src_cur_offset, n;
+    bool post_backing_zero = false;
     int src_cur;
 
     convert_select_part(s, sector_num, &src_cur, &src_cur_offset);
     n = MIN(s->total_sectors - sector_num, REQUEST_MAX_BYTES / SECTOR_SIZE);
+    /* Past the end of the target's backing file, zeros need no write. */
+    if (s->target_backing_sectors >= 0) {
+        if (sector_num >= (uint64_t)s->target_backing_sectors) {
+            post_backing_zero = true;
+        } else if (sector_num + n > (uint64_t)s->target_backing_sectors) {
+            n = s->target_backing_sectors - sector_num;
+        }
+    }
     n = MIN(n, src_cur_offset + s->src_sectors[src_cur] - sector_num);
 
     if (s->sector_next_status <= sector_num) {
         uint64_t offset = (sector_num - src_cur_offset) * SECTOR_SIZE;
         uint64_t size = s->src_size[src_cur];
         unsigned flags = QGUARD_BLOCK_ZERO;
+        bool below = false;
         uint64_t count, tail;
 
         if (offset < size) {
@@ -101,6 +120,8 @@ static int64_t convert_iteration_sectors(ConvertState *s,
                 return ret;
             }
             flags = st.flags;
+            /* Above the source's backing file is only its top layer. */
+            below = st.depth > 0;
             n = DIV_ROUND_UP(st.bytes, SECTOR_SIZE);
             /* The partial sector at the end of a source is copied whole. */
             if (offset + st.bytes == size) {
@@ -113,8 +134,10 @@ static int64_t convert_iteration_sectors(ConvertState *s,
         if (n > tail) {
             n -= tail;
         }
-        if (flags & QGUARD_BLOCK_ZERO) {
-            s->status = BLK_ZERO;
+        if (s->target_has_backing && below) {
+            s->status = BLK_BACKING_FILE;
+        } else if (flags & QGUARD_BLOCK_ZERO) {
+            s->status = post_backing_zero ? BLK_BACKING_FILE : BLK_ZERO;
         } else {
             /* Data, or unallocated without a backing file that knows. */
             s->status = BLK_DATA;
@@ -343,19 +366,24 @@ static int convert_do_copy(ConvertState *s)
                 return ret;
             }
             ret = s->compressed ? convert_write_compressed(s, sector_num, n)
-                  : s->min_sparse ? convert_write_sparse(s, sector_num, n)
-                                  : convert_write_data(s, sector_num, n,
-                                                       s->buf);
+                  : s->min_sparse && !s->copy_range
+                  ? convert_write_sparse(s, sector_num, n)
+                  : convert_write_data(s, sector_num, n, s->buf);
+        } else if (status == BLK_BACKING_FILE) {
+            ret = 0;
         } else if (!s->min_sparse) {
+            /* -S 0: zeros are written as data, compressed with -c. */
             memset(s->buf, 0, n * SECTOR_SIZE);
-            ret = convert_write_data(s, sector_num, n, s->buf);
+            ret = s->compressed ? convert_write_compressed(s, sector_num, n)
+                                : convert_write_data(s, sector_num, n, s->buf);
         } else {
             ret = convert_write_zeroes(s, sector_num, n);
         }
         if (ret < 0) {
             return ret;
         }
-        if ((status == BLK_DATA || !s->min_sparse) && s->allocated_sectors) {
+        if ((status == BLK_DATA || (!s->min_sparse && status == BLK_ZERO)) &&
+            s->allocated_sectors) {
             s->allocated_done += n;
             progress_set(s->progress, 100.0 * s->allocated_done /
                                       s->allocated_sectors);
@@ -530,6 +558,8 @@ static QGuardOpts *convert_create_options(const ConvertState *s,
                                           const char *raw_opts,
                                           const char *out_filename,
                                           const char *out_fmt,
+                                          const char *backing,
+                                          const char *backing_fmt,
                                           QGuardOpts **open_opts)
 {
     g_autoptr(GError) err = NULL;
@@ -543,12 +573,25 @@ static QGuardOpts *convert_create_options(const ConvertState *s,
     }
     size_str = g_strdup_printf("%" PRIu64, s->total_sectors * SECTOR_SIZE);
     qguard_opts_set(opts, "size", size_str);
+    /* -B and -F, which win over -o as the later options. */
+    if (backing) {
+        qguard_opts_set(opts, "backing_file", backing);
+    }
+    if (backing_fmt) {
+        qguard_opts_set(opts, "backing_fmt", backing_fmt);
+    }
+    if (qguard_opts_get(opts, "backing_file") && s->src_num > 1) {
+        error_report("Having a backing file for the target makes no sense "
+                     "when concatenating multiple input images");
+        goto fail;
+    }
     if (qguard_opts_get(opts, "backing_file") &&
         !qguard_opts_get(opts, "backing_fmt")) {
         error_report("Use of backing file requires explicit backing format");
         goto fail;
     }
-    desc = qguard_create_prepare(out_filename, out_fmt, opts, false, &err);
+    /* As bdrv_create(): the backing file is opened with the target. */
+    desc = qguard_create_prepare(out_filename, out_fmt, opts, true, &err);
     if (!desc) {
         error_report("%s", gerr_msg(err, -EINVAL));
         goto fail;
@@ -634,11 +677,11 @@ static int convert_run(ConvertState *s, bool fresh_target)
 
     /*
      * A target we just created reads as zeros, unless it has a backing
-     * file; an existing one may hold anything.  (Everything is copied into
-     * a target with a backing file: correct, if not as small as it could
-     * be.)
+     * file; an existing one may hold anything.  Without -S, qemu-img
+     * writes every zero anyway.
      */
-    s->has_zero_init = fresh_target;
+    s->has_zero_init = fresh_target && s->min_sparse &&
+                       !s->target_has_backing;
     s->alignment = MAX(1, s->min_sparse ?
                           1ULL << g_bit_nth_msf(s->min_sparse, -1) : 1);
     s->buf_sectors = IO_BUF_SIZE / SECTOR_SIZE;
@@ -692,6 +735,14 @@ typedef struct ConvertParams {
     bool bitmaps;           /* --bitmaps */
     bool skip_broken;       /* --skip-broken-bitmaps */
     uint64_t min_sparse;    /* -S, in sectors */
+    bool explicit_min_sparse;
+    bool copy_range;        /* -C */
+    const char *backing;    /* -B */
+    const char *backing_fmt;    /* -F */
+    /* -l: a snapshot by id or name, or snapshot.id= / snapshot.name= */
+    const char *snapshot_name;
+    bool sn_opts;
+    char *sn_id, *sn_name;
 } ConvertParams;
 
 static const struct option convert_long_options[] = {
@@ -731,6 +782,7 @@ static bool convert_option(int c, int opt_index, ConvertParams *p)
             return false;
         }
         p->min_sparse = sval / SECTOR_SIZE;
+        p->explicit_min_sparse = true;
         break;
     case 'p':
         p->progress = true;
@@ -761,9 +813,26 @@ static bool convert_option(int c, int opt_index, ConvertParams *p)
         p->skip_broken = true;
         break;
     case 'B':
-    case 'C':
+        p->backing = optarg;
+        break;
     case 'F':
+        p->backing_fmt = optarg;
+        break;
+    case 'C':
+        p->copy_range = true;
+        break;
     case 'l':
+        if (g_str_has_prefix(optarg, "snapshot.")) {
+            g_clear_pointer(&p->sn_id, g_free);
+            g_clear_pointer(&p->sn_name, g_free);
+            if (!img_parse_snapshot_param(optarg, &p->sn_id, &p->sn_name)) {
+                return false;
+            }
+            p->sn_opts = true;
+        } else {
+            p->snapshot_name = optarg;
+        }
+        break;
     case 'r':
         error_report("convert: option '-%c' is not supported", c);
         return false;
@@ -788,6 +857,7 @@ int img_convert(int argc, char **argv)
     QGuardOpts *opts = NULL, *open_opts = NULL;
     ConvertState s = { 0 };
     unsigned src_flags = 0, target_flags = 0;
+    g_autofree char *sn_id = NULL, *sn_name = NULL;
     Progress prog;
     int opt_index = 0;
     int ret = -1, c;
@@ -795,8 +865,20 @@ int img_convert(int argc, char **argv)
     while ((c = tool_getopt(argc, argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:",
                             convert_long_options, &opt_index)) != -1) {
         if (!convert_option(c, opt_index, &p)) {
+            g_free(p.sn_id);
+            g_free(p.sn_name);
             return 1;
         }
+    }
+    sn_id = p.sn_id;
+    sn_name = p.sn_name;
+    if (p.compress && p.copy_range) {
+        error_report("Cannot enable copy offloading when -c is used");
+        return 1;
+    }
+    if (p.explicit_min_sparse && p.copy_range) {
+        error_report("Cannot enable copy offloading when -S is used");
+        return 1;
     }
     if (p.skip_broken && !p.bitmaps) {
         error_report("Use of --skip-broken-bitmaps requires --bitmaps");
@@ -829,13 +911,31 @@ int img_convert(int argc, char **argv)
     if (!convert_open_sources(&s, &p.o, &argv[optind], src_flags)) {
         goto out;
     }
-    if (!p.skip_create) {
-        opts = convert_create_options(&s, raw_opts->str, out_filename,
-                                      p.out_fmt, &open_opts);
-        if (!opts) {
+    if (p.sn_opts) {
+        if (img_load_snapshot(s.src[0], sn_id, sn_name, NULL) < 0) {
+            goto out;
+        }
+    } else if (p.snapshot_name) {
+        if (s.src_num > 1) {
+            error_report("No support for concatenating multiple snapshot");
+            goto out;
+        }
+        if (img_load_snapshot(s.src[0], NULL, NULL, p.snapshot_name) < 0) {
             goto out;
         }
     }
+    if (!p.skip_create) {
+        opts = convert_create_options(&s, raw_opts->str, out_filename,
+                                      p.out_fmt, p.backing, p.backing_fmt,
+                                      &open_opts);
+        if (!opts) {
+            goto out;
+        }
+        s.target_has_backing = qguard_opts_get(opts, "backing_file");
+    } else {
+        s.target_has_backing = p.backing;
+    }
+    s.copy_range = p.copy_range;
     if (p.compress) {
         const char *prealloc = opts ? qguard_opts_get(opts, "preallocation")
                                     : NULL;
@@ -885,8 +985,14 @@ int img_convert(int argc, char **argv)
         error_report("output file is smaller than input file");
         goto out;
     }
-    ret = convert_run(&s, !p.skip_create &&
-                          !qguard_opts_get(opts, "backing_file"));
+    s.target_backing_sectors = -1;
+    if (s.target_has_backing && !p.skip_create &&
+        qguard_image_backing(s.target)) {
+        s.target_backing_sectors =
+            DIV_ROUND_UP(qguard_image_size(qguard_image_backing(s.target)),
+                         SECTOR_SIZE);
+    }
+    ret = convert_run(&s, !p.skip_create);
     if (ret == 0 && p.bitmaps) {
         ret = convert_copy_bitmaps(s.src[0], s.target, p.skip_broken);
     }

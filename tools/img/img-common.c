@@ -219,3 +219,53 @@ QGuardOpts *parse_create_options(const char *raw, const char *prefix)
     }
     return opts;
 }
+
+/* "snapshot.id=..,snapshot.name=..", as QEMU's internal_snapshot_opts. */
+bool img_parse_snapshot_param(const char *param, char **id, char **name)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardOpts *opts = qguard_opts_new();
+    bool ok = qguard_opts_parse(opts, param, NULL, &err) == 0;
+    guint i;
+
+    for (i = 0; ok && i < qguard_opts_count(opts); i++) {
+        const char *key = qguard_opts_key(opts, i);
+        if (strcmp(key, "snapshot.id") && strcmp(key, "snapshot.name")) {
+            error_report("Invalid parameter '%s'", key);
+            ok = false;
+        }
+    }
+    if (!ok) {
+        if (err) {
+            error_report("%s", err->message);
+        }
+        error_report("Failed in parsing snapshot param '%s'", param);
+    } else {
+        *id = g_strdup(qguard_opts_get(opts, "snapshot.id"));
+        *name = g_strdup(qguard_opts_get(opts, "snapshot.name"));
+    }
+    qguard_opts_free(opts);
+    return ok;
+}
+
+/* An id first, then a name, as bdrv_snapshot_load_tmp_by_id_or_name(). */
+int img_load_snapshot(QGuardImage *img, const char *id, const char *name,
+                         const char *id_or_name)
+{
+    g_autoptr(GError) err = NULL;
+    int ret;
+
+    if (id_or_name) {
+        ret = qguard_snapshot_load_tmp(img, id_or_name, NULL, &err);
+        if (ret == -ENOENT || ret == -EINVAL) {
+            g_clear_error(&err);
+            ret = qguard_snapshot_load_tmp(img, NULL, id_or_name, &err);
+        }
+    } else {
+        ret = qguard_snapshot_load_tmp(img, id, name, &err);
+    }
+    if (ret < 0) {
+        error_report("Failed to load snapshot: %s", gerr_msg(err, ret));
+    }
+    return ret;
+}

@@ -158,5 +158,13 @@ int print_create_help(const char *fmt);
  * (qemu-img create puts the file name there, convert nothing).
  */
 QGuardOpts *parse_create_options(const char *raw, const char *prefix);
+/* -l "snapshot.id=..,snapshot.name=..": false after reporting an error. */
+bool img_parse_snapshot_param(const char *param, char **id, char **name);
+/*
+ * Read snapshot @id/@name, or @id_or_name (an id first, then a name), from
+ * now on instead of the active disk (-l); reports a failure.
+ */
+int img_load_snapshot(QGuardImage *img, const char *id, const char *name,
+                      const char *id_or_name);
 
 #endif /* QGUARD_IMG_H */

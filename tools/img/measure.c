@@ -12,56 +12,6 @@
 
 #include "img.h"
 
-/* "snapshot.id=..,snapshot.name=..", as QEMU's internal_snapshot_opts. */
-static bool parse_snapshot_param(const char *param, char **id, char **name)
-{
-    g_autoptr(GError) err = NULL;
-    QGuardOpts *opts = qguard_opts_new();
-    bool ok = qguard_opts_parse(opts, param, NULL, &err) == 0;
-    guint i;
-
-    for (i = 0; ok && i < qguard_opts_count(opts); i++) {
-        const char *key = qguard_opts_key(opts, i);
-        if (strcmp(key, "snapshot.id") && strcmp(key, "snapshot.name")) {
-            error_report("Invalid parameter '%s'", key);
-            ok = false;
-        }
-    }
-    if (!ok) {
-        if (err) {
-            error_report("%s", err->message);
-        }
-        error_report("Failed in parsing snapshot param '%s'", param);
-    } else {
-        *id = g_strdup(qguard_opts_get(opts, "snapshot.id"));
-        *name = g_strdup(qguard_opts_get(opts, "snapshot.name"));
-    }
-    qguard_opts_free(opts);
-    return ok;
-}
-
-/* An id first, then a name, as bdrv_snapshot_load_tmp_by_id_or_name(). */
-static int load_snapshot(QGuardImage *img, const char *id, const char *name,
-                         const char *id_or_name)
-{
-    g_autoptr(GError) err = NULL;
-    int ret;
-
-    if (id_or_name) {
-        ret = qguard_snapshot_load_tmp(img, id_or_name, NULL, &err);
-        if (ret == -ENOENT || ret == -EINVAL) {
-            g_clear_error(&err);
-            ret = qguard_snapshot_load_tmp(img, NULL, id_or_name, &err);
-        }
-    } else {
-        ret = qguard_snapshot_load_tmp(img, id, name, &err);
-    }
-    if (ret < 0) {
-        error_report("Failed to load snapshot: %s", gerr_msg(err, ret));
-    }
-    return ret;
-}
-
 static void dump_json_measure(const QGuardMeasureInfo *info)
 {
     QObj *obj = qobj_dict_new();
@@ -117,7 +67,7 @@ int img_measure(int argc, char **argv)
             if (g_str_has_prefix(optarg, "snapshot.")) {
                 g_clear_pointer(&sn_id, g_free);
                 g_clear_pointer(&sn_name, g_free);
-                if (!parse_snapshot_param(optarg, &sn_id, &sn_name)) {
+                if (!img_parse_snapshot_param(optarg, &sn_id, &sn_name)) {
                     goto out;
                 }
                 sn_opts = true;
@@ -170,9 +120,9 @@ int img_measure(int argc, char **argv)
         if (!in) {
             goto out;
         }
-        if ((sn_opts && load_snapshot(in, sn_id, sn_name, NULL) < 0) ||
+        if ((sn_opts && img_load_snapshot(in, sn_id, sn_name, NULL) < 0) ||
             (snapshot_name && !sn_opts &&
-             load_snapshot(in, NULL, NULL, snapshot_name) < 0)) {
+             img_load_snapshot(in, NULL, NULL, snapshot_name) < 0)) {
             goto out;
         }
     }
