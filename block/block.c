@@ -1025,13 +1025,36 @@ void qguard_image_overlap_stats_reset(QGuardImage *img)
 
 /* ---- Creation ------------------------------------------------------------ */
 
+/* QEMU formats that exist but cannot create images, as QEMU names them. */
+static bool is_qemu_readonly_format(const char *format)
+{
+    static const char *const names[] = {
+        "blkdebug", "blkverify", "bochs", "cloop", "compress",
+        "copy-before-write", "copy-on-read", "dmg", "null-aio", "null-co",
+        "preallocate", "quorum", "snapshot-access", "throttle", "vvfat",
+    };
+    size_t i;
+
+    for (i = 0; i < G_N_ELEMENTS(names); i++) {
+        if (!strcmp(format, names[i])) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static const BlockDriver *create_driver(const char *format, GError **errp)
 {
     const BlockDriver *drv = find_driver(format ? format : "raw");
 
     if (!drv || !drv->create) {
-        g_set_error(errp, QGUARD_ERROR, EINVAL, "Unknown file format '%s'",
-                    format);
+        if (format && is_qemu_readonly_format(format)) {
+            g_set_error(errp, QGUARD_ERROR, ENOTSUP, "Format driver '%s' "
+                        "does not support image creation", format);
+        } else {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "Unknown file format '%s'", format);
+        }
         return NULL;
     }
     return drv;
@@ -1131,6 +1154,17 @@ int qguard_image_create(const char *filename, const char *format,
         return -EINVAL;
     }
     return drv->create(filename, opts, progress, opaque, errp);
+}
+
+const char *qguard_file_create_help(void)
+{
+    return "  extent_size_hint=<size> - Extent size hint for the image file, "
+           "0 to disable\n"
+           "  nocow=<bool (on/off)>  - Turn off copy-on-write (valid only on "
+           "btrfs)\n"
+           "  preallocation=<str>    - Preallocation mode (allowed values: "
+           "off, falloc, full)\n"
+           "  size=<size>            - Virtual disk size\n";
 }
 
 char *qguard_create_help(const char *format, GError **errp)

@@ -219,12 +219,10 @@ static char *raw_create_describe(const QGuardOpts *opts, GError **errp)
                            prealloc ? prealloc : "");
 }
 
+/* The raw format's own options; preallocation is the file protocol's. */
 static char *raw_create_help(void)
 {
-    return g_strdup("Supported raw options:\n"
-                    "  size=<size>            - Virtual disk size\n"
-                    "  preallocation=<str>    - Preallocation mode: off, "
-                    "falloc, full\n");
+    return g_strdup("  size=<size>            - Virtual disk size\n");
 }
 
 static int raw_create(const char *filename, const QGuardOpts *opts,

@@ -322,10 +322,13 @@ int qguard_image_create(const char *filename, const char *format,
 char *qguard_create_prepare(const char *filename, const char *format,
                             QGuardOpts *opts, bool unsafe, GError **errp);
 /*
- * Help text for -o help: one "  name=<type>  - description" line each
- * (free with g_free()), or NULL and the error.
+ * The format's creation options for -o help, as QEMU prints them: one
+ * "  name=<type>  - description" line each, sorted by name.  An unknown
+ * format, or one that cannot create images, is an error saying so.  Free with g_free().
  */
 char *qguard_create_help(const char *format, GError **errp);
+/* The same for the file protocol (what a target file name adds). */
+const char *qguard_file_create_help(void);
 
 /* ---- Changing existing images (amend, rebase, commit, measure) ---------- */
 

@@ -43,6 +43,7 @@ typedef struct ConvertState {
     bool target_has_backing;
     int64_t target_backing_sectors;
     bool copy_range;            /* -C: data copied as is, zeros too */
+    bool salvage;               /* --salvage: unreadable sectors as zeros */
     uint64_t min_sparse;        /* sectors, 0: write everything */
     uint64_t alignment;         /* sectors, zero detection granularity */
     uint64_t buf_sectors;
@@ -114,6 +115,15 @@ static int64_t convert_iteration_sectors(ConvertState *s,
             count = MIN(n * SECTOR_SIZE, size - offset);
             ret = qguard_image_block_status(s->src[src_cur], offset, count,
                                             &st, &err);
+            if (ret < 0 && s->salvage) {
+                /* Read it and see: sector by sector if need be. */
+                warn_report("error while reading block status at offset "
+                            "%" PRIu64 ": %s", offset, g_strerror(-ret));
+                ret = 0;
+                st.flags = QGUARD_BLOCK_DATA;
+                st.bytes = MIN(count, SECTOR_SIZE);
+                st.depth = 0;
+            }
             if (ret < 0) {
                 error_report("error while reading block status at offset "
                              "%" PRIu64 ": %s", offset, gerr_msg(err, ret));
@@ -164,6 +174,31 @@ static int64_t convert_iteration_sectors(ConvertState *s,
     return n;
 }
 
+/*
+ * --salvage: read a failed range again sector by sector; what still
+ * cannot be read is copied as zeros, with a warning for each sector.
+ */
+static int convert_salvage_read(ConvertState *s, int src_cur,
+                                uint64_t offset, uint64_t bytes,
+                                uint8_t *buf)
+{
+    uint64_t done;
+
+    for (done = 0; done < bytes; done += SECTOR_SIZE) {
+        g_autoptr(GError) err = NULL;
+        uint64_t len = MIN(SECTOR_SIZE, bytes - done);
+        int ret = qguard_image_pread(s->src[src_cur], offset + done, len,
+                                     buf + done, &err);
+
+        if (ret < 0) {
+            warn_report("error while reading offset %" PRIu64 ": %s",
+                        offset + done, g_strerror(-ret));
+            memset(buf + done, 0, len);
+        }
+    }
+    return 0;
+}
+
 static int convert_read(ConvertState *s, uint64_t sector_num, uint64_t n)
 {
     uint8_t *buf = s->buf;
@@ -181,9 +216,13 @@ static int convert_read(ConvertState *s, uint64_t sector_num, uint64_t n)
         if (avail) {
             ret = qguard_image_pread(s->src[src_cur], offset, avail, buf,
                                      &err);
+            if (ret < 0 && s->salvage) {
+                ret = convert_salvage_read(s, src_cur, offset, avail, buf);
+            }
             if (ret < 0) {
+                /* qemu-img's words: the errno only. */
                 error_report("error while reading at byte %" PRIu64 ": %s",
-                             sector_num * SECTOR_SIZE, gerr_msg(err, ret));
+                             sector_num * SECTOR_SIZE, g_strerror(-ret));
                 return ret;
             }
         }
@@ -737,6 +776,7 @@ typedef struct ConvertParams {
     uint64_t min_sparse;    /* -S, in sectors */
     bool explicit_min_sparse;
     bool copy_range;        /* -C */
+    bool salvage;           /* --salvage */
     const char *backing;    /* -B */
     const char *backing_fmt;    /* -F */
     /* -l: a snapshot by id or name, or snapshot.id= / snapshot.name= */
@@ -750,7 +790,7 @@ static const struct option convert_long_options[] = {
     LONGOPT_IMAGE_OPTS,
     LONGOPT_FORCE_SHARE,
     { "target-image-opts", no_argument, NULL, OPTION_UNSUPPORTED },
-    { "salvage", no_argument, NULL, OPTION_UNSUPPORTED },
+    { "salvage", no_argument, NULL, OPTION_SALVAGE },
     { "target-is-zero", no_argument, NULL, OPTION_UNSUPPORTED },
     { "bitmaps", no_argument, NULL, OPTION_BITMAPS },
     { "skip-broken-bitmaps", no_argument, NULL, OPTION_SKIP_BROKEN },
@@ -811,6 +851,9 @@ static bool convert_option(int c, int opt_index, ConvertParams *p)
         break;
     case OPTION_SKIP_BROKEN:
         p->skip_broken = true;
+        break;
+    case OPTION_SALVAGE:
+        p->salvage = true;
         break;
     case 'B':
         p->backing = optarg;
@@ -880,6 +923,10 @@ int img_convert(int argc, char **argv)
         error_report("Cannot enable copy offloading when -S is used");
         return 1;
     }
+    if (p.copy_range && p.salvage) {
+        error_report("Cannot use copy offloading in salvaging mode");
+        return 1;
+    }
     if (p.skip_broken && !p.bitmaps) {
         error_report("Use of --skip-broken-bitmaps requires --bitmaps");
         return 1;
@@ -893,7 +940,7 @@ int img_convert(int argc, char **argv)
     out_filename = s.src_num >= 1 ? argv[argc - 1] : NULL;
 
     if (raw_opts->len && has_help_option(raw_opts->str)) {
-        return print_create_help(p.out_fmt);
+        return print_create_help(p.out_fmt, out_filename);
     }
     if (s.src_num < 1) {
         error_report("Must specify image file name");
@@ -936,6 +983,7 @@ int img_convert(int argc, char **argv)
         s.target_has_backing = p.backing;
     }
     s.copy_range = p.copy_range;
+    s.salvage = p.salvage;
     if (p.compress) {
         const char *prealloc = opts ? qguard_opts_get(opts, "preallocation")
                                     : NULL;

@@ -115,7 +115,7 @@ int img_create(int argc, char **argv)
 
     filename = optind < argc ? argv[optind] : NULL;
     if (raw_opts->len && has_help_option(raw_opts->str)) {
-        ret = print_create_help(o.fmt);
+        ret = print_create_help(o.fmt, filename);
         goto out;
     }
     if (optind >= argc) {

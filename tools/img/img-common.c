@@ -194,16 +194,66 @@ bool accumulate_options(GString *raw, const char *list)
     return true;
 }
 
-int print_create_help(const char *fmt)
+/* The name in a "  name=<type>  - description" help line. */
+static char *help_line_name(const char *line)
+{
+    const char *start = line + strspn(line, " ");
+
+    return g_strndup(start, strcspn(start, "="));
+}
+
+static gint compare_lines(gconstpointer a, gconstpointer b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/*
+ * As qemu-img: a target file name adds the file protocol's options (the
+ * format's own win over a protocol option of the same name), all sorted.
+ */
+int print_create_help(const char *fmt, const char *filename)
 {
     g_autoptr(GError) err = NULL;
     g_autofree char *text = qguard_create_help(fmt, &err);
+    g_auto(GStrv) lines = NULL;
+    g_auto(GStrv) proto = NULL;
+    g_autoptr(GPtrArray) all = g_ptr_array_new();
+    g_autoptr(GHashTable) names = g_hash_table_new_full(g_str_hash,
+                                                        g_str_equal, g_free,
+                                                        NULL);
+    guint i;
 
     if (!text) {
         error_report("%s", gerr_msg(err, -EINVAL));
         return 1;
     }
-    fputs(text, stdout);
+    if (!filename) {
+        printf("Supported %s options:\n%s\n"
+               "The protocol level may support further options.\n"
+               "Specify the target filename to include those options.\n",
+               fmt, text);
+        return 0;
+    }
+    lines = g_strsplit(text, "\n", -1);
+    proto = g_strsplit(qguard_file_create_help(), "\n", -1);
+    for (i = 0; lines[i]; i++) {
+        if (*lines[i]) {
+            g_ptr_array_add(all, lines[i]);
+            g_hash_table_add(names, help_line_name(lines[i]));
+        }
+    }
+    for (i = 0; proto[i]; i++) {
+        g_autofree char *name = help_line_name(proto[i]);
+
+        if (*proto[i] && !g_hash_table_contains(names, name)) {
+            g_ptr_array_add(all, proto[i]);
+        }
+    }
+    g_ptr_array_sort(all, compare_lines);
+    printf("Supported options:\n");
+    for (i = 0; i < all->len; i++) {
+        printf("%s\n", (const char *)g_ptr_array_index(all, i));
+    }
     return 0;
 }
 

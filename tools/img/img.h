@@ -50,6 +50,7 @@ enum {
     OPTION_RANDOM,
     OPTION_BITMAPS,
     OPTION_SKIP_BROKEN,
+    OPTION_SALVAGE,
     OPTION_UNSUPPORTED,
     OPTION_OBJECT,
     OPTION_FORCE,
@@ -151,8 +152,11 @@ bool qemu_knows_format(const char *fmt);
 bool accumulate_options(GString *raw, const char *list);
 /* Is one element of @list (",," being an escaped comma) "help" or "?"? */
 bool has_help_option(const char *list);
-/* "-o help": the creation options of @fmt; returns the exit status. */
-int print_create_help(const char *fmt);
+/*
+ * "-o help": the creation options of @fmt, with the file protocol's if
+ * there is a target @filename (may be NULL); returns the exit status.
+ */
+int print_create_help(const char *fmt, const char *filename);
 /*
  * Parse the accumulated -o string.  A syntax error is reported with @prefix
  * (qemu-img create puts the file name there, convert nothing).
