@@ -43,9 +43,17 @@ static int read_bytes(BDRVQcow2State *s, uint64_t offset, void *buf,
     return ret;
 }
 
-int qcow2_read_snapshots(BDRVQcow2State *s, GError **errp)
+/*
+ * Read the snapshot table.  With @repair (check -r all), what QEMU's check
+ * repairs is taken instead of refused: extra data past the limit is cut
+ * (*@extra_dropped counts the entries), and entries that make the table too
+ * big are left out (*@reduced counts them); @report gets the lines.
+ */
+int qcow2_do_read_snapshots(BDRVQcow2State *s, bool repair, int *reduced,
+                            int *extra_dropped, QGuardReportFunc *report,
+                            void *opaque, GError **errp)
 {
-    uint64_t offset = s->snapshots_offset;
+    uint64_t offset = s->snapshots_offset, table_length = 0;
     uint32_t i;
     int ret;
 
@@ -59,9 +67,12 @@ int qcow2_read_snapshots(BDRVQcow2State *s, GError **errp)
         QCowSnapshot *sn = &s->snapshots[i];
         uint8_t h[SNAPSHOT_HEADER_SIZE];
         uint8_t extra[SNAPSHOT_EXTRA_KNOWN] = { 0 };
+        uint64_t entry_start = offset;
         uint16_t id_len, name_len;
-        uint32_t known;
+        uint32_t known, on_disk;
+        bool truncate = false;
 
+        table_length = ROUND_UP(table_length, 8);
         offset = ROUND_UP(offset, 8);
         ret = read_bytes(s, offset, h, sizeof(h), errp);
         if (ret < 0) {
@@ -79,16 +90,28 @@ int qcow2_read_snapshots(BDRVQcow2State *s, GError **errp)
         sn->extra_data_size = be_get32(h + 36);
 
         if (sn->extra_data_size > QCOW_MAX_SNAPSHOT_EXTRA_DATA) {
-            g_set_error(errp, QGUARD_ERROR, EFBIG,
-                        "Too much extra metadata in snapshot table entry %u",
-                        i);
-            ret = -EFBIG;
-            goto fail;
+            if (!repair) {
+                g_set_error(errp, QGUARD_ERROR, EFBIG,
+                            "Too much extra metadata in snapshot table entry "
+                            "%u\nYou can force-remove this extra metadata "
+                            "with qemu-img check -r all\n", i);
+                ret = -EFBIG;
+                goto fail;
+            }
+            qcow2_report(report, opaque, "Discarding too much extra metadata "
+                         "in snapshot table entry %u (%" PRIu32 " > %u)", i,
+                         sn->extra_data_size, QCOW_MAX_SNAPSHOT_EXTRA_DATA);
+            (*extra_dropped)++;
+            truncate = true;
         }
+        on_disk = sn->extra_data_size;
         known = MIN(sn->extra_data_size, (uint32_t)SNAPSHOT_EXTRA_KNOWN);
         ret = read_bytes(s, offset, extra, known, errp);
         if (ret < 0) {
             goto fail;
+        }
+        if (truncate) {
+            sn->extra_data_size = QCOW_MAX_SNAPSHOT_EXTRA_DATA;
         }
         if (sn->extra_data_size > SNAPSHOT_EXTRA_KNOWN) {
             uint32_t unknown = sn->extra_data_size - SNAPSHOT_EXTRA_KNOWN;
@@ -99,7 +122,8 @@ int qcow2_read_snapshots(BDRVQcow2State *s, GError **errp)
                 goto fail;
             }
         }
-        offset += sn->extra_data_size;
+        /* A cut entry still ends where it does on disk. */
+        offset += on_disk;
         if (known >= 8) {
             sn->vm_state_size = be_get64(extra);
         }
@@ -120,11 +144,32 @@ int qcow2_read_snapshots(BDRVQcow2State *s, GError **errp)
         }
         offset += name_len;
 
-        if (offset - s->snapshots_offset > QCOW_MAX_SNAPSHOTS_SIZE) {
-            g_set_error(errp, QGUARD_ERROR, EFBIG,
-                        "Snapshot table is too big");
-            ret = -EFBIG;
-            goto fail;
+        table_length += SNAPSHOT_HEADER_SIZE + sn->extra_data_size + id_len +
+                        name_len;
+        if (table_length > QCOW_MAX_SNAPSHOTS_SIZE ||
+            offset - s->snapshots_offset > INT32_MAX) {
+            uint32_t n;
+
+            if (!repair) {
+                g_set_error(errp, QGUARD_ERROR, EFBIG,
+                            "Snapshot table is too big\nYou can force-remove "
+                            "all %u overhanging snapshots with qemu-img "
+                            "check -r all\n", s->nb_snapshots - i);
+                ret = -EFBIG;
+                goto fail;
+            }
+            qcow2_report(report, opaque, "Discarding %u overhanging "
+                         "snapshots (snapshot table is too big)",
+                         s->nb_snapshots - i);
+            *reduced += s->nb_snapshots - i;
+            for (n = i; n < s->nb_snapshots; n++) {
+                g_free(s->snapshots[n].id_str);
+                g_free(s->snapshots[n].name);
+                g_free(s->snapshots[n].unknown_extra_data);
+            }
+            s->nb_snapshots = i;
+            offset = entry_start;
+            break;
         }
         /*
          * A bad L1 table in an entry is not an open error (QEMU opens such
@@ -137,6 +182,11 @@ int qcow2_read_snapshots(BDRVQcow2State *s, GError **errp)
 fail:
     qcow2_free_snapshots(s);
     return ret;
+}
+
+int qcow2_read_snapshots(BDRVQcow2State *s, GError **errp)
+{
+    return qcow2_do_read_snapshots(s, false, NULL, NULL, NULL, NULL, errp);
 }
 
 static uint64_t snapshot_entry_size(const QCowSnapshot *sn)
@@ -217,6 +267,12 @@ int qcow2_write_snapshots(BDRVQcow2State *s)
     ret = qcow2_commit_header_field(s, HDR_OFF_NB_SNAPSHOTS, hdr, 12);
     if (ret < 0) {
         return ret;     /* either table may be the one on disk: keep both */
+    }
+    /* Every entry went out with all the extra data QEMU knows. */
+    for (i = 0; i < s->nb_snapshots; i++) {
+        s->snapshots[i].extra_data_size =
+            MAX(s->snapshots[i].extra_data_size,
+                (uint32_t)SNAPSHOT_EXTRA_KNOWN);
     }
     qcow2_map_remove(s, old_offset, old_size, QCOW2_OL_SNAPSHOT_TABLE);
     qcow2_map_enter(s, new_offset, size, QCOW2_OL_SNAPSHOT_TABLE);

@@ -844,13 +844,18 @@ static int parse_header(BDRVQcow2State *s, const uint8_t *hdr,
         }
     }
     if (s->nb_snapshots > QCOW_MAX_SNAPSHOTS) {
+        ret = -EINVAL;
         g_set_error(errp, QGUARD_ERROR, EINVAL, "Snapshot table too large");
-        return -EINVAL;
+    } else {
+        ret = qcow2_validate_table(s, s->snapshots_offset, s->nb_snapshots,
+                                   40, QCOW_MAX_SNAPSHOTS_SIZE,
+                                   "Snapshot table", errp);
     }
-    ret = qcow2_validate_table(s, s->snapshots_offset, s->nb_snapshots, 40,
-                               QCOW_MAX_SNAPSHOTS_SIZE, "Snapshot table",
-                               errp);
-    if (ret < 0) {
+    if (ret < 0 && (s->img->flags & QGUARD_OPEN_CHECK)) {
+        /* The check reads it, and repairs what it can. */
+        g_clear_error(errp);
+        s->snapshots_unread = true;
+    } else if (ret < 0) {
         return ret;
     }
     if (*backing_offset) {
@@ -1014,9 +1019,23 @@ static int qcow2_open(QGuardImage *img, const QGuardOpts *opts, GError **errp)
     s->l2_table_cache = qcow2_cache_create(s, l2_tables, QCOW2_OL_ACTIVE_L2);
     s->refcount_block_cache = qcow2_cache_create(s, refcount_tables,
                                                  QCOW2_OL_REFCOUNT_BLOCK);
-    ret = qcow2_read_snapshots(s, errp);
-    if (ret < 0) {
-        goto fail;
+    if (s->snapshots_unread) {
+        s->nb_snapshots = 0;
+        s->snapshots_offset = 0;
+        ret = 0;
+    } else {
+        g_autoptr(GError) local_err = NULL;
+
+        ret = qcow2_read_snapshots(s, &local_err);
+        if (ret < 0 && (img->flags & QGUARD_OPEN_CHECK)) {
+            s->snapshots_unread = true;
+            s->nb_snapshots = 0;
+            s->snapshots_offset = 0;
+            ret = 0;
+        } else if (ret < 0) {
+            g_propagate_error(errp, g_steal_pointer(&local_err));
+            goto fail;
+        }
     }
     if (!img->read_only && !(img->flags & QGUARD_OPEN_CHECK)) {
         ret = qcow2_check_tables_in_file(s, errp);
@@ -1751,12 +1770,38 @@ static int qcow2_truncate(QGuardImage *img, uint64_t size, bool shrink,
     return qcow2_resize(img, size, shrink, prealloc, NULL, NULL, errp);
 }
 
+static void add_check_result(QGuardCheckResult *out,
+                             const QGuardCheckResult *in)
+{
+    out->corruptions += in->corruptions;
+    out->leaks += in->leaks;
+    out->check_errors += in->check_errors;
+    out->corruptions_fixed += in->corruptions_fixed;
+    out->leaks_fixed += in->leaks_fixed;
+}
+
 static int qcow2_check(QGuardImage *img, unsigned fix,
                        QGuardCheckResult *result, QGuardReportFunc *report,
                        void *opaque, GError **errp)
 {
     BDRVQcow2State *s = img->opaque;
-    int ret = qcow2_check_image(s, fix, result, report, opaque, errp);
+    QGuardCheckResult snap = { 0 };
+    int ret;
+
+    /* The snapshot table first: the refcount check counts what it names. */
+    ret = qcow2_check_read_snapshot_table(s, &snap, fix, report, opaque,
+                                          errp);
+    if (ret < 0) {
+        memset(result, 0, sizeof(*result));
+        add_check_result(result, &snap);
+        return ret;
+    }
+    ret = qcow2_check_image(s, fix, result, report, opaque, errp);
+    if (ret >= 0) {
+        ret = qcow2_check_fix_snapshot_table(s, &snap, fix, report, opaque,
+                                             errp);
+    }
+    add_check_result(result, &snap);
 
     if (ret >= 0 && fix && !result->check_errors && !result->corruptions) {
         ret = qcow2_mark_clean(s);

@@ -244,6 +244,11 @@ struct BDRVQcow2State {
     uint64_t snapshots_offset;
     uint64_t snapshots_size;    /* bytes on disk */
     QCowSnapshot *snapshots;
+    /*
+     * Opened for check with a table that could not be read: the check
+     * reads it again (and repairs it), as QEMU's does.
+     */
+    bool snapshots_unread;
 
     /* Bitmaps extension; the bitmaps themselves are in bm. */
     bool has_bitmaps_ext;
@@ -764,6 +769,21 @@ int qcow2_bitmap_status(BDRVQcow2State *s, const char *name, uint64_t offset,
 
 /* qcow2-snapshot.c */
 int qcow2_read_snapshots(BDRVQcow2State *s, GError **errp);
+int qcow2_do_read_snapshots(BDRVQcow2State *s, bool repair, int *reduced,
+                            int *extra_dropped, QGuardReportFunc *report,
+                            void *opaque, GError **errp);
+void qcow2_report(QGuardReportFunc *report, void *opaque, const char *fmt,
+                  ...) G_GNUC_PRINTF(3, 4);
+/*
+ * qemu-img check's reading of the snapshot table (qcow2-snapshot-check.c):
+ * errors and repairs counted in @res, lines through @report.
+ */
+int qcow2_check_read_snapshot_table(BDRVQcow2State *s, QGuardCheckResult *res,
+                                    unsigned fix, QGuardReportFunc *report,
+                                    void *opaque, GError **errp);
+int qcow2_check_fix_snapshot_table(BDRVQcow2State *s, QGuardCheckResult *res,
+                                   unsigned fix, QGuardReportFunc *report,
+                                   void *opaque, GError **errp);
 void qcow2_free_snapshots(BDRVQcow2State *s);
 int qcow2_write_snapshots(BDRVQcow2State *s);
 bool qcow2_snapshot_l1_valid(BDRVQcow2State *s, const QCowSnapshot *sn);

@@ -36,6 +36,12 @@ G_BEGIN_DECLS
 
 #define QGUARD_ERROR qguard_error_quark()
 GQuark qguard_error_quark(void);
+/*
+ * A check failure whose message qemu-img check prints as its own error
+ * line before "Check failed: ..." (the code is the errno).
+ */
+#define QGUARD_CHECK_ERROR qguard_check_error_quark()
+GQuark qguard_check_error_quark(void);
 
 /* An initializer for a caller-allocated struct: QGUARD_SIZED(QGuardX). */
 #define QGUARD_SIZED(type) ((type){ .size = sizeof(type) })

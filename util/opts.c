@@ -13,6 +13,7 @@
 #include "block/block_int.h"
 
 G_DEFINE_QUARK(qguard-error-quark, qguard_error)
+G_DEFINE_QUARK(qguard-check-error-quark, qguard_check_error)
 
 typedef struct OptPair {
     char *key;

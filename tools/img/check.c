@@ -28,9 +28,14 @@ static int collect_image_check(QGuardImage *img, ImageCheck *check,
                                unsigned fix)
 {
     g_autoptr(GError) err = NULL;
+    int ret;
 
     check->r = QGUARD_SIZED(QGuardCheckResult);
-    return qguard_image_check(img, fix, &check->r, check_report, NULL, &err);
+    ret = qguard_image_check(img, fix, &check->r, check_report, NULL, &err);
+    if (ret < 0 && err && err->domain == QGUARD_CHECK_ERROR) {
+        error_report("%s", err->message);
+    }
+    return ret;
 }
 
 static void dump_human_image_check(const ImageCheck *check, bool quiet)
@@ -179,6 +184,9 @@ int img_check(int argc, char **argv)
     ImageCheck check = { 0 };
     QGuardImage *img;
     int ret, c;
+
+    /* As qemu-img: opened for a check even without -r. */
+    flags |= QGUARD_OPEN_CHECK;
 
     while ((c = tool_getopt(argc, argv, ":hf:r:T:qU", long_options,
                             NULL)) != -1) {
