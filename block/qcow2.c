@@ -472,7 +472,11 @@ static char *feature_list(const uint8_t *table, size_t table_len,
     GString *str = g_string_new(NULL);
     size_t i;
 
-    for (i = 0; table && i + FEATURE_ENTRY_SIZE <= table_len;
+    /*
+     * The table ends at the first entry without a name: QEMU stops there,
+     * and the zero padding that find_feature_table() adds guarantees one.
+     */
+    for (i = 0; table && i + FEATURE_ENTRY_SIZE <= table_len && table[i + 2];
          i += FEATURE_ENTRY_SIZE) {
         const uint8_t *e = table + i;
         if (e[0] == 0 && e[1] < 64 && (mask & (1ULL << e[1]))) {
@@ -498,14 +502,16 @@ static char *feature_list(const uint8_t *table, size_t table_len,
  * The feature name table, if one can be found: a first pass that ignores
  * malformed extensions, so that an image with unknown features is reported
  * as such even when its extensions are damaged too (QEMU does the same).
+ * The copy is zero-padded by two entries, so that a truncated last entry
+ * still names its feature and the table always ends in an empty entry; a
+ * later table replaces an earlier one, as in QEMU.
  */
-static void find_feature_table(const uint8_t *hdr, uint64_t start,
-                               uint64_t end, const uint8_t **table,
-                               size_t *len)
+static uint8_t *find_feature_table(const uint8_t *hdr, uint64_t start,
+                                   uint64_t end, size_t *len)
 {
     uint64_t offset = start;
+    uint8_t *table = NULL;
 
-    *table = NULL;
     *len = 0;
     while (offset + 8 <= end) {
         uint32_t magic = be_get32(hdr + offset);
@@ -513,15 +519,17 @@ static void find_feature_table(const uint8_t *hdr, uint64_t start,
 
         offset += 8;
         if (magic == QCOW2_EXT_MAGIC_END || ext_len > end - offset) {
-            return;
+            break;
         }
         if (magic == QCOW2_EXT_MAGIC_FEATURE_TABLE) {
-            *table = hdr + offset;
-            *len = ext_len;
-            return;
+            g_free(table);
+            *len = ext_len + 2 * FEATURE_ENTRY_SIZE;
+            table = g_malloc0(*len);
+            memcpy(table, hdr + offset, ext_len);
         }
         offset += ROUND_UP(ext_len, 8);
     }
+    return table;
 }
 
 static int read_extensions(BDRVQcow2State *s, const uint8_t *hdr,
@@ -723,12 +731,12 @@ static int parse_header(BDRVQcow2State *s, const uint8_t *hdr,
     }
     ext_end = *backing_offset ? *backing_offset : (uint64_t)s->cluster_size;
     if (s->incompatible_features & ~QCOW2_INCOMPAT_MASK) {
-        const uint8_t *names;
+        g_autofree uint8_t *names = NULL;
         size_t names_len;
         g_autofree char *list = NULL;
 
-        find_feature_table(hdr, s->header_length, ext_end, &names,
-                           &names_len);
+        names = find_feature_table(hdr, s->header_length, ext_end,
+                                   &names_len);
         list = feature_list(names, names_len,
                             s->incompatible_features & ~QCOW2_INCOMPAT_MASK);
         g_set_error(errp, QGUARD_ERROR, ENOTSUP,
