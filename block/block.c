@@ -105,13 +105,11 @@ bool bdrv_first_sector_looks_formatted(const uint8_t *buf, size_t len)
 /* Options the generic layer consumes itself. */
 static bool is_generic_option(const char *key)
 {
-    return !strcmp(key, "driver") || !strcmp(key, "file.filename") ||
-           !strcmp(key, "force-share") || !strcmp(key, "file.locking") ||
-           !strcmp(key, "file.driver") || !strcmp(key, "read-only") ||
+    /* file.* belongs to the protocol node: see bdrv_protocol_parse(). */
+    return !strcmp(key, "driver") || g_str_has_prefix(key, "file.") ||
+           !strcmp(key, "force-share") || !strcmp(key, "read-only") ||
            !strcmp(key, "file") || !strcmp(key, "backing") ||
            !strcmp(key, "cache.direct") || !strcmp(key, "cache.no-flush") ||
-           !strcmp(key, "file.cache.direct") ||
-           !strcmp(key, "file.cache.no-flush") ||
            !strcmp(key, "discard") ||
            g_str_has_prefix(key, "backing.");
 }
@@ -270,6 +268,7 @@ static int open_image(QGuardImage **pimg, const char *filename,
     const char *file_opt = qguard_opts_get(opts, "file.filename");
     const char *file_driver = qguard_opts_get(opts, "file.driver");
     const char *ro_opt = qguard_opts_get(opts, "read-only");
+    g_auto(BdrvProtocol) proto = { 0 };
     g_autoptr(GError) local_err = NULL;
     const BlockDriver *drv = NULL;
     QGuardImage *img;
@@ -289,22 +288,22 @@ static int open_image(QGuardImage **pimg, const char *filename,
                     qguard_opts_get(opts, "file"));
         return -EINVAL;
     }
-    if (!filename) {
-        filename = file_opt;
-    }
-    if (!filename && !driver_opt) {
+    if (!filename && !file_opt && !driver_opt &&
+        !(file_driver && !strcmp(file_driver, "blkdebug"))) {
         g_set_error(errp, QGUARD_ERROR, EINVAL,
                     "Must specify either driver or file");
         return -EINVAL;
     }
-    if (!filename) {
+    ret = bdrv_protocol_parse(&proto, filename, opts, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!proto.path) {
         g_set_error(errp, QGUARD_ERROR, EINVAL,
                     "The 'file' block driver requires a file name");
         return -EINVAL;
     }
-    if (bdrv_file_child_opts(file_driver, NULL, &no_lock, errp) < 0) {
-        return -EINVAL;
-    }
+    filename = proto.path;
     if (driver_opt) {
         if (format && strcmp(format, driver_opt)) {
             g_set_error(errp, QGUARD_ERROR, EINVAL,
@@ -366,7 +365,7 @@ static int open_image(QGuardImage **pimg, const char *filename,
     image_lock_init(img);
     img->discard_unmap = unmap;
     img->force_share = share;
-    img->filename = g_strdup(filename);
+    img->filename = g_strdup(proto.filename);
     img->flags = read_only ? flags & ~QGUARD_OPEN_RDWR : flags;
     img->read_only = read_only;
     img->chain_depth = depth;
@@ -450,16 +449,23 @@ int qguard_image_open(QGuardImage **pimg, const char *filename,
 
 char *bdrv_resolve_backing_path(const char *image_path, const char *backing)
 {
-    g_autofree char *dir = NULL;
+    const char *dir_end = image_path;
+    const char *slash;
 
-    if (g_path_is_absolute(backing)) {
+    if (!*backing || bdrv_path_has_protocol(backing) ||
+        g_path_is_absolute(backing)) {
         return g_strdup(backing);
     }
-    dir = g_path_get_dirname(image_path);
-    if (!strcmp(dir, ".")) {
-        return g_strdup(backing);
+    /* A protocol prefix of @image_path stays in front ("file:b"). */
+    if (bdrv_path_has_protocol(image_path)) {
+        dir_end = strchr(image_path, ':') + 1;
     }
-    return g_build_filename(dir, backing, NULL);
+    slash = strrchr(image_path, '/');
+    if (slash && slash + 1 > dir_end) {
+        dir_end = slash + 1;
+    }
+    return g_strdup_printf("%.*s%s", (int)(dir_end - image_path), image_path,
+                           backing);
 }
 
 int bdrv_open_backing(QGuardImage *img, const QGuardOpts *opts,
@@ -1065,9 +1071,14 @@ char *qguard_create_prepare(const char *filename, const char *format,
 {
     const BlockDriver *drv = create_driver(format, errp);
     const char *backing, *backing_fmt;
+    g_autofree char *plain = NULL;
     char *desc;
 
     if (!drv) {
+        return NULL;
+    }
+    plain = bdrv_plain_filename(filename, errp);
+    if (!plain) {
         return NULL;
     }
     desc = drv->create_describe(opts, errp);
@@ -1149,11 +1160,16 @@ int qguard_image_create(const char *filename, const char *format,
                         void *opaque, GError **errp)
 {
     const BlockDriver *drv = create_driver(format, errp);
+    g_autofree char *plain = NULL;
 
     if (!drv) {
         return -EINVAL;
     }
-    return drv->create(filename, opts, progress, opaque, errp);
+    plain = bdrv_plain_filename(filename, errp);
+    if (!plain) {
+        return -ENOENT;
+    }
+    return drv->create(plain, opts, progress, opaque, errp);
 }
 
 const char *qguard_file_create_help(void)

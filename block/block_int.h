@@ -187,7 +187,11 @@ bool bdrv_first_sector_looks_formatted(const uint8_t *buf, size_t len);
 /* Read from the backing chain; zeros past its end. */
 int bdrv_backing_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,
                        void *buf);
-/* Resolve a backing file name relative to the directory of @image_path. */
+/*
+ * Resolve a backing file name relative to the directory of @image_path, as
+ * QEMU does: a name with a protocol prefix or an absolute one stays as it
+ * is, any other goes after the last slash of @image_path.
+ */
 char *bdrv_resolve_backing_path(const char *image_path, const char *backing);
 /*
  * Open @filename for a new image, creating it if need be: a lock held by
@@ -210,6 +214,27 @@ int bdrv_io_error(int ret, GError **errp);
  */
 int bdrv_file_child_opts(const char *driver, const char *locking,
                          bool *no_lock, GError **errp);
+
+/* protocol.c: the protocol node below an image (file:, blkdebug:). */
+typedef struct BdrvProtocol {
+    const char *protocol;       /* "file" or "blkdebug" */
+    char *path;                 /* the host file, without any prefix */
+    char *filename;             /* the image's name as QEMU shows it */
+    uint64_t align;             /* blkdebug's request alignment, or 0 */
+} BdrvProtocol;
+
+/* Is there a colon before any slash in @path (a protocol prefix)? */
+bool bdrv_path_has_protocol(const char *path);
+/*
+ * Parse @filename (NULL if the file is given as file.filename) and check
+ * the file.* options in @opts against the protocol they belong to.
+ */
+int bdrv_protocol_parse(BdrvProtocol *p, const char *filename,
+                        const QGuardOpts *opts, GError **errp);
+void bdrv_protocol_clear(BdrvProtocol *p);
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(BdrvProtocol, bdrv_protocol_clear)
+/* The name of the host file to create for @filename, without "file:". */
+char *bdrv_plain_filename(const char *filename, GError **errp);
 /* The options in @opts under "prefix." with the prefix stripped. */
 QGuardOpts *bdrv_opts_subset(const QGuardOpts *opts, const char *prefix);
 
