@@ -739,6 +739,62 @@ int qguard_image_pwrite(QGuardImage *img, uint64_t offset, uint64_t bytes,
     return ret;
 }
 
+/*
+ * As QEMU's bdrv_co_readv_vmstate(): no bounds but the largest request
+ * offset; the driver places the area and refuses what it cannot hold.
+ */
+static int check_vmstate_request(QGuardImage *img, uint64_t pos,
+                                  uint64_t bytes, bool write, GError **errp)
+{
+    int ret = check_request(img, 0, 0, write, errp);
+
+    if (ret < 0) {
+        return ret;
+    }
+    if (pos > INT64_MAX || bytes > INT64_MAX - pos) {
+        g_set_error(errp, QGUARD_ERROR, EIO, "%s", g_strerror(EIO));
+        return -EIO;
+    }
+    if (write ? !img->drv->save_vmstate : !img->drv->load_vmstate) {
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP, "%s", g_strerror(ENOTSUP));
+        return -ENOTSUP;
+    }
+    return 0;
+}
+
+int qguard_image_load_vmstate(QGuardImage *img, uint64_t pos, uint64_t bytes,
+                              void *buf, GError **errp)
+{
+    int ret;
+
+    image_lock_shared(img);
+    ret = check_vmstate_request(img, pos, bytes, false, errp);
+    if (ret == 0 && bytes) {
+        ret = bdrv_io_error(img->drv->load_vmstate(img, pos, bytes, buf),
+                            errp);
+    }
+    image_unlock(img);
+    return ret;
+}
+
+int qguard_image_save_vmstate(QGuardImage *img, uint64_t pos, uint64_t bytes,
+                              const void *buf, GError **errp)
+{
+    int ret;
+
+    image_lock(img);
+    ret = check_vmstate_request(img, pos, bytes, true, errp);
+    if (ret == 0 && bytes) {
+        unsigned flags = write_cache_fua(img);
+
+        ret = bdrv_io_error(img->drv->save_vmstate(img, pos, bytes, buf,
+                                                   flags), errp);
+        note_request(img, ret, flags);
+    }
+    image_unlock(img);
+    return ret;
+}
+
 int qguard_image_pwrite_zeroes(QGuardImage *img, uint64_t offset,
                                uint64_t bytes, unsigned flags, GError **errp)
 {

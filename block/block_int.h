@@ -141,6 +141,14 @@ struct BlockDriver {
                          uint64_t bytes, bool *dirty, uint64_t *pnum,
                          GError **errp);
     bool (*supports_bitmaps)(const QGuardImage *img);
+    /*
+     * The VM state area of internal snapshots (qemu-io read -b / write -b):
+     * @bytes at @pos in it.  NULL for formats without one.
+     */
+    int (*load_vmstate)(QGuardImage *img, uint64_t pos, uint64_t bytes,
+                        void *buf);
+    int (*save_vmstate)(QGuardImage *img, uint64_t pos, uint64_t bytes,
+                        const void *buf, unsigned flags);
     /* Read-only images: read this snapshot from now on. */
     int (*snapshot_load_tmp)(QGuardImage *img, const char *id,
                              const char *name, GError **errp);

@@ -622,6 +622,12 @@ void qcow2_map_active_l2(BDRVQcow2State *s, const uint64_t *l1,
 void qcow2_map_inactive_l2(BDRVQcow2State *s, const uint64_t *l1,
                            uint32_t l1_size, bool add);
 
+/* qcow2-vmstate.c */
+int qcow2_load_vmstate(QGuardImage *img, uint64_t pos, uint64_t bytes,
+                       void *buf);
+int qcow2_save_vmstate(QGuardImage *img, uint64_t pos, uint64_t bytes,
+                       const void *buf, unsigned flags);
+
 /* qcow2-cluster.c */
 int qcow2_get_host_offset(BDRVQcow2State *s, uint64_t offset,
                           uint64_t *bytes, uint64_t *host_offset,

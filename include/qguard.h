@@ -180,6 +180,15 @@ int qguard_image_discard(QGuardImage *img, uint64_t offset, uint64_t bytes,
 int qguard_image_pwrite_compressed(QGuardImage *img, uint64_t offset,
                                    uint64_t bytes, const void *buf,
                                    GError **errp);
+/*
+ * The VM state area that QEMU's savevm stores with internal snapshots
+ * (qemu-io read -b / write -b): @bytes at @pos in it.  -ENOTSUP for formats
+ * without one.
+ */
+int qguard_image_load_vmstate(QGuardImage *img, uint64_t pos, uint64_t bytes,
+                              void *buf, GError **errp);
+int qguard_image_save_vmstate(QGuardImage *img, uint64_t pos, uint64_t bytes,
+                              const void *buf, GError **errp);
 /* Cluster size of a qcow2 image, 0 for formats without clusters. */
 uint32_t qguard_image_cluster_size(const QGuardImage *img);
 int qguard_image_flush(QGuardImage *img, GError **errp);

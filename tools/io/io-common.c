@@ -356,6 +356,25 @@ int do_pwrite(const uint8_t *buf, int64_t offset, int64_t bytes,
                                                   flags, NULL));
 }
 
+/* qemu-io's -b: the VM state area, in one request of at most INT_MAX. */
+int do_load_vmstate(uint8_t *buf, int64_t offset, int64_t bytes)
+{
+    if (bytes > INT_MAX) {
+        return -ERANGE;
+    }
+    return after_sync_request(qguard_image_load_vmstate(image, offset, bytes,
+                                                        buf, NULL));
+}
+
+int do_save_vmstate(const uint8_t *buf, int64_t offset, int64_t bytes)
+{
+    if (bytes > INT_MAX) {
+        return -ERANGE;
+    }
+    return after_sync_request(qguard_image_save_vmstate(image, offset, bytes,
+                                                        buf, NULL));
+}
+
 int do_pwrite_zeroes(int64_t offset, int64_t bytes, unsigned flags)
 {
     return after_sync_request(qguard_image_pwrite_zeroes(image, offset, bytes,

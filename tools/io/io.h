@@ -186,6 +186,8 @@ uint8_t *alloc_buffer_from_file(int64_t len, const char *path);
  */
 int after_sync_request(int ret);
 int do_pread(uint8_t *buf, int64_t offset, int64_t bytes);
+int do_load_vmstate(uint8_t *buf, int64_t offset, int64_t bytes);
+int do_save_vmstate(const uint8_t *buf, int64_t offset, int64_t bytes);
 int do_pwrite(const uint8_t *buf, int64_t offset, int64_t bytes,
               unsigned flags);
 int do_pwrite_zeroes(int64_t offset, int64_t bytes, unsigned flags);

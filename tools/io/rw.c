@@ -206,8 +206,7 @@ static int read_f(int argc, char **argv)
     buf = alloc_buffer(count, 0xab);
     t1 = tool_now();
     if (bflag) {
-        /* libqguard has no access to the VM state area. */
-        ret = -ENOTSUP;
+        ret = do_load_vmstate(buf, offset, count);
     } else {
         ret = do_pread(buf, offset, count);
     }
@@ -438,8 +437,7 @@ static int write_request(const WriteOpts *w, const uint8_t *buf,
     unsigned fua = w->o.fua ? QGUARD_WRITE_FUA : 0;
 
     if (w->bflag) {
-        /* libqguard has no access to the VM state area. */
-        return -ENOTSUP;
+        return do_save_vmstate(buf, offset, count);
     } else if (w->zflag) {
         return do_pwrite_zeroes(offset, count, fua |
                                 (w->unmap ? QGUARD_ZERO_MAY_UNMAP : 0) |
