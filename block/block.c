@@ -920,19 +920,14 @@ static void add_file_zero_status(QGuardImage *img, QGuardBlockStatus *st)
     }
 }
 
-static int block_status(QGuardImage *img, uint64_t offset, uint64_t bytes,
-                        QGuardBlockStatus *st, GError **errp)
+int bdrv_chain_block_status(QGuardImage *img, uint64_t offset,
+                            uint64_t bytes, QGuardBlockStatus *st,
+                            GError **errp)
 {
     QGuardImage *layer = img;
     int depth = 0;
     int ret;
 
-    image_lock(img);
-    ret = check_request(img, offset, bytes, false, errp);
-    if (ret < 0 || !bytes) {
-        image_unlock(img);
-        return ret;
-    }
     for (;;) {
         *st = QGUARD_SIZED(QGuardBlockStatus);
         ret = layer->drv->block_status(layer, offset, bytes, st, errp);
@@ -962,6 +957,20 @@ static int block_status(QGuardImage *img, uint64_t offset, uint64_t bytes,
         layer = layer->backing;
         depth++;
     }
+    return ret;
+}
+
+int qguard_image_block_status(QGuardImage *img, uint64_t offset,
+                              uint64_t bytes, QGuardBlockStatus *st,
+                              GError **errp)
+{
+    int ret;
+
+    image_lock(img);
+    ret = check_request(img, offset, bytes, false, errp);
+    if (ret == 0 && bytes) {
+        ret = bdrv_chain_block_status(img, offset, bytes, st, errp);
+    }
     image_unlock(img);
     return ret;
 }
@@ -976,7 +985,7 @@ int qguard_image_block_status(QGuardImage *img, uint64_t offset,
     if (ret < 0) {
         return ret;
     }
-    ret = block_status(img, offset, bytes, &full, errp);
+    ret = bdrv_chain_block_status(img, offset, bytes, &full, errp);
     sized_copy_out(st, &full, sizeof(full));
     return ret;
 }

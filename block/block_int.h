@@ -192,6 +192,13 @@ extern const BlockDriver bdrv_raw;
 int bdrv_open_backing(QGuardImage *img, const QGuardOpts *opts,
                       GError **errp);
 bool bdrv_first_sector_looks_formatted(const uint8_t *buf, size_t len);
+/*
+ * qguard_image_block_status() for a caller that holds the image's lock
+ * (a driver in a request); @bytes must be within the disk and non-zero.
+ */
+int bdrv_chain_block_status(QGuardImage *img, uint64_t offset,
+                            uint64_t bytes, QGuardBlockStatus *st,
+                            GError **errp);
 /* Read from the backing chain; zeros past its end. */
 int bdrv_backing_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,
                        void *buf);

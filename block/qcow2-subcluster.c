@@ -271,45 +271,6 @@ int qcow2_zero_subclusters(BDRVQcow2State *s, uint64_t offset,
     return 0;
 }
 
-/* Does the subcluster at @offset (aligned) read as zeros already? */
-static int subcluster_reads_zero(BDRVQcow2State *s, uint64_t offset,
-                                 bool *zero)
-{
-    uint64_t bytes = s->subcluster_size, host;
-    QCow2ClusterType type;
-    int ret;
-
-    ret = qcow2_get_host_offset(s, offset, &bytes, &host, &type);
-    if (ret < 0) {
-        return ret;
-    }
-    *zero = bytes == (uint64_t)s->subcluster_size &&
-            (type == QCOW2_CLUSTER_ZERO_PLAIN ||
-             type == QCOW2_CLUSTER_ZERO_ALLOC ||
-             (type == QCOW2_CLUSTER_UNALLOCATED && !s->img->backing));
-    return 0;
-}
-
-/* Part of one subcluster: nothing if it reads zeros, else real zeros. */
-static int zero_in_subcluster(BDRVQcow2State *s, uint64_t offset,
-                              uint64_t bytes, bool check_only)
-{
-    g_autofree uint8_t *zeros = NULL;
-    bool zero;
-    int ret;
-
-    ret = subcluster_reads_zero(s, offset & ~((uint64_t)s->subcluster_size -
-                                              1), &zero);
-    if (ret < 0 || zero) {
-        return ret;
-    }
-    if (check_only) {
-        return -ENOTSUP;
-    }
-    zeros = g_malloc0(bytes);
-    return qcow2_write_guest(s, offset, bytes, zeros);
-}
-
 int qcow2_zero_piece_ext(BDRVQcow2State *s, uint64_t start, uint64_t end,
                          bool check_only)
 {
@@ -324,22 +285,22 @@ int qcow2_zero_piece_ext(BDRVQcow2State *s, uint64_t start, uint64_t end,
     if (a >= b) {
         uint64_t boundary = (start & ~(sc - 1)) + sc;
 
-        ret = zero_in_subcluster(s, start, MIN(end, boundary) - start,
-                                 check_only);
+        ret = qcow2_zero_partial(s, start, MIN(end, boundary) - start,
+                                 false, check_only);
         if (ret >= 0 && end > boundary) {
-            ret = zero_in_subcluster(s, boundary, end - boundary,
+            ret = qcow2_zero_partial(s, boundary, end - boundary, false,
                                      check_only);
         }
         return ret;
     }
     if (start < a) {
-        ret = zero_in_subcluster(s, start, a - start, check_only);
+        ret = qcow2_zero_partial(s, start, a - start, false, check_only);
     }
     if (ret >= 0) {
         ret = qcow2_zero_subcluster_range(s, a, b - a, check_only);
     }
     if (ret >= 0 && b < end) {
-        ret = zero_in_subcluster(s, b, end - b, check_only);
+        ret = qcow2_zero_partial(s, b, end - b, false, check_only);
     }
     return ret;
 }

@@ -1209,24 +1209,6 @@ static int qcow2_pwrite(QGuardImage *img, uint64_t offset, uint64_t bytes,
     return qcow2_error_propagate(ret, errp);
 }
 
-/* Does the whole cluster at @offset already read as zeros? */
-static int cluster_reads_zero(BDRVQcow2State *s, uint64_t offset, bool *zero)
-{
-    uint64_t bytes = s->cluster_size, host;
-    QCow2ClusterType type;
-    int ret;
-
-    ret = qcow2_get_host_offset(s, start_of_cluster(s, offset), &bytes, &host,
-                                &type);
-    if (ret < 0) {
-        return ret;
-    }
-    *zero = type == QCOW2_CLUSTER_ZERO_PLAIN ||
-            type == QCOW2_CLUSTER_ZERO_ALLOC ||
-            (type == QCOW2_CLUSTER_UNALLOCATED && !s->img->backing);
-    return 0;
-}
-
 static int write_zero_buffer(BDRVQcow2State *s, uint64_t offset,
                              uint64_t bytes)
 {
@@ -1242,30 +1224,6 @@ static int write_zero_buffer(BDRVQcow2State *s, uint64_t offset,
         bytes -= cur;
     }
     return 0;
-}
-
-/*
- * A partial cluster: real zeros unless the whole cluster reads as zeros
- * already; then, as QEMU does, it becomes a zero cluster (v3; v2 has
- * nothing to change).
- */
-static int zero_partial(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
-                        unsigned flags)
-{
-    bool zero;
-    int ret = cluster_reads_zero(s, offset, &zero);
-
-    if (ret < 0) {
-        return ret;
-    }
-    if (!zero) {
-        return write_zero_buffer(s, offset, bytes);
-    }
-    if (s->qcow_version < 3) {
-        return 0;
-    }
-    return qcow2_zero_clusters(s, start_of_cluster(s, offset),
-                               s->cluster_size, flags & QGUARD_ZERO_MAY_UNMAP);
 }
 
 /*
@@ -1340,21 +1298,14 @@ static int do_pwrite_zeroes(QGuardImage *img, uint64_t offset,
     if (flags & QGUARD_ZERO_FAST) {
         /* Fail up front, before changing anything, if zeros must be written. */
         for (i = 0; i < plan.npartial; i++) {
-            bool zero;
-            if (has_subclusters(s)) {
-                ret = qcow2_zero_piece_ext(s, plan.partial[i][0],
-                                           plan.partial[i][1], true);
-                if (ret < 0) {
-                    return ret;
-                }
-                continue;
-            }
-            ret = cluster_reads_zero(s, plan.partial[i][0], &zero);
+            ret = has_subclusters(s)
+                  ? qcow2_zero_piece_ext(s, plan.partial[i][0],
+                                         plan.partial[i][1], true)
+                  : qcow2_zero_partial(s, plan.partial[i][0],
+                                       plan.partial[i][1] -
+                                       plan.partial[i][0], false, true);
             if (ret < 0) {
                 return ret;
-            }
-            if (!zero) {
-                return -ENOTSUP;
             }
         }
     }
@@ -1362,8 +1313,9 @@ static int do_pwrite_zeroes(QGuardImage *img, uint64_t offset,
         ret = has_subclusters(s)
               ? qcow2_zero_piece_ext(s, plan.partial[i][0],
                                      plan.partial[i][1], false)
-              : zero_partial(s, plan.partial[i][0],
-                             plan.partial[i][1] - plan.partial[i][0], flags);
+              : qcow2_zero_partial(s, plan.partial[i][0],
+                                   plan.partial[i][1] - plan.partial[i][0],
+                                   flags & QGUARD_ZERO_MAY_UNMAP, false);
         if (ret < 0) {
             return ret;
         }

@@ -716,8 +716,15 @@ uint64_t qcow2_bitmap_written(const BDRVQcow2State *s, uint64_t entry,
 int qcow2_zero_subclusters(BDRVQcow2State *s, uint64_t offset,
                            uint64_t bytes, void *l2_table, int l2_index);
 /*
- * Zero [start, end) inside one cluster: unaligned parts as data (unless
- * they read zeros), whole subclusters in the bitmap.  @check_only: change
+ * qcow2-zero.c: zero [offset, offset + bytes), part of one cluster (one
+ * subcluster with extended L2 entries), as QEMU does.  @check_only:
+ * change nothing, -ENOTSUP if zeros would have to be written.
+ */
+int qcow2_zero_partial(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
+                       bool may_unmap, bool check_only);
+/*
+ * Zero [start, end) inside one cluster: unaligned parts as
+ * qcow2_zero_partial(), whole subclusters in the bitmap.  @check_only: change
  * nothing, -ENOTSUP if zeros would have to be written.
  */
 int qcow2_zero_piece_ext(BDRVQcow2State *s, uint64_t start, uint64_t end,
