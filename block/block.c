@@ -964,28 +964,18 @@ int qguard_image_block_status(QGuardImage *img, uint64_t offset,
                               uint64_t bytes, QGuardBlockStatus *st,
                               GError **errp)
 {
-    int ret;
-
-    image_lock(img);
-    ret = check_request(img, offset, bytes, false, errp);
-    if (ret == 0 && bytes) {
-        ret = bdrv_chain_block_status(img, offset, bytes, st, errp);
-    }
-    image_unlock(img);
-    return ret;
-}
-
-int qguard_image_block_status(QGuardImage *img, uint64_t offset,
-                              uint64_t bytes, QGuardBlockStatus *st,
-                              GError **errp)
-{
     QGuardBlockStatus full = QGUARD_SIZED(QGuardBlockStatus);
     int ret = sized_check(st->size, SIZE_V1(QGuardBlockStatus, image), errp);
 
     if (ret < 0) {
         return ret;
     }
-    ret = bdrv_chain_block_status(img, offset, bytes, &full, errp);
+    image_lock(img);
+    ret = check_request(img, offset, bytes, false, errp);
+    if (ret == 0 && bytes) {
+        ret = bdrv_chain_block_status(img, offset, bytes, &full, errp);
+    }
+    image_unlock(img);
     sized_copy_out(st, &full, sizeof(full));
     return ret;
 }
