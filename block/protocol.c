@@ -164,8 +164,8 @@ static int parse_blkdebug(BdrvProtocol *p, const char *spec,
         return -EINVAL;
     }
     if (align) {
-        if (!qguard_parse_size_option("align", align, &p->align, NULL,
-                                      errp)) {
+        if (qguard_parse_size_option("align", align, &p->align, NULL,
+                                     errp) < 0) {
             return -EINVAL;
         }
         if (p->align && (p->align >= INT_MAX ||
