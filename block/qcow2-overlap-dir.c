@@ -25,7 +25,7 @@
 
 #include "qcow2-overlap-int.h"
 
-/* ---- the tree ---------------------------------------------------------------- */
+/* ---- the tree ----------------------------------------------------------- */
 
 /* A leaf appeared or disappeared: the check path's leaf memo may be stale. */
 static void leaf_memo_reset(Qcow2MetadataMap *map)
@@ -38,6 +38,7 @@ static OvlLeaf *leaf_get(Qcow2MetadataMap *map, uint64_t li)
 {
     void **pp = &map->root;
     OvlNode *parent = NULL;
+    unsigned h;
 
     if (!map->root) {
         map->height = 0;
@@ -51,7 +52,7 @@ static OvlLeaf *leaf_get(Qcow2MetadataMap *map, uint64_t li)
         }
         map->height++;
     }
-    for (unsigned h = map->height;; h--) {
+    for (h = map->height;; h--) {
         if (!*pp) {
             *pp = ovl_alloc0(map, h ? sizeof(OvlNode) : sizeof(OvlLeaf));
             if (parent) {
@@ -74,9 +75,10 @@ static void leaf_remove(Qcow2MetadataMap *map, uint64_t li)
     OvlNode *path[MAX_HEIGHT];
     unsigned idx[MAX_HEIGHT], d = 0;
     void *p = map->root;
+    unsigned h;
 
     leaf_memo_reset(map);
-    for (unsigned h = map->height; h > 0; h--, d++) {
+    for (h = map->height; h > 0; h--, d++) {
         path[d] = p;
         idx[d] = (li >> ((h - 1) * NODE_BITS)) & (NODE_FANOUT - 1);
         p = path[d]->child[idx[d]];
@@ -95,7 +97,8 @@ static void leaf_remove(Qcow2MetadataMap *map, uint64_t li)
 
 OvlPos ovl_window_find(const Qcow2MetadataMap *map, uint64_t w)
 {
-    OvlPos pos = { leaf_find(map, w >> LEAF_SHIFT), NULL, w & (CHUNK_WINDOWS - 1), 0, NULL };
+    OvlPos pos = { leaf_find(map, w >> LEAF_SHIFT), NULL,
+                   w & (CHUNK_WINDOWS - 1), 0, NULL };
 
     if (pos.leaf) {
         pos.chunk = &pos.leaf->chunk[(w >> CHUNK_BITS) & (LEAF_CHUNKS - 1)];
@@ -112,14 +115,16 @@ static OvlLeaf *subtree_next(void *p, unsigned h, uint64_t *li)
 {
     OvlNode *node = p;
     unsigned shift;
+    unsigned i;
 
     if (!h) {
         return p;
     }
     shift = (h - 1) * NODE_BITS;
-    for (unsigned i = *li >> shift; i < NODE_FANOUT; i++) {
+    for (i = *li >> shift; i < NODE_FANOUT; i++) {
         if (node->child[i]) {
-            uint64_t sub = i == *li >> shift ? *li & ((UINT64_C(1) << shift) - 1) : 0;
+            uint64_t sub =
+                i == *li >> shift ? *li & ((UINT64_C(1) << shift) - 1) : 0;
             OvlLeaf *leaf = subtree_next(node->child[i], h - 1, &sub);
             if (leaf) {
                 *li = (uint64_t)i << shift | sub;
@@ -142,6 +147,7 @@ uint64_t ovl_window_next(const Qcow2MetadataMap *map, uint64_t w)
     while (map->root && !(li >> (map->height * NODE_BITS))) {
         OvlLeaf *leaf;
         uint64_t found = li;
+        unsigned b;
 
         leaf = subtree_next(map->root, map->height, &found);
         if (!leaf) {
@@ -150,7 +156,7 @@ uint64_t ovl_window_next(const Qcow2MetadataMap *map, uint64_t w)
         if (found != li) {
             pos = 0;
         }
-        for (unsigned b = pos; b < 1u << LEAF_SHIFT; b = (b | 63) + 1) {
+        for (b = pos; b < 1u << LEAF_SHIFT; b = (b | 63) + 1) {
             const OvlChunk *c = &leaf->chunk[b >> CHUNK_BITS];
             uint64_t bits = c->present[(b % CHUNK_WINDOWS) / 64] >> (b % 64);
             if (bits) {
@@ -163,13 +169,14 @@ uint64_t ovl_window_next(const Qcow2MetadataMap *map, uint64_t w)
     return NO_WINDOW;
 }
 
-/* ---- chunks ----------------------------------------------------------------------- */
+/* ---- chunks ------------------------------------------------------------- */
 
 static unsigned chunk_count(const OvlChunk *c)
 {
     unsigned n = 0;
+    unsigned i;
 
-    for (unsigned i = 0; i < CHUNK_WORDS; i++) {
+    for (i = 0; i < CHUNK_WORDS; i++) {
         n += popcount64(c->present[i]);
     }
     return n;
@@ -179,8 +186,9 @@ static unsigned chunk_count(const OvlChunk *c)
 static void chunk_rerank(OvlChunk *c)
 {
     unsigned r = 0;
+    unsigned i;
 
-    for (unsigned i = 0; i < CHUNK_WORDS; i++) {
+    for (i = 0; i < CHUNK_WORDS; i++) {
         c->rank[i] = r;
         r += popcount64(c->present[i]);
     }
@@ -207,7 +215,8 @@ OvlPos ovl_window_insert(Qcow2MetadataMap *map, uint64_t w, uint32_t slot)
     unsigned n = chunk_count(c), i = chunk_slot_index(c, b);
     uint32_t *slots;
 
-    c->mem = ovl_realloc(map, c->mem, chunk_mem_size(c, n), chunk_mem_size(c, n + 1));
+    c->mem = ovl_realloc(map, c->mem, chunk_mem_size(c, n),
+                         chunk_mem_size(c, n + 1));
     slots = chunk_slots(c);
     memmove(&slots[i + 1], &slots[i], (n - i) * sizeof(uint32_t));
     slots[i] = slot;
@@ -234,7 +243,8 @@ void ovl_window_delete(Qcow2MetadataMap *map, uint64_t w)
     chunk_rerank(c);
     map->stats.windows--;
     if (n > 1) {
-        c->mem = ovl_realloc(map, c->mem, chunk_mem_size(c, n), chunk_mem_size(c, n - 1));
+        c->mem = ovl_realloc(map, c->mem, chunk_mem_size(c, n),
+                             chunk_mem_size(c, n - 1));
         return;
     }
     assert(!c->slots_at);
@@ -245,7 +255,7 @@ void ovl_window_delete(Qcow2MetadataMap *map, uint64_t w)
     }
 }
 
-/* ---- handles ----------------------------------------------------------------------- */
+/* ---- handles ------------------------------------------------------------ */
 
 uint32_t ovl_handle_new(Qcow2MetadataMap *map, void *p)
 {
@@ -258,7 +268,8 @@ uint32_t ovl_handle_new(Qcow2MetadataMap *map, void *p)
             uint32_t cap = MAX(4, map->handles_cap + map->handles_cap / 4);
             cap = MIN(cap, MAX_HANDLES);
             assert(cap > map->handles_cap);
-            map->handles = ovl_realloc(map, map->handles, map->handles_cap * sizeof(void *),
+            map->handles = ovl_realloc(map, map->handles,
+                                       map->handles_cap * sizeof(void *),
                                        cap * sizeof(void *));
             map->handles_cap = cap;
         }
@@ -282,7 +293,7 @@ void ovl_handle_free(Qcow2MetadataMap *map, uint32_t h)
     map->free_handle = h;
 }
 
-/* ---- slot forms ------------------------------------------------------------------- */
+/* ---- slot forms --------------------------------------------------------- */
 
 /* Slot form of a canonical fragment list, if it has one. */
 bool ovl_frags_fit_slot(const uint32_t *f, unsigned n, uint32_t *slot)
@@ -302,6 +313,8 @@ bool ovl_frags_fit_slot(const uint32_t *f, unsigned n, uint32_t *slot)
 /* Runs (window-relative) of an inline or pair slot. */
 unsigned ovl_slot_runs(uint32_t slot, OvlRun *runs)
 {
+    unsigned i;
+
     if (slot_tag(slot) == SLOT_INLINE) {
         unsigned start = slot_inline_start(slot);
 
@@ -310,7 +323,7 @@ unsigned ovl_slot_runs(uint32_t slot, OvlRun *runs)
         return 1;
     }
     assert(slot_tag(slot) == SLOT_PAIR);
-    for (unsigned i = 0; i < 2; i++) {
+    for (i = 0; i < 2; i++) {
         unsigned start = slot_pair_start(slot, i);
 
         runs[i] = (OvlRun){ start, start + 1, slot_pair_types(slot, i) };
@@ -318,7 +331,7 @@ unsigned ovl_slot_runs(uint32_t slot, OvlRun *runs)
     return 2;
 }
 
-/* ---- list pools ------------------------------------------------------------------- */
+/* ---- list pools --------------------------------------------------------- */
 
 /*
  * The list slot of the window whose slot is *slotp if the window owns words
@@ -338,12 +351,13 @@ static uint32_t *owner_rest(const Qcow2MetadataMap *map, uint32_t *slotp)
 }
 
 /* Where the list of window 'bit', which owns no words yet, goes in its pool. */
-static unsigned pool_insert_offset(const Qcow2MetadataMap *map, const OvlChunk *c,
-                                   unsigned bit)
+static unsigned pool_insert_offset(const Qcow2MetadataMap *map,
+                                   const OvlChunk *c, unsigned bit)
 {
     unsigned g = bit / GROUP_WINDOWS, end = group_end(c, g);
+    unsigned i;
 
-    for (unsigned i = chunk_slot_index(c, bit) + chunk_has(c, bit); i < end; i++) {
+    for (i = chunk_slot_index(c, bit) + chunk_has(c, bit); i < end; i++) {
         const uint32_t *rest = owner_rest(map, &chunk_slots(c)[i]);
         if (rest) {
             return slot_list_off(*rest);
@@ -361,8 +375,9 @@ static void list_mark(uint32_t *p, unsigned n)
         n < 15 ? 0 : (n >> 4) & 15,
         n < 15 ? 0 : n >> 8,
     };
+    unsigned i;
 
-    for (unsigned i = 0; i < MIN(n, 4u); i++) {
+    for (i = 0; i < MIN(n, 4u); i++) {
         p[i] = frag_set_mark(p[i], marks[i]);
     }
 }
@@ -379,13 +394,15 @@ static void chunk_set_pools(Qcow2MetadataMap *map, OvlChunk *c, bool on)
 
     assert(n && !c->slots_at == on);
     if (on) {
-        c->mem = ovl_realloc(map, c->mem, slot_bytes, sizeof(OvlPools) + slot_bytes);
+        c->mem =
+            ovl_realloc(map, c->mem, slot_bytes, sizeof(OvlPools) + slot_bytes);
         memmove((char *)c->mem + sizeof(OvlPools), c->mem, slot_bytes);
         memset(c->mem, 0, sizeof(OvlPools));
         c->slots_at = sizeof(OvlPools);
     } else {
         memmove(c->mem, (char *)c->mem + sizeof(OvlPools), slot_bytes);
-        c->mem = ovl_realloc(map, c->mem, sizeof(OvlPools) + slot_bytes, slot_bytes);
+        c->mem =
+            ovl_realloc(map, c->mem, sizeof(OvlPools) + slot_bytes, slot_bytes);
         c->slots_at = 0;
     }
 }
@@ -395,8 +412,9 @@ static void chunk_set_pools(Qcow2MetadataMap *map, OvlChunk *c, bool on)
  * words[0..new_n), and move the offsets of the group's later lists to match.
  * May move the slot array (chunk_set_pools()).
  */
-static void pool_splice(Qcow2MetadataMap *map, OvlChunk *c, unsigned bit, unsigned off,
-                        unsigned old_n, const uint32_t *words, unsigned new_n)
+static void pool_splice(Qcow2MetadataMap *map, OvlChunk *c, unsigned bit,
+                        unsigned off, unsigned old_n, const uint32_t *words,
+                        unsigned new_n)
 {
     unsigned g = bit / GROUP_WINDOWS, len, nlen, tail, end;
     OvlPools *p;
@@ -411,7 +429,8 @@ static void pool_splice(Qcow2MetadataMap *map, OvlChunk *c, unsigned bit, unsign
     tail = len - off - old_n;
     w = p->words[g];
     if (nlen > len) {
-        w = ovl_realloc(map, w, len * sizeof(uint32_t), nlen * sizeof(uint32_t));
+        w = ovl_realloc(map, w, len * sizeof(uint32_t),
+                        nlen * sizeof(uint32_t));
     }
     if (tail) {
         memmove(w + off + new_n, w + off + old_n, tail * sizeof(uint32_t));
@@ -420,7 +439,8 @@ static void pool_splice(Qcow2MetadataMap *map, OvlChunk *c, unsigned bit, unsign
         memcpy(w + off, words, new_n * sizeof(uint32_t));
     }
     if (nlen < len && nlen) {
-        w = ovl_realloc(map, w, len * sizeof(uint32_t), nlen * sizeof(uint32_t));
+        w = ovl_realloc(map, w, len * sizeof(uint32_t),
+                        nlen * sizeof(uint32_t));
     } else if (!nlen) {
         ovl_free(map, w, len * sizeof(uint32_t));
         w = NULL;
@@ -429,8 +449,10 @@ static void pool_splice(Qcow2MetadataMap *map, OvlChunk *c, unsigned bit, unsign
     p->len[g] = nlen;
 
     if (tail && new_n != old_n) {
+        unsigned i;
+
         end = group_end(c, g);
-        for (unsigned i = chunk_slot_index(c, bit) + chunk_has(c, bit); i < end; i++) {
+        for (i = chunk_slot_index(c, bit) + chunk_has(c, bit); i < end; i++) {
             uint32_t *rest = owner_rest(map, &chunk_slots(c)[i]);
             if (rest) {
                 unsigned moved = slot_list_off(*rest) + new_n - old_n;
@@ -455,8 +477,8 @@ static void pool_splice(Qcow2MetadataMap *map, OvlChunk *c, unsigned bit, unsign
  * (an L2 table or refcount block, nearly always), so that with the slot a
  * list window costs 4 bytes per fragment and nothing more.
  */
-uint32_t ovl_rest_store(Qcow2MetadataMap *map, OvlPos *pos, const uint32_t *frags,
-                        unsigned n)
+uint32_t ovl_rest_store(Qcow2MetadataMap *map, OvlPos *pos,
+                        const uint32_t *frags, unsigned n)
 {
     uint32_t slot, last = frags[n - 1];
     bool tail = frag_len(last) == 1 && one_bit(frag_types(last));
@@ -484,12 +506,16 @@ void ovl_rest_drop(Qcow2MetadataMap *map, OvlPos *pos, uint32_t rest)
     map->stats.fragments -= n + slot_list_tail(rest);
 }
 
-/* The whole canonical list of a window, pool words then tail; returns its length. */
+/*
+ * The whole canonical list of a window, pool words then tail; returns its
+ * length.
+ */
 unsigned ovl_list_copy(const uint32_t *pool, uint32_t rest, uint32_t *frags)
 {
     unsigned n = list_len(pool);
+    unsigned i;
 
-    for (unsigned i = 0; i < n; i++) {
+    for (i = 0; i < n; i++) {
         frags[i] = frag_set_mark(pool[i], 0);
     }
     if (slot_list_tail(rest)) {
@@ -498,13 +524,18 @@ unsigned ovl_list_copy(const uint32_t *pool, uint32_t rest, uint32_t *frags)
     return n;
 }
 
-/* ---- teardown ---------------------------------------------------------------------- */
+/* ---- teardown ----------------------------------------------------------- */
 
 static void free_subtree(Qcow2MetadataMap *map, void *p, unsigned h)
 {
+    OvlLeaf *leaf = p;
+    unsigned ci;
+
     if (h) {
         OvlNode *node = p;
-        for (unsigned i = 0; i < NODE_FANOUT; i++) {
+        unsigned i;
+
+        for (i = 0; i < NODE_FANOUT; i++) {
             if (node->child[i]) {
                 free_subtree(map, node->child[i], h - 1);
             }
@@ -512,21 +543,23 @@ static void free_subtree(Qcow2MetadataMap *map, void *p, unsigned h)
         ovl_free(map, node, sizeof(*node));
         return;
     }
-    OvlLeaf *leaf = p;
-    for (unsigned ci = 0; ci < LEAF_CHUNKS; ci++) {
+    for (ci = 0; ci < LEAF_CHUNKS; ci++) {
         OvlChunk *c = &leaf->chunk[ci];
         OvlPools *pools = chunk_pools(c);
         unsigned n = chunk_count(c);
+        unsigned i, g;
 
-        for (unsigned i = 0; i < n; i++) {
+        for (i = 0; i < n; i++) {
             uint32_t slot = chunk_slots(c)[i];
             if (slot_tag(slot) == SLOT_BYTEMAP) {
-                ovl_free(map, map->handles[slot_handle(slot)], sizeof(OvlBytemap));
+                ovl_free(map, map->handles[slot_handle(slot)],
+                         sizeof(OvlBytemap));
             }
         }
-        for (unsigned g = 0; pools && g < CHUNK_GROUPS; g++) {
+        for (g = 0; pools && g < CHUNK_GROUPS; g++) {
             if (pools->len[g]) {
-                ovl_free(map, pools->words[g], pools->len[g] * sizeof(uint32_t));
+                ovl_free(map, pools->words[g],
+                         pools->len[g] * sizeof(uint32_t));
             }
         }
         if (n) {
@@ -547,12 +580,14 @@ void ovl_dir_free(Qcow2MetadataMap *map)
     leaf_memo_reset(map);
 }
 
-/* ---- verification ------------------------------------------------------------------ */
+/* ---- verification ------------------------------------------------------- */
 
 /* The length marks of a list of n words are exactly what list_mark() writes. */
 static void verify_marks(const uint32_t *p, unsigned n)
 {
-    for (unsigned i = 0; i < n; i++) {
+    unsigned i;
+
+    for (i = 0; i < n; i++) {
         unsigned want = 0;
         if (n < 15) {
             want = i ? 0 : n;
@@ -564,24 +599,26 @@ static void verify_marks(const uint32_t *p, unsigned n)
     g_assert_cmpuint(list_len(p), ==, n);
 }
 
-static void verify_chunk(const Qcow2MetadataMap *map, OvlVerifyState *vs, const OvlChunk *c,
-                         uint64_t first_window)
+static void verify_chunk(const Qcow2MetadataMap *map, OvlVerifyState *vs,
+                         const OvlChunk *c, uint64_t first_window)
 {
     const OvlPools *pools = chunk_pools(c);
     unsigned n = chunk_count(c), r = 0, groups_used = 0;
+    unsigned i, rank, g;
 
     g_assert_true(!n == !c->mem);
     g_assert_true(c->slots_at == 0 || c->slots_at == sizeof(OvlPools));
-    for (unsigned i = 0, rank = 0; i < CHUNK_WORDS; i++) {
+    for (i = 0, rank = 0; i < CHUNK_WORDS; i++) {
         g_assert_cmpuint(c->rank[i], ==, rank);
         rank += popcount64(c->present[i]);
     }
     vs->mem += n ? chunk_mem_size(c, n) : 0;
-    for (unsigned g = 0; g < CHUNK_GROUPS; g++) {
+    for (g = 0; g < CHUNK_GROUPS; g++) {
         const uint32_t *words = pools ? pools->words[g] : NULL;
         unsigned len = pools ? pools->len[g] : 0, off = 0;
+        unsigned b;
 
-        for (unsigned b = g * GROUP_WINDOWS; b < (g + 1) * GROUP_WINDOWS; b++) {
+        for (b = g * GROUP_WINDOWS; b < (g + 1) * GROUP_WINDOWS; b++) {
             const uint32_t *list = NULL, *rest;
             uint32_t slot;
 
@@ -605,25 +642,31 @@ static void verify_chunk(const Qcow2MetadataMap *map, OvlVerifyState *vs, const 
             }
             ovl_verify_window(map, vs, first_window + b, slot, list);
         }
-        g_assert_cmpuint(off, ==, len);                 /* pools hold nothing else */
+        g_assert_cmpuint(off, ==, len);            /* pools hold nothing else */
         g_assert_true(!len == !words);
         groups_used += len != 0;
         vs->mem += len * sizeof(uint32_t);
     }
     g_assert_cmpuint(r, ==, n);
-    g_assert_true(!groups_used == !pools);       /* a pool table only while needed */
+    g_assert_true(!groups_used == !pools);  /* a pool table only while needed */
 }
 
-static void verify_subtree(const Qcow2MetadataMap *map, OvlVerifyState *vs, const void *p,
-                           unsigned h, uint64_t prefix)
+static void verify_subtree(const Qcow2MetadataMap *map, OvlVerifyState *vs,
+                           const void *p, unsigned h, uint64_t prefix)
 {
+    const OvlLeaf *leaf = p;
+    unsigned used = 0;
+    unsigned ci;
+
     if (h) {
         const OvlNode *node = p;
-        unsigned used = 0;
-        for (unsigned i = 0; i < NODE_FANOUT; i++) {
+        unsigned i;
+
+        for (i = 0; i < NODE_FANOUT; i++) {
             if (node->child[i]) {
                 used++;
-                verify_subtree(map, vs, node->child[i], h - 1, prefix << NODE_BITS | i);
+                verify_subtree(map, vs, node->child[i], h - 1,
+                               prefix << NODE_BITS | i);
             }
         }
         g_assert_cmpuint(used, ==, node->used);
@@ -631,9 +674,7 @@ static void verify_subtree(const Qcow2MetadataMap *map, OvlVerifyState *vs, cons
         vs->mem += sizeof(*node);
         return;
     }
-    const OvlLeaf *leaf = p;
-    unsigned used = 0;
-    for (unsigned ci = 0; ci < LEAF_CHUNKS; ci++) {
+    for (ci = 0; ci < LEAF_CHUNKS; ci++) {
         used += chunk_count(&leaf->chunk[ci]) != 0;
         verify_chunk(map, vs, &leaf->chunk[ci],
                      prefix << LEAF_SHIFT | (uint64_t)ci << CHUNK_BITS);

@@ -30,17 +30,19 @@
 #define WINDOW_BITS     12
 #define WINDOW_CLUSTERS (1u << WINDOW_BITS)
 #define FRAG_MAX_LEN    256u
-#define LIST_MAX_FRAGS  (WINDOW_CLUSTERS / 4)   /* beyond this a list outweighs the bytemap */
-#define LOW_TYPES       0xffu                   /* the types a byte (and a fragment) holds */
+/* beyond LIST_MAX_FRAGS a list outweighs the bytemap */
+#define LIST_MAX_FRAGS  (WINDOW_CLUSTERS / 4)
+/* the types a byte (and a fragment) holds */
+#define LOW_TYPES       0xffu
 
 #define CHUNK_BITS      8
 #define CHUNK_WINDOWS   (1u << CHUNK_BITS)
 #define CHUNK_WORDS     (CHUNK_WINDOWS / 64)
-#define GROUP_WINDOWS   16                      /* windows sharing one list pool */
+#define GROUP_WINDOWS   16      /* windows sharing one list pool */
 #define CHUNK_GROUPS    (CHUNK_WINDOWS / GROUP_WINDOWS)
 #define LEAF_BITS       4
 #define LEAF_CHUNKS     (1u << LEAF_BITS)
-#define LEAF_SHIFT      (CHUNK_BITS + LEAF_BITS)  /* window index -> leaf index */
+#define LEAF_SHIFT      (CHUNK_BITS + LEAF_BITS) /* window index -> leaf */
 #define NODE_BITS       6
 #define NODE_FANOUT     (1u << NODE_BITS)
 #define MAX_HEIGHT      8
@@ -71,7 +73,8 @@ typedef struct OvlBytemap {
     struct OvlBytemap *prev, *next; /* LRU, most recent first */
     uint64_t window;
     uint32_t handle;
-    uint32_t rest;                  /* clean: the window's list slot, list kept; dirty: 0 */
+    /* clean: the window's list slot, list kept; dirty: 0 */
+    uint32_t rest;
     uint16_t population;            /* clusters with a non-zero byte */
     bool permanent;
     uint8_t bytes[WINDOW_CLUSTERS] __attribute__((aligned(8)));
@@ -99,7 +102,7 @@ typedef struct OvlChunk {
     uint64_t present[CHUNK_WORDS];
     void *mem;                      /* NULL while no window is present */
     uint8_t rank[CHUNK_WORDS];
-    uint8_t slots_at;               /* 0, or sizeof(OvlPools) with a pool table */
+    uint8_t slots_at;               /* 0; sizeof(OvlPools) with a pool table */
 } OvlChunk;
 
 G_STATIC_ASSERT(sizeof(OvlPools) < 256 && sizeof(OvlPools) % 8 == 0);
@@ -120,7 +123,7 @@ typedef struct OvlNode {
  * goes (ovl_rest_store() and ovl_rest_drop() update it); 'idx' does not.
  */
 typedef struct OvlPos {
-    OvlLeaf *leaf;                  /* NULL if the window's leaf does not exist */
+    OvlLeaf *leaf;                  /* NULL: the window's leaf does not exist */
     OvlChunk *chunk;
     unsigned bit;                   /* window index within the chunk */
     unsigned idx;                   /* index of its slot, if present */
@@ -185,7 +188,8 @@ static inline void *ovl_alloc0(Qcow2MetadataMap *map, size_t n)
     return g_malloc0(n);
 }
 
-static inline void *ovl_realloc(Qcow2MetadataMap *map, void *p, size_t old_n, size_t new_n)
+static inline void *ovl_realloc(Qcow2MetadataMap *map, void *p, size_t old_n,
+                                size_t new_n)
 {
     if (new_n > old_n) {
         mem_add(map, new_n - old_n);
@@ -226,7 +230,10 @@ static inline uint32_t frag_make(unsigned start, unsigned len, unsigned types)
 static inline unsigned frag_start(uint32_t f) { return f & FRAG_START_MASK; }
 static inline unsigned frag_len(uint32_t f) { return ((f >> 16) & 0xff) + 1; }
 static inline unsigned frag_types(uint32_t f) { return f >> 24; }
-static inline unsigned frag_end(uint32_t f) { return frag_start(f) + frag_len(f); }
+static inline unsigned frag_end(uint32_t f)
+{
+    return frag_start(f) + frag_len(f);
+}
 static inline unsigned frag_mark(uint32_t f)
 {
     return (f & FRAG_MARK_MASK) >> FRAG_MARK_SHIFT;
@@ -236,8 +243,14 @@ static inline uint32_t frag_set_mark(uint32_t f, unsigned mark)
     return (f & ~FRAG_MARK_MASK) | (uint32_t)mark << FRAG_MARK_SHIFT;
 }
 
-static inline unsigned slot_tag(uint32_t slot) { return slot >> SLOT_TAG_SHIFT; }
-static inline uint32_t slot_handle(uint32_t slot) { return slot & (MAX_HANDLES - 1); }
+static inline unsigned slot_tag(uint32_t slot)
+{
+    return slot >> SLOT_TAG_SHIFT;
+}
+static inline uint32_t slot_handle(uint32_t slot)
+{
+    return slot & (MAX_HANDLES - 1);
+}
 
 static inline uint32_t slot_ref(unsigned tag, uint32_t payload)
 {
@@ -256,7 +269,10 @@ static inline uint32_t unit_pack(uint32_t frag)
 }
 
 static inline unsigned unit_start(uint32_t unit) { return unit & 0xfff; }
-static inline unsigned unit_types(uint32_t unit) { return 1u << ((unit >> 12) & 7); }
+static inline unsigned unit_types(uint32_t unit)
+{
+    return 1u << ((unit >> 12) & 7);
+}
 
 /* An inline slot: 0 (2) | types (8) | length - 1 (8) | start (12). */
 static inline uint32_t slot_inline_make(uint32_t frag)
@@ -302,8 +318,14 @@ static inline unsigned slot_pair_types(uint32_t slot, unsigned i)
  * cluster of one type (an L2 table or refcount block, nearly always); it is
  * kept here rather than in the pool.
  */
-static inline unsigned slot_list_off(uint32_t slot) { return slot & LIST_OFF_MASK; }
-static inline bool slot_list_tail(uint32_t slot) { return slot >> LIST_OFF_BITS & 1; }
+static inline unsigned slot_list_off(uint32_t slot)
+{
+    return slot & LIST_OFF_MASK;
+}
+static inline bool slot_list_tail(uint32_t slot)
+{
+    return slot >> LIST_OFF_BITS & 1;
+}
 static inline unsigned slot_tail_start(uint32_t slot)
 {
     return unit_start(slot >> UNIT_BITS);
@@ -348,7 +370,7 @@ static inline bool one_bit(unsigned m)
     return m && !(m & (m - 1));
 }
 
-/* ---- the directory: lookups ------------------------------------------------ */
+/* ---- the directory: lookups --------------------------------------------- */
 
 /*
  * Without -mpopcnt, __builtin_popcountll is a libgcc call; this inline
@@ -360,7 +382,8 @@ static inline unsigned popcount64(uint64_t x)
     return __builtin_popcountll(x);
 #else
     x -= (x >> 1) & UINT64_C(0x5555555555555555);
-    x = (x & UINT64_C(0x3333333333333333)) + ((x >> 2) & UINT64_C(0x3333333333333333));
+    x = (x & UINT64_C(0x3333333333333333)) +
+        ((x >> 2) & UINT64_C(0x3333333333333333));
     x = (x + (x >> 4)) & UINT64_C(0x0f0f0f0f0f0f0f0f);
     return (x * UINT64_C(0x0101010101010101)) >> 56;
 #endif
@@ -419,12 +442,14 @@ static inline OvlLeaf *leaf_find(const Qcow2MetadataMap *map, uint64_t li)
 }
 
 /* Words of the list of window 'bit' of chunk c, whose list slot is 'rest'. */
-static inline uint32_t *pool_list(const OvlChunk *c, unsigned bit, uint32_t rest)
+static inline uint32_t *pool_list(const OvlChunk *c, unsigned bit,
+                                  uint32_t rest)
 {
-    return ((OvlPools *)c->mem)->words[bit / GROUP_WINDOWS] + slot_list_off(rest);
+    return ((OvlPools *)c->mem)->words[bit / GROUP_WINDOWS] +
+           slot_list_off(rest);
 }
 
-/* ---- the directory: qcow2-overlap-dir.c ------------------------------------ */
+/* ---- the directory: qcow2-overlap-dir.c --------------------------------- */
 
 OvlPos ovl_window_find(const Qcow2MetadataMap *map, uint64_t w);
 uint64_t ovl_window_next(const Qcow2MetadataMap *map, uint64_t w);
@@ -436,8 +461,8 @@ void ovl_handle_free(Qcow2MetadataMap *map, uint32_t h);
 
 bool ovl_frags_fit_slot(const uint32_t *f, unsigned n, uint32_t *slot);
 unsigned ovl_slot_runs(uint32_t slot, OvlRun *runs);
-uint32_t ovl_rest_store(Qcow2MetadataMap *map, OvlPos *pos, const uint32_t *frags,
-                        unsigned n);
+uint32_t ovl_rest_store(Qcow2MetadataMap *map, OvlPos *pos,
+                        const uint32_t *frags, unsigned n);
 void ovl_rest_drop(Qcow2MetadataMap *map, OvlPos *pos, uint32_t rest);
 unsigned ovl_list_copy(const uint32_t *pool, uint32_t rest, uint32_t *frags);
 
@@ -450,7 +475,7 @@ typedef struct OvlVerifyState {
 
 void ovl_dir_verify(const Qcow2MetadataMap *map, OvlVerifyState *vs);
 /* Provided by qcow2-overlap.c; 'list' is the window's words in its pool. */
-void ovl_verify_window(const Qcow2MetadataMap *map, OvlVerifyState *vs, uint64_t w,
-                       uint32_t slot, const uint32_t *list);
+void ovl_verify_window(const Qcow2MetadataMap *map, OvlVerifyState *vs,
+                       uint64_t w, uint32_t slot, const uint32_t *list);
 
 #endif /* QCOW2_OVERLAP_INT_H */

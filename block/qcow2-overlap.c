@@ -335,9 +335,10 @@
 #define HAVE_CHECK_POPCNT 1
 #endif
 
-/* ---- runs ------------------------------------------------------------------------ */
+/* ---- runs --------------------------------------------------------------- */
 
-static void run_emit(OvlRun *out, size_t *k, uint64_t a, uint64_t b, unsigned mask)
+static void run_emit(OvlRun *out, size_t *k, uint64_t a, uint64_t b,
+                     unsigned mask)
 {
     if (a >= b || !mask) {
         return;
@@ -359,8 +360,9 @@ static size_t runs_apply(const OvlRun *in, size_t n, uint64_t s, uint64_t e,
 {
     uint64_t prev_end = 0;
     size_t k = 0;
+    size_t i;
 
-    for (size_t i = 0; i < n; i++) {
+    for (i = 0; i < n; i++) {
         const OvlRun *r = &in[i];
         if (set) {
             run_emit(out, &k, MAX(s, prev_end), MIN(e, r->start), mask);
@@ -381,16 +383,20 @@ static size_t runs_apply(const OvlRun *in, size_t n, uint64_t s, uint64_t e,
 static unsigned runs_to_frags(const OvlRun *runs, size_t n, uint32_t *frags)
 {
     unsigned k = 0;
+    size_t i;
 
-    for (size_t i = 0; i < n; i++) {
-        for (uint64_t a = runs[i].start; a < runs[i].end; a += FRAG_MAX_LEN) {
-            frags[k++] = frag_make(a, MIN(FRAG_MAX_LEN, runs[i].end - a), runs[i].mask);
+    for (i = 0; i < n; i++) {
+        uint64_t a;
+
+        for (a = runs[i].start; a < runs[i].end; a += FRAG_MAX_LEN) {
+            frags[k++] =
+                frag_make(a, MIN(FRAG_MAX_LEN, runs[i].end - a), runs[i].mask);
         }
     }
     return k;
 }
 
-/* ---- bytemaps -------------------------------------------------------------------- */
+/* ---- bytemaps ----------------------------------------------------------- */
 
 /* OR of bytes[s, e): the check of a window held as a bytemap. */
 static inline unsigned bytemap_or(const uint8_t *b, unsigned s, unsigned e)
@@ -422,12 +428,14 @@ static inline unsigned bytemap_or(const uint8_t *b, unsigned s, unsigned e)
 static unsigned frags_expand(const uint32_t *f, unsigned n, uint8_t *bytes)
 {
     unsigned pop = 0;
+    unsigned i;
 
     memset(bytes, 0, WINDOW_CLUSTERS);
-    for (unsigned i = 0; i < n; i++) {
+    for (i = 0; i < n; i++) {
         unsigned len = frag_len(f[i]);
         if (len == 1) {
-            bytes[frag_start(f[i])] = frag_types(f[i]);  /* most metadata is one cluster */
+            /* most metadata is one cluster */
+            bytes[frag_start(f[i])] = frag_types(f[i]);
         } else {
             memset(bytes + frag_start(f[i]), frag_types(f[i]), len);
         }
@@ -440,7 +448,8 @@ static unsigned frags_expand(const uint32_t *f, unsigned n, uint8_t *bytes)
  * Canonical fragments of a bytemap.  Stops early and returns max + 1 when
  * there are more than 'max'.
  */
-static unsigned bytemap_to_frags(const uint8_t *b, uint32_t *frags, unsigned max)
+static unsigned bytemap_to_frags(const uint8_t *b, uint32_t *frags,
+                                 unsigned max)
 {
     unsigned n = 0, i = 0;
 
@@ -469,7 +478,7 @@ static unsigned bytemap_to_frags(const uint8_t *b, uint32_t *frags, unsigned max
     return n;
 }
 
-/* ---- lists at rest ------------------------------------------------------------- */
+/* ---- lists at rest ------------------------------------------------------ */
 
 /* Expand the list with list slot 'rest' whose pool words are at 'pool'. */
 static unsigned list_expand(const uint32_t *pool, uint32_t rest, uint8_t *bytes)
@@ -489,14 +498,18 @@ static unsigned list_expand(const uint32_t *pool, uint32_t rest, uint8_t *bytes)
  * then a binary search of what is left, so a good guess costs O(1) and a
  * bad one O(log n).
  */
-static inline unsigned list_rank(const uint32_t *p, unsigned n, unsigned s, unsigned g)
+static inline unsigned list_rank(const uint32_t *p, unsigned n, unsigned s,
+                                 unsigned g)
 {
-    unsigned lo = 0, hi = n;        /* p[0..lo) start <= s, p[hi..n) start > s */
+    unsigned lo = 0, hi = n;       /* p[0..lo) start <= s, p[hi..n) start > s */
     const uint32_t *base;
+    unsigned len;
 
     if (g && frag_start(p[g - 1]) > s) {
+        unsigned k;
+
         hi = g - 1;
-        for (unsigned k = 0; k < 3 && hi; k++, hi--) {
+        for (k = 0; k < 3 && hi; k++, hi--) {
             if (frag_start(p[hi - 1]) <= s) {
                 return hi;
             }
@@ -513,7 +526,7 @@ static inline unsigned list_rank(const uint32_t *p, unsigned n, unsigned s, unsi
     }
     /* branch-free lower bound over p[lo..hi) */
     base = p + lo;
-    for (unsigned len = hi - lo; len > 1;) {
+    for (len = hi - lo; len > 1;) {
         unsigned half = len / 2;
         base = frag_start(base[half]) <= s ? base + half : base;
         len -= half;
@@ -528,8 +541,9 @@ static inline unsigned list_rank(const uint32_t *p, unsigned n, unsigned s, unsi
  * the search starts where a uniform spread would put s.  Out of line so
  * that the lookup it follows keeps its registers.
  */
-static __attribute__((noinline)) unsigned list_or(const uint32_t *p, unsigned n, uint32_t rest,
-                                                  unsigned s, unsigned e)
+static __attribute__((noinline))
+unsigned list_or(const uint32_t *p, unsigned n, uint32_t rest, unsigned s,
+                 unsigned e)
 {
     unsigned i = list_rank(p, n, s, (s * n) >> WINDOW_BITS), m = 0;
 
@@ -548,18 +562,19 @@ static __attribute__((noinline)) unsigned list_or(const uint32_t *p, unsigned n,
 }
 
 /* Every type of a list: a check that covers the whole window. */
-static __attribute__((noinline)) unsigned list_or_all(const uint32_t *p, unsigned n,
-                                                      uint32_t rest)
+static __attribute__((noinline))
+unsigned list_or_all(const uint32_t *p, unsigned n, uint32_t rest)
 {
     uint32_t acc = slot_list_tail(rest) ? slot_tail_types(rest) << 24 : 0;
+    unsigned i;
 
-    for (unsigned i = 0; i < n; i++) {
+    for (i = 0; i < n; i++) {
         acc |= p[i];
     }
     return acc >> 24;
 }
 
-/* ---- the cache ------------------------------------------------------------------- */
+/* ---- the cache ---------------------------------------------------------- */
 
 static void lru_unlink(Qcow2MetadataMap *map, OvlBytemap *e)
 {
@@ -639,7 +654,10 @@ static bool cache_evict(Qcow2MetadataMap *map, OvlBytemap *e)
     return true;
 }
 
-/* Expand list window w into the cache for an edit, evicting the LRU tail if full. */
+/*
+ * Expand list window w into the cache for an edit, evicting the LRU tail if
+ * full.
+ */
 static OvlBytemap *cache_load(Qcow2MetadataMap *map, uint64_t w)
 {
     OvlBytemap *e = NULL;
@@ -657,7 +675,8 @@ static OvlBytemap *cache_load(Qcow2MetadataMap *map, uint64_t w)
     /* after the eviction: writing back may have moved this window's list */
     pos = ovl_window_find(map, w);
     e->rest = *pos.slot;
-    e->population = list_expand(pool_list(pos.chunk, pos.bit, e->rest), e->rest, e->bytes);
+    e->population =
+        list_expand(pool_list(pos.chunk, pos.bit, e->rest), e->rest, e->bytes);
     e->window = w;
     e->permanent = false;
     e->handle = ovl_handle_new(map, e);
@@ -687,21 +706,25 @@ static void bytemap_drop(Qcow2MetadataMap *map, OvlBytemap *e)
     map->stats.cached_bytemaps--;
 }
 
-static void bytemap_edit(Qcow2MetadataMap *map, OvlBytemap *e, unsigned s, unsigned end,
-                         unsigned types, bool set)
+static void bytemap_edit(Qcow2MetadataMap *map, OvlBytemap *e, unsigned s,
+                         unsigned end, unsigned types, bool set)
 {
     uint8_t *b = e->bytes;
     unsigned diff = 0, pop = e->population;
 
     if (set) {
-        for (unsigned i = s; i < end; i++) {
+        unsigned i;
+
+        for (i = s; i < end; i++) {
             unsigned o = b[i];
             pop += !o;
             diff |= ~o & types;
             b[i] = o | types;
         }
     } else {
-        for (unsigned i = s; i < end; i++) {
+        unsigned i;
+
+        for (i = s; i < end; i++) {
             unsigned o = b[i];
             pop -= o && !(o & ~types);
             diff |= o & types;
@@ -737,11 +760,11 @@ static void bytemap_edit(Qcow2MetadataMap *map, OvlBytemap *e, unsigned s, unsig
     }
 }
 
-/* ---- windows ------------------------------------------------------------------- */
+/* ---- windows ------------------------------------------------------------ */
 
 /* Edit an empty, inline or pair window in place (pos->slot NULL if empty). */
-static void slot_edit(Qcow2MetadataMap *map, uint64_t w, OvlPos *pos, unsigned s,
-                      unsigned e, unsigned types, bool set)
+static void slot_edit(Qcow2MetadataMap *map, uint64_t w, OvlPos *pos,
+                      unsigned s, unsigned e, unsigned types, bool set)
 {
     OvlRun in[2] = { { 0 } }, out[4 * 2 + 1];
     /* at most 9 runs plus one fragment per 256 clusters of the window */
@@ -753,8 +776,9 @@ static void slot_edit(Qcow2MetadataMap *map, uint64_t w, OvlPos *pos, unsigned s
 
     if (k == n) {
         size_t i;
-        for (i = 0; i < n && in[i].start == out[i].start && in[i].end == out[i].end &&
-                    in[i].mask == out[i].mask; i++) {
+        for (i = 0; i < n && in[i].start == out[i].start &&
+                    in[i].end == out[i].end && in[i].mask == out[i].mask;
+             i++) {
             /* compare */
         }
         if (i == n) {
@@ -769,14 +793,15 @@ static void slot_edit(Qcow2MetadataMap *map, uint64_t w, OvlPos *pos, unsigned s
             return;
         }
     } else {
-        *pos = ovl_window_insert(map, w, 0);    /* an inline slot owning no pool words */
+        /* an inline slot owning no pool words */
+        *pos = ovl_window_insert(map, w, 0);
     }
     slot = ovl_rest_store(map, pos, frags, nf); /* may move pos->slot */
     *pos->slot = slot;
 }
 
-static void window_edit(Qcow2MetadataMap *map, uint64_t w, unsigned s, unsigned e,
-                        unsigned types, bool set)
+static void window_edit(Qcow2MetadataMap *map, uint64_t w, unsigned s,
+                        unsigned e, unsigned types, bool set)
 {
     OvlBytemap *bm;
     OvlPos pos;
@@ -819,9 +844,9 @@ static void window_edit(Qcow2MetadataMap *map, uint64_t w, unsigned s, unsigned 
  * steps from the guess, as list_rank() does, before giving up on the
  * spread.
  */
-static __attribute__((noinline)) unsigned list_check_one(const uint32_t *p, unsigned n,
-                                                         uint32_t rest, unsigned s,
-                                                         unsigned want)
+static __attribute__((noinline))
+unsigned list_check_one(const uint32_t *p, unsigned n, uint32_t rest,
+                        unsigned s, unsigned want)
 {
     unsigned g = (s * n) >> WINDOW_BITS, k, m = 0;
     uint32_t f = p[g];
@@ -855,16 +880,17 @@ tail:
     return m & want;
 }
 
-static __attribute__((noinline)) unsigned bytemap_check(const OvlBytemap *b, unsigned s,
-                                                        unsigned e, unsigned want)
+static __attribute__((noinline))
+unsigned bytemap_check(const OvlBytemap *b, unsigned s, unsigned e,
+                       unsigned want)
 {
     return bytemap_or(b->bytes, s, e) & want;
 }
 
 /* The types of @want in clusters [s, e) of a window with this slot. */
 static inline __attribute__((always_inline))
-unsigned slot_check(Qcow2MetadataMap *map, uint32_t slot, const void *data, unsigned s,
-                    unsigned e, unsigned want)
+unsigned slot_check(Qcow2MetadataMap *map, uint32_t slot, const void *data,
+                    unsigned s, unsigned e, unsigned want)
 {
     unsigned start;
 
@@ -955,7 +981,7 @@ static inline void check_memo_reset(Qcow2MetadataMap *map)
     map->check_window = NO_WINDOW;
 }
 
-/* ---- high types ------------------------------------------------------------------ */
+/* ---- high types --------------------------------------------------------- */
 
 static unsigned hi_check(const Qcow2MetadataMap *map, uint64_t s, uint64_t e)
 {
@@ -976,7 +1002,8 @@ static unsigned hi_check(const Qcow2MetadataMap *map, uint64_t s, uint64_t e)
     return m;
 }
 
-static void hi_apply(Qcow2MetadataMap *map, uint64_t s, uint64_t e, unsigned types, bool set)
+static void hi_apply(Qcow2MetadataMap *map, uint64_t s, uint64_t e,
+                     unsigned types, bool set)
 {
     size_t n = map->hi_count, out_n = 4 * n + 1, k;
     OvlRun *out, *res = NULL;
@@ -998,7 +1025,7 @@ static void hi_apply(Qcow2MetadataMap *map, uint64_t s, uint64_t e, unsigned typ
     map->hi_count = k;
 }
 
-/* ---- public interface -------------------------------------------------------------- */
+/* ---- public interface --------------------------------------------------- */
 
 static const char *const type_names[QCOW2_OL_MAX_BITNR] = {
     [QCOW2_OL_MAIN_HEADER_BITNR]      = "qcow2_header",
@@ -1017,14 +1044,16 @@ const char *qcow2_overlap_type_name(int bitnr)
     return bitnr >= 0 && bitnr < QCOW2_OL_MAX_BITNR ? type_names[bitnr] : NULL;
 }
 
-Qcow2MetadataMap *qcow2_metadata_map_new(unsigned cluster_bits, unsigned cache_windows)
+Qcow2MetadataMap *qcow2_metadata_map_new(unsigned cluster_bits,
+                                         unsigned cache_windows)
 {
     Qcow2MetadataMap *map;
 
     assert(cluster_bits >= 9 && cluster_bits <= 21);
     map = g_new0(Qcow2MetadataMap, 1);
     map->cluster_bits = cluster_bits;
-    map->cache_max = cache_windows ? cache_windows : QCOW2_OVERLAP_DEFAULT_CACHE_WINDOWS;
+    map->cache_max =
+        cache_windows ? cache_windows : QCOW2_OVERLAP_DEFAULT_CACHE_WINDOWS;
     map->memo_window = NO_WINDOW;
     map->leaf_memo_index = NO_LEAF;
     map->check_window = NO_WINDOW;
@@ -1053,10 +1082,11 @@ void qcow2_metadata_map_free(Qcow2MetadataMap *map)
 }
 
 /* Clusters [*first, *end) covered by a byte range (bytes > 0). */
-static void range_to_clusters(const Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes,
-                              uint64_t *first, uint64_t *end)
+static void range_to_clusters(const Qcow2MetadataMap *map, uint64_t offset,
+                              uint64_t bytes, uint64_t *first, uint64_t *end)
 {
-    assert(offset <= QCOW2_OVERLAP_MAX_BYTES && bytes <= QCOW2_OVERLAP_MAX_BYTES - offset);
+    assert(offset <= QCOW2_OVERLAP_MAX_BYTES &&
+           bytes <= QCOW2_OVERLAP_MAX_BYTES - offset);
     *first = offset >> map->cluster_bits;
     *end = ((offset + bytes - 1) >> map->cluster_bits) + 1;
 }
@@ -1080,7 +1110,8 @@ static void range_apply(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes,
              w = set ? w + 1 : ovl_window_next(map, w + 1)) {
             uint64_t base = w << WINDOW_BITS;
             window_edit(map, w, first > base ? first - base : 0,
-                        MIN(end - base, WINDOW_CLUSTERS), types & LOW_TYPES, set);
+                        MIN(end - base, WINDOW_CLUSTERS), types & LOW_TYPES,
+                        set);
         }
     }
     if (types & ~LOW_TYPES) {
@@ -1088,23 +1119,27 @@ static void range_apply(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes,
     }
 }
 
-void qcow2_metadata_map_enter(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes,
-                              unsigned types)
+void qcow2_metadata_map_enter(Qcow2MetadataMap *map, uint64_t offset,
+                              uint64_t bytes, unsigned types)
 {
     map->stats.inserts++;
     range_apply(map, offset, bytes, types, true);
 }
 
-void qcow2_metadata_map_remove(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes,
-                               unsigned types)
+void qcow2_metadata_map_remove(Qcow2MetadataMap *map, uint64_t offset,
+                               uint64_t bytes, unsigned types)
 {
     map->stats.removes++;
     range_apply(map, offset, bytes, types, false);
 }
 
-/* A check of clusters [first, end) that spans windows, or that needs the high types. */
-static __attribute__((noinline)) unsigned check_range(Qcow2MetadataMap *map, uint64_t first,
-                                                      uint64_t end, unsigned want)
+/*
+ * A check of clusters [first, end) that spans windows, or that needs the
+ * high types.
+ */
+static __attribute__((noinline))
+unsigned check_range(Qcow2MetadataMap *map, uint64_t first, uint64_t end,
+                     unsigned want)
 {
     unsigned found = 0;
 
@@ -1115,7 +1150,8 @@ static __attribute__((noinline)) unsigned check_range(Qcow2MetadataMap *map, uin
             found = window_check(map, w, first & (WINDOW_CLUSTERS - 1),
                                  ((end - 1) & (WINDOW_CLUSTERS - 1)) + 1);
         } else {
-            for (w = ovl_window_next(map, w); w <= last_w; w = ovl_window_next(map, w + 1)) {
+            for (w = ovl_window_next(map, w); w <= last_w;
+                 w = ovl_window_next(map, w + 1)) {
                 uint64_t base = w << WINDOW_BITS;
                 found |= window_check(map, w, first > base ? first - base : 0,
                                       MIN(end - base, WINDOW_CLUSTERS));
@@ -1130,8 +1166,8 @@ static __attribute__((noinline)) unsigned check_range(Qcow2MetadataMap *map, uin
 
 /* A check within one window with no high types on the map: the common case. */
 static inline __attribute__((always_inline))
-unsigned check_hw(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes, unsigned ignore,
-                  bool hw)
+unsigned check_hw(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes,
+                  unsigned ignore, bool hw)
 {
     uint64_t first, last;
 
@@ -1139,18 +1175,22 @@ unsigned check_hw(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes, unsign
     if (G_UNLIKELY(!bytes)) {
         return 0;
     }
-    assert(offset <= QCOW2_OVERLAP_MAX_BYTES && bytes <= QCOW2_OVERLAP_MAX_BYTES - offset);
+    assert(offset <= QCOW2_OVERLAP_MAX_BYTES &&
+           bytes <= QCOW2_OVERLAP_MAX_BYTES - offset);
     first = offset >> map->cluster_bits;
     last = (offset + bytes - 1) >> map->cluster_bits;
     if (G_UNLIKELY((first ^ last) >> WINDOW_BITS || map->hi_count)) {
         return check_range(map, first, last + 1, QCOW2_OL_ALL & ~ignore);
     }
-    return window_check_hw(map, first >> WINDOW_BITS, first & (WINDOW_CLUSTERS - 1),
-                           (last & (WINDOW_CLUSTERS - 1)) + 1, ~ignore & LOW_TYPES, hw);
+    return window_check_hw(map, first >> WINDOW_BITS,
+                           first & (WINDOW_CLUSTERS - 1),
+                           (last & (WINDOW_CLUSTERS - 1)) + 1,
+                           ~ignore & LOW_TYPES, hw);
 }
 
-static __attribute__((noinline)) unsigned check_sw(Qcow2MetadataMap *map, uint64_t offset,
-                                                   uint64_t bytes, unsigned ignore)
+static __attribute__((noinline))
+unsigned check_sw(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes,
+                  unsigned ignore)
 {
     return check_hw(map, offset, bytes, ignore, false);
 }
@@ -1161,14 +1201,15 @@ static __attribute__((noinline)) unsigned check_sw(Qcow2MetadataMap *map, uint64
  * instruction instead of a dozen, and the default build stays baseline.
  */
 static __attribute__((noinline, target("popcnt")))
-unsigned check_popcnt(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes, unsigned ignore)
+unsigned check_popcnt(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes,
+                      unsigned ignore)
 {
     return check_hw(map, offset, bytes, ignore, true);
 }
 #endif
 
-unsigned qcow2_metadata_map_check(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes,
-                                  unsigned ignore)
+unsigned qcow2_metadata_map_check(Qcow2MetadataMap *map, uint64_t offset,
+                                  uint64_t bytes, unsigned ignore)
 {
 #ifdef HAVE_CHECK_POPCNT
     if (map->hw_popcount) {
@@ -1189,7 +1230,8 @@ void qcow2_metadata_map_flush(Qcow2MetadataMap *map)
     }
 }
 
-void qcow2_metadata_map_get_stats(const Qcow2MetadataMap *map, Qcow2MetadataMapStats *stats)
+void qcow2_metadata_map_get_stats(const Qcow2MetadataMap *map,
+                                  Qcow2MetadataMapStats *stats)
 {
     *stats = map->stats;
 }
@@ -1204,12 +1246,14 @@ void qcow2_metadata_map_reset_counters(Qcow2MetadataMap *map)
     map->stats.mem_peak = map->stats.mem_current;
 }
 
-/* ---- introspection ---------------------------------------------------------------- */
+/* ---- introspection ------------------------------------------------------ */
 
 /* Canonical fragments of window w without touching the cache; 0 if empty. */
-static unsigned window_frags(const Qcow2MetadataMap *map, uint64_t w, uint32_t *frags)
+static unsigned window_frags(const Qcow2MetadataMap *map, uint64_t w,
+                             uint32_t *frags)
 {
     OvlPos pos = ovl_window_find(map, w);
+    const OvlBytemap *bm;
     OvlRun runs[2];
     unsigned n;
 
@@ -1222,22 +1266,25 @@ static unsigned window_frags(const Qcow2MetadataMap *map, uint64_t w, uint32_t *
         n = ovl_slot_runs(*pos.slot, runs);
         return runs_to_frags(runs, n, frags);
     case SLOT_LIST:
-        return ovl_list_copy(pool_list(pos.chunk, pos.bit, *pos.slot), *pos.slot, frags);
+        return ovl_list_copy(pool_list(pos.chunk, pos.bit, *pos.slot),
+                             *pos.slot, frags);
     default:
-        return bytemap_to_frags(((OvlBytemap *)map->handles[slot_handle(*pos.slot)])->bytes,
-                                frags, WINDOW_CLUSTERS);
+        bm = map->handles[slot_handle(*pos.slot)];
+        return bytemap_to_frags(bm->bytes, frags, WINDOW_CLUSTERS);
     }
 }
 
-unsigned qcow2_metadata_map_get(const Qcow2MetadataMap *map, uint64_t cluster_index)
+unsigned qcow2_metadata_map_get(const Qcow2MetadataMap *map,
+                                uint64_t cluster_index)
 {
     uint64_t w = cluster_index >> WINDOW_BITS;
     unsigned c = cluster_index & (WINDOW_CLUSTERS - 1);
-    unsigned m = map->hi_count ? hi_check(map, cluster_index, cluster_index + 1) : 0;
+    unsigned m =
+        map->hi_count ? hi_check(map, cluster_index, cluster_index + 1) : 0;
     OvlPos pos = ovl_window_find(map, w);
     const uint32_t *data;
     OvlRun runs[2];
-    unsigned n;
+    unsigned n, i;
 
     if (!pos.slot) {
         return m;
@@ -1246,7 +1293,7 @@ unsigned qcow2_metadata_map_get(const Qcow2MetadataMap *map, uint64_t cluster_in
     case SLOT_INLINE:
     case SLOT_PAIR:
         n = ovl_slot_runs(*pos.slot, runs);
-        for (unsigned i = 0; i < n; i++) {
+        for (i = 0; i < n; i++) {
             if (c >= runs[i].start && c < runs[i].end) {
                 m |= runs[i].mask;
             }
@@ -1256,12 +1303,14 @@ unsigned qcow2_metadata_map_get(const Qcow2MetadataMap *map, uint64_t cluster_in
         data = pool_list(pos.chunk, pos.bit, *pos.slot);
         return m | list_or(data, list_len(data), *pos.slot, c, c + 1);
     default:
-        return m | ((OvlBytemap *)map->handles[slot_handle(*pos.slot)])->bytes[c];
+        return m |
+               ((OvlBytemap *)map->handles[slot_handle(*pos.slot)])->bytes[c];
     }
 }
 
-Qcow2OverlapWindowForm qcow2_metadata_map_window_form(const Qcow2MetadataMap *map,
-                                                      uint64_t window_index)
+Qcow2OverlapWindowForm
+qcow2_metadata_map_window_form(const Qcow2MetadataMap *map,
+                               uint64_t window_index)
 {
     uint32_t *slotp = ovl_window_find(map, window_index).slot;
 
@@ -1281,34 +1330,40 @@ Qcow2OverlapWindowForm qcow2_metadata_map_window_form(const Qcow2MetadataMap *ma
     }
 }
 
-unsigned qcow2_metadata_map_window_fragments(const Qcow2MetadataMap *map, uint64_t window_index,
-                                             Qcow2OverlapFragment *out, unsigned max)
+unsigned qcow2_metadata_map_window_fragments(const Qcow2MetadataMap *map,
+                                             uint64_t window_index,
+                                             Qcow2OverlapFragment *out,
+                                             unsigned max)
 {
     uint32_t frags[WINDOW_CLUSTERS];
     unsigned n = window_frags(map, window_index, frags);
+    unsigned i;
 
-    for (unsigned i = 0; i < n && i < max; i++) {
-        out[i] = (Qcow2OverlapFragment){ frag_start(frags[i]), frag_len(frags[i]),
+    for (i = 0; i < n && i < max; i++) {
+        out[i] = (Qcow2OverlapFragment){ frag_start(frags[i]),
+                                         frag_len(frags[i]),
                                          frag_types(frags[i]) };
     }
     return n;
 }
 
-/* ---- verification ---------------------------------------------------------------- */
+/* ---- verification ------------------------------------------------------- */
 
 static void verify_frags(const uint32_t *f, unsigned n)
 {
     unsigned prev_end = 0, prev_types = 0, prev_len = 0;
+    unsigned i;
 
-    for (unsigned i = 0; i < n; i++) {
-        unsigned s = frag_start(f[i]), len = frag_len(f[i]), t = frag_types(f[i]);
-        g_assert_cmpuint(frag_mark(f[i]), ==, 0);                        /* canonical */
-        g_assert_cmpuint(s + len, <=, WINDOW_CLUSTERS);                  /* F1 */
-        g_assert_cmpuint(t, !=, 0);                                      /* F2 */
+    for (i = 0; i < n; i++) {
+        unsigned s = frag_start(f[i]), len = frag_len(f[i]),
+                 t = frag_types(f[i]);
+        g_assert_cmpuint(frag_mark(f[i]), ==, 0);               /* canonical */
+        g_assert_cmpuint(s + len, <=, WINDOW_CLUSTERS);         /* F1 */
+        g_assert_cmpuint(t, !=, 0);                             /* F2 */
         if (i) {
-            g_assert_cmpuint(prev_end, <=, s);                           /* F1 */
+            g_assert_cmpuint(prev_end, <=, s);                  /* F1 */
             if (prev_end == s && prev_types == t) {
-                g_assert_cmpuint(prev_len, ==, FRAG_MAX_LEN);            /* F3 */
+                g_assert_cmpuint(prev_len, ==, FRAG_MAX_LEN);   /* F3 */
             }
         }
         prev_end = s + len;
@@ -1331,18 +1386,21 @@ static void verify_list(OvlVerifyState *vs, const uint32_t *pool, uint32_t slot)
     g_assert_cmpuint(list_len(pool), <=, LIST_MAX_FRAGS);
     n = ovl_list_copy(pool, slot, frags);
     g_assert_cmpuint(n, >=, 2);
-    g_assert_cmpuint(n, <=, LIST_MAX_FRAGS);                             /* F4 */
+    g_assert_cmpuint(n, <=, LIST_MAX_FRAGS);                    /* F4 */
     verify_frags(frags, n);
-    g_assert_false(ovl_frags_fit_slot(frags, n, &tmp));                  /* F4 */
+    g_assert_false(ovl_frags_fit_slot(frags, n, &tmp));         /* F4 */
     last = frags[n - 1];
-    g_assert_cmpint(slot_list_tail(slot), ==,                            /* F4 */
+    g_assert_cmpint(slot_list_tail(slot), ==,                   /* F4 */
                     frag_len(last) == 1 && one_bit(frag_types(last)));
     vs->fragments += n;
 }
 
-/* One window, called by the directory walk; 'list' points at its words in the pool. */
-void ovl_verify_window(const Qcow2MetadataMap *map, OvlVerifyState *vs, uint64_t w,
-                       uint32_t slot, const uint32_t *list)
+/*
+ * One window, called by the directory walk; 'list' points at its words in
+ * the pool.
+ */
+void ovl_verify_window(const Qcow2MetadataMap *map, OvlVerifyState *vs,
+                       uint64_t w, uint32_t slot, const uint32_t *list)
 {
     uint32_t frags[2], tmp;
     OvlRun runs[2];
@@ -1368,6 +1426,7 @@ void ovl_verify_window(const Qcow2MetadataMap *map, OvlVerifyState *vs, uint64_t
         uint32_t h = slot_handle(slot);
         const OvlBytemap *e;
         unsigned pop = 0;
+        unsigned i;
 
         g_assert_cmpuint(h, <, map->handles_next);
         g_assert_false((uintptr_t)map->handles[h] & 1);
@@ -1377,13 +1436,13 @@ void ovl_verify_window(const Qcow2MetadataMap *map, OvlVerifyState *vs, uint64_t
         e = map->handles[h];
         g_assert_cmpuint(e->window, ==, w);
         g_assert_cmpuint(e->handle, ==, h);
-        for (unsigned i = 0; i < WINDOW_CLUSTERS; i++) {
+        for (i = 0; i < WINDOW_CLUSTERS; i++) {
             pop += e->bytes[i] != 0;
         }
-        g_assert_cmpuint(pop, ==, e->population);                        /* C3 */
+        g_assert_cmpuint(pop, ==, e->population);               /* C3 */
         g_assert_cmpuint(pop, >, 0);
         g_assert_true(!e->rest == !list);
-        if (e->rest) {                                                   /* C2 */
+        if (e->rest) {                                          /* C2 */
             uint8_t *copy = g_malloc(WINDOW_CLUSTERS);
             g_assert_false(e->permanent);
             verify_list(vs, list, e->rest);
@@ -1402,13 +1461,16 @@ void qcow2_metadata_map_verify(const Qcow2MetadataMap *map)
 {
     OvlVerifyState vs = { .mem = sizeof(*map) };
     unsigned lru = 0, nfree = 0;
+    uint32_t h;
+    const OvlBytemap *e;
+    size_t i;
 
     vs.handle_seen = g_malloc0(map->handles_next + 1);
     ovl_dir_verify(map, &vs);
 
     /* handles (D): each used one owned by one window, the rest free */
     g_assert_cmpuint(vs.handles, ==, map->handles_used);
-    for (uint32_t h = map->free_handle; h != NO_HANDLE; nfree++) {
+    for (h = map->free_handle; h != NO_HANDLE; nfree++) {
         g_assert_cmpuint(h, <, map->handles_next);
         g_assert_false(vs.handle_seen[h]);
         g_assert_cmpuint(nfree, <, map->handles_next);
@@ -1423,7 +1485,7 @@ void qcow2_metadata_map_verify(const Qcow2MetadataMap *map)
     g_free(vs.handle_seen);
 
     /* the LRU (C4, C5) */
-    for (const OvlBytemap *e = map->lru_head; e; e = e->next, lru++) {
+    for (e = map->lru_head; e; e = e->next, lru++) {
         const uint32_t *slotp = ovl_window_find(map, e->window).slot;
         g_assert_false(e->permanent);
         g_assert_true(e->prev ? e->prev->next == e : map->lru_head == e);
@@ -1462,7 +1524,7 @@ void qcow2_metadata_map_verify(const Qcow2MetadataMap *map)
     }
 
     /* high types (H): sorted, disjoint, maximal */
-    for (size_t i = 0; i < map->hi_count; i++) {
+    for (i = 0; i < map->hi_count; i++) {
         const OvlRun *r = &map->hi[i];
         g_assert_cmpuint(r->start, <, r->end);
         g_assert_cmpuint(r->mask, !=, 0);
@@ -1470,7 +1532,8 @@ void qcow2_metadata_map_verify(const Qcow2MetadataMap *map)
         g_assert_cmpuint(r->mask & LOW_TYPES, ==, 0);
         if (i) {
             g_assert_cmpuint(map->hi[i - 1].end, <=, r->start);
-            g_assert_true(map->hi[i - 1].end < r->start || map->hi[i - 1].mask != r->mask);
+            g_assert_true(map->hi[i - 1].end < r->start ||
+                          map->hi[i - 1].mask != r->mask);
         }
     }
     g_assert_true(!map->hi_count == !map->hi);

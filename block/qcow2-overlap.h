@@ -60,20 +60,24 @@ typedef struct Qcow2MetadataMap Qcow2MetadataMap;
 typedef struct Qcow2MetadataMapStats {
     uint64_t list_to_bytemap;    /* conversions list -> bytemap */
     uint64_t bytemap_to_list;    /* conversions bytemap -> list */
-    uint64_t bytemaps_freed;     /* bytemaps that left the cache (written back or dropped) */
+    /* bytemaps that left the cache (written back or dropped) */
+    uint64_t bytemaps_freed;
     uint64_t inserts, removes, queries;  /* calls of enter / remove / check */
     uint64_t mem_current, mem_peak;      /* bytes */
     uint64_t windows;            /* non-empty windows */
-    uint64_t fragments;          /* fragments held in lists (optional but useful) */
+    /* fragments held in lists (optional but useful) */
+    uint64_t fragments;
     uint64_t cached_bytemaps;    /* bytemaps currently expanded */
-    uint64_t list_queries;       /* checks answered from a list in place (no conversion) */
+    /* checks answered from a list in place (no conversion) */
+    uint64_t list_queries;
 } Qcow2MetadataMapStats;
 
 /*
  * cluster_bits: 9 (512 B) .. 21 (2 MiB).  cache_windows: how many bytemaps
  * the LRU keeps expanded, >= 1; 0 selects QCOW2_OVERLAP_DEFAULT_CACHE_WINDOWS.
  */
-Qcow2MetadataMap *qcow2_metadata_map_new(unsigned cluster_bits, unsigned cache_windows);
+Qcow2MetadataMap *qcow2_metadata_map_new(unsigned cluster_bits,
+                                         unsigned cache_windows);
 void qcow2_metadata_map_free(Qcow2MetadataMap *map);
 
 /*
@@ -83,10 +87,16 @@ void qcow2_metadata_map_free(Qcow2MetadataMap *map);
  * every cluster of the range, remove clears them (clearing absent bits is a
  * no-op).
  */
-void qcow2_metadata_map_enter(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes, unsigned types);
-void qcow2_metadata_map_remove(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes, unsigned types);
-/* returns the OR of the types present in any cluster of the range, minus 'ignore' */
-unsigned qcow2_metadata_map_check(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes, unsigned ignore);
+void qcow2_metadata_map_enter(Qcow2MetadataMap *map, uint64_t offset,
+                              uint64_t bytes, unsigned types);
+void qcow2_metadata_map_remove(Qcow2MetadataMap *map, uint64_t offset,
+                               uint64_t bytes, unsigned types);
+/*
+ * returns the OR of the types present in any cluster of the range, minus
+ * 'ignore'
+ */
+unsigned qcow2_metadata_map_check(Qcow2MetadataMap *map, uint64_t offset,
+                                  uint64_t bytes, unsigned ignore);
 
 /*
  * Write back and free every bytemap in the LRU cache, e.g. when the image
@@ -94,8 +104,12 @@ unsigned qcow2_metadata_map_check(Qcow2MetadataMap *map, uint64_t offset, uint64
  */
 void qcow2_metadata_map_flush(Qcow2MetadataMap *map);
 
-void qcow2_metadata_map_get_stats(const Qcow2MetadataMap *map, Qcow2MetadataMapStats *stats);
-/* zero the op/conversion counters and restart mem_peak from mem_current; keep contents */
+void qcow2_metadata_map_get_stats(const Qcow2MetadataMap *map,
+                                  Qcow2MetadataMapStats *stats);
+/*
+ * zero the op/conversion counters and restart mem_peak from mem_current;
+ * keep contents
+ */
 void qcow2_metadata_map_reset_counters(Qcow2MetadataMap *map);
 
 /*
@@ -107,20 +121,27 @@ void qcow2_metadata_map_reset_counters(Qcow2MetadataMap *map);
  * (F1-F4, C1-C5, Q, D, H, M: the memory counter included). */
 void qcow2_metadata_map_verify(const Qcow2MetadataMap *map);
 
-/* Exact set of type bits stored for one cluster (index = offset >> cluster_bits). */
-unsigned qcow2_metadata_map_get(const Qcow2MetadataMap *map, uint64_t cluster_index);
+/*
+ * Exact set of type bits stored for one cluster
+ * (index = offset >> cluster_bits).
+ */
+unsigned qcow2_metadata_map_get(const Qcow2MetadataMap *map,
+                                uint64_t cluster_index);
 
 typedef enum Qcow2OverlapWindowForm {
     QCOW2_OVERLAP_WINDOW_EMPTY,     /* no metadata: no storage at all */
     QCOW2_OVERLAP_WINDOW_INLINE,    /* one fragment inside the window's slot */
-    QCOW2_OVERLAP_WINDOW_PAIR,      /* two one-cluster, one-type fragments in the slot */
+    /* two one-cluster, one-type fragments in the slot */
+    QCOW2_OVERLAP_WINDOW_PAIR,
     QCOW2_OVERLAP_WINDOW_LIST,      /* fragment list at rest */
     QCOW2_OVERLAP_WINDOW_CACHED,    /* bytemap in the LRU cache */
-    QCOW2_OVERLAP_WINDOW_PERMANENT, /* bytemap kept outside the LRU (> 1024 fragments) */
+    /* bytemap kept outside the LRU (> 1024 fragments) */
+    QCOW2_OVERLAP_WINDOW_PERMANENT,
 } Qcow2OverlapWindowForm;
 
-Qcow2OverlapWindowForm qcow2_metadata_map_window_form(const Qcow2MetadataMap *map,
-                                                      uint64_t window_index);
+Qcow2OverlapWindowForm
+qcow2_metadata_map_window_form(const Qcow2MetadataMap *map,
+                               uint64_t window_index);
 
 typedef struct Qcow2OverlapFragment {
     uint16_t start;     /* first cluster, relative to the window */
@@ -133,7 +154,9 @@ typedef struct Qcow2OverlapFragment {
  * stored as at rest.  Writes at most 'max' fragments and returns how many
  * there are in total (up to QCOW2_OVERLAP_WINDOW_CLUSTERS).
  */
-unsigned qcow2_metadata_map_window_fragments(const Qcow2MetadataMap *map, uint64_t window_index,
-                                             Qcow2OverlapFragment *frags, unsigned max);
+unsigned qcow2_metadata_map_window_fragments(const Qcow2MetadataMap *map,
+                                             uint64_t window_index,
+                                             Qcow2OverlapFragment *frags,
+                                             unsigned max);
 
 #endif /* QCOW2_OVERLAP_H */
