@@ -339,7 +339,8 @@ char *qguard_create_prepare(const char *filename, const char *format,
 /*
  * The format's creation options for -o help, as QEMU prints them: one
  * "  name=<type>  - description" line each, sorted by name.  An unknown
- * format, or one that cannot create images, is an error saying so.  Free with g_free().
+ * format, or one that cannot create images, is an error saying so.  Free
+ * with g_free().
  */
 char *qguard_create_help(const char *format, GError **errp);
 /* The same for the file protocol (what a target file name adds). */

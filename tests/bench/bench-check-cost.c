@@ -148,7 +148,8 @@ static void run_case(const Case *c, bool json)
     if (json) {
         printf("{\"cluster_size\": %d, \"image_size\": %" PRIu64
                ", \"l1_entries\": %u, \"refcount_table_entries\": %u, "
-               "\"linear_ns_per_check\": %.1f, \"windowed_ns_per_check\": %.1f, "
+               "\"linear_ns_per_check\": %.1f, "
+               "\"windowed_ns_per_check\": %.1f, "
                "\"map_build_ms\": %.1f, \"map_bytes\": %" PRIu64
                ", \"map_peak_bytes\": %" PRIu64 "}\n",
                s.cluster_size, c->size, s.l1_size, s.refcount_table_size,

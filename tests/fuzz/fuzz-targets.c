@@ -315,7 +315,7 @@ int qguard_fuzz_image_check(const uint8_t *data, size_t size)
     return 0;
 }
 
-/* ---- (b) I/O on an arbitrary image ---------------------------------------- */
+/* ---- (b) I/O on an arbitrary image -------------------------------------- */
 
 static void fill(uint8_t *buf, size_t len, unsigned tag)
 {
@@ -464,7 +464,7 @@ int qguard_fuzz_image_io(const uint8_t *data, size_t size)
     return 0;
 }
 
-/* ---- (c) overlap map against a per-cluster model -------------------------- */
+/* ---- (c) overlap map against a per-cluster model ------------------------ */
 
 /*
  * Two regions of the host address space are modelled cluster by cluster:

@@ -114,7 +114,8 @@ static void qemu_check_clean(const char *name)
 static void qemu_reads_as(const char *name, const char *raw)
 {
     g_autofree char *out = NULL, *err = NULL;
-    int status = test_sh(test_dir, &out, &err, "qemu-img compare -F raw %s %s", name, raw);
+    int status = test_sh(test_dir, &out, &err, "qemu-img compare -F raw %s %s",
+                         name, raw);
 
     if (status) {
         g_error("qemu-img compare %s %s (exit %d):\n%s%s", name, raw, status,
@@ -154,7 +155,8 @@ static char *qemu_amend_error(const char *name, const char *optstr)
     int status;
 
     SH("cp %s qemu-copy.qcow2", name);
-    status = test_sh(test_dir, &out, &err, "qemu-img amend -o '%s' qemu-copy.qcow2", optstr);
+    status = test_sh(test_dir, &out, &err,
+                     "qemu-img amend -o '%s' qemu-copy.qcow2", optstr);
     g_assert_cmpint(status, ==, 1);
     g_assert_true(g_str_has_prefix(err, "qemu-img: "));
     return g_strdup(err + strlen("qemu-img: "));
@@ -547,8 +549,9 @@ static void assert_measure_refusal(const char *fmt, const char *optstr,
     g_autofree char *out = NULL, *qerr = NULL, *want = NULL;
     QGuardMeasureInfo info = QGUARD_SIZED(QGuardMeasureInfo);
 
-    g_assert_cmpint(test_sh(test_dir, &out, &qerr, "qemu-img measure -O %s -o '%s' "
-                              "--size %s", fmt, optstr, size), ==, 1);
+    g_assert_cmpint(test_sh(test_dir, &out, &qerr,
+                            "qemu-img measure -O %s -o '%s' --size %s",
+                            fmt, optstr, size), ==, 1);
     g_assert_cmpint(qguard_opts_parse(opts, optstr, NULL, &err), ==, 0);
     qguard_opts_set(opts, "size", size);
     if (bad_opts) {

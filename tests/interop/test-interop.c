@@ -102,8 +102,9 @@ static char *cmd_string(Cmd *c)
 static int cmd_run(Cmd *c, char **out, char **err)
 {
     g_autofree const char **argv = g_new0(const char *, c->argv->len + 1);
+    guint i;
 
-    for (guint i = 0; i < c->argv->len; i++) {
+    for (i = 0; i < c->argv->len; i++) {
         argv[i] = g_ptr_array_index(c->argv, i);
     }
     return test_spawn(test_dir, argv, 0, out, err);

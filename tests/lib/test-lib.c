@@ -214,7 +214,9 @@ guint32 test_seed(void)
 
 void fill_pattern(uint8_t *buf, uint64_t len, uint64_t offset, uint32_t tag)
 {
-    for (uint64_t i = 0; i < len; i++) {
+    uint64_t i;
+
+    for (i = 0; i < len; i++) {
         uint64_t x = (offset + i) / 8 * 0x9e3779b97f4a7c15ULL + tag;
 
         buf[i] = (uint8_t)(x >> (8 * ((offset + i) % 8)));

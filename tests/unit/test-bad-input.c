@@ -1273,6 +1273,8 @@ static void run_case(const BadCase *bc, bool rw)
                             strcmp(format, "probe") ? format : NULL, NULL,
                             rw ? QGUARD_OPEN_RDWR : 0, &err);
     if (ret < 0) {
+        g_autofree char *line = NULL;
+
         assert_clean_error(ret, err, "qguard_image_open");
         if (img) {
             FAIL("open failed but returned an image");
@@ -1285,8 +1287,7 @@ static void run_case(const BadCase *bc, bool rw)
             g_printerr("# %s open refused: %s\n",
                        rw ? "read-write" : "read-only", err->message);
         }
-        g_autofree char *line = error_line(err->message);
-
+        line = error_line(err->message);
         if (want_msg && !message_matches(line, want_msg)) {
             FAIL("%s open refused with \"%s\", expected \"%s\"",
                  rw ? "read-write" : "read-only", err->message, want_msg);

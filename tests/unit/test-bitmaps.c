@@ -639,7 +639,7 @@ static void test_same_as_qemu(void)
     }
 }
 
-/* ---- Crash, resize, snapshots, sessions ----------------------------------- */
+/* ---- Crash, resize, snapshots, sessions --------------------------------- */
 
 static void copy_file(const char *from, const char *to)
 {
@@ -821,7 +821,7 @@ static void test_repeated_sessions(void)
     }
 }
 
-/* ---- Errors ---------------------------------------------------------------- */
+/* ---- Errors ------------------------------------------------------------- */
 
 static void test_errors(void)
 {

@@ -45,7 +45,7 @@ static int hook_fn(void *opaque, HostFile *file, HostFileOp op,
     return 0;
 }
 
-/* ---- Tests ---------------------------------------------------------------- */
+/* ---- Tests -------------------------------------------------------------- */
 
 /*
  * After a failed fdatasync the kernel may have dropped the pages it could
@@ -486,6 +486,7 @@ static const char *const direct_case_names[] = {
 int main(int argc, char **argv)
 {
     int ret;
+    size_t i;
 
     g_test_init(&argc, &argv, NULL);
     test_scratch_init("qguard-cache-XXXXXX");
@@ -497,20 +498,20 @@ int main(int argc, char **argv)
     g_test_add_func("/cache/close/broken-image-with-unflushed-writes",
                     test_close_of_broken_image_fails);
 
-    for (size_t i = 0; i < G_N_ELEMENTS(write_cases); i++) {
+    for (i = 0; i < G_N_ELEMENTS(write_cases); i++) {
         g_autofree char *name = g_strdup_printf("/cache/write/%s",
                                                 write_case_names[i]);
         g_test_add_data_func(name, &write_cases[i], test_write_cache);
     }
 
-    for (size_t i = 0; i < G_N_ELEMENTS(direct_cases); i++) {
+    for (i = 0; i < G_N_ELEMENTS(direct_cases); i++) {
         g_autofree char *name = g_strdup_printf("/cache/direct/%s",
                                                 direct_case_names[i]);
         g_test_add_data_func(name, &direct_cases[i],
                              test_direct_matches_buffered);
     }
 
-    for (size_t i = 0; i < G_N_ELEMENTS(error_cases); i++) {
+    for (i = 0; i < G_N_ELEMENTS(error_cases); i++) {
         const ErrorCase *c = &error_cases[i];
         g_autofree char *name = g_strdup_printf(
             "/cache/error/%s-%s-%" G_GUINT64_FORMAT "-%s", c->mode,

@@ -184,7 +184,7 @@ static void test_parallel_reads_beside_writes(void)
     g_rand_free(rand);
 }
 
-/* ---- Writes in parallel ---------------------------------------------------- */
+/* ---- Writes in parallel ------------------------------------------------- */
 
 #define PW_SIZE (2 << 20)
 #define PW_BLOCK 4096
@@ -195,7 +195,7 @@ typedef struct ParallelWrites {
     const char *name;
     const char *create_opts;    /* size added */
     const char *runtime_opts;
-    bool backing;               /* the first half of the disk in a backing file */
+    bool backing;               /* half of the disk in a backing file */
     bool snapshot;              /* a snapshot of written data before the race */
 } ParallelWrites;
 
@@ -473,6 +473,7 @@ static void test_error_text_is_fresh(void)
 int main(int argc, char **argv)
 {
     int ret;
+    size_t i;
 
     g_test_init(&argc, &argv, NULL);
     seed = test_seed();
@@ -483,7 +484,7 @@ int main(int argc, char **argv)
                     test_error_text_is_fresh);
     g_test_add_func("/concurrency/parallel-writes/same-cluster",
                     test_parallel_writes_same_cluster);
-    for (size_t i = 0; i < G_N_ELEMENTS(parallel_writes); i++) {
+    for (i = 0; i < G_N_ELEMENTS(parallel_writes); i++) {
         g_autofree char *name = g_strdup_printf("/concurrency/parallel-writes/"
                                                 "%s", parallel_writes[i].name);
         g_test_add_data_func(name, &parallel_writes[i], test_parallel_writes);

@@ -47,7 +47,7 @@
 static FaultTest ft;
 static uint64_t total_injected;
 
-/* ---- Workloads ------------------------------------------------------------ */
+/* ---- Workloads ---------------------------------------------------------- */
 
 typedef enum StepKind {
     S_WRITE,
@@ -238,7 +238,7 @@ static int nsteps(const Workload *w)
     return n;
 }
 
-/* ---- Fault hook ------------------------------------------------------------ */
+/* ---- Fault hook --------------------------------------------------------- */
 
 typedef enum FaultKind {
     FAULT_WRITE_EIO,
@@ -296,7 +296,7 @@ static int fault_hook(void *opaque, HostFile *file, HostFileOp op,
     return 0;
 }
 
-/* ---- Guest data ------------------------------------------------------------ */
+/* ---- Guest data --------------------------------------------------------- */
 
 typedef struct State {
     uint64_t size;
@@ -331,7 +331,7 @@ static uint64_t state_hash(const State *st, uint64_t s)
     return s * SECTOR < st->size ? st->hashes[s] : hash_sector(zero, SECTOR);
 }
 
-/* ---- Helpers ---------------------------------------------------------------- */
+/* ---- Helpers ------------------------------------------------------------ */
 
 static void copy_file(const char *from, const char *to)
 {
@@ -374,7 +374,7 @@ static bool write_bytes_match(const Step *st, int index, uint64_t s,
     return memcmp(disk + from, want, to - from) == 0;
 }
 
-/* ---- The test ------------------------------------------------------------- */
+/* ---- The test ----------------------------------------------------------- */
 
 typedef struct Reference {
     int nsteps;

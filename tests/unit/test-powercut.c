@@ -49,7 +49,7 @@
 static FaultTest ft;
 static uint64_t total_cuts, total_variants, total_records;
 
-/* ---- Recording ------------------------------------------------------------ */
+/* ---- Recording ---------------------------------------------------------- */
 
 typedef enum RecKind {
     REC_WRITE,
@@ -976,7 +976,7 @@ static void check_crash_image(Run *r, const char *path, int64_t first,
     }
 }
 
-/* ---- Replaying cut points -------------------------------------------------- */
+/* ---- Replaying cut points ----------------------------------------------- */
 
 typedef struct CutStats {
     uint64_t cuts, variants, failures;

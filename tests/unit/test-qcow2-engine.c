@@ -70,7 +70,7 @@ static void assert_check_clean(QGuardImage *img)
     g_assert_cmpint(res.check_errors, ==, 0);
 }
 
-/* ---- Sized structs of the public API -------------------------------------- */
+/* ---- Sized structs of the public API ------------------------------------ */
 
 /*
  * A caller-allocated struct's size bounds what the library writes: a
@@ -87,6 +87,7 @@ static void test_api_sized_structs(void)
     QGuardBlockStatus bs = { .size = offsetof(QGuardBlockStatus, flags) };
     QGuardImage *img = create_and_open("sized.qcow2", "size=1M", NULL);
     g_autoptr(GError) err = NULL;
+    size_t i;
 
     memset(&big, 0xa5, sizeof(big));
     big.r.size = sizeof(big);
@@ -95,7 +96,7 @@ static void test_api_sized_structs(void)
     g_assert_cmpuint(big.r.size, ==, sizeof(big));
     g_assert_cmpint(big.r.corruptions, ==, 0);
     g_assert_cmpuint(big.r.total_clusters, ==, 16);
-    for (size_t i = 0; i < sizeof(big.newer); i++) {
+    for (i = 0; i < sizeof(big.newer); i++) {
         g_assert_cmphex(big.newer[i], ==, 0xa5);
     }
 

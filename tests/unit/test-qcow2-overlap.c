@@ -25,21 +25,27 @@
 #define RB  QCOW2_OL_REFCOUNT_BLOCK
 #define BD  QCOW2_OL_BITMAP_DIRECTORY
 
-/* Documented costs (docs/overlap-map.md): slot per window, leaf per 4096 windows. */
+/*
+ * Documented costs (docs/overlap-map.md): slot per window, leaf per 4096
+ * windows.
+ */
 #define SLOT_BYTES  4
 #define LEAF_BYTES  776
 
-static void enter_c(Qcow2MetadataMap *m, unsigned cb, uint64_t c, uint64_t n, unsigned t)
+static void enter_c(Qcow2MetadataMap *m, unsigned cb, uint64_t c, uint64_t n,
+                    unsigned t)
 {
     qcow2_metadata_map_enter(m, c << cb, n << cb, t);
 }
 
-static void remove_c(Qcow2MetadataMap *m, unsigned cb, uint64_t c, uint64_t n, unsigned t)
+static void remove_c(Qcow2MetadataMap *m, unsigned cb, uint64_t c, uint64_t n,
+                     unsigned t)
 {
     qcow2_metadata_map_remove(m, c << cb, n << cb, t);
 }
 
-static unsigned check_c(Qcow2MetadataMap *m, unsigned cb, uint64_t c, uint64_t n, unsigned ign)
+static unsigned check_c(Qcow2MetadataMap *m, unsigned cb, uint64_t c,
+                        uint64_t n, unsigned ign)
 {
     return qcow2_metadata_map_check(m, c << cb, n << cb, ign);
 }
@@ -56,14 +62,19 @@ static Qcow2OverlapWindowForm form(const Qcow2MetadataMap *m, uint64_t w)
     return qcow2_metadata_map_window_form(m, w);
 }
 
-/* Assert window w holds exactly the fragments given as (start, len, types) triples. */
-static void assert_frags(const Qcow2MetadataMap *m, uint64_t w, unsigned n, const unsigned *exp)
+/*
+ * Assert window w holds exactly the fragments given as (start, len, types)
+ * triples.
+ */
+static void assert_frags(const Qcow2MetadataMap *m, uint64_t w, unsigned n,
+                         const unsigned *exp)
 {
     Qcow2OverlapFragment f[WIN];
     unsigned got = qcow2_metadata_map_window_fragments(m, w, f, WIN);
+    unsigned i;
 
     g_assert_cmpuint(got, ==, n);
-    for (unsigned i = 0; i < n; i++) {
+    for (i = 0; i < n; i++) {
         g_assert_cmpuint(f[i].start, ==, exp[3 * i]);
         g_assert_cmpuint(f[i].len, ==, exp[3 * i + 1]);
         g_assert_cmpuint(f[i].types, ==, exp[3 * i + 2]);
@@ -93,13 +104,15 @@ static void touch(Qcow2MetadataMap *m, unsigned cb, uint64_t w)
 
 static void test_type_names(void)
 {
+    int i;
+
     static const char *const names[] = {
         "qcow2_header", "active L1 table", "active L2 table", "refcount table",
-        "refcount block", "snapshot table", "inactive L1 table", "inactive L2 table",
-        "bitmap directory",
+        "refcount block", "snapshot table", "inactive L1 table",
+        "inactive L2 table", "bitmap directory",
     };
 
-    for (int i = 0; i < QCOW2_OL_MAX_BITNR; i++) {
+    for (i = 0; i < QCOW2_OL_MAX_BITNR; i++) {
         g_assert_cmpstr(qcow2_overlap_type_name(i), ==, names[i]);
     }
     g_assert_null(qcow2_overlap_type_name(-1));
@@ -122,7 +135,8 @@ static void test_zero_length_is_noop(void)
     g_assert_cmpuint(stats_of(m).inserts, ==, 2);
     g_assert_cmpuint(stats_of(m).removes, ==, 1);
     g_assert_cmpuint(stats_of(m).queries, ==, 3);
-    g_assert_cmpuint(stats_of(m).mem_current, ==, base + LEAF_BYTES + SLOT_BYTES);
+    g_assert_cmpuint(stats_of(m).mem_current, ==,
+                     base + LEAF_BYTES + SLOT_BYTES);
     qcow2_metadata_map_verify(m);
     qcow2_metadata_map_free(m);
 }
@@ -131,14 +145,15 @@ static void test_ranges_round_outward_to_clusters(void)
 {
     Qcow2MetadataMap *m = qcow2_metadata_map_new(16, 0);
 
-    qcow2_metadata_map_enter(m, 65535, 2, L2);         /* last byte of 0, first of 1 */
+    qcow2_metadata_map_enter(m, 65535, 2, L2);  /* last byte of 0, first of 1 */
     g_assert_cmpuint(qcow2_metadata_map_get(m, 0), ==, L2);
     g_assert_cmpuint(qcow2_metadata_map_get(m, 1), ==, L2);
     g_assert_cmpuint(qcow2_metadata_map_get(m, 2), ==, 0);
     g_assert_cmpuint(qcow2_metadata_map_check(m, 131071, 1, 0), ==, L2);
     g_assert_cmpuint(qcow2_metadata_map_check(m, 131072, 65536, 0), ==, 0);
     g_assert_cmpuint(qcow2_metadata_map_check(m, 131071, 2, L2), ==, 0);
-    qcow2_metadata_map_remove(m, 65536 + 100, 1, L2);  /* one byte frees cluster 1 */
+    /* one byte frees cluster 1 */
+    qcow2_metadata_map_remove(m, 65536 + 100, 1, L2);
     g_assert_cmpuint(qcow2_metadata_map_get(m, 0), ==, L2);
     g_assert_cmpuint(qcow2_metadata_map_get(m, 1), ==, 0);
     qcow2_metadata_map_verify(m);
@@ -150,16 +165,18 @@ static void test_check_empty_window_costs_no_conversion(void)
     Qcow2MetadataMap *m = qcow2_metadata_map_new(16, 4);
     Qcow2MetadataMapStats s;
     uint64_t mem;
+    uint64_t w;
 
     make_list_window(m, 16, 1);
     mem = stats_of(m).mem_current;
     qcow2_metadata_map_reset_counters(m);
-    for (uint64_t w = 2; w < 1002; w++) {
+    for (w = 2; w < 1002; w++) {
         g_assert_cmpuint(check_c(m, 16, w * WIN, WIN, 0), ==, 0);
     }
     g_assert_cmpuint(check_c(m, 16, 0, WIN, 0), ==, 0);
     /* far beyond anything entered, including past the directory's reach */
-    g_assert_cmpuint(qcow2_metadata_map_check(m, UINT64_C(1) << 55, 1 << 20, 0), ==, 0);
+    g_assert_cmpuint(qcow2_metadata_map_check(m, UINT64_C(1) << 55, 1 << 20, 0),
+                     ==, 0);
     s = stats_of(m);
     g_assert_cmpuint(s.queries, ==, 1002);
     g_assert_cmpuint(s.list_to_bytemap, ==, 0);
@@ -184,20 +201,24 @@ static void test_single_fragment_windows_need_no_bytemap(void)
     Qcow2MetadataMap *m = qcow2_metadata_map_new(16, 16);
     uint64_t base = stats_of(m).mem_current;
     Qcow2MetadataMapStats s;
+    uint64_t w;
 
-    for (uint64_t w = 0; w < 1000; w++) {
+    for (w = 0; w < 1000; w++) {
         enter_c(m, 16, w * WIN + 7, 1, L2);
         if (w % 8 == 0) {
-            enter_c(m, 16, w * WIN + 8, 1, RB);     /* refblock next to an L2 table */
+            /* refblock next to an L2 table */
+            enter_c(m, 16, w * WIN + 8, 1, RB);
         }
     }
-    for (uint64_t w = 0; w < 1000; w++) {
+    for (w = 0; w < 1000; w++) {
         g_assert_cmpint(form(m, w), ==, w % 8 ? QCOW2_OVERLAP_WINDOW_INLINE :
                                                 QCOW2_OVERLAP_WINDOW_PAIR);
         g_assert_cmpuint(check_c(m, 16, w * WIN + 6, 1, 0), ==, 0);
         g_assert_cmpuint(check_c(m, 16, w * WIN, 8, 0), ==, L2);
-        g_assert_cmpuint(check_c(m, 16, w * WIN + 7, 2, 0), ==, w % 8 ? L2 : L2 | RB);
-        g_assert_cmpuint(check_c(m, 16, w * WIN + 7, 2, L2), ==, w % 8 ? 0 : RB);
+        g_assert_cmpuint(check_c(m, 16, w * WIN + 7, 2, 0), ==,
+                         w % 8 ? L2 : L2 | RB);
+        g_assert_cmpuint(check_c(m, 16, w * WIN + 7, 2, L2), ==,
+                         w % 8 ? 0 : RB);
     }
     s = stats_of(m);
     g_assert_cmpuint(s.windows, ==, 1000);
@@ -213,38 +234,42 @@ static void test_single_fragment_windows_need_no_bytemap(void)
 static void test_fragments_merge_up_to_256_clusters(void)
 {
     Qcow2MetadataMap *m = qcow2_metadata_map_new(9, 1);
+    unsigned c;
 
-    for (unsigned c = 0; c < 600; c++) {
+    for (c = 0; c < 600; c++) {
         enter_c(m, 9, c, 1, L2);
         if (c == 255) {
             assert_frags(m, 0, 1, (const unsigned[]){ 0, 256, L2 });
             g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_INLINE);
         }
     }
-    assert_frags(m, 0, 3, (const unsigned[]){ 0, 256, L2, 256, 256, L2, 512, 88, L2 });
+    assert_frags(m, 0, 3,
+                 (const unsigned[]){ 0, 256, L2, 256, 256, L2, 512, 88, L2 });
     g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_CACHED);
 
     make_list_window(m, 9, 5);
-    g_assert_cmpuint(check_c(m, 9, 5 * WIN, WIN, 0), ==, L2 | RB);  /* answered in place */
+    /* answered in place */
+    g_assert_cmpuint(check_c(m, 9, 5 * WIN, WIN, 0), ==, L2 | RB);
     g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_CACHED);
-    touch(m, 9, 5);                                                  /* evicts window 0 */
+    touch(m, 9, 5);                                        /* evicts window 0 */
     g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_LIST);
     g_assert_cmpuint(stats_of(m).bytemap_to_list, ==, 1);
     g_assert_cmpuint(stats_of(m).fragments, ==, 3 + 3);
 
     /* a hole splits, and the pieces are re-cut from the left */
     remove_c(m, 9, 300, 1, L2);
-    assert_frags(m, 0, 4, (const unsigned[]){ 0, 256, L2, 256, 44, L2, 301, 256, L2,
-                                              557, 43, L2 });
+    assert_frags(m, 0, 4, (const unsigned[]){ 0, 256, L2, 256, 44, L2,
+                                              301, 256, L2, 557, 43, L2 });
     enter_c(m, 9, 600, 1, RB);
     enter_c(m, 9, 300, 1, L2);
-    assert_frags(m, 0, 4, (const unsigned[]){ 0, 256, L2, 256, 256, L2, 512, 88, L2,
-                                              600, 1, RB });
+    assert_frags(m, 0, 4, (const unsigned[]){ 0, 256, L2, 256, 256, L2,
+                                              512, 88, L2, 600, 1, RB });
     /* touching fragments with different masks stay apart */
     enter_c(m, 9, 601, 2, L2 | RB);
     enter_c(m, 9, 603, 1, RB);
-    assert_frags(m, 0, 6, (const unsigned[]){ 0, 256, L2, 256, 256, L2, 512, 88, L2,
-                                              600, 1, RB, 601, 2, L2 | RB, 603, 1, RB });
+    assert_frags(m, 0, 6, (const unsigned[]){ 0, 256, L2, 256, 256, L2,
+                                              512, 88, L2, 600, 1, RB,
+                                              601, 2, L2 | RB, 603, 1, RB });
     /* a run of exactly 512 is two full fragments, not three */
     remove_c(m, 9, 0, WIN, QCOW2_OL_ALL);
     enter_c(m, 9, 1000, 512, L2);
@@ -263,9 +288,11 @@ static void test_evicted_dirty_bytemap_becomes_list(void)
     touch(m, 16, 0);
     g_assert_cmpuint(check_c(m, 16, 0, 11, 0), ==, L2);
     g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_CACHED);
-    g_assert_cmpuint(stats_of(m).fragments, ==, 6);     /* clean: list still held */
+    /* clean: list still held */
+    g_assert_cmpuint(stats_of(m).fragments, ==, 6);
     enter_c(m, 16, 40, 3, QCOW2_OL_INACTIVE_L2);
-    g_assert_cmpuint(stats_of(m).fragments, ==, 3);     /* dirty: stale list freed */
+    /* dirty: stale list freed */
+    g_assert_cmpuint(stats_of(m).fragments, ==, 3);
 
     touch(m, 16, 1);                                    /* evicts window 0 */
     g_assert_cmpuint(check_c(m, 16, WIN + 30, 1, 0), ==, RB);
@@ -287,11 +314,12 @@ static void test_evicted_clean_bytemap_is_dropped(void)
 {
     Qcow2MetadataMap *m = qcow2_metadata_map_new(16, 1);
     Qcow2MetadataMapStats s;
+    int i;
 
     make_list_window(m, 16, 0);
     make_list_window(m, 16, 1);
     /* entering what is already there does not dirty the bytemap */
-    for (int i = 0; i < 5; i++) {
+    for (i = 0; i < 5; i++) {
         touch(m, 16, 0);
         g_assert_cmpuint(check_c(m, 16, 0, WIN, 0), ==, L2 | RB);
         touch(m, 16, 1);
@@ -313,13 +341,15 @@ static void test_flush_writes_back_and_empties_cache(void)
 {
     Qcow2MetadataMap *m = qcow2_metadata_map_new(9, 4);
     Qcow2MetadataMapStats s;
+    uint64_t w;
+    unsigned c;
 
-    for (uint64_t w = 0; w < 3; w++) {
+    for (w = 0; w < 3; w++) {
         make_list_window(m, 9, w);
     }
     touch(m, 9, 0);                             /* clean */
     enter_c(m, 9, WIN + 40, 2, L2);             /* dirty */
-    for (unsigned c = 0; c < WIN; c += 2) {     /* permanent once evicted */
+    for (c = 0; c < WIN; c += 2) {     /* permanent once evicted */
         enter_c(m, 9, 3 * WIN + c, 1, RB);
     }
     qcow2_metadata_map_reset_counters(m);
@@ -331,7 +361,8 @@ static void test_flush_writes_back_and_empties_cache(void)
     g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_LIST);
     g_assert_cmpint(form(m, 1), ==, QCOW2_OVERLAP_WINDOW_LIST);
     g_assert_cmpint(form(m, 3), ==, QCOW2_OVERLAP_WINDOW_PERMANENT);
-    assert_frags(m, 1, 4, (const unsigned[]){ 10, 1, L2, 20, 1, L2, 30, 1, RB, 40, 2, L2 });
+    assert_frags(m, 1, 4, (const unsigned[]){ 10, 1, L2, 20, 1, L2, 30, 1, RB,
+                                              40, 2, L2 });
     qcow2_metadata_map_verify(m);
     qcow2_metadata_map_free(m);
 }
@@ -339,8 +370,10 @@ static void test_flush_writes_back_and_empties_cache(void)
 static void test_lru_evicts_least_recently_used(void)
 {
     Qcow2MetadataMap *m = qcow2_metadata_map_new(16, 2);
+    uint64_t w;
+    int i;
 
-    for (uint64_t w = 0; w < 3; w++) {
+    for (w = 0; w < 3; w++) {
         make_list_window(m, 16, w);
     }
     touch(m, 16, 0);                    /* A */
@@ -356,7 +389,7 @@ static void test_lru_evicts_least_recently_used(void)
     g_assert_cmpuint(stats_of(m).cached_bytemaps, ==, 2);
 
     /* the LRU orders edits: checking A does not save it from eviction */
-    for (int i = 0; i < 3; i++) {
+    for (i = 0; i < 3; i++) {
         g_assert_cmpuint(check_c(m, 16, 0, WIN, 0), ==, L2 | RB);
     }
     touch(m, 16, 1);                    /* B evicts A, the oldest edit */
@@ -371,16 +404,18 @@ static void test_dense_window_stays_bytemap_outside_lru(void)
 {
     Qcow2MetadataMap *m = qcow2_metadata_map_new(9, 1);
     Qcow2MetadataMapStats s;
+    unsigned c;
 
-    for (unsigned c = 0; c < WIN; c += 2) {
+    for (c = 0; c < WIN; c += 2) {
         enter_c(m, 9, c, 1, L2);
         if (c == 2) {
             g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_PAIR);
         }
     }
-    g_assert_cmpuint(qcow2_metadata_map_window_fragments(m, 0, NULL, 0), ==, 2048);
+    g_assert_cmpuint(qcow2_metadata_map_window_fragments(m, 0, NULL, 0), ==,
+                     2048);
     make_list_window(m, 9, 1);
-    touch(m, 9, 1);                     /* evicts window 0: too many fragments */
+    touch(m, 9, 1);                    /* evicts window 0: too many fragments */
     s = stats_of(m);
     g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_PERMANENT);
     g_assert_cmpint(form(m, 1), ==, QCOW2_OVERLAP_WINDOW_CACHED);
@@ -400,7 +435,8 @@ static void test_dense_window_stays_bytemap_outside_lru(void)
     touch(m, 9, 1);
     s = stats_of(m);
     g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_LIST);
-    g_assert_cmpuint(qcow2_metadata_map_window_fragments(m, 0, NULL, 0), ==, 10);
+    g_assert_cmpuint(qcow2_metadata_map_window_fragments(m, 0, NULL, 0), ==,
+                     10);
     g_assert_cmpuint(s.bytemap_to_list, ==, 1);
     g_assert_cmpuint(s.bytemaps_freed, ==, 2);
     g_assert_cmpuint(s.cached_bytemaps, ==, 1);
@@ -438,7 +474,8 @@ static void test_bitmap_directory_type_is_checked(void)
     enter_c(m, 16, 77, 1, QCOW2_OL_ALL);
     g_assert_cmpuint(qcow2_metadata_map_get(m, 77), ==, QCOW2_OL_ALL);
     g_assert_cmpuint(check_c(m, 16, 77, 1, 0), ==, QCOW2_OL_ALL);
-    g_assert_cmpuint(check_c(m, 16, 77, 1, QCOW2_OL_MAIN_HEADER), ==, QCOW2_OL_ALL - 1);
+    g_assert_cmpuint(check_c(m, 16, 77, 1, QCOW2_OL_MAIN_HEADER), ==,
+                     QCOW2_OL_ALL - 1);
     remove_c(m, 16, 0, 1 << 20, QCOW2_OL_ALL);
     g_assert_cmpuint(check_c(m, 16, 0, 1 << 20, 0), ==, 0);
     g_assert_cmpuint(stats_of(m).mem_current, ==, base);
@@ -448,23 +485,30 @@ static void test_bitmap_directory_type_is_checked(void)
 
 static void test_far_offset_uses_bounded_memory(void)
 {
-    for (unsigned cb = 9; cb <= 21; cb++) {
+    unsigned cb;
+
+    for (cb = 9; cb <= 21; cb++) {
         Qcow2MetadataMap *m = qcow2_metadata_map_new(cb, 0);
         uint64_t base = stats_of(m).mem_current, far = UINT64_C(1) << 55, used;
         uint64_t last = QCOW2_OVERLAP_MAX_BYTES - (UINT64_C(1) << cb);
 
         qcow2_metadata_map_enter(m, far, 1, L2);
         used = stats_of(m).mem_current - base;
-        g_test_message("cluster_bits %u: one cluster at 2^55 costs %" PRIu64 " bytes", cb, used);
+        g_test_message("cluster_bits %u: one cluster at 2^55 costs %" PRIu64
+                       " bytes", cb, used);
         g_assert_cmpuint(used, <, 4096);
         g_assert_cmpuint(qcow2_metadata_map_get(m, far >> cb), ==, L2);
         g_assert_cmpuint(qcow2_metadata_map_check(m, far - 1, 2, 0), ==, L2);
-        g_assert_cmpuint(qcow2_metadata_map_check(m, far + (1 << cb), 1, 0), ==, 0);
+        g_assert_cmpuint(qcow2_metadata_map_check(m, far + (1 << cb), 1, 0), ==,
+                         0);
 
         /* the last cluster below 2^56 is addressable too */
         qcow2_metadata_map_enter(m, last, UINT64_C(1) << cb, RB);
-        g_assert_cmpuint(qcow2_metadata_map_check(m, last, UINT64_C(1) << cb, 0), ==, RB);
-        g_assert_cmpuint(qcow2_metadata_map_check(m, 0, QCOW2_OVERLAP_MAX_BYTES, 0), ==, L2 | RB);
+        g_assert_cmpuint(
+            qcow2_metadata_map_check(m, last, UINT64_C(1) << cb, 0), ==, RB);
+        g_assert_cmpuint(
+            qcow2_metadata_map_check(m, 0, QCOW2_OVERLAP_MAX_BYTES, 0), ==,
+            L2 | RB);
         g_assert_cmpuint(stats_of(m).mem_current - base, <, 2 * 4096);
         qcow2_metadata_map_verify(m);
         qcow2_metadata_map_remove(m, far, 1, L2);
@@ -479,14 +523,15 @@ static void test_counters_match_operations(void)
     Qcow2MetadataMap *m = qcow2_metadata_map_new(12, 3);
     Qcow2MetadataMapStats s;
     uint64_t mem;
+    unsigned i;
 
-    for (unsigned i = 0; i < 50; i++) {
+    for (i = 0; i < 50; i++) {
         enter_c(m, 12, i * 97, 1 + i % 5, 1u << (i % 9));
     }
-    for (unsigned i = 0; i < 20; i++) {
+    for (i = 0; i < 20; i++) {
         remove_c(m, 12, i * 193, 3, QCOW2_OL_ALL);
     }
-    for (unsigned i = 0; i < 70; i++) {
+    for (i = 0; i < 70; i++) {
         check_c(m, 12, i * 61, 7, 0);
     }
     s = stats_of(m);
@@ -503,7 +548,8 @@ static void test_counters_match_operations(void)
     qcow2_metadata_map_reset_counters(m);
     s = stats_of(m);
     g_assert_cmpuint(s.inserts + s.removes + s.queries, ==, 0);
-    g_assert_cmpuint(s.list_to_bytemap + s.bytemap_to_list + s.bytemaps_freed, ==, 0);
+    g_assert_cmpuint(s.list_to_bytemap + s.bytemap_to_list + s.bytemaps_freed,
+                     ==, 0);
     g_assert_cmpuint(s.mem_current, ==, mem);
     g_assert_cmpuint(s.mem_peak, ==, mem);
     g_assert_cmpuint(s.windows, ==, 2);
@@ -519,21 +565,26 @@ static void test_memory_returns_to_baseline_after_remove(void)
     Qcow2MetadataMap *m = qcow2_metadata_map_new(9, 2);
     uint64_t base = stats_of(m).mem_current;
     Qcow2MetadataMapStats s;
+    uint64_t w;
+    unsigned c;
 
-    for (uint64_t w = 0; w < 40; w++) {                 /* lists, pairs, inline */
-        for (unsigned c = 0; c < w % 7; c++) {
+    for (w = 0; w < 40; w++) {                 /* lists, pairs, inline */
+        unsigned c;
+
+        for (c = 0; c < w % 7; c++) {
             enter_c(m, 9, w * WIN + c * 3, 1, 1u << (c % 8));
         }
         check_c(m, 9, w * WIN, WIN, 0);
     }
-    for (unsigned c = 0; c < WIN; c += 2) {             /* a permanent bytemap */
+    for (c = 0; c < WIN; c += 2) {             /* a permanent bytemap */
         enter_c(m, 9, 50 * WIN + c, 1, RB);
     }
     make_list_window(m, 9, 51);
     make_list_window(m, 9, 52);
     touch(m, 9, 51);
     touch(m, 9, 52);                                    /* evicts window 50 */
-    enter_c(m, 9, (UINT64_C(1) << 46) + 5, 1000, L2);   /* far away, several leaves up */
+    /* far away, several leaves up */
+    enter_c(m, 9, (UINT64_C(1) << 46) + 5, 1000, L2);
     enter_c(m, 9, 123, 4, BD);
     s = stats_of(m);
     g_assert_cmpint(form(m, 50), ==, QCOW2_OVERLAP_WINDOW_PERMANENT);
@@ -556,22 +607,28 @@ static void test_memory_returns_to_baseline_after_remove(void)
  * L1 table first, then an L2 table before every CS/8 data clusters and a
  * refcount block at the start of every CS/2 clusters it describes.
  */
-static uint64_t build_grown_image(Qcow2MetadataMap *m, unsigned cb, uint64_t virt_size)
+static uint64_t build_grown_image(Qcow2MetadataMap *m, unsigned cb,
+                                  uint64_t virt_size)
 {
     uint64_t cs = UINT64_C(1) << cb, per_l2 = cs / 8, per_rb = cs / 2;
     uint64_t l2s = virt_size / cs / per_l2;
     uint64_t rbs = (virt_size / cs * 9 / 8) / per_rb + 2;
-    uint64_t l1_clusters = (l2s * 8 + cs - 1) / cs, rt_clusters = (rbs * 8 + cs - 1) / cs;
+    uint64_t l1_clusters = (l2s * 8 + cs - 1) / cs,
+             rt_clusters = (rbs * 8 + cs - 1) / cs;
     uint64_t pos = 0, next_rb = 0;
+    uint64_t i;
 
     enter_c(m, cb, pos++, 1, QCOW2_OL_MAIN_HEADER);
     enter_c(m, cb, pos, rt_clusters, QCOW2_OL_REFCOUNT_TABLE);
     pos += rt_clusters;
     enter_c(m, cb, pos, l1_clusters, QCOW2_OL_ACTIVE_L1);
     pos += l1_clusters;
-    for (uint64_t i = 0; i < l2s; i++) {
-        for (uint64_t end = pos + 1 + per_l2; next_rb < end; next_rb += per_rb) {
-            enter_c(m, cb, next_rb < pos ? pos++ : next_rb, 1, QCOW2_OL_REFCOUNT_BLOCK);
+    for (i = 0; i < l2s; i++) {
+        uint64_t end;
+
+        for (end = pos + 1 + per_l2; next_rb < end; next_rb += per_rb) {
+            enter_c(m, cb, next_rb < pos ? pos++ : next_rb, 1,
+                    QCOW2_OL_REFCOUNT_BLOCK);
         }
         enter_c(m, cb, pos++, 1, QCOW2_OL_ACTIVE_L2);
         pos += per_l2;
@@ -587,6 +644,8 @@ static uint64_t build_grown_image(Qcow2MetadataMap *m, unsigned cb, uint64_t vir
  */
 static void test_memory_within_2014_estimate(void)
 {
+    unsigned i;
+
     static const struct {
         unsigned cb;
         uint64_t size;
@@ -599,7 +658,7 @@ static void test_memory_within_2014_estimate(void)
         { 16, UINT64_C(1) << 50, 1.0, 0 },
     };
 
-    for (unsigned i = 0; i < G_N_ELEMENTS(cases); i++) {
+    for (i = 0; i < G_N_ELEMENTS(cases); i++) {
         Qcow2MetadataMap *m = qcow2_metadata_map_new(cases[i].cb, 0);
         uint64_t host = build_grown_image(m, cases[i].cb, cases[i].size);
         uint64_t cs = UINT64_C(1) << cases[i].cb;
@@ -613,7 +672,8 @@ static void test_memory_within_2014_estimate(void)
         cache = s.cached_bytemaps * (WIN + 40);
 
         g_test_message("cluster %" PRIu64 " B, host %" PRIu64 " MiB: %" PRIu64
-                       " bytes + %" PRIu64 " in bytemaps, estimate %.0f (x%.3f)",
+                       " bytes + %" PRIu64
+                       " in bytemaps, estimate %.0f (x%.3f)",
                        cs, host >> 20, s.mem_current - cache, cache, estimate,
                        (s.mem_current - cache) / estimate);
         g_assert_cmpfloat(s.mem_current - cache, <=,
@@ -623,12 +683,17 @@ static void test_memory_within_2014_estimate(void)
     }
 }
 
-/* The exact OR of the types of clusters [c, c + n), from the per-cluster introspection. */
-static unsigned expected_types(const Qcow2MetadataMap *m, uint64_t c, uint64_t n)
+/*
+ * The exact OR of the types of clusters [c, c + n), from the per-cluster
+ * introspection.
+ */
+static unsigned expected_types(const Qcow2MetadataMap *m, uint64_t c,
+                               uint64_t n)
 {
     unsigned t = 0;
+    uint64_t i;
 
-    for (uint64_t i = 0; i < n; i++) {
+    for (i = 0; i < n; i++) {
         t |= qcow2_metadata_map_get(m, c + i);
     }
     return t;
@@ -641,21 +706,25 @@ static unsigned expected_types(const Qcow2MetadataMap *m, uint64_t c, uint64_t n
 static void test_list_windows_answered_in_place(void)
 {
     Qcow2MetadataMap *m = qcow2_metadata_map_new(9, 1);
-    uint64_t host = build_grown_image(m, 9, UINT64_C(64) << 20), windows, mem, n = 0;
+    uint64_t host = build_grown_image(m, 9, UINT64_C(64) << 20), windows, mem,
+             n = 0;
     uint64_t rng = 12345;
     Qcow2MetadataMapStats s;
+    uint64_t w;
+    unsigned i;
 
     qcow2_metadata_map_flush(m);
     windows = (host >> 9) / WIN;
-    for (uint64_t w = 0; w < windows; w++) {
+    for (w = 0; w < windows; w++) {
         g_assert_cmpint(form(m, w), ==, QCOW2_OVERLAP_WINDOW_LIST);
     }
     qcow2_metadata_map_reset_counters(m);
     mem = stats_of(m).mem_current;
-    for (unsigned i = 0; i < 20000; i++) {
+    for (i = 0; i < 20000; i++) {
         uint64_t w, a, len, r;
 
-        rng = rng * UINT64_C(6364136223846793005) + UINT64_C(1442695040888963407);
+        rng =
+            rng * UINT64_C(6364136223846793005) + UINT64_C(1442695040888963407);
         r = rng >> 16;
         w = r % windows;
         a = (r >> 8) % WIN;
@@ -674,14 +743,15 @@ static void test_list_windows_answered_in_place(void)
     g_assert_cmpuint(s.cached_bytemaps, ==, 0);
     g_assert_cmpuint(s.mem_current, ==, mem);
     g_assert_cmpuint(s.mem_peak, ==, mem);
-    for (uint64_t w = 0; w < windows; w++) {
+    for (w = 0; w < windows; w++) {
         g_assert_cmpint(form(m, w), ==, QCOW2_OVERLAP_WINDOW_LIST);
     }
 
     /* an edit still expands its window, and a check then reads the bytemap */
     enter_c(m, 9, 3 * WIN + 1, 1, QCOW2_OL_INACTIVE_L2);
     g_assert_cmpint(form(m, 3), ==, QCOW2_OVERLAP_WINDOW_CACHED);
-    g_assert_cmpuint(check_c(m, 9, 3 * WIN, 2, 0), ==, expected_types(m, 3 * WIN, 2) & 0xff);
+    g_assert_cmpuint(check_c(m, 9, 3 * WIN, 2, 0), ==,
+                     expected_types(m, 3 * WIN, 2) & 0xff);
     g_assert_cmpuint(stats_of(m).list_queries, ==, n);
     g_assert_cmpuint(stats_of(m).list_to_bytemap, ==, 1);
     qcow2_metadata_map_verify(m);
@@ -701,35 +771,48 @@ static void test_pool_lists_found_by_offset(void)
     };
     Qcow2MetadataMap *m = qcow2_metadata_map_new(9, 1);
     uint64_t base = 32;         /* windows 32..47: pool group 2 of chunk 0 */
+    unsigned i;
+    int round;
 
-    for (unsigned i = 0; i < 16; i++) {
-        for (unsigned k = 0; k < sizes[i]; k++) {
+    for (i = 0; i < 16; i++) {
+        unsigned k;
+
+        for (k = 0; k < sizes[i]; k++) {
             enter_c(m, 9, (base + i) * WIN + 4 * k, 1 + k % 2, 1u << (k % 8));
         }
     }
     qcow2_metadata_map_flush(m);
     qcow2_metadata_map_verify(m);
-    for (int round = 0; round < 6; round++) {
+    for (round = 0; round < 6; round++) {
         uint64_t w = base + (round % 2 ? 3 : 10);
+        unsigned i;
 
         /* grow, shrink or empty a long list in the middle of the group */
         if (round < 2) {
-            for (unsigned k = 0; k < 200; k++) {
+            unsigned k;
+
+            for (k = 0; k < 200; k++) {
                 enter_c(m, 9, w * WIN + 4 * k + 2, 1, RB);
             }
         } else if (round < 4) {
             remove_c(m, 9, w * WIN + 100, WIN - 100, QCOW2_OL_ALL);
         } else {
-            /* windows 34 and 43 were empty: a list appears next to one that goes */
+            /*
+             * windows 34 and 43 were empty: a list appears next to one that
+             * goes
+             */
             remove_c(m, 9, w * WIN, WIN, QCOW2_OL_ALL);
             make_list_window(m, 9, base + (round == 4 ? 2 : 11));
         }
         qcow2_metadata_map_flush(m);
         qcow2_metadata_map_verify(m);
-        for (unsigned i = 0; i < 16; i++) {
-            for (unsigned c = 0; c < WIN; c += 37) {
+        for (i = 0; i < 16; i++) {
+            unsigned c;
+
+            for (c = 0; c < WIN; c += 37) {
                 uint64_t at = (base + i) * WIN + c;
-                g_assert_cmpuint(check_c(m, 9, at, 3, 0), ==, expected_types(m, at, 3) & 0xff);
+                g_assert_cmpuint(check_c(m, 9, at, 3, 0), ==,
+                                 expected_types(m, at, 3) & 0xff);
             }
         }
     }
@@ -737,7 +820,7 @@ static void test_pool_lists_found_by_offset(void)
     qcow2_metadata_map_free(m);
 }
 
-/* ---- random operations against a per-cluster model ------------------------ */
+/* ---- random operations against a per-cluster model ---------------------- */
 
 #define ZONE_CLUSTERS (5 * WIN + 1234)
 
@@ -770,12 +853,13 @@ static uint64_t rnd(Fuzz *f, uint64_t n)
     return rnd64(f) % n;
 }
 
-#define FUZZ_ASSERT(f, a, cmp, b) do {                                          \
+#define FUZZ_ASSERT(f, a, cmp, b) do {                                         \
         uint64_t a_ = (a), b_ = (b);                                           \
         if (!(a_ cmp b_)) {                                                    \
             g_test_message("disagreement: QGUARD_TEST_SEED=%" PRIu64           \
                            " cache %u round %u cluster_bits %u op %" PRIu64,   \
-                           (f)->seed, (f)->cache, (f)->round, (f)->cb, (f)->ops); \
+                           (f)->seed, (f)->cache, (f)->round, (f)->cb,         \
+                           (f)->ops);                                          \
             g_assert_cmpuint(a_, cmp, b_);                                     \
         }                                                                      \
     } while (0)
@@ -828,7 +912,8 @@ static unsigned pick_types(Fuzz *f)
     if (r < 50) {
         return 1u << rnd(f, QCOW2_OL_MAX_BITNR);
     } else if (r < 70) {
-        return 1u << rnd(f, QCOW2_OL_MAX_BITNR) | 1u << rnd(f, QCOW2_OL_MAX_BITNR);
+        return 1u << rnd(f, QCOW2_OL_MAX_BITNR) |
+               1u << rnd(f, QCOW2_OL_MAX_BITNR);
     } else if (r < 78) {
         return BD | (unsigned)rnd(f, 4);
     } else if (r < 93) {
@@ -837,8 +922,12 @@ static unsigned pick_types(Fuzz *f)
     return QCOW2_OL_ALL;
 }
 
-/* Byte range for clusters [c, c + n), with random slack inside the end clusters. */
-static void cluster_bytes(Fuzz *f, uint64_t c, uint64_t n, uint64_t *off, uint64_t *bytes)
+/*
+ * Byte range for clusters [c, c + n), with random slack inside the end
+ * clusters.
+ */
+static void cluster_bytes(Fuzz *f, uint64_t c, uint64_t n, uint64_t *off,
+                          uint64_t *bytes)
 {
     uint64_t cs = UINT64_C(1) << f->cb, r0 = 0, r1 = 0;
 
@@ -857,8 +946,9 @@ static void cluster_bytes(Fuzz *f, uint64_t c, uint64_t n, uint64_t *off, uint64
 static unsigned model_frags(const uint8_t *b, Qcow2OverlapFragment *out)
 {
     unsigned n = 0;
+    unsigned i;
 
-    for (unsigned i = 0; i < WIN;) {
+    for (i = 0; i < WIN;) {
         unsigned j = i + 1;
         if (!b[i]) {
             i++;
@@ -878,11 +968,14 @@ static void compare_zone(Fuzz *f, Zone *z)
 {
     static Qcow2OverlapFragment got[WIN], exp[WIN];
     static uint8_t bytes[WIN];
-    uint64_t first_w = z->base / WIN, last_w = (z->base + ZONE_CLUSTERS - 1) / WIN;
+    uint64_t first_w = z->base / WIN,
+             last_w = (z->base + ZONE_CLUSTERS - 1) / WIN;
+    uint64_t w, i;
 
-    for (uint64_t w = first_w; w <= last_w; w++) {
+    for (w = first_w; w <= last_w; w++) {
         unsigned n, ne;
-        for (unsigned i = 0; i < WIN; i++) {
+
+        for (i = 0; i < WIN; i++) {
             uint64_t c = w * WIN + i;
             bytes[i] = c >= z->base && c < z->base + ZONE_CLUSTERS ?
                        z->m[c - z->base] & 0xff : 0;
@@ -890,22 +983,26 @@ static void compare_zone(Fuzz *f, Zone *z)
         ne = model_frags(bytes, exp);
         n = qcow2_metadata_map_window_fragments(f->map, w, got, WIN);
         FUZZ_ASSERT(f, n, ==, ne);
-        for (unsigned i = 0; i < n; i++) {
+        for (i = 0; i < n; i++) {
             FUZZ_ASSERT(f, got[i].start, ==, exp[i].start);
             FUZZ_ASSERT(f, got[i].len, ==, exp[i].len);
             FUZZ_ASSERT(f, got[i].types, ==, exp[i].types);
         }
-        FUZZ_ASSERT(f, form(f->map, w) == QCOW2_OVERLAP_WINDOW_EMPTY, ==, ne == 0);
+        FUZZ_ASSERT(f, form(f->map, w) == QCOW2_OVERLAP_WINDOW_EMPTY, ==,
+                    ne == 0);
         f->permanent_seen += form(f->map, w) == QCOW2_OVERLAP_WINDOW_PERMANENT;
     }
-    for (uint64_t i = 0; i < ZONE_CLUSTERS; i++) {
+    for (i = 0; i < ZONE_CLUSTERS; i++) {
+        uint64_t off = (z->base + i) << f->cb;
+
         /* high types per cluster: ignoring bits 0..7 leaves only them */
-        FUZZ_ASSERT(f, qcow2_metadata_map_check(f->map, (z->base + i) << f->cb, 1, 0xff),
-                    ==, z->m[i] & ~0xffu);
+        FUZZ_ASSERT(f, qcow2_metadata_map_check(f->map, off, 1, 0xff), ==,
+                    z->m[i] & ~0xffu);
     }
-    for (int i = 0; i < 64; i++) {
+    for (i = 0; i < 64; i++) {
         uint64_t c = rnd(f, ZONE_CLUSTERS);
-        FUZZ_ASSERT(f, qcow2_metadata_map_get(f->map, z->base + c), ==, z->m[c]);
+        FUZZ_ASSERT(f, qcow2_metadata_map_get(f->map, z->base + c), ==,
+                    z->m[c]);
     }
 }
 
@@ -918,18 +1015,24 @@ static void fuzz_op(Fuzz *f)
     cluster_bytes(f, f->zone[z].base + a, len, &off, &bytes);
     types = pick_types(f);
     if (r < 36) {
+        uint64_t i;
+
         qcow2_metadata_map_enter(f->map, off, bytes, types);
-        for (uint64_t i = a; i < a + len; i++) {
+        for (i = a; i < a + len; i++) {
             f->zone[z].m[i] |= types;
         }
     } else if (r < 60) {
+        uint64_t i;
+
         qcow2_metadata_map_remove(f->map, off, bytes, types);
-        for (uint64_t i = a; i < a + len; i++) {
+        for (i = a; i < a + len; i++) {
             f->zone[z].m[i] &= ~types;
         }
     } else {
+        uint64_t i;
+
         ignore = rnd(f, 3) ? 0 : types;
-        for (uint64_t i = a; i < a + len; i++) {
+        for (i = a; i < a + len; i++) {
             expect |= f->zone[z].m[i];
         }
         FUZZ_ASSERT(f, qcow2_metadata_map_check(f->map, off, bytes, ignore), ==,
@@ -946,8 +1049,9 @@ static void fuzz_dense_burst(Fuzz *f)
     Zone *zone = &f->zone[z];
     uint64_t w = zone->base / WIN + 1 + rnd(f, 4);
     unsigned types[3] = { 1u << rnd(f, 8), 1u << rnd(f, 8), 1u << rnd(f, 8) };
+    unsigned i;
 
-    for (unsigned i = rnd(f, 2); i < WIN; i += 2) {
+    for (i = rnd(f, 2); i < WIN; i += 2) {
         uint64_t c = w * WIN + i;
         unsigned t = types[(i / 2) % 3];
         qcow2_metadata_map_enter(f->map, c << f->cb, UINT64_C(1) << f->cb, t);
@@ -962,6 +1066,7 @@ static void fuzz_round(Fuzz *f, uint64_t ops)
 {
     uint64_t space = QCOW2_OVERLAP_MAX_BYTES >> f->cb, base_mem;
     Qcow2MetadataMapStats s;
+    uint64_t i;
 
     f->cb = 9 + rnd(f, 13);
     space = QCOW2_OVERLAP_MAX_BYTES >> f->cb;
@@ -979,13 +1084,13 @@ static void fuzz_round(Fuzz *f, uint64_t ops)
         f->zone[1].base = (1 << 22) + rnd(f, space - (1 << 22) - ZONE_CLUSTERS);
         break;
     }
-    for (int i = 0; i < 2; i++) {
+    for (i = 0; i < 2; i++) {
         memset(f->zone[i].m, 0, ZONE_CLUSTERS * sizeof(uint16_t));
     }
     f->hot_zone = 0;
     f->hot = rnd(f, ZONE_CLUSTERS);
 
-    for (uint64_t i = 0; i < ops; i++) {
+    for (i = 0; i < ops; i++) {
         if (!rnd(f, 1500)) {
             f->hot_zone = rnd(f, 2);
             f->hot = rnd(f, ZONE_CLUSTERS);
@@ -994,15 +1099,21 @@ static void fuzz_round(Fuzz *f, uint64_t ops)
             fuzz_dense_burst(f);
         }
         if (!rnd(f, 5000)) {
-            qcow2_metadata_map_flush(f->map);   /* only permanent bytemaps stay */
+            /* only permanent bytemaps stay */
+            qcow2_metadata_map_flush(f->map);
         }
         fuzz_op(f);
         if (i % 4096 == 0) {
+            int z;
+
             qcow2_metadata_map_verify(f->map);
-            for (int z = 0; z < 2; z++) {
-                for (uint64_t w = 0; w <= ZONE_CLUSTERS / WIN + 1; w++) {
-                    f->permanent_seen += form(f->map, f->zone[z].base / WIN + w) ==
-                                         QCOW2_OVERLAP_WINDOW_PERMANENT;
+            for (z = 0; z < 2; z++) {
+                uint64_t w;
+
+                for (w = 0; w <= ZONE_CLUSTERS / WIN + 1; w++) {
+                    f->permanent_seen +=
+                        form(f->map, f->zone[z].base / WIN + w) ==
+                        QCOW2_OVERLAP_WINDOW_PERMANENT;
                 }
             }
         }
@@ -1012,9 +1123,10 @@ static void fuzz_round(Fuzz *f, uint64_t ops)
     compare_zone(f, &f->zone[1]);
 
     /* everything removed: every byte must come back */
-    for (int i = 0; i < 2; i++) {
+    for (i = 0; i < 2; i++) {
         qcow2_metadata_map_remove(f->map, f->zone[i].base << f->cb,
-                                  (uint64_t)ZONE_CLUSTERS << f->cb, QCOW2_OL_ALL);
+                                  (uint64_t)ZONE_CLUSTERS << f->cb,
+                                  QCOW2_OL_ALL);
     }
     s = stats_of(f->map);
     FUZZ_ASSERT(f, s.mem_current, ==, base_mem);
@@ -1037,7 +1149,8 @@ static void test_random_vs_model(gconstpointer data)
 
     f.seed = base_seed;
     f.rng = base_seed ^ (UINT64_C(0x5851f42d4c957f2d) * f.cache);
-    g_test_message("seed %" PRIu64 " (QGUARD_TEST_SEED=%" PRIu64 " replays it), cache %u",
+    g_test_message("seed %" PRIu64 " (QGUARD_TEST_SEED=%" PRIu64
+                   " replays it), cache %u",
                    base_seed, base_seed, f.cache);
     f.zone[0].m = g_new(uint16_t, ZONE_CLUSTERS);
     f.zone[1].m = g_new(uint16_t, ZONE_CLUSTERS);
@@ -1046,7 +1159,8 @@ static void test_random_vs_model(gconstpointer data)
         f.round++;
     }
     g_test_message("%" PRIu64 " operations (%" PRIu64 " checks) in %u rounds, "
-                   "%" PRIu64 " permanent bytemaps seen in samples, 0 disagreements",
+                   "%" PRIu64
+                   " permanent bytemaps seen in samples, 0 disagreements",
                    f.ops, f.checks, f.round, f.permanent_seen);
     g_free(f.zone[0].m);
     g_free(f.zone[1].m);
@@ -1071,25 +1185,29 @@ static void test_random_queries_at_rest(void)
     f.zone[1].m = g_new(uint16_t, ZONE_CLUSTERS);
     while (f.checks < total) {
         uint64_t space;
+        int z, batch;
 
         f.cb = 9 + rnd(&f, 13);
         space = QCOW2_OVERLAP_MAX_BYTES >> f.cb;
         f.map = qcow2_metadata_map_new(f.cb, 1);
         f.zone[0].base = rnd(&f, 1 << 20);
         f.zone[1].base = rnd(&f, space - ZONE_CLUSTERS);
-        for (int z = 0; z < 2; z++) {
+        for (z = 0; z < 2; z++) {
             memset(f.zone[z].m, 0, ZONE_CLUSTERS * sizeof(uint16_t));
         }
-        for (int batch = 0; batch < 8; batch++) {
+        for (batch = 0; batch < 8; batch++) {
             Qcow2MetadataMapStats s;
+            int i;
 
             /* a few hundred edits per window at most: no list outgrows 1024 */
-            for (int i = 0; i < 300; i++) {
+            for (i = 0; i < 300; i++) {
                 unsigned z = rnd(&f, 2), types = 1 + rnd(&f, 0xff);
                 uint64_t a = rnd(&f, ZONE_CLUSTERS), len, off, bytes;
                 int set;
+                uint64_t c;
 
-                len = 1 + rnd(&f, rnd(&f, 4) ? 8 : 600);       /* not inside MIN(): twice */
+                /* not inside MIN(): twice */
+                len = 1 + rnd(&f, rnd(&f, 4) ? 8 : 600);
                 len = MIN(len, ZONE_CLUSTERS - a);
                 set = rnd(&f, 4);
 
@@ -1099,25 +1217,29 @@ static void test_random_queries_at_rest(void)
                 } else {
                     qcow2_metadata_map_remove(f.map, off, bytes, types);
                 }
-                for (uint64_t c = a; c < a + len; c++) {
-                    f.zone[z].m[c] = set ? f.zone[z].m[c] | types : f.zone[z].m[c] & ~types;
+                for (c = a; c < a + len; c++) {
+                    f.zone[z].m[c] =
+                        set ? f.zone[z].m[c] | types : f.zone[z].m[c] & ~types;
                 }
                 f.ops++;
             }
             qcow2_metadata_map_flush(f.map);
             qcow2_metadata_map_verify(f.map);
             qcow2_metadata_map_reset_counters(f.map);
-            for (int i = 0; i < 20000; i++) {
-                unsigned z, ignore = rnd(&f, 3) ? 0 : pick_types(&f), expect = 0;
+            for (i = 0; i < 20000; i++) {
+                unsigned z, ignore = rnd(&f, 3) ? 0 : pick_types(&f),
+                            expect = 0;
                 uint64_t a, len, off, bytes;
+                uint64_t c;
 
                 pick_range(&f, &z, &a, &len);
                 cluster_bytes(&f, f.zone[z].base + a, len, &off, &bytes);
-                for (uint64_t c = a; c < a + len; c++) {
+                for (c = a; c < a + len; c++) {
                     expect |= f.zone[z].m[c];
                 }
-                FUZZ_ASSERT(&f, qcow2_metadata_map_check(f.map, off, bytes, ignore), ==,
-                            expect & 0xff & ~ignore);
+                FUZZ_ASSERT(&f,
+                            qcow2_metadata_map_check(f.map, off, bytes, ignore),
+                            ==, expect & 0xff & ~ignore);
                 f.checks++;
             }
             s = stats_of(f.map);
@@ -1133,7 +1255,8 @@ static void test_random_queries_at_rest(void)
         f.map = NULL;
         f.round++;
     }
-    g_test_message("%" PRIu64 " queries at rest (%" PRIu64 " answered from lists) in %u rounds",
+    g_test_message("%" PRIu64 " queries at rest (%" PRIu64
+                   " answered from lists) in %u rounds",
                    f.checks, list_queries, f.round);
     g_assert_cmpuint(list_queries, >, f.checks / 10);
     g_free(f.zone[0].m);
@@ -1146,10 +1269,12 @@ int main(int argc, char **argv)
 
     g_test_init(&argc, &argv, NULL);
     base_seed = env ? g_ascii_strtoull(env, NULL, 0)
-                    : (uint64_t)g_get_real_time() ^ (uint64_t)g_random_int() << 32;
+                    : (uint64_t)g_get_real_time() ^ (uint64_t)g_random_int()
+                                                        << 32;
 
     g_test_add_func("/qcow2-overlap/type-names", test_type_names);
-    g_test_add_func("/qcow2-overlap/zero-length-is-noop", test_zero_length_is_noop);
+    g_test_add_func("/qcow2-overlap/zero-length-is-noop",
+                    test_zero_length_is_noop);
     g_test_add_func("/qcow2-overlap/ranges-round-outward-to-clusters",
                     test_ranges_round_outward_to_clusters);
     g_test_add_func("/qcow2-overlap/check-empty-window-costs-no-conversion",
@@ -1182,12 +1307,13 @@ int main(int argc, char **argv)
                     test_list_windows_answered_in_place);
     g_test_add_func("/qcow2-overlap/pool-lists-found-by-offset",
                     test_pool_lists_found_by_offset);
-    g_test_add_data_func("/qcow2-overlap/random-vs-model/cache-1", GUINT_TO_POINTER(1),
-                         test_random_vs_model);
-    g_test_add_data_func("/qcow2-overlap/random-vs-model/cache-2", GUINT_TO_POINTER(2),
-                         test_random_vs_model);
-    g_test_add_data_func("/qcow2-overlap/random-vs-model/cache-16", GUINT_TO_POINTER(16),
-                         test_random_vs_model);
-    g_test_add_func("/qcow2-overlap/random-queries-at-rest", test_random_queries_at_rest);
+    g_test_add_data_func("/qcow2-overlap/random-vs-model/cache-1",
+                         GUINT_TO_POINTER(1), test_random_vs_model);
+    g_test_add_data_func("/qcow2-overlap/random-vs-model/cache-2",
+                         GUINT_TO_POINTER(2), test_random_vs_model);
+    g_test_add_data_func("/qcow2-overlap/random-vs-model/cache-16",
+                         GUINT_TO_POINTER(16), test_random_vs_model);
+    g_test_add_func("/qcow2-overlap/random-queries-at-rest",
+                    test_random_queries_at_rest);
     return g_test_run();
 }

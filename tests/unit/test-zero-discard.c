@@ -88,7 +88,7 @@ static QGuardImage *data_image(const char *name, const char *create_opts,
     return img;
 }
 
-/* ---- Fast zeros (docs/nbd-export.md, Limits) ------------------------------ */
+/* ---- Fast zeros (docs/nbd-export.md, Limits) ---------------------------- */
 
 static void test_fast_zero_partial_data(void)
 {
@@ -206,7 +206,7 @@ static void test_discard_bad_mode(void)
     qguard_opts_free(opts);
 }
 
-/* ---- v2 images ------------------------------------------------------------ */
+/* ---- v2 images ---------------------------------------------------------- */
 
 /* A raw backing file full of 0x11 and a @compat overlay over it. */
 static QGuardImage *overlay(const char *name, const char *compat,
