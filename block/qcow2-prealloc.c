@@ -34,8 +34,6 @@
 #define ZERO_CHUNK (1024 * 1024)
 #define TABLE_BATCH_BYTES (4 * 1024 * 1024)
 
-#define ZERO_CHUNK (1024 * 1024)
-
 static int fill_run(BDRVQcow2State *s, uint64_t host, uint64_t bytes,
                     Qcow2PreallocMode mode)
 {
