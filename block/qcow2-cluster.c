@@ -131,6 +131,40 @@ int qcow2_write_l1_dirty(BDRVQcow2State *s)
     return 0;
 }
 
+/*
+ * One header write makes the new table current; only then do the overlap
+ * map and the in-memory table follow.  If the write fails, either table
+ * may be the one on disk, so the caller keeps both.  On success *table
+ * and the in-memory table trade places: the caller frees or keeps the old
+ * one.
+ */
+int qcow2_switch_l1_table(BDRVQcow2State *s, uint64_t **table,
+                          uint64_t offset, uint32_t size)
+{
+    uint64_t *old = s->l1_table;
+    uint8_t hdr[12];
+    int ret;
+
+    be_put32(hdr, size);
+    be_put64(hdr + 4, offset);
+    ret = qcow2_commit_header_field(s, HDR_OFF_L1_SIZE, hdr, 12);
+    if (ret < 0) {
+        return ret;
+    }
+    qcow2_map_remove(s, s->l1_table_offset, (uint64_t)s->l1_size * 8,
+                     QCOW2_OL_ACTIVE_L1);
+    qcow2_map_enter(s, offset, (uint64_t)size * 8, QCOW2_OL_ACTIVE_L1);
+    s->l1_table = *table;
+    *table = old;
+    s->l1_table_offset = offset;
+    s->l1_size = size;
+    if (s->l1_dirty) {
+        memset(s->l1_dirty_bits, 0, ((s->l1_dirty_nsectors + 63) / 64) * 8);
+        s->l1_dirty = false;
+    }
+    return 0;
+}
+
 int qcow2_grow_l1_table(BDRVQcow2State *s, uint64_t min_size, bool exact_size)
 {
     uint64_t new_size, new_bytes, i;
@@ -139,7 +173,6 @@ int qcow2_grow_l1_table(BDRVQcow2State *s, uint64_t min_size, bool exact_size)
     g_autofree uint64_t *disk_table = NULL;
     uint64_t old_offset = s->l1_table_offset;
     uint64_t old_bytes = (uint64_t)s->l1_size * 8;
-    uint8_t hdr[12];
     int ret;
 
     if (min_size <= s->l1_size) {
@@ -194,22 +227,9 @@ int qcow2_grow_l1_table(BDRVQcow2State *s, uint64_t min_size, bool exact_size)
     if (ret < 0) {
         goto fail;
     }
-    be_put32(hdr, new_size);
-    be_put64(hdr + 4, new_offset);
-    ret = qcow2_commit_header_field(s, HDR_OFF_L1_SIZE, hdr, 12);
+    ret = qcow2_switch_l1_table(s, &new_table, new_offset, new_size);
     if (ret < 0) {
-        return ret;     /* either table may be the one on disk: keep both */
-    }
-
-    qcow2_map_remove(s, old_offset, old_bytes, QCOW2_OL_ACTIVE_L1);
-    qcow2_map_enter(s, new_offset, new_bytes, QCOW2_OL_ACTIVE_L1);
-    g_free(s->l1_table);
-    s->l1_table = g_steal_pointer(&new_table);
-    s->l1_table_offset = new_offset;
-    s->l1_size = new_size;
-    if (s->l1_dirty) {
-        memset(s->l1_dirty_bits, 0, ((s->l1_dirty_nsectors + 63) / 64) * 8);
-        s->l1_dirty = false;
+        return ret;
     }
     return qcow2_free_clusters(s, old_offset, old_bytes, QCOW2_DISCARD_OTHER);
 

@@ -336,7 +336,6 @@ static int grow_l1_bulk(BDRVQcow2State *s, uint64_t new_size)
     uint64_t old_bytes = (uint64_t)s->l1_size * 8;
     g_autofree uint64_t *new_l1 = g_try_new0(uint64_t, new_size);
     g_autofree uint64_t *disk_l1 = g_try_new0(uint64_t, new_size);
-    uint8_t hdr[12];
     int64_t offset;
     int ret;
 
@@ -364,21 +363,9 @@ static int grow_l1_bulk(BDRVQcow2State *s, uint64_t new_size)
         (void)qcow2_abort_allocation(s, offset, new_bytes);
         return ret;
     }
-    be_put32(hdr, new_size);
-    be_put64(hdr + 4, offset);
-    ret = qcow2_commit_header_field(s, HDR_OFF_L1_SIZE, hdr, 12);
+    ret = qcow2_switch_l1_table(s, &new_l1, offset, new_size);
     if (ret < 0) {
-        return ret;     /* either table may be the one on disk: keep both */
-    }
-    qcow2_map_remove(s, old_offset, old_bytes, QCOW2_OL_ACTIVE_L1);
-    qcow2_map_enter(s, offset, new_bytes, QCOW2_OL_ACTIVE_L1);
-    g_free(s->l1_table);
-    s->l1_table = g_steal_pointer(&new_l1);
-    s->l1_table_offset = offset;
-    s->l1_size = new_size;
-    if (s->l1_dirty) {
-        memset(s->l1_dirty_bits, 0, ((s->l1_dirty_nsectors + 63) / 64) * 8);
-        s->l1_dirty = false;
+        return ret;
     }
     if (!old_bytes) {
         return 0;

@@ -640,7 +640,6 @@ int qcow2_snapshot_apply(BDRVQcow2State *s, const char *id_or_name,
     uint32_t old_l1_size = s->l1_size, new_l1_size;
     QCowSnapshot *sn;
     int64_t new_offset;
-    uint8_t hdr[12];
     int ret;
 
     if (idx < 0) {
@@ -699,26 +698,12 @@ int qcow2_snapshot_apply(BDRVQcow2State *s, const char *id_or_name,
     if (ret < 0) {
         goto out;
     }
-    /* One write switches the active L1 table. */
-    be_put32(hdr, new_l1_size);
-    be_put64(hdr + 4, new_offset);
-    ret = qcow2_commit_header_field(s, HDR_OFF_L1_SIZE, hdr, 12);
+    ret = qcow2_switch_l1_table(s, &new_l1, new_offset, new_l1_size);
     if (ret < 0) {
         goto out;
     }
-    qcow2_map_remove(s, old_l1_offset, (uint64_t)old_l1_size * 8,
-                     QCOW2_OL_ACTIVE_L1);
-    qcow2_map_active_l2(s, s->l1_table, s->l1_size, false);
-    old_l1 = s->l1_table;
-    s->l1_table = g_steal_pointer(&new_l1);
-    s->l1_size = new_l1_size;
-    s->l1_table_offset = new_offset;
-    if (s->l1_dirty) {
-        memset(s->l1_dirty_bits, 0, ((s->l1_dirty_nsectors + 63) / 64) * 8);
-        s->l1_dirty = false;
-    }
-    qcow2_map_enter(s, new_offset, (uint64_t)new_l1_size * 8,
-                    QCOW2_OL_ACTIVE_L1);
+    old_l1 = g_steal_pointer(&new_l1);
+    qcow2_map_active_l2(s, old_l1, old_l1_size, false);
     qcow2_map_active_l2(s, s->l1_table, s->l1_size, true);
     if (sn->disk_size != s->img->total_size) {
         uint8_t size[8];

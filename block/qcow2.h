@@ -645,6 +645,8 @@ int qcow2_zero_subcluster_range(BDRVQcow2State *s, uint64_t offset,
 int qcow2_discard_clusters(BDRVQcow2State *s, uint64_t offset,
                            uint64_t bytes, bool full_discard,
                            Qcow2DiscardType type);
+int qcow2_switch_l1_table(BDRVQcow2State *s, uint64_t **table,
+                          uint64_t offset, uint32_t size);
 int qcow2_grow_l1_table(BDRVQcow2State *s, uint64_t min_size,
                         bool exact_size);
 int qcow2_write_l1_dirty(BDRVQcow2State *s);
