@@ -681,6 +681,22 @@ int qcow2_mark_dirty_for_lazy_refcounts(BDRVQcow2State *s)
 }
 
 /*
+ * The L2 table covering guest @offset, ready for an entry to change; with
+ * lazy refcounts the image is marked dirty before the first such change.
+ */
+static int l2_for_write_at(BDRVQcow2State *s, uint64_t offset,
+                           void **l2_table, uint64_t *l2_offset)
+{
+    int ret = qcow2_mark_dirty_for_lazy_refcounts(s);
+
+    if (ret < 0) {
+        return ret;
+    }
+    return qcow2_get_l2_for_write(s, offset_to_l1_index(s, offset), l2_table,
+                                  l2_offset);
+}
+
+/*
  * Extended L2 entries of a run about to be written: an invalid one is a
  * corruption (as in QEMU); *meta is set if a written subcluster is not yet
  * allocated, so that even an in-place write must fill it and update the
@@ -1087,12 +1103,7 @@ int qcow2_write_compressed(BDRVQcow2State *s, uint64_t offset,
     } else if (ret < 0) {
         return ret;
     }
-    ret = qcow2_mark_dirty_for_lazy_refcounts(s);
-    if (ret < 0) {
-        return ret;
-    }
-    ret = qcow2_get_l2_for_write(s, offset_to_l1_index(s, offset), &l2_table,
-                           &l2_offset);
+    ret = l2_for_write_at(s, offset, &l2_table, &l2_offset);
     if (ret < 0) {
         return ret;
     }
@@ -1327,12 +1338,7 @@ int qcow2_zero_subcluster_range(BDRVQcow2State *s, uint64_t offset,
     if (ret < 0) {
         return ret;
     }
-    ret = qcow2_mark_dirty_for_lazy_refcounts(s);
-    if (ret < 0) {
-        return ret;
-    }
-    ret = qcow2_get_l2_for_write(s, offset_to_l1_index(s, offset), &l2_table,
-                           &l2_offset);
+    ret = l2_for_write_at(s, offset, &l2_table, &l2_offset);
     if (ret < 0) {
         return ret;
     }
