@@ -129,6 +129,26 @@ void qcow2_map_active_l2(BDRVQcow2State *s, const uint64_t *l1,
 }
 
 /*
+ * The snapshot table and the L1 table of every snapshot.  An invalid L1
+ * table stays out: check reports it and nothing reads through it.
+ */
+void qcow2_map_snapshot_tables(BDRVQcow2State *s)
+{
+    uint32_t i;
+
+    qcow2_map_enter(s, s->snapshots_offset, s->snapshots_size,
+                    QCOW2_OL_SNAPSHOT_TABLE);
+    for (i = 0; i < s->nb_snapshots; i++) {
+        QCowSnapshot *sn = &s->snapshots[i];
+
+        if (qcow2_snapshot_l1_valid(s, sn)) {
+            qcow2_map_enter(s, sn->l1_table_offset,
+                            (uint64_t)sn->l1_size * 8, QCOW2_OL_INACTIVE_L1);
+        }
+    }
+}
+
+/*
  * Count @refs more (or fewer) snapshot references to the L2 table at @l2.
  * A table whose count leaves or reaches zero is appended to @changed, or
  * mapped at once if @changed is NULL.
@@ -322,17 +342,7 @@ int qcow2_map_build(BDRVQcow2State *s, GError **errp)
         map_clusters(s, blocks, n, QCOW2_OL_REFCOUNT_BLOCK, true);
     }
     qcow2_map_active_l2(s, s->l1_table, s->l1_size, true);
-    qcow2_map_enter(s, s->snapshots_offset, s->snapshots_size,
-                    QCOW2_OL_SNAPSHOT_TABLE);
-    for (i = 0; i < s->nb_snapshots; i++) {
-        QCowSnapshot *sn = &s->snapshots[i];
-
-        if (qcow2_snapshot_l1_valid(s, sn)) {
-            /* An invalid one: check reports it; nothing uses it. */
-            qcow2_map_enter(s, sn->l1_table_offset,
-                            (uint64_t)sn->l1_size * 8, QCOW2_OL_INACTIVE_L1);
-        }
-    }
+    qcow2_map_snapshot_tables(s);
     if (s->inactive_l2_refs) {
         int ret = map_snapshot_l2_tables(s, errp);
 

@@ -38,23 +38,6 @@ void qcow2_report(QGuardReportFunc *report, void *opaque, const char *fmt,
     report(opaque, line);
 }
 
-/* Enter a table read only now into the overlap map, as an open would. */
-static void map_snapshots(BDRVQcow2State *s)
-{
-    uint32_t i;
-
-    qcow2_map_enter(s, s->snapshots_offset, s->snapshots_size,
-                    QCOW2_OL_SNAPSHOT_TABLE);
-    for (i = 0; i < s->nb_snapshots; i++) {
-        QCowSnapshot *sn = &s->snapshots[i];
-
-        if (qcow2_snapshot_l1_valid(s, sn)) {
-            qcow2_map_enter(s, sn->l1_table_offset,
-                            (uint64_t)sn->l1_size * 8, QCOW2_OL_INACTIVE_L1);
-        }
-    }
-}
-
 /* Read the table the open left unread; counts what a repair cuts. */
 static int read_unread_table(BDRVQcow2State *s, QGuardCheckResult *res,
                              unsigned fix, QGuardReportFunc *report,
@@ -115,7 +98,8 @@ static int read_unread_table(BDRVQcow2State *s, QGuardCheckResult *res,
         return ret;
     }
     s->snapshots_unread = false;
-    map_snapshots(s);
+    /* A table read only now enters the overlap map as an open's would. */
+    qcow2_map_snapshot_tables(s);
     res->corruptions += reduced + dropped;
 
     if (reduced) {

@@ -619,6 +619,7 @@ void qcow2_map_remove(BDRVQcow2State *s, uint64_t offset, uint64_t size,
 int qcow2_map_build(BDRVQcow2State *s, GError **errp);
 void qcow2_map_active_l2(BDRVQcow2State *s, const uint64_t *l1,
                          uint32_t l1_size, bool enter);
+void qcow2_map_snapshot_tables(BDRVQcow2State *s);
 void qcow2_map_inactive_l2(BDRVQcow2State *s, const uint64_t *l1,
                            uint32_t l1_size, bool add);
 
