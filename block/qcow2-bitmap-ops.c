@@ -129,20 +129,6 @@ void qcow2_bitmaps_set_dirty(BDRVQcow2State *s, uint64_t offset,
 
 /* ---- Lookup and QEMU's checks ------------------------------------------------ */
 
-static Qcow2Bitmap *find_bitmap(BDRVQcow2State *s, const char *name)
-{
-    GPtrArray *list = s->bm->list;
-    guint i;
-
-    for (i = 0; i < list->len; i++) {
-        Qcow2Bitmap *bm = g_ptr_array_index(list, i);
-        if (!strcmp(bm->name, name)) {
-            return bm;
-        }
-    }
-    return NULL;
-}
-
 static int directory_usable(BDRVQcow2State *s, GError **errp)
 {
     if (s->bm->error) {
@@ -159,7 +145,7 @@ static Qcow2Bitmap *lookup(BDRVQcow2State *s, const char *name, GError **errp)
     if (directory_usable(s, errp) < 0) {
         return NULL;
     }
-    bm = find_bitmap(s, name);
+    bm = qcow2_bitmap_find(s->bm->list, name);
     if (!bm) {
         g_set_error(errp, QGUARD_ERROR, ENOENT,
                     "Dirty bitmap '%s' not found", name);
@@ -259,7 +245,7 @@ int qcow2_bitmap_add(BDRVQcow2State *s, const char *node, const char *name,
     if (directory_usable(s, errp) < 0) {
         return -EINVAL;
     }
-    if (find_bitmap(s, name)) {
+    if (qcow2_bitmap_find(s->bm->list, name)) {
         g_set_error(errp, QGUARD_ERROR, EEXIST, "Bitmap already exists: %s",
                     name);
         return -EEXIST;
@@ -422,7 +408,7 @@ int qcow2_bitmap_merge(BDRVQcow2State *s, const char *target,
         return -ENOENT;
     }
     if (src_s) {
-        src = find_bitmap(src_s, source);
+        src = qcow2_bitmap_find(src_s->bm->list, source);
         if (src_s->bm->error) {
             g_set_error(errp, QGUARD_ERROR, EINVAL, "%s", src_s->bm->error);
             return -EINVAL;

@@ -93,7 +93,7 @@ static bool dir_entry_valid(BDRVQcow2State *s, const uint8_t *e)
     return true;
 }
 
-static Qcow2Bitmap *find_in(GPtrArray *list, const char *name)
+Qcow2Bitmap *qcow2_bitmap_find(GPtrArray *list, const char *name)
 {
     guint i;
 
@@ -147,7 +147,8 @@ static int parse_directory(BDRVQcow2State *s, const uint8_t *dir,
         }
         bm = g_new0(Qcow2Bitmap, 1);
         bm->name = g_strndup((const char *)e + BME_HEADER_SIZE, name_size);
-        if (strlen(bm->name) != name_size || find_in(list, bm->name)) {
+        if (strlen(bm->name) != name_size ||
+            qcow2_bitmap_find(list, bm->name)) {
             /* QEMU fails to create the second in-memory bitmap. */
             g_set_error(errp, QGUARD_ERROR, EINVAL,
                         "Bitmap already exists: %s", bm->name);

@@ -83,5 +83,7 @@ uint64_t qcow2_bitmap_nb_bits(uint64_t size, int granularity_bits);
 uint64_t qcow2_bitmap_nb_clusters(const BDRVQcow2State *s, uint64_t size,
                                   int granularity_bits);
 uint32_t qcow2_bitmap_dir_entry_size(size_t name_len);
+/* The bitmap of @list called @name, or NULL. */
+Qcow2Bitmap *qcow2_bitmap_find(GPtrArray *list, const char *name);
 
 #endif
