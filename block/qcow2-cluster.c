@@ -533,6 +533,22 @@ int qcow2_get_host_offset(BDRVQcow2State *s, uint64_t offset,
     return 0;
 }
 
+/* The entry for guest @offset in the L2 table at @l2_offset. */
+static int read_l2_entry(BDRVQcow2State *s, uint64_t l2_offset,
+                         uint64_t offset, uint64_t *entry)
+{
+    void *l2_table;
+    int ret;
+
+    ret = qcow2_cache_get(s, s->l2_table_cache, l2_offset, &l2_table);
+    if (ret < 0) {
+        return ret;
+    }
+    *entry = l2_get(s, l2_table, offset_to_l2_index(s, offset));
+    qcow2_cache_put(s->l2_table_cache, &l2_table);
+    return 0;
+}
+
 /*
  * The host offset of guest @offset if its cluster has a host cluster, even
  * where the subcluster is unallocated (extended L2); else 0 in *valid.
@@ -541,7 +557,6 @@ int qcow2_cluster_host(BDRVQcow2State *s, uint64_t offset, uint64_t *host,
                        bool *valid)
 {
     uint64_t l2_offset, entry;
-    void *l2_table;
     int ret;
 
     *valid = false;
@@ -549,12 +564,10 @@ int qcow2_cluster_host(BDRVQcow2State *s, uint64_t offset, uint64_t *host,
     if (ret < 0 || !l2_offset) {
         return ret;
     }
-    ret = qcow2_cache_get(s, s->l2_table_cache, l2_offset, &l2_table);
+    ret = read_l2_entry(s, l2_offset, offset, &entry);
     if (ret < 0) {
         return ret;
     }
-    entry = l2_get(s, l2_table, offset_to_l2_index(s, offset));
-    qcow2_cache_put(s->l2_table_cache, &l2_table);
     if (qcow2_get_cluster_type(s, entry) == QCOW2_CLUSTER_NORMAL) {
         *host = (entry & L2E_OFFSET_MASK) + offset_into_cluster(s, offset);
         *valid = true;
@@ -567,19 +580,16 @@ static int read_compressed(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
 {
     uint64_t l1_index = offset_to_l1_index(s, offset);
     uint64_t l2_offset, entry;
-    void *l2_table;
     int ret;
 
     ret = l2_offset_from_l1(s, l1_index, &l2_offset);
     if (ret < 0) {
         return ret;
     }
-    ret = qcow2_cache_get(s, s->l2_table_cache, l2_offset, &l2_table);
+    ret = read_l2_entry(s, l2_offset, offset, &entry);
     if (ret < 0) {
         return ret;
     }
-    entry = l2_get(s, l2_table, offset_to_l2_index(s, offset));
-    qcow2_cache_put(s->l2_table_cache, &l2_table);
 
     if (!s->decomp_buf) {
         s->decomp_buf = g_malloc(s->cluster_size);
