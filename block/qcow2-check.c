@@ -707,7 +707,6 @@ static int rebuild_refcount_structure(CheckState *cs)
     int64_t table_offset = -1;
     g_autofree uint64_t *new_table = NULL;
     g_autofree uint8_t *table_buf = NULL;
-    uint8_t hdr[12];
     int ret;
 
     /*
@@ -800,9 +799,7 @@ static int rebuild_refcount_structure(CheckState *cs)
     if (ret < 0) {
         return ret;
     }
-    be_put64(hdr, table_offset);
-    be_put32(hdr + 8, table_clusters);
-    ret = qcow2_commit_header_field(s, HDR_OFF_REFTABLE_OFFSET, hdr, 12);
+    ret = qcow2_commit_reftable_location(s, table_offset, table_clusters);
     if (ret < 0) {
         return ret;
     }

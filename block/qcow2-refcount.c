@@ -694,6 +694,46 @@ static uint64_t grown_refblock_count(BDRVQcow2State *s, uint64_t clusters)
  * again as needed.  All of it is written and synced before the header
  * switches to the new table with one write (design.md, rule 5).
  */
+/* One header write moves the image to the refcount table at @offset. */
+int qcow2_commit_reftable_location(BDRVQcow2State *s, uint64_t offset,
+                                   uint32_t clusters)
+{
+    uint8_t hdr[12];
+
+    be_put64(hdr, offset);
+    be_put32(hdr + 8, clusters);
+    return qcow2_commit_header_field(s, HDR_OFF_REFTABLE_OFFSET, hdr, 12);
+}
+
+/*
+ * Make the new refcount table (@entries entries, @tc clusters at @offset,
+ * written and synced) the image's: the header first, then the in-memory
+ * table and the overlap map.  If the header write fails, either table may
+ * be the one on disk, so the caller keeps both.
+ */
+static int switch_refcount_table(BDRVQcow2State *s, uint64_t **table,
+                                 uint64_t entries, uint64_t offset,
+                                 uint64_t tc)
+{
+    uint64_t old_clusters = size_to_clusters(s, s->refcount_table_size * 8);
+    int ret;
+
+    ret = qcow2_commit_reftable_location(s, offset, tc);
+    if (ret < 0) {
+        return ret;
+    }
+    qcow2_map_remove(s, s->refcount_table_offset,
+                     old_clusters << s->cluster_bits,
+                     QCOW2_OL_REFCOUNT_TABLE);
+    g_free(s->refcount_table);
+    s->refcount_table = g_steal_pointer(table);
+    s->refcount_table_size = entries;
+    s->refcount_table_offset = offset;
+    update_max_refcount_table_index(s);
+    qcow2_free_index_resize(s);
+    return 0;
+}
+
 static int grow_refcount_table(BDRVQcow2State *s, uint64_t index,
                                uint64_t new_block, uint64_t cluster)
 {
@@ -706,7 +746,6 @@ static int grow_refcount_table(BDRVQcow2State *s, uint64_t index,
     uint64_t table_offset;
     g_autofree uint8_t *area = NULL;
     g_autofree uint64_t *new_table = NULL;
-    uint8_t hdr[12];
     int ret;
 
     blocks_used = DIV_ROUND_UP(MAX(cluster, new_block >> s->cluster_bits) + 1,
@@ -764,21 +803,10 @@ static int grow_refcount_table(BDRVQcow2State *s, uint64_t index,
     if (ret < 0) {
         return ret;
     }
-    be_put64(hdr, table_offset);
-    be_put32(hdr + 8, tc);
-    ret = qcow2_commit_header_field(s, HDR_OFF_REFTABLE_OFFSET, hdr, 12);
+    ret = switch_refcount_table(s, &new_table, entries, table_offset, tc);
     if (ret < 0) {
-        return ret;     /* either table may be the one on disk: keep both */
+        return ret;
     }
-
-    qcow2_map_remove(s, old_offset, old_clusters << s->cluster_bits,
-                     QCOW2_OL_REFCOUNT_TABLE);
-    g_free(s->refcount_table);
-    s->refcount_table = g_steal_pointer(&new_table);
-    s->refcount_table_size = entries;
-    s->refcount_table_offset = table_offset;
-    update_max_refcount_table_index(s);
-    qcow2_free_index_resize(s);
     qcow2_free_index_mark_used(s, start, end - start);
     qcow2_map_enter(s, start << s->cluster_bits, nb << s->cluster_bits,
                     QCOW2_OL_REFCOUNT_BLOCK);
@@ -906,7 +934,6 @@ int64_t qcow2_alloc_tail(BDRVQcow2State *s, uint64_t n)
     g_autofree uint8_t *buf = NULL;
     g_autofree uint8_t *all_ones = NULL;
     uint64_t batch, table_offset;
-    uint8_t hdr[12];
     int64_t start;
     int ret;
 
@@ -1010,21 +1037,10 @@ int64_t qcow2_alloc_tail(BDRVQcow2State *s, uint64_t n)
     if (ret < 0) {
         goto undo;
     }
-    be_put64(hdr, table_offset);
-    be_put32(hdr + 8, tc);
-    ret = qcow2_commit_header_field(s, HDR_OFF_REFTABLE_OFFSET, hdr, 12);
+    ret = switch_refcount_table(s, &new_table, entries, table_offset, tc);
     if (ret < 0) {
-        return ret;     /* either table may be the one on disk: keep both */
+        return ret;
     }
-
-    qcow2_map_remove(s, old_offset, old_clusters << s->cluster_bits,
-                     QCOW2_OL_REFCOUNT_TABLE);
-    g_free(s->refcount_table);
-    s->refcount_table = g_steal_pointer(&new_table);
-    s->refcount_table_size = entries;
-    s->refcount_table_offset = table_offset;
-    update_max_refcount_table_index(s);
-    qcow2_free_index_resize(s);
     for (k = 0; k < nb; k++) {
         uint64_t from = MAX(first, new_index[k] << s->refcount_block_bits);
         uint64_t to = MIN(end, (new_index[k] + 1) << s->refcount_block_bits);

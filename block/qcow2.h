@@ -576,6 +576,8 @@ int qcow2_free_any_cluster(BDRVQcow2State *s, uint64_t l2_entry,
 int qcow2_abort_allocation(BDRVQcow2State *s, uint64_t offset,
                            uint64_t size);
 int qcow2_flush_refcounts(BDRVQcow2State *s);
+int qcow2_commit_reftable_location(BDRVQcow2State *s, uint64_t offset,
+                                   uint32_t clusters);
 void qcow2_release_freed_clusters(BDRVQcow2State *s);
 int qcow2_refblock_free_bits(BDRVQcow2State *s, uint64_t index,
                              uint64_t *bits, uint64_t *nfree);
