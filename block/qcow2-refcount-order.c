@@ -41,17 +41,13 @@ typedef struct NewRefcounts {
 static int old_block_offset(BDRVQcow2State *s, uint64_t index,
                             uint64_t *offset, GError **errp)
 {
-    *offset = index < s->refcount_table_size ?
-              s->refcount_table[index] & REFT_OFFSET_MASK : 0;
-    if (offset_into_cluster(s, *offset)) {
-        qcow2_signal_corruption(s, true, -1, -1, "Refblock offset %#" PRIx64
-                                " unaligned (reftable index: %#" PRIx64 ")",
-                                *offset, index);
+    int ret = qcow2_refblock_offset(s, index, offset);
+
+    if (ret < 0) {
         g_set_error(errp, QGUARD_ERROR, EIO,
                     "Image is corrupt (unaligned refblock offset)");
-        return -EIO;
     }
-    return 0;
+    return ret;
 }
 
 /*

@@ -189,8 +189,8 @@ void qcow2_refcount_close(BDRVQcow2State *s)
 }
 
 /* The refcount block for @table_index, or 0 if none is allocated. */
-static int refblock_offset(BDRVQcow2State *s, uint64_t table_index,
-                           uint64_t *offset)
+int qcow2_refblock_offset(BDRVQcow2State *s, uint64_t table_index,
+                          uint64_t *offset)
 {
     uint64_t entry;
 
@@ -218,7 +218,7 @@ int qcow2_get_refcount(BDRVQcow2State *s, uint64_t cluster_index,
     void *refblock;
     int ret;
 
-    ret = refblock_offset(s, table_index, &block);
+    ret = qcow2_refblock_offset(s, table_index, &block);
     if (ret < 0 || !block) {
         *refcount = 0;
         return ret;
@@ -248,7 +248,7 @@ int64_t qcow2_host_end_cluster(BDRVQcow2State *s)
         int64_t j;
         int ret;
 
-        ret = refblock_offset(s, i, &block);
+        ret = qcow2_refblock_offset(s, i, &block);
         if (ret < 0) {
             return ret;
         }
@@ -408,7 +408,7 @@ int qcow2_refblock_free_bits(BDRVQcow2State *s, uint64_t index,
     guint k;
     int ret;
 
-    ret = refblock_offset(s, index, &block);
+    ret = qcow2_refblock_offset(s, index, &block);
     if (ret < 0) {
         return ret;
     }
@@ -581,7 +581,7 @@ static int ensure_refblock(BDRVQcow2State *s, uint64_t index,
     int64_t found;
     int ret;
 
-    ret = refblock_offset(s, index, &block);
+    ret = qcow2_refblock_offset(s, index, &block);
     if (ret < 0 || block) {
         return ret;
     }
@@ -1304,7 +1304,7 @@ static int update_refcount_range(BDRVQcow2State *s, uint64_t first,
         uint64_t block;
         void *refblock;
 
-        ret = refblock_offset(s, table_index, &block);
+        ret = qcow2_refblock_offset(s, table_index, &block);
         if (ret < 0) {
             break;
         }

@@ -576,6 +576,9 @@ int qcow2_free_any_cluster(BDRVQcow2State *s, uint64_t l2_entry,
 int qcow2_abort_allocation(BDRVQcow2State *s, uint64_t offset,
                            uint64_t size);
 int qcow2_flush_refcounts(BDRVQcow2State *s);
+/* The refcount block for @table_index, or 0 if none is allocated. */
+int qcow2_refblock_offset(BDRVQcow2State *s, uint64_t table_index,
+                          uint64_t *offset);
 int qcow2_commit_reftable_location(BDRVQcow2State *s, uint64_t offset,
                                    uint32_t clusters);
 void qcow2_release_freed_clusters(BDRVQcow2State *s);
