@@ -132,6 +132,36 @@ int qcow2_write_l1_dirty(BDRVQcow2State *s)
 }
 
 /*
+ * A new metadata structure of @bytes in fresh clusters: allocated, written
+ * after the refcounts that make the clusters its own, and synced, so that
+ * one header write can switch to it.  Returns its offset; on failure the
+ * clusters are freed (with @discard) and nothing names them.
+ */
+int64_t qcow2_write_new_table(BDRVQcow2State *s, unsigned type,
+                              const void *buf, uint64_t bytes,
+                              Qcow2DiscardType discard)
+{
+    int64_t offset = qcow2_alloc_clusters_exact(s, size_to_clusters(s, bytes));
+    int ret;
+
+    if (offset < 0) {
+        return offset;
+    }
+    ret = qcow2_flush_refcounts(s);
+    if (ret >= 0) {
+        ret = qcow2_pwrite_meta(s, type, offset, buf, bytes);
+    }
+    if (ret >= 0) {
+        ret = host_file_flush(s->file);
+    }
+    if (ret < 0) {
+        (void)qcow2_free_clusters(s, offset, bytes, discard);
+        return ret;
+    }
+    return offset;
+}
+
+/*
  * One header write makes the new table current; only then do the overlap
  * map and the in-memory table follow.  If the write fails, either table
  * may be the one on disk, so the caller keeps both.  On success *table
@@ -210,32 +240,16 @@ int qcow2_grow_l1_table(BDRVQcow2State *s, uint64_t min_size, bool exact_size)
     if (ret < 0) {
         return ret;
     }
-    new_offset = qcow2_alloc_clusters_exact(s, size_to_clusters(s, new_bytes));
+    new_offset = qcow2_write_new_table(s, QCOW2_OL_ACTIVE_L1, disk_table,
+                                       new_bytes, QCOW2_DISCARD_OTHER);
     if (new_offset < 0) {
         return new_offset;
-    }
-    ret = qcow2_flush_refcounts(s);
-    if (ret < 0) {
-        goto fail;
-    }
-    ret = qcow2_pwrite_meta(s, QCOW2_OL_ACTIVE_L1, new_offset, disk_table,
-                            new_bytes);
-    if (ret < 0) {
-        goto fail;
-    }
-    ret = host_file_flush(s->file);
-    if (ret < 0) {
-        goto fail;
     }
     ret = qcow2_switch_l1_table(s, &new_table, new_offset, new_size);
     if (ret < 0) {
         return ret;
     }
     return qcow2_free_clusters(s, old_offset, old_bytes, QCOW2_DISCARD_OTHER);
-
-fail:
-    (void)qcow2_free_clusters(s, new_offset, new_bytes, QCOW2_DISCARD_OTHER);
-    return ret;
 }
 
 /*

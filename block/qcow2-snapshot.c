@@ -244,22 +244,10 @@ int qcow2_write_snapshots(BDRVQcow2State *s)
             memcpy(p + 40 + extra + id_len, sn->name, name_len);
             pos += snapshot_entry_size(sn);
         }
-        new_offset = qcow2_alloc_clusters_exact(s, size_to_clusters(s, size));
+        new_offset = qcow2_write_new_table(s, QCOW2_OL_SNAPSHOT_TABLE, buf,
+                                           size, QCOW2_DISCARD_NEVER);
         if (new_offset < 0) {
             return new_offset;
-        }
-        ret = qcow2_flush_refcounts(s);
-        if (ret < 0) {
-            goto fail;
-        }
-        ret = qcow2_pwrite_meta(s, QCOW2_OL_SNAPSHOT_TABLE, new_offset, buf,
-                                size);
-        if (ret < 0) {
-            goto fail;
-        }
-        ret = host_file_flush(s->file);
-        if (ret < 0) {
-            goto fail;
         }
     }
     be_put32(hdr, s->nb_snapshots);
@@ -283,12 +271,6 @@ int qcow2_write_snapshots(BDRVQcow2State *s)
                                    QCOW2_DISCARD_SNAPSHOT);
     }
     return 0;
-
-fail:
-    if (new_offset > 0) {
-        (void)qcow2_free_clusters(s, new_offset, size, QCOW2_DISCARD_NEVER);
-    }
-    return ret;
 }
 
 /* ---- Snapshot operations ------------------------------------------------ */

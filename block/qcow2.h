@@ -651,6 +651,9 @@ int qcow2_zero_subcluster_range(BDRVQcow2State *s, uint64_t offset,
 int qcow2_discard_clusters(BDRVQcow2State *s, uint64_t offset,
                            uint64_t bytes, bool full_discard,
                            Qcow2DiscardType type);
+int64_t qcow2_write_new_table(BDRVQcow2State *s, unsigned type,
+                              const void *buf, uint64_t bytes,
+                              Qcow2DiscardType discard);
 int qcow2_switch_l1_table(BDRVQcow2State *s, uint64_t **table,
                           uint64_t offset, uint32_t size);
 int qcow2_grow_l1_table(BDRVQcow2State *s, uint64_t min_size,
