@@ -1552,17 +1552,12 @@ unsigned qcow2_linear_overlap_check(BDRVQcow2State *s, unsigned chk,
             if (!l1_sz || l1_sz > QCOW_MAX_L1_SIZE / 8) {
                 continue;
             }
-            l1 = g_try_new(uint64_t, l1_sz);
-            if (!l1) {
-                return -ENOMEM;
-            }
-            ret = host_file_pread(s->file, l1_ofs, l1, (size_t)l1_sz * 8);
+            ret = qcow2_read_l1_table(s, l1_ofs, l1_sz, &l1);
             if (ret < 0) {
-                g_free(l1);
                 return ret;
             }
             for (j = 0; j < l1_sz; j++) {
-                uint64_t l2 = GUINT64_FROM_BE(l1[j]) & L1E_OFFSET_MASK;
+                uint64_t l2 = l1[j] & L1E_OFFSET_MASK;
                 if (l2 && ranges_overlap(offset, size, l2, s->cluster_size)) {
                     g_free(l1);
                     return QCOW2_OL_INACTIVE_L2;

@@ -313,8 +313,9 @@ bool qcow2_snapshot_l1_valid(BDRVQcow2State *s, const QCowSnapshot *sn)
            QCOW2_MAX_HOST_OFFSET;
 }
 
-static int read_l1(BDRVQcow2State *s, uint64_t offset, uint32_t size,
-                   uint64_t **pl1)
+/* The L1 table of @size entries at @offset, read into host order. */
+int qcow2_read_l1_table(BDRVQcow2State *s, uint64_t offset, uint32_t size,
+                        uint64_t **pl1)
 {
     uint64_t *l1 = g_try_new0(uint64_t, MAX(size, 1));
     uint32_t i;
@@ -652,7 +653,7 @@ int qcow2_snapshot_apply(BDRVQcow2State *s, const char *id_or_name,
     }
     {
         uint64_t *sn_l1;
-        ret = read_l1(s, sn->l1_table_offset, sn->l1_size, &sn_l1);
+        ret = qcow2_read_l1_table(s, sn->l1_table_offset, sn->l1_size, &sn_l1);
         if (ret < 0) {
             goto out;
         }
@@ -736,7 +737,7 @@ int qcow2_snapshot_delete(BDRVQcow2State *s, const char *id_or_name,
         goto out;
     }
     sn = s->snapshots[idx];
-    ret = read_l1(s, sn.l1_table_offset, sn.l1_size, &sn_l1);
+    ret = qcow2_read_l1_table(s, sn.l1_table_offset, sn.l1_size, &sn_l1);
     if (ret < 0) {
         goto out;
     }
@@ -801,7 +802,7 @@ int qcow2_snapshot_load_tmp(BDRVQcow2State *s, const char *id,
     if (ret < 0) {
         return ret;
     }
-    ret = read_l1(s, sn->l1_table_offset, sn->l1_size, &l1);
+    ret = qcow2_read_l1_table(s, sn->l1_table_offset, sn->l1_size, &l1);
     if (ret < 0) {
         return bdrv_error_errno(errp, ret,
                                 "Failed to read l1 table for snapshot");

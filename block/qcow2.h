@@ -793,6 +793,8 @@ int qcow2_bitmap_status(BDRVQcow2State *s, const char *name, uint64_t offset,
 
 /* qcow2-snapshot.c */
 int qcow2_read_snapshots(BDRVQcow2State *s, GError **errp);
+int qcow2_read_l1_table(BDRVQcow2State *s, uint64_t offset, uint32_t size,
+                        uint64_t **pl1);
 int qcow2_do_read_snapshots(BDRVQcow2State *s, bool repair, int *reduced,
                             int *extra_dropped, QGuardReportFunc *report,
                             void *opaque, GError **errp);
