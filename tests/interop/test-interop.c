@@ -1245,6 +1245,26 @@ typedef struct CompressedCase {
     const char *type;           /* compression_type */
 } CompressedCase;
 
+/* qemu-img convert -c of raw @src into a qcow2 image of the case's kind. */
+static void qemu_compress_raw(const CompressedCase *cc, const char *src,
+                              const char *dst)
+{
+    Cmd *cmd = cmd_new("qemu-img");
+
+    cmd_add(cmd, "convert");
+    cmd_add(cmd, "-c");
+    cmd_add(cmd, "-f");
+    cmd_add(cmd, "raw");
+    cmd_add(cmd, "-O");
+    cmd_add(cmd, "qcow2");
+    cmd_add(cmd, "-o");
+    cmd_add(cmd, "cluster_size=%u,compression_type=%s", cc->cluster_size,
+            cc->type);
+    cmd_add(cmd, "%s", src);
+    cmd_add(cmd, "%s", dst);
+    g_free(cmd_run_ok(cmd));
+}
+
 static void test_compressed(const CompressedCase *cc)
 {
     g_autofree char *src = tpath("comp-%s-%u.src", cc->type,
@@ -1261,22 +1281,9 @@ static void test_compressed(const CompressedCase *cc)
     QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
     QGuardImage *img;
     uint64_t cs = cc->cluster_size, off;
-    Cmd *cmd;
 
     write_file(src, m);
-    cmd = cmd_new("qemu-img");
-    cmd_add(cmd, "convert");
-    cmd_add(cmd, "-c");
-    cmd_add(cmd, "-f");
-    cmd_add(cmd, "raw");
-    cmd_add(cmd, "-O");
-    cmd_add(cmd, "qcow2");
-    cmd_add(cmd, "-o");
-    cmd_add(cmd, "cluster_size=%u,compression_type=%s", cc->cluster_size,
-            cc->type);
-    cmd_add(cmd, "%s", src);
-    cmd_add(cmd, "%s", path);
-    g_free(cmd_run_ok(cmd));
+    qemu_compress_raw(cc, src, path);
 
     /* The reference is what QEMU reads from the compressed image. */
     qemu_convert_raw(path, "qcow2", raw);
@@ -1390,7 +1397,6 @@ static void create_compressed_twin(const char *twin,
     g_autofree char *slice = g_strdup_printf("%s.slice", twin);
     g_autofree uint8_t *buf = g_malloc(cc->cluster_size);
     int in = open(src, O_RDONLY);
-    Cmd *cmd;
 
     if (in < 0 || pread(in, buf, cc->cluster_size, off) !=
                   (ssize_t)cc->cluster_size) {
@@ -1400,19 +1406,7 @@ static void create_compressed_twin(const char *twin,
     g_assert_true(g_file_set_contents(slice, (char *)buf, cc->cluster_size,
                                       NULL));
     unlink(twin);
-    cmd = cmd_new("qemu-img");
-    cmd_add(cmd, "convert");
-    cmd_add(cmd, "-c");
-    cmd_add(cmd, "-f");
-    cmd_add(cmd, "raw");
-    cmd_add(cmd, "-O");
-    cmd_add(cmd, "qcow2");
-    cmd_add(cmd, "-o");
-    cmd_add(cmd, "cluster_size=%u,compression_type=%s", cc->cluster_size,
-            cc->type);
-    cmd_add(cmd, "%s", slice);
-    cmd_add(cmd, "%s", twin);
-    g_free(cmd_run_ok(cmd));
+    qemu_compress_raw(cc, slice, twin);
     unlink(slice);
 }
 
