@@ -57,11 +57,6 @@ static int full_disk_hook(void *opaque, HostFile *file, HostFileOp op,
     return 0;
 }
 
-static char *test_path(const char *name)
-{
-    return g_build_filename(ft.dir, name, NULL);
-}
-
 static int create_image(const char *path, const char *format,
                         const char *create_opts, GError **errp)
 {
@@ -116,7 +111,7 @@ static void test_write_until_full(gconstpointer data)
     g_autofree char *name = g_strdup_printf("w-%d-%" G_GUINT64_FORMAT
                                             ".qcow2", wc->cluster_size,
                                             wc->spare);
-    g_autofree char *path = test_path(name);
+    g_autofree char *path = tpath("%s", name);
     g_autofree char *opts = g_strdup_printf("size=64M,cluster_size=%d",
                                             wc->cluster_size);
     g_autofree uint8_t *buf = g_malloc(256 * 1024);
@@ -165,7 +160,7 @@ static void test_write_until_full(gconstpointer data)
 static void test_create_on_full_disk(gconstpointer format)
 {
     g_autofree char *name = g_strdup_printf("full.%s", (const char *)format);
-    g_autofree char *path = test_path(name);
+    g_autofree char *path = tpath("%s", name);
     g_autoptr(GError) err = NULL;
     FullDisk fd = { .path = path, .room = 0 };
 
@@ -194,7 +189,7 @@ static void test_create_prealloc_fails(gconstpointer mode)
 {
     g_autofree char *name = g_strdup_printf("pre-%s.qcow2",
                                             (const char *)mode);
-    g_autofree char *path = test_path(name);
+    g_autofree char *path = tpath("%s", name);
     g_autofree char *opts = g_strdup_printf("size=16M,preallocation=%s",
                                             (const char *)mode);
     g_autoptr(GError) err = NULL;
@@ -219,7 +214,7 @@ static void test_create_prealloc_fails(gconstpointer mode)
 /* An option error is found before the file is touched. */
 static void test_create_bad_option_keeps_file(void)
 {
-    g_autofree char *path = test_path("keep.qcow2");
+    g_autofree char *path = tpath("keep.qcow2");
     g_autofree char *contents = NULL;
     g_autoptr(GError) err = NULL;
     gsize len;
@@ -235,7 +230,7 @@ static void test_create_bad_option_keeps_file(void)
 static void test_create_over_locked_image(gconstpointer format)
 {
     g_autofree char *name = g_strdup_printf("locked-%s", (const char *)format);
-    g_autofree char *path = test_path(name);
+    g_autofree char *path = tpath("%s", name);
     g_autofree char *want = NULL;
     g_autoptr(GError) err = NULL;
     g_autofree uint8_t *buf = g_malloc(65536);
