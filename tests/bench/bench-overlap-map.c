@@ -236,6 +236,18 @@ static double time_checks(Qcow2MetadataMap *m, const Image *img, GenFn gen,
 }
 
 /* QEMU-style: compare the range with every metadata cluster. */
+/* time_checks() from fresh counters; *st gets the counts of the run. */
+static double counted_checks(Qcow2MetadataMap *m, const Image *img,
+                             GenFn gen, uint64_t n, Qcow2MetadataMapStats *st)
+{
+    double ns;
+
+    qcow2_metadata_map_reset_counters(m);
+    ns = time_checks(m, img, gen, n);
+    qcow2_metadata_map_get_stats(m, st);
+    return ns;
+}
+
 static double time_naive(const Image *img, uint64_t n)
 {
     uint64_t hits = 0;
@@ -327,27 +339,19 @@ static void run_case(const char *name, unsigned cb, uint64_t virt,
     printf("build                    %.1f ns/enter (%" PRIu64 " enters)\n",
            build_ns / st.inserts, st.inserts);
 
-    qcow2_metadata_map_reset_counters(m);
-    rnd = time_checks(m, &img, gen_random, checks);
-    qcow2_metadata_map_get_stats(m, &st);
+    rnd = counted_checks(m, &img, gen_random, checks, &st);
     printf("random 512B-64KiB        %6.1f ns/check  (list->bytemap %" PRIu64
            ", from lists %" PRIu64 ")\n",
            rnd, st.list_to_bytemap, st.list_queries);
-    qcow2_metadata_map_reset_counters(m);
-    hot = time_checks(m, &img, gen_same_window, checks);
-    qcow2_metadata_map_get_stats(m, &st);
+    hot = counted_checks(m, &img, gen_same_window, checks, &st);
     printf("same window 512B-64KiB   %6.1f ns/check  (list->bytemap %" PRIu64
            ", from lists %" PRIu64 ")\n",
            hot, st.list_to_bytemap, st.list_queries);
-    qcow2_metadata_map_reset_counters(m);
-    seq = time_checks(m, &img, gen_sequential, checks);
-    qcow2_metadata_map_get_stats(m, &st);
+    seq = counted_checks(m, &img, gen_sequential, checks, &st);
     printf("sequential 64KiB         %6.1f ns/check  (list->bytemap %" PRIu64
            ", from lists %" PRIu64 ")\n",
            seq, st.list_to_bytemap, st.list_queries);
-    qcow2_metadata_map_reset_counters(m);
-    l2w = time_checks(m, &img, gen_l2_write, checks);
-    qcow2_metadata_map_get_stats(m, &st);
+    l2w = counted_checks(m, &img, gen_l2_write, checks, &st);
     printf("l2-write (ignore L2)     %6.1f ns/check  (list->bytemap %" PRIu64
            ", %.3f per check)\n", l2w, st.list_to_bytemap,
            (double)st.list_to_bytemap / checks);
@@ -364,9 +368,7 @@ static void run_case(const char *name, unsigned cb, uint64_t virt,
 
         build(m1, &one, virt, false);
         qcow2_metadata_map_flush(m1);
-        qcow2_metadata_map_reset_counters(m1);
-        r1 = time_checks(m1, &one, gen_random, checks);
-        qcow2_metadata_map_get_stats(m1, &st);
+        r1 = counted_checks(m1, &one, gen_random, checks, &st);
         printf("random, cache of 1       %6.1f ns/check  "
                "(list->bytemap %" PRIu64 ", bytemap->list %" PRIu64 ")\n",
                r1, st.list_to_bytemap, st.bytemap_to_list);
