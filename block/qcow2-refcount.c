@@ -210,21 +210,33 @@ int qcow2_refblock_offset(BDRVQcow2State *s, uint64_t table_index,
     return 0;
 }
 
+/*
+ * Refcount block @index from the cache (put it back with
+ * qcow2_cache_put()), or NULL in *refblock if the table names none.
+ */
+static int refblock_get(BDRVQcow2State *s, uint64_t index, void **refblock)
+{
+    uint64_t block;
+    int ret;
+
+    *refblock = NULL;
+    ret = qcow2_refblock_offset(s, index, &block);
+    if (ret < 0 || !block) {
+        return ret;
+    }
+    return qcow2_cache_get(s, s->refcount_block_cache, block, refblock);
+}
+
 int qcow2_get_refcount(BDRVQcow2State *s, uint64_t cluster_index,
                        uint64_t *refcount)
 {
     uint64_t table_index = cluster_index >> s->refcount_block_bits;
-    uint64_t block;
     void *refblock;
     int ret;
 
-    ret = qcow2_refblock_offset(s, table_index, &block);
-    if (ret < 0 || !block) {
-        *refcount = 0;
-        return ret;
-    }
-    ret = qcow2_cache_get(s, s->refcount_block_cache, block, &refblock);
-    if (ret < 0) {
+    *refcount = 0;
+    ret = refblock_get(s, table_index, &refblock);
+    if (ret < 0 || !refblock) {
         return ret;
     }
     *refcount = s->get_refcount(refblock, cluster_index &
@@ -243,21 +255,16 @@ int64_t qcow2_host_end_cluster(BDRVQcow2State *s)
     int64_t i;
 
     for (i = (int64_t)s->refcount_table_size - 1; i >= 0; i--) {
-        uint64_t block;
         void *refblock;
         int64_t j;
         int ret;
 
-        ret = qcow2_refblock_offset(s, i, &block);
+        ret = refblock_get(s, i, &refblock);
         if (ret < 0) {
             return ret;
         }
-        if (!block) {
+        if (!refblock) {
             continue;
-        }
-        ret = qcow2_cache_get(s, s->refcount_block_cache, block, &refblock);
-        if (ret < 0) {
-            return ret;
         }
         for (j = s->refcount_block_size - 1; j >= 0; j--) {
             if (s->get_refcount(refblock, j)) {
@@ -403,23 +410,19 @@ int qcow2_refblock_free_bits(BDRVQcow2State *s, uint64_t index,
                              uint64_t *bits, uint64_t *nfree)
 {
     uint64_t n = s->refcount_block_size, first = index << s->refcount_block_bits;
-    uint64_t block, i, count = 0;
+    uint64_t i, count = 0;
     void *refblock;
     guint k;
     int ret;
 
-    ret = qcow2_refblock_offset(s, index, &block);
+    ret = refblock_get(s, index, &refblock);
     if (ret < 0) {
         return ret;
     }
-    if (!block) {
+    if (!refblock) {
         memset(bits, 0xff, n / 8);
         count = n;
     } else {
-        ret = qcow2_cache_get(s, s->refcount_block_cache, block, &refblock);
-        if (ret < 0) {
-            return ret;
-        }
         /* A zero test needs no byte swap: read the widths directly. */
         for (i = 0; i < n; i++) {
             bool zero;
@@ -1301,21 +1304,16 @@ static int update_refcount_range(BDRVQcow2State *s, uint64_t first,
         uint64_t table_index = c >> s->refcount_block_bits;
         uint64_t block_last = MIN(last, ((table_index + 1) <<
                                          s->refcount_block_bits) - 1);
-        uint64_t block;
         void *refblock;
 
-        ret = qcow2_refblock_offset(s, table_index, &block);
+        ret = refblock_get(s, table_index, &refblock);
         if (ret < 0) {
             break;
         }
-        if (!block) {
+        if (!refblock) {
             qcow2_set_error(s, "Refcount block for cluster %" G_GUINT64_FORMAT
                             " is missing", c);
             ret = decrease ? -EINVAL : -EIO;
-            break;
-        }
-        ret = qcow2_cache_get(s, s->refcount_block_cache, block, &refblock);
-        if (ret < 0) {
             break;
         }
         block_first = c;
