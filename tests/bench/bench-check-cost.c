@@ -24,6 +24,7 @@
 #include <time.h>
 
 #include "block/qcow2.h"
+#include "test-lib.h"
 
 typedef struct Case {
     int cluster_bits;
@@ -39,14 +40,6 @@ static double now_ns(void)
 }
 
 static uint64_t rng = 88172645463325252ULL;
-
-static uint64_t next_random(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
 
 /* Build the in-memory metadata of a fully written image of c->size bytes. */
 static void build_state(BDRVQcow2State *s, QGuardImage *img, const Case *c,
@@ -112,7 +105,7 @@ static double time_checks(BDRVQcow2State *s, uint64_t data_start,
 
     for (i = 0; i < n; i++) {
         uint64_t span = (host_end - data_start) >> 16;
-        uint64_t off = data_start + ((next_random() % span) << 16);
+        uint64_t off = data_start + ((test_xorshift64(&rng) % span) << 16);
         sink += qcow2_check_metadata_overlap(s, 0, off, 65536);
     }
     (void)sink;

@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include "qguard.h"
+#include "test-lib.h"
 
 #define HOT_BYTES (4 * 1024 * 1024)
 #define WRITE_BUDGET_MS 3000
@@ -66,14 +67,6 @@ static double now_ms(void)
 }
 
 static uint64_t rng = 0x9e3779b97f4a7c15ULL;
-
-static uint64_t next_random(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return rng;
-}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -158,7 +151,7 @@ static void build_image(const char *path, const Case *c)
             die("snapshot", err);
         }
         for (r = 0; r < churn; r++) {
-            uint64_t range = next_random() % ranges;
+            uint64_t range = test_xorshift64(&rng) % ranges;
 
             buf[0] = (char)i;
             if (qguard_image_pwrite(img, range * l2_range, c->cluster_size,
@@ -205,7 +198,7 @@ static void measure(const char *path, const char *runtime, int runs,
          */
         t0 = now_ms();
         for (w = 0; w < writes; w++) {
-            uint64_t off = next_random() % (HOT_BYTES / cluster_size)
+            uint64_t off = test_xorshift64(&rng) % (HOT_BYTES / cluster_size)
                            * cluster_size;
 
             if (qguard_image_pwrite(img, off, cluster_size, buf, 0,
@@ -245,7 +238,7 @@ static double qemu_io_run(const char *qemu_io, const char *path,
     g_ptr_array_add(argv, g_strdup("-c"));
     g_ptr_array_add(argv, g_strdup_printf("open -o %s %s", mode, path));
     for (w = 0; w < writes; w++) {
-        uint64_t off = next_random() % (HOT_BYTES / cluster_size)
+        uint64_t off = test_xorshift64(&rng) % (HOT_BYTES / cluster_size)
                        * cluster_size;
 
         g_ptr_array_add(argv, g_strdup("-c"));

@@ -212,6 +212,14 @@ guint32 test_seed(void)
     return seed;
 }
 
+uint64_t test_xorshift64(uint64_t *state)
+{
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    return *state;
+}
+
 void fill_pattern(uint8_t *buf, uint64_t len, uint64_t offset, uint32_t tag)
 {
     uint64_t i;

@@ -62,6 +62,13 @@ int test_shv(const char *cwd, char **out, char **err, const char *fmt,
 guint32 test_seed(void);
 
 /*
+ * The next number of a xorshift64 sequence kept in *state (never 0): fast
+ * and the same on every machine, for benchmarks that want neither GRand's
+ * cost nor its per-version sequences.
+ */
+uint64_t test_xorshift64(uint64_t *state);
+
+/*
  * Deterministic bytes for guest offset @offset.. of a write tagged @tag:
  * two writes differ wherever their tags or offsets do, so a read-back
  * tells which write, and which part of it, landed.
