@@ -394,6 +394,8 @@ static int open_image(QGuardImage **pimg, const char *filename,
         g_set_error(errp, QGUARD_ERROR, -ret, "%s", local_err->message);
         goto fail;
     }
+    /* Below INT_MAX: bdrv_protocol_parse() checked them. */
+    host_file_set_limits(img->file, proto.align, proto.opt_write_zero);
     /* A loop would also conflict with our own locks: name it first. */
     if (chain_contains(parent, img->file)) {
         g_set_error(errp, QGUARD_ERROR, ELOOP,

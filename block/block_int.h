@@ -235,7 +235,18 @@ typedef struct BdrvProtocol {
     const char *protocol;       /* "file" or "blkdebug" */
     char *path;                 /* the host file, without any prefix */
     char *filename;             /* the image's name as QEMU shows it */
-    uint64_t align;             /* blkdebug's request alignment, or 0 */
+    /*
+     * blkdebug's limits, 0 if not set: the request alignment and the
+     * preferred zero write alignment, as host_file_set_limits() takes
+     * them.  The others only change how QEMU splits requests, never a
+     * byte of the file: they are checked as QEMU checks them, not used.
+     */
+    uint64_t align;
+    uint64_t max_transfer;
+    uint64_t opt_write_zero;
+    uint64_t max_write_zero;
+    uint64_t opt_discard;
+    uint64_t max_discard;
 } BdrvProtocol;
 
 /* Is there a colon before any slash in @path (a protocol prefix)? */

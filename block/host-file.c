@@ -24,6 +24,9 @@
 
 #define ALIGN_DOWN(n, a) ((n) & ~(uint64_t)((a) - 1))
 #define ALIGN_UP(n, a) ALIGN_DOWN((n) + (a) - 1, a)
+/* The same for blkdebug's zero alignment, which may be any number. */
+#define ROUND_DOWN_TO(n, a) ((n) - (n) % (a))
+#define ROUND_UP_TO(n, a) ROUND_DOWN_TO((n) + (a) - 1, a)
 
 struct HostFile {
     int fd;
@@ -52,6 +55,17 @@ struct HostFile {
     uint32_t align;
     uint32_t mem_align;
     pthread_rwlock_t rmw_lock;
+    /*
+     * blkdebug's limits (host_file_set_limits()), 1 when not set.  A
+     * write not aligned to @req_align is padded as QEMU's block layer
+     * pads it: by read-modify-write under @rmw_lock, and the padding stays
+     * (a write at the end of the file leaves it a multiple long).  The
+     * parts of a discard that do not fill an aligned block are left; the
+     * parts of a zero write that do not fill a block of @zero_align are
+     * written as zeros.
+     */
+    uint32_t req_align;
+    uint32_t zero_align;
     dev_t dev;
     ino_t ino;
 };
@@ -281,6 +295,7 @@ int host_file_open(HostFile **pfile, const char *filename, unsigned flags,
     if (file->direct) {
         probe_dio_alignment(file);
     }
+    file->req_align = file->zero_align = 1;
     pthread_rwlock_init(&file->rmw_lock, NULL);
     file->dev = st.st_dev;
     file->ino = st.st_ino;
@@ -343,6 +358,15 @@ void host_file_set_dio_alignment(HostFile *file, uint32_t align,
              mem_align % file->mem_align == 0);
     file->align = align;
     file->mem_align = mem_align;
+}
+
+void host_file_set_limits(HostFile *file, uint32_t req_align,
+                          uint32_t zero_align)
+{
+    file->req_align = MAX(req_align, 1);
+    file->zero_align = MAX(zero_align, file->req_align);
+    g_assert(!(file->req_align & (file->req_align - 1)) &&
+             file->zero_align % file->req_align == 0);
 }
 
 /*
@@ -422,14 +446,24 @@ static int write_fully(HostFile *file, uint64_t offset,
     return ret;
 }
 
-/* Can this transfer go to an O_DIRECT file as it is? */
-static bool dio_aligned(const HostFile *file, uint64_t offset,
-                        const struct iovec *iov, int iovcnt, uint64_t total)
+/* The alignment a write needs: O_DIRECT's and blkdebug's. */
+static uint32_t write_align(const HostFile *file)
+{
+    return MAX(file->direct ? file->align : 1, file->req_align);
+}
+
+/* Can this transfer go to the file as it is? */
+static bool transfer_aligned(const HostFile *file, uint64_t offset,
+                             const struct iovec *iov, int iovcnt,
+                             uint64_t total, uint32_t align)
 {
     int i;
 
-    if ((offset | total) & (file->align - 1)) {
+    if ((offset | total) & (align - 1)) {
         return false;
+    }
+    if (!file->direct) {
+        return true;
     }
     for (i = 0; i < iovcnt; i++) {
         if (((uintptr_t)iov[i].iov_base | iov[i].iov_len) &
@@ -472,17 +506,19 @@ static int dio_bounce_read(HostFile *file, uint64_t offset, void *buf,
 }
 
 /*
- * An unaligned write to an O_DIRECT file: read the partial blocks at both
- * ends, copy the data in and write the aligned range.  Writing the last
- * block may extend the file past the end of the request; the file gets
- * its old length (or the end of the request) back, as if the write had
- * been unaligned.
+ * An unaligned write: read the partial blocks at both ends, copy the data
+ * in and write the aligned range.  Writing the last block may extend the
+ * file past the end of the request.  O_DIRECT's padding is undone (the
+ * file gets its old length, or the end of the request, back); blkdebug's
+ * is not, as in QEMU, where the padded request is what reaches the file.
  */
-static int dio_rmw_write(HostFile *file, uint64_t offset,
-                         const struct iovec *iov, int iovcnt, uint64_t total)
+static int rmw_write(HostFile *file, uint64_t offset,
+                     const struct iovec *iov, int iovcnt, uint64_t total)
 {
-    uint64_t start = ALIGN_DOWN(offset, file->align);
-    uint64_t end = ALIGN_UP(offset + total, file->align);
+    uint32_t align = write_align(file);
+    uint64_t start = ALIGN_DOWN(offset, align);
+    uint64_t end = ALIGN_UP(offset + total, align);
+    uint64_t keep = ALIGN_UP(offset + total, file->req_align);
     uint64_t len = end - start, pos;
     struct iovec whole;
     uint8_t *bounce;
@@ -500,11 +536,10 @@ static int dio_rmw_write(HostFile *file, uint64_t offset,
         goto out;
     }
     if (start < offset) {
-        ret = read_fully(file, start, bounce, file->align);
+        ret = read_fully(file, start, bounce, align);
     }
-    if (ret == 0 && tail && (len > file->align || start == offset)) {
-        ret = read_fully(file, end - file->align,
-                         bounce + len - file->align, file->align);
+    if (ret == 0 && tail && (len > align || start == offset)) {
+        ret = read_fully(file, end - align, bounce + len - align, align);
     }
     if (ret < 0) {
         goto out;
@@ -517,9 +552,8 @@ static int dio_rmw_write(HostFile *file, uint64_t offset,
     whole.iov_base = bounce;
     whole.iov_len = len;
     ret = write_fully(file, start, &whole, 1);
-    if (ret == 0 && tail && (uint64_t)st.st_size < end) {
-        while (ftruncate(file->fd, MAX((uint64_t)st.st_size,
-                                       offset + total)) < 0) {
+    if (ret == 0 && tail && (uint64_t)st.st_size < end && keep < end) {
+        while (ftruncate(file->fd, MAX((uint64_t)st.st_size, keep)) < 0) {
             if (errno != EINTR) {
                 ret = -errno;
                 break;
@@ -541,7 +575,9 @@ int host_file_pread(HostFile *file, uint64_t offset, void *buf, size_t bytes)
     if (ret < 0) {
         return ret;
     }
-    if (file->direct && !dio_aligned(file, offset, &iov, 1, bytes)) {
+    /* blkdebug's alignment changes no byte read: only O_DIRECT's counts. */
+    if (file->direct &&
+        !transfer_aligned(file, offset, &iov, 1, bytes, file->align)) {
         return dio_bounce_read(file, offset, buf, bytes);
     }
     return read_fully(file, offset, buf, bytes);
@@ -572,10 +608,11 @@ int host_file_pwritev(HostFile *file, uint64_t offset,
     if (ret < 0) {
         return ret;
     }
-    if (!file->direct) {
+    if (!file->direct && file->req_align == 1) {
         ret = write_fully(file, offset, iov, iovcnt);
-    } else if (!dio_aligned(file, offset, iov, iovcnt, total)) {
-        ret = dio_rmw_write(file, offset, iov, iovcnt, total);
+    } else if (!transfer_aligned(file, offset, iov, iovcnt, total,
+                                 write_align(file))) {
+        ret = rmw_write(file, offset, iov, iovcnt, total);
     } else {
         pthread_rwlock_rdlock(&file->rmw_lock);
         ret = write_fully(file, offset, iov, iovcnt);
@@ -709,6 +746,16 @@ int host_file_discard(HostFile *file, uint64_t offset, uint64_t bytes)
     if (ret < 0) {
         return ret;
     }
+    if (file->req_align > 1) {
+        /* Discards are advisory: the partial blocks are left alone. */
+        uint64_t end = ALIGN_DOWN(offset + bytes, file->req_align);
+
+        offset = ALIGN_UP(offset, file->req_align);
+        if (offset >= end) {
+            return 0;
+        }
+        bytes = end - offset;
+    }
     if (fallocate(file->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                   offset, bytes) < 0) {
         return errno == EOPNOTSUPP ? -ENOTSUP : -errno;
@@ -716,23 +763,11 @@ int host_file_discard(HostFile *file, uint64_t offset, uint64_t bytes)
     return 0;
 }
 
-int host_file_write_zeroes(HostFile *file, uint64_t offset, uint64_t bytes,
-                           bool may_unmap)
+static int write_zero_data(HostFile *file, uint64_t offset, uint64_t bytes)
 {
     static const uint8_t zeros[64 * 1024];
-    int mode = may_unmap ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-                         : FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
     int ret;
 
-    /* To a recorder this is a discard: afterwards the range reads zeros. */
-    ret = begin_change(file, HOST_FILE_DISCARD, offset, bytes);
-    if (ret < 0) {
-        return ret;
-    }
-    if (fallocate(file->fd, mode, offset, bytes) == 0) {
-        return 0;
-    }
-    /* No fallocate mode for it here: write the zeros out. */
     while (bytes > 0) {
         size_t n = MIN(bytes, sizeof(zeros));
         ret = host_file_pwrite(file, offset, zeros, n);
@@ -743,6 +778,62 @@ int host_file_write_zeroes(HostFile *file, uint64_t offset, uint64_t bytes,
         bytes -= n;
     }
     return 0;
+}
+
+/*
+ * Make a range read as zeros with fallocate @mode, or with written zeros
+ * if @fallback and the file system has no such mode.
+ */
+static int zero_range(HostFile *file, uint64_t offset, uint64_t bytes,
+                      int mode, bool fallback)
+{
+    uint64_t start = offset, end = offset + bytes;
+    int ret;
+
+    /* To a recorder this is a discard: afterwards the range reads zeros. */
+    ret = begin_change(file, HOST_FILE_DISCARD, offset, bytes);
+    if (ret < 0) {
+        return ret;
+    }
+    if (file->zero_align > 1) {
+        /*
+         * As QEMU's block layer under blkdebug: only whole blocks of the
+         * zero alignment become a zero range, the ends are written as
+         * zeros (by read-modify-write where they cover part of a block).
+         */
+        start = MIN(ROUND_UP_TO(offset, file->zero_align), end);
+        end = MAX(ROUND_DOWN_TO(end, file->zero_align), start);
+        ret = write_zero_data(file, offset, start - offset);
+        if (ret == 0) {
+            ret = write_zero_data(file, end, offset + bytes - end);
+        }
+        if (ret < 0 || start == end) {
+            return ret;
+        }
+    }
+    if (fallocate(file->fd, mode, start, end - start) == 0) {
+        return 0;
+    }
+    if (!fallback) {
+        return errno == EOPNOTSUPP ? -ENOTSUP : -errno;
+    }
+    /* No fallocate mode for it here: write the zeros out. */
+    return write_zero_data(file, start, end - start);
+}
+
+int host_file_write_zeroes(HostFile *file, uint64_t offset, uint64_t bytes,
+                           bool may_unmap)
+{
+    return zero_range(file, offset, bytes,
+                      may_unmap ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+                                : FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+                      true);
+}
+
+int host_file_punch_zeroes(HostFile *file, uint64_t offset, uint64_t bytes)
+{
+    return zero_range(file, offset, bytes,
+                      FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, false);
 }
 
 int host_file_is_hole(HostFile *file, uint64_t offset, uint64_t *bytes,

@@ -61,6 +61,14 @@ bool host_file_is_direct(const HostFile *file);
 /* Test hook: pretend an O_DIRECT file needs coarser alignment. */
 void host_file_set_dio_alignment(HostFile *file, uint32_t align,
                                  uint32_t mem_align);
+/*
+ * blkdebug's limits, 0 or 1 for none: @req_align a power of two,
+ * @zero_align a multiple of it.  Writes are padded to @req_align and
+ * discards skip what does not fill an aligned block; zero writes zero
+ * only whole blocks of @zero_align and write zeros elsewhere.
+ */
+void host_file_set_limits(HostFile *file, uint32_t req_align,
+                          uint32_t zero_align);
 /* Identity of the underlying file (for backing chain loop detection). */
 void host_file_identity(const HostFile *file, uint64_t *dev, uint64_t *ino);
 
@@ -86,6 +94,11 @@ int host_file_write_zeroes(HostFile *file, uint64_t offset, uint64_t bytes,
                            bool may_unmap);
 /* Punch a hole; best effort, -ENOTSUP if the filesystem cannot. */
 int host_file_discard(HostFile *file, uint64_t offset, uint64_t bytes);
+/*
+ * Make a range read as zeros by deallocating it, exactly (unlike a
+ * discard); -ENOTSUP if the file system cannot.
+ */
+int host_file_punch_zeroes(HostFile *file, uint64_t offset, uint64_t bytes);
 /*
  * Is [offset, offset + *bytes) a hole?  On return *bytes is shortened to the
  * extent that has the same answer.  Files without SEEK_HOLE report data.

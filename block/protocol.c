@@ -7,9 +7,8 @@
  * Copyright (c) 2026 The qguard authors
  *
  * qguard has one protocol that does I/O, the host file.  blkdebug is
- * accepted without rules, as a pass-through that only checks its options:
- * its request alignment changes how QEMU splits requests, never what they
- * read or write.
+ * accepted without rules: what it keeps is its limits, which the host
+ * file applies as QEMU's block layer does (host-file.c).
  */
 #include <inttypes.h>
 #include <limits.h>
@@ -94,6 +93,9 @@ static bool is_file_option(const char *key)
 static bool is_blkdebug_option(const char *key)
 {
     return !strcmp(key, "driver") || !strcmp(key, "align") ||
+           !strcmp(key, "max-transfer") || !strcmp(key, "opt-write-zero") ||
+           !strcmp(key, "max-write-zero") || !strcmp(key, "opt-discard") ||
+           !strcmp(key, "max-discard") ||
            !strcmp(key, "config") || !strcmp(key, "image.filename") ||
            !strcmp(key, "image.driver") || !strcmp(key, "image.locking") ||
            !strcmp(key, "locking") || !strcmp(key, "cache.direct") ||
@@ -124,11 +126,60 @@ static int check_protocol_options(const char *protocol,
     return 0;
 }
 
+/*
+ * One of blkdebug's limits: a size below INT_MAX and a multiple of @unit
+ * (and a power of two for the request alignment), as QEMU's blkdebug
+ * requires.  0 if not given.
+ */
+static int parse_blkdebug_limit(const QGuardOpts *opts, const char *name,
+                                uint64_t unit, bool pow2, uint64_t *value,
+                                GError **errp)
+{
+    g_autofree char *key = g_strconcat("file.", name, NULL);
+    const char *str = qguard_opts_get(opts, key);
+
+    *value = 0;
+    if (!str) {
+        return 0;
+    }
+    if (qguard_parse_size_option(name, str, value, NULL, errp) < 0) {
+        return -EINVAL;
+    }
+    if (*value && (*value >= INT_MAX || *value % MAX(unit, 1) ||
+                   (pow2 && (*value & (*value - 1))))) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Cannot meet constraints with %s %" PRIu64, name,
+                    *value);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int parse_blkdebug_limits(BdrvProtocol *p, const QGuardOpts *opts,
+                                 GError **errp)
+{
+    if (parse_blkdebug_limit(opts, "align", 1, true, &p->align, errp) < 0 ||
+        parse_blkdebug_limit(opts, "max-transfer", p->align, false,
+                             &p->max_transfer, errp) < 0 ||
+        parse_blkdebug_limit(opts, "opt-write-zero", p->align, false,
+                             &p->opt_write_zero, errp) < 0 ||
+        parse_blkdebug_limit(opts, "max-write-zero",
+                             MAX(p->opt_write_zero, p->align), false,
+                             &p->max_write_zero, errp) < 0 ||
+        parse_blkdebug_limit(opts, "opt-discard", p->align, false,
+                             &p->opt_discard, errp) < 0 ||
+        parse_blkdebug_limit(opts, "max-discard",
+                             MAX(p->opt_discard, p->align), false,
+                             &p->max_discard, errp) < 0) {
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static int parse_blkdebug(BdrvProtocol *p, const char *spec,
                           const QGuardOpts *opts, GError **errp)
 {
     const char *image_driver = qguard_opts_get(opts, "file.image.driver");
-    const char *align = qguard_opts_get(opts, "file.align");
     g_autofree char *config = NULL;
     const char *image;
     int ret;
@@ -163,18 +214,9 @@ static int parse_blkdebug(BdrvProtocol *p, const char *spec,
                     image_driver);
         return -EINVAL;
     }
-    if (align) {
-        if (qguard_parse_size_option("align", align, &p->align, NULL,
-                                     errp) < 0) {
-            return -EINVAL;
-        }
-        if (p->align && (p->align >= INT_MAX ||
-                         (p->align & (p->align - 1)))) {
-            g_set_error(errp, QGUARD_ERROR, EINVAL,
-                        "Cannot meet constraints with align %" PRIu64,
-                        p->align);
-            return -EINVAL;
-        }
+    ret = parse_blkdebug_limits(p, opts, errp);
+    if (ret < 0) {
+        return ret;
     }
     if (spec) {
         p->path = file_path(image, errp);

@@ -97,7 +97,7 @@ static int raw_pwrite_zeroes(QGuardImage *img, uint64_t offset,
     int ret = -ENOTSUP;
 
     if (flags & QGUARD_ZERO_MAY_UNMAP) {
-        ret = host_file_discard(img->file, offset, bytes);
+        ret = host_file_punch_zeroes(img->file, offset, bytes);
     }
     if (ret == -ENOTSUP && !(flags & QGUARD_ZERO_FAST)) {
         ret = write_zeros(img->file, offset, bytes);

@@ -366,6 +366,11 @@ typedef struct DirectCase {
     const char *create_opts;    /* qcow2; raw: the file size */
     uint32_t align;
     uint32_t mem_align;
+    /*
+     * Both images through blkdebug with this file.align, 0 for none: its
+     * padding stays in both files, O_DIRECT's coarser one does not.
+     */
+    const char *blkdebug_align;
 } DirectCase;
 
 static void create_any(const char *path, const DirectCase *c)
@@ -411,15 +416,21 @@ static void test_direct_matches_buffered(gconstpointer data)
     g_autofree uint8_t *rb = g_malloc(max_len + 1);
     QGuardImage *a = NULL, *b = NULL;
     QGuardOpts *opts = qguard_opts_new();
+    g_autofree char *na = NULL, *nb = NULL;
     uint64_t size;
     int i;
 
     create_any(pa, c);
     create_any(pb, c);
-    g_assert_cmpint(qguard_image_open(&a, pa, c->format, NULL,
+    na = g_strconcat(c->blkdebug_align ? "blkdebug::" : "", pa, NULL);
+    nb = g_strconcat(c->blkdebug_align ? "blkdebug::" : "", pb, NULL);
+    if (c->blkdebug_align) {
+        qguard_opts_set(opts, "file.align", c->blkdebug_align);
+    }
+    g_assert_cmpint(qguard_image_open(&a, na, c->format, opts,
                                       QGUARD_OPEN_RDWR, &err), ==, 0);
     qguard_opts_set(opts, "cache.direct", "on");
-    g_assert_cmpint(qguard_image_open(&b, pb, c->format, opts,
+    g_assert_cmpint(qguard_image_open(&b, nb, c->format, opts,
                                       QGUARD_OPEN_RDWR, &err), ==, 0);
     qguard_opts_free(opts);
     g_assert_true(host_file_is_direct(b->file));
@@ -471,16 +482,19 @@ static void test_direct_matches_buffered(gconstpointer data)
 }
 
 static const DirectCase direct_cases[] = {
-    { "qcow2", "size=4M,cluster_size=512", 0, 0 },
-    { "qcow2", "size=4M,cluster_size=512", 4096, 4096 },
-    { "qcow2", "size=4M", 4096, 4096 },
-    { "raw", "1049576", 0, 0 },         /* 1 MiB + 1000 */
-    { "raw", "1049576", 4096, 4096 },
+    { "qcow2", "size=4M,cluster_size=512", 0, 0, NULL },
+    { "qcow2", "size=4M,cluster_size=512", 4096, 4096, NULL },
+    { "qcow2", "size=4M", 4096, 4096, NULL },
+    { "raw", "1049576", 0, 0, NULL },       /* 1 MiB + 1000 */
+    { "raw", "1049576", 4096, 4096, NULL },
+    { "qcow2", "size=4M,cluster_size=512", 4096, 4096, "512" },
+    { "raw", "1049576", 4096, 4096, "1k" },
 };
 
 static const char *const direct_case_names[] = {
     "qcow2-512", "qcow2-512-align-4k", "qcow2-64k-align-4k", "raw-odd-size",
-    "raw-odd-size-align-4k",
+    "raw-odd-size-align-4k", "qcow2-512-align-4k-blkdebug-512",
+    "raw-odd-size-align-4k-blkdebug-1k",
 };
 
 int main(int argc, char **argv)
