@@ -166,11 +166,15 @@ Qcow2Cache *qcow2_cache_create(BDRVQcow2State *s, int num_tables,
     c->size = num_tables;
     c->table_size = s->cluster_size;
     c->ol_type = ol_type;
-    c->entries = g_new0(Qcow2CacheEntry, num_tables);
+    c->entries = g_try_new0(Qcow2CacheEntry, num_tables);
     /* Page aligned, so that O_DIRECT (cache.direct) needs no bounce buffer. */
-    if (posix_memalign((void **)&c->tables, 4096,
-                       (size_t)num_tables * c->table_size)) {
-        g_error("out of memory for the qcow2 table cache");
+    if (!c->entries || posix_memalign((void **)&c->tables, 4096,
+                                      (size_t)num_tables * c->table_size)) {
+        /* A size the user asked for: QEMU fails the open, and so do we. */
+        c->tables = NULL;
+        g_free(c->entries);
+        g_free(c);
+        return NULL;
     }
     while (nbuckets < (uint32_t)num_tables * 2) {
         nbuckets <<= 1;

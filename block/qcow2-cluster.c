@@ -321,15 +321,9 @@ static int l2_allocate(BDRVQcow2State *s, uint64_t l1_index)
     void *old_table;
     int ret;
 
-    new_offset = qcow2_alloc_clusters_exact(s, 1);
+    new_offset = qcow2_alloc_table_cluster(s, "L2 table");
     if (new_offset < 0) {
         return new_offset;
-    }
-    if (new_offset == 0) {
-        qcow2_signal_corruption(s, true, -1, -1,
-                                "Preventing invalid allocation of L2 table at "
-                                "offset 0");
-        return -EIO;
     }
     /*
      * The table reaches the disk only when the L2 cache is written back:

@@ -5,7 +5,9 @@
  *
  * Copyright (c) 2026 The qguard authors
  */
+#include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,6 +28,29 @@ static bool parse_size_opt(const QGuardOpts *opts, const char *name,
         return true;
     }
     return qguard_parse_size_option(name, str, value, NULL, errp) == 0;
+}
+
+/*
+ * A QemuOpts number: strtoull's syntax, so "-1" wraps around as it does
+ * in QEMU (and is then too big for whatever it sets).
+ */
+static bool parse_number_opt(const QGuardOpts *opts, const char *name,
+                             uint64_t *value, GError **errp)
+{
+    const char *str = qguard_opts_get(opts, name);
+    char *end;
+
+    if (!str) {
+        return true;
+    }
+    errno = 0;
+    *value = strtoull(str, &end, 0);
+    if (errno || end == str || *end) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Parameter '%s' expects a number", name);
+        return false;
+    }
+    return true;
 }
 
 static bool parse_bool_opt(const QGuardOpts *opts, const char *name,
@@ -169,6 +194,7 @@ static uint64_t default_l2_cache_bytes(BDRVQcow2State *s)
 int qcow2_grow_default_l2_cache(BDRVQcow2State *s)
 {
     uint64_t tables = MAX(default_l2_cache_bytes(s) / s->cluster_size, 2);
+    Qcow2Cache *cache;
     int ret;
 
     if (!s->l2_cache_auto ||
@@ -179,17 +205,28 @@ int qcow2_grow_default_l2_cache(BDRVQcow2State *s)
     if (ret < 0) {
         return ret;
     }
+    cache = qcow2_cache_create(s, tables, QCOW2_OL_ACTIVE_L2);
+    if (!cache) {
+        /* Only slower: the cache that there is stays. */
+        return 0;
+    }
     qcow2_cache_destroy(s->l2_table_cache);
-    s->l2_table_cache = qcow2_cache_create(s, tables, QCOW2_OL_ACTIVE_L2);
+    s->l2_table_cache = cache;
     return 0;
 }
 
+/*
+ * QEMU's read_cache_sizes() and the checks after it.  An L2 cache entry
+ * smaller than a table only sets how much of a table QEMU loads at once;
+ * qguard caches whole tables, as many as the same number of bytes hold,
+ * and takes the entry size for the limits and messages alone.
+ */
 static int parse_cache_options(BDRVQcow2State *s, const QGuardOpts *opts,
                                int *l2_tables, int *refcount_tables,
                                GError **errp)
 {
-    uint64_t combined = 0, l2 = 0, refcount = 0, entry = 0, interval;
-    bool combined_set, l2_set, refcount_set, entry_set, interval_set;
+    uint64_t combined = 0, l2 = 0, refcount = 0, entry = 0, interval = 0;
+    bool combined_set, l2_set, refcount_set, entry_set;
     uint64_t max_l2_entries = (s->img->total_size + s->cluster_size - 1) >>
                               s->cluster_bits;
     uint64_t max_l2_cache = ROUND_UP(max_l2_entries * s->l2_entry_size,
@@ -203,15 +240,11 @@ static int parse_cache_options(BDRVQcow2State *s, const QGuardOpts *opts,
                         &refcount_set, errp) ||
         !parse_size_opt(opts, "l2-cache-entry-size", &entry, &entry_set,
                         errp) ||
-        !parse_size_opt(opts, "cache-clean-interval", &interval,
-                        &interval_set, errp)) {
+        !parse_number_opt(opts, "cache-clean-interval", &interval, errp)) {
         return -EINVAL;
     }
-    if (entry_set && entry != (uint64_t)s->cluster_size) {
-        g_set_error(errp, QGUARD_ERROR, ENOTSUP,
-                    "l2-cache-entry-size other than the cluster size is "
-                    "not supported");
-        return -ENOTSUP;
+    if (!entry_set) {
+        entry = s->cluster_size;
     }
     if (combined_set) {
         if (l2_set && refcount_set) {
@@ -228,34 +261,61 @@ static int parse_cache_options(BDRVQcow2State *s, const QGuardOpts *opts,
                         "refcount-cache-size may not exceed cache-size");
             return -EINVAL;
         }
+        l2 = MIN(max_l2_cache, l2_set ? l2 : DEFAULT_L2_CACHE_MAX_SIZE);
         if (l2_set) {
             refcount = combined - l2;
         } else if (refcount_set) {
             l2 = combined - refcount;
-        } else {
+        } else if (combined >= max_l2_cache + min_refcount) {
             /* Cover the whole disk first, give the rest to refcounts. */
-            l2 = MIN(max_l2_cache, combined);
-            refcount = MAX(combined - l2, min_refcount);
+            l2 = max_l2_cache;
+            refcount = combined - l2;
+        } else {
+            refcount = MIN(combined, min_refcount);
+            l2 = combined - refcount;
         }
     } else {
         if (!l2_set) {
-            l2 = default_l2_cache_bytes(s);
             s->l2_cache_auto = true;
         }
+        l2 = MIN(max_l2_cache, l2_set ? l2 : DEFAULT_L2_CACHE_MAX_SIZE);
         if (!refcount_set) {
             refcount = MAX(min_refcount, (uint64_t)DEFAULT_REFCOUNT_CACHE_MIN);
         }
     }
-    l2 = MAX(l2, 2ULL * s->cluster_size);
-    refcount = MAX(refcount, min_refcount);
-    if (l2 / s->cluster_size > MAX_CACHE_TABLES) {
+    /* A cache that cannot hold the disk's tables loads 4 KiB at a time. */
+    if (l2 < max_l2_cache && !entry_set) {
+        entry = MIN((uint64_t)s->cluster_size, 4096);
+    }
+    if (entry < 512 || entry > (uint64_t)s->cluster_size ||
+        (entry & (entry - 1))) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "L2 cache entry size must be a power of two between 512 "
+                    "and the cluster size (%d)", s->cluster_size);
+        return -EINVAL;
+    }
+    if (MAX(l2 / entry, 2) > INT_MAX) {
         g_set_error(errp, QGUARD_ERROR, EINVAL, "L2 cache size too big");
         return -EINVAL;
     }
-    if (refcount / s->cluster_size > MAX_CACHE_TABLES) {
+    if (MAX(refcount / s->cluster_size, MIN_REFCOUNT_CACHE_SIZE) > INT_MAX) {
         g_set_error(errp, QGUARD_ERROR, EINVAL,
                     "Refcount cache size too big");
         return -EINVAL;
+    }
+    if (interval > UINT_MAX) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Cache clean interval too big");
+        return -EINVAL;
+    }
+    l2 = MAX(l2, 2ULL * s->cluster_size);
+    refcount = MAX(refcount, min_refcount);
+    /* Beyond QEMU's limits, the memory would not be there either. */
+    if (l2 / s->cluster_size > MAX_CACHE_TABLES ||
+        refcount / s->cluster_size > MAX_CACHE_TABLES) {
+        g_set_error(errp, QGUARD_ERROR, ENOMEM,
+                    "Could not allocate metadata caches");
+        return -ENOMEM;
     }
     *l2_tables = l2 / s->cluster_size;
     *refcount_tables = refcount / s->cluster_size;

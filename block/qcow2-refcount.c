@@ -500,7 +500,7 @@ static uint64_t first_freed_from(BDRVQcow2State *s, uint64_t c)
  * allocates pays for one flush.
  */
 static int64_t find_free_run(BDRVQcow2State *s, uint64_t n, bool exact,
-                             bool take, uint64_t *got)
+                             bool take, uint64_t *got, const char *what)
 {
     uint64_t limit = QCOW2_MAX_HOST_OFFSET >> s->cluster_bits;
     bool flushed = false;
@@ -538,9 +538,15 @@ static int64_t find_free_run(BDRVQcow2State *s, uint64_t n, bool exact,
     }
     if (first == 0) {
         /* The header always has a refcount: the refcounts are broken. */
-        qcow2_signal_corruption(s, true, 0, s->cluster_size,
-                                "Preventing invalid allocation of cluster 0 "
-                                "(refcounts are damaged)");
+        if (what) {
+            qcow2_signal_corruption(s, true, -1, -1,
+                                    "Preventing invalid allocation of %s at "
+                                    "offset 0", what);
+        } else {
+            qcow2_signal_corruption(s, true, 0, s->cluster_size,
+                                    "Preventing invalid allocation of "
+                                    "cluster 0 (refcounts are damaged)");
+        }
         return -EIO;
     }
     if (take) {
@@ -589,7 +595,7 @@ static int ensure_refblock(BDRVQcow2State *s, uint64_t index,
         return ret;
     }
 
-    found = find_free_run(s, 1, true, true, &got);
+    found = find_free_run(s, 1, true, true, &got, "refcount block");
     if (found < 0) {
         return found;
     }
@@ -1074,7 +1080,7 @@ int64_t qcow2_first_free_cluster(BDRVQcow2State *s)
 {
     uint64_t got;
 
-    return find_free_run(s, 1, true, false, &got);
+    return find_free_run(s, 1, true, false, &got, NULL);
 }
 
 /*
@@ -1108,7 +1114,7 @@ int qcow2_free_unreferenced_clusters(BDRVQcow2State *s, uint64_t offset,
 }
 
 static int64_t alloc_clusters(BDRVQcow2State *s, uint64_t n, bool exact,
-                              uint64_t *got)
+                              uint64_t *got, const char *what)
 {
     uint64_t missing;
     int64_t first;
@@ -1118,7 +1124,7 @@ static int64_t alloc_clusters(BDRVQcow2State *s, uint64_t n, bool exact,
         return -EINVAL;
     }
     for (;;) {
-        first = find_free_run(s, n, exact, true, got);
+        first = find_free_run(s, n, exact, true, got, what);
         if (first < 0) {
             return first;
         }
@@ -1147,7 +1153,7 @@ static int64_t alloc_clusters(BDRVQcow2State *s, uint64_t n, bool exact,
 /* Allocate up to @n contiguous clusters; *got says how many. */
 int64_t qcow2_alloc_clusters(BDRVQcow2State *s, uint64_t n, uint64_t *got)
 {
-    return alloc_clusters(s, n, false, got);
+    return alloc_clusters(s, n, false, got, NULL);
 }
 
 /* Allocate exactly @n contiguous clusters (tables). */
@@ -1155,7 +1161,15 @@ int64_t qcow2_alloc_clusters_exact(BDRVQcow2State *s, uint64_t n)
 {
     uint64_t got;
 
-    return alloc_clusters(s, n, true, &got);
+    return alloc_clusters(s, n, true, &got, NULL);
+}
+
+/* One cluster for the table @what names in QEMU's corruption message. */
+int64_t qcow2_alloc_table_cluster(BDRVQcow2State *s, const char *what)
+{
+    uint64_t got;
+
+    return alloc_clusters(s, 1, true, &got, what);
 }
 
 /*
@@ -1193,7 +1207,7 @@ int64_t qcow2_alloc_data_clusters(BDRVQcow2State *s, uint64_t n,
                                     false, QCOW2_DISCARD_NEVER);
         return ret < 0 ? ret : (int64_t)next;
     }
-    return alloc_clusters(s, n, true, got);
+    return alloc_clusters(s, n, true, got, NULL);
 }
 
 /*
@@ -1255,7 +1269,8 @@ int64_t qcow2_alloc_bytes(BDRVQcow2State *s, int size)
         int64_t first;
 
         for (;;) {
-            first = find_free_run(s, 1, true, true, &got);
+            first = find_free_run(s, 1, true, true, &got,
+                                  "compressed cluster");
             if (first < 0) {
                 return first;
             }

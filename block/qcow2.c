@@ -1027,6 +1027,12 @@ static int qcow2_open(QGuardImage *img, const QGuardOpts *opts, GError **errp)
     s->l2_table_cache = qcow2_cache_create(s, l2_tables, QCOW2_OL_ACTIVE_L2);
     s->refcount_block_cache = qcow2_cache_create(s, refcount_tables,
                                                  QCOW2_OL_REFCOUNT_BLOCK);
+    if (!s->l2_table_cache || !s->refcount_block_cache) {
+        g_set_error(errp, QGUARD_ERROR, ENOMEM,
+                    "Could not allocate metadata caches");
+        ret = -ENOMEM;
+        goto fail;
+    }
     if (s->snapshots_unread) {
         s->nb_snapshots = 0;
         s->snapshots_offset = 0;

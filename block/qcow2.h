@@ -557,6 +557,11 @@ int64_t qcow2_alloc_clusters(BDRVQcow2State *s, uint64_t n,
 int64_t qcow2_alloc_clusters_exact(BDRVQcow2State *s, uint64_t n);
 int64_t qcow2_alloc_data_clusters(BDRVQcow2State *s, uint64_t n,
                                   uint64_t next, uint64_t *got);
+/*
+ * A free cluster 0 means damaged refcounts; the corruption message names
+ * @what is being allocated, as QEMU's does ("L2 table").
+ */
+int64_t qcow2_alloc_table_cluster(BDRVQcow2State *s, const char *what);
 int64_t qcow2_alloc_tail(BDRVQcow2State *s, uint64_t n);
 int64_t qcow2_tail_cluster(BDRVQcow2State *s);
 int64_t qcow2_first_free_cluster(BDRVQcow2State *s);
@@ -742,6 +747,7 @@ int qcow2_zero_piece_ext(BDRVQcow2State *s, uint64_t start, uint64_t end,
                          bool check_only);
 
 /* qcow2-cache.c */
+/* NULL if the memory for @num_tables tables cannot be had. */
 Qcow2Cache *qcow2_cache_create(BDRVQcow2State *s, int num_tables,
                                unsigned ol_type);
 void qcow2_cache_destroy(Qcow2Cache *c);

@@ -493,13 +493,55 @@ static int reopen_image(QGuardOpts *opts, bool read_only,
     return ret;
 }
 
+/*
+ * The options of the last open stay unless @changes names them, except
+ * that (as QEMU's qcow2_join_options()) a new overlap-check template drops
+ * the old overlap-check flags, a new cache-size drops the old split of
+ * the cache, and a new split drops an old cache-size.
+ */
+static QGuardOpts *join_reopen_options(const QGuardOpts *changes)
+{
+    static const char *const overlap_keys[] = {
+        "overlap-check", "overlap-check.template",
+        "overlap-check.main-header", "overlap-check.active-l1",
+        "overlap-check.active-l2", "overlap-check.refcount-table",
+        "overlap-check.refcount-block", "overlap-check.snapshot-table",
+        "overlap-check.inactive-l1", "overlap-check.inactive-l2",
+    };
+    QGuardOpts *merged = qguard_opts_copy(open_state.opts);
+    bool qcow2 = image && !strcmp(qguard_image_format(image), "qcow2");
+    bool new_cache_size = qguard_opts_has(changes, "cache-size");
+    guint i;
+
+    if (qcow2 && (qguard_opts_has(changes, "overlap-check") ||
+                  qguard_opts_has(changes, "overlap-check.template"))) {
+        for (i = 0; i < G_N_ELEMENTS(overlap_keys); i++) {
+            qguard_opts_del(merged, overlap_keys[i]);
+        }
+    }
+    if (qcow2 && new_cache_size) {
+        qguard_opts_del(merged, "l2-cache-size");
+        qguard_opts_del(merged, "refcount-cache-size");
+    }
+    for (i = 0; i < qguard_opts_count(changes); i++) {
+        qguard_opts_set(merged, qguard_opts_key(changes, i),
+                        qguard_opts_value(changes, i));
+    }
+    /* QEMU tests for any of the three here, not all of them. */
+    if (qcow2 && !new_cache_size &&
+        (qguard_opts_has(merged, "l2-cache-size") ||
+         qguard_opts_has(merged, "refcount-cache-size"))) {
+        qguard_opts_del(merged, "cache-size");
+    }
+    return merged;
+}
+
 static int reopen_f(int argc, char **argv)
 {
     QGuardOpts *changes = qguard_opts_new();
     QGuardOpts *merged;
     bool read_only = open_state.read_only, has_rw = false;
     unsigned cache_flags = open_state.cache_flags;
-    guint i;
     int c, ret = -EINVAL;
 
     while ((c = getopt(argc, argv, "c:o:rw")) != -1) {
@@ -535,11 +577,7 @@ static int reopen_f(int argc, char **argv)
     if (!reopen_changes_allowed(changes)) {
         goto out;
     }
-    merged = qguard_opts_copy(open_state.opts);
-    for (i = 0; i < qguard_opts_count(changes); i++) {
-        qguard_opts_set(merged, qguard_opts_key(changes, i),
-                        qguard_opts_value(changes, i));
-    }
+    merged = join_reopen_options(changes);
     ret = reopen_image(merged, read_only, cache_flags);
 out:
     qguard_opts_free(changes);
