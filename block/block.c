@@ -50,6 +50,13 @@ void qguard_message(const char *fmt, ...)
     }
 }
 
+void qguard_report_now(const char *msg)
+{
+    const char *prog = g_get_prgname();
+
+    qguard_message("%s%s%s", prog ? prog : "", prog ? ": " : "", msg);
+}
+
 static const BlockDriver *find_driver(const char *name)
 {
     size_t i;
@@ -564,6 +571,7 @@ int qguard_image_close(QGuardImage *img, GError **errp)
 {
     g_autoptr(GError) err = NULL;
     const char *detail = NULL;
+    bool whole = false;
     int ret = 0, ret2;
 
     if (!img) {
@@ -576,7 +584,13 @@ int qguard_image_close(QGuardImage *img, GError **errp)
      * In writeback mode, what the driver still holds in memory is written
      * here: a failure loses acknowledged writes and must reach the caller.
      */
-    if (!img->read_only && !img->broken && img->drv->flush) {
+    if (!img->read_only && !img->broken && img->drv->close_flush) {
+        ret = img->drv->close_flush(img, &err);
+        if (ret < 0) {
+            detail = err->message;
+            whole = true;
+        }
+    } else if (!img->read_only && !img->broken && img->drv->flush) {
         ret = img->drv->flush(img, &err);
     } else if (!img->read_only && img->broken && img->unflushed) {
         /* Nothing may be written any more: the unflushed writes are gone. */
@@ -592,7 +606,8 @@ int qguard_image_close(QGuardImage *img, GError **errp)
         if (!detail && err) {
             detail = err->message;
         }
-        g_set_error(errp, QGUARD_ERROR, -ret, "Failed to flush the image: %s",
+        g_set_error(errp, QGUARD_ERROR, -ret, "%s%s",
+                    whole ? "" : "Failed to flush the image: ",
                     detail ? detail : g_strerror(-ret));
     }
     image_free(img);

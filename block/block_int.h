@@ -106,6 +106,11 @@ struct BlockDriver {
     int (*discard)(QGuardImage *img, uint64_t offset, uint64_t bytes,
                    GError **errp);
     int (*flush)(QGuardImage *img, GError **errp);
+    /*
+     * The flush before close, if it differs from flush: its error message
+     * is the whole line the tool prints (QEMU's wording for what failed).
+     */
+    int (*close_flush)(QGuardImage *img, GError **errp);
     int (*truncate)(QGuardImage *img, uint64_t size, bool shrink,
                     const char *prealloc, GError **errp);
     /* Status of this layer only; ALLOCATED unset means "ask the backing". */
@@ -266,6 +271,11 @@ QGuardOpts *bdrv_opts_subset(const QGuardOpts *opts, const char *prefix);
 
 /* Print a diagnostic line through the message handler (stderr default). */
 void qguard_message(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+/*
+ * A line QEMU prints at once with error_report() before an operation
+ * fails with an errno of its own: led by the tool's name, as there.
+ */
+void qguard_report_now(const char *msg);
 
 /* Option value parsing with QEMU's messages. */
 bool qguard_parse_bool(const char *name, const char *value, bool *out,

@@ -549,11 +549,9 @@ static int expand_zero_clusters(BDRVQcow2State *s, AmendProgress *p)
         if (ret < 0) {
             /*
              * QEMU reports the table at once and then fails the downgrade
-             * with the errno; the tool's name leads both lines.
+             * with the errno.
              */
-            const char *prog = g_get_prgname();
-            qguard_message("%s%s%s", prog ? prog : "", prog ? ": " : "",
-                           err->message);
+            qguard_report_now(err->message);
             return ret;
         }
         l1 = g_renew(uint64_t, l1, MAX(sn->l1_size, 1));

@@ -1112,7 +1112,8 @@ int qcow2_check_tables_in_file(BDRVQcow2State *s, GError **errp)
     }
     for (i = 0; !what && i < s->nb_snapshots; i++) {
         const QCowSnapshot *sn = &s->snapshots[i];
-        if (past_end_of_file(s, len, sn->l1_table_offset,
+        if (qcow2_snapshot_l1_valid(s, sn) &&
+            past_end_of_file(s, len, sn->l1_table_offset,
                              (uint64_t)sn->l1_size * 8)) {
             what = g_strdup_printf("the L1 table of snapshot '%s'",
                                    sn->name);

@@ -326,6 +326,17 @@ static int l2_allocate(BDRVQcow2State *s, uint64_t l1_index)
         return new_offset;
     }
     /*
+     * With inactive-l2 checks on, a snapshot L1 table QEMU cannot validate
+     * fails every metadata write.  QEMU writes the new table's refcount at
+     * once, and so fails here, before anything in the caches points at
+     * the table: so does qguard, though it writes that refcount later.
+     */
+    if (G_UNLIKELY(s->snapshot_l1_error &&
+                   (s->overlap_check & QCOW2_OL_INACTIVE_L2))) {
+        ret = s->snapshot_l1_error;
+        goto fail;
+    }
+    /*
      * The table reaches the disk only when the L2 cache is written back:
      * reserve its space now, so that a full disk fails this request (which
      * gives its clusters back) instead of that write-back (which would

@@ -1306,10 +1306,31 @@ int qcow2_flush_refcounts(BDRVQcow2State *s)
     return qcow2_cache_flush(s, s->refcount_block_cache);
 }
 
+/*
+ * A reference to a cluster that no refcount block covers (a damaged L2
+ * entry naming a place past the end of the file; allocations make their
+ * blocks first).  QEMU makes the block, hooks it up and fails the update
+ * with -EAGAIN, which its callers outside allocation pass on (snapshot -c
+ * fails, and succeeds when tried again); past what the largest refcount
+ * table can describe it fails with -EFBIG.  So does qguard, except that
+ * the -EFBIG comes before anything is allocated (QEMU leaks a block).
+ */
+static int missing_refblock(BDRVQcow2State *s, uint64_t table_index,
+                            uint64_t cluster)
+{
+    int ret;
+
+    if (table_index >= QCOW_MAX_REFTABLE_SIZE / 8) {
+        return -EFBIG;
+    }
+    ret = ensure_refblock(s, table_index, cluster);
+    return ret < 0 ? ret : -EAGAIN;
+}
+
 static int update_refcount_range(BDRVQcow2State *s, uint64_t first,
                                  uint64_t last, uint64_t amount,
                                  bool decrease, Qcow2DiscardType type,
-                                 uint64_t *done)
+                                 uint64_t *done, uint64_t *last_refcount)
 {
     uint64_t mask = s->refcount_block_size - 1;
     uint64_t c = first, block_first;
@@ -1325,10 +1346,14 @@ static int update_refcount_range(BDRVQcow2State *s, uint64_t first,
         if (ret < 0) {
             break;
         }
+        if (!refblock && !decrease) {
+            ret = missing_refblock(s, table_index, c);
+            break;
+        }
         if (!refblock) {
             qcow2_set_error(s, "Refcount block for cluster %" G_GUINT64_FORMAT
                             " is missing", c);
-            ret = decrease ? -EINVAL : -EIO;
+            ret = -EINVAL;
             break;
         }
         block_first = c;
@@ -1346,6 +1371,9 @@ static int update_refcount_range(BDRVQcow2State *s, uint64_t first,
             }
             new = decrease ? old - amount : old + amount;
             s->set_refcount(refblock, c & mask, new);
+            if (last_refcount) {
+                *last_refcount = new;
+            }
             if (new == 0) {
                 uint64_t off = c << s->cluster_bits;
                 /* A freed table must never be written back from a cache. */
@@ -1378,7 +1406,8 @@ static int update_refcount_range(BDRVQcow2State *s, uint64_t first,
  */
 static int update_refcount(BDRVQcow2State *s, uint64_t offset,
                            uint64_t length, uint64_t amount, bool decrease,
-                           Qcow2DiscardType type, bool after_l2)
+                           Qcow2DiscardType type, bool after_l2,
+                           uint64_t *last_refcount)
 {
     uint64_t first, last, done = 0;
     int ret;
@@ -1396,12 +1425,13 @@ static int update_refcount(BDRVQcow2State *s, uint64_t offset,
     }
     first = offset >> s->cluster_bits;
     last = (offset + length - 1) >> s->cluster_bits;
-    ret = update_refcount_range(s, first, last, amount, decrease, type, &done);
+    ret = update_refcount_range(s, first, last, amount, decrease, type, &done,
+                                last_refcount);
     if (ret < 0 && done) {
         /* Undo the part that was applied so the update is all or nothing. */
         uint64_t undone = 0;
         update_refcount_range(s, first, first + done - 1, amount, !decrease,
-                              QCOW2_DISCARD_NEVER, &undone);
+                              QCOW2_DISCARD_NEVER, &undone, NULL);
     }
     return ret;
 }
@@ -1410,7 +1440,15 @@ int qcow2_update_refcount(BDRVQcow2State *s, uint64_t offset,
                           uint64_t length, uint64_t amount, bool decrease,
                           Qcow2DiscardType type)
 {
-    return update_refcount(s, offset, length, amount, decrease, type, true);
+    return update_refcount(s, offset, length, amount, decrease, type, true,
+                           NULL);
+}
+
+int qcow2_add_cluster_ref(BDRVQcow2State *s, uint64_t offset,
+                          uint64_t *refcount)
+{
+    return update_refcount(s, offset, 1, 1, false, QCOW2_DISCARD_NEVER, true,
+                           refcount);
 }
 
 /*
@@ -1421,7 +1459,7 @@ int qcow2_update_refcount(BDRVQcow2State *s, uint64_t offset,
 int qcow2_abort_allocation(BDRVQcow2State *s, uint64_t offset, uint64_t size)
 {
     return update_refcount(s, offset, size, 1, true, QCOW2_DISCARD_NEVER,
-                           false);
+                           false, NULL);
 }
 
 /*
@@ -1562,7 +1600,12 @@ unsigned qcow2_linear_overlap_check(BDRVQcow2State *s, unsigned chk,
             uint64_t *l1;
             int ret;
 
-            if (!l1_sz || l1_sz > QCOW_MAX_L1_SIZE / 8) {
+            ret = qcow2_validate_table(s, l1_ofs, l1_sz, 8, QCOW_MAX_L1_SIZE,
+                                       "", NULL);
+            if (ret < 0) {
+                return ret;
+            }
+            if (!l1_sz) {
                 continue;
             }
             ret = qcow2_read_l1_table(s, l1_ofs, l1_sz, &l1);
@@ -1607,6 +1650,43 @@ unsigned qcow2_check_metadata_overlap(BDRVQcow2State *s, unsigned ignore,
 }
 
 /*
+ * A snapshot L1 table is not valid (the map leaves it out): QEMU refuses
+ * writes to the range it claims when it checks inactive L1 tables, and
+ * fails every write with the table's error when it checks inactive L2
+ * tables, unless the write overlaps a type that it tests before.
+ */
+static int overlap_hit_bad_snapshot(BDRVQcow2State *s, unsigned chk,
+                                    uint64_t offset, uint64_t size)
+{
+    const unsigned before_l1 = QCOW2_OL_MAIN_HEADER | QCOW2_OL_ACTIVE_L1 |
+                               QCOW2_OL_REFCOUNT_TABLE |
+                               QCOW2_OL_SNAPSHOT_TABLE;
+    GArray *bad = s->invalid_snapshot_l1s;
+    int hit;
+    guint i;
+
+    if (s->overlap_algorithm != QCOW2_OVERLAP_WINDOWED || !s->metadata_map) {
+        return (int)qcow2_linear_overlap_check(s, chk, offset, size);
+    }
+    hit = qcow2_metadata_map_check(s->metadata_map, offset, size, ~chk);
+    if (hit < 0 || (hit & before_l1)) {
+        return hit;
+    }
+    for (i = 0; (chk & QCOW2_OL_INACTIVE_L1) && bad && i < bad->len; i++) {
+        const uint64_t *range = &g_array_index(bad, uint64_t, 2 * i);
+
+        if (ranges_overlap(offset, size, range[0], range[1])) {
+            return QCOW2_OL_INACTIVE_L1;
+        }
+    }
+    if ((hit & ~(QCOW2_OL_INACTIVE_L2 | QCOW2_OL_BITMAP_DIRECTORY)) ||
+        !(chk & QCOW2_OL_INACTIVE_L2) || !s->snapshot_l1_error) {
+        return hit;
+    }
+    return s->snapshot_l1_error;
+}
+
+/*
  * The check before every write, the hot path: the mask of enabled types
  * other than @ignore that [offset, offset + size) overlaps, or a negative
  * errno.  The windowed map is asked with a tail call; the caller refuses a
@@ -1621,6 +1701,10 @@ int qcow2_overlap_hit(BDRVQcow2State *s, unsigned ignore, uint64_t offset,
         return 0;
     }
     s->overlap_checks++;
+    if (G_UNLIKELY(s->snapshot_l1_error &&
+                   (chk & (QCOW2_OL_INACTIVE_L1 | QCOW2_OL_INACTIVE_L2)))) {
+        return overlap_hit_bad_snapshot(s, chk, offset, size);
+    }
     if (G_LIKELY(s->overlap_algorithm == QCOW2_OVERLAP_WINDOWED &&
                  s->metadata_map)) {
         return qcow2_metadata_map_check(s->metadata_map, offset, size, ~chk);

@@ -29,6 +29,50 @@ void qcow2_free_snapshots(BDRVQcow2State *s)
     }
     g_free(s->snapshots);
     s->snapshots = NULL;
+    s->snapshot_l1_error = 0;
+    if (s->invalid_snapshot_l1s) {
+        g_array_free(s->invalid_snapshot_l1s, true);
+        s->invalid_snapshot_l1s = NULL;
+    }
+}
+
+/*
+ * QEMU's overlap check validates every snapshot's L1 table before it reads
+ * it for the inactive L2 tables, on every write, and fails the write with
+ * the first table's error; the inactive L1 check refuses writes to the
+ * range a table claims, valid or not.  Here the answers for the tables
+ * that fail validation are kept with the list, so that a check stays free
+ * of per-snapshot work (qcow2_overlap_hit()).
+ */
+void qcow2_note_invalid_snapshot_l1s(BDRVQcow2State *s)
+{
+    uint32_t i;
+
+    s->snapshot_l1_error = 0;
+    if (s->invalid_snapshot_l1s) {
+        g_array_set_size(s->invalid_snapshot_l1s, 0);
+    }
+    for (i = 0; i < s->nb_snapshots; i++) {
+        const QCowSnapshot *sn = &s->snapshots[i];
+        uint64_t range[2] = { sn->l1_table_offset,
+                              (uint64_t)sn->l1_size * 8 };
+        int ret = qcow2_validate_table(s, sn->l1_table_offset, sn->l1_size,
+                                       8, QCOW_MAX_L1_SIZE, "", NULL);
+
+        if (ret == 0) {
+            continue;
+        }
+        if (!s->snapshot_l1_error) {
+            s->snapshot_l1_error = ret;
+        }
+        if (range[1]) {
+            if (!s->invalid_snapshot_l1s) {
+                s->invalid_snapshot_l1s = g_array_new(false, false,
+                                                      sizeof(range));
+            }
+            g_array_append_val(s->invalid_snapshot_l1s, range);
+        }
+    }
 }
 
 static int read_bytes(BDRVQcow2State *s, uint64_t offset, void *buf,
@@ -177,6 +221,7 @@ int qcow2_do_read_snapshots(BDRVQcow2State *s, bool repair, int *reduced,
          */
     }
     s->snapshots_size = offset - s->snapshots_offset;
+    qcow2_note_invalid_snapshot_l1s(s);
     return 0;
 
 fail:
@@ -266,6 +311,7 @@ int qcow2_write_snapshots(BDRVQcow2State *s)
     qcow2_map_enter(s, new_offset, size, QCOW2_OL_SNAPSHOT_TABLE);
     s->snapshots_offset = new_offset;
     s->snapshots_size = size;
+    qcow2_note_invalid_snapshot_l1s(s);
     if (old_size) {
         return qcow2_free_clusters(s, old_offset, old_size,
                                    QCOW2_DISCARD_SNAPSHOT);
@@ -408,16 +454,29 @@ static int update_tree_refcounts(BDRVQcow2State *s, const uint64_t *l1,
             uint64_t entry = l2_get(s, l2, j);
             switch (qcow2_get_cluster_type(s, entry)) {
             case QCOW2_CLUSTER_NORMAL:
-            case QCOW2_CLUSTER_ZERO_ALLOC:
-                ret = qcow2_update_refcount(s, entry & L2E_OFFSET_MASK,
-                                            s->cluster_size, amount,
-                                            decrease, type);
-                if (ret >= 0 && clear_copied &&
-                    (entry & QCOW_OFLAG_COPIED)) {
-                    l2_set(s, l2, j, entry & ~QCOW_OFLAG_COPIED);
+            case QCOW2_CLUSTER_ZERO_ALLOC: {
+                uint64_t refcount = 0, new_entry;
+
+                if (!clear_copied) {
+                    ret = qcow2_update_refcount(s, entry & L2E_OFFSET_MASK,
+                                                s->cluster_size, amount,
+                                                decrease, type);
+                    break;
+                }
+                ret = qcow2_add_cluster_ref(s, entry & L2E_OFFSET_MASK,
+                                            &refcount);
+                /*
+                 * Shared now, unless nothing counted the cluster before
+                 * (damaged refcounts): QEMU sets the flag from the count.
+                 */
+                new_entry = refcount == 1 ? entry | QCOW_OFLAG_COPIED
+                                          : entry & ~QCOW_OFLAG_COPIED;
+                if (ret >= 0 && new_entry != entry) {
+                    l2_set(s, l2, j, new_entry);
                     qcow2_cache_entry_mark_dirty(s->l2_table_cache, l2);
                 }
                 break;
+            }
             case QCOW2_CLUSTER_COMPRESSED: {
                 uint64_t coffset;
                 int csize;
@@ -527,11 +586,16 @@ static int begin_snapshot_op(BDRVQcow2State *s)
     return qcow2_mark_dirty(s);
 }
 
-static int end_snapshot_op(BDRVQcow2State *s, int ret)
+/*
+ * @consistent: even a failed operation left the tables consistent (only
+ * leaks), so that once they are flushed the image is clean, as QEMU leaves
+ * it.
+ */
+static int end_snapshot_op(BDRVQcow2State *s, int ret, bool consistent)
 {
     int ret2 = qcow2_flush_metadata(s);
 
-    if (ret >= 0 && ret2 >= 0 && !s->use_lazy_refcounts) {
+    if ((ret >= 0 || consistent) && ret2 >= 0 && !s->use_lazy_refcounts) {
         ret2 = qcow2_mark_clean(s);
     }
     return ret < 0 ? ret : ret2;
@@ -610,13 +674,14 @@ int qcow2_snapshot_create(BDRVQcow2State *s, const char *name, GError **errp)
                     QCOW2_OL_INACTIVE_L1);
     qcow2_map_inactive_l2(s, s->l1_table, s->l1_size, true);
 out:
-    return qcow2_error_propagate(end_snapshot_op(s, ret), errp);
+    return qcow2_error_propagate(end_snapshot_op(s, ret, true), errp);
 }
 
 int qcow2_snapshot_apply(BDRVQcow2State *s, const char *id_or_name,
                          GError **errp)
 {
     int idx = find_snapshot(s, id_or_name);
+    g_autoptr(GError) err = NULL;
     g_autofree uint64_t *new_l1 = NULL;
     uint64_t *old_l1 = NULL;
     uint64_t old_l1_offset = s->l1_table_offset;
@@ -631,6 +696,15 @@ int qcow2_snapshot_apply(BDRVQcow2State *s, const char *id_or_name,
         return -ENOENT;
     }
     sn = &s->snapshots[idx];
+    ret = qcow2_validate_table(s, sn->l1_table_offset, sn->l1_size, 8,
+                               QCOW_MAX_L1_SIZE, "Snapshot L1 table", &err);
+    if (ret < 0) {
+        /* QEMU reports the table, then fails the load with the errno. */
+        qguard_report_now(err->message);
+        g_set_error(errp, QGUARD_ERROR, -ret, "Failed to load snapshot: %s",
+                    g_strerror(-ret));
+        return ret;
+    }
     if (!qcow2_snapshot_l1_valid(s, sn)) {
         g_set_error(errp, QGUARD_ERROR, EIO,
                     "Snapshot L1 table is invalid; run check");
@@ -712,7 +786,7 @@ int qcow2_snapshot_apply(BDRVQcow2State *s, const char *id_or_name,
     }
 out:
     g_free(old_l1);
-    return qcow2_error_propagate(end_snapshot_op(s, ret), errp);
+    return qcow2_error_propagate(end_snapshot_op(s, ret, false), errp);
 }
 
 int qcow2_snapshot_delete(BDRVQcow2State *s, const char *id_or_name,
@@ -726,6 +800,12 @@ int qcow2_snapshot_delete(BDRVQcow2State *s, const char *id_or_name,
     if (idx < 0) {
         g_set_error(errp, QGUARD_ERROR, ENOENT, "%s", g_strerror(ENOENT));
         return -ENOENT;
+    }
+    ret = qcow2_validate_table(s, s->snapshots[idx].l1_table_offset,
+                               s->snapshots[idx].l1_size, 8,
+                               QCOW_MAX_L1_SIZE, "Snapshot L1 table", errp);
+    if (ret < 0) {
+        return ret;
     }
     if (!qcow2_snapshot_l1_valid(s, &s->snapshots[idx])) {
         g_set_error(errp, QGUARD_ERROR, EIO,
@@ -771,7 +851,7 @@ int qcow2_snapshot_delete(BDRVQcow2State *s, const char *id_or_name,
         ret = fix_copied_flags(s);
     }
 out:
-    return qcow2_error_propagate(end_snapshot_op(s, ret), errp);
+    return qcow2_error_propagate(end_snapshot_op(s, ret, false), errp);
 }
 
 /*

@@ -1391,6 +1391,52 @@ static int qcow2_flush(QGuardImage *img, GError **errp)
 }
 
 /*
+ * QEMU's qcow2 says at close which cache it could not write back, one line
+ * each; anything else that fails, QEMU does not report, and qguard does as
+ * "Failed to flush the image" (a write reported done may be lost).
+ */
+static int close_flush_failed(int ret, GError **errp)
+{
+    g_autoptr(GError) err = NULL;
+
+    qcow2_error_propagate(ret, &err);
+    g_set_error(errp, QGUARD_ERROR, -ret, "Failed to flush the image: %s",
+                err->message);
+    return ret;
+}
+
+static int qcow2_close_flush(QGuardImage *img, GError **errp)
+{
+    BDRVQcow2State *s = img->opaque;
+    int ret, l2_ret, rc_ret = 0;
+
+    ret = qcow2_flush_data_file(s);
+    if (ret < 0) {
+        return close_flush_failed(ret, errp);
+    }
+    l2_ret = qcow2_cache_write(s, s->l2_table_cache);
+    if (!qcow2_refcounts_postponed(s)) {
+        rc_ret = qcow2_cache_write(s, s->refcount_block_cache);
+    }
+    if (l2_ret < 0 && rc_ret < 0) {
+        g_autofree char *line = g_strdup_printf(
+            "Failed to flush the L2 table cache: %s", g_strerror(-l2_ret));
+
+        qguard_report_now(line);
+    }
+    if (rc_ret < 0) {
+        return bdrv_error_errno(errp, rc_ret,
+                                "Failed to flush the refcount block cache");
+    }
+    if (l2_ret < 0) {
+        return bdrv_error_errno(errp, l2_ret,
+                                "Failed to flush the L2 table cache");
+    }
+    ret = qcow2_flush_metadata(s);
+    return ret < 0 ? close_flush_failed(ret, errp) : 0;
+}
+
+/*
  * QEMU's heuristic: more clusters in use than the file has allocated space
  * for (with a margin) means metadata preallocation, whose data clusters are
  * holes that read as zeros.  Counting stops at the threshold.
@@ -2005,6 +2051,7 @@ const BlockDriver bdrv_qcow2 = {
     .cluster_size = qcow2_cluster_size,
     .discard = qcow2_discard,
     .flush = qcow2_flush,
+    .close_flush = qcow2_close_flush,
     .truncate = qcow2_truncate,
     .block_status = qcow2_block_status,
     .get_info = qcow2_get_info,

@@ -267,6 +267,16 @@ struct BDRVQcow2State {
     Qcow2MetadataMap *metadata_map; /* windowed algorithm */
     /* L2 table cluster -> number of snapshot L1 tables referencing it */
     GHashTable *inactive_l2_refs;
+    /*
+     * Snapshot L1 tables that fail QEMU's validation, which nothing reads
+     * and the windowed map leaves out (qcow2_note_invalid_snapshot_l1s()):
+     * the error QEMU's check for inactive L2 tables fails every write with
+     * (the first table's), or 0, and the ranges they claim (offset, length
+     * pairs; empty ones left out), which QEMU's check for inactive L1
+     * tables still refuses writes to.
+     */
+    int snapshot_l1_error;
+    GArray *invalid_snapshot_l1s;
     uint64_t overlap_checks;
     uint64_t overlap_refused;
     bool signaled_corruption;
@@ -573,6 +583,9 @@ int qcow2_alloc_clusters_at(BDRVQcow2State *s, uint64_t offset,
 int qcow2_update_refcount(BDRVQcow2State *s, uint64_t offset,
                           uint64_t length, uint64_t amount, bool decrease,
                           Qcow2DiscardType type);
+/* One more reference to the cluster at @offset; *@refcount: its new count. */
+int qcow2_add_cluster_ref(BDRVQcow2State *s, uint64_t offset,
+                          uint64_t *refcount);
 int qcow2_free_clusters(BDRVQcow2State *s, uint64_t offset, uint64_t size,
                         Qcow2DiscardType type);
 int qcow2_free_any_cluster(BDRVQcow2State *s, uint64_t l2_entry,
@@ -819,6 +832,8 @@ int qcow2_check_fix_snapshot_table(BDRVQcow2State *s, QGuardCheckResult *res,
 void qcow2_free_snapshots(BDRVQcow2State *s);
 int qcow2_write_snapshots(BDRVQcow2State *s);
 bool qcow2_snapshot_l1_valid(BDRVQcow2State *s, const QCowSnapshot *sn);
+/* Update snapshot_l1_error and its ranges after the list changed. */
+void qcow2_note_invalid_snapshot_l1s(BDRVQcow2State *s);
 int qcow2_snapshot_create(BDRVQcow2State *s, const char *name, GError **errp);
 int qcow2_snapshot_apply(BDRVQcow2State *s, const char *id_or_name,
                          GError **errp);

@@ -104,8 +104,10 @@ int close_image(void)
          */
         ret = qguard_image_close(image, &err);
         if (ret < 0) {
-            /* After the reports of the writes that are lost. */
-            fflush(stdout);
+            /*
+             * Not after the buffered reports of the writes that are lost:
+             * QEMU's line comes first where stdout is a pipe, too.
+             */
             error_report_err(NULL, err, ret);
         }
         image = NULL;
