@@ -28,26 +28,35 @@ void tool_init(char **argv, void (*help)(void))
 
 /* ---- Messages ----------------------------------------------------------- */
 
+/*
+ * "name: @prefix message" on stderr, and a newline unless @msg_newline
+ * and the message has one of its own.
+ */
+static void vreport(const char *prefix, bool msg_newline, const char *fmt,
+                    va_list ap)
+{
+    g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+
+    fprintf(stderr, "%s: %s%s%s", tool_name, prefix, msg,
+            msg_newline && strchr(msg, '\n') ? "" : "\n");
+}
+
 void error_report(const char *fmt, ...)
 {
-    g_autofree char *msg = NULL;
     va_list ap;
 
     va_start(ap, fmt);
-    msg = g_strdup_vprintf(fmt, ap);
+    vreport("", true, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "%s: %s%s", tool_name, msg, strchr(msg, '\n') ? "" : "\n");
 }
 
 void warn_report(const char *fmt, ...)
 {
-    g_autofree char *msg = NULL;
     va_list ap;
 
     va_start(ap, fmt);
-    msg = g_strdup_vprintf(fmt, ap);
+    vreport("warning: ", false, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "%s: warning: %s\n", tool_name, msg);
 }
 
 const char *gerr_msg(const GError *err, int ret)
@@ -66,14 +75,12 @@ void error_report_err(const char *prefix, const GError *err, int ret)
 
 void error_exit(const char *fmt, ...)
 {
-    g_autofree char *msg = NULL;
     va_list ap;
 
     va_start(ap, fmt);
-    msg = g_strdup_vprintf(fmt, ap);
+    vreport("", false, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "%s: %s\nTry '%s --help' for more information\n",
-            tool_name, msg, tool_name);
+    fprintf(stderr, "Try '%s --help' for more information\n", tool_name);
     exit(EXIT_FAILURE);
 }
 

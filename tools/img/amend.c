@@ -64,9 +64,6 @@ int img_amend(int argc, char **argv)
         case 'p':
             show_progress = true;
             break;
-        case OPTION_OBJECT:
-            /* Objects only hold secrets, for encryption qguard lacks. */
-            break;
         case OPTION_FORCE:
             force = true;
             break;

@@ -61,7 +61,7 @@ int img_bitmap(int argc, char **argv)
 {
     static const struct option long_options[] = {
         LONGOPT_HELP,
-        { "object", required_argument, NULL, OPTION_OBJECT },
+        LONGOPT_OBJECT,
         LONGOPT_IMAGE_OPTS,
         { "add", no_argument, NULL, OPTION_ADD },
         { "remove", no_argument, NULL, OPTION_REMOVE },
@@ -117,9 +117,6 @@ int img_bitmap(int argc, char **argv)
         case OPTION_DISABLE:
             g_array_append_val(actions, a);
             break;
-        case OPTION_OBJECT:
-            error_report("bitmap: option '--object' is not supported");
-            return 1;
         default:
             img_common_opt(c, &o);
         }

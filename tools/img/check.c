@@ -209,8 +209,8 @@ int img_check(int argc, char **argv)
             img_common_opt(c, &o);
         }
     }
-    filename = img_one_filename(argc, argv);
-    if (!parse_output_format(o.output, &ofmt)) {
+    filename = img_one_filename_output(argc, argv, &o, &ofmt);
+    if (!filename) {
         return 1;
     }
     if (!parse_cache_flags(cache, &flags)) {

@@ -34,57 +34,6 @@ typedef struct Commit {
     uint64_t done;
 } Commit;
 
-static char *path_combine(const char *base, const char *name)
-{
-    const char *slash = strrchr(base, '/');
-
-    if (g_path_is_absolute(name) || !slash) {
-        return g_strdup(name);
-    }
-    return g_strdup_printf("%.*s%s", (int)(slash - base + 1), base, name);
-}
-
-static bool same_file(const char *path, QGuardImage *img)
-{
-    g_autofree char *a = realpath(path, NULL);
-    g_autofree char *b = realpath(qguard_image_filename(img), NULL);
-
-    return a && b && !strcmp(a, b);
-}
-
-/*
- * The image that @name stands for in @top's chain, where each image names
- * its backing file relative to its own directory; *@depth counts from 1.
- */
-static QGuardImage *find_backing_image(QGuardImage *top, const char *name,
-                                       int *depth)
-{
-    QGuardImage *layer, *below;
-
-    *depth = 0;
-    for (layer = top; (below = qguard_image_backing(layer)); layer = below) {
-        g_autofree char *path = path_combine(qguard_image_filename(layer),
-                                             name);
-        ++*depth;
-        if (same_file(path, below)) {
-            return below;
-        }
-    }
-    return NULL;
-}
-
-static bool is_above(QGuardImage *top, QGuardImage *layer, QGuardImage *base)
-{
-    QGuardImage *b;
-
-    for (b = top; b && b != base; b = qguard_image_backing(b)) {
-        if (b == layer) {
-            return true;
-        }
-    }
-    return false;
-}
-
 /*
  * Does an image above the base decide the content of [offset, +*bytes)?
  * Past the end of a shorter image its zeros count as that image's.
@@ -303,9 +252,6 @@ int img_commit(int argc, char **argv)
             if (rate_limit < 0) {
                 return 1;
             }
-            break;
-        case OPTION_OBJECT:
-            /* Objects only hold secrets, for encryption qguard lacks. */
             break;
         default:
             img_common_opt(c, &o);

@@ -14,8 +14,6 @@
 
 #include "img.h"
 
-#define IO_BUF_SIZE (2 * 1024 * 1024)
-
 /* QEMU's BDRV_BLOCK_* bits: strict mode compares these numbers. */
 enum {
     STATUS_DATA         = 0x01,
@@ -78,51 +76,7 @@ static int64_t find_nonzero(const uint8_t *buf, uint64_t n)
     return -1;
 }
 
-/*
- * Does the first sector differ?  *@pnum gets the length of the prefix, in
- * sectors, with the same answer.
- */
-static bool compare_buffers(const uint8_t *buf1, const uint8_t *buf2,
-                            uint64_t bytes, uint64_t *pnum)
-{
-    uint64_t i = MIN(bytes, (uint64_t)SECTOR_SIZE);
-    bool res = memcmp(buf1, buf2, i) != 0;
-
-    while (i < bytes) {
-        uint64_t len = MIN(bytes - i, (uint64_t)SECTOR_SIZE);
-        if ((memcmp(buf1 + i, buf2 + i, len) != 0) != res) {
-            break;
-        }
-        i += len;
-    }
-    *pnum = i;
-    return res;
-}
-
-/* 0 if the range reads as zeros, 1 if not (and says where), 4 on error. */
-static int check_empty_sectors(QGuardImage *img, uint64_t offset,
-                               uint64_t bytes, const char *filename,
-                               uint8_t *buf, bool quiet)
-{
-    g_autoptr(GError) err = NULL;
-    int64_t idx;
-    int ret;
-
-    ret = qguard_image_pread(img, offset, bytes, buf, &err);
-    if (ret < 0) {
-        error_report("Error while reading offset %" PRIu64 " of %s: %s",
-                     offset, filename, g_strerror(-ret));
-        return 4;
-    }
-    idx = find_nonzero(buf, bytes);
-    if (idx >= 0) {
-        qprintf(quiet, "Content mismatch at offset %" PRIu64 "!\n",
-                offset + idx);
-        return 1;
-    }
-    return 0;
-}
-
+/* 0 after reading @bytes at @offset into @buf, 4 on error (reported). */
 static int read_chunk(QGuardImage *img, uint64_t offset, uint64_t bytes,
                       uint8_t *buf, const char *filename)
 {
@@ -133,6 +87,26 @@ static int read_chunk(QGuardImage *img, uint64_t offset, uint64_t bytes,
         error_report("Error while reading offset %" PRIu64 " of %s: %s",
                      offset, filename, g_strerror(-ret));
         return 4;
+    }
+    return 0;
+}
+
+/* 0 if the range reads as zeros, 1 if not (and says where), 4 on error. */
+static int check_empty_sectors(QGuardImage *img, uint64_t offset,
+                               uint64_t bytes, const char *filename,
+                               uint8_t *buf, bool quiet)
+{
+    int64_t idx;
+    int ret = read_chunk(img, offset, bytes, buf, filename);
+
+    if (ret) {
+        return ret;
+    }
+    idx = find_nonzero(buf, bytes);
+    if (idx >= 0) {
+        qprintf(quiet, "Content mismatch at offset %" PRIu64 "!\n",
+                offset + idx);
+        return 1;
     }
     return 0;
 }
@@ -248,13 +222,6 @@ static int compare_images(QGuardImage *img1, QGuardImage *img2,
 
 int img_compare(int argc, char **argv)
 {
-    static const struct option long_options[] = {
-        LONGOPT_HELP,
-        LONGOPT_OBJECT,
-        LONGOPT_IMAGE_OPTS,
-        LONGOPT_FORCE_SHARE,
-        LONGOPT_END
-    };
     const char *fmt2 = NULL, *cache = "writeback";
     unsigned cache_flags = 0;
     const char *filename1, *filename2;
@@ -264,8 +231,8 @@ int img_compare(int argc, char **argv)
     Progress progress;
     int ret, c;
 
-    while ((c = tool_getopt(argc, argv, ":hf:F:T:pqsU", long_options,
-                            NULL)) != -1) {
+    while ((c = tool_getopt(argc, argv, ":hf:F:T:pqsU",
+                            img_image_long_options, NULL)) != -1) {
         switch (c) {
         case 'F':
             fmt2 = optarg;
@@ -278,9 +245,6 @@ int img_compare(int argc, char **argv)
             break;
         case 's':
             strict = true;
-            break;
-        case OPTION_OBJECT:
-            /* Objects only hold secrets, for encryption qguard lacks. */
             break;
         default:
             img_common_opt(c, &o);

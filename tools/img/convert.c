@@ -13,7 +13,6 @@
 #include "img.h"
 
 /* qemu-img's copy buffer and its limits, in bytes. */
-#define IO_BUF_SIZE         (2 * 1024 * 1024)
 #define MAX_BUF_BYTES       (16 * 1024 * 1024)
 #define MAX_COROUTINES      16
 
@@ -550,8 +549,8 @@ static bool is_creation_option(const char *key)
     return false;
 }
 
-/* Are @a and @b the same file on disk? */
-static bool same_file(const char *a, const char *b)
+/* Are @a and @b the same file on disk (as a lock sees it)? */
+static bool same_inode(const char *a, const char *b)
 {
     struct stat sa, sb;
 
@@ -662,7 +661,7 @@ static bool convert_create_target(const ConvertState *s, const ImgOpts *o,
      * target would destroy the source.
      */
     for (i = 0; i < s->src_num; i++) {
-        if (!o->image_opts && same_file(src_names[i], out_filename)) {
+        if (!o->image_opts && same_inode(src_names[i], out_filename)) {
             error_report("%s: error while converting %s: Failed to get "
                          "\"write\" lock\nIs another process using the "
                          "image [%s]?\n", out_filename, out_fmt,

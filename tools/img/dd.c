@@ -104,13 +104,6 @@ static int copy_blocks(QGuardImage *src, QGuardImage *dst, int64_t in_pos,
 
 int img_dd(int argc, char **argv)
 {
-    static const struct option long_options[] = {
-        LONGOPT_HELP,
-        LONGOPT_OBJECT,
-        LONGOPT_IMAGE_OPTS,
-        LONGOPT_FORCE_SHARE,
-        LONGOPT_END
-    };
     DdArgs dd = { .bsz = 512 };
     g_autoptr(GError) err = NULL;
     const char *out_fmt = "raw";
@@ -122,14 +115,11 @@ int img_dd(int argc, char **argv)
     int64_t size, in_pos;
     int ret = -1, c, i;
 
-    while ((c = tool_getopt(argc, argv, ":hf:O:U", long_options,
-                            NULL)) != -1) {
+    while ((c = tool_getopt(argc, argv, ":hf:O:U",
+                            img_image_long_options, NULL)) != -1) {
         switch (c) {
         case 'O':
             out_fmt = optarg;
-            break;
-        case OPTION_OBJECT:
-            /* Objects only hold secrets, for encryption qguard lacks. */
             break;
         default:
             img_common_opt(c, &o);

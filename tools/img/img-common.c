@@ -13,6 +13,14 @@
 
 #include "img.h"
 
+const struct option img_image_long_options[] = {
+    LONGOPT_HELP,
+    LONGOPT_OBJECT,
+    LONGOPT_IMAGE_OPTS,
+    LONGOPT_FORCE_SHARE,
+    LONGOPT_END
+};
+
 void img_common_opt(int c, ImgOpts *o)
 {
     switch (c) {
@@ -31,6 +39,9 @@ void img_common_opt(int c, ImgOpts *o)
     case OPTION_OUTPUT:
         o->output = optarg;
         break;
+    case OPTION_OBJECT:
+        /* Objects only hold secrets, for encryption qguard lacks. */
+        break;
     }
 }
 
@@ -40,6 +51,14 @@ const char *img_one_filename(int argc, char **argv)
         error_exit("Expecting one image file name");
     }
     return argv[optind];
+}
+
+const char *img_one_filename_output(int argc, char **argv, const ImgOpts *o,
+                                    OutputFormat *ofmt)
+{
+    const char *filename = img_one_filename(argc, argv);
+
+    return parse_output_format(o->output, ofmt) ? filename : NULL;
 }
 
 QGuardImage *img_open_opts(const ImgOpts *o, const char *filename,

@@ -12,8 +12,9 @@
  *     shortopts string that starts with ':' and contains 'h', and
  *     LONGOPT_HELP among the long options) so that usage errors and -h
  *     behave as in every other command, and hand the options all commands
- *     share (-f, -q, -U, --image-opts, --output) to img_common_opt() in
- *     the switch's default case.  Return the exit status.
+ *     share (-f, -q, -U, --image-opts, --output, --object) to
+ *     img_common_opt() in the switch's default case.  Return the exit
+ *     status.
  *  2. Declare it below.
  *  3. Add its row, with the usage line(s) qemu-img prints for it, to
  *     img_cmds[] in qguard-img.c: --help is generated from that table.
@@ -36,6 +37,8 @@
 /* The largest request QEMU's block layer issues at once. */
 #define REQUEST_MAX_BYTES   ((uint64_t)(INT_MAX >> 9) << 9)
 #define SECTOR_SIZE         512
+/* The buffer size of qemu-img's convert, compare and rebase. */
+#define IO_BUF_SIZE         (2 * 1024 * 1024)
 
 /* Long options without a short equivalent. */
 enum {
@@ -86,6 +89,12 @@ typedef enum OutputFormat {
     OFORMAT_JSON,
 } OutputFormat;
 
+/*
+ * The long options of a command that opens images and has no others:
+ * --help, --object, --image-opts, --force-share.
+ */
+extern const struct option img_image_long_options[];
+
 /* ---- The commands ------------------------------------------------------- */
 
 int img_amend(int argc, char **argv);
@@ -107,12 +116,19 @@ int img_snapshot(int argc, char **argv);
 /* ---- Shared by several commands (img-common.c) -------------------------- */
 
 /*
- * Record option @c in @o if it is one of ImgOpts'.  Commands call it for
- * the options their own switch does not handle.
+ * Record option @c in @o if it is one of ImgOpts' (--object is accepted
+ * and ignored).  Commands call it for the options their own switch does
+ * not handle.
  */
 void img_common_opt(int c, ImgOpts *o);
 /* After the options, exactly one file name: it, or a usage error. */
 const char *img_one_filename(int argc, char **argv);
+/*
+ * The same, then --output parsed into *@ofmt: NULL after printing why it
+ * is invalid.
+ */
+const char *img_one_filename_output(int argc, char **argv, const ImgOpts *o,
+                                    OutputFormat *ofmt);
 /* img_open() with the file options of @o. */
 QGuardImage *img_open_opts(const ImgOpts *o, const char *filename,
                            unsigned flags);
@@ -170,5 +186,31 @@ bool img_parse_snapshot_param(const char *param, char **id, char **name);
  */
 int img_load_snapshot(QGuardImage *img, const char *id, const char *name,
                       const char *id_or_name);
+
+/* ---- Backing chains and data (chain.c) -------------------------------- */
+
+/*
+ * QEMU's path_combine(): @name relative to the directory of @base (a file
+ * name), unless it is absolute.
+ */
+char *path_combine(const char *base, const char *name);
+/* Is @path (a file name to open) the file of @img?  By real path. */
+bool same_file(const char *path, QGuardImage *img);
+/*
+ * The image that @name stands for in @top's chain, as QEMU finds it: each
+ * image resolves the name relative to its own directory and compares it
+ * with its backing file.  *@depth counts from 1 (the backing file of
+ * @top).  NULL if no image in the chain is that file.
+ */
+QGuardImage *find_backing_image(QGuardImage *top, const char *name,
+                                int *depth);
+/* Is @layer in @top's chain and above @base (@top itself counts)? */
+bool is_above(QGuardImage *top, QGuardImage *layer, QGuardImage *base);
+/*
+ * Does the first sector of the buffers differ?  *@pnum: the length of the
+ * prefix, in whole sectors up to @bytes, that gives the same answer.
+ */
+bool compare_buffers(const uint8_t *buf1, const uint8_t *buf2,
+                     uint64_t bytes, uint64_t *pnum);
 
 #endif /* QGUARD_IMG_H */

@@ -75,9 +75,6 @@ int img_measure(int argc, char **argv)
                 snapshot_name = optarg;
             }
             break;
-        case OPTION_OBJECT:
-            /* Objects only hold secrets, for encryption qguard lacks. */
-            break;
         case OPTION_OUTPUT:
             if (!parse_output_format(optarg, &output_format)) {
                 goto out;

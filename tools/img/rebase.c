@@ -18,76 +18,6 @@
 
 #include "img.h"
 
-#define IO_BUF_SIZE (2 * 1024 * 1024)
-
-/* Like qemu's path_combine(): @name relative to the directory of @base. */
-static char *path_combine(const char *base, const char *name)
-{
-    const char *slash = strrchr(base, '/');
-
-    if (g_path_is_absolute(name) || !slash) {
-        return g_strdup(name);
-    }
-    return g_strdup_printf("%.*s%s", (int)(slash - base + 1), base, name);
-}
-
-/* Is @path (a file name to open) the image @img? */
-static bool same_file(const char *path, QGuardImage *img)
-{
-    g_autofree char *a = realpath(path, NULL);
-    g_autofree char *b = realpath(qguard_image_filename(img), NULL);
-
-    return a && b && !strcmp(a, b);
-}
-
-/*
- * The image in @img's backing chain that @path names, if any: rebasing
- * onto an image further down the chain needs no new image opened, and only
- * the ranges that the images in between allocate can differ.
- */
-static QGuardImage *find_backing_image(QGuardImage *img, const char *path)
-{
-    QGuardImage *b;
-
-    for (b = qguard_image_backing(img); b; b = qguard_image_backing(b)) {
-        if (same_file(path, b)) {
-            return b;
-        }
-    }
-    return NULL;
-}
-
-/* Is @layer (in @top's chain) above @base? */
-static bool is_above(QGuardImage *top, QGuardImage *layer, QGuardImage *base)
-{
-    QGuardImage *b;
-
-    for (b = top; b && b != base; b = qguard_image_backing(b)) {
-        if (b == layer) {
-            return true;
-        }
-    }
-    return false;
-}
-
-/* The first sector differs?  *@pnum: the prefix that answers the same. */
-static bool compare_buffers(const uint8_t *buf1, const uint8_t *buf2,
-                            uint64_t bytes, uint64_t *pnum)
-{
-    uint64_t i = MIN(bytes, (uint64_t)SECTOR_SIZE);
-    bool res = memcmp(buf1, buf2, i) != 0;
-
-    while (i < bytes) {
-        uint64_t len = MIN(bytes - i, (uint64_t)SECTOR_SIZE);
-        if ((memcmp(buf1 + i, buf2 + i, len) != 0) != res) {
-            break;
-        }
-        i += len;
-    }
-    *pnum = i;
-    return res;
-}
-
 typedef struct Rebase {
     QGuardImage *img;
     QGuardImage *old_backing;   /* NULL: none */
@@ -195,13 +125,6 @@ static int copy_differences(Rebase *r, Progress *progress)
 
 int img_rebase(int argc, char **argv)
 {
-    static const struct option long_options[] = {
-        LONGOPT_HELP,
-        LONGOPT_OBJECT,
-        LONGOPT_IMAGE_OPTS,
-        LONGOPT_FORCE_SHARE,
-        LONGOPT_END
-    };
     const char *cache = "writeback", *src_cache = "writeback";
     unsigned cache_flags = 0, src_cache_flags = 0;
     const char *out_baseimg = NULL, *out_basefmt = NULL, *filename;
@@ -212,8 +135,8 @@ int img_rebase(int argc, char **argv)
     Progress progress;
     int ret = -1, c;
 
-    while ((c = tool_getopt(argc, argv, ":hf:F:b:upt:T:qU", long_options,
-                            NULL)) != -1) {
+    while ((c = tool_getopt(argc, argv, ":hf:F:b:upt:T:qU",
+                            img_image_long_options, NULL)) != -1) {
         switch (c) {
         case 'F':
             out_basefmt = optarg;
@@ -232,9 +155,6 @@ int img_rebase(int argc, char **argv)
             break;
         case 'T':
             src_cache = optarg;
-            break;
-        case OPTION_OBJECT:
-            /* Objects only hold secrets, for encryption qguard lacks. */
             break;
         default:
             img_common_opt(c, &o);
@@ -273,8 +193,14 @@ int img_rebase(int argc, char **argv)
         if (out_baseimg[0]) {
             g_autofree char *path = path_combine(qguard_image_filename(r.img),
                                                  out_baseimg);
+            /*
+             * The name is relative to the image; made absolute, every
+             * image in the chain resolves it to the same file.
+             */
+            g_autofree char *real = realpath(path, NULL);
+            int depth;
 
-            r.prefix = find_backing_image(r.img, path);
+            r.prefix = real ? find_backing_image(r.img, real, &depth) : NULL;
             if (r.prefix) {
                 r.new_backing = r.prefix;
             } else {

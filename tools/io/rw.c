@@ -242,31 +242,49 @@ static const char readv_help[] =
 " -q, -- quiet: print no statistics\n"
 "\n";
 
-static int readv_f(int argc, char **argv)
+/*
+ * readv and writev: the options, OFF LEN [LEN..], one request, its report.
+ * Their buffers are one piece here, so the request is read's or write's.
+ */
+static int vector_f(const Command *ct, const char *optstring, bool write,
+                    int argc, char **argv)
 {
-    RequestOpts o = READ_OPTS;
+    RequestOpts o = write ? (RequestOpts)WRITE_OPTS
+                          : (RequestOpts)READ_OPTS;
     struct timespec t1, t2;
     int64_t offset, count;
     uint8_t *buf;
     int ret;
 
-    ret = parse_vector_command(&readv_cmd, "CP:qv", argc, argv, &o, &offset,
+    ret = parse_vector_command(ct, optstring, argc, argv, &o, &offset,
                                &count);
     if (ret < 0) {
         return ret;
     }
 
-    buf = alloc_buffer(count, 0xab);
+    buf = alloc_buffer(count, write ? o.pattern : 0xab);
     t1 = tool_now();
-    ret = do_pread(buf, offset, count);
+    if (write) {
+        ret = do_pwrite(buf, offset, count, o.fua ? QGUARD_WRITE_FUA : 0);
+    } else {
+        ret = do_pread(buf, offset, count);
+    }
     t2 = tool_now();
     if (ret < 0) {
-        printf("readv failed: %s\n", strerror(-ret));
+        printf("%s failed: %s\n", ct->name, strerror(-ret));
+    } else if (write) {
+        write_report(stdout, &o, offset, count, t1, t2);
+        ret = 0;
     } else {
         ret = read_report(stdout, &o, buf, offset, count, t1, t2);
     }
     g_free(buf);
     return ret;
+}
+
+static int readv_f(int argc, char **argv)
+{
+    return vector_f(&readv_cmd, "CP:qv", false, argc, argv);
 }
 
 const Command readv_cmd = {
@@ -521,30 +539,7 @@ static const char writev_help[] =
 
 static int writev_f(int argc, char **argv)
 {
-    RequestOpts o = WRITE_OPTS;
-    struct timespec t1, t2;
-    int64_t offset, count;
-    uint8_t *buf;
-    int ret;
-
-    ret = parse_vector_command(&writev_cmd, "CfqP:", argc, argv, &o, &offset,
-                               &count);
-    if (ret < 0) {
-        return ret;
-    }
-
-    buf = alloc_buffer(count, o.pattern);
-    t1 = tool_now();
-    ret = do_pwrite(buf, offset, count, o.fua ? QGUARD_WRITE_FUA : 0);
-    t2 = tool_now();
-    if (ret < 0) {
-        printf("writev failed: %s\n", strerror(-ret));
-    } else {
-        write_report(stdout, &o, offset, count, t1, t2);
-        ret = 0;
-    }
-    g_free(buf);
-    return ret;
+    return vector_f(&writev_cmd, "CfqP:", true, argc, argv);
 }
 
 const Command writev_cmd = {
