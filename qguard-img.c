@@ -56,11 +56,13 @@ static const ImgCmd img_cmds[] = {
       "compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt]\n"
       "      [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2" },
     { "convert", img_convert,
-      "convert [--image-opts] [--bitmaps [--skip-broken-bitmaps]] [-U] [-c]\n"
-      "      [-p] [-q] [-n] [-f fmt] [-t cache]\n"
-      "      [-T src_cache] [-O output_fmt] [-o options] [-S sparse_size]\n"
-      "      [-m num_coroutines] [-W] filename [filename2 [...]] "
-      "output_filename" },
+      "convert [--object objectdef] [--image-opts] [--target-image-opts]\n"
+      "      [--target-is-zero] [--bitmaps [--skip-broken-bitmaps]] [-U] [-C]\n"
+      "      [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache]\n"
+      "      [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options]\n"
+      "      [-l snapshot_param] [-S sparse_size] [-r rate_limit]\n"
+      "      [-m num_coroutines] [-W] [--salvage] filename [filename2 [...]]\n"
+      "      output_filename" },
     { "create", img_create,
       "create [-q] [-p] [-f fmt] [-b backing_file [-F backing_fmt]] [-u]\n"
       "      [-o options] filename [size]" },
@@ -120,7 +122,9 @@ static const char help_arguments[] =
     "  convert -S sets the run of zero bytes (default 4k) that stays "
     "unallocated\n"
     "    in the target; 0 allocates everything.  -n writes into an existing\n"
-    "    target.  Compressed output (-c) is not supported yet.\n"
+    "    target (--target-image-opts: an option string; --target-is-zero:\n"
+    "    it reads as zeros, so zeros are not written).  -r limits the data\n"
+    "    written by commit and convert to rate_limit bytes per second.\n"
     "  bench issues its requests one at a time: the depth (-d) is "
     "accepted and\n"
     "    printed but does not make requests overlap.  --random[=seed] uses\n"

@@ -26,9 +26,7 @@ typedef struct Commit {
     QGuardImage *top;
     QGuardImage *base;
     uint64_t granularity;
-    int64_t rate_limit;         /* bytes per second, 0: none */
-    struct timespec start;
-    uint64_t copied;            /* bytes that count against the limit */
+    RateLimit rate;             /* counts the bytes copied */
     Progress *progress;
     uint64_t total;             /* bytes to commit */
     uint64_t done;
@@ -57,21 +55,6 @@ static int allocated_above(Commit *c, uint64_t offset, uint64_t *bytes,
         *allocated = below && is_above(c->top, below, c->base);
     }
     return 0;
-}
-
-/* Keep to the rate limit: wait until the bytes so far are due. */
-static void throttle(Commit *c)
-{
-    double due, elapsed;
-
-    if (!c->rate_limit) {
-        return;
-    }
-    due = (double)c->copied / c->rate_limit;
-    elapsed = tool_seconds(tool_elapsed(c->start, tool_now()));
-    if (due > elapsed) {
-        g_usleep((gulong)((due - elapsed) * G_USEC_PER_SEC));
-    }
 }
 
 static int commit_chunk(Commit *c, uint64_t offset, uint64_t end,
@@ -110,7 +93,7 @@ static int commit_chunk(Commit *c, uint64_t offset, uint64_t end,
         if (ret >= 0) {
             ret = qguard_image_pwrite(c->base, offset, io, buf, 0, &err);
         }
-        c->copied += io;
+        c->rate.bytes += io;
     } else {
         ret = qguard_image_pwrite_zeroes(c->base, offset, io,
                                          QGUARD_ZERO_MAY_UNMAP, &err);
@@ -154,7 +137,7 @@ static int run_commit(Commit *c)
                                    size - i * c->granularity) : 0;
     }
 
-    c->start = tool_now();
+    rate_limit_start(&c->rate);
     for (i = 0; i < nchunks; ) {
         uint64_t start, end, len;
 
@@ -175,7 +158,7 @@ static int run_commit(Commit *c)
             c->done += len;
             progress_set(c->progress, c->total ?
                          (float)c->done / c->total * 100.f : 0.f);
-            throttle(c);
+            rate_limit_wait(&c->rate);
         }
     }
     return 0;
@@ -294,7 +277,7 @@ int img_commit(int argc, char **argv)
         {
             Commit cm = {
                 .top = img, .base = base_img, .progress = &progress,
-                .rate_limit = rate_limit,
+                .rate = { .bps = rate_limit },
             };
             uint32_t cs = qguard_image_cluster_size(base_img);
 

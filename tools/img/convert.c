@@ -34,6 +34,8 @@ typedef struct ConvertState {
     uint64_t total_sectors;
     QGuardImage *target;
     bool has_zero_init;
+    bool target_is_zero;        /* --target-is-zero */
+    RateLimit rate;             /* -r: the data written */
     /*
      * With a backing file for the target, only what the top layer of each
      * source allocates is copied; the rest is left to the backing file,
@@ -280,7 +282,9 @@ static int convert_write_data(ConvertState *s, uint64_t sector_num,
     if (offset + bytes > size) {
         bytes = offset < size ? size - offset : 0;
     }
+    rate_limit_wait(&s->rate);
     ret = qguard_image_pwrite(s->target, offset, bytes, buf, 0, &err);
+    s->rate.bytes += bytes;
     if (ret < 0) {
         error_report("error while writing at byte %" PRIu64 ": %s",
                      offset, gerr_msg(err, ret));
@@ -360,11 +364,14 @@ static int convert_write_compressed(ConvertState *s, uint64_t sector_num,
     if (s->has_zero_init && s->min_sparse && sectors_are_zero(s->buf, n)) {
         return 0;
     }
+    rate_limit_wait(&s->rate);
     ret = qguard_image_pwrite_compressed(s->target, offset, bytes, s->buf,
                                          &err);
+    s->rate.bytes += bytes;
     if (ret < 0) {
-        error_report("error while compressing sector %" PRIu64 ": %s",
-                     sector_num, gerr_msg(err, ret));
+        /* qemu-img names the errno only, as for any write. */
+        error_report("error while writing at byte %" PRIu64 ": %s",
+                     offset, g_strerror(-ret));
     }
     return ret;
 }
@@ -679,13 +686,15 @@ static bool convert_create_target(const ConvertState *s, const ImgOpts *o,
 }
 
 /*
- * An existing target (-n) is opened as given, a new one with -o's options;
+ * An existing target (-n) is opened as given (an option string with
+ * --target-image-opts), a new one with -o's options;
  * both in the cache mode of -t, "unsafe" by default as in qemu-img: no
  * sync at all, the final flush only writes the metadata back to the host.
  */
 static QGuardImage *convert_open_target(const char *out_filename,
                                         const char *out_fmt,
                                         bool skip_create,
+                                        bool target_image_opts,
                                         const QGuardOpts *open_opts,
                                         unsigned cache_flags)
 {
@@ -694,7 +703,7 @@ static QGuardImage *convert_open_target(const char *out_filename,
     int ret;
 
     if (skip_create) {
-        return img_open(false, out_filename, out_fmt,
+        return img_open(target_image_opts, out_filename, out_fmt,
                         QGUARD_OPEN_RDWR | cache_flags, false);
     }
     ret = qguard_image_open(&target, out_filename, out_fmt, open_opts,
@@ -715,11 +724,13 @@ static int convert_run(ConvertState *s, bool fresh_target)
 
     /*
      * A target we just created reads as zeros, unless it has a backing
-     * file; an existing one may hold anything.  Without -S, qemu-img
-     * writes every zero anyway.
+     * file; an existing one may hold anything, unless the user says it
+     * does not (--target-is-zero).  Without -S, qemu-img writes every zero
+     * of a fresh target anyway.
      */
-    s->has_zero_init = fresh_target && s->min_sparse &&
-                       !s->target_has_backing;
+    s->has_zero_init = s->target_is_zero ||
+                       (fresh_target && s->min_sparse &&
+                        !s->target_has_backing);
     s->alignment = MAX(1, s->min_sparse ?
                           1ULL << g_bit_nth_msf(s->min_sparse, -1) : 1);
     s->buf_sectors = IO_BUF_SIZE / SECTOR_SIZE;
@@ -735,6 +746,7 @@ static int convert_run(ConvertState *s, bool fresh_target)
     }
     s->buf = g_malloc(s->buf_sectors * SECTOR_SIZE);
 
+    rate_limit_start(&s->rate);
     ret = convert_do_copy(s);
     if (ret == 0) {
         ret = qguard_image_flush(s->target, &err);
@@ -776,6 +788,9 @@ typedef struct ConvertParams {
     bool explicit_min_sparse;
     bool copy_range;        /* -C */
     bool salvage;           /* --salvage */
+    bool target_is_zero;    /* --target-is-zero */
+    bool target_image_opts; /* --target-image-opts */
+    int64_t rate_limit;     /* -r, bytes per second */
     const char *backing;    /* -B */
     const char *backing_fmt;    /* -F */
     /* -l: a snapshot by id or name, or snapshot.id= / snapshot.name= */
@@ -788,16 +803,17 @@ static const struct option convert_long_options[] = {
     LONGOPT_HELP,
     LONGOPT_IMAGE_OPTS,
     LONGOPT_FORCE_SHARE,
-    { "target-image-opts", no_argument, NULL, OPTION_UNSUPPORTED },
+    LONGOPT_OBJECT,
+    { "target-image-opts", no_argument, NULL, OPTION_TARGET_IMAGE_OPTS },
     { "salvage", no_argument, NULL, OPTION_SALVAGE },
-    { "target-is-zero", no_argument, NULL, OPTION_UNSUPPORTED },
+    { "target-is-zero", no_argument, NULL, OPTION_TARGET_IS_ZERO },
     { "bitmaps", no_argument, NULL, OPTION_BITMAPS },
     { "skip-broken-bitmaps", no_argument, NULL, OPTION_SKIP_BROKEN },
     LONGOPT_END
 };
 
-/* One option of convert (@opt_index for long ones); false: failed. */
-static bool convert_option(int c, int opt_index, ConvertParams *p)
+/* One option of convert; false: failed. */
+static bool convert_option(int c, ConvertParams *p)
 {
     unsigned long ul;
     int64_t sval;
@@ -876,12 +892,14 @@ static bool convert_option(int c, int opt_index, ConvertParams *p)
         }
         break;
     case 'r':
-        error_report("convert: option '-%c' is not supported", c);
-        return false;
-    case OPTION_UNSUPPORTED:
-        error_report("convert: option '--%s' is not supported",
-                     convert_long_options[opt_index].name);
-        return false;
+        p->rate_limit = cvtnum("rate limit", optarg);
+        return p->rate_limit >= 0;
+    case OPTION_TARGET_IMAGE_OPTS:
+        p->target_image_opts = true;
+        break;
+    case OPTION_TARGET_IS_ZERO:
+        p->target_is_zero = true;
+        break;
     default:
         img_common_opt(c, &p->o);
     }
@@ -892,7 +910,7 @@ int img_convert(int argc, char **argv)
 {
     g_autoptr(GString) raw_opts = g_string_new(NULL);
     ConvertParams p = {
-        .raw_opts = raw_opts, .out_fmt = "raw", .cache = "unsafe",
+        .raw_opts = raw_opts, .cache = "unsafe",
         .src_cache = "writeback", .min_sparse = 8,
     };
     const char *out_filename;
@@ -901,12 +919,11 @@ int img_convert(int argc, char **argv)
     unsigned src_flags = 0, target_flags = 0;
     g_autofree char *sn_id = NULL, *sn_name = NULL;
     Progress prog;
-    int opt_index = 0;
     int ret = -1, c;
 
     while ((c = tool_getopt(argc, argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:",
-                            convert_long_options, &opt_index)) != -1) {
-        if (!convert_option(c, opt_index, &p)) {
+                            convert_long_options, NULL)) != -1) {
+        if (!convert_option(c, &p)) {
             g_free(p.sn_id);
             g_free(p.sn_name);
             return 1;
@@ -914,6 +931,13 @@ int img_convert(int argc, char **argv)
     }
     sn_id = p.sn_id;
     sn_name = p.sn_name;
+    if (!p.out_fmt && !p.target_image_opts) {
+        p.out_fmt = "raw";
+    }
+    if (p.skip_broken && !p.bitmaps) {
+        error_report("Use of --skip-broken-bitmaps requires --bitmaps");
+        return 1;
+    }
     if (p.compress && p.copy_range) {
         error_report("Cannot enable copy offloading when -c is used");
         return 1;
@@ -926,12 +950,16 @@ int img_convert(int argc, char **argv)
         error_report("Cannot use copy offloading in salvaging mode");
         return 1;
     }
-    if (p.skip_broken && !p.bitmaps) {
-        error_report("Use of --skip-broken-bitmaps requires --bitmaps");
+    if (p.target_image_opts && !p.skip_create) {
+        error_report("--target-image-opts requires use of -n flag");
         return 1;
     }
     if (p.skip_create && raw_opts->len) {
         error_report("-o has no effect when skipping image creation");
+        return 1;
+    }
+    if (p.target_is_zero && !p.skip_create) {
+        error_report("--target-is-zero requires use of -n flag");
         return 1;
     }
     s.min_sparse = p.min_sparse;
@@ -939,6 +967,10 @@ int img_convert(int argc, char **argv)
     out_filename = s.src_num >= 1 ? argv[argc - 1] : NULL;
 
     if (raw_opts->len && has_help_option(raw_opts->str)) {
+        if (!p.out_fmt) {
+            error_report("Option help requires a format be specified");
+            return 1;
+        }
         return print_create_help(p.out_fmt, out_filename);
     }
     if (s.src_num < 1) {
@@ -980,14 +1012,30 @@ int img_convert(int argc, char **argv)
         s.target_has_backing = qguard_opts_get(opts, "backing_file");
     } else {
         s.target_has_backing = p.backing;
+        /*
+         * qemu-img 7.2 exits with status 0 after this message; it is an
+         * error all the same (docs/qemu-img-commands.md).
+         */
+        if (p.target_is_zero && s.target_has_backing) {
+            error_report("Cannot use --target-is-zero when the destination "
+                         "image has a backing file");
+            goto out;
+        }
+        if (s.src_num > 1 && p.backing) {
+            error_report("Having a backing file for the target makes no "
+                         "sense when concatenating multiple input images");
+            goto out;
+        }
     }
+    s.target_is_zero = p.target_is_zero;
+    s.rate.bps = p.rate_limit;
     s.copy_range = p.copy_range;
     s.salvage = p.salvage;
     if (p.compress) {
         const char *prealloc = opts ? qguard_opts_get(opts, "preallocation")
                                     : NULL;
 
-        if (!strcmp(p.out_fmt, "raw")) {
+        if (!p.skip_create && !strcmp(p.out_fmt, "raw")) {
             error_report("Compression not supported for this file format");
             goto out;
         }
@@ -1018,13 +1066,20 @@ int img_convert(int argc, char **argv)
     }
 
     s.target = convert_open_target(out_filename, p.out_fmt, p.skip_create,
-                                   open_opts, target_flags);
+                                   p.target_image_opts, open_opts,
+                                   target_flags);
     if (!s.target) {
         goto out;
     }
     if (p.bitmaps && !qguard_image_supports_bitmaps(s.target)) {
         error_report("Format driver '%s' does not support bitmaps",
                      qguard_image_format(s.target));
+        goto out;
+    }
+    /* Only qcow2 writes compressed clusters. */
+    if (p.compress && p.skip_create &&
+        strcmp(qguard_image_format(s.target), "qcow2")) {
+        error_report("Compression not supported for this file format");
         goto out;
     }
     if (p.skip_create &&

@@ -61,6 +61,26 @@ const char *img_one_filename_output(int argc, char **argv, const ImgOpts *o,
     return parse_output_format(o->output, ofmt) ? filename : NULL;
 }
 
+void rate_limit_start(RateLimit *rl)
+{
+    rl->start = tool_now();
+    rl->bytes = 0;
+}
+
+void rate_limit_wait(const RateLimit *rl)
+{
+    double due, elapsed;
+
+    if (!rl->bps) {
+        return;
+    }
+    due = (double)rl->bytes / rl->bps;
+    elapsed = tool_seconds(tool_elapsed(rl->start, tool_now()));
+    if (due > elapsed) {
+        g_usleep((gulong)((due - elapsed) * G_USEC_PER_SEC));
+    }
+}
+
 QGuardImage *img_open_opts(const ImgOpts *o, const char *filename,
                            unsigned flags)
 {

@@ -54,7 +54,8 @@ enum {
     OPTION_BITMAPS,
     OPTION_SKIP_BROKEN,
     OPTION_SALVAGE,
-    OPTION_UNSUPPORTED,
+    OPTION_TARGET_IMAGE_OPTS,
+    OPTION_TARGET_IS_ZERO,
     OPTION_OBJECT,
     OPTION_FORCE,
     OPTION_SIZE,
@@ -132,6 +133,22 @@ const char *img_one_filename_output(int argc, char **argv, const ImgOpts *o,
 /* img_open() with the file options of @o. */
 QGuardImage *img_open_opts(const ImgOpts *o, const char *filename,
                            unsigned flags);
+
+/*
+ * -r of commit and convert: QEMU throttles the writes to the target to
+ * @bps bytes per second on average.  The caller adds what it writes to
+ * @bytes and calls rate_limit_wait() between requests.
+ */
+typedef struct RateLimit {
+    int64_t bps;                /* 0: no limit */
+    struct timespec start;
+    uint64_t bytes;
+} RateLimit;
+
+/* The clock starts now. */
+void rate_limit_start(RateLimit *rl);
+/* Sleep until the bytes so far are due at the limit. */
+void rate_limit_wait(const RateLimit *rl);
 
 /* printf() unless -q was given. */
 void qprintf(bool quiet, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
