@@ -45,10 +45,10 @@ static const ImgCmd img_cmds[] = {
     { "bitmap", img_bitmap,
       "bitmap (--merge SOURCE | --add | --remove | --clear | --enable |\n"
       "      --disable)... [-b source_file [-F source_fmt]] [-g granularity]\n"
-      "      [--image-opts | -f fmt] filename bitmap" },
+      "      [--object objectdef] [--image-opts | -f fmt] filename bitmap" },
     { "check", img_check,
-      "check [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]]\n"
-      "      [-T src_cache] [-U] filename" },
+      "check [--object objectdef] [--image-opts] [-q] [-f fmt]\n"
+      "      [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename" },
     { "commit", img_commit,
       "commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache]\n"
       "      [-b base] [-r rate_limit] [-d] [-p] filename" },
@@ -64,17 +64,19 @@ static const ImgCmd img_cmds[] = {
       "      [-m num_coroutines] [-W] [--salvage] filename [filename2 [...]]\n"
       "      output_filename" },
     { "create", img_create,
-      "create [-q] [-p] [-f fmt] [-b backing_file [-F backing_fmt]] [-u]\n"
-      "      [-o options] filename [size]" },
+      "create [--object objectdef] [-q] [-p] [-f fmt]\n"
+      "      [-b backing_file [-F backing_fmt]] [-u] [-o options] filename\n"
+      "      [size]" },
     { "dd", img_dd,
       "dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size]\n"
       "      [count=blocks] [skip=blocks] if=input of=output" },
     { "info", img_info,
-      "info [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] [-U]\n"
-      "      filename" },
+      "info [--object objectdef] [--image-opts] [-f fmt] [--output=ofmt]\n"
+      "      [--backing-chain] [-U] filename" },
     { "map", img_map,
-      "map [--image-opts] [-f fmt] [--start-offset=offset] [--max-length=len]\n"
-      "      [--output=ofmt] [-U] filename" },
+      "map [--object objectdef] [--image-opts] [-f fmt]\n"
+      "      [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U]\n"
+      "      filename" },
     { "measure", img_measure,
       "measure [--output=ofmt] [-O output_fmt] [-o options] [--size N |\n"
       "      [--object objectdef] [--image-opts] [-f fmt] "
@@ -86,12 +88,11 @@ static const ImgCmd img_cmds[] = {
       "      [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] "
       "filename" },
     { "resize", img_resize,
-      "resize [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] "
-      "[--shrink]\n"
-      "      filename [+ | -]size" },
+      "resize [--object objectdef] [--image-opts] [-f fmt]\n"
+      "      [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size" },
     { "snapshot", img_snapshot,
-      "snapshot [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot |\n"
-      "      -d snapshot] filename" },
+      "snapshot [--object objectdef] [--image-opts] [-U] [-q]\n"
+      "      [-l | -a snapshot | -c snapshot | -d snapshot] filename" },
 };
 
 /* What the table cannot say: the meaning of the arguments. */
@@ -201,7 +202,7 @@ int main(int argc, char **argv)
                    "Copyright (c) 2026 The qguard authors\n", tool_name);
             return 0;
         case 'T':
-            /* Trace options: there are no trace points to enable. */
+            tool_trace_option(optarg);
             break;
         }
     }

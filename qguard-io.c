@@ -176,7 +176,8 @@ static void usage(void)
 "Exercise the I/O path of libqguard on a qcow2 or raw image (qemu-io 7.2\n"
 "compatible).\n"
 "\n"
-"  --object OBJECTDEF   not supported: libqguard has no secret objects\n"
+"  --object OBJECTDEF   accepted and ignored: objects hold secrets for\n"
+"                       encrypted images, which libqguard does not open\n"
 "  --image-opts         the file argument is an option string\n"
 "                       (driver=qcow2,file.filename=...)\n"
 "  -c, --cmd STRING     run the command STRING; may be repeated, and\n"
@@ -208,90 +209,6 @@ enum {
     OPTION_OBJECT = 256,
     OPTION_IMAGE_OPTS = 257,
 };
-
-/*
- * libqguard has no trace events, so every event a -T pattern names does
- * not exist; say so as qemu-io does for unknown ones ("-name" disables,
- * wildcards match nothing, silently).  @where locates a line of an events
- * file.
- */
-static void trace_check_pattern(const char *pattern, const char *where)
-{
-    if (*pattern == '-') {
-        pattern++;
-    }
-    if (!*pattern || strchr(pattern, '*')) {
-        return;
-    }
-    if (where) {
-        fprintf(stderr, "%s:%s: warning: trace event '%s' does not exist\n",
-                tool_name, where, pattern);
-    } else {
-        warn_report("trace event '%s' does not exist", pattern);
-    }
-}
-
-static void trace_option(const char *arg)
-{
-    g_auto(GStrv) elems = g_strsplit(arg, ",", -1);
-    g_autoptr(GPtrArray) keys = g_ptr_array_new();
-    g_autoptr(GPtrArray) values = g_ptr_array_new();
-    guint i;
-
-    /* The whole option string is checked before any of it takes effect. */
-    for (i = 0; elems[i]; i++) {
-        char *eq = strchr(elems[i], '=');
-        const char *key = elems[i], *value = "on";
-
-        if (!eq && i == 0) {
-            key = "enable";
-            value = elems[i];
-        } else if (!eq) {
-            warn_report("short-form boolean option '%s' deprecated\n"
-                        "Please use %s=on instead", elems[i], elems[i]);
-        } else {
-            *eq = '\0';
-            value = eq + 1;
-        }
-        if (strcmp(key, "enable") && strcmp(key, "events") &&
-            strcmp(key, "file")) {
-            error_report("Invalid parameter '%s'", key);
-            exit(1);
-        }
-        g_ptr_array_add(keys, (char *)key);
-        g_ptr_array_add(values, (char *)value);
-    }
-    for (i = 0; i < keys->len; i++) {
-        const char *key = g_ptr_array_index(keys, i);
-        const char *value = g_ptr_array_index(values, i);
-
-        if (!strcmp(key, "enable")) {
-            trace_check_pattern(value, NULL);
-        } else if (!strcmp(key, "events")) {
-            FILE *f = fopen(value, "r");
-            char line[1024];
-            int lineno = 0;
-
-            if (!f) {
-                fprintf(stderr, "%s:%s: %s\n", tool_name, value,
-                        strerror(errno));
-                exit(1);
-            }
-            while (fgets(line, sizeof(line), f)) {
-                g_autofree char *where = NULL;
-
-                lineno++;
-                g_strstrip(line);
-                if (line[0] == '#') {
-                    continue;
-                }
-                where = g_strdup_printf("%s:%d", value, lineno);
-                trace_check_pattern(line, where);
-            }
-            fclose(f);
-        }
-    }
-}
 
 static char *prompt(void)
 {
@@ -415,7 +332,7 @@ int main(int argc, char **argv)
             /* -m (misaligned buffers) is accepted for compatibility. */
             break;
         case 'T':
-            trace_option(optarg);
+            tool_trace_option(optarg);
             break;
         case 'V':
             printf("%s version " QGUARD_VERSION "\n"
@@ -425,9 +342,8 @@ int main(int argc, char **argv)
             usage();
             exit(0);
         case OPTION_OBJECT:
-            error_report("--object is not supported: libqguard has no "
-                         "user-creatable objects");
-            exit(1);
+            /* Objects only hold secrets, for encryption qguard lacks. */
+            break;
         case OPTION_IMAGE_OPTS:
             image_opts_mode = true;
             break;

@@ -84,6 +84,108 @@ void error_exit(const char *fmt, ...)
     exit(EXIT_FAILURE);
 }
 
+/*
+ * libqguard has no trace events, so every event a -T pattern names does
+ * not exist; say so as qemu-io does for unknown ones ("-name" disables,
+ * wildcards match nothing, silently).  @where locates a line of an events
+ * file.
+ */
+static void trace_check_pattern(const char *pattern, const char *where)
+{
+    if (*pattern == '-') {
+        pattern++;
+    }
+    if (!*pattern || strchr(pattern, '*')) {
+        return;
+    }
+    if (where) {
+        fprintf(stderr, "%s:%s: warning: trace event '%s' does not exist\n",
+                tool_name, where, pattern);
+    } else {
+        warn_report("trace event '%s' does not exist", pattern);
+    }
+}
+
+/* -T events=FILE: one pattern a line; '#' starts a comment line. */
+static void trace_read_events(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    char line[1024];
+    int lineno = 0;
+
+    if (!f) {
+        fprintf(stderr, "%s:%s: %s\n", tool_name, path, strerror(errno));
+        exit(1);
+    }
+    while (fgets(line, sizeof(line), f)) {
+        g_autofree char *where = NULL;
+
+        lineno++;
+        g_strstrip(line);
+        if (line[0] == '#') {
+            continue;
+        }
+        where = g_strdup_printf("%s:%d", path, lineno);
+        trace_check_pattern(line, where);
+    }
+    fclose(f);
+}
+
+void tool_trace_option(const char *arg)
+{
+    g_auto(GStrv) elems = g_strsplit(arg, ",", -1);
+    const char *enable = NULL, *events = NULL, *file = NULL;
+    guint i;
+
+    /*
+     * The whole option string is checked before any of it takes effect;
+     * a key given twice keeps its last value.
+     */
+    for (i = 0; elems[i]; i++) {
+        char *eq = strchr(elems[i], '=');
+        const char *key = elems[i], *value = "on";
+
+        if (!eq && i == 0) {
+            key = "enable";
+            value = elems[i];
+        } else if (!eq) {
+            warn_report("short-form boolean option '%s' deprecated\n"
+                        "Please use %s=on instead", elems[i], elems[i]);
+        } else {
+            *eq = '\0';
+            value = eq + 1;
+        }
+        if (!strcmp(key, "enable")) {
+            enable = value;
+        } else if (!strcmp(key, "events")) {
+            events = value;
+        } else if (!strcmp(key, "file")) {
+            file = value;
+        } else {
+            error_report("Invalid parameter '%s'", key);
+            exit(1);
+        }
+    }
+    /* QEMU's order: the pattern, the events file, then the log file. */
+    if (enable) {
+        trace_check_pattern(enable, NULL);
+    }
+    if (events) {
+        trace_read_events(events);
+    }
+    if (file) {
+        /* The log stays empty: there is nothing to trace. */
+        FILE *f = fopen(file, "w");
+
+        if (!f) {
+            error_report("Error opening logfile %s: %s", file,
+                         strerror(errno));
+            exit(1);
+        }
+        fclose(f);
+    }
+}
+
 /* ---- Numbers ------------------------------------------------------------ */
 
 void warn_hex_suffix(const char *str)

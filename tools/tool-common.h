@@ -53,6 +53,14 @@ G_NORETURN void error_exit(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 /* The message of @err, or strerror(-ret) when there is none. */
 const char *gerr_msg(const GError *err, int ret);
 
+/*
+ * -T/--trace [[enable=]PATTERN][,events=FILE][,file=FILE], parsed and
+ * checked as QEMU does.  libqguard has no trace events: each event named
+ * gets QEMU's "does not exist" warning, and the log file stays empty.
+ * Exits after an error.
+ */
+void tool_trace_option(const char *arg);
+
 /* ---- Numbers ------------------------------------------------------------ */
 
 /*

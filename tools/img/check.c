@@ -169,6 +169,7 @@ int img_check(int argc, char **argv)
 {
     static const struct option long_options[] = {
         LONGOPT_HELP,
+        LONGOPT_OBJECT,
         LONGOPT_FORMAT,
         { "repair", required_argument, NULL, 'r' },
         LONGOPT_OUTPUT,

@@ -73,6 +73,7 @@ int img_create(int argc, char **argv)
 {
     static const struct option long_options[] = {
         LONGOPT_HELP,
+        LONGOPT_OBJECT,
         LONGOPT_END
     };
     g_autoptr(GString) raw_opts = g_string_new(NULL);

@@ -206,6 +206,7 @@ int img_info(int argc, char **argv)
 {
     static const struct option long_options[] = {
         LONGOPT_HELP,
+        LONGOPT_OBJECT,
         LONGOPT_FORMAT,
         LONGOPT_OUTPUT,
         { "backing-chain", no_argument, NULL, OPTION_BACKING_CHAIN },

@@ -119,6 +119,7 @@ int img_map(int argc, char **argv)
 {
     static const struct option long_options[] = {
         LONGOPT_HELP,
+        LONGOPT_OBJECT,
         LONGOPT_FORMAT,
         LONGOPT_OUTPUT,
         { "start-offset", required_argument, NULL, 's' },

@@ -67,6 +67,7 @@ int img_resize(int argc, char **argv)
 {
     static const struct option long_options[] = {
         LONGOPT_HELP,
+        LONGOPT_OBJECT,
         LONGOPT_IMAGE_OPTS,
         { "preallocation", required_argument, NULL, OPTION_PREALLOCATION },
         { "shrink", no_argument, NULL, OPTION_SHRINK },

@@ -83,6 +83,7 @@ int img_snapshot(int argc, char **argv)
 {
     static const struct option long_options[] = {
         LONGOPT_HELP,
+        LONGOPT_OBJECT,
         LONGOPT_IMAGE_OPTS,
         LONGOPT_FORCE_SHARE,
         LONGOPT_END
