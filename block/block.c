@@ -533,19 +533,43 @@ int bdrv_file_child_opts(const char *driver, const char *locking,
     return 0;
 }
 
-int bdrv_create_file(HostFile **pfile, const char *filename, GError **errp)
+int bdrv_create_file(HostFile **pfile, const char *filename,
+                     const QGuardOpts *opts, GError **errp)
 {
     g_autoptr(GError) local_err = NULL;
-    int ret = host_file_open(pfile, filename,
-                             HOST_FILE_RDWR | HOST_FILE_CREATE, &local_err);
+    const char *nocow = qguard_opts_get(opts, "nocow");
+    const char *hint_str = qguard_opts_get(opts, "extent_size_hint");
+    uint64_t hint = 1024 * 1024;    /* QEMU's default */
+    int ret;
 
+    if (hint_str && qguard_parse_size(hint_str, &hint, NULL) < 0) {
+        hint = 0;   /* the format's option check has refused it */
+    }
+    if (hint > UINT32_MAX) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL,
+                    "Extent size hint is too large");
+        return -EINVAL;
+    }
+    ret = host_file_open(pfile, filename, HOST_FILE_RDWR | HOST_FILE_CREATE,
+                         &local_err);
     if (ret == -EAGAIN) {
         g_propagate_error(errp, g_steal_pointer(&local_err));
+        return ret;
     } else if (ret < 0) {
         g_set_error(errp, QGUARD_ERROR, -ret, "Could not create '%s': %s",
                     filename, g_strerror(-ret));
+        return ret;
     }
-    return ret;
+    /*
+     * Hints only, as in QEMU: a file system without them creates the image
+     * all the same (QEMU warns about an explicit extent size hint that
+     * does not take; the library has no warnings to give).
+     */
+    if (nocow && !strcmp(nocow, "on")) {
+        (void)host_file_set_nocow(*pfile);
+    }
+    (void)host_file_set_extent_size_hint(*pfile, hint);
+    return 0;
 }
 
 int bdrv_backing_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,

@@ -216,9 +216,12 @@ char *bdrv_resolve_backing_path(const char *image_path, const char *backing);
 /*
  * Open @filename for a new image, creating it if need be: a lock held by
  * another process is reported as host_file_open() words it (the file is
- * untouched), anything else as "Could not create".
+ * untouched), anything else as "Could not create".  The file protocol's
+ * creation options in @opts (nocow, extent_size_hint) apply to the empty
+ * file; the other options are the format's.
  */
-int bdrv_create_file(HostFile **pfile, const char *filename, GError **errp);
+int bdrv_create_file(HostFile **pfile, const char *filename,
+                     const QGuardOpts *opts, GError **errp);
 /*
  * "@fmt: strerror(-@ret)" into *@errp (code -@ret), as QEMU's
  * error_setg_errno(); returns @ret, so that a failure is one statement.

@@ -16,6 +16,8 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -705,6 +707,29 @@ static int begin_change(HostFile *file, HostFileOp op, uint64_t offset,
     }
     __atomic_store_n(&file->unsynced, true, __ATOMIC_RELEASE);
     return 0;
+}
+
+int host_file_set_nocow(HostFile *file)
+{
+    int attr;
+
+    if (ioctl(file->fd, FS_IOC_GETFLAGS, &attr) < 0) {
+        return -errno;
+    }
+    attr |= FS_NOCOW_FL;
+    return ioctl(file->fd, FS_IOC_SETFLAGS, &attr) < 0 ? -errno : 0;
+}
+
+int host_file_set_extent_size_hint(HostFile *file, uint32_t hint)
+{
+    struct fsxattr attr;
+
+    if (ioctl(file->fd, FS_IOC_FSGETXATTR, &attr) < 0) {
+        return -errno;
+    }
+    attr.fsx_xflags |= FS_XFLAG_EXTSIZE;
+    attr.fsx_extsize = hint;
+    return ioctl(file->fd, FS_IOC_FSSETXATTR, &attr) < 0 ? -errno : 0;
 }
 
 int host_file_truncate(HostFile *file, uint64_t length)

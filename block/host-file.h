@@ -87,6 +87,13 @@ int64_t host_file_length(HostFile *file);
 /* Allocated bytes on the host (st_blocks * 512). */
 int64_t host_file_allocated(HostFile *file);
 int host_file_truncate(HostFile *file, uint64_t length);
+/*
+ * Attributes of a new, empty file, as QEMU's file protocol sets them at
+ * creation: no copy-on-write (btrfs), an extent size hint (XFS; 0 for
+ * none).  Both are hints: 0, or a negative errno that callers may ignore.
+ */
+int host_file_set_nocow(HostFile *file);
+int host_file_set_extent_size_hint(HostFile *file, uint32_t hint);
 /* Reserve blocks (posix_fallocate semantics, keeps zeros). */
 int host_file_allocate(HostFile *file, uint64_t offset, uint64_t bytes);
 /* Make a range read as zeros, deallocating it if @may_unmap. */

@@ -47,7 +47,17 @@ static const CreateOpt qcow2_create_opts[] = {
     { "lazy_refcounts", OPT_BOOL, "off", "Postpone refcount updates (v3)" },
     { "refcount_bits", OPT_NUMBER, "16",
       "Width of a refcount entry in bits: 1, 2, 4, 8, 16, 32 or 64" },
+    /* The file protocol's (see is_file_opt()), listed after the format's. */
+    { "nocow", OPT_BOOL, NULL, "Turn off copy-on-write (btrfs)" },
+    { "extent_size_hint", OPT_SIZE, NULL,
+      "Extent size hint for the image file (XFS), 0 for none" },
 };
+
+/* Options of the file the image is created in rather than of qcow2. */
+static bool is_file_opt(const char *name)
+{
+    return !strcmp(name, "nocow") || !strcmp(name, "extent_size_hint");
+}
 
 static const CreateOpt *find_create_opt(const char *name)
 {
@@ -65,7 +75,7 @@ int qcow2_create_opt_type(const char *name)
 {
     const CreateOpt *opt = find_create_opt(name);
 
-    return opt ? (int)opt->type : -1;
+    return opt && !is_file_opt(name) ? (int)opt->type : -1;
 }
 
 static char *escape_commas(const char *value)
@@ -474,7 +484,7 @@ int qcow2_create(const char *filename, const QGuardOpts *opts,
             return ret;
         }
     }
-    ret = bdrv_create_file(&file, filename, errp);
+    ret = bdrv_create_file(&file, filename, opts, errp);
     if (ret < 0) {
         return ret;
     }

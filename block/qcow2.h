@@ -485,7 +485,10 @@ int qcow2_create(const char *filename, const QGuardOpts *opts,
                  QGuardProgressFunc *progress, void *opaque, GError **errp);
 char *qcow2_create_describe(const QGuardOpts *opts, GError **errp);
 char *qcow2_create_help(void);
-/* The BlockOptType of creation option @name, or -1 if there is none. */
+/*
+ * The BlockOptType of the format's creation option @name, or -1 if there is
+ * none (the file protocol's options do not count).
+ */
 int qcow2_create_opt_type(const char *name);
 
 /* qcow2-amend.c */

@@ -199,12 +199,25 @@ static char *raw_create_describe(const QGuardOpts *opts, GError **errp)
 {
     const char *size = qguard_opts_get(opts, "size");
     const char *prealloc = qguard_opts_get(opts, "preallocation");
-    uint64_t n = 0;
+    const char *nocow = qguard_opts_get(opts, "nocow");
+    const char *hint = qguard_opts_get(opts, "extent_size_hint");
+    GString *str;
+    uint64_t n = 0, h = 0;
     guint i;
 
     for (i = 0; i < qguard_opts_count(opts); i++) {
         const char *key = qguard_opts_key(opts, i);
-        if (strcmp(key, "size") && strcmp(key, "preallocation")) {
+        const char *value = qguard_opts_value(opts, i);
+
+        if (!strcmp(key, "nocow")) {
+            if (!qguard_check_opt_syntax(key, value, OPT_BOOL, errp)) {
+                return NULL;
+            }
+        } else if (!strcmp(key, "extent_size_hint")) {
+            if (!qguard_check_opt_syntax(key, value, OPT_SIZE, errp)) {
+                return NULL;
+            }
+        } else if (strcmp(key, "size") && strcmp(key, "preallocation")) {
             g_set_error(errp, QGUARD_ERROR, EINVAL,
                         "Invalid parameter '%s'", key);
             return NULL;
@@ -213,10 +226,22 @@ static char *raw_create_describe(const QGuardOpts *opts, GError **errp)
     if (size && qguard_parse_size_option("size", size, &n, NULL, errp) < 0) {
         return NULL;
     }
-    return g_strdup_printf("fmt=raw%s%" PRIu64 "%s%s",
-                           size ? " size=" : "", size ? n : 0,
-                           prealloc ? " preallocation=" : "",
-                           prealloc ? prealloc : "");
+    /* In the order of QEMU's file protocol options. */
+    str = g_string_new("fmt=raw");
+    if (size) {
+        g_string_append_printf(str, " size=%" PRIu64, n);
+    }
+    if (nocow) {
+        g_string_append_printf(str, " nocow=%s", nocow);
+    }
+    if (prealloc) {
+        g_string_append_printf(str, " preallocation=%s", prealloc);
+    }
+    if (hint) {
+        qguard_parse_size(hint, &h, NULL);
+        g_string_append_printf(str, " extent_size_hint=%" PRIu64, h);
+    }
+    return g_string_free(str, FALSE);
 }
 
 /* The raw format's own options; preallocation is the file protocol's. */
@@ -240,7 +265,7 @@ static int raw_create(const char *filename, const QGuardOpts *opts,
     if (size_str && qguard_parse_size(size_str, &size, errp) < 0) {
         return -EINVAL;
     }
-    ret = bdrv_create_file(&file, filename, errp);
+    ret = bdrv_create_file(&file, filename, opts, errp);
     if (ret < 0) {
         return ret;
     }

@@ -194,8 +194,11 @@ int qguard_opts_parse(QGuardOpts *opts, const char *str,
         }
         if (!has_value && first && implied_key) {
             qguard_opts_set(opts, implied_key, key->str);
+        } else if (!has_value && g_str_has_prefix(key->str, "no")) {
+            /* QemuOpts reads a bare "nokey" as "key=off"... */
+            qguard_opts_set(opts, key->str + 2, "off");
         } else if (!has_value) {
-            /* QemuOpts reads a bare "key" as "key=on". */
+            /* ...and any other bare "key" as "key=on". */
             qguard_opts_set(opts, key->str, "on");
         } else {
             qguard_opts_set(opts, key->str, value->str);

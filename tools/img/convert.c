@@ -542,6 +542,7 @@ static bool is_creation_option(const char *key)
         "size", "cluster_size", "refcount_bits", "compat", "preallocation",
         "lazy_refcounts", "backing_file", "backing_fmt", "extended_l2",
         "compression_type", "data_file", "data_file_raw", "encryption",
+        "nocow", "extent_size_hint",
     };
     size_t i;
 
