@@ -57,6 +57,53 @@ bool is_above(QGuardImage *top, QGuardImage *layer, QGuardImage *base)
     return false;
 }
 
+/* One extent of is_allocated_above(): its answer and length. */
+static int allocated_extent(QGuardImage *top, QGuardImage *base,
+                            uint64_t offset, uint64_t bytes, uint64_t *pnum,
+                            bool *allocated)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardBlockStatus st = QGUARD_SIZED(QGuardBlockStatus);
+    int ret = qguard_image_block_status(top, offset, bytes, &st, &err);
+
+    if (ret < 0) {
+        return ret;
+    }
+    *pnum = st.bytes;
+    if (st.flags & QGUARD_BLOCK_ALLOCATED) {
+        *allocated = is_above(top, st.image, base);
+    } else {
+        QGuardImage *below = st.image ? qguard_image_backing(st.image)
+                                      : NULL;
+        *allocated = below && is_above(top, below, base);
+    }
+    return 0;
+}
+
+int is_allocated_above(QGuardImage *top, QGuardImage *base, uint64_t offset,
+                       uint64_t *bytes, bool *allocated)
+{
+    uint64_t done = 0, n;
+    bool answer;
+    int ret;
+
+    while (done < *bytes) {
+        ret = allocated_extent(top, base, offset + done, *bytes - done, &n,
+                               &answer);
+        if (ret < 0) {
+            return ret;
+        }
+        if (!done) {
+            *allocated = answer;
+        } else if (answer != *allocated) {
+            break;
+        }
+        done += n;
+    }
+    *bytes = done;
+    return 0;
+}
+
 bool compare_buffers(const uint8_t *buf1, const uint8_t *buf2,
                      uint64_t bytes, uint64_t *pnum)
 {

@@ -32,31 +32,6 @@ typedef struct Commit {
     uint64_t done;
 } Commit;
 
-/*
- * Does an image above the base decide the content of [offset, +*bytes)?
- * Past the end of a shorter image its zeros count as that image's.
- */
-static int allocated_above(Commit *c, uint64_t offset, uint64_t *bytes,
-                           bool *allocated)
-{
-    g_autoptr(GError) err = NULL;
-    QGuardBlockStatus st = QGUARD_SIZED(QGuardBlockStatus);
-    int ret = qguard_image_block_status(c->top, offset, *bytes, &st, &err);
-
-    if (ret < 0) {
-        return ret;
-    }
-    *bytes = st.bytes;
-    if (st.flags & QGUARD_BLOCK_ALLOCATED) {
-        *allocated = is_above(c->top, st.image, c->base);
-    } else {
-        QGuardImage *below = st.image ? qguard_image_backing(st.image)
-                                      : NULL;
-        *allocated = below && is_above(c->top, below, c->base);
-    }
-    return 0;
-}
-
 static int commit_chunk(Commit *c, uint64_t offset, uint64_t end,
                         uint8_t *buf, uint64_t *len)
 {
@@ -122,7 +97,8 @@ static int run_commit(Commit *c)
         bool allocated;
 
         bytes = size - offset;
-        ret = allocated_above(c, offset, &bytes, &allocated);
+        ret = is_allocated_above(c->top, c->base, offset, &bytes,
+                                 &allocated);
         if (ret < 0) {
             return ret;
         }

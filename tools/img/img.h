@@ -224,6 +224,15 @@ QGuardImage *find_backing_image(QGuardImage *top, const char *name,
 /* Is @layer in @top's chain and above @base (@top itself counts)? */
 bool is_above(QGuardImage *top, QGuardImage *layer, QGuardImage *base);
 /*
+ * QEMU's bdrv_is_allocated_above(): does an image from @top down to, not
+ * including, @base (NULL: the whole chain) decide what [offset, +*bytes)
+ * reads?  Past the end of a shorter image in between, its zeros count as
+ * allocated there.  *@bytes is shortened to the extent with the same
+ * answer.  0 or a negative errno.
+ */
+int is_allocated_above(QGuardImage *top, QGuardImage *base, uint64_t offset,
+                       uint64_t *bytes, bool *allocated);
+/*
  * Does the first sector of the buffers differ?  *@pnum: the length of the
  * prefix, in whole sectors up to @bytes, that gives the same answer.
  */

@@ -58,33 +58,30 @@ static int copy_differences(Rebase *r, Progress *progress)
     }
     for (offset = 0; offset < size; offset += n) {
         g_autoptr(GError) err = NULL;
-        QGuardBlockStatus st = QGUARD_SIZED(QGuardBlockStatus);
-        bool old_zero, new_zero;
+        bool allocated, old_zero, new_zero;
         uint64_t written = 0;
 
         n = MIN((uint64_t)IO_BUF_SIZE, size - offset);
-        ret = qguard_image_block_status(r->img, offset, n, &st, &err);
+        ret = is_allocated_above(r->img, qguard_image_backing(r->img), offset,
+                                 &n, &allocated);
         if (ret < 0) {
             error_report("error while reading image metadata: %s",
                          g_strerror(-ret));
             return ret;
         }
-        n = st.bytes;
-        if (st.depth == 0 && (st.flags & QGUARD_BLOCK_ALLOCATED)) {
+        if (allocated) {
             continue;   /* the image's own data hides both backing files */
         }
         if (r->prefix && offset < old_size) {
-            ret = qguard_image_block_status(r->old_backing, offset,
-                                            MIN(n, old_size - offset), &st,
-                                            &err);
+            n = MIN(n, old_size - offset);
+            ret = is_allocated_above(r->old_backing, r->prefix, offset, &n,
+                                     &allocated);
             if (ret < 0) {
                 error_report("error while reading image metadata: %s",
                              g_strerror(-ret));
                 return ret;
             }
-            n = st.bytes;
-            if (!(st.flags & QGUARD_BLOCK_ALLOCATED) ||
-                !is_above(r->old_backing, st.image, r->prefix)) {
+            if (!allocated) {
                 continue;   /* unchanged since the new backing file */
             }
         }
