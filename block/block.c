@@ -1145,6 +1145,26 @@ static bool is_qemu_readonly_format(const char *format)
     return false;
 }
 
+/*
+ * QEMU formats and protocols that can create images but have no size
+ * measurement (qemu-img measure -O names them with its own message).
+ */
+static bool is_qemu_unmeasurable_format(const char *format)
+{
+    static const char *const names[] = {
+        "file", "host_cdrom", "host_device", "nbd", "nvme", "parallels",
+        "qcow", "qed", "vdi", "vhdx", "vmdk", "vpc",
+    };
+    size_t i;
+
+    for (i = 0; i < G_N_ELEMENTS(names); i++) {
+        if (!strcmp(format, names[i])) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static const BlockDriver *create_driver(const char *format, GError **errp)
 {
     const BlockDriver *drv = find_driver(format ? format : "raw");
@@ -1393,12 +1413,17 @@ static int measure(const char *format, const QGuardOpts *opts,
 {
     const BlockDriver *drv = find_driver(format);
 
-    if (!drv) {
+    if (!drv && is_qemu_readonly_format(format)) {
+        g_set_error(errp, QGUARD_ERROR, ENOTSUP, "Format driver '%s' "
+                    "does not support image creation", format);
+        return -ENOTSUP;
+    }
+    if (!drv && !is_qemu_unmeasurable_format(format)) {
         g_set_error(errp, QGUARD_ERROR, EINVAL, "Unknown file format '%s'",
                     format);
         return -EINVAL;
     }
-    if (!drv->measure) {
+    if (!drv || !drv->measure) {
         g_set_error(errp, QGUARD_ERROR, ENOTSUP,
                     "Block driver '%s' does not support size measurement",
                     format);
