@@ -3,8 +3,9 @@
 
 BUILD ?= build
 ASAN_BUILD ?= build-asan
+TSAN_BUILD ?= build-tsan
 
-.PHONY: all asan check check-unit check-asan check-iotests check-qemu-iotests bench bench-full bench-snapshots install clean
+.PHONY: all asan tsan check check-unit check-asan check-tsan check-iotests check-qemu-iotests bench bench-full bench-snapshots install clean
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -18,12 +19,24 @@ $(ASAN_BUILD)/build.ninja:
 asan: $(ASAN_BUILD)/build.ninja
 	ninja -C $(ASAN_BUILD)
 
+$(TSAN_BUILD)/build.ninja:
+	./configure --builddir=$(TSAN_BUILD) --sanitize=thread
+
+# ThreadSanitizer: only the tests that run requests in parallel.
+TSAN_TESTS = tests/test-concurrency
+tsan: $(TSAN_BUILD)/build.ninja
+	ninja -C $(TSAN_BUILD) $(TSAN_TESTS)
+
 # All tests; the last line is "N passed, N failed".
-check: all asan
-	tests/run-all --build=$(BUILD) --asan-build=$(ASAN_BUILD)
+check: all asan tsan
+	tests/run-all --build=$(BUILD) --asan-build=$(ASAN_BUILD) \
+	    --tsan-build=$(TSAN_BUILD)
 
 check-unit: all
 	tests/run-all --build=$(BUILD) --only=unit
+
+check-tsan: tsan
+	tests/run-all --build=$(BUILD) --tsan-build=$(TSAN_BUILD) --only=tsan
 
 check-iotests: all
 	tests/run-all --build=$(BUILD) --only=iotests
@@ -50,7 +63,7 @@ install: all
 	meson install -C $(BUILD)
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD)
 
 # libFuzzer targets (tests/fuzz, clang + ASan/UBSan): run each for
 # FUZZ_SECONDS seconds; crash reproducers land in build-fuzz/artifacts/.

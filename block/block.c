@@ -220,14 +220,61 @@ static void image_lock(QGuardImage *img)
 static void image_lock_shared(QGuardImage *img)
 {
     pthread_rwlock_rdlock(&img->lock);
+    __atomic_add_fetch(&img->shared_holders, 1, __ATOMIC_ACQ_REL);
     if (img->drv->clear_error) {
         img->drv->clear_error(img);
     }
 }
 
+static void image_unlock_shared(QGuardImage *img)
+{
+    __atomic_sub_fetch(&img->shared_holders, 1, __ATOMIC_ACQ_REL);
+    pthread_rwlock_unlock(&img->lock);
+}
+
 static void image_unlock(QGuardImage *img)
 {
     pthread_rwlock_unlock(&img->lock);
+}
+
+/* The changes done so far: what a FUA request started now will cover. */
+static uint64_t changes_seen(QGuardImage *img)
+{
+    return __atomic_load_n(&img->changes_done, __ATOMIC_ACQUIRE);
+}
+
+/*
+ * Book-keeping for the close of an image that an error took out of
+ * service.  @seen is changes_seen() from before the request ran: a FUA
+ * request flushes every change that completed before it started, but not
+ * necessarily one that completed beside it, whose count may even land
+ * after this one's.
+ */
+static void note_request(QGuardImage *img, int ret, unsigned flags,
+                         uint64_t seen)
+{
+    uint64_t flushed;
+
+    if (ret < 0) {
+        return;
+    }
+    if (!(flags & QGUARD_WRITE_FUA)) {
+        __atomic_add_fetch(&img->changes_done, 1, __ATOMIC_ACQ_REL);
+        return;
+    }
+    flushed = __atomic_load_n(&img->changes_flushed, __ATOMIC_ACQUIRE);
+    while (flushed < seen &&
+           !__atomic_compare_exchange_n(&img->changes_flushed, &flushed, seen,
+                                        false, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE)) {
+        /* Another FUA request moved it; retry unless it went past @seen. */
+    }
+}
+
+static bool image_unflushed(QGuardImage *img)
+{
+    return __atomic_load_n(&img->changes_flushed, __ATOMIC_ACQUIRE) !=
+           changes_seen(img);
 }
 
 static void image_free(QGuardImage *img)
@@ -608,15 +655,16 @@ int qguard_image_close(QGuardImage *img, GError **errp)
      * In writeback mode, what the driver still holds in memory is written
      * here: a failure loses acknowledged writes and must reach the caller.
      */
-    if (!img->read_only && !img->broken && img->drv->close_flush) {
+    if (!img->read_only && !bdrv_is_broken(img) && img->drv->close_flush) {
         ret = img->drv->close_flush(img, &err);
         if (ret < 0) {
             detail = err->message;
             whole = true;
         }
-    } else if (!img->read_only && !img->broken && img->drv->flush) {
+    } else if (!img->read_only && !bdrv_is_broken(img) && img->drv->flush) {
         ret = img->drv->flush(img, &err);
-    } else if (!img->read_only && img->broken && img->unflushed) {
+    } else if (!img->read_only && bdrv_is_broken(img) &&
+               image_unflushed(img)) {
         /* Nothing may be written any more: the unflushed writes are gone. */
         detail = "writes since the last flush are lost (the image was taken "
                  "out of service after an error)";
@@ -716,19 +764,10 @@ static unsigned write_cache_fua(const QGuardImage *img)
     return img->flags & QGUARD_OPEN_WRITETHROUGH ? QGUARD_WRITE_FUA : 0;
 }
 
-/* Book-keeping for the close of an image that an error took out of service. */
-static void note_request(QGuardImage *img, int ret, unsigned flags)
-{
-    if (ret >= 0) {
-        /* A FUA request flushes everything written before it as well. */
-        img->unflushed = !(flags & QGUARD_WRITE_FUA);
-    }
-}
-
 static int check_request(QGuardImage *img, uint64_t offset, uint64_t bytes,
                          bool write, GError **errp)
 {
-    if (img->broken) {
+    if (bdrv_is_broken(img)) {
         /* After a fatal corruption QEMU detaches the driver; so do we. */
         g_set_error(errp, QGUARD_ERROR, ENOMEDIUM, "%s",
                     g_strerror(ENOMEDIUM));
@@ -755,17 +794,19 @@ int qguard_image_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,
     if (ret == 0 && bytes) {
         ret = img->drv->pread(img, offset, bytes, buf, errp);
     }
-    image_unlock(img);
+    image_unlock_shared(img);
     return ret;
 }
 
 int qguard_image_pwrite(QGuardImage *img, uint64_t offset, uint64_t bytes,
                         const void *buf, unsigned flags, GError **errp)
 {
+    bool shared = img->drv->parallel_writes;
+    uint64_t seen;
     int ret;
 
     /* The driver serializes what writes share; see its pwrite. */
-    if (img->drv->parallel_writes) {
+    if (shared) {
         image_lock_shared(img);
     } else {
         image_lock(img);
@@ -773,10 +814,15 @@ int qguard_image_pwrite(QGuardImage *img, uint64_t offset, uint64_t bytes,
     ret = check_request(img, offset, bytes, true, errp);
     if (ret == 0 && bytes) {
         flags |= write_cache_fua(img);
+        seen = changes_seen(img);
         ret = img->drv->pwrite(img, offset, bytes, buf, flags, errp);
-        note_request(img, ret, flags);
+        note_request(img, ret, flags, seen);
     }
-    image_unlock(img);
+    if (shared) {
+        image_unlock_shared(img);
+    } else {
+        image_unlock(img);
+    }
     return ret;
 }
 
@@ -814,7 +860,7 @@ int qguard_image_load_vmstate(QGuardImage *img, uint64_t pos, uint64_t bytes,
         ret = bdrv_io_error(img->drv->load_vmstate(img, pos, bytes, buf),
                             errp);
     }
-    image_unlock(img);
+    image_unlock_shared(img);
     return ret;
 }
 
@@ -830,7 +876,7 @@ int qguard_image_save_vmstate(QGuardImage *img, uint64_t pos, uint64_t bytes,
 
         ret = bdrv_io_error(img->drv->save_vmstate(img, pos, bytes, buf,
                                                    flags), errp);
-        note_request(img, ret, flags);
+        note_request(img, ret, flags, changes_seen(img));
     }
     image_unlock(img);
     return ret;
@@ -846,7 +892,7 @@ int qguard_image_pwrite_zeroes(QGuardImage *img, uint64_t offset,
     if (ret == 0 && bytes) {
         flags |= write_cache_fua(img);
         ret = img->drv->pwrite_zeroes(img, offset, bytes, flags, errp);
-        note_request(img, ret, flags);
+        note_request(img, ret, flags, changes_seen(img));
     }
     image_unlock(img);
     return ret;
@@ -871,7 +917,7 @@ int qguard_image_pwrite_compressed(QGuardImage *img, uint64_t offset,
         if (ret >= 0 && write_cache_fua(img)) {
             ret = img->drv->flush(img, errp);
         }
-        note_request(img, ret, write_cache_fua(img));
+        note_request(img, ret, write_cache_fua(img), changes_seen(img));
     }
     image_unlock(img);
     return ret;
@@ -892,7 +938,7 @@ int qguard_image_discard(QGuardImage *img, uint64_t offset, uint64_t bytes,
     /* discard=ignore (or off): the request succeeds and does nothing. */
     if (ret == 0 && bytes && img->drv->discard && img->discard_unmap) {
         ret = img->drv->discard(img, offset, bytes, errp);
-        note_request(img, ret, 0);
+        note_request(img, ret, 0, changes_seen(img));
     }
     image_unlock(img);
     return ret;
@@ -903,11 +949,11 @@ int qguard_image_flush(QGuardImage *img, GError **errp)
     int ret = 0;
 
     image_lock(img);
-    if (img->broken) {
+    if (bdrv_is_broken(img)) {
         ret = check_request(img, 0, 0, false, errp);
     } else if (!img->read_only && img->drv->flush) {
         ret = img->drv->flush(img, errp);
-        note_request(img, ret, QGUARD_WRITE_FUA);
+        note_request(img, ret, QGUARD_WRITE_FUA, changes_seen(img));
     }
     image_unlock(img);
     return ret;
@@ -927,7 +973,7 @@ int qguard_image_truncate(QGuardImage *img, uint64_t size, bool shrink,
             ret = -ENOTSUP;
         } else {
             ret = img->drv->truncate(img, size, shrink, prealloc, errp);
-            note_request(img, ret, 0);
+            note_request(img, ret, 0, changes_seen(img));
         }
     }
     image_unlock(img);
@@ -1475,7 +1521,7 @@ static int snapshot_op(QGuardImage *img, int op, const char *name,
     ret = check_request(img, 0, 0, true, errp);
     if (ret == 0) {
         ret = img->drv->snapshot(img, op, name, errp);
-        note_request(img, ret, 0);
+        note_request(img, ret, 0, changes_seen(img));
     }
     image_unlock(img);
     return ret;

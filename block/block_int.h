@@ -51,13 +51,25 @@ struct QGuardImage {
      * cannot starve them.
      */
     pthread_rwlock_t lock;
-    /* Set after a fatal corruption: every further request fails. */
+    /*
+     * How many requests hold @lock shared (atomic): a flush that runs
+     * beside others must not hand freed clusters out again, as one of them
+     * may still be reading one (bdrv_runs_alone()).
+     */
+    int shared_holders;
+    /*
+     * Set after a fatal corruption: every further request fails.  Atomic
+     * (bdrv_is_broken()): a write sets it while others check it.
+     */
     bool broken;
     /*
-     * A request changed the image and succeeded since the last flush: what
-     * it wrote is durable only after another flush (writeback mode).
+     * Requests that changed the image and succeeded, and how many of them
+     * a flush is known to have made durable; while the two differ, what
+     * they wrote is durable only after another flush (writeback mode).
+     * Atomic: writes run in parallel and finish in any order.
      */
-    bool unflushed;
+    uint64_t changes_done;
+    uint64_t changes_flushed;
     bool probed;                /* format guessed, not given */
     /*
      * The "discard" option: unmap/on passes guest discards to the driver,
@@ -271,6 +283,29 @@ G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(BdrvProtocol, bdrv_protocol_clear)
 char *bdrv_plain_filename(const char *filename, GError **errp);
 /* The options in @opts under "prefix." with the prefix stripped. */
 QGuardOpts *bdrv_opts_subset(const QGuardOpts *opts, const char *prefix);
+
+static inline bool bdrv_is_broken(const QGuardImage *img)
+{
+    return __atomic_load_n(&img->broken, __ATOMIC_RELAXED);
+}
+
+/* Take @img out of service (or back, for a repair that runs alone). */
+static inline void bdrv_set_broken(QGuardImage *img, bool broken)
+{
+    __atomic_store_n(&img->broken, broken, __ATOMIC_RELAXED);
+}
+
+/*
+ * No other request can be in flight: the caller holds the image lock
+ * exclusively, holds it shared as its only holder, or runs where no lock is
+ * taken (open, close).  A request that holds it shared sees itself in the
+ * count; one that takes it after this test looks its clusters up after
+ * whatever the caller freed, so it cannot be on its way to one of them.
+ */
+static inline bool bdrv_runs_alone(const QGuardImage *img)
+{
+    return __atomic_load_n(&img->shared_holders, __ATOMIC_ACQUIRE) <= 1;
+}
 
 /* Print a diagnostic line through the message handler (stderr default). */
 void qguard_message(const char *fmt, ...) G_GNUC_PRINTF(1, 2);

@@ -19,11 +19,18 @@
 
 /* ---- Bit runs ------------------------------------------------------------- */
 
+/*
+ * Writes run in parallel (qcow2_pwrite() beside other writes, without
+ * meta_lock): bits are set with atomic ORs, or two writers setting bits of
+ * one word lose one's.  Everything else that reads or changes them runs
+ * alone.
+ */
 static void mark_changed(BDRVQcow2State *s, Qcow2Bitmap *bm, uint64_t word)
 {
     uint64_t c = word >> (s->cluster_bits - 3);
 
-    bm->changed[c / 64] |= UINT64_C(1) << (c % 64);
+    __atomic_fetch_or(&bm->changed[c / 64], UINT64_C(1) << (c % 64),
+                      __ATOMIC_RELAXED);
 }
 
 /* The bits of word @w that lie in granules [first, end). */
@@ -49,8 +56,8 @@ static void set_bits(BDRVQcow2State *s, Qcow2Bitmap *bm, uint64_t first,
     for (; w <= last; w++) {
         uint64_t mask = word_mask(w, first, end);
 
-        if ((bm->bits[w] & mask) != mask) {
-            bm->bits[w] |= mask;
+        if ((__atomic_load_n(&bm->bits[w], __ATOMIC_RELAXED) & mask) != mask) {
+            __atomic_fetch_or(&bm->bits[w], mask, __ATOMIC_RELAXED);
             mark_changed(s, bm, w);
         }
     }

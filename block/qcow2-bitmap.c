@@ -859,7 +859,7 @@ int qcow2_bitmaps_store(BDRVQcow2State *s, bool closing)
     guint i;
     int ret = 0;
 
-    if (!bst || !bst->read_write || s->img->broken) {
+    if (!bst || !bst->read_write || bdrv_is_broken(s->img)) {
         return 0;
     }
     st.pending = g_new0(Pending, MAX(list->len, 1));

@@ -628,10 +628,12 @@ static int read_compressed(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
 }
 
 /*
- * Reads may run in several threads at once (the image lock is shared, no
- * writer runs): the mapping is looked up under meta_lock, and the data is
+ * Reads may run in several threads at once, beside writes (the image lock
+ * is shared): the mapping is looked up under meta_lock, and the data is
  * read outside it, so that reads of different clusters overlap their I/O.
- * The mapping cannot change meanwhile, because nothing writes.
+ * A write may change the mapping meanwhile; the cluster read stays what it
+ * was, because a cluster freed meanwhile is not reused before a flush that
+ * runs alone (qcow2_flush_metadata()).
  */
 int qcow2_read_guest(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
                      uint8_t *buf)
@@ -819,7 +821,7 @@ static int data_write_check(BDRVQcow2State *s, uint64_t offset, uint64_t bytes)
 {
     int hit;
 
-    if (s->img->broken) {
+    if (bdrv_is_broken(s->img)) {
         return -EIO;
     }
     if (has_data_file(s)) {

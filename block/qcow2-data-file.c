@@ -163,7 +163,7 @@ int qcow2_pwritev_data(BDRVQcow2State *s, uint64_t offset,
     if (!has_data_file(s)) {
         return qcow2_pwritev_checked(s, 0, offset, iov, iovcnt, bytes);
     }
-    if (s->img->broken) {
+    if (bdrv_is_broken(s->img)) {
         return -EIO;
     }
     if (!s->data_file) {

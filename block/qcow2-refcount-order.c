@@ -329,7 +329,7 @@ static int switch_to_new_set(BDRVQcow2State *s, NewRefcounts *n,
             qguard_message("qcow2: Failed to switch to new metadata: %s; the "
                            "image refuses further requests until it is "
                            "reopened", g_strerror(-ret));
-            s->img->broken = true;
+            bdrv_set_broken(s->img, true);
         }
         return bdrv_error_errno(errp, ret, "Failed to update the qcow2 header");
     }
@@ -433,7 +433,7 @@ int qcow2_change_refcount_order(BDRVQcow2State *s, int refcount_order,
     goto out;
 
 fail:
-    if (!s->img->broken && n.table) {
+    if (!bdrv_is_broken(s->img) && n.table) {
         free_refcount_set(s, n.table, n.table_size, n.table_offset,
                           n.table_clusters);
     }

@@ -508,8 +508,13 @@ static int64_t find_free_run(BDRVQcow2State *s, uint64_t n, bool exact,
     int64_t first;
     int ret;
 
-    if (s->freed_cluster_count >= FREED_CLUSTERS_MAX) {
-        /* Make the frees durable so that the space can be reused. */
+    if (s->freed_cluster_count >= FREED_CLUSTERS_MAX &&
+        bdrv_runs_alone(s->img)) {
+        /*
+         * Make the frees durable so that the space can be reused.  Beside
+         * other requests the flush could not release them (see
+         * qcow2_flush_metadata()): they wait for a flush that runs alone.
+         */
         ret = qcow2_flush_metadata(s);
         if (ret < 0) {
             return ret;
@@ -523,7 +528,8 @@ static int64_t find_free_run(BDRVQcow2State *s, uint64_t n, bool exact,
         }
         /* QEMU's search start goes down to every cluster it frees. */
         freed = first_freed_from(s, 0);
-        if (flushed || freed > (uint64_t)first + *got ||
+        if (flushed || !bdrv_runs_alone(s->img) ||
+            freed > (uint64_t)first + *got ||
             (freed == (uint64_t)first + *got && (exact || *got == n))) {
             break;
         }

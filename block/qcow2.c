@@ -99,7 +99,7 @@ void qcow2_signal_corruption(BDRVQcow2State *s, bool fatal, int64_t offset,
         qguard_message("qcow2: Marking image as corrupt: %s; further "
                        "corruption events will be suppressed", message);
         qcow2_mark_corrupt(s);
-        s->img->broken = true;
+        bdrv_set_broken(s->img, true);
     } else {
         qguard_message("qcow2: Image is corrupt: %s; further non-fatal "
                        "corruption events will be suppressed", message);
@@ -128,7 +128,7 @@ int qcow2_pwritev_checked(BDRVQcow2State *s, unsigned ignore,
 {
     int ret;
 
-    if (s->img->broken) {
+    if (bdrv_is_broken(s->img)) {
         return -EIO;
     }
     if (offset + bytes > QCOW2_MAX_HOST_OFFSET) {
@@ -180,11 +180,11 @@ int qcow2_commit_header_field(BDRVQcow2State *s, int offset,
 /* A switch to new metadata failed: see qcow2_commit_header_field(). */
 void qcow2_switch_failed(BDRVQcow2State *s, int ret)
 {
-    if (!s->img->broken) {
+    if (!bdrv_is_broken(s->img)) {
         qguard_message("qcow2: Failed to switch to new metadata: %s; the "
                        "image refuses further requests until it is reopened",
                        g_strerror(-ret));
-        s->img->broken = true;
+        bdrv_set_broken(s->img, true);
     }
 }
 
@@ -412,8 +412,13 @@ static int flush_metadata(BDRVQcow2State *s, bool refcounts)
         return ret;
     }
     ret = host_file_flush(s->file);
-    if (ret >= 0) {
-        /* Every table that stopped naming freed clusters is on disk now. */
+    if (ret >= 0 && bdrv_runs_alone(s->img)) {
+        /*
+         * Every table that stopped naming freed clusters is on disk now.
+         * Beside other requests (a FUA write) they stay pending: a read
+         * may still be on its way to one of them, looked up before it was
+         * freed, and must not find it handed to another write.
+         */
         qcow2_release_freed_clusters(s);
     }
     return ret;
@@ -1170,7 +1175,7 @@ static int do_close(QGuardImage *img)
     if (!s) {
         return 0;
     }
-    if (!img->read_only && !img->broken) {
+    if (!img->read_only && !bdrv_is_broken(img)) {
         /* Bitmaps first: storing them allocates and frees clusters. */
         ret = qcow2_bitmaps_store(s, true);
         ret2 = qcow2_flush_metadata(s);
@@ -1821,7 +1826,7 @@ static int qcow2_check(QGuardImage *img, unsigned fix,
             ret = mark_consistent(s);
         }
         if (ret >= 0) {
-            img->broken = false;
+            bdrv_set_broken(img, false);
         }
     }
     return ret;

@@ -10,6 +10,7 @@
  */
 #include <glib.h>
 #include <glib/gstdio.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -197,6 +198,7 @@ typedef struct ParallelWrites {
     const char *runtime_opts;
     bool backing;               /* half of the disk in a backing file */
     bool snapshot;              /* a snapshot of written data before the race */
+    bool bitmap;                /* an enabled dirty bitmap, a bit per block */
 } ParallelWrites;
 
 typedef struct Writer {
@@ -295,6 +297,31 @@ static void run_writers(Writer *writers, GThreadFunc fn)
 }
 
 /*
+ * Exactly the written blocks are dirty: writers that set bits of the same
+ * bitmap word at once must not lose each other's.
+ */
+static void check_dirty(QGuardImage *img, const ParallelWrites *pw,
+                        const uint32_t *version)
+{
+    g_autoptr(GError) err = NULL;
+    uint64_t b, pnum;
+    bool dirty;
+
+    if (!pw->bitmap) {
+        return;
+    }
+    for (b = 0; b < PW_SIZE / PW_BLOCK; b++) {
+        g_assert_cmpint(qguard_bitmap_status(img, "b", b * PW_BLOCK, PW_BLOCK,
+                                             &dirty, &pnum, &err), ==, 0);
+        if (dirty != (version[b] != 0)) {
+            g_error("%s: block %" PRIu64 " (version %u) is %s in the bitmap "
+                    "(seed %u)", pw->name, b, version[b],
+                    dirty ? "dirty" : "clean", seed);
+        }
+    }
+}
+
+/*
  * Four writers at once on one image: allocating writes into the same
  * clusters, L2 tables and refcount blocks, copy-on-write from a backing
  * file or from clusters a snapshot shares, with caches of a few tables so
@@ -343,6 +370,10 @@ static void test_parallel_writes(gconstpointer data)
                                             &err), ==, 0);
         g_assert_cmpint(qguard_snapshot_create(img, "s1", &err), ==, 0);
     }
+    if (pw->bitmap) {
+        g_assert_cmpint(qguard_bitmap_add(img, "b", PW_BLOCK, false, &err),
+                        ==, 0);
+    }
     for (i = 0; i < PW_WRITERS; i++) {
         writers[i] = (Writer){ .img = img, .id = i, .seed = seed + i * 7919,
                                .version = version };
@@ -360,6 +391,7 @@ static void test_parallel_writes(gconstpointer data)
                     "(seed %u)", pw->name, b, version[b], seed);
         }
     }
+    check_dirty(img, pw, version);
     g_assert_cmpint(qguard_image_check(img, 0, &res, NULL, NULL, &err), ==, 0);
     g_assert_cmpint(res.corruptions + res.leaks + res.check_errors, ==, 0);
     g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
@@ -368,6 +400,7 @@ static void test_parallel_writes(gconstpointer data)
                           QGUARD_OPEN_RDWR);
     g_assert_cmpint(qguard_image_pread(img, 0, PW_SIZE, backing, &err), ==, 0);
     g_assert_true(memcmp(backing, image, PW_SIZE) == 0);
+    check_dirty(img, pw, version);
     g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
 }
 
@@ -434,15 +467,177 @@ static void test_parallel_writes_same_cluster(void)
 }
 
 static const ParallelWrites parallel_writes[] = {
-    { "512-backing", "cluster_size=512",
-      "l2-cache-size=4096,refcount-cache-size=4096", true, false },
-    { "64k-snapshot", "cluster_size=65536", "l2-cache-size=65536", false,
-      true },
-    { "64k-extended-l2", "cluster_size=65536,extended_l2=on", "", true,
-      false },
-    { "4k-lazy-refcounts", "cluster_size=4096,lazy_refcounts=on",
-      "l2-cache-size=8192,refcount-cache-size=8192", false, false },
+    { .name = "512-backing", .create_opts = "cluster_size=512",
+      .runtime_opts = "l2-cache-size=4096,refcount-cache-size=4096",
+      .backing = true },
+    { .name = "64k-snapshot", .create_opts = "cluster_size=65536",
+      .runtime_opts = "l2-cache-size=65536", .snapshot = true },
+    { .name = "64k-extended-l2",
+      .create_opts = "cluster_size=65536,extended_l2=on", .runtime_opts = "",
+      .backing = true },
+    { .name = "4k-lazy-refcounts",
+      .create_opts = "cluster_size=4096,lazy_refcounts=on",
+      .runtime_opts = "l2-cache-size=8192,refcount-cache-size=8192" },
+    { .name = "64k-dirty-bitmap", .create_opts = "cluster_size=65536",
+      .runtime_opts = "", .bitmap = true },
 };
+
+/* ---- A freed cluster and a read on its way to it ------------------------ */
+
+#define FR_CLUSTER 65536
+
+typedef struct FreedRead {
+    QGuardImage *img;
+    uint64_t host;              /* the cluster the read is held at */
+    GMutex lock;
+    GCond cond;
+    bool arrived, go;
+    uint8_t *buf;
+    int ret;
+} FreedRead;
+
+/* The read of @host waits there until the test lets it go. */
+static int hold_read(void *opaque, HostFile *file, HostFileOp op,
+                     uint64_t offset, uint64_t bytes,
+                     const struct iovec *iov, int iovcnt)
+{
+    FreedRead *fr = opaque;
+
+    (void)file;
+    (void)bytes;
+    (void)iov;
+    (void)iovcnt;
+    if (op == HOST_FILE_READ && offset == fr->host) {
+        g_mutex_lock(&fr->lock);
+        fr->arrived = true;
+        g_cond_broadcast(&fr->cond);
+        while (!fr->go) {
+            g_cond_wait(&fr->cond, &fr->lock);
+        }
+        g_mutex_unlock(&fr->lock);
+    }
+    return 0;
+}
+
+static gpointer freed_reader(gpointer opaque)
+{
+    FreedRead *fr = opaque;
+    g_autoptr(GError) err = NULL;
+
+    fr->ret = qguard_image_pread(fr->img, 0, FR_CLUSTER, fr->buf, &err);
+    return NULL;
+}
+
+static uint64_t be64_at(int fd, uint64_t offset)
+{
+    uint64_t v;
+
+    g_assert_cmpint(pread(fd, &v, 8, offset), ==, 8);
+    return GUINT64_FROM_BE(v);
+}
+
+/*
+ * Guest cluster 0's L2 entry loses its COPIED flag (refcount 1: "ERROR
+ * OFLAG_COPIED data cluster" in a check, which QEMU handles by writing
+ * elsewhere and freeing the cluster).  Returns its host offset.
+ */
+static uint64_t clear_copied_flag(const char *path)
+{
+    int fd = open(path, O_RDWR);
+    uint64_t l1, l2, entry;
+
+    g_assert_cmpint(fd, >=, 0);
+    l1 = be64_at(fd, 40);
+    l2 = be64_at(fd, l1) & 0x00fffffffffffe00ULL;
+    entry = be64_at(fd, l2);
+    g_assert_true(entry & (1ULL << 63));
+    entry = GUINT64_TO_BE(entry & ~(1ULL << 63));
+    g_assert_cmpint(pwrite(fd, &entry, 8, l2), ==, 8);
+    g_assert_cmpint(close(fd), ==, 0);
+    return GUINT64_FROM_BE(entry) & 0x00fffffffffffe00ULL;
+}
+
+/*
+ * A read looks its cluster up and reads it outside the metadata mutex.  A
+ * write beside it may move the guest cluster elsewhere and free the old
+ * one; a FUA write's flush must not make that cluster reusable while the
+ * read is still on its way, or a third write's data ends up in the read's
+ * buffer.  The read must return the old or the new contents, nothing else.
+ */
+static void test_freed_cluster_not_reused_under_read(void)
+{
+    g_autofree char *path = tpath("freed.qcow2");
+    g_autofree uint8_t *old = g_malloc(FR_CLUSTER);
+    g_autofree uint8_t *new = g_malloc(FR_CLUSTER);
+    g_autofree uint8_t *other = g_malloc(FR_CLUSTER);
+    g_autoptr(GError) err = NULL;
+    FreedRead fr = { .buf = g_malloc(FR_CLUSTER) };
+    QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
+    QGuardImage *img;
+    GThread *reader;
+    GStatBuf st;
+    goffset size;
+
+    unlink(path);
+    test_image_new(path, "qcow2", "size=1M,cluster_size=65536");
+    img = test_image_open(path, "qcow2", "", QGUARD_OPEN_RDWR);
+    fill_pattern(old, FR_CLUSTER, 0, 1);
+    g_assert_cmpint(qguard_image_pwrite(img, 0, FR_CLUSTER, old, 0, &err),
+                    ==, 0);
+    g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
+    fr.host = clear_copied_flag(path);
+
+    fr.img = img = test_image_open(path, "qcow2", "", QGUARD_OPEN_RDWR);
+    g_mutex_init(&fr.lock);
+    g_cond_init(&fr.cond);
+    host_file_set_hook(hold_read, &fr);
+    reader = g_thread_new("reader", freed_reader, &fr);
+    g_mutex_lock(&fr.lock);
+    while (!fr.arrived) {
+        g_cond_wait(&fr.cond, &fr.lock);
+    }
+    g_mutex_unlock(&fr.lock);
+
+    /* Moves guest cluster 0 and frees fr.host. */
+    fill_pattern(new, FR_CLUSTER, 0, 2);
+    g_assert_cmpint(qguard_image_pwrite(img, 0, FR_CLUSTER, new, 0, &err),
+                    ==, 0);
+    /* A flush beside the read. */
+    g_assert_cmpint(qguard_image_pwrite(img, FR_CLUSTER, 512, new,
+                                        QGUARD_WRITE_FUA, &err), ==, 0);
+    /* Would take the lowest free cluster: fr.host, were it released. */
+    fill_pattern(other, FR_CLUSTER, 0, 3);
+    g_assert_cmpint(qguard_image_pwrite(img, 2 * FR_CLUSTER, FR_CLUSTER,
+                                        other, 0, &err), ==, 0);
+
+    g_mutex_lock(&fr.lock);
+    fr.go = true;
+    g_cond_broadcast(&fr.cond);
+    g_mutex_unlock(&fr.lock);
+    g_thread_join(reader);
+    host_file_set_hook(NULL, NULL);
+    g_assert_cmpint(fr.ret, ==, 0);
+    g_assert_true(memcmp(fr.buf, old, FR_CLUSTER) == 0 ||
+                  memcmp(fr.buf, new, FR_CLUSTER) == 0);
+
+    /* Released by a flush that runs alone, and reused: the file stays. */
+    g_assert_cmpint(qguard_image_flush(img, &err), ==, 0);
+    g_assert_cmpint(g_stat(path, &st), ==, 0);
+    size = st.st_size;
+    g_assert_cmpint(qguard_image_pwrite(img, 3 * FR_CLUSTER, FR_CLUSTER,
+                                        other, 0, &err), ==, 0);
+    g_assert_cmpint(g_stat(path, &st), ==, 0);
+    g_assert_cmpint(st.st_size, ==, size);
+    g_assert_cmpint(qguard_image_pread(img, 0, FR_CLUSTER, fr.buf, &err),
+                    ==, 0);
+    g_assert_true(memcmp(fr.buf, new, FR_CLUSTER) == 0);
+    g_assert_cmpint(qguard_image_check(img, 0, &res, NULL, NULL, &err), ==, 0);
+    g_assert_cmpint(res.corruptions + res.leaks + res.check_errors, ==, 0);
+    g_assert_cmpint(qguard_image_close(img, &err), ==, 0);
+    g_cond_clear(&fr.cond);
+    g_mutex_clear(&fr.lock);
+    g_free(fr.buf);
+}
 
 /* A failure's text must not be an earlier, unrelated failure's. */
 static void test_error_text_is_fresh(void)
@@ -482,6 +677,8 @@ int main(int argc, char **argv)
                     test_parallel_reads_beside_writes);
     g_test_add_func("/concurrency/error-text-is-fresh",
                     test_error_text_is_fresh);
+    g_test_add_func("/concurrency/freed-cluster-not-reused-under-read",
+                    test_freed_cluster_not_reused_under_read);
     g_test_add_func("/concurrency/parallel-writes/same-cluster",
                     test_parallel_writes_same_cluster);
     for (i = 0; i < G_N_ELEMENTS(parallel_writes); i++) {
