@@ -136,7 +136,8 @@ def run_disk(ctx, progress):
             return lambda: [tool, "create", "-q", "-f", "qcow2", "-o", opts,
                             img, fmt_size(size)]
 
-        s1, s1q = sc["w1"], sc["disk_w1_qemu"]
+        # Issue 12's size in both modes: it is cheap for qguard.
+        s1, s1q = sc.get("disk_w1", sc["w1"]), sc["disk_w1_qemu"]
         rows = []
         r = run_row(Row("qguard", "qguard-img create %s" % fmt_size(s1),
                         "qguard", s1, rm_img, create(ctx.qguard_img, s1),

@@ -154,17 +154,26 @@ def targets(res, ir_rows):
         for r in wl["rows"]:
             if r["engine"] != "qguard":
                 continue
+            rid = r["id"].replace("qg-", "")
             c = r.get("callgrind") or {}
             top = [n for n, _ in (c.get("top_self") or [])[:5]]
             if top:
-                tops.append("%s %s: %s" % (key, r["id"].replace("qg-", ""),
-                                          ", ".join(top[:3])))
+                tops.append("%s %s callgrind: %s" % (key, rid,
+                                                     ", ".join(top[:3])))
                 if "find_free_run" in top:
-                    bad.append("%s %s" % (key, r["id"]))
+                    bad.append("%s %s callgrind" % (key, r["id"]))
+            p = r.get("perf") or {}
+            ptop = [n for n, _ in (p.get("top_all") or [])[:5]]
+            if ptop:
+                tops.append("%s %s perf: %s" % (key, rid, ", ".join(ptop[:3])))
+                if any(n.split(".")[0] == "find_free_run" for n in ptop):
+                    bad.append("%s %s perf" % (key, r["id"]))
     if tops:
         out.append(("Allocation without refcount scans: find_free_run out "
-                    "of the top of every profile (callgrind, top 5 by self "
-                    "cost)", "; ".join(tops),
+                    "of the top of every profile (top 5 by self cost: "
+                    "callgrind instructions and perf %s samples; the top 3 "
+                    "shown)" % res.get("machine", {}).get("perf_event", ""),
+                    "; ".join(tops),
                     "met" if not bad else "**not met** (%s)" % ", ".join(bad)
                     ))
     if ir_rows:
