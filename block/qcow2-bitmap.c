@@ -403,12 +403,15 @@ static void map_bitmaps(BDRVQcow2State *s, bool enter)
 {
     void (*fn)(BDRVQcow2State *, uint64_t, uint64_t, unsigned) =
         enter ? qcow2_map_enter : qcow2_map_remove;
-    GPtrArray *lists[2] = { s->bm->list, s->bm->dropped };
+    GPtrArray *lists[2];
     guint i, j;
 
-    if (!extension_valid(s)) {
+    /* No bitmap state: a map built over tables alone (bench-check-cost). */
+    if (!s->bm || !extension_valid(s)) {
         return;
     }
+    lists[0] = s->bm->list;
+    lists[1] = s->bm->dropped;
     fn(s, s->bitmap_directory_offset, s->bitmap_directory_size,
        QCOW2_OL_BITMAP_DIRECTORY);
     for (j = 0; j < 2; j++) {
