@@ -663,7 +663,11 @@ def main():
                 progress("%s: %s" % (wl.key, wl.title))
                 result["workloads"][wl.key] = bench_workload(ctx, wl)
         if "cost" in only:
-            result["check_cost"] = bench_check_cost(ctx)
+            # A failure here must not lose the workloads measured so far.
+            try:
+                result["check_cost"] = bench_check_cost(ctx)
+            except (OSError, ValueError, subprocess.SubprocessError) as e:
+                progress("check cost failed: %s" % e)
         if "disk" in only:
             w3 = RandomWorkload(ctx)
             ctx.w3_script, ctx.w3_template = w3.script, w3.template
