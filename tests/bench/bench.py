@@ -671,10 +671,16 @@ def main():
         if "disk" in only:
             w3 = RandomWorkload(ctx)
             ctx.w3_script, ctx.w3_template = w3.script, w3.template
+            load = open("/proc/loadavg").read().split()[:3]
             result["disk"] = D.run_disk(ctx, progress)
+            result["disk"]["loadavg"] = [load, open(
+                "/proc/loadavg").read().split()[:3]]
         if "nbd" in only:
+            load = open("/proc/loadavg").read().split()[:3]
             try:
                 result["nbd"] = N.run_nbd(ctx, progress)
+                result["nbd"]["loadavg"] = [load, open(
+                    "/proc/loadavg").read().split()[:3]]
             except (RuntimeError, OSError, ValueError,
                     subprocess.SubprocessError) as e:
                 progress("nbd benchmark failed: %s" % e)

@@ -115,8 +115,9 @@ def dd_row(rid, label, path, nbytes, runs=3):
 def run_disk(ctx, progress):
     sc = ctx.scale
     base = tempfile.mkdtemp(prefix="bench-disk.", dir=ctx.build)
-    fstype = subprocess.run(["stat", "-f", "-c", "%T", base],
-                            capture_output=True, text=True).stdout.strip()
+    # df names ext4 as such; stat -f says "ext2/ext3" for the whole family.
+    fstype = subprocess.run(["df", "--output=fstype", base],
+                            capture_output=True, text=True).stdout.split()[-1]
     dev = subprocess.run(["df", "--output=source", base], capture_output=True,
                          text=True).stdout.split()[-1:]
     out = {"dir": base, "fstype": fstype, "device": dev[0] if dev else "",

@@ -58,6 +58,15 @@ def disk_table(wl):
                   "(strace -c -P)", "allocated"], rows)
 
 
+def load_md(sec):
+    """The load average around a section: the machine may be shared."""
+    la = sec.get("loadavg")
+    if not la:
+        return []
+    return ["Load average (1, 5, 15 min) at the start of this section %s, "
+            "at its end %s." % (" ".join(la[0]), " ".join(la[1])), ""]
+
+
 def dd_ratio(d, rid, dd):
     rows = d["workloads"]["w1"]["rows"]
     a, b = wall(row(rows, rid)), wall(row(rows, dd))
@@ -73,6 +82,7 @@ def disk_md(d):
            "run under `strace -f -c -P IMAGE` (only calls on the image "
            "file; the timed runs are not traced)." % (d["fstype"],
                                                       d["device"]), ""]
+    out += load_md(d)
     w = d["workloads"]
     if "w1" in w:
         w1 = w["w1"]
@@ -121,7 +131,7 @@ def nbd_md(n):
             "job, on a fresh %s qcow2 image (64 KiB clusters) on tmpfs. "
             "Latency is fio's completion latency (clat)." % (
                 n.get("fio", ""), n["depth"], n["runtime"],
-                mib(n["size"])), "",
+                mib(n["size"])), ""] + load_md(n) + [
             table(["server", "connections", "IOPS", "MiB/s", "p50 ms",
                    "p90 ms", "p99 ms", "p99.9 ms", "qemu-img check"], rows),
             ""]
