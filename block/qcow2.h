@@ -476,6 +476,9 @@ int qcow2_parse_runtime_options(BDRVQcow2State *s, const QGuardOpts *opts,
                                 GError **errp);
 
 /* qcow2.c */
+/* Write zeros to guest range [@offset, +@bytes) as data. */
+int qcow2_write_zero_buffer(BDRVQcow2State *s, uint64_t offset,
+                            uint64_t bytes);
 int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
                  const char *prealloc, QGuardProgressFunc *progress,
                  void *opaque, GError **errp);
@@ -538,12 +541,18 @@ int qcow2_mark_dirty(BDRVQcow2State *s);
 int qcow2_mark_clean(BDRVQcow2State *s);
 int qcow2_mark_corrupt(BDRVQcow2State *s);
 int qcow2_update_header(BDRVQcow2State *s);
+int qcow2_mark_consistent(BDRVQcow2State *s);
+void qcow2_header_ext_free(gpointer p);
+int qcow2_parse_header(BDRVQcow2State *s, const uint8_t *hdr,
+                       size_t hdr_len, uint64_t *backing_offset,
+                       uint32_t *backing_size, GError **errp);
 int qcow2_write_header_field(BDRVQcow2State *s, int offset,
                              const void *data, int bytes);
 int qcow2_commit_header_field(BDRVQcow2State *s, int offset,
                               const void *data, int bytes);
 void qcow2_switch_failed(BDRVQcow2State *s, int ret);
 int qcow2_flush_metadata(BDRVQcow2State *s);
+int qcow2_flush_all_metadata(BDRVQcow2State *s);
 bool qcow2_refcounts_postponed(BDRVQcow2State *s);
 int qcow2_validate_table(BDRVQcow2State *s, uint64_t offset,
                          uint64_t entries, size_t entry_len,
@@ -575,6 +584,9 @@ int64_t qcow2_alloc_data_clusters(BDRVQcow2State *s, uint64_t n,
  * @what is being allocated, as QEMU's does ("L2 table").
  */
 int64_t qcow2_alloc_table_cluster(BDRVQcow2State *s, const char *what);
+int qcow2_switch_refcount_table(BDRVQcow2State *s, uint64_t **table,
+                                uint64_t entries, uint64_t offset,
+                                uint64_t tc);
 int64_t qcow2_alloc_tail(BDRVQcow2State *s, uint64_t n);
 int64_t qcow2_tail_cluster(BDRVQcow2State *s);
 int64_t qcow2_first_free_cluster(BDRVQcow2State *s);
