@@ -1435,8 +1435,9 @@ unsigned qcow2_check_metadata_overlap(BDRVQcow2State *s, unsigned ignore,
  * fails every write with the table's error when it checks inactive L2
  * tables, unless the write overlaps a type that it tests before.
  */
-static int overlap_hit_bad_snapshot(BDRVQcow2State *s, unsigned chk,
-                                    uint64_t offset, uint64_t size)
+static G_GNUC_NO_INLINE
+int overlap_hit_bad_snapshot(BDRVQcow2State *s, unsigned chk,
+                             uint64_t offset, uint64_t size)
 {
     const unsigned before_l1 = QCOW2_OL_MAIN_HEADER | QCOW2_OL_ACTIVE_L1 |
                                QCOW2_OL_REFCOUNT_TABLE |
