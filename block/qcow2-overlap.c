@@ -78,8 +78,12 @@
  *                           sequential writer's next check skips the
  *                           lookup altogether.
  *               Checks set only the leaf and check memos; edits set only
- *               the edit memo.  Every edit and flush clears the check
- *               memo; creating or freeing a leaf clears the leaf memo.
+ *               the edit memo.  Every edit that changes a slot, a list or
+ *               which bytemap holds a window, and every flush, clears the
+ *               check memo; an edit of only the bytes of the edit memo's
+ *               bytemap keeps it, since checks read those bytes where
+ *               they are.  Creating or freeing a leaf clears the leaf
+ *               memo.
  *
  * WINDOWS
  *
@@ -721,7 +725,11 @@ static void bytemap_drop(Qcow2MetadataMap *map, OvlBytemap *e)
     map->stats.cached_bytemaps--;
 }
 
-static void bytemap_edit(Qcow2MetadataMap *map, OvlBytemap *e, unsigned s,
+/*
+ * Returns true if only the bytes changed: the window keeps its slot, its
+ * bytemap and its place in the cache, so a check memo of it stays valid.
+ */
+static bool bytemap_edit(Qcow2MetadataMap *map, OvlBytemap *e, unsigned s,
                          unsigned end, unsigned types, bool set)
 {
     uint8_t *b = e->bytes;
@@ -747,9 +755,12 @@ static void bytemap_edit(Qcow2MetadataMap *map, OvlBytemap *e, unsigned s,
         }
     }
     if (!diff) {
-        return;     /* nothing changed: a clean bytemap stays clean */
+        return true;    /* nothing changed: a clean bytemap stays clean */
     }
     e->population = pop;
+    if (!e->rest && pop && !e->permanent) {
+        return true;
+    }
     if (e->rest) {
         /* the list is stale now (C2): give its words back */
         OvlPos pos = ovl_window_find(map, e->window);
@@ -758,7 +769,7 @@ static void bytemap_edit(Qcow2MetadataMap *map, OvlBytemap *e, unsigned s,
     }
     if (!pop) {
         bytemap_drop(map, e);
-        return;
+        return false;
     }
     if (e->permanent) {
         /* back into the LRU so that eviction re-decides its form (C4) */
@@ -773,6 +784,7 @@ static void bytemap_edit(Qcow2MetadataMap *map, OvlBytemap *e, unsigned s,
             }
         }
     }
+    return false;
 }
 
 /* ---- windows ------------------------------------------------------------ */
@@ -815,28 +827,31 @@ static void slot_edit(Qcow2MetadataMap *map, uint64_t w, OvlPos *pos,
     *pos->slot = slot;
 }
 
-static void window_edit(Qcow2MetadataMap *map, uint64_t w, unsigned s,
+/*
+ * Edit clusters [s, e) of window w.  Returns true if the edit changed only
+ * the bytes of the bytemap the edit memo holds (see bytemap_edit()).
+ */
+static bool window_edit(Qcow2MetadataMap *map, uint64_t w, unsigned s,
                         unsigned e, unsigned types, bool set)
 {
     OvlBytemap *bm;
     OvlPos pos;
 
     if (w == map->memo_window) {
-        bytemap_edit(map, map->memo, s, e, types, set);
-        return;
+        return bytemap_edit(map, map->memo, s, e, types, set);
     }
     pos = ovl_window_find(map, w);
     if (!pos.slot) {
         if (set) {
             slot_edit(map, w, &pos, s, e, types, set);
         }
-        return;
+        return false;
     }
     switch (slot_tag(*pos.slot)) {
     case SLOT_INLINE:
     case SLOT_PAIR:
         slot_edit(map, w, &pos, s, e, types, set);
-        return;
+        return false;
     case SLOT_LIST:
         bm = cache_load(map, w);
         break;
@@ -846,6 +861,7 @@ static void window_edit(Qcow2MetadataMap *map, uint64_t w, unsigned s,
         break;
     }
     bytemap_edit(map, bm, s, e, types, set);
+    return false;
 }
 
 /*
@@ -990,7 +1006,10 @@ static unsigned window_check(Qcow2MetadataMap *map, uint64_t w, unsigned s,
     return window_check_hw(map, w, s, e, LOW_TYPES, false);
 }
 
-/* Every edit starts here: what a check memoized may be about to change. */
+/*
+ * After an edit that moved what a check memoized: a slot, a list's words,
+ * or the bytemap that holds a window.
+ */
 static inline void check_memo_reset(Qcow2MetadataMap *map)
 {
     map->check_window = NO_WINDOW;
@@ -1114,7 +1133,6 @@ static void range_apply(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes,
     if (!bytes) {
         return;
     }
-    check_memo_reset(map);
     range_to_clusters(map, offset, bytes, &first, &end);
     assert(!(types & ~QCOW2_OL_ALL));
     if (types & LOW_TYPES) {
@@ -1124,12 +1142,15 @@ static void range_apply(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes,
         for (w = set ? w : ovl_window_next(map, w); w <= last_w;
              w = set ? w + 1 : ovl_window_next(map, w + 1)) {
             uint64_t base = w << WINDOW_BITS;
-            window_edit(map, w, first > base ? first - base : 0,
-                        MIN(end - base, WINDOW_CLUSTERS), types & LOW_TYPES,
-                        set);
+            if (!window_edit(map, w, first > base ? first - base : 0,
+                             MIN(end - base, WINDOW_CLUSTERS),
+                             types & LOW_TYPES, set)) {
+                check_memo_reset(map);
+            }
         }
     }
     if (types & ~LOW_TYPES) {
+        check_memo_reset(map);
         hi_apply(map, first, end, types & ~LOW_TYPES, set);
     }
 }

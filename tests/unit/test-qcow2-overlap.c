@@ -764,6 +764,58 @@ static void test_list_windows_answered_in_place(void)
  * a list that grows and shrinks in the middle of the group, and lists that
  * come and go around it.
  */
+/*
+ * The check memo outlives edits that change only the bytes of a cached
+ * bytemap, and no other: checks after in-place edits must see the new
+ * bytes, and checks after an eviction, a drop or a dense window's return
+ * to the LRU must not read what the memo held before (ASan would see a
+ * freed bytemap).
+ */
+static void test_check_memo_follows_edits(void)
+{
+    Qcow2MetadataMap *m = qcow2_metadata_map_new(16, 1);
+    unsigned i;
+
+    make_list_window(m, 16, 0);
+    make_list_window(m, 16, 1);
+    enter_c(m, 16, 50, 1, L2);              /* window 0 cached and dirty */
+    g_assert_cmpuint(check_c(m, 16, 60, 1, 0), ==, 0);
+    enter_c(m, 16, 60, 2, RB);              /* in place: the memo stays */
+    g_assert_cmpuint(check_c(m, 16, 61, 1, 0), ==, RB);
+    g_assert_cmpuint(check_c(m, 16, 55, 10, RB), ==, 0);
+    remove_c(m, 16, 60, 2, RB);
+    g_assert_cmpuint(check_c(m, 16, 60, 2, 0), ==, 0);
+    g_assert_cmpuint(check_c(m, 16, 50, 1, 0), ==, L2);
+    qcow2_metadata_map_verify(m);
+
+    touch(m, 16, 1);                        /* evicts window 0 to a list */
+    g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_LIST);
+    g_assert_cmpuint(check_c(m, 16, 50, 1, 0), ==, L2);
+    g_assert_cmpuint(check_c(m, 16, 60, 1, 0), ==, 0);
+    qcow2_metadata_map_verify(m);
+
+    /* window 1's last clusters go: its bytemap is freed with the window */
+    g_assert_cmpuint(check_c(m, 16, WIN + 30, 1, 0), ==, RB);
+    remove_c(m, 16, WIN, WIN, L2 | RB);
+    g_assert_cmpint(form(m, 1), ==, QCOW2_OVERLAP_WINDOW_EMPTY);
+    g_assert_cmpuint(check_c(m, 16, WIN + 30, 1, 0), ==, 0);
+    qcow2_metadata_map_verify(m);
+
+    /* a permanent bytemap back into the LRU, evicting window 0's */
+    for (i = 0; i < WIN; i += 2) {
+        enter_c(m, 16, 2 * WIN + i, 1, L2);
+    }
+    touch(m, 16, 0);
+    g_assert_cmpint(form(m, 2), ==, QCOW2_OVERLAP_WINDOW_PERMANENT);
+    g_assert_cmpuint(check_c(m, 16, 2 * WIN + 2, 1, 0), ==, L2);
+    enter_c(m, 16, 2 * WIN + 1, 1, RB);
+    g_assert_cmpint(form(m, 2), ==, QCOW2_OVERLAP_WINDOW_CACHED);
+    g_assert_cmpuint(check_c(m, 16, 2 * WIN + 1, 1, 0), ==, RB);
+    g_assert_cmpuint(check_c(m, 16, 50, 1, 0), ==, L2);
+    qcow2_metadata_map_verify(m);
+    qcow2_metadata_map_free(m);
+}
+
 static void test_pool_lists_found_by_offset(void)
 {
     static const unsigned sizes[16] = {
@@ -1305,6 +1357,8 @@ int main(int argc, char **argv)
                     test_memory_within_2014_estimate);
     g_test_add_func("/qcow2-overlap/list-windows-answered-in-place",
                     test_list_windows_answered_in_place);
+    g_test_add_func("/qcow2-overlap/check-memo-follows-edits",
+                    test_check_memo_follows_edits);
     g_test_add_func("/qcow2-overlap/pool-lists-found-by-offset",
                     test_pool_lists_found_by_offset);
     g_test_add_data_func("/qcow2-overlap/random-vs-model/cache-1",
