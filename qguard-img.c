@@ -64,7 +64,7 @@ static const ImgCmd img_cmds[] = {
       "      [-m num_coroutines] [-W] [--salvage] filename [filename2 [...]]\n"
       "      output_filename" },
     { "create", img_create,
-      "create [--object objectdef] [-q] [-p] [-f fmt]\n"
+      "create [--object objectdef] [-q] [-f fmt]\n"
       "      [-b backing_file [-F backing_fmt]] [-u] [-o options] filename\n"
       "      [size]" },
     { "dd", img_dd,
@@ -113,7 +113,7 @@ static const char help_arguments[] =
     "    convert), as in qemu-img.\n"
     "  -q prints nothing but errors; -p shows progress (amend, commit, "
     "compare,\n"
-    "    convert, create, rebase).\n"
+    "    convert, rebase).\n"
     "  bitmap runs its actions in the order given on one bitmap; -g sets the\n"
     "    granularity for --add, -b and -F name the image --merge reads from.\n"
     "  convert --bitmaps copies the persistent bitmaps of a single source.\n"

@@ -44,25 +44,13 @@ static QGuardOpts *create_options(const char *raw_opts, const char *filename,
     return opts;
 }
 
-/* Create the image, with -p's progress meter; the exit status. */
+/* Create the image; the exit status. */
 static int create_image(const char *filename, const char *fmt,
-                        const QGuardOpts *opts, bool progress)
+                        const QGuardOpts *opts)
 {
     g_autoptr(GError) err = NULL;
-    Progress prog;
-    int ret;
 
-    progress_init(&prog, progress, 1.0f);
-    if (prog.enabled) {
-        progress_set(&prog, 0);
-    }
-    ret = qguard_image_create(filename, fmt, opts,
-                              prog.enabled ? progress_cb : NULL, &prog, &err);
-    if (ret == 0 && prog.enabled) {
-        progress_set(&prog, 100);
-    }
-    progress_end(&prog);
-    if (ret < 0) {
+    if (qguard_image_create(filename, fmt, opts, NULL, NULL, &err) < 0) {
         error_report("%s: %s", filename, gerr_msg(err, -EIO));
         return 1;
     }
@@ -84,12 +72,12 @@ int img_create(int argc, char **argv)
     const char *base_fmt = NULL;
     const char *base_filename = NULL;
     const char *filename;
-    bool unsafe = false, progress = false;
+    bool unsafe = false;
     int64_t img_size = -1;
     int ret = 1;
     int c;
 
-    while ((c = tool_getopt(argc, argv, ":F:b:f:ho:pqu", long_options,
+    while ((c = tool_getopt(argc, argv, ":F:b:f:ho:qu", long_options,
                             NULL)) != -1) {
         switch (c) {
         case 'F':
@@ -102,9 +90,6 @@ int img_create(int argc, char **argv)
             if (!accumulate_options(raw_opts, optarg)) {
                 goto out;
             }
-            break;
-        case 'p':
-            progress = true;
             break;
         case 'u':
             unsafe = true;
@@ -147,7 +132,7 @@ int img_create(int argc, char **argv)
         printf("Formatting '%s', %s\n", filename, desc);
         fflush(stdout);
     }
-    ret = create_image(filename, o.fmt, opts, progress && !o.quiet);
+    ret = create_image(filename, o.fmt, opts);
 
 out:
     qguard_opts_free(opts);
