@@ -45,7 +45,10 @@ _io_run()
     shift 2
     rm -rf "$TEST_DIR/work"
     cp -a "$IMAGES" "$TEST_DIR/work"
-    (cd "$TEST_DIR/work" && "$bin" "$@" <"$IO_STDIN") >"$out.raw" 2>&1
+    # A tool killed by a signal (abort) makes bash report it with a PID and
+    # a line number; exec puts that report here, where it is dropped.
+    { (cd "$TEST_DIR/work" && exec "$bin" "$@" <"$IO_STDIN") >"$out.raw" 2>&1
+    } 2>/dev/null
     rc=$?
     # Keep the prompts (qemu-io's last one has no newline) under one name.
     sed -e 's/qemu-io> /TOOL> /g' -e 's/qguard-io> /TOOL> /g' "$out.raw" |
