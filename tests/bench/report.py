@@ -554,15 +554,23 @@ def ir60_md(res):
     if not det:
         return "- **60 instructions per check.** Not measured in this run."
     return ("- **60 instructions per check** (issue 12) is not reached: "
-            "windowed, cached, %s. A check whose window is not the one "
-            "the previous check used costs about 70 instructions of "
-            "directory arithmetic (leaf, chunk, presence bit, rank, slot, "
-            "list length) before it reads the window's form, so 60 would "
-            "need a different directory, not a shorter code path "
-            "(docs/overlap-map.md). Workload 1's figure divides a few "
-            "checks of whole multi-MiB table batches, each of which visits "
-            "many windows, by their number: it is large per check and "
-            "negligible in total." % "; ".join(det))
+            "windowed, cached, %s. Measured with callgrind on the "
+            "instructions themselves, a check pays about 40 before it "
+            "reads any window: the write path's entry (the mode mask, the "
+            "counter, the damaged-snapshot test, a tail call), the POPCNT "
+            "dispatch, and the range split (cluster arithmetic, the bounds "
+            "assertion, the one-window and high-type tests). A check whose "
+            "window is not the one the previous check used then pays about "
+            "45 for the directory (leaf, chunk, presence bit, rank, slot, "
+            "list length), and a list window 40 to 50 more to find its "
+            "fragment. Random writes (w3) miss the check memo almost every "
+            "time, so 60 would need a flatter directory and a one-layer "
+            "entry, not a shorter code path (docs/overlap-map.md). The "
+            "sequential writer (w2) mostly hits the memo, which survives "
+            "edits that change only a cached bytemap's bytes. Workload 1's "
+            "figure divides a few checks of whole multi-MiB table batches, "
+            "each of which visits many windows, by their number: it is "
+            "large per check and negligible in total." % "; ".join(det))
 
 
 def interpretation(res):
