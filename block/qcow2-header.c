@@ -48,7 +48,10 @@ static void put_ext(uint8_t *buf, size_t *pos, uint32_t magic,
 {
     be_put32(buf + *pos, magic);
     be_put32(buf + *pos + 4, len);
-    memcpy(buf + *pos + 8, data, len);
+    if (len) {
+        /* An empty extension read from the image has no data buffer. */
+        memcpy(buf + *pos + 8, data, len);
+    }
     *pos += ext_size(len);
 }
 
