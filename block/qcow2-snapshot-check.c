@@ -46,6 +46,7 @@ static int read_unread_table(BDRVQcow2State *s, QGuardCheckResult *res,
     bool repair = fix & QGUARD_CHECK_FIX_ERRORS;
     g_autoptr(GError) local_err = NULL;
     int reduced = 0, dropped = 0;
+    uint64_t overhang = 0, cut;
     uint8_t ptr[12];
     uint32_t nb;
     int ret;
@@ -64,7 +65,7 @@ static int read_unread_table(BDRVQcow2State *s, QGuardCheckResult *res,
     if (nb > QCOW_MAX_SNAPSHOTS && repair) {
         qcow2_report(report, opaque, "Discarding %u overhanging snapshots",
                      nb - QCOW_MAX_SNAPSHOTS);
-        reduced += nb - QCOW_MAX_SNAPSHOTS;
+        overhang = nb - QCOW_MAX_SNAPSHOTS;
         nb = QCOW_MAX_SNAPSHOTS;
     }
     ret = qcow2_validate_table(s, s->snapshots_offset, nb, 40,
@@ -100,9 +101,10 @@ static int read_unread_table(BDRVQcow2State *s, QGuardCheckResult *res,
     s->snapshots_unread = false;
     /* A table read only now enters the overlap map as an open's would. */
     qcow2_map_snapshot_tables(s);
-    res->corruptions += reduced + dropped;
+    cut = overhang + reduced;
+    res->corruptions = qcow2_count_add(res->corruptions, cut + dropped);
 
-    if (reduced) {
+    if (cut) {
         uint8_t count[4];
 
         /*
@@ -118,8 +120,8 @@ static int read_unread_table(BDRVQcow2State *s, QGuardCheckResult *res,
             g_set_error(errp, QGUARD_ERROR, -ret, "%s", g_strerror(-ret));
             return ret;
         }
-        res->corruptions_fixed += reduced;
-        res->corruptions -= reduced;
+        res->corruptions_fixed = qcow2_count_add(res->corruptions_fixed, cut);
+        res->corruptions -= MIN(cut, (uint64_t)res->corruptions);
     }
     return 0;
 }

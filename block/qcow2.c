@@ -931,11 +931,12 @@ static int qcow2_truncate(QGuardImage *img, uint64_t size, bool shrink,
 static void add_check_result(QGuardCheckResult *out,
                              const QGuardCheckResult *in)
 {
-    out->corruptions += in->corruptions;
-    out->leaks += in->leaks;
-    out->check_errors += in->check_errors;
-    out->corruptions_fixed += in->corruptions_fixed;
-    out->leaks_fixed += in->leaks_fixed;
+    out->corruptions = qcow2_count_add(out->corruptions, in->corruptions);
+    out->leaks = qcow2_count_add(out->leaks, in->leaks);
+    out->check_errors = qcow2_count_add(out->check_errors, in->check_errors);
+    out->corruptions_fixed = qcow2_count_add(out->corruptions_fixed,
+                                             in->corruptions_fixed);
+    out->leaks_fixed = qcow2_count_add(out->leaks_fixed, in->leaks_fixed);
 }
 
 static int qcow2_check(QGuardImage *img, unsigned fix,

@@ -516,6 +516,16 @@ bool qcow2_measure_check_opts(const QGuardOpts *opts, GError **errp);
 int qcow2_measure(const QGuardOpts *opts, QGuardImage *in,
                   QGuardMeasureInfo *info, GError **errp);
 
+/*
+ * @count + @n for the int counts of QGuardCheckResult: it stops at INT_MAX
+ * (an image can name four billion snapshots too many), where QEMU's
+ * counts wrap around to negative ones.
+ */
+static inline int qcow2_count_add(int count, uint64_t n)
+{
+    return MIN((uint64_t)count + n, (uint64_t)INT_MAX);
+}
+
 /* qcow2-check.c */
 int qcow2_check_image(BDRVQcow2State *s, unsigned fix,
                       QGuardCheckResult *res, QGuardReportFunc *report,
