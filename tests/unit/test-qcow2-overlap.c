@@ -569,8 +569,6 @@ static void test_memory_returns_to_baseline_after_remove(void)
     unsigned c;
 
     for (w = 0; w < 40; w++) {                 /* lists, pairs, inline */
-        unsigned c;
-
         for (c = 0; c < w % 7; c++) {
             enter_c(m, 9, w * WIN + c * 3, 1, 1u << (c % 8));
         }
@@ -721,7 +719,7 @@ static void test_list_windows_answered_in_place(void)
     qcow2_metadata_map_reset_counters(m);
     mem = stats_of(m).mem_current;
     for (i = 0; i < 20000; i++) {
-        uint64_t w, a, len, r;
+        uint64_t a, len, r;
 
         rng =
             rng * UINT64_C(6364136223846793005) + UINT64_C(1442695040888963407);
@@ -837,7 +835,6 @@ static void test_pool_lists_found_by_offset(void)
     qcow2_metadata_map_verify(m);
     for (round = 0; round < 6; round++) {
         uint64_t w = base + (round % 2 ? 3 : 10);
-        unsigned i;
 
         /* grow, shrink or empty a long list in the middle of the group */
         if (round < 2) {
@@ -849,10 +846,7 @@ static void test_pool_lists_found_by_offset(void)
         } else if (round < 4) {
             remove_c(m, 9, w * WIN + 100, WIN - 100, QCOW2_OL_ALL);
         } else {
-            /*
-             * windows 34 and 43 were empty: a list appears next to one that
-             * goes
-             */
+            /* 34 and 43 were empty: a list appears next to one that goes */
             remove_c(m, 9, w * WIN, WIN, QCOW2_OL_ALL);
             make_list_window(m, 9, base + (round == 4 ? 2 : 11));
         }
@@ -1237,15 +1231,15 @@ static void test_random_queries_at_rest(void)
     f.zone[1].m = g_new(uint16_t, ZONE_CLUSTERS);
     while (f.checks < total) {
         uint64_t space;
-        int z, batch;
+        int k, batch;
 
         f.cb = 9 + rnd(&f, 13);
         space = QCOW2_OVERLAP_MAX_BYTES >> f.cb;
         f.map = qcow2_metadata_map_new(f.cb, 1);
         f.zone[0].base = rnd(&f, 1 << 20);
         f.zone[1].base = rnd(&f, space - ZONE_CLUSTERS);
-        for (z = 0; z < 2; z++) {
-            memset(f.zone[z].m, 0, ZONE_CLUSTERS * sizeof(uint16_t));
+        for (k = 0; k < 2; k++) {
+            memset(f.zone[k].m, 0, ZONE_CLUSTERS * sizeof(uint16_t));
         }
         for (batch = 0; batch < 8; batch++) {
             Qcow2MetadataMapStats s;
