@@ -1591,14 +1591,16 @@ int qguard_snapshot_list(QGuardImage *img, QGuardSnapshotInfo **list,
 
 void qguard_snapshot_list_free(QGuardSnapshotInfo *list, guint count)
 {
-    for (guint i = 0; i < count; i++) {
+    guint i;
+
+    for (i = 0; i < count; i++) {
         g_free(list[i].id);
         g_free(list[i].name);
     }
     g_free(list);
 }
 
-/* ---- Persistent dirty bitmaps --------------------------------------------- */
+/* ---- Persistent dirty bitmaps ------------------------------------------- */
 
 /*
  * QEMU names images in some bitmap errors by node name: "#block" and a
@@ -1732,7 +1734,9 @@ int qguard_bitmap_list(QGuardImage *img, QGuardBitmapInfo **list,
 
 void qguard_bitmap_list_free(QGuardBitmapInfo *list, guint count)
 {
-    for (guint i = 0; i < count; i++) {
+    guint i;
+
+    for (i = 0; i < count; i++) {
         g_free(list[i].name);
     }
     g_free(list);

@@ -159,7 +159,8 @@ int64_t qcow2_alloc_tail(BDRVQcow2State *s, uint64_t n)
     new_index = g_try_new(uint64_t, nb);
     new_table = g_try_new0(uint64_t, entries);
     table = g_try_malloc0(tc << s->cluster_bits);
-    batch = MAX(1u, MIN(nb + tc, (uint64_t)TAIL_WRITE_BYTES >> s->cluster_bits));
+    batch = MAX(1u, MIN(nb + tc,
+                        (uint64_t)TAIL_WRITE_BYTES >> s->cluster_bits));
     buf = g_try_malloc(batch << s->cluster_bits);
     all_ones = g_try_malloc0(s->cluster_size);
     if (!new_index || !new_table || !table || !buf || !all_ones) {

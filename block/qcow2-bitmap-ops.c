@@ -17,7 +17,7 @@
 #define INCONSISTENT_HINT "Try block-dirty-bitmap-remove to delete this " \
                           "bitmap from disk\n"
 
-/* ---- Bit runs ------------------------------------------------------------- */
+/* ---- Bit runs ----------------------------------------------------------- */
 
 /*
  * Writes run in parallel (qcow2_pwrite() beside other writes, without
@@ -134,7 +134,7 @@ void qcow2_bitmaps_set_dirty(BDRVQcow2State *s, uint64_t offset,
     }
 }
 
-/* ---- Lookup and QEMU's checks ------------------------------------------------ */
+/* ---- Lookup and QEMU's checks ------------------------------------------- */
 
 static int directory_usable(BDRVQcow2State *s, GError **errp)
 {
@@ -193,7 +193,7 @@ static const char *constraint_error(BDRVQcow2State *s, const char *name,
     return NULL;
 }
 
-/* ---- Operations -------------------------------------------------------------- */
+/* ---- Operations --------------------------------------------------------- */
 
 static Qcow2Bitmap *new_bitmap(BDRVQcow2State *s, const char *name,
                                int granularity_bits)
@@ -508,7 +508,7 @@ int qcow2_bitmap_status(BDRVQcow2State *s, const char *name, uint64_t offset,
     return 0;
 }
 
-/* ---- Resize -------------------------------------------------------------------- */
+/* ---- Resize ------------------------------------------------------------- */
 
 /*
  * Before the disk changes size: QEMU refuses while a bitmap is

@@ -14,7 +14,7 @@
 
 #include "qcow2-bitmap.h"
 
-/* ---- Sizes ----------------------------------------------------------------- */
+/* ---- Sizes -------------------------------------------------------------- */
 
 uint32_t qcow2_bitmap_dir_entry_size(size_t name_len)
 {
@@ -55,7 +55,7 @@ static void bitmap_free_func(gpointer p)
     qcow2_bitmap_free(p);
 }
 
-/* ---- The directory at open ------------------------------------------------- */
+/* ---- The directory at open ---------------------------------------------- */
 
 /* QEMU's check_dir_entry(), plus what the spec requires of a name. */
 static bool dir_entry_valid(BDRVQcow2State *s, const uint8_t *e)
@@ -258,7 +258,7 @@ void qcow2_bitmaps_close(BDRVQcow2State *s)
     }
 }
 
-/* ---- Loading ----------------------------------------------------------------- */
+/* ---- Loading ------------------------------------------------------------ */
 
 static int read_table(BDRVQcow2State *s, Qcow2Bitmap *bm, uint64_t **ptable)
 {
@@ -396,7 +396,7 @@ int qcow2_bitmap_load(BDRVQcow2State *s, Qcow2Bitmap *bm, GError **errp)
     return 0;
 }
 
-/* ---- Overlap protection ------------------------------------------------------ */
+/* ---- Overlap protection ------------------------------------------------- */
 
 /* The directory and every table of the state on disk (I5). */
 static void map_bitmaps(BDRVQcow2State *s, bool enter)
@@ -454,7 +454,7 @@ bool qcow2_bitmaps_overlap(BDRVQcow2State *s, uint64_t offset, uint64_t size)
     return false;
 }
 
-/* ---- Listing (qemu-img info shows the directory on disk) ------------------- */
+/* ---- Listing (qemu-img info shows the directory on disk) ---------------- */
 
 int qcow2_bitmaps_info(BDRVQcow2State *s, QGuardBitmapInfo **pinfo,
                        guint *count)
@@ -482,7 +482,7 @@ int qcow2_bitmaps_info(BDRVQcow2State *s, QGuardBitmapInfo **pinfo,
     return 0;
 }
 
-/* ---- Storing ------------------------------------------------------------------ */
+/* ---- Storing ------------------------------------------------------------ */
 
 typedef struct FreeRange {
     uint64_t offset;

@@ -764,7 +764,7 @@ static int check_subcluster_run(BDRVQcow2State *s, void *l2_table,
     return 0;
 }
 
-/* ---- Writes in parallel ---------------------------------------------------- */
+/* ---- Writes in parallel ------------------------------------------------- */
 
 /* Does an in-flight write change the entries of guest clusters [first, end)? */
 static bool inflight_overlaps(BDRVQcow2State *s, uint64_t first, uint64_t end)

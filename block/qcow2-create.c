@@ -27,7 +27,8 @@ typedef struct CreateOpt {
 /* In the order qemu-img prints them in its "Formatting" line. */
 static const CreateOpt qcow2_create_opts[] = {
     { "encryption", OPT_BOOL, NULL, "Encryption (not supported)" },
-    { "cluster_size", OPT_SIZE, "65536", "qcow2 cluster size (512 B to 2 MiB)" },
+    { "cluster_size", OPT_SIZE, "65536",
+      "qcow2 cluster size (512 B to 2 MiB)" },
     { "extended_l2", OPT_BOOL, "off",
       "Extended L2 entries: 32 subclusters per cluster (v3, 16k clusters)" },
     { "preallocation", OPT_STRING, NULL,

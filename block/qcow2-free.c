@@ -253,7 +253,7 @@ static void mark(BDRVQcow2State *s, uint64_t first, uint64_t n, bool free)
     }
 }
 
-/* ---- Public operations ---------------------------------------------------- */
+/* ---- Public operations -------------------------------------------------- */
 
 void qcow2_free_index_init(BDRVQcow2State *s)
 {
@@ -478,7 +478,7 @@ void qcow2_free_index_get_stats(BDRVQcow2State *s, uint64_t *loads,
     }
 }
 
-/* ---- Verification (tests) ------------------------------------------------- */
+/* ---- Verification (tests) ----------------------------------------------- */
 
 /*
  * Check the invariants of docs/allocation.md against the refcounts.  Reads

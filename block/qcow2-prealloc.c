@@ -110,7 +110,8 @@ static int preallocate_l2(BDRVQcow2State *s, uint64_t offset, uint64_t n,
         while (i < n) {
             uint64_t e = l2_get(s, l2_table, l2_index + i);
             QCow2ClusterType t = qcow2_get_cluster_type(s, e);
-            if (t == QCOW2_CLUSTER_UNALLOCATED || t == QCOW2_CLUSTER_ZERO_PLAIN) {
+            if (t == QCOW2_CLUSTER_UNALLOCATED ||
+                t == QCOW2_CLUSTER_ZERO_PLAIN) {
                 break;
             }
             i++;
@@ -118,7 +119,8 @@ static int preallocate_l2(BDRVQcow2State *s, uint64_t offset, uint64_t n,
         while (i + run < n) {
             QCow2ClusterType t = qcow2_get_cluster_type(
                 s, l2_get(s, l2_table, l2_index + i + run));
-            if (t != QCOW2_CLUSTER_UNALLOCATED && t != QCOW2_CLUSTER_ZERO_PLAIN) {
+            if (t != QCOW2_CLUSTER_UNALLOCATED &&
+                t != QCOW2_CLUSTER_ZERO_PLAIN) {
                 break;
             }
             run++;
@@ -243,8 +245,8 @@ static int write_fresh_tables(BDRVQcow2State *s, const FreshPlan *p,
                               Qcow2PreallocMode mode, uint64_t zero_end,
                               QGuardProgressFunc *progress, void *opaque)
 {
-    uint64_t batch = MAX(1u, MIN(p->tables,
-                                 (uint64_t)TABLE_BATCH_BYTES >> s->cluster_bits));
+    uint64_t per_batch = (uint64_t)TABLE_BATCH_BYTES >> s->cluster_bits;
+    uint64_t batch = MAX(1u, MIN(p->tables, per_batch));
     g_autofree uint8_t *buf = g_try_malloc(batch << s->cluster_bits);
     uint64_t flag_zero_below = 0, host = data, done = 0, in_buf = 0, t = 0, i;
     int ret;

@@ -409,7 +409,8 @@ void qcow2_release_freed_clusters(BDRVQcow2State *s)
 int qcow2_refblock_free_bits(BDRVQcow2State *s, uint64_t index,
                              uint64_t *bits, uint64_t *nfree)
 {
-    uint64_t n = s->refcount_block_size, first = index << s->refcount_block_bits;
+    uint64_t n = s->refcount_block_size;
+    uint64_t first = index << s->refcount_block_bits;
     uint64_t i, count = 0;
     void *refblock;
     guint k;
@@ -775,7 +776,7 @@ static int grow_refcount_table(BDRVQcow2State *s, uint64_t index,
         if (end <= total * rbs) {
             break;
         }
-        total++;    /* never for QEMU's sizes; keeps every new cluster counted */
+        total++;   /* never for QEMU's sizes; keeps every new cluster counted */
     }
     if (entries * 8 > QCOW_MAX_REFTABLE_SIZE ||
         end > (QCOW2_MAX_HOST_OFFSET >> s->cluster_bits)) {

@@ -62,11 +62,10 @@ static int zero_grown_area(BDRVQcow2State *s, uint64_t old_size,
     int ret = 0;
 
     if (size > zero_start && full_start > zero_start) {
-        ret = qcow2_zero_subcluster_range(s, zero_start,
-                                          ROUND_UP(MIN(full_start, size) -
-                                                   zero_start,
-                                                   (uint64_t)s->subcluster_size),
-                                          false);
+        uint64_t head = ROUND_UP(MIN(full_start, size) - zero_start,
+                                 (uint64_t)s->subcluster_size);
+
+        ret = qcow2_zero_subcluster_range(s, zero_start, head, false);
     }
     if (ret >= 0 && size > full_start) {
         ret = qcow2_zero_clusters(s, full_start, size - full_start, false);
@@ -75,7 +74,8 @@ static int zero_grown_area(BDRVQcow2State *s, uint64_t old_size,
         return bdrv_error_errno(errp, ret, "Failed to zero out new clusters");
     }
     if (zero_start > old_size) {
-        ret = qcow2_write_zero_buffer(s, old_size, MIN(zero_start, size) - old_size);
+        ret = qcow2_write_zero_buffer(s, old_size,
+                                      MIN(zero_start, size) - old_size);
         if (ret < 0) {
             return bdrv_error_errno(errp, ret,
                                     "Failed to zero out the new area");
@@ -141,14 +141,16 @@ int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
         return ret;
     }
     if (size < old_size) {
+        uint64_t cs = s->cluster_size;
+
         if (mode != QCOW2_PREALLOC_OFF) {
             g_set_error(errp, QGUARD_ERROR, ENOTSUP,
                         "Preallocation can only be used for growing images");
             return -ENOTSUP;
         }
-        ret = qcow2_discard_clusters(s, ROUND_UP(size, (uint64_t)s->cluster_size),
-                                     ROUND_UP(old_size, (uint64_t)s->cluster_size) -
-                                     ROUND_UP(size, (uint64_t)s->cluster_size),
+        ret = qcow2_discard_clusters(s, ROUND_UP(size, cs),
+                                     ROUND_UP(old_size, cs) -
+                                     ROUND_UP(size, cs),
                                      true, QCOW2_DISCARD_ALWAYS);
         if (ret >= 0) {
             ret = qcow2_shrink_l1_table(s, size_to_l1(s, size));

@@ -560,7 +560,7 @@ static int do_close(QGuardImage *img)
     return ret;
 }
 
-/* ---- Requests ------------------------------------------------------------- */
+/* ---- Requests ----------------------------------------------------------- */
 
 static int qcow2_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,
                        void *buf, GError **errp)

@@ -2,8 +2,8 @@
 /*
  * What qguard-img and qguard-io share: the program name in messages,
  * QEMU-style error and warning lines, sizes as QEMU parses them, the
- * clock, the option loop of qemu-img commands, the progress meter and opening an image as qemu-img
- * does.
+ * clock, the option loop of qemu-img commands, the progress meter and
+ * opening an image as qemu-img does.
  *
  * Copyright (c) 2026 The qguard authors
  */

@@ -169,7 +169,9 @@ int qguard_opts_parse(QGuardOpts *opts, const char *str,
         bool has_value;
 
         if (first && implied_key && !strchr(p, '=')) {
-            /* "file.qcow2" alone, or with ",," escapes, is the implied value. */
+            /*
+             * "file.qcow2" alone, or with ",," escapes, is the implied value.
+             */
             g_autoptr(GString) v = g_string_new(NULL);
             while (*p) {
                 if (*p == ',' && p[1] != ',') {
