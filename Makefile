@@ -5,7 +5,7 @@ BUILD ?= build
 ASAN_BUILD ?= build-asan
 TSAN_BUILD ?= build-tsan
 
-.PHONY: all asan tsan check check-unit check-asan check-tsan check-iotests check-qemu-iotests bench bench-full bench-snapshots install clean
+.PHONY: all asan tsan check check-style check-unit check-asan check-tsan check-iotests check-qemu-iotests bench bench-full bench-snapshots install clean
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -31,6 +31,10 @@ tsan: $(TSAN_BUILD)/build.ninja
 check: all asan tsan
 	tests/run-all --build=$(BUILD) --asan-build=$(ASAN_BUILD) \
 	    --tsan-build=$(TSAN_BUILD)
+
+# The style rules of docs/style.md (tests/check-style); needs no build.
+check-style:
+	tests/run-all --only=style
 
 check-unit: all
 	tests/run-all --build=$(BUILD) --only=unit

@@ -1,0 +1,3 @@
+#!/bin/bash
+echo "no licence line"
+	echo tabbed 

@@ -1,0 +1,2 @@
+/* Licence line missing: it must be the first line. */
+int x;
