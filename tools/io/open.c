@@ -429,7 +429,12 @@ static bool reopen_changes_allowed(const QGuardOpts *changes)
 
         if (is_fixed_option(key) &&
             (!old || strcmp(old, qguard_opts_value(changes, i)))) {
-            error_report("Cannot change the option '%s'", key);
+            /*
+             * QEMU reopens the protocol node with the file.* options as
+             * its own, so it names them without the prefix.
+             */
+            error_report("Cannot change the option '%s'",
+                         g_str_has_prefix(key, "file.") ? key + 5 : key);
             return false;
         }
     }
