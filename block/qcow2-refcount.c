@@ -1414,22 +1414,6 @@ unsigned qcow2_linear_overlap_check(BDRVQcow2State *s, unsigned chk,
     return 0;
 }
 
-/* Mask of enabled metadata types that [offset, offset + size) overlaps. */
-unsigned qcow2_check_metadata_overlap(BDRVQcow2State *s, unsigned ignore,
-                                      uint64_t offset, uint64_t size)
-{
-    unsigned chk = s->overlap_check & ~ignore;
-
-    if (!chk || !size) {
-        return 0;
-    }
-    s->overlap_checks++;
-    if (s->overlap_algorithm == QCOW2_OVERLAP_LINEAR || !s->metadata_map) {
-        return qcow2_linear_overlap_check(s, chk, offset, size);
-    }
-    return qcow2_metadata_map_check(s->metadata_map, offset, size, ~chk);
-}
-
 /*
  * A snapshot L1 table is not valid (the map leaves it out): QEMU refuses
  * writes to the range it claims when it checks inactive L1 tables, and

@@ -632,8 +632,6 @@ int64_t qcow2_host_end_cluster(BDRVQcow2State *s);
 int qcow2_shrink_reftable(BDRVQcow2State *s);
 
 /* Overlap checking (qcow2-refcount.c dispatches to the configured algorithm) */
-unsigned qcow2_check_metadata_overlap(BDRVQcow2State *s, unsigned ignore,
-                                      uint64_t offset, uint64_t size);
 int qcow2_pre_write_overlap_check(BDRVQcow2State *s, unsigned ignore,
                                   uint64_t offset, uint64_t size);
 int qcow2_overlap_hit(BDRVQcow2State *s, unsigned ignore, uint64_t offset,

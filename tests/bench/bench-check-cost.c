@@ -9,7 +9,7 @@
  * sequential guest writes lay out a real image: an L2 table in front of
  * every L2-table's worth of data clusters, a refcount block at the start of
  * every refcount block's worth of clusters.  Checks go through the same
- * entry point the write path uses (qcow2_check_metadata_overlap()) with
+ * entry point the write path uses (qcow2_overlap_hit()) with
  * algorithm=linear (QEMU's scan) and algorithm=windowed (the map), for
  * 64 KiB guest writes at random places in the data.
  *
@@ -106,7 +106,7 @@ static double time_checks(BDRVQcow2State *s, uint64_t data_start,
     for (i = 0; i < n; i++) {
         uint64_t span = (host_end - data_start) >> 16;
         uint64_t off = data_start + ((test_xorshift64(&rng) % span) << 16);
-        sink += qcow2_check_metadata_overlap(s, 0, off, 65536);
+        sink += qcow2_overlap_hit(s, 0, off, 65536);
     }
     (void)sink;
     return (now_ns() - t0) / n;

@@ -6,8 +6,8 @@ Which functions count as "overlap checking":
 
   qguard  every function compiled from block/qcow2-overlap*.c (found with nm
           in libqguard.a) plus qcow2_overlap_hit (the write path's entry),
-          qcow2_refuse_overlap, qcow2_check_metadata_overlap,
-          qcow2_pre_write_overlap_check and qcow2_linear_overlap_check.
+          qcow2_refuse_overlap, qcow2_pre_write_overlap_check and
+          qcow2_linear_overlap_check.
   QEMU    qcow2_check_metadata_overlap and qcow2_pre_write_overlap_check
           (dynamic symbols of the stripped Debian binaries).
 
@@ -29,7 +29,6 @@ import time
 QGUARD_NAMED = {
     "qcow2_overlap_hit",
     "qcow2_refuse_overlap",
-    "qcow2_check_metadata_overlap",
     "qcow2_pre_write_overlap_check",
     "qcow2_linear_overlap_check",
 }

@@ -736,17 +736,17 @@ METHOD = """\
   shell loop over images prepared beforehand, counting only the samples of
   processes named after the tool. The overlap functions: for qguard every
   function compiled from block/qcow2-overlap*.c (nm of libqguard.a) plus
-  qcow2_check_metadata_overlap, qcow2_pre_write_overlap_check and
-  qcow2_linear_overlap_check; for QEMU qcow2_check_metadata_overlap and
-  qcow2_pre_write_overlap_check. "Upkeep" is map maintenance
-  (qcow2_metadata_map_enter/remove and the functions only they reach, per
-  the callgrind call graph), the 2014 letter's qcow2_metadata_list_enter;
-  the rest is the check.
+  qcow2_overlap_hit (the write path's entry), qcow2_refuse_overlap,
+  qcow2_pre_write_overlap_check and qcow2_linear_overlap_check; for QEMU
+  qcow2_check_metadata_overlap and qcow2_pre_write_overlap_check.
+  "Upkeep" is map maintenance (qcow2_metadata_map_enter/remove and the
+  functions only they reach, per the callgrind call graph), the 2014
+  letter's qcow2_metadata_list_enter; the rest is the check.
 - **Share in overlap checking, callgrind.** `valgrind --tool=callgrind`,
   instructions (Ir) of user space only, deterministic. The overlap cost is
   the inclusive cost of every call into the overlap functions from outside
   them (so library calls they make are included), split by entry point into
-  check (qcow2_pre_write_overlap_check, qcow2_check_metadata_overlap,
+  check (qcow2_overlap_hit, qcow2_pre_write_overlap_check,
   qcow2_metadata_map_check, qcow2_linear_overlap_check) and upkeep (map
   enter, remove, set-up and tear-down). Callgrind is ~50× slower, so it runs
   the smaller sizes listed above. QEMU's and qguard-linear's share grows
@@ -764,7 +764,7 @@ METHOD = """\
 - **Per-check cost plot** (bench-check-cost.svg) comes from
   `build/tests/bench-check-cost`: synthetic fully allocated images laid out
   as sequential guest writes lay them out, 64 KiB checks at random data
-  offsets through qcow2_check_metadata_overlap() with each algorithm.
+  offsets through qcow2_overlap_hit() with each algorithm.
 - **Guest.** As tests/qemu-iotests/305: qemu-system-x86_64 (TCG, 1 vCPU,
   256 MiB) boots Debian's kernel with a static busybox initramfs; the disk
   is `-drive file=nbd+unix:///?socket=...,format=raw,if=virtio`, served by

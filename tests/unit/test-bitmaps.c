@@ -1085,11 +1085,11 @@ static void test_tables_protected(gconstpointer data)
                                       QGUARD_OPEN_RDWR, NULL), ==, 0);
     qguard_opts_free(opts);
     s = img->opaque;
-    g_assert_cmpuint(qcow2_check_metadata_overlap(s, 0, dir, 8), ==,
+    g_assert_cmpint(qcow2_overlap_hit(s, 0, dir, 8), ==,
                      QCOW2_OL_BITMAP_DIRECTORY);
-    g_assert_cmpuint(qcow2_check_metadata_overlap(s, 0, table + 8, 8), ==,
+    g_assert_cmpint(qcow2_overlap_hit(s, 0, table + 8, 8), ==,
                      QCOW2_OL_BITMAP_DIRECTORY);
-    g_assert_cmpuint(qcow2_check_metadata_overlap(s, 0, data_cluster, 512),
+    g_assert_cmpint(qcow2_overlap_hit(s, 0, data_cluster, 512),
                      ==, 0);
 
     /* A store moves the table: the map follows. */
@@ -1102,11 +1102,11 @@ static void test_tables_protected(gconstpointer data)
     table = s->bitmap_directory_offset ? peek_be(f, s->bitmap_directory_offset,
                                                  8) : 0;
     g_assert_cmpuint(table, !=, old_table);
-    g_assert_cmpuint(qcow2_check_metadata_overlap(s, 0, table, 8), ==,
+    g_assert_cmpint(qcow2_overlap_hit(s, 0, table, 8), ==,
                      QCOW2_OL_BITMAP_DIRECTORY);
-    g_assert_cmpuint(qcow2_check_metadata_overlap(s, 0, old_table, 8), ==, 0);
-    g_assert_cmpuint(qcow2_check_metadata_overlap(s, 0, dir, 8), ==, 0);
-    g_assert_cmpuint(qcow2_check_metadata_overlap(
+    g_assert_cmpint(qcow2_overlap_hit(s, 0, old_table, 8), ==, 0);
+    g_assert_cmpint(qcow2_overlap_hit(s, 0, dir, 8), ==, 0);
+    g_assert_cmpint(qcow2_overlap_hit(
                          s, 0, s->bitmap_directory_offset, 8), ==,
                      QCOW2_OL_BITMAP_DIRECTORY);
     close_ok(img);
