@@ -890,12 +890,13 @@ retry:
     kind = run_kind(s, entry);
     host = entry & L2E_OFFSET_MASK;
     for (n = 1; n < nclusters; n++) {
-        uint64_t next = l2_get(s, l2_table, l2_index + n);
-        if (run_kind(s, next) != kind) {
+        uint64_t next_entry = l2_get(s, l2_table, l2_index + n);
+
+        if (run_kind(s, next_entry) != kind) {
             break;
         }
         if (kind != RUN_ALLOCATE &&
-            (next & L2E_OFFSET_MASK) != host + (n << s->cluster_bits)) {
+            (next_entry & L2E_OFFSET_MASK) != host + (n << s->cluster_bits)) {
             break;
         }
     }
