@@ -250,8 +250,8 @@ static uint64_t changes_seen(QGuardImage *img)
  * necessarily one that completed beside it, whose count may even land
  * after this one's.
  */
-static void note_request(QGuardImage *img, int ret, unsigned flags,
-                         uint64_t seen)
+static void note_request_seen(QGuardImage *img, int ret, unsigned flags,
+                              uint64_t seen)
 {
     uint64_t flushed;
 
@@ -269,6 +269,15 @@ static void note_request(QGuardImage *img, int ret, unsigned flags,
                                         __ATOMIC_ACQUIRE)) {
         /* Another FUA request moved it; retry unless it went past @seen. */
     }
+}
+
+/*
+ * note_request_seen() for a request that held the image exclusively: no
+ * change completed beside it, so the count has not moved since it began.
+ */
+static void note_request(QGuardImage *img, int ret, unsigned flags)
+{
+    note_request_seen(img, ret, flags, changes_seen(img));
 }
 
 static bool image_unflushed(QGuardImage *img)
@@ -816,7 +825,7 @@ int qguard_image_pwrite(QGuardImage *img, uint64_t offset, uint64_t bytes,
         flags |= write_cache_fua(img);
         seen = changes_seen(img);
         ret = img->drv->pwrite(img, offset, bytes, buf, flags, errp);
-        note_request(img, ret, flags, seen);
+        note_request_seen(img, ret, flags, seen);
     }
     if (shared) {
         image_unlock_shared(img);
@@ -876,7 +885,7 @@ int qguard_image_save_vmstate(QGuardImage *img, uint64_t pos, uint64_t bytes,
 
         ret = bdrv_io_error(img->drv->save_vmstate(img, pos, bytes, buf,
                                                    flags), errp);
-        note_request(img, ret, flags, changes_seen(img));
+        note_request(img, ret, flags);
     }
     image_unlock(img);
     return ret;
@@ -892,7 +901,7 @@ int qguard_image_pwrite_zeroes(QGuardImage *img, uint64_t offset,
     if (ret == 0 && bytes) {
         flags |= write_cache_fua(img);
         ret = img->drv->pwrite_zeroes(img, offset, bytes, flags, errp);
-        note_request(img, ret, flags, changes_seen(img));
+        note_request(img, ret, flags);
     }
     image_unlock(img);
     return ret;
@@ -917,7 +926,7 @@ int qguard_image_pwrite_compressed(QGuardImage *img, uint64_t offset,
         if (ret >= 0 && write_cache_fua(img)) {
             ret = img->drv->flush(img, errp);
         }
-        note_request(img, ret, write_cache_fua(img), changes_seen(img));
+        note_request(img, ret, write_cache_fua(img));
     }
     image_unlock(img);
     return ret;
@@ -938,7 +947,7 @@ int qguard_image_discard(QGuardImage *img, uint64_t offset, uint64_t bytes,
     /* discard=ignore (or off): the request succeeds and does nothing. */
     if (ret == 0 && bytes && img->drv->discard && img->discard_unmap) {
         ret = img->drv->discard(img, offset, bytes, errp);
-        note_request(img, ret, 0, changes_seen(img));
+        note_request(img, ret, 0);
     }
     image_unlock(img);
     return ret;
@@ -953,7 +962,7 @@ int qguard_image_flush(QGuardImage *img, GError **errp)
         ret = check_request(img, 0, 0, false, errp);
     } else if (!img->read_only && img->drv->flush) {
         ret = img->drv->flush(img, errp);
-        note_request(img, ret, QGUARD_WRITE_FUA, changes_seen(img));
+        note_request(img, ret, QGUARD_WRITE_FUA);
     }
     image_unlock(img);
     return ret;
@@ -973,7 +982,7 @@ int qguard_image_truncate(QGuardImage *img, uint64_t size, bool shrink,
             ret = -ENOTSUP;
         } else {
             ret = img->drv->truncate(img, size, shrink, prealloc, errp);
-            note_request(img, ret, 0, changes_seen(img));
+            note_request(img, ret, 0);
         }
     }
     image_unlock(img);
@@ -1521,7 +1530,7 @@ static int snapshot_op(QGuardImage *img, int op, const char *name,
     ret = check_request(img, 0, 0, true, errp);
     if (ret == 0) {
         ret = img->drv->snapshot(img, op, name, errp);
-        note_request(img, ret, 0, changes_seen(img));
+        note_request(img, ret, 0);
     }
     image_unlock(img);
     return ret;
