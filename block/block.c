@@ -866,8 +866,7 @@ int qguard_image_load_vmstate(QGuardImage *img, uint64_t pos, uint64_t bytes,
     image_lock_shared(img);
     ret = check_vmstate_request(img, pos, bytes, false, errp);
     if (ret == 0 && bytes) {
-        ret = bdrv_io_error(img->drv->load_vmstate(img, pos, bytes, buf),
-                            errp);
+        ret = img->drv->load_vmstate(img, pos, bytes, buf, errp);
     }
     image_unlock_shared(img);
     return ret;
@@ -883,8 +882,7 @@ int qguard_image_save_vmstate(QGuardImage *img, uint64_t pos, uint64_t bytes,
     if (ret == 0 && bytes) {
         unsigned flags = write_cache_fua(img);
 
-        ret = bdrv_io_error(img->drv->save_vmstate(img, pos, bytes, buf,
-                                                   flags), errp);
+        ret = img->drv->save_vmstate(img, pos, bytes, buf, flags, errp);
         note_request(img, ret, flags);
     }
     image_unlock(img);

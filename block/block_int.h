@@ -163,9 +163,9 @@ struct BlockDriver {
      * @bytes at @pos in it.  NULL for formats without one.
      */
     int (*load_vmstate)(QGuardImage *img, uint64_t pos, uint64_t bytes,
-                        void *buf);
+                        void *buf, GError **errp);
     int (*save_vmstate)(QGuardImage *img, uint64_t pos, uint64_t bytes,
-                        const void *buf, unsigned flags);
+                        const void *buf, unsigned flags, GError **errp);
     /* Read-only images: read this snapshot from now on. */
     int (*snapshot_load_tmp)(QGuardImage *img, const char *id,
                              const char *name, GError **errp);

@@ -31,27 +31,27 @@ static int vm_state_offset(BDRVQcow2State *s, uint64_t pos, uint64_t bytes,
 }
 
 int qcow2_load_vmstate(QGuardImage *img, uint64_t pos, uint64_t bytes,
-                       void *buf)
+                       void *buf, GError **errp)
 {
     BDRVQcow2State *s = img->opaque;
     uint64_t offset;
     int ret = vm_state_offset(s, pos, bytes, &offset);
 
-    if (ret < 0) {
-        return ret;
+    if (ret >= 0) {
+        ret = qcow2_read_guest(s, offset, bytes, buf);
     }
-    return qcow2_read_guest(s, offset, bytes, buf);
+    return qcow2_error_propagate(ret, errp);
 }
 
 int qcow2_save_vmstate(QGuardImage *img, uint64_t pos, uint64_t bytes,
-                       const void *buf, unsigned flags)
+                       const void *buf, unsigned flags, GError **errp)
 {
     BDRVQcow2State *s = img->opaque;
     uint64_t offset;
     int ret = vm_state_offset(s, pos, bytes, &offset);
 
     if (ret < 0) {
-        return ret;
+        return qcow2_error_propagate(ret, errp);
     }
     ret = qcow2_write_guest(s, offset, bytes, buf);
     if (ret >= 0 && (flags & QGUARD_WRITE_FUA)) {
@@ -59,5 +59,5 @@ int qcow2_save_vmstate(QGuardImage *img, uint64_t pos, uint64_t bytes,
         ret = qcow2_flush_metadata(s);
         g_mutex_unlock(&s->meta_lock);
     }
-    return ret;
+    return qcow2_error_propagate(ret, errp);
 }

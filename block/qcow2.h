@@ -671,9 +671,9 @@ void qcow2_map_inactive_l2(BDRVQcow2State *s, const uint64_t *l1,
 
 /* qcow2-vmstate.c */
 int qcow2_load_vmstate(QGuardImage *img, uint64_t pos, uint64_t bytes,
-                       void *buf);
+                       void *buf, GError **errp);
 int qcow2_save_vmstate(QGuardImage *img, uint64_t pos, uint64_t bytes,
-                       const void *buf, unsigned flags);
+                       const void *buf, unsigned flags, GError **errp);
 
 /* qcow2-cluster.c */
 int qcow2_get_host_offset(BDRVQcow2State *s, uint64_t offset,
