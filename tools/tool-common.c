@@ -244,15 +244,10 @@ int tool_getopt(int argc, char **argv, const char *shortopts,
     case '?':
         error_exit("unrecognized option '%s'", argv[optind - 1]);
     case 'h':
-        tool_help_exit();
+        tool_help();
+        exit(EXIT_SUCCESS);
     }
     return c;
-}
-
-void tool_help_exit(void)
-{
-    tool_help();
-    exit(EXIT_SUCCESS);
 }
 
 /* ---- Progress ----------------------------------------------------------- */

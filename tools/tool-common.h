@@ -88,8 +88,6 @@ double tool_seconds(struct timespec t);
  */
 int tool_getopt(int argc, char **argv, const char *shortopts,
                 const struct option *longopts, int *longindex);
-/* The tool's --help on stdout, then exit status 0 (what -h does). */
-G_NORETURN void tool_help_exit(void);
 
 /* ---- Progress ----------------------------------------------------------- */
 

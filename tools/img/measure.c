@@ -52,17 +52,9 @@ int img_measure(int argc, char **argv)
     QGuardMeasureInfo info = QGUARD_SIZED(QGuardMeasureInfo);
     int ret = 1, c;
 
-    /*
-     * Unlike its other commands, qemu-img 7.2's measure lets getopt print
-     * its own message about a bad option ("measure: invalid option -- 'x'")
-     * and then prints the help, with exit status 0; scripts see the same.
-     */
-    while ((c = getopt_long(argc, argv, "hf:O:o:l:U", long_options,
+    while ((c = tool_getopt(argc, argv, ":hf:O:o:l:U", long_options,
                             NULL)) != -1) {
         switch (c) {
-        case '?':
-        case 'h':
-            tool_help_exit();
         case 'O':
             out_fmt = optarg;
             break;
