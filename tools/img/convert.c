@@ -1014,14 +1014,12 @@ int img_convert(int argc, char **argv)
     } else {
         s.target_has_backing = p.backing;
         /*
-         * qemu-img 7.2 reports this and stops without converting, but with
-         * exit status 0 (and the closing 100% of -p): scripts may depend on
-         * that status, so it is kept.
+         * qemu-img 7.2 exits with status 0 after this message; it is an
+         * error all the same (docs/qemu-img-commands.md).
          */
         if (p.target_is_zero && s.target_has_backing) {
             error_report("Cannot use --target-is-zero when the destination "
                          "image has a backing file");
-            ret = 0;
             goto out;
         }
         if (s.src_num > 1 && p.backing) {
