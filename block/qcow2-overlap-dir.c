@@ -32,12 +32,44 @@ static void leaf_memo_reset(Qcow2MetadataMap *map)
 {
     map->leaf_memo_index = NO_LEAF;
     map->leaf_memo = NULL;
+    map->leaf_memo_chunks = 0;
 }
 
-static OvlLeaf *leaf_get(Qcow2MetadataMap *map, uint64_t li)
+/* Where the tree points to leaf li, which exists. */
+static void **leaf_ref(Qcow2MetadataMap *map, uint64_t li)
+{
+    void **pp = &map->root;
+    unsigned h;
+
+    for (h = map->height; h > 0; h--) {
+        pp = &((OvlNode *)*pp)->child[(li >> ((h - 1) * NODE_BITS)) &
+                                      (NODE_FANOUT - 1)];
+    }
+    return pp;
+}
+
+/* Resize the leaf at *pp to n chunks; new chunks are empty. */
+static OvlLeaf *leaf_resize(Qcow2MetadataMap *map, void **pp, unsigned n)
+{
+    OvlLeaf *leaf = *pp;
+    unsigned old = leaf->chunks;
+
+    leaf = ovl_realloc(map, leaf, leaf_size(old), leaf_size(n));
+    if (n > old) {
+        memset(&leaf->chunk[old], 0, (n - old) * sizeof(OvlChunk));
+    }
+    leaf->chunks = n;
+    *pp = leaf;
+    leaf_memo_reset(map);
+    return leaf;
+}
+
+/* Leaf li with at least ci + 1 chunks, created or grown as needed. */
+static OvlLeaf *leaf_get(Qcow2MetadataMap *map, uint64_t li, unsigned ci)
 {
     void **pp = &map->root;
     OvlNode *parent = NULL;
+    OvlLeaf *leaf;
     unsigned h;
 
     if (!map->root) {
@@ -54,16 +86,18 @@ static OvlLeaf *leaf_get(Qcow2MetadataMap *map, uint64_t li)
     }
     for (h = map->height;; h--) {
         if (!*pp) {
-            *pp = ovl_alloc0(map, h ? sizeof(OvlNode) : sizeof(OvlLeaf));
+            *pp = ovl_alloc0(map, h ? sizeof(OvlNode) : leaf_size(ci + 1));
             if (parent) {
                 parent->used++;
             }
             if (!h) {
+                ((OvlLeaf *)*pp)->chunks = ci + 1;
                 leaf_memo_reset(map);
             }
         }
         if (!h) {
-            return *pp;
+            leaf = *pp;
+            return ci < leaf->chunks ? leaf : leaf_resize(map, pp, ci + 1);
         }
         parent = *pp;
         pp = &parent->child[(li >> ((h - 1) * NODE_BITS)) & (NODE_FANOUT - 1)];
@@ -83,7 +117,7 @@ static void leaf_remove(Qcow2MetadataMap *map, uint64_t li)
         idx[d] = (li >> ((h - 1) * NODE_BITS)) & (NODE_FANOUT - 1);
         p = path[d]->child[idx[d]];
     }
-    ovl_free(map, p, sizeof(OvlLeaf));
+    ovl_free(map, p, leaf_size(((OvlLeaf *)p)->chunks));
     while (d--) {
         path[d]->child[idx[d]] = NULL;
         if (--path[d]->used) {
@@ -100,8 +134,10 @@ OvlPos ovl_window_find(const Qcow2MetadataMap *map, uint64_t w)
     OvlPos pos = { leaf_find(map, w >> LEAF_SHIFT), NULL,
                    w & (CHUNK_WINDOWS - 1), 0, NULL };
 
-    if (pos.leaf) {
-        pos.chunk = &pos.leaf->chunk[(w >> CHUNK_BITS) & (LEAF_CHUNKS - 1)];
+    unsigned ci = (w >> CHUNK_BITS) & (LEAF_CHUNKS - 1);
+
+    if (pos.leaf && ci < pos.leaf->chunks) {
+        pos.chunk = &pos.leaf->chunk[ci];
         if (chunk_has(pos.chunk, pos.bit)) {
             pos.idx = chunk_slot_index(pos.chunk, pos.bit);
             pos.slot = chunk_slots(pos.chunk) + pos.idx;
@@ -156,7 +192,7 @@ uint64_t ovl_window_next(const Qcow2MetadataMap *map, uint64_t w)
         if (found != li) {
             pos = 0;
         }
-        for (b = pos; b < 1u << LEAF_SHIFT; b = (b | 63) + 1) {
+        for (b = pos; b < leaf->chunks << CHUNK_BITS; b = (b | 63) + 1) {
             const OvlChunk *c = &leaf->chunk[b >> CHUNK_BITS];
             uint64_t bits = c->present[(b % CHUNK_WINDOWS) / 64] >> (b % 64);
             if (bits) {
@@ -209,7 +245,8 @@ static unsigned group_end(const OvlChunk *c, unsigned g)
 
 OvlPos ovl_window_insert(Qcow2MetadataMap *map, uint64_t w, uint32_t slot)
 {
-    OvlLeaf *leaf = leaf_get(map, w >> LEAF_SHIFT);
+    OvlLeaf *leaf = leaf_get(map, w >> LEAF_SHIFT,
+                             (w >> CHUNK_BITS) & (LEAF_CHUNKS - 1));
     OvlChunk *c = &leaf->chunk[(w >> CHUNK_BITS) & (LEAF_CHUNKS - 1)];
     unsigned b = w & (CHUNK_WINDOWS - 1);
     unsigned n = chunk_count(c), i = chunk_slot_index(c, b);
@@ -252,6 +289,14 @@ void ovl_window_delete(Qcow2MetadataMap *map, uint64_t w)
     c->mem = NULL;
     if (!--leaf->used) {
         leaf_remove(map, w >> LEAF_SHIFT);
+    } else if (c == &leaf->chunk[leaf->chunks - 1]) {
+        /* keep the leaf only as long as its last chunk in use */
+        unsigned n = leaf->chunks - 1;
+
+        while (!leaf->chunk[n - 1].mem) {
+            n--;
+        }
+        leaf_resize(map, leaf_ref(map, w >> LEAF_SHIFT), n);
     }
 }
 
@@ -543,7 +588,7 @@ static void free_subtree(Qcow2MetadataMap *map, void *p, unsigned h)
         ovl_free(map, node, sizeof(*node));
         return;
     }
-    for (ci = 0; ci < LEAF_CHUNKS; ci++) {
+    for (ci = 0; ci < leaf->chunks; ci++) {
         OvlChunk *c = &leaf->chunk[ci];
         OvlPools *pools = chunk_pools(c);
         unsigned n = chunk_count(c);
@@ -566,7 +611,7 @@ static void free_subtree(Qcow2MetadataMap *map, void *p, unsigned h)
             ovl_free(map, c->mem, chunk_mem_size(c, n));
         }
     }
-    ovl_free(map, leaf, sizeof(*leaf));
+    ovl_free(map, leaf, leaf_size(leaf->chunks));
 }
 
 /* Free the whole directory and every bytemap it names. */
@@ -674,14 +719,17 @@ static void verify_subtree(const Qcow2MetadataMap *map, OvlVerifyState *vs,
         vs->mem += sizeof(*node);
         return;
     }
-    for (ci = 0; ci < LEAF_CHUNKS; ci++) {
+    g_assert_cmpuint(leaf->chunks, >=, 1);
+    g_assert_cmpuint(leaf->chunks, <=, LEAF_CHUNKS);
+    g_assert_cmpuint(chunk_count(&leaf->chunk[leaf->chunks - 1]), >, 0);
+    for (ci = 0; ci < leaf->chunks; ci++) {
         used += chunk_count(&leaf->chunk[ci]) != 0;
         verify_chunk(map, vs, &leaf->chunk[ci],
                      prefix << LEAF_SHIFT | (uint64_t)ci << CHUNK_BITS);
     }
     g_assert_cmpuint(used, ==, leaf->used);
     g_assert_cmpuint(used, >, 0);
-    vs->mem += sizeof(*leaf);
+    vs->mem += leaf_size(leaf->chunks);
 }
 
 /* Directory invariants (D); every window is handed to ovl_verify_window(). */
@@ -695,6 +743,8 @@ void ovl_dir_verify(const Qcow2MetadataMap *map, OvlVerifyState *vs)
     /* the leaf memo (Q), if set, names the leaf the tree has at that index */
     if (map->leaf_memo_index != NO_LEAF) {
         g_assert_true(map->leaf_memo == leaf_find(map, map->leaf_memo_index));
+        g_assert_cmpuint(map->leaf_memo_chunks, ==,
+                         map->leaf_memo ? map->leaf_memo->chunks : 0);
     } else {
         g_assert_null(map->leaf_memo);
     }

@@ -108,10 +108,21 @@ typedef struct OvlChunk {
 G_STATIC_ASSERT(sizeof(OvlPools) < 256 && sizeof(OvlPools) % 8 == 0);
 G_STATIC_ASSERT(sizeof(OvlChunk) == 48);
 
+/*
+ * Up to 16 chunks, allocated only as far as the last one in use: a host
+ * file of a few hundred windows (a few hundred MiB at 512 B clusters) pays
+ * for one chunk, not sixteen.
+ */
 typedef struct OvlLeaf {
-    OvlChunk chunk[LEAF_CHUNKS];
     unsigned used;                  /* chunks with a present window */
+    unsigned chunks;                /* chunk[chunks - 1] is in use */
+    OvlChunk chunk[];
 } OvlLeaf;
+
+static inline size_t leaf_size(unsigned chunks)
+{
+    return offsetof(OvlLeaf, chunk) + chunks * sizeof(OvlChunk);
+}
 
 typedef struct OvlNode {
     void *child[NODE_FANOUT];
@@ -142,8 +153,12 @@ struct Qcow2MetadataMap {
     void *root;                     /* OvlNode, or OvlLeaf when height == 0 */
     unsigned height;
     bool hw_popcount;               /* the CPU has POPCNT: checks use it */
+    uint8_t leaf_memo_chunks;       /* leaf_memo->chunks, 0 without one */
 
-    /* the last leaf a check looked up (NULL: known absent), or NO_LEAF */
+    /*
+     * The last leaf a check looked up (NULL: known absent), or NO_LEAF.
+     * A leaf that grows, shrinks or goes away clears it.
+     */
     uint64_t leaf_memo_index;
     OvlLeaf *leaf_memo;
 

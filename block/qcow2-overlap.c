@@ -82,8 +82,8 @@
  *               which bytemap holds a window, and every flush, clears the
  *               check memo; an edit of only the bytes of the edit memo's
  *               bytemap keeps it, since checks read those bytes where
- *               they are.  Creating or freeing a leaf clears the leaf
- *               memo.
+ *               they are.  Creating, resizing or freeing a leaf
+ *               clears the leaf memo.
  *
  * WINDOWS
  *
@@ -176,7 +176,9 @@
  * window, in window order.  A slot is found with one popcount (index =
  * rank byte + rank in the word) and nothing read outside the chunk's 48
  * bytes but the slot itself; an empty window inside a populated chunk costs
- * one bit and a present one four bytes.  16 chunks form a leaf; interior
+ * one bit and a present one four bytes.  Up to 16 chunks form a leaf,
+ * allocated only up to its last chunk in use, so that a host file of a few
+ * hundred windows pays for one chunk and not sixteen; interior
  * nodes have 64 children and the tree is only as high as the largest
  * window index needs (at most 4 levels: one cluster at 2^55 with 512-byte
  * clusters costs 4 nodes and a leaf, under 3 KiB).  Chunks, leaves and
@@ -248,7 +250,8 @@
  *   Q   a check changes no form, list or slot, neither the LRU nor the edit
  *       memo, and allocates nothing (the unit tests assert this through the
  *       counters, the memory figures and the forms).  The leaf memo names
- *       the leaf the tree has at that index (or none), and the check memo
+ *       the leaf the tree has at that index (or none) and its chunk count,
+ *       and the check memo
  *       holds exactly what a fresh lookup of its window returns.
  *
  * Directory:
@@ -261,7 +264,8 @@
  *       its first words are exactly the ones list_mark() writes and every
  *       other mark is zero.  A chunk has a pool table exactly while one of
  *       its pools is non-empty.  Chunks, leaves and nodes exist only while
- *       they contain a window, and their 'used' counts are exact.  Every
+ *       they contain a window, and their 'used' counts are exact.  A leaf's
+ *       last chunk contains a window.  Every
  *       used handle belongs to exactly one window, every other one is on the
  *       free chain.
  *
@@ -315,7 +319,8 @@
  *     4 bytes per window with metadata (its slot)
  *   + 4 bytes per fragment of a list window, less one when its last
  *     fragment sits in the slot (inline and pair windows: nothing more)
- *   + 776 bytes per leaf (4096 windows) with any metadata, 520 per node
+ *   + 8 bytes per leaf (4096 windows) with any metadata, plus 48 per chunk
+ *     (256 windows) up to its last one in use; 520 per interior node
  *   + 160 bytes per chunk with a list window (its pool table)
  *   + 240 bytes for the map, and 8 bytes per cached or permanent bytemap
  *     in the handle table (grown by a quarter, freed when empty).
@@ -977,8 +982,10 @@ unsigned window_check_hw(Qcow2MetadataMap *map, uint64_t w, unsigned s,
     if (G_UNLIKELY(w >> LEAF_SHIFT != map->leaf_memo_index)) {
         map->leaf_memo = leaf_find(map, w >> LEAF_SHIFT);
         map->leaf_memo_index = w >> LEAF_SHIFT;
+        map->leaf_memo_chunks = map->leaf_memo ? map->leaf_memo->chunks : 0;
     }
-    if (!map->leaf_memo) {
+    /* also the test for an absent leaf, which has no chunks */
+    if (((w >> CHUNK_BITS) & (LEAF_CHUNKS - 1)) >= map->leaf_memo_chunks) {
         return 0;
     }
     c = &map->leaf_memo->chunk[(w >> CHUNK_BITS) & (LEAF_CHUNKS - 1)];

@@ -30,7 +30,7 @@
  * windows.
  */
 #define SLOT_BYTES  4
-#define LEAF_BYTES  776
+#define LEAF_BYTES(chunks)  (8 + 48 * (chunks))
 
 static void enter_c(Qcow2MetadataMap *m, unsigned cb, uint64_t c, uint64_t n,
                     unsigned t)
@@ -136,7 +136,7 @@ static void test_zero_length_is_noop(void)
     g_assert_cmpuint(stats_of(m).removes, ==, 1);
     g_assert_cmpuint(stats_of(m).queries, ==, 3);
     g_assert_cmpuint(stats_of(m).mem_current, ==,
-                     base + LEAF_BYTES + SLOT_BYTES);
+                     base + LEAF_BYTES(1) + SLOT_BYTES);
     qcow2_metadata_map_verify(m);
     qcow2_metadata_map_free(m);
 }
@@ -225,8 +225,12 @@ static void test_single_fragment_windows_need_no_bytemap(void)
     g_assert_cmpuint(s.fragments, ==, 1000 + 125);
     g_assert_cmpuint(s.list_to_bytemap, ==, 0);
     g_assert_cmpuint(s.cached_bytemaps, ==, 0);
-    /* 4 bytes per window, pair or not, plus the one leaf they share */
-    g_assert_cmpuint(s.mem_current - base, ==, 1000 * SLOT_BYTES + LEAF_BYTES);
+    /*
+     * 4 bytes per window, pair or not, plus the one leaf they share, as far
+     * as its fourth chunk (windows 768..999)
+     */
+    g_assert_cmpuint(s.mem_current - base, ==,
+                     1000 * SLOT_BYTES + LEAF_BYTES(4));
     qcow2_metadata_map_verify(m);
     qcow2_metadata_map_free(m);
 }
@@ -769,6 +773,50 @@ static void test_list_windows_answered_in_place(void)
  * to the LRU must not read what the memo held before (ASan would see a
  * freed bytemap).
  */
+/*
+ * A leaf holds chunks only up to its last one in use.  It grows when a
+ * window appears in a later chunk and shrinks when its last chunk empties;
+ * a check that looked at the leaf before must see the change.
+ */
+static void test_leaf_sized_to_last_chunk(void)
+{
+    Qcow2MetadataMap *m = qcow2_metadata_map_new(16, 1);
+    uint64_t base = stats_of(m).mem_current;
+    const uint64_t chunk = 256 * (uint64_t)WIN;     /* clusters per chunk */
+
+    enter_c(m, 16, 5, 1, L2);
+    g_assert_cmpuint(stats_of(m).mem_current - base, ==,
+                     LEAF_BYTES(1) + SLOT_BYTES);
+    /* a check sets the leaf memo while the leaf has one chunk */
+    g_assert_cmpuint(check_c(m, 16, 9 * chunk + 3, 1, 0), ==, 0);
+
+    enter_c(m, 16, 9 * chunk + 3, 1, RB);
+    g_assert_cmpuint(stats_of(m).mem_current - base, ==,
+                     LEAF_BYTES(10) + 2 * SLOT_BYTES);
+    g_assert_cmpuint(check_c(m, 16, 9 * chunk + 3, 1, 0), ==, RB);
+    g_assert_cmpuint(check_c(m, 16, 5, 1, 0), ==, L2);
+    g_assert_cmpuint(check_c(m, 16, 0, 16 * chunk, 0), ==, L2 | RB);
+    qcow2_metadata_map_verify(m);
+
+    enter_c(m, 16, 4 * chunk, 1, L2);
+    qcow2_metadata_map_remove(m, (9 * chunk + 3) << 16, 1 << 16, RB);
+    /* the last chunk in use is now chunk 4 */
+    g_assert_cmpuint(stats_of(m).mem_current - base, ==,
+                     LEAF_BYTES(5) + 2 * SLOT_BYTES);
+    g_assert_cmpuint(check_c(m, 16, 9 * chunk + 3, 1, 0), ==, 0);
+    g_assert_cmpuint(check_c(m, 16, 4 * chunk, 1, 0), ==, L2);
+    qcow2_metadata_map_verify(m);
+
+    qcow2_metadata_map_remove(m, (4 * chunk) << 16, 1 << 16, L2);
+    g_assert_cmpuint(stats_of(m).mem_current - base, ==,
+                     LEAF_BYTES(1) + SLOT_BYTES);
+    g_assert_cmpuint(check_c(m, 16, 4 * chunk, 1, 0), ==, 0);
+    qcow2_metadata_map_remove(m, 5 << 16, 1 << 16, L2);
+    g_assert_cmpuint(stats_of(m).mem_current, ==, base);
+    qcow2_metadata_map_verify(m);
+    qcow2_metadata_map_free(m);
+}
+
 static void test_check_memo_follows_edits(void)
 {
     Qcow2MetadataMap *m = qcow2_metadata_map_new(16, 1);
@@ -1351,6 +1399,8 @@ int main(int argc, char **argv)
                     test_memory_within_2014_estimate);
     g_test_add_func("/qcow2-overlap/list-windows-answered-in-place",
                     test_list_windows_answered_in_place);
+    g_test_add_func("/qcow2-overlap/leaf-sized-to-last-chunk",
+                    test_leaf_sized_to_last_chunk);
     g_test_add_func("/qcow2-overlap/check-memo-follows-edits",
                     test_check_memo_follows_edits);
     g_test_add_func("/qcow2-overlap/pool-lists-found-by-offset",
