@@ -117,7 +117,7 @@ static bool is_generic_option(const char *key)
            !strcmp(key, "force-share") || !strcmp(key, "read-only") ||
            !strcmp(key, "file") || !strcmp(key, "backing") ||
            !strcmp(key, "cache.direct") || !strcmp(key, "cache.no-flush") ||
-           !strcmp(key, "discard") ||
+           !strcmp(key, "discard") || bdrv_node_option(key) ||
            g_str_has_prefix(key, "backing.");
 }
 
@@ -164,7 +164,7 @@ static bool parse_cache_option(const QGuardOpts *opts, const char *name,
 }
 
 /* QEMU's bdrv_parse_discard_flags(): does the image pass discards on? */
-static bool parse_discard_mode(const char *mode, bool *unmap)
+bool bdrv_parse_discard_mode(const char *mode, bool *unmap)
 {
     if (!strcmp(mode, "off") || !strcmp(mode, "ignore")) {
         *unmap = false;
@@ -303,6 +303,7 @@ static void image_free(QGuardImage *img)
     g_free(img->backing_file);
     g_free(img->full_backing_file);
     g_free(img->backing_format);
+    g_free(img->node_name);
     pthread_rwlock_destroy(&img->lock);
     g_free(img);
 }
@@ -341,6 +342,7 @@ static int open_image(QGuardImage **pimg, const char *filename,
     unsigned file_flags;
     bool unmap = true;
     bool share = false;
+    BdrvNodeOptions node;
     int ret;
 
     if (!filename && qguard_opts_get(opts, "file")) {
@@ -402,6 +404,11 @@ static int open_image(QGuardImage **pimg, const char *filename,
                              &no_lock, errp) < 0) {
         return -EINVAL;
     }
+    ret = bdrv_node_options_parse(opts, read_only, file_direct, &node, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    no_lock = no_lock || node.file_force_share;
     if (qguard_opts_get(opts, "force-share")) {
         /* A reader that shares everything needs no locks at all. */
         if (!qguard_parse_bool("force-share", qguard_opts_get(opts,
@@ -419,7 +426,7 @@ static int open_image(QGuardImage **pimg, const char *filename,
     }
 
     if (qguard_opts_get(opts, "discard") &&
-        !parse_discard_mode(qguard_opts_get(opts, "discard"), &unmap)) {
+        !bdrv_parse_discard_mode(qguard_opts_get(opts, "discard"), &unmap)) {
         g_set_error(errp, QGUARD_ERROR, EINVAL, "Invalid discard option");
         return -EINVAL;
     }
@@ -428,6 +435,8 @@ static int open_image(QGuardImage **pimg, const char *filename,
     image_lock_init(img);
     img->discard_unmap = unmap;
     img->force_share = share;
+    img->detect_zeroes = node.detect_zeroes;
+    img->node_name = g_strdup(node.node_name);
     img->filename = g_strdup(proto.filename);
     img->flags = read_only ? flags & ~QGUARD_OPEN_RDWR : flags;
     img->read_only = read_only;
@@ -442,7 +451,8 @@ static int open_image(QGuardImage **pimg, const char *filename,
     }
     file_flags = (read_only ? 0 : HOST_FILE_RDWR) | HOST_FILE_NO_LOCK |
                  (file_direct ? HOST_FILE_DIRECT : 0) |
-                 (file_no_flush ? HOST_FILE_NO_FLUSH : 0);
+                 (file_no_flush ? HOST_FILE_NO_FLUSH : 0) |
+                 (node.file_discard_unmap ? 0 : HOST_FILE_NO_DISCARD);
     ret = host_file_open(&img->file, filename, file_flags, &local_err);
     if (ret == -EAGAIN) {
         g_propagate_error(errp, g_steal_pointer(&local_err));
@@ -807,12 +817,39 @@ int qguard_image_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,
     return ret;
 }
 
+static bool buffer_is_zero(const void *buf, uint64_t bytes)
+{
+    const uint8_t *p = buf;
+
+    return !p[0] && !memcmp(p, p + 1, bytes - 1);
+}
+
+/*
+ * detect-zeroes: QEMU's block layer turns a write of zeros into a zero
+ * write, which may deallocate only if discards reach the image.
+ */
+static int write_detected_zeroes(QGuardImage *img, uint64_t offset,
+                                 uint64_t bytes, unsigned flags,
+                                 GError **errp)
+{
+    flags &= QGUARD_WRITE_FUA;
+    if (img->detect_zeroes == BDRV_DETECT_ZEROES_UNMAP && img->discard_unmap) {
+        flags |= QGUARD_ZERO_MAY_UNMAP;
+    }
+    return qguard_image_pwrite_zeroes(img, offset, bytes, flags, errp);
+}
+
 int qguard_image_pwrite(QGuardImage *img, uint64_t offset, uint64_t bytes,
                         const void *buf, unsigned flags, GError **errp)
 {
     bool shared = img->drv->parallel_writes;
     uint64_t seen;
     int ret;
+
+    if (img->detect_zeroes != BDRV_DETECT_ZEROES_OFF && bytes &&
+        buffer_is_zero(buf, bytes)) {
+        return write_detected_zeroes(img, offset, bytes, flags, errp);
+    }
 
     /* The driver serializes what writes share; see its pwrite. */
     if (shared) {
@@ -1616,6 +1653,9 @@ void qguard_snapshot_list_free(QGuardSnapshotInfo *list, guint count)
  */
 static char *node_name(QGuardImage *img)
 {
+    if (img->node_name) {
+        return g_strdup(img->node_name);
+    }
     return g_strdup_printf("#block%d00", 2 * img->chain_depth + 1);
 }
 

@@ -24,6 +24,13 @@
 
 typedef struct BlockDriver BlockDriver;
 
+/* QEMU's detect-zeroes modes. */
+typedef enum BdrvDetectZeroes {
+    BDRV_DETECT_ZEROES_OFF,
+    BDRV_DETECT_ZEROES_ON,
+    BDRV_DETECT_ZEROES_UNMAP,   /* and may deallocate, with discard=unmap */
+} BdrvDetectZeroes;
+
 /*
  * Driver-internal block status flag: the data extent may contain holes of
  * the host file that read as zeros; the generic layer asks the file.
@@ -78,6 +85,9 @@ struct QGuardImage {
      */
     bool discard_unmap;
     bool force_share;           /* force-share=on: no image locks */
+    /* detect-zeroes: a write of zeros becomes a zero write */
+    BdrvDetectZeroes detect_zeroes;
+    char *node_name;            /* the node-name option, or NULL */
 };
 
 /*
@@ -249,6 +259,33 @@ int bdrv_io_error(int ret, GError **errp);
  */
 int bdrv_file_child_opts(const char *driver, const char *locking,
                          bool *no_lock, GError **errp);
+
+/* node-options.c: options of every node, and of the file node. */
+typedef struct BdrvNodeOptions {
+    const char *node_name;      /* the format node's, or NULL; in the opts */
+    bool auto_read_only;        /* the tools ask for write access anyway */
+    BdrvDetectZeroes detect_zeroes;
+    bool file_force_share;      /* file.force-share=on: no image locks */
+    bool file_discard_unmap;    /* file.discard: punch holes (default) */
+} BdrvNodeOptions;
+
+/*
+ * Check the node options in @opts as QEMU does and return the ones that
+ * change what qguard does.  @read_only and @file_direct are the image's
+ * access and the file node's cache.direct.
+ */
+int bdrv_node_options_parse(const QGuardOpts *opts, bool read_only,
+                            bool file_direct, BdrvNodeOptions *o,
+                            GError **errp);
+/* Is @key an option of every node (format or file)? */
+bool bdrv_node_option(const char *key);
+/*
+ * Is @key, without "file.", an option of the file node that protocol.c
+ * does not handle itself?
+ */
+bool bdrv_file_node_option(const char *key);
+/* QEMU's discard modes: "on"/"unmap" set *@unmap, "off"/"ignore" clear it. */
+bool bdrv_parse_discard_mode(const char *mode, bool *unmap);
 
 /* protocol.c: the protocol node below an image (file:, blkdebug:). */
 typedef struct BdrvProtocol {

@@ -44,6 +44,8 @@ struct HostFile {
     int flush_error;
     /* cache.no-flush: flushes do not reach the disk (cache=unsafe). */
     bool no_flush;
+    /* file.discard=ignore: discards leave the file's blocks allocated. */
+    bool no_discard;
     /*
      * cache.direct: the file is open with O_DIRECT, whose transfers need
      * file offsets and lengths aligned to @align and buffers (addresses and
@@ -293,6 +295,7 @@ int host_file_open(HostFile **pfile, const char *filename, unsigned flags,
     file->filename = g_strdup(filename);
     file->read_only = !(flags & HOST_FILE_RDWR);
     file->no_flush = flags & HOST_FILE_NO_FLUSH;
+    file->no_discard = flags & HOST_FILE_NO_DISCARD;
     file->direct = flags & HOST_FILE_DIRECT;
     if (file->direct) {
         probe_dio_alignment(file);
@@ -768,7 +771,7 @@ int host_file_discard(HostFile *file, uint64_t offset, uint64_t bytes)
     int ret;
 
     ret = begin_change(file, HOST_FILE_DISCARD, offset, bytes);
-    if (ret < 0) {
+    if (ret < 0 || file->no_discard) {
         return ret;
     }
     if (file->req_align > 1) {

@@ -45,6 +45,8 @@ enum {
     HOST_FILE_DIRECT  = 1 << 3,
     /* cache.no-flush: host_file_flush() does not sync (cache=unsafe). */
     HOST_FILE_NO_FLUSH = 1 << 4,
+    /* discard=ignore on the file node: host_file_discard() does nothing. */
+    HOST_FILE_NO_DISCARD = 1 << 5,
 };
 
 int host_file_open(HostFile **pfile, const char *filename, unsigned flags,

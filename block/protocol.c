@@ -87,7 +87,7 @@ static bool is_file_option(const char *key)
 {
     return !strcmp(key, "filename") || !strcmp(key, "driver") ||
            !strcmp(key, "locking") || !strcmp(key, "cache.direct") ||
-           !strcmp(key, "cache.no-flush");
+           !strcmp(key, "cache.no-flush") || bdrv_file_node_option(key);
 }
 
 static bool is_blkdebug_option(const char *key)
@@ -99,7 +99,7 @@ static bool is_blkdebug_option(const char *key)
            !strcmp(key, "config") || !strcmp(key, "image.filename") ||
            !strcmp(key, "image.driver") || !strcmp(key, "image.locking") ||
            !strcmp(key, "locking") || !strcmp(key, "cache.direct") ||
-           !strcmp(key, "cache.no-flush");
+           !strcmp(key, "cache.no-flush") || bdrv_node_option(key);
 }
 
 /* Every file.* option must be one the protocol node understands. */
