@@ -415,7 +415,55 @@ static bool is_fixed_option(const char *key)
 {
     return !strcmp(key, "driver") || !strcmp(key, "file") ||
            g_str_has_prefix(key, "file.") || !strcmp(key, "backing") ||
-           !strcmp(key, "read-only") || !strcmp(key, "force-share");
+           !strcmp(key, "read-only") || !strcmp(key, "force-share") ||
+           !strcmp(key, "node-name");
+}
+
+/*
+ * A fixed option's value now: as given at open or, for the ones QEMU's
+ * nodes always have, what the image was opened with.  Repeating it is
+ * not a change.
+ */
+static const char *fixed_option_now(const char *key)
+{
+    const char *v = qguard_opts_get(open_state.opts, key);
+
+    if (v) {
+        return v;
+    }
+    if (!strcmp(key, "driver")) {
+        return qguard_image_format(image);
+    }
+    if (!strcmp(key, "file.driver")) {
+        return "file";
+    }
+    if (!strcmp(key, "file.filename")) {
+        return open_state.filename;
+    }
+    return NULL;
+}
+
+/* QEMU's reason to refuse a change of @key to @value, printed. */
+static void refuse_change(const char *key, const char *value)
+{
+    if (!strcmp(key, "backing") && *value) {
+        /* QEMU looks the new backing node up by name */
+        error_report("Cannot find device='' nor node-name='%s'", value);
+    } else if (!strcmp(key, "read-only") && !strcmp(value, "on") &&
+               !open_state.read_only) {
+        /* qemu-io still uses the image for writing */
+        const char *name = qguard_opts_get(open_state.opts, "node-name");
+
+        error_report("Read-only block node '%s' cannot support read-write "
+                     "users", name ? name : "#block100");
+    } else {
+        /*
+         * QEMU reopens the protocol node with the file.* options as its
+         * own, so it names them without the prefix.
+         */
+        error_report("Cannot change the option '%s'",
+                     g_str_has_prefix(key, "file.") ? key + 5 : key);
+    }
 }
 
 /* May @changes be applied to the open image?  Prints why not. */
@@ -425,16 +473,11 @@ static bool reopen_changes_allowed(const QGuardOpts *changes)
 
     for (i = 0; i < qguard_opts_count(changes); i++) {
         const char *key = qguard_opts_key(changes, i);
-        const char *old = qguard_opts_get(open_state.opts, key);
+        const char *value = qguard_opts_value(changes, i);
+        const char *old = fixed_option_now(key);
 
-        if (is_fixed_option(key) &&
-            (!old || strcmp(old, qguard_opts_value(changes, i)))) {
-            /*
-             * QEMU reopens the protocol node with the file.* options as
-             * its own, so it names them without the prefix.
-             */
-            error_report("Cannot change the option '%s'",
-                         g_str_has_prefix(key, "file.") ? key + 5 : key);
+        if (is_fixed_option(key) && (!old || strcmp(old, value))) {
+            refuse_change(key, value);
             return false;
         }
     }
