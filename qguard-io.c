@@ -176,8 +176,8 @@ static void usage(void)
 "Exercise the I/O path of libqguard on a qcow2 or raw image (qemu-io 7.2\n"
 "compatible).\n"
 "\n"
-"  --object OBJECTDEF   accepted and ignored: objects hold secrets for\n"
-"                       encrypted images, which libqguard does not open\n"
+"  --object OBJECTDEF   checked as qemu-io checks it, then unused: objects\n"
+"                       hold secrets and credentials libqguard does not use\n"
 "  --image-opts         the file argument is an option string\n"
 "                       (driver=qcow2,file.filename=...)\n"
 "  -c, --cmd STRING     run the command STRING; may be repeated, and\n"
@@ -342,7 +342,7 @@ int main(int argc, char **argv)
             usage();
             exit(0);
         case OPTION_OBJECT:
-            /* Objects only hold secrets, for encryption qguard lacks. */
+            tool_object_option(optarg, 1);
             break;
         case OPTION_IMAGE_OPTS:
             image_opts_mode = true;

@@ -61,6 +61,14 @@ const char *gerr_msg(const GError *err, int ret);
  */
 void tool_trace_option(const char *arg);
 
+/*
+ * --object DEF, checked as QEMU 7.2's tools check it (tools/object.c);
+ * nothing is created.  "help" and "TYPE,help" print QEMU's lists and exit
+ * 0; a definition QEMU refuses exits with @error_status (1, or compare's
+ * 2) after its message.
+ */
+void tool_object_option(const char *def, int error_status);
+
 /* ---- Numbers ------------------------------------------------------------ */
 
 /*

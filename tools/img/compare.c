@@ -246,6 +246,10 @@ int img_compare(int argc, char **argv)
         case 's':
             strict = true;
             break;
+        case OPTION_OBJECT:
+            /* compare's errors are exit status 2, this one too */
+            tool_object_option(optarg, 2);
+            break;
         default:
             img_common_opt(c, &o);
         }

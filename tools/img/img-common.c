@@ -40,7 +40,7 @@ void img_common_opt(int c, ImgOpts *o)
         o->output = optarg;
         break;
     case OPTION_OBJECT:
-        /* Objects only hold secrets, for encryption qguard lacks. */
+        tool_object_option(optarg, 1);
         break;
     }
 }
