@@ -11,22 +11,7 @@
 #include <string.h>
 
 #include "block_int.h"
-
-/* QEMU's node names: a letter, then letters, digits, '-', '.', '_'. */
-static bool node_name_wellformed(const char *name)
-{
-    size_t i;
-
-    if (!g_ascii_isalpha(name[0])) {
-        return false;
-    }
-    for (i = 1; name[i]; i++) {
-        if (!g_ascii_isalnum(name[i]) && !strchr("-._", name[i])) {
-            return false;
-        }
-    }
-    return true;
-}
+#include "util/id.h"
 
 /* QEMU keeps a node name in 32 bytes, its terminator included. */
 #define NODE_NAME_MAX 31
@@ -34,7 +19,7 @@ static bool node_name_wellformed(const char *name)
 static int parse_node_name(const char *name, const char *taken,
                            GError **errp)
 {
-    if (!node_name_wellformed(name)) {
+    if (!qguard_id_wellformed(name)) {
         g_set_error(errp, QGUARD_ERROR, EINVAL, "Invalid node-name: '%s'",
                     name);
         return -EINVAL;

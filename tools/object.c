@@ -15,6 +15,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "id.h"
 #include "tool-common.h"
 
 typedef enum ObjPropKind {
@@ -182,22 +183,6 @@ static void print_help(const ObjType *t)
     for (p = t->props; p->name; p++) {
         printf("  %s=<%s>\n", p->name, p->help_type);
     }
-}
-
-/* QEMU's identifiers: a letter, then letters, digits, '-', '.', '_'. */
-static bool id_wellformed(const char *id)
-{
-    size_t i;
-
-    if (!g_ascii_isalpha(id[0])) {
-        return false;
-    }
-    for (i = 1; id[i]; i++) {
-        if (!g_ascii_isalnum(id[i]) && !strchr("-._", id[i])) {
-            return false;
-        }
-    }
-    return true;
 }
 
 static bool check_prop_value(const ObjProp *p, const char *key,
@@ -433,7 +418,7 @@ void tool_object_option(const char *def, int error_status)
         error_report("Parameter 'id' is missing");
         exit(error_status);
     }
-    if (!id_wellformed(id)) {
+    if (!qguard_id_wellformed(id)) {
         error_report("Parameter 'id' expects an identifier\n"
                      "Identifiers consist of letters, digits, '-', '.', "
                      "'_', starting with a letter.\n");
