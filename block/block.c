@@ -710,6 +710,12 @@ const char *qguard_image_filename(const QGuardImage *img)
     return img->filename;
 }
 
+bool qguard_image_takes_option(const QGuardImage *img, const char *key)
+{
+    return is_generic_option(key) ||
+           (img->drv->is_runtime_option && img->drv->is_runtime_option(key));
+}
+
 const char *qguard_image_format(const QGuardImage *img)
 {
     return img->drv->format_name;

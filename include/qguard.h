@@ -151,6 +151,11 @@ const char *qguard_image_filename(const QGuardImage *img);
 const char *qguard_image_format(const QGuardImage *img);
 uint64_t qguard_image_size(const QGuardImage *img);
 bool qguard_image_is_read_only(const QGuardImage *img);
+/*
+ * Does opening @img again take the runtime option @key: one of the block
+ * layer's, of its protocol node (file.*) or of its format?
+ */
+bool qguard_image_takes_option(const QGuardImage *img, const char *key);
 /* The image's backing image, or NULL; it belongs to @img. */
 QGuardImage *qguard_image_backing(const QGuardImage *img);
 

@@ -416,7 +416,7 @@ static bool is_fixed_option(const char *key)
     return !strcmp(key, "driver") || !strcmp(key, "file") ||
            g_str_has_prefix(key, "file.") || !strcmp(key, "backing") ||
            !strcmp(key, "read-only") || !strcmp(key, "force-share") ||
-           !strcmp(key, "node-name");
+           !strcmp(key, "node-name") || g_str_has_prefix(key, "backing.");
 }
 
 /*
@@ -476,6 +476,11 @@ static bool reopen_changes_allowed(const QGuardOpts *changes)
         const char *value = qguard_opts_value(changes, i);
         const char *old = fixed_option_now(key);
 
+        if (!qguard_image_takes_option(image, key)) {
+            /* QEMU keeps what the format does not take and compares it */
+            error_report("Cannot change the option '%s'", key);
+            return false;
+        }
         if (is_fixed_option(key) && (!old || strcmp(old, value))) {
             refuse_change(key, value);
             return false;
