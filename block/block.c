@@ -163,19 +163,6 @@ static bool parse_cache_option(const QGuardOpts *opts, const char *name,
     return !v || qguard_parse_bool(name, v, file_val, errp);
 }
 
-/* QEMU's bdrv_parse_discard_flags(): does the image pass discards on? */
-bool bdrv_parse_discard_mode(const char *mode, bool *unmap)
-{
-    if (!strcmp(mode, "off") || !strcmp(mode, "ignore")) {
-        *unmap = false;
-    } else if (!strcmp(mode, "on") || !strcmp(mode, "unmap")) {
-        *unmap = true;
-    } else {
-        return false;
-    }
-    return true;
-}
-
 static int check_options(const BlockDriver *drv, const QGuardOpts *opts,
                          GError **errp)
 {
@@ -340,9 +327,7 @@ static int open_image(QGuardImage **pimg, const char *filename,
     bool no_lock = false;
     bool direct, file_direct, no_flush, file_no_flush;
     unsigned file_flags;
-    bool unmap = true;
-    bool share = false;
-    BdrvNodeOptions node;
+    BdrvNodeOptions node, file_node;
     int ret;
 
     if (!filename && qguard_opts_get(opts, "file")) {
@@ -404,37 +389,18 @@ static int open_image(QGuardImage **pimg, const char *filename,
                              &no_lock, errp) < 0) {
         return -EINVAL;
     }
-    ret = bdrv_node_options_parse(opts, read_only, file_direct, &node, errp);
+    ret = bdrv_node_options_parse(opts, read_only, file_direct, &node,
+                                  &file_node, errp);
     if (ret < 0) {
         return ret;
     }
-    no_lock = no_lock || node.file_force_share;
-    if (qguard_opts_get(opts, "force-share")) {
-        /* A reader that shares everything needs no locks at all. */
-        if (!qguard_parse_bool("force-share", qguard_opts_get(opts,
-                                                              "force-share"),
-                               &share, errp)) {
-            return -EINVAL;
-        }
-        if (share && !read_only) {
-            g_set_error(errp, QGUARD_ERROR, EINVAL,
-                        "force-share=on can only be used with read-only "
-                        "images");
-            return -EINVAL;
-        }
-        no_lock = no_lock || share;
-    }
-
-    if (qguard_opts_get(opts, "discard") &&
-        !bdrv_parse_discard_mode(qguard_opts_get(opts, "discard"), &unmap)) {
-        g_set_error(errp, QGUARD_ERROR, EINVAL, "Invalid discard option");
-        return -EINVAL;
-    }
+    /* A reader that shares everything needs no locks at all. */
+    no_lock = no_lock || node.force_share || file_node.force_share;
 
     img = g_new0(QGuardImage, 1);
     image_lock_init(img);
-    img->discard_unmap = unmap;
-    img->force_share = share;
+    img->discard_unmap = node.discard_unmap;
+    img->force_share = node.force_share;
     img->detect_zeroes = node.detect_zeroes;
     img->node_name = g_strdup(node.node_name);
     img->filename = g_strdup(proto.filename);
@@ -452,7 +418,7 @@ static int open_image(QGuardImage **pimg, const char *filename,
     file_flags = (read_only ? 0 : HOST_FILE_RDWR) | HOST_FILE_NO_LOCK |
                  (file_direct ? HOST_FILE_DIRECT : 0) |
                  (file_no_flush ? HOST_FILE_NO_FLUSH : 0) |
-                 (node.file_discard_unmap ? 0 : HOST_FILE_NO_DISCARD);
+                 (file_node.discard_unmap ? 0 : HOST_FILE_NO_DISCARD);
     ret = host_file_open(&img->file, filename, file_flags, &local_err);
     if (ret == -EAGAIN) {
         g_propagate_error(errp, g_steal_pointer(&local_err));

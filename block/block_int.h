@@ -262,21 +262,21 @@ int bdrv_file_child_opts(const char *driver, const char *locking,
 
 /* node-options.c: options of every node, and of the file node. */
 typedef struct BdrvNodeOptions {
-    const char *node_name;      /* the format node's, or NULL; in the opts */
-    bool auto_read_only;        /* the tools ask for write access anyway */
+    const char *node_name;      /* or NULL; points into the opts */
     BdrvDetectZeroes detect_zeroes;
-    bool file_force_share;      /* file.force-share=on: no image locks */
-    bool file_discard_unmap;    /* file.discard: punch holes (default) */
+    bool force_share;           /* force-share=on: no image locks */
+    bool discard_unmap;         /* discard: passed on (default) */
 } BdrvNodeOptions;
 
 /*
- * Check the node options in @opts as QEMU does and return the ones that
- * change what qguard does.  @read_only and @file_direct are the image's
- * access and the file node's cache.direct.
+ * Check the node options in @opts as QEMU does, for the image and for its
+ * file node, and return the ones that change what qguard does.
+ * @read_only and @file_direct are the image's access and the file node's
+ * cache.direct.
  */
 int bdrv_node_options_parse(const QGuardOpts *opts, bool read_only,
-                            bool file_direct, BdrvNodeOptions *o,
-                            GError **errp);
+                            bool file_direct, BdrvNodeOptions *image,
+                            BdrvNodeOptions *file, GError **errp);
 /* Is @key an option of every node (format or file)? */
 bool bdrv_node_option(const char *key);
 /*
@@ -284,8 +284,6 @@ bool bdrv_node_option(const char *key);
  * does not handle itself?
  */
 bool bdrv_file_node_option(const char *key);
-/* QEMU's discard modes: "on"/"unmap" set *@unmap, "off"/"ignore" clear it. */
-bool bdrv_parse_discard_mode(const char *mode, bool *unmap);
 
 /* protocol.c: the protocol node below an image (file:, blkdebug:). */
 typedef struct BdrvProtocol {

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The runtime options QEMU's block layer takes on every node (node-name,
- * auto-read-only, detect-zeroes) and those of its file protocol node that
- * change nothing qguard writes (aio, aio-max-batch, pr-manager, ...).
+ * auto-read-only, detect-zeroes, force-share, discard), for the image and
+ * for its file protocol node, and those of the file node that change
+ * nothing qguard writes (aio, aio-max-batch, pr-manager, ...).
  * libvirt and QEMU's own tests pass them in --image-opts and qemu-io's
  * open -o; refusing them would refuse the whole command line.
  *
@@ -53,35 +54,86 @@ static int parse_detect_zeroes(const char *value, BdrvDetectZeroes *out,
     return 0;
 }
 
-/*
- * The options every node takes, under @prefix ("" for the format node,
- * "file." for its protocol node).  QEMU names the protocol node first, so
- * a format node-name equal to @taken is the duplicate.
- */
-static int parse_common(const QGuardOpts *opts, const char *prefix,
-                        const char *taken, BdrvNodeOptions *o, GError **errp)
+/* QEMU's bdrv_parse_discard_flags(): does the node pass discards on? */
+static bool parse_discard_mode(const char *mode, bool *unmap)
 {
-    g_autofree char *name_key = g_strconcat(prefix, "node-name", NULL);
-    g_autofree char *aro_key = g_strconcat(prefix, "auto-read-only", NULL);
-    g_autofree char *dz_key = g_strconcat(prefix, "detect-zeroes", NULL);
+    if (!strcmp(mode, "off") || !strcmp(mode, "ignore")) {
+        *unmap = false;
+    } else if (!strcmp(mode, "on") || !strcmp(mode, "unmap")) {
+        *unmap = true;
+    } else {
+        return false;
+    }
+    return true;
+}
+
+/* The value of option @name of the node whose options start with @prefix. */
+static const char *node_opt(const QGuardOpts *opts, const char *prefix,
+                            const char *name)
+{
+    g_autofree char *key = g_strconcat(prefix, name, NULL);
+
+    return qguard_opts_get(opts, key);
+}
+
+/*
+ * What names a node and how it writes, under @prefix ("" for the format
+ * node, "file." for its protocol node).  QEMU names the protocol node
+ * first, so a format node-name equal to @taken is the duplicate.
+ */
+static int parse_identity(const QGuardOpts *opts, const char *prefix,
+                          const char *taken, BdrvNodeOptions *o,
+                          GError **errp)
+{
     const char *v;
+    bool auto_read_only;
     int ret;
 
-    o->node_name = qguard_opts_get(opts, name_key);
+    o->node_name = node_opt(opts, prefix, "node-name");
     if (o->node_name) {
         ret = parse_node_name(o->node_name, taken, errp);
         if (ret < 0) {
             return ret;
         }
     }
-    v = qguard_opts_get(opts, aro_key);
-    if (v && !qguard_parse_bool("auto-read-only", v, &o->auto_read_only,
-                                errp)) {
+    /* the tools ask for write access anyway: checked, then unused */
+    v = node_opt(opts, prefix, "auto-read-only");
+    if (v && !qguard_parse_bool("auto-read-only", v, &auto_read_only, errp)) {
         return -EINVAL;
     }
-    v = qguard_opts_get(opts, dz_key);
+    v = node_opt(opts, prefix, "detect-zeroes");
     o->detect_zeroes = BDRV_DETECT_ZEROES_OFF;
     return v ? parse_detect_zeroes(v, &o->detect_zeroes, errp) : 0;
+}
+
+/*
+ * What a node shares and passes on, under @prefix: force-share, which
+ * only a read-only node may use, and discard (default unmap).
+ */
+static int parse_sharing(const QGuardOpts *opts, const char *prefix,
+                         bool read_only, BdrvNodeOptions *o, GError **errp)
+{
+    const char *v = node_opt(opts, prefix, "force-share");
+
+    o->force_share = false;
+    if (v) {
+        if (!qguard_parse_bool("force-share", v, &o->force_share, errp)) {
+            return -EINVAL;
+        }
+        if (o->force_share && !read_only) {
+            g_set_error(errp, QGUARD_ERROR, EINVAL,
+                        "force-share=on can only be used with read-only "
+                        "images");
+            return -EINVAL;
+        }
+    }
+    v = node_opt(opts, prefix, "discard");
+    o->discard_unmap = true;
+    if (v && !parse_discard_mode(v, &o->discard_unmap)) {
+        g_set_error(errp, QGUARD_ERROR, EINVAL, "Invalid discard option");
+        return -EINVAL;
+    }
+    return 0;
 }
 
 /* file.aio: QEMU's three modes; native needs O_DIRECT, as there. */
@@ -102,7 +154,7 @@ static int parse_aio(const char *value, bool direct, GError **errp)
     return 0;
 }
 
-/* The file node's options beyond those of protocol.c. */
+/* The file node's options beyond those of protocol.c and every node's. */
 static int parse_file_node(const QGuardOpts *opts, bool read_only,
                            bool file_direct, BdrvNodeOptions *o,
                            GError **errp)
@@ -122,24 +174,9 @@ static int parse_file_node(const QGuardOpts *opts, bool read_only,
             return -EACCES;
         }
     }
-    v = qguard_opts_get(opts, "file.force-share");
-    if (v) {
-        if (!qguard_parse_bool("force-share", v, &o->file_force_share,
-                               errp)) {
-            return -EINVAL;
-        }
-        if (o->file_force_share && !read_only) {
-            g_set_error(errp, QGUARD_ERROR, EINVAL,
-                        "force-share=on can only be used with read-only "
-                        "images");
-            return -EINVAL;
-        }
-    }
-    v = qguard_opts_get(opts, "file.discard");
-    o->file_discard_unmap = true;
-    if (v && !bdrv_parse_discard_mode(v, &o->file_discard_unmap)) {
-        g_set_error(errp, QGUARD_ERROR, EINVAL, "Invalid discard option");
-        return -EINVAL;
+    ret = parse_sharing(opts, "file.", read_only, o, errp);
+    if (ret < 0) {
+        return ret;
     }
     v = qguard_opts_get(opts, "file.aio");
     if (v) {
@@ -167,22 +204,24 @@ static int parse_file_node(const QGuardOpts *opts, bool read_only,
 }
 
 int bdrv_node_options_parse(const QGuardOpts *opts, bool read_only,
-                            bool file_direct, BdrvNodeOptions *o,
-                            GError **errp)
+                            bool file_direct, BdrvNodeOptions *image,
+                            BdrvNodeOptions *file, GError **errp)
 {
-    BdrvNodeOptions file = { 0 };
     int ret;
 
-    memset(o, 0, sizeof(*o));
-    ret = parse_common(opts, "file.", NULL, &file, errp);
+    ret = parse_identity(opts, "file.", NULL, file, errp);
     if (ret < 0) {
         return ret;
     }
-    ret = parse_file_node(opts, read_only, file_direct, o, errp);
+    ret = parse_file_node(opts, read_only, file_direct, file, errp);
     if (ret < 0) {
         return ret;
     }
-    return parse_common(opts, "", file.node_name, o, errp);
+    ret = parse_identity(opts, "", file->node_name, image, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    return parse_sharing(opts, "", read_only, image, errp);
 }
 
 bool bdrv_node_option(const char *key)
