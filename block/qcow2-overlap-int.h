@@ -172,6 +172,12 @@ struct Qcow2MetadataMap {
     uint32_t check_slot, check_list_len;
     const void *check_data;
 
+    /*
+     * No cluster at or after meta_end has held a type since the map was
+     * made: where a growing image allocates, and where its data goes.
+     */
+    uint64_t meta_end;
+
     void **handles;                 /* bytemaps; free entries are odd */
     uint32_t handles_cap, handles_next, handles_used, free_handle;
 
@@ -485,6 +491,7 @@ void ovl_dir_free(Qcow2MetadataMap *map);
 
 typedef struct OvlVerifyState {
     uint64_t mem, windows, fragments, bytemaps, handles;
+    uint64_t content_end;           /* one past the last cluster with a type */
     uint8_t *handle_seen;
 } OvlVerifyState;
 

@@ -144,8 +144,11 @@
  *
  * A check reads whatever form the window is in and changes no form, no cache
  * entry, not the LRU order and not the edit memo; only the leaf and check
- * memos and the list_queries counter (Q).  Inline and pair slots are two
- * comparisons each.  A list is answered in place: find the last fragment
+ * memos and the list_queries counter (Q).  A range at or after meta_end,
+ * past every cluster an enter ever touched, is answered by one compare
+ * before any lookup: that is where a growing image puts new clusters, and
+ * so where most data of a sequential writer goes.  Inline and pair slots
+ * are two comparisons each.  A list is answered in place: find the last fragment
  * starting at or before the range (F1 makes starts and ends both sorted),
  * then OR it if it reaches into the range, the fragments that start inside
  * the range, and the tail kept in the slot.  The search starts where an even
@@ -252,7 +255,9 @@
  *       counters, the memory figures and the forms).  The leaf memo names
  *       the leaf the tree has at that index (or none) and its chunk count,
  *       and the check memo
- *       holds exactly what a fresh lookup of its window returns.
+ *       holds exactly what a fresh lookup of its window returns.  No
+ *       cluster at or after meta_end holds a type (removes leave it where
+ *       it is; only enters move it, up).
  *
  * Directory:
  *
@@ -1142,6 +1147,9 @@ static void range_apply(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes,
     }
     range_to_clusters(map, offset, bytes, &first, &end);
     assert(!(types & ~QCOW2_OL_ALL));
+    if (set && end > map->meta_end) {
+        map->meta_end = end;
+    }
     if (types & LOW_TYPES) {
         uint64_t w = first >> WINDOW_BITS, last_w = (end - 1) >> WINDOW_BITS;
 
@@ -1221,6 +1229,9 @@ unsigned check_hw(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes,
     assert(offset <= QCOW2_OVERLAP_MAX_BYTES &&
            bytes <= QCOW2_OVERLAP_MAX_BYTES - offset);
     first = offset >> map->cluster_bits;
+    if (first >= map->meta_end) {
+        return 0;
+    }
     last = (offset + bytes - 1) >> map->cluster_bits;
     if (G_UNLIKELY((first ^ last) >> WINDOW_BITS || map->hi_count)) {
         return check_range(map, first, last + 1, QCOW2_OL_ALL & ~ignore);
@@ -1442,6 +1453,15 @@ static void verify_list(OvlVerifyState *vs, const uint32_t *pool, uint32_t slot)
  * One window, called by the directory walk; 'list' points at its words in
  * the pool.
  */
+/* One past the last cluster of window w that holds a type. */
+static unsigned window_frags_end(const Qcow2MetadataMap *map, uint64_t w)
+{
+    uint32_t frags[WINDOW_CLUSTERS];
+    unsigned n = window_frags(map, w, frags);
+
+    return n ? frag_end(frags[n - 1]) : 0;
+}
+
 void ovl_verify_window(const Qcow2MetadataMap *map, OvlVerifyState *vs,
                        uint64_t w, uint32_t slot, const uint32_t *list)
 {
@@ -1450,6 +1470,8 @@ void ovl_verify_window(const Qcow2MetadataMap *map, OvlVerifyState *vs,
     unsigned n;
 
     vs->windows++;
+    vs->content_end = MAX(vs->content_end,
+                          (w << WINDOW_BITS) + window_frags_end(map, w));
     switch (slot_tag(slot)) {
     case SLOT_INLINE:
     case SLOT_PAIR:
@@ -1564,6 +1586,12 @@ void qcow2_metadata_map_verify(const Qcow2MetadataMap *map)
         if (slot_tag(slot) == SLOT_LIST) {
             g_assert_cmpuint(map->check_list_len, ==, list_len(data));
         }
+    }
+
+    /* nothing at or after meta_end (Q): checks there stop at one compare */
+    g_assert_cmpuint(vs.content_end, <=, map->meta_end);
+    if (map->hi_count) {
+        g_assert_cmpuint(map->hi[map->hi_count - 1].end, <=, map->meta_end);
     }
 
     /* high types (H): sorted, disjoint, maximal */

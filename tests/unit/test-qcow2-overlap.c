@@ -817,6 +817,47 @@ static void test_leaf_sized_to_last_chunk(void)
     qcow2_metadata_map_free(m);
 }
 
+/*
+ * A check past every cluster entered is answered before any lookup, so
+ * each enter must move that end: structures appended one after another,
+ * across windows, of the high types, and after the last one was removed,
+ * are all found again right after they are entered.
+ */
+static void test_growth_end_moves_with_enters(void)
+{
+    Qcow2MetadataMap *m = qcow2_metadata_map_new(9, 2);
+    uint64_t c;
+
+    for (c = 100; c < 3 * WIN; c += 65) {
+        g_assert_cmpuint(check_c(m, 9, c, 1, 0), ==, 0);
+        enter_c(m, 9, c, 1, L2);
+        g_assert_cmpuint(check_c(m, 9, c, 1, 0), ==, L2);
+        g_assert_cmpuint(check_c(m, 9, c + 1, 64, 0), ==, 0);
+        g_assert_cmpuint(check_c(m, 9, c - 1, 3, L2), ==, 0);
+    }
+    qcow2_metadata_map_verify(m);
+
+    /* one enter across windows: its last cluster is found */
+    enter_c(m, 9, 4 * WIN - 10, 20, RB);
+    g_assert_cmpuint(check_c(m, 9, 4 * WIN + 9, 1, 0), ==, RB);
+    g_assert_cmpuint(check_c(m, 9, 4 * WIN + 10, 1, 0), ==, 0);
+
+    /* the bitmap directory lives outside the windows */
+    enter_c(m, 9, 9 * WIN + 7, 2, BD);
+    g_assert_cmpuint(check_c(m, 9, 9 * WIN + 8, 1, 0), ==, BD);
+    qcow2_metadata_map_verify(m);
+
+    /* the end stays where it was after a remove, and grows again after */
+    remove_c(m, 9, 9 * WIN + 7, 2, BD);
+    g_assert_cmpuint(check_c(m, 9, 9 * WIN + 8, 1, 0), ==, 0);
+    enter_c(m, 9, 5 * WIN, 1, L2);          /* below the old end */
+    g_assert_cmpuint(check_c(m, 9, 5 * WIN, 1, 0), ==, L2);
+    enter_c(m, 9, 12 * WIN, 1, RB);
+    g_assert_cmpuint(check_c(m, 9, 12 * WIN - 1, 2, 0), ==, RB);
+    qcow2_metadata_map_verify(m);
+    qcow2_metadata_map_free(m);
+}
+
 static void test_check_memo_follows_edits(void)
 {
     Qcow2MetadataMap *m = qcow2_metadata_map_new(16, 1);
@@ -1411,6 +1452,8 @@ int main(int argc, char **argv)
                          GUINT_TO_POINTER(2), test_random_vs_model);
     g_test_add_data_func("/qcow2-overlap/random-vs-model/cache-16",
                          GUINT_TO_POINTER(16), test_random_vs_model);
+    g_test_add_func("/qcow2-overlap/growth-end-moves-with-enters",
+                    test_growth_end_moves_with_enters);
     g_test_add_func("/qcow2-overlap/random-queries-at-rest",
                     test_random_queries_at_rest);
     return g_test_run();
