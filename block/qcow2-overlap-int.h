@@ -141,6 +141,12 @@ typedef struct OvlPos {
     uint32_t *slot;                 /* NULL if the window is empty */
 } OvlPos;
 
+/* No cluster of [lo, hi) holds a type outside 'types'; empty if lo >= hi. */
+typedef struct OvlClaim {
+    uint64_t lo, hi;
+    unsigned types;
+} OvlClaim;
+
 struct Qcow2MetadataMap {
     unsigned cluster_bits;
     unsigned cache_max;
@@ -175,8 +181,15 @@ struct Qcow2MetadataMap {
     /*
      * No cluster at or after meta_end has held a type since the map was
      * made: where a growing image allocates, and where its data goes.
+     * The last enter past it leaves two claims behind: 'fresh', its own
+     * range, which then holds only its types, and 'gap', the clusters it
+     * skipped, which hold none.  An enter that breaks a claim empties it;
+     * removes cannot.  claim_lo is the lower of their starts, so that a
+     * check below both costs one compare.
      */
     uint64_t meta_end;
+    uint64_t claim_lo;
+    OvlClaim gap, fresh;
 
     void **handles;                 /* bytemaps; free entries are odd */
     uint32_t handles_cap, handles_next, handles_used, free_handle;

@@ -77,13 +77,21 @@
  *                           a check found and what it found there, so a
  *                           sequential writer's next check skips the
  *                           lookup altogether.
- *               Checks set only the leaf and check memos; edits set only
- *               the edit memo.  Every edit that changes a slot, a list or
- *               which bytemap holds a window, and every flush, clears the
- *               check memo; an edit of only the bytes of the edit memo's
- *               bytemap keeps it, since checks read those bytes where
- *               they are.  Creating, resizing or freeing a leaf
+ *               Checks set the leaf and check memos; edits set the edit
+ *               memo, and an edit that loads the check memo's window into
+ *               the cache points the check memo at the new bytemap.  A
+ *               check memo of a list or slot goes with every edit that
+ *               changes a slot or a list, and every flush clears it; a
+ *               check memo of a cached window stays for as long as the
+ *               window keeps that bytemap, since checks read its bytes
+ *               where they are.  Creating, resizing or freeing a leaf
  *               clears the leaf memo.
+ *   meta_end    one past the last cluster any enter touched: nothing at
+ *               or after it holds a type.
+ *   claims      what the last enter past meta_end showed: 'fresh', its
+ *               own range, holds only its types; 'gap', the clusters it
+ *               skipped, holds none.  An enter that breaks a claim empties
+ *               it; a remove cannot break one.
  *
  * WINDOWS
  *
@@ -144,11 +152,15 @@
  *
  * A check reads whatever form the window is in and changes no form, no cache
  * entry, not the LRU order and not the edit memo; only the leaf and check
- * memos and the list_queries counter (Q).  A range at or after meta_end,
- * past every cluster an enter ever touched, is answered by one compare
- * before any lookup: that is where a growing image puts new clusters, and
- * so where most data of a sequential writer goes.  Inline and pair slots
- * are two comparisons each.  A list is answered in place: find the last fragment
+ * memos and the list_queries counter (Q).  Three answers come before any
+ * lookup and its frame: a range at or after meta_end holds nothing (that
+ * is where a growing image puts new clusters, so where most data of a
+ * sequential writer goes); a range inside a claim holds nothing outside
+ * the claim's types (a structure written after it was entered, data
+ * written to clusters reserved before a refcount block); and a range in
+ * the cached window the check memo names is read from its bytes (cache
+ * flushes, table after table).  Inline and pair slots are two comparisons
+ * each.  A list is answered in place: find the last fragment
  * starting at or before the range (F1 makes starts and ends both sorted),
  * then OR it if it reaches into the range, the fragments that start inside
  * the range, and the tail kept in the slot.  The search starts where an even
@@ -327,7 +339,7 @@
  *   + 8 bytes per leaf (4096 windows) with any metadata, plus 48 per chunk
  *     (256 windows) up to its last one in use; 520 per interior node
  *   + 160 bytes per chunk with a list window (its pool table)
- *   + 240 bytes for the map, and 8 bytes per cached or permanent bytemap
+ *   + 304 bytes for the map, and 8 bytes per cached or permanent bytemap
  *     in the handle table (grown by a quarter, freed when empty).
  *
  * The 2014 estimate charges 4 bytes per metadata cluster, 40 * IS / CS^2
@@ -335,11 +347,10 @@
  * table or refcount block costs one inline slot (4 bytes), an adjacent pair
  * of them one pair slot, and a list window 4 bytes per fragment, so the
  * map at rest stays within a few percent of the estimate: 1% below it for
- * 2 GiB with 512 B clusters and 2% below for 1 PiB with 64 KiB clusters; 4%
- * above for 1 TiB with 64 KiB clusters and 7% above for 8 GiB with 4 KiB
- * clusters, where a budget of 10-20 KiB must also carry the fixed cost of
- * leaves, pool tables and the map (1.4-2.4 KiB).  docs/overlap-map.md has
- * the worked numbers.
+ * 2 GiB with 512 B clusters and 2% below for 1 TiB and 1 PiB with 64 KiB
+ * clusters; 4% above for 8 GiB with 4 KiB clusters, where a budget of
+ * 20 KiB must also carry the fixed cost of leaves, pool tables and the map
+ * (0.9 KiB).  docs/overlap-map.md has the worked numbers.
  */
 
 #include "qcow2-overlap-int.h"
@@ -864,6 +875,11 @@ static bool window_edit(Qcow2MetadataMap *map, uint64_t w, unsigned s,
         return false;
     case SLOT_LIST:
         bm = cache_load(map, w);
+        if (w == map->check_window) {
+            /* a check's next question is likely about this window again */
+            map->check_slot = slot_ref(SLOT_BYTEMAP, bm->handle);
+            map->check_data = bm;
+        }
         break;
     default:
         bm = map->handles[slot_handle(*pos.slot)];
@@ -1027,6 +1043,28 @@ static inline void check_memo_reset(Qcow2MetadataMap *map)
     map->check_window = NO_WINDOW;
 }
 
+/*
+ * After an edit that may have moved what the check memo names.  A memo of
+ * a cached window reads the bytes where they are, so it stays true for as
+ * long as the window keeps that bytemap: its handle still leads to it and
+ * it still belongs to the window.  Anything else the edit may have moved
+ * (slots, pool words), so the memo goes.
+ */
+static void check_memo_after_edit(Qcow2MetadataMap *map)
+{
+    if (map->check_window != NO_WINDOW &&
+        slot_tag(map->check_slot) == SLOT_BYTEMAP) {
+        uint32_t h = slot_handle(map->check_slot);
+
+        if (h < map->handles_next && map->handles[h] == map->check_data &&
+            ((const OvlBytemap *)map->check_data)->window ==
+                map->check_window) {
+            return;
+        }
+    }
+    check_memo_reset(map);
+}
+
 /* ---- high types --------------------------------------------------------- */
 
 static unsigned hi_check(const Qcow2MetadataMap *map, uint64_t s, uint64_t e)
@@ -1103,6 +1141,7 @@ Qcow2MetadataMap *qcow2_metadata_map_new(unsigned cluster_bits,
     map->memo_window = NO_WINDOW;
     map->leaf_memo_index = NO_LEAF;
     map->check_window = NO_WINDOW;
+    map->claim_lo = UINT64_MAX;
     map->free_handle = NO_HANDLE;
 #ifdef HAVE_CHECK_POPCNT
     map->hw_popcount = __builtin_cpu_supports("popcnt");
@@ -1137,6 +1176,54 @@ static void range_to_clusters(const Qcow2MetadataMap *map, uint64_t offset,
     *end = ((offset + bytes - 1) >> map->cluster_bits) + 1;
 }
 
+/* ---- the growth end and its claims --------------------------------------- */
+
+static inline bool claim_meets(const OvlClaim *cl, uint64_t first,
+                               uint64_t end)
+{
+    return cl->lo < end && first < cl->hi;
+}
+
+/*
+ * Keep meta_end and the claims true after @types were entered in clusters
+ * [first, end).  An image allocates a structure, then writes it: the
+ * write of a fresh L2 table or batch of them finds it in 'fresh'.  It
+ * reserves data clusters, then a refcount block past them, then writes
+ * the data: those writes find it in 'gap'.
+ */
+static void claims_enter(Qcow2MetadataMap *map, uint64_t first, uint64_t end,
+                         unsigned types)
+{
+    if (first >= map->meta_end) {
+        if (first > map->meta_end) {
+            map->gap = (OvlClaim){ map->meta_end, first, 0 };
+        }
+        map->fresh = (OvlClaim){ first, end, types };
+        map->meta_end = end;
+    } else {
+        if (claim_meets(&map->gap, first, end)) {
+            map->gap = (OvlClaim){ 0, 0, 0 };
+        }
+        if (claim_meets(&map->fresh, first, end) &&
+            (types & ~map->fresh.types)) {
+            map->fresh = (OvlClaim){ 0, 0, 0 };
+        }
+        map->meta_end = MAX(map->meta_end, end);
+    }
+    map->claim_lo = MIN(map->gap.lo < map->gap.hi ? map->gap.lo : UINT64_MAX,
+                        map->fresh.lo < map->fresh.hi ? map->fresh.lo
+                                                      : UINT64_MAX);
+}
+
+/* Clusters [first, last] lie in a claim with none of the types wanted. */
+static inline bool claims_answer(const Qcow2MetadataMap *map, uint64_t first,
+                                 uint64_t last, unsigned want)
+{
+    return (first >= map->gap.lo && last < map->gap.hi) ||
+           (first >= map->fresh.lo && last < map->fresh.hi &&
+            !(map->fresh.types & want));
+}
+
 static void range_apply(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes,
                         unsigned types, bool set)
 {
@@ -1147,8 +1234,8 @@ static void range_apply(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes,
     }
     range_to_clusters(map, offset, bytes, &first, &end);
     assert(!(types & ~QCOW2_OL_ALL));
-    if (set && end > map->meta_end) {
-        map->meta_end = end;
+    if (set) {
+        claims_enter(map, first, end, types);
     }
     if (types & LOW_TYPES) {
         uint64_t w = first >> WINDOW_BITS, last_w = (end - 1) >> WINDOW_BITS;
@@ -1160,7 +1247,7 @@ static void range_apply(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes,
             if (!window_edit(map, w, first > base ? first - base : 0,
                              MIN(end - base, WINDOW_CLUSTERS),
                              types & LOW_TYPES, set)) {
-                check_memo_reset(map);
+                check_memo_after_edit(map);
             }
         }
     }
@@ -1215,10 +1302,50 @@ unsigned check_range(Qcow2MetadataMap *map, uint64_t first, uint64_t end,
     return found & want;
 }
 
-/* A check within one window with no high types on the map: the common case. */
+/*
+ * Clusters [first, last] past the growth end and its claims: the lookup.
+ * @hw (a constant wherever this is inlined) says the code is compiled for
+ * POPCNT.
+ */
 static inline __attribute__((always_inline))
-unsigned check_hw(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes,
-                  unsigned ignore, bool hw)
+unsigned check_hw(Qcow2MetadataMap *map, uint64_t first, uint64_t last,
+                  unsigned want, bool hw)
+{
+    if (G_UNLIKELY((first ^ last) >> WINDOW_BITS || map->hi_count)) {
+        return check_range(map, first, last + 1, want);
+    }
+    return window_check_hw(map, first >> WINDOW_BITS,
+                           first & (WINDOW_CLUSTERS - 1),
+                           (last & (WINDOW_CLUSTERS - 1)) + 1,
+                           want & LOW_TYPES, hw);
+}
+
+static __attribute__((noinline))
+unsigned check_sw(Qcow2MetadataMap *map, uint64_t first, uint64_t last,
+                  unsigned want)
+{
+    return check_hw(map, first, last, want, false);
+}
+
+#ifdef HAVE_CHECK_POPCNT
+/*
+ * Built for POPCNT and chosen at run time: the rank of a slot is one
+ * instruction instead of a dozen, and the default build stays baseline.
+ */
+static __attribute__((noinline, target("popcnt")))
+unsigned check_popcnt(Qcow2MetadataMap *map, uint64_t first, uint64_t last,
+                      unsigned want)
+{
+    return check_hw(map, first, last, want, true);
+}
+#endif
+
+/*
+ * The growth end and its claims answer before the lookup and its frame:
+ * most writes of a growing image stop here.
+ */
+unsigned qcow2_metadata_map_check_types(Qcow2MetadataMap *map, unsigned want,
+                                        uint64_t offset, uint64_t bytes)
 {
     uint64_t first, last;
 
@@ -1233,44 +1360,41 @@ unsigned check_hw(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes,
         return 0;
     }
     last = (offset + bytes - 1) >> map->cluster_bits;
-    if (G_UNLIKELY((first ^ last) >> WINDOW_BITS || map->hi_count)) {
-        return check_range(map, first, last + 1, QCOW2_OL_ALL & ~ignore);
+    if (G_UNLIKELY(first >= map->claim_lo) &&
+        claims_answer(map, first, last, want)) {
+        return 0;
     }
-    return window_check_hw(map, first >> WINDOW_BITS,
-                           first & (WINDOW_CLUSTERS - 1),
-                           (last & (WINDOW_CLUSTERS - 1)) + 1,
-                           ~ignore & LOW_TYPES, hw);
-}
+    /*
+     * The cached window the last check looked up: the writes of a cache
+     * flush, table after table, need no frame either.
+     */
+    if (first >> WINDOW_BITS == map->check_window &&
+        slot_tag(map->check_slot) == SLOT_BYTEMAP && !map->hi_count) {
+        const uint8_t *b = ((const OvlBytemap *)map->check_data)->bytes;
 
-static __attribute__((noinline))
-unsigned check_sw(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes,
-                  unsigned ignore)
-{
-    return check_hw(map, offset, bytes, ignore, false);
-}
-
+        if (first == last) {
+            return b[first & (WINDOW_CLUSTERS - 1)] & want & LOW_TYPES;
+        }
+        if (last >> WINDOW_BITS == map->check_window) {
+            return bytemap_check((const OvlBytemap *)map->check_data,
+                                 first & (WINDOW_CLUSTERS - 1),
+                                 (last & (WINDOW_CLUSTERS - 1)) + 1,
+                                 want & LOW_TYPES);
+        }
+    }
 #ifdef HAVE_CHECK_POPCNT
-/*
- * Built for POPCNT and chosen at run time: the rank of a slot is one
- * instruction instead of a dozen, and the default build stays baseline.
- */
-static __attribute__((noinline, target("popcnt")))
-unsigned check_popcnt(Qcow2MetadataMap *map, uint64_t offset, uint64_t bytes,
-                      unsigned ignore)
-{
-    return check_hw(map, offset, bytes, ignore, true);
-}
+    if (map->hw_popcount) {
+        return check_popcnt(map, first, last, want);
+    }
 #endif
+    return check_sw(map, first, last, want);
+}
 
 unsigned qcow2_metadata_map_check(Qcow2MetadataMap *map, uint64_t offset,
                                   uint64_t bytes, unsigned ignore)
 {
-#ifdef HAVE_CHECK_POPCNT
-    if (map->hw_popcount) {
-        return check_popcnt(map, offset, bytes, ignore);
-    }
-#endif
-    return check_sw(map, offset, bytes, ignore);
+    return qcow2_metadata_map_check_types(map, QCOW2_OL_ALL & ~ignore, offset,
+                                          bytes);
 }
 
 void qcow2_metadata_map_flush(Qcow2MetadataMap *map)
@@ -1522,6 +1646,15 @@ void ovl_verify_window(const Qcow2MetadataMap *map, OvlVerifyState *vs,
     }
 }
 
+static void verify_claim(const Qcow2MetadataMap *map, const OvlClaim *cl)
+{
+    if (cl->lo < cl->hi) {
+        g_assert_cmpuint(cl->hi, <=, map->meta_end);
+        g_assert_cmpuint(check_range((Qcow2MetadataMap *)map, cl->lo, cl->hi,
+                                     QCOW2_OL_ALL) & ~cl->types, ==, 0);
+    }
+}
+
 void qcow2_metadata_map_verify(const Qcow2MetadataMap *map)
 {
     OvlVerifyState vs = { .mem = sizeof(*map) };
@@ -1588,11 +1721,20 @@ void qcow2_metadata_map_verify(const Qcow2MetadataMap *map)
         }
     }
 
-    /* nothing at or after meta_end (Q): checks there stop at one compare */
+    /*
+     * Nothing at or after meta_end, nothing in the gap, nothing but its
+     * types in 'fresh' (Q): checks there stop at a compare or two.
+     */
     g_assert_cmpuint(vs.content_end, <=, map->meta_end);
     if (map->hi_count) {
         g_assert_cmpuint(map->hi[map->hi_count - 1].end, <=, map->meta_end);
     }
+    verify_claim(map, &map->gap);
+    verify_claim(map, &map->fresh);
+    g_assert_cmpuint(map->claim_lo, ==,
+                     MIN(map->gap.lo < map->gap.hi ? map->gap.lo : UINT64_MAX,
+                         map->fresh.lo < map->fresh.hi ? map->fresh.lo
+                                                       : UINT64_MAX));
 
     /* high types (H): sorted, disjoint, maximal */
     for (i = 0; i < map->hi_count; i++) {

@@ -97,6 +97,13 @@ void qcow2_metadata_map_remove(Qcow2MetadataMap *map, uint64_t offset,
  */
 unsigned qcow2_metadata_map_check(Qcow2MetadataMap *map, uint64_t offset,
                                   uint64_t bytes, unsigned ignore);
+/*
+ * The same, asked the way a write path asks it: which of the types in
+ * @want the range holds.  Its arguments sit where qcow2_overlap_hit()
+ * already has them, so that the write path reaches it with a jump.
+ */
+unsigned qcow2_metadata_map_check_types(Qcow2MetadataMap *map, unsigned want,
+                                        uint64_t offset, uint64_t bytes);
 
 /*
  * Write back and free every bytemap in the LRU cache, e.g. when the image

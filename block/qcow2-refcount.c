@@ -1463,7 +1463,7 @@ int qcow2_overlap_hit(BDRVQcow2State *s, unsigned ignore, uint64_t offset,
 {
     unsigned chk = s->overlap_check & ~ignore;
 
-    if (!chk || !size) {
+    if (!chk) {
         return 0;
     }
     s->overlap_checks++;
@@ -1471,11 +1471,12 @@ int qcow2_overlap_hit(BDRVQcow2State *s, unsigned ignore, uint64_t offset,
                    (chk & (QCOW2_OL_INACTIVE_L1 | QCOW2_OL_INACTIVE_L2)))) {
         return overlap_hit_bad_snapshot(s, chk, offset, size);
     }
-    if (G_LIKELY(s->overlap_algorithm == QCOW2_OVERLAP_WINDOWED &&
-                 s->metadata_map)) {
-        return qcow2_metadata_map_check(s->metadata_map, offset, size, ~chk);
+    /* only the windowed algorithm builds a map (qcow2_map_build()) */
+    if (G_LIKELY(s->metadata_map)) {
+        return qcow2_metadata_map_check_types(s->metadata_map, chk, offset,
+                                              size);
     }
-    return (int)qcow2_linear_overlap_check(s, chk, offset, size);
+    return size ? (int)qcow2_linear_overlap_check(s, chk, offset, size) : 0;
 }
 
 /* A write would hit metadata (@hit): refuse it as QEMU does, naming it. */

@@ -858,6 +858,68 @@ static void test_growth_end_moves_with_enters(void)
     qcow2_metadata_map_free(m);
 }
 
+/*
+ * The last enter past meta_end leaves two claims: its own range holds only
+ * its types, and the clusters it skipped hold none.  A later enter inside
+ * either must break it, or a write would be let through onto metadata.
+ */
+static void test_claims_break_on_enter(void)
+{
+    Qcow2MetadataMap *m = qcow2_metadata_map_new(9, 16);
+
+    enter_c(m, 9, 0, 1, QCOW2_OL_MAIN_HEADER);
+    enter_c(m, 9, 100, 4, L2);              /* skips clusters 1..99 */
+    g_assert_cmpuint(check_c(m, 9, 100, 4, L2), ==, 0);
+    g_assert_cmpuint(check_c(m, 9, 100, 4, 0), ==, L2);
+    g_assert_cmpuint(check_c(m, 9, 1, 99, 0), ==, 0);
+    qcow2_metadata_map_verify(m);
+
+    /* a refcount block in the gap, then one in the fresh range */
+    enter_c(m, 9, 50, 1, RB);
+    g_assert_cmpuint(check_c(m, 9, 40, 20, 0), ==, RB);
+    g_assert_cmpuint(check_c(m, 9, 50, 1, L2), ==, RB);
+    enter_c(m, 9, 102, 1, RB);
+    g_assert_cmpuint(check_c(m, 9, 100, 4, L2), ==, RB);
+    g_assert_cmpuint(check_c(m, 9, 102, 1, L2), ==, RB);
+    qcow2_metadata_map_verify(m);
+
+    /* an enter of the claim's own type keeps it */
+    enter_c(m, 9, 200, 8, L2);
+    enter_c(m, 9, 203, 2, L2);
+    g_assert_cmpuint(check_c(m, 9, 200, 8, L2), ==, 0);
+    g_assert_cmpuint(check_c(m, 9, 150, 40, 0), ==, 0);
+    g_assert_cmpuint(check_c(m, 9, 150, 51, 0), ==, L2);
+    qcow2_metadata_map_verify(m);
+    qcow2_metadata_map_free(m);
+}
+
+/*
+ * The check memo of a cached window survives edits elsewhere, and must not
+ * survive the window losing its bytemap: with a cache of one, loading
+ * another window evicts it, and the new bytemap may take the old one's
+ * memory and handle.
+ */
+static void test_check_memo_of_evicted_bytemap(void)
+{
+    Qcow2MetadataMap *m = qcow2_metadata_map_new(16, 1);
+
+    make_list_window(m, 16, 0);
+    make_list_window(m, 16, 1);
+    enter_c(m, 16, 40, 1, QCOW2_OL_ACTIVE_L1);  /* window 0 cached */
+    enter_c(m, 16, WIN + 40, 1, RB);            /* window 1 cached */
+    touch(m, 16, 0);
+    g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_CACHED);
+    g_assert_cmpuint(check_c(m, 16, 40, 1, 0), ==, QCOW2_OL_ACTIVE_L1);
+    enter_c(m, 16, 5 * WIN, 1, L2);         /* a new window elsewhere */
+    g_assert_cmpuint(check_c(m, 16, 40, 1, 0), ==, QCOW2_OL_ACTIVE_L1);
+    touch(m, 16, 1);                        /* evicts window 0 */
+    g_assert_cmpint(form(m, 0), ==, QCOW2_OVERLAP_WINDOW_LIST);
+    g_assert_cmpuint(check_c(m, 16, 40, 1, 0), ==, QCOW2_OL_ACTIVE_L1);
+    g_assert_cmpuint(check_c(m, 16, WIN + 40, 1, 0), ==, RB);
+    qcow2_metadata_map_verify(m);
+    qcow2_metadata_map_free(m);
+}
+
 static void test_check_memo_follows_edits(void)
 {
     Qcow2MetadataMap *m = qcow2_metadata_map_new(16, 1);
@@ -1454,6 +1516,10 @@ int main(int argc, char **argv)
                          GUINT_TO_POINTER(16), test_random_vs_model);
     g_test_add_func("/qcow2-overlap/growth-end-moves-with-enters",
                     test_growth_end_moves_with_enters);
+    g_test_add_func("/qcow2-overlap/claims-break-on-enter",
+                    test_claims_break_on_enter);
+    g_test_add_func("/qcow2-overlap/check-memo-of-evicted-bytemap",
+                    test_check_memo_of_evicted_bytemap);
     g_test_add_func("/qcow2-overlap/random-queries-at-rest",
                     test_random_queries_at_rest);
     return g_test_run();
