@@ -1368,18 +1368,26 @@ unsigned qcow2_metadata_map_check_types(Qcow2MetadataMap *map, unsigned want,
      * The cached window the last check looked up: the writes of a cache
      * flush, table after table, need no frame either.
      */
-    if (first >> WINDOW_BITS == map->check_window &&
-        slot_tag(map->check_slot) == SLOT_BYTEMAP && !map->hi_count) {
-        const uint8_t *b = ((const OvlBytemap *)map->check_data)->bytes;
+    if (first >> WINDOW_BITS == map->check_window && !map->hi_count) {
+        if (slot_tag(map->check_slot) == SLOT_BYTEMAP) {
+            const uint8_t *b = ((const OvlBytemap *)map->check_data)->bytes;
 
-        if (first == last) {
-            return b[first & (WINDOW_CLUSTERS - 1)] & want & LOW_TYPES;
-        }
-        if (last >> WINDOW_BITS == map->check_window) {
-            return bytemap_check((const OvlBytemap *)map->check_data,
-                                 first & (WINDOW_CLUSTERS - 1),
-                                 (last & (WINDOW_CLUSTERS - 1)) + 1,
-                                 want & LOW_TYPES);
+            if (first == last) {
+                return b[first & (WINDOW_CLUSTERS - 1)] & want & LOW_TYPES;
+            }
+            if (last >> WINDOW_BITS == map->check_window) {
+                return bytemap_check((const OvlBytemap *)map->check_data,
+                                     first & (WINDOW_CLUSTERS - 1),
+                                     (last & (WINDOW_CLUSTERS - 1)) + 1,
+                                     want & LOW_TYPES);
+            }
+        } else if (slot_tag(map->check_slot) == SLOT_LIST && first == last) {
+            /* the same flush through a window at rest (a cache of one) */
+            map->stats.list_queries++;
+            return list_check_one(map->check_data, map->check_list_len,
+                                  map->check_slot,
+                                  first & (WINDOW_CLUSTERS - 1),
+                                  want & LOW_TYPES);
         }
     }
 #ifdef HAVE_CHECK_POPCNT
