@@ -508,8 +508,17 @@ typedef struct OvlVerifyState {
     uint8_t *handle_seen;
 } OvlVerifyState;
 
+/* Provided by qcow2-overlap.c for the introspection and the verifier. */
+unsigned ovl_runs_to_frags(const OvlRun *runs, size_t n, uint32_t *frags);
+unsigned ovl_bytemap_to_frags(const uint8_t *b, uint32_t *frags,
+                              unsigned max);
+unsigned ovl_list_expand(const uint32_t *pool, uint32_t rest, uint8_t *bytes);
+unsigned ovl_list_or(const uint32_t *p, unsigned n, uint32_t rest, unsigned s,
+                     unsigned e);
+unsigned ovl_hi_check(const Qcow2MetadataMap *map, uint64_t s, uint64_t e);
+
 void ovl_dir_verify(const Qcow2MetadataMap *map, OvlVerifyState *vs);
-/* Provided by qcow2-overlap.c; 'list' is the window's words in its pool. */
+/* Provided by qcow2-overlap-verify.c; 'list': the window's pool words. */
 void ovl_verify_window(const Qcow2MetadataMap *map, OvlVerifyState *vs,
                        uint64_t w, uint32_t slot, const uint32_t *list);
 
