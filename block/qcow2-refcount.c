@@ -1431,10 +1431,14 @@ int overlap_hit_bad_snapshot(BDRVQcow2State *s, unsigned chk,
     int hit;
     guint i;
 
-    if (s->overlap_algorithm != QCOW2_OVERLAP_WINDOWED || !s->metadata_map) {
+    if (!size) {
+        return 0;               /* an empty write overlaps nothing */
+    }
+    /* only the windowed algorithm builds a map (qcow2_map_build()) */
+    if (!s->metadata_map) {
         return (int)qcow2_linear_overlap_check(s, chk, offset, size);
     }
-    hit = qcow2_metadata_map_check(s->metadata_map, offset, size, ~chk);
+    hit = qcow2_metadata_map_check_types(s->metadata_map, chk, offset, size);
     if (hit < 0 || (hit & before_l1)) {
         return hit;
     }
@@ -1471,7 +1475,11 @@ int qcow2_overlap_hit(BDRVQcow2State *s, unsigned ignore, uint64_t offset,
                    (chk & (QCOW2_OL_INACTIVE_L1 | QCOW2_OL_INACTIVE_L2)))) {
         return overlap_hit_bad_snapshot(s, chk, offset, size);
     }
-    /* only the windowed algorithm builds a map (qcow2_map_build()) */
+    /*
+     * Only the windowed algorithm builds a map (qcow2_map_build()).  An
+     * empty range overlaps nothing; each path below answers that itself,
+     * which keeps a test off the path every write takes.
+     */
     if (G_LIKELY(s->metadata_map)) {
         return qcow2_metadata_map_check_types(s->metadata_map, chk, offset,
                                               size);

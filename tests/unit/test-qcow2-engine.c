@@ -449,6 +449,54 @@ static void test_inactive_l2_not_checked_in_cached(void)
     inactive_l2_protection("overlap-check=cached", false);
 }
 
+/*
+ * A snapshot L1 table that fails validation refuses writes to the range it
+ * claims and fails writes that check inactive L2 tables, as in QEMU, but
+ * a write of no bytes overlaps nothing: the write path's entry leaves that
+ * answer to the path below it, and the one for damaged snapshots must give
+ * it too.
+ */
+static void empty_range_with_bad_snapshot(const char *runtime)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardImage *img = create_and_open("badsn.qcow2", "size=4M", runtime);
+    BDRVQcow2State *s = img->opaque;
+    g_autofree char *path = g_strdup(qguard_image_filename(img));
+    uint64_t table;
+    uint8_t huge[4] = { 0x10, 0, 0, 0 };       /* l1_size 0x10000000 */
+    FILE *f;
+
+    g_assert_cmpint(qguard_snapshot_create(img, "s", &err), ==, 0);
+    table = s->snapshots_offset;
+    test_image_close(img);
+    f = fopen(path, "r+b");
+    g_assert_nonnull(f);
+    g_assert_cmpint(fseek(f, table + 8, SEEK_SET), ==, 0);
+    g_assert_cmpuint(fwrite(huge, 1, sizeof(huge), f), ==, sizeof(huge));
+    g_assert_cmpint(fclose(f), ==, 0);
+
+    img = test_image_open(path, "qcow2", runtime, QGUARD_OPEN_RDWR);
+    s = img->opaque;
+    g_assert_cmpint(s->snapshot_l1_error, <, 0);
+    /* past the table's offset: inside the 2 GiB the bad table claims */
+    g_assert_cmpint(qcow2_overlap_hit(s, 0, 1 << 20, 512), ==,
+                    QCOW2_OL_INACTIVE_L1);
+    g_assert_cmpint(qcow2_overlap_hit(s, 0, 1 << 20, 0), ==, 0);
+    g_assert_cmpint(qcow2_overlap_hit(s, 0, 0, 0), ==, 0);
+    qguard_image_close(img, NULL);
+}
+
+static void test_empty_range_with_bad_snapshot(void)
+{
+    empty_range_with_bad_snapshot("overlap-check=all");
+}
+
+static void test_empty_range_with_bad_snapshot_linear(void)
+{
+    empty_range_with_bad_snapshot("overlap-check=all,"
+                                  "overlap-check.algorithm=linear");
+}
+
 /* ---- Refcount structures ----------------------------------------------- */
 
 static void test_refcount_accessors_round_trip(void)
@@ -907,6 +955,10 @@ int main(int argc, char **argv)
                     test_inactive_l2_refused_in_all_linear);
     g_test_add_func("/qcow2/snapshots/inactive-l2-not-checked-in-cached",
                     test_inactive_l2_not_checked_in_cached);
+    g_test_add_func("/qcow2/overlap/empty-range-with-bad-snapshot",
+                    test_empty_range_with_bad_snapshot);
+    g_test_add_func("/qcow2/overlap/empty-range-with-bad-snapshot-linear",
+                    test_empty_range_with_bad_snapshot_linear);
     g_test_add_func("/qcow2/discard/reads-zero",
                     test_discard_reads_zero_or_old);
     g_test_add_func("/qcow2/order/allocation-refcount-l2-l1",
