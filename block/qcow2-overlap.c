@@ -1367,8 +1367,12 @@ unsigned qcow2_metadata_map_check_types(Qcow2MetadataMap *map, unsigned want,
         return 0;
     }
     /*
-     * The cached window the last check looked up: the writes of a cache
-     * flush, table after table, need no frame either.
+     * The window the last check looked up, when it is cached or one
+     * cluster of a list: the writes of a cache flush, table after table,
+     * need no frame either.  These are the cases of slot_check() that
+     * compile without one; calling slot_check() here would give this
+     * function a frame, which costs workload 1 of make bench 7
+     * instructions per check and workload 2 9.
      */
     if (first >> WINDOW_BITS == map->check_window && !map->hi_count) {
         if (slot_tag(map->check_slot) == SLOT_BYTEMAP) {
