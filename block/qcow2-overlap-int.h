@@ -504,7 +504,6 @@ void ovl_dir_free(Qcow2MetadataMap *map);
 
 typedef struct OvlVerifyState {
     uint64_t mem, windows, fragments, bytemaps, handles;
-    uint64_t content_end;           /* one past the last cluster with a type */
     uint8_t *handle_seen;
 } OvlVerifyState;
 

@@ -164,15 +164,6 @@ static void verify_list(OvlVerifyState *vs, const uint32_t *pool, uint32_t slot)
  * One window, called by the directory walk; 'list' points at its words in
  * the pool.
  */
-/* One past the last cluster of window w that holds a type. */
-static unsigned window_frags_end(const Qcow2MetadataMap *map, uint64_t w)
-{
-    uint32_t frags[WINDOW_CLUSTERS];
-    unsigned n = window_frags(map, w, frags);
-
-    return n ? frag_end(frags[n - 1]) : 0;
-}
-
 void ovl_verify_window(const Qcow2MetadataMap *map, OvlVerifyState *vs,
                        uint64_t w, uint32_t slot, const uint32_t *list)
 {
@@ -181,8 +172,6 @@ void ovl_verify_window(const Qcow2MetadataMap *map, OvlVerifyState *vs,
     unsigned n;
 
     vs->windows++;
-    vs->content_end = MAX(vs->content_end,
-                          (w << WINDOW_BITS) + window_frags_end(map, w));
     switch (slot_tag(slot)) {
     case SLOT_INLINE:
     case SLOT_PAIR:
@@ -234,33 +223,41 @@ void ovl_verify_window(const Qcow2MetadataMap *map, OvlVerifyState *vs,
 }
 
 /*
- * A claim holds: no cluster of [lo, hi) has a type outside its types.  Read
- * through the introspection, which leaves the memos and counters alone.
+ * No cluster of [lo, hi) has a type outside @types.  Read through the
+ * introspection, which leaves the memos and counters alone.
  */
-static void verify_claim(const Qcow2MetadataMap *map, const OvlClaim *cl)
+static void verify_range_holds(const Qcow2MetadataMap *map, uint64_t lo,
+                               uint64_t hi, unsigned types)
 {
     uint32_t frags[WINDOW_CLUSTERS];
     uint64_t w;
 
-    if (cl->lo >= cl->hi) {
+    if (lo >= hi) {
         return;
     }
-    g_assert_cmpuint(cl->hi, <=, map->meta_end);
-    for (w = ovl_window_next(map, cl->lo >> WINDOW_BITS);
-         w <= (cl->hi - 1) >> WINDOW_BITS; w = ovl_window_next(map, w + 1)) {
+    for (w = ovl_window_next(map, lo >> WINDOW_BITS);
+         w <= (hi - 1) >> WINDOW_BITS; w = ovl_window_next(map, w + 1)) {
         unsigned n = window_frags(map, w, frags);
         unsigned i;
 
         for (i = 0; i < n; i++) {
             uint64_t s = (w << WINDOW_BITS) + frag_start(frags[i]);
 
-            if (s < cl->hi && cl->lo < s + frag_len(frags[i])) {
-                g_assert_cmpuint(frag_types(frags[i]) & ~cl->types, ==, 0);
+            if (s < hi && lo < s + frag_len(frags[i])) {
+                g_assert_cmpuint(frag_types(frags[i]) & ~types, ==, 0);
             }
         }
     }
     if (map->hi_count) {
-        g_assert_cmpuint(ovl_hi_check(map, cl->lo, cl->hi) & ~cl->types, ==, 0);
+        g_assert_cmpuint(ovl_hi_check(map, lo, hi) & ~types, ==, 0);
+    }
+}
+
+static void verify_claim(const Qcow2MetadataMap *map, const OvlClaim *cl)
+{
+    if (cl->lo < cl->hi) {
+        g_assert_cmpuint(cl->hi, <=, map->meta_end);
+        verify_range_holds(map, cl->lo, cl->hi, cl->types);
     }
 }
 
@@ -334,10 +331,7 @@ void qcow2_metadata_map_verify(const Qcow2MetadataMap *map)
      * Nothing at or after meta_end, nothing in the gap, nothing but its
      * types in 'fresh' (Q): checks there stop at a compare or two.
      */
-    g_assert_cmpuint(vs.content_end, <=, map->meta_end);
-    if (map->hi_count) {
-        g_assert_cmpuint(map->hi[map->hi_count - 1].end, <=, map->meta_end);
-    }
+    verify_range_holds(map, map->meta_end, UINT64_MAX, 0);
     verify_claim(map, &map->gap);
     verify_claim(map, &map->fresh);
     g_assert_cmpuint(map->claim_lo, ==,
