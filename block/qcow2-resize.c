@@ -7,7 +7,8 @@
  *
  * A grown area reads as zeros, as in QEMU 7.2, even where a backing file
  * reaches into it: the area is written as zero clusters, and a v2 image,
- * which has none, refuses such a grow with QEMU's message.
+ * which has none, refuses a grow past the cluster of the old end
+ * with QEMU's message (inside that cluster it writes zeros, as QEMU does).
  */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -130,8 +131,13 @@ int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
     /* Only a backing file longer than the disk can show through a grow. */
     zero_new = size > old_size && img->backing &&
                img->backing->total_size > old_size;
-    if (zero_new && s->qcow_version < 3) {
-        /* Without the zero flag QEMU refuses, before changing anything. */
+    if (zero_new && s->qcow_version < 3 &&
+        size > ROUND_UP(old_size, (uint64_t)s->cluster_size)) {
+        /*
+         * Without the zero flag QEMU refuses a grow that needs zero
+         * clusters (one past the old end's cluster), before changing
+         * anything.  Inside that cluster it writes zeros.
+         */
         g_set_error(errp, QGUARD_ERROR, ENOTSUP,
                     "Failed to zero out new clusters: %s", g_strerror(ENOTSUP));
         return -ENOTSUP;

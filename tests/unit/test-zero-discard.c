@@ -284,6 +284,33 @@ static void test_grow_over_backing_v2(void)
     test_image_close(img);
 }
 
+/*
+ * Inside the cluster of the old end QEMU writes real zeros, which a v2
+ * image can hold: only a grow past that cluster is refused.
+ */
+static void test_grow_over_backing_v2_in_last_cluster(void)
+{
+    QGuardImage *img = overlay("grow2c.qcow2", "0.10", 2 * MiB - 1024);
+    g_autoptr(GError) err = NULL;
+
+    g_assert_cmpint(qguard_image_truncate(img, 2 * MiB - 512, false, NULL,
+                                          &err), ==, 0);
+    g_assert_no_error(err);
+    g_assert_cmpuint(qguard_image_size(img), ==, 2 * MiB - 512);
+    assert_reads(img, 0, 2 * MiB - 1024, 0x11);
+    assert_reads(img, 2 * MiB - 1024, 512, 0);
+    g_assert_cmpint(qguard_image_truncate(img, 2 * MiB, false, NULL, &err),
+                    ==, 0);
+    g_assert_no_error(err);
+    assert_reads(img, 2 * MiB - 1024, 1024, 0);
+    g_assert_cmpint(qguard_image_truncate(img, 2 * MiB + 512, false, NULL,
+                                          &err), ==, -ENOTSUP);
+    g_assert_cmpstr(err->message, ==,
+                    "Failed to zero out new clusters: Operation not supported");
+    g_assert_cmpuint(qguard_image_size(img), ==, 2 * MiB);
+    test_image_close(img);
+}
+
 int main(int argc, char **argv)
 {
     int ret;
@@ -314,6 +341,8 @@ int main(int argc, char **argv)
                     test_grow_over_backing);
     g_test_add_func("/zero-discard/grow/over-longer-backing-v2-refused",
                     test_grow_over_backing_v2);
+    g_test_add_func("/zero-discard/grow/over-longer-backing-v2-last-cluster",
+                    test_grow_over_backing_v2_in_last_cluster);
 
     ret = g_test_run();
     test_scratch_remove();
