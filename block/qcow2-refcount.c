@@ -1160,6 +1160,17 @@ static int update_refcount_range(BDRVQcow2State *s, uint64_t first,
                 /* A freed table must never be written back from a cache. */
                 qcow2_cache_discard(s->l2_table_cache, off);
                 qcow2_cache_discard(s->refcount_block_cache, off);
+                /*
+                 * Once free, the cluster may come back as anything (a data
+                 * cluster, a table): the next compressed bytes must not be
+                 * packed after the ones it held.  QEMU 7.2 keeps packing
+                 * there and writes compressed data into whatever the
+                 * cluster has become.
+                 */
+                if (s->free_byte_offset &&
+                    s->free_byte_offset >> s->cluster_bits == c) {
+                    s->free_byte_offset = 0;
+                }
                 remember_freed_cluster(s, c, type != QCOW2_DISCARD_NEVER &&
                                              s->discard_passthrough[type]);
             }

@@ -70,6 +70,20 @@ static void assert_check_clean(QGuardImage *img)
     g_assert_cmpint(res.check_errors, ==, 0);
 }
 
+/* Every byte of [offset, offset + len) reads back as @byte. */
+static void assert_reads_byte(QGuardImage *img, uint64_t offset, uint64_t len,
+                              uint8_t byte)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree uint8_t *buf = g_malloc(len);
+    g_autofree uint8_t *want = g_malloc(len);
+
+    memset(want, byte, len);
+    g_assert_cmpint(qguard_image_pread(img, offset, len, buf, &err), ==, 0);
+    g_assert_no_error(err);
+    g_assert_cmpmem(buf, len, want, len);
+}
+
 /* ---- Sized structs of the public API ------------------------------------ */
 
 /*
@@ -269,6 +283,46 @@ static void test_compressed_512_refcount_1(void)
 static void test_compressed_2m_unaligned_size(void)
 {
     compressed_round_trip("size=9000000,cluster_size=2M");
+}
+
+/*
+ * Compressed data is packed after the last compressed bytes, in the same
+ * host cluster.  When that cluster is freed and comes back as a data
+ * cluster, the next compressed write must go elsewhere: QEMU 7.2 packs it
+ * there, over the guest data, and the data cluster ends with refcount 2.
+ */
+static void test_compressed_after_its_cluster_is_reused(void)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardImage *img = create_and_open("compressed-reuse.qcow2", "size=4M",
+                                       NULL);
+    uint64_t cs = qguard_image_cluster_size(img);
+    g_autofree uint8_t *buf = g_malloc(cs);
+
+    memset(buf, 0x11, cs);
+    g_assert_cmpint(qguard_image_pwrite_compressed(img, 13 * cs, cs, buf,
+                                                   &err), ==, 0);
+    /* the compressed cluster's host cluster drops to refcount 0 */
+    memset(buf, 0x22, cs);
+    g_assert_cmpint(qguard_image_pwrite(img, 13 * cs, cs, buf, 0, &err), ==,
+                    0);
+    /* once the tables no longer name it, it is free for the next write */
+    g_assert_cmpint(qguard_image_flush(img, &err), ==, 0);
+    memset(buf, 0x33, cs);
+    g_assert_cmpint(qguard_image_pwrite(img, 2 * cs, cs, buf, 0, &err), ==,
+                    0);
+    memset(buf, 0x44, cs);
+    g_assert_cmpint(qguard_image_pwrite_compressed(img, 32 * cs, cs, buf,
+                                                   &err), ==, 0);
+    g_assert_no_error(err);
+    assert_reads_byte(img, 2 * cs, cs, 0x33);
+    assert_reads_byte(img, 13 * cs, cs, 0x22);
+    assert_reads_byte(img, 32 * cs, cs, 0x44);
+    assert_check_clean(img);
+    img = reopen(img, NULL);
+    assert_reads_byte(img, 2 * cs, cs, 0x33);
+    assert_check_clean(img);
+    qguard_image_close(img, NULL);
 }
 
 /* ---- Snapshots against a model ------------------------------------------ */
@@ -944,6 +998,8 @@ int main(int argc, char **argv)
                     test_compressed_512_refcount_1);
     g_test_add_func("/qcow2/compressed/2m-unaligned-size",
                     test_compressed_2m_unaligned_size);
+    g_test_add_func("/qcow2/compressed/after-its-cluster-is-reused",
+                    test_compressed_after_its_cluster_is_reused);
     g_test_add_func("/qcow2/snapshots/model-64k", test_snapshots_model_64k);
     g_test_add_func("/qcow2/snapshots/model-512-all",
                     test_snapshots_model_512_all);
