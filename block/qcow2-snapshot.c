@@ -587,15 +587,25 @@ static int begin_snapshot_op(BDRVQcow2State *s)
 }
 
 /*
- * @consistent: even a failed operation left the tables consistent (only
- * leaks), so that once they are flushed the image is clean, as QEMU leaves
- * it.
+ * Flush, and mark a v3 image clean again when its tables are consistent:
+ * after success, or after a failure that left only leaks.
  */
-static int end_snapshot_op(BDRVQcow2State *s, int ret, bool consistent)
+static int end_snapshot_op(BDRVQcow2State *s, int ret)
 {
-    int ret2 = qcow2_flush_metadata(s);
+    bool consistent = ret >= 0;
+    int ret2;
 
-    if ((ret >= 0 || consistent) && ret2 >= 0 && !s->use_lazy_refcounts) {
+    if (ret < 0) {
+        /*
+         * A walk that stopped half-way (a refcount that would overflow,
+         * an I/O error) changed some refcounts but not the COPIED flags
+         * that follow from them.  Once the flags say what the counts are,
+         * only leaks remain.  QEMU 7.2 leaves such an image corrupt.
+         */
+        consistent = fix_copied_flags(s) >= 0;
+    }
+    ret2 = qcow2_flush_metadata(s);
+    if (consistent && ret2 >= 0 && !s->use_lazy_refcounts) {
         ret2 = qcow2_mark_clean(s);
     }
     return ret < 0 ? ret : ret2;
@@ -674,7 +684,7 @@ int qcow2_snapshot_create(BDRVQcow2State *s, const char *name, GError **errp)
                     QCOW2_OL_INACTIVE_L1);
     qcow2_map_inactive_l2(s, s->l1_table, s->l1_size, true);
 out:
-    return qcow2_error_propagate(end_snapshot_op(s, ret, true), errp);
+    return qcow2_error_propagate(end_snapshot_op(s, ret), errp);
 }
 
 int qcow2_snapshot_apply(BDRVQcow2State *s, const char *id_or_name,
@@ -786,7 +796,7 @@ int qcow2_snapshot_apply(BDRVQcow2State *s, const char *id_or_name,
     }
 out:
     g_free(old_l1);
-    return qcow2_error_propagate(end_snapshot_op(s, ret, false), errp);
+    return qcow2_error_propagate(end_snapshot_op(s, ret), errp);
 }
 
 int qcow2_snapshot_delete(BDRVQcow2State *s, const char *id_or_name,
@@ -851,7 +861,7 @@ int qcow2_snapshot_delete(BDRVQcow2State *s, const char *id_or_name,
         ret = fix_copied_flags(s);
     }
 out:
-    return qcow2_error_propagate(end_snapshot_op(s, ret, false), errp);
+    return qcow2_error_propagate(end_snapshot_op(s, ret), errp);
 }
 
 /*

@@ -431,6 +431,50 @@ static void snapshot_model(const char *create_opts, const char *runtime)
     qguard_image_close(img, NULL);
 }
 
+/*
+ * A snapshot whose references would overflow a refcount fails half-way,
+ * after the first L2 table gained its reference: the image must keep
+ * only leaks, with COPIED flags that match the counts and the same data.
+ */
+static void test_snapshot_refcount_overflow_leaves_leaks(void)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardImage *img = create_and_open("snap-overflow.qcow2",
+                                       "size=1M,cluster_size=1k,"
+                                       "refcount_bits=2", NULL);
+    g_autoptr(GString) log = g_string_new(NULL);
+    QGuardCheckResult res = QGUARD_SIZED(QGuardCheckResult);
+    uint8_t buf[4096];
+    int i;
+
+    memset(buf, 1, sizeof(buf));
+    g_assert_cmpint(qguard_image_pwrite(img, 0, sizeof(buf), buf, 0, &err),
+                    ==, 0);
+    /* three compressed clusters packed into one host cluster: refcount 3 */
+    for (i = 0; i < 3; i++) {
+        memset(buf, 2 + i, 1024);
+        g_assert_cmpint(qguard_image_pwrite_compressed(img,
+                                                       256 * 1024 + i * 1024,
+                                                       1024, buf, &err),
+                        ==, 0);
+    }
+    g_assert_cmpint(qguard_snapshot_create(img, "s1", &err), ==, -EINVAL);
+    g_clear_error(&err);
+    img = reopen(img, NULL);
+    g_assert_cmpint(qguard_image_check(img, 0, &res, report_to_test_log, log,
+                                       &err), ==, 0);
+    if (res.corruptions) {
+        g_test_message("check output:\n%s", log->str);
+    }
+    g_assert_cmpint(res.corruptions, ==, 0);
+    g_assert_cmpint(res.check_errors, ==, 0);
+    assert_reads_byte(img, 0, 4096, 1);
+    for (i = 0; i < 3; i++) {
+        assert_reads_byte(img, 256 * 1024 + i * 1024, 1024, 2 + i);
+    }
+    qguard_image_close(img, NULL);
+}
+
 static void test_snapshots_model_64k(void)
 {
     snapshot_model("size=8M", NULL);
@@ -1001,6 +1045,8 @@ int main(int argc, char **argv)
     g_test_add_func("/qcow2/compressed/after-its-cluster-is-reused",
                     test_compressed_after_its_cluster_is_reused);
     g_test_add_func("/qcow2/snapshots/model-64k", test_snapshots_model_64k);
+    g_test_add_func("/qcow2/snapshots/refcount-overflow-leaves-leaks",
+                    test_snapshot_refcount_overflow_leaves_leaks);
     g_test_add_func("/qcow2/snapshots/model-512-all",
                     test_snapshots_model_512_all);
     g_test_add_func("/qcow2/snapshots/model-v2-linear",
