@@ -566,8 +566,10 @@ def ir60_md(res):
            "rank, slot, list length) and, in a list window, the search for "
            "its fragment: 100 or more instructions. Random writes into "
            "preallocated clusters (w3) land between L2 tables 65 clusters "
-           "apart, where nothing answers ahead of the lookup; 60 would need "
-           "a flat directory (docs/overlap-map.md)." % (
+           "apart, where nothing answers ahead of the lookup. The entry and "
+           "the tests before the lookup take about 40 instructions and a "
+           "list search about 50, so a flatter directory would still leave "
+           "it above 100 (docs/overlap-map.md has the breakdown)." % (
                "; ".join(det), ", ".join(met) or "none",
                ", ".join(missed) or "none"))
     return out
