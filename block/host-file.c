@@ -70,6 +70,12 @@ struct HostFile {
      */
     uint32_t req_align;
     uint32_t zero_align;
+    /*
+     * host_file_zero_alloc() found that fallocate() has no
+     * FALLOC_FL_ZERO_RANGE here, or no allocation at all.
+     */
+    bool no_zero_range;
+    bool no_zero_alloc;
     dev_t dev;
     ino_t ino;
 };
@@ -862,6 +868,60 @@ int host_file_punch_zeroes(HostFile *file, uint64_t offset, uint64_t bytes)
 {
     return zero_range(file, offset, bytes,
                       FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, false);
+}
+
+int host_file_zero_alloc(HostFile *file, uint64_t offset, uint64_t bytes)
+{
+    int64_t len;
+    int ret;
+
+    if (file->zero_align > 1 || file->req_align > 1 ||
+        __atomic_load_n(&file->no_zero_alloc, __ATOMIC_RELAXED)) {
+        return -ENOTSUP;
+    }
+    if (!__atomic_load_n(&file->no_zero_range, __ATOMIC_RELAXED)) {
+        /* To a recorder: the range reads zeros, and the file covers it. */
+        ret = begin_change(file, HOST_FILE_DISCARD, offset, bytes);
+        if (ret == 0) {
+            ret = begin_change(file, HOST_FILE_WRITE, offset, bytes);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        if (fallocate(file->fd, FALLOC_FL_ZERO_RANGE, offset, bytes) == 0) {
+            return 0;
+        }
+        if (errno != EOPNOTSUPP) {
+            return -errno;
+        }
+        __atomic_store_n(&file->no_zero_range, true, __ATOMIC_RELAXED);
+    }
+    /*
+     * Past the end of the file everything reads as zeros: allocating the
+     * range only extends the file.  The range is the caller's (a new
+     * cluster), so no other write lands in it meanwhile, and a write
+     * elsewhere that extends the file past it leaves it a hole.
+     */
+    len = host_file_length(file);
+    if (len < 0) {
+        return len;
+    }
+    if (offset < (uint64_t)len) {
+        return -ENOTSUP;
+    }
+    /* To a recorder, as to host_file_allocate(): the file grows. */
+    ret = begin_change(file, HOST_FILE_WRITE, offset, bytes);
+    if (ret < 0) {
+        return ret;
+    }
+    if (fallocate(file->fd, 0, offset, bytes) == 0) {
+        return 0;
+    }
+    if (errno != EOPNOTSUPP) {
+        return -errno;
+    }
+    __atomic_store_n(&file->no_zero_alloc, true, __ATOMIC_RELAXED);
+    return -ENOTSUP;
 }
 
 int host_file_is_hole(HostFile *file, uint64_t offset, uint64_t *bytes,

@@ -109,6 +109,14 @@ int host_file_discard(HostFile *file, uint64_t offset, uint64_t bytes);
  */
 int host_file_punch_zeroes(HostFile *file, uint64_t offset, uint64_t bytes);
 /*
+ * Make a range read as zeros without writing them, the file extended to
+ * cover it (QEMU's write-zeroes with BDRV_REQ_NO_FALLBACK, as qcow2's
+ * handle_alloc_space() uses it): FALLOC_FL_ZERO_RANGE, or where the file
+ * system has none, fallocate() of a range that starts at or past the end
+ * of the file.  -ENOTSUP when neither applies; the caller writes zeros.
+ */
+int host_file_zero_alloc(HostFile *file, uint64_t offset, uint64_t bytes);
+/*
  * Is [offset, offset + *bytes) a hole?  On return *bytes is shortened to the
  * extent that has the same answer.  Files without SEEK_HOLE report data.
  */

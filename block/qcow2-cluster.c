@@ -800,6 +800,24 @@ static void inflight_remove(BDRVQcow2State *s, uint64_t first)
     g_cond_broadcast(&s->inflight_cond);
 }
 
+/*
+ * Does a cluster with L2 entry @entry read as zeros from this image alone
+ * (no backing file to look through)?  Then copy-on-write from it copies
+ * nothing but zeros.
+ */
+static bool cow_source_zero(BDRVQcow2State *s, uint64_t entry)
+{
+    switch (qcow2_get_cluster_type(s, entry)) {
+    case QCOW2_CLUSTER_UNALLOCATED:
+        return !s->img->backing;
+    case QCOW2_CLUSTER_ZERO_PLAIN:
+    case QCOW2_CLUSTER_ZERO_ALLOC:
+        return true;
+    default:
+        return false;
+    }
+}
+
 /* Copy-on-write space of two clusters, kept for the next write. */
 static uint8_t *cow_get(BDRVQcow2State *s)
 {
@@ -869,7 +887,7 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
     uint64_t gfirst = offset >> s->cluster_bits;
     uint64_t l2_offset, entry, host, n, got, run_bytes = 0, head, tail, i;
     uint64_t last, end_in_last, cow_from, cow_to;
-    bool sc_meta, registered = false;
+    bool sc_meta, zero_cow, registered = false;
     struct iovec iov[3];
     int iovcnt = 0;
     uint64_t *old_entries = NULL;
@@ -889,6 +907,8 @@ retry:
     entry = l2_get(s, l2_table, l2_index);
     kind = run_kind(s, entry);
     host = entry & L2E_OFFSET_MASK;
+    zero_cow = kind == RUN_ALLOCATE && !has_data_file(s) &&
+               !has_subclusters(s) && cow_source_zero(s, entry);
     for (n = 1; n < nclusters; n++) {
         uint64_t next_entry = l2_get(s, l2_table, l2_index + n);
 
@@ -899,6 +919,7 @@ retry:
             (next_entry & L2E_OFFSET_MASK) != host + (n << s->cluster_bits)) {
             break;
         }
+        zero_cow = zero_cow && cow_source_zero(s, next_entry);
     }
     if (has_subclusters(s)) {
         ret = check_subcluster_run(s, l2_table, l2_offset, l2_index, n,
@@ -1000,11 +1021,28 @@ retry:
     g_mutex_unlock(&s->meta_lock);
 
     /*
+     * Copy-on-write from clusters that read as zeros: make the new
+     * clusters zeros with one fallocate() and write only the request's
+     * bytes, as QEMU's handle_alloc_space() does.  The zeros are made
+     * durable by the same flush as written ones (rule 2 of the write
+     * order in docs/design.md).
+     */
+    if (zero_cow && (head || tail)) {
+        ret = host_file_zero_alloc(s->file, host + cow_from,
+                                   head + run_bytes + tail);
+        if (ret == 0) {
+            head = tail = 0;
+        } else if (ret == -ENOTSUP) {
+            ret = 0;
+        }
+    }
+
+    /*
      * Copy-on-write: the untouched parts of the first and last cluster.
      * They read what the entries name now, which nothing else changes
      * while this write is in flight.
      */
-    if (head) {
+    if (head && ret >= 0) {
         ret = qcow2_read_guest(s, offset - head, head, cow);
         iov[iovcnt++] = (struct iovec){ cow, head };
     }
@@ -1015,7 +1053,7 @@ retry:
         iov[iovcnt++] = (struct iovec){ cow + s->cluster_size, tail };
     }
     if (ret >= 0) {
-        ret = data_write(s, host + cow_from, iov, iovcnt);
+        ret = data_write(s, host + in_cluster - head, iov, iovcnt);
     }
     g_mutex_lock(&s->meta_lock);
     if (ret < 0) {
