@@ -3,7 +3,8 @@
  * What a guest sees after zero writes, discards and grows, through the
  * library API, by QEMU 7.2's rules: fast zeros that would have to write
  * data fail and change nothing; the "discard" open option; v2 images,
- * which have no zero flag; a grow over a longer backing file.
+ * which have no zero flag; a grow over a longer backing file; the zeros
+ * around a write into a new cluster.
  * tests/qemu-iotests/400 and 401 compare the same cases with QEMU's tools.
  *
  * Copyright (c) 2026 The qguard authors
@@ -311,6 +312,78 @@ static void test_grow_over_backing_v2_in_last_cluster(void)
     test_image_close(img);
 }
 
+/* ---- Copy-on-write of zeros (fallocate instead of written zeros) ------- */
+
+static uint64_t host_offset(QGuardImage *img, uint64_t offset)
+{
+    g_autoptr(GError) err = NULL;
+    QGuardBlockStatus st = QGUARD_SIZED(QGuardBlockStatus);
+
+    g_assert_cmpint(qguard_image_block_status(img, offset, 1, &st, &err), ==,
+                    0);
+    g_assert_no_error(err);
+    g_assert_true(st.flags & QGUARD_BLOCK_OFFSET_VALID);
+    return st.host_offset;
+}
+
+/*
+ * A 4 KiB write into an unallocated cluster reads as zeros around it,
+ * also when the new cluster is a freed one that still holds old data in
+ * the file (kept there by pass-discard-request=off), and after a reopen.
+ * On a file system with FALLOC_FL_ZERO_RANGE (ext4, xfs) the zeros are
+ * made by it; on tmpfs the reused cluster gets written zeros and the one
+ * past the end of the file an fallocate().  @dir: where the image goes,
+ * NULL for the scratch directory.
+ */
+static void test_cow_zeros(gconstpointer dir)
+{
+    g_autofree char *tmp = NULL;
+    g_autofree char *path = NULL;
+    g_autoptr(GError) err = NULL;
+    QGuardImage *img;
+    uint64_t old_host;
+    int pass;
+
+    if (dir) {
+        if (!g_file_test(dir, G_FILE_TEST_IS_DIR)) {
+            g_test_skip("no such directory");
+            return;
+        }
+        tmp = g_build_filename(dir, "qguard-cow-zeros-XXXXXX", NULL);
+        g_assert_nonnull(g_mkdtemp(tmp));
+        path = g_build_filename(tmp, "cz.qcow2", NULL);
+        test_image_new(path, "qcow2", "size=1M");
+    } else {
+        path = create("cz.qcow2", "qcow2", "size=1M");
+    }
+    img = test_image_open(path, "qcow2", "pass-discard-request=off",
+                          QGUARD_OPEN_RDWR);
+    write_pattern(img, 0, CLUSTER, 0xff);
+    old_host = host_offset(img, 0);
+    g_assert_cmpint(qguard_image_discard(img, 0, CLUSTER, &err), ==, 0);
+    g_assert_no_error(err);
+    g_assert_cmpint(qguard_image_flush(img, &err), ==, 0);
+    g_assert_no_error(err);
+
+    write_pattern(img, CLUSTER + 4096, 4096, 0xab);
+    g_assert_cmpuint(host_offset(img, CLUSTER), ==, old_host);
+    write_pattern(img, 3 * CLUSTER + 512, 512, 0xcd);
+    for (pass = 0; pass < 2; pass++) {
+        assert_reads(img, 0, CLUSTER + 4096, 0);
+        assert_reads(img, CLUSTER + 4096, 4096, 0xab);
+        assert_reads(img, CLUSTER + 8192, 2 * CLUSTER + 512 - 8192, 0);
+        assert_reads(img, 3 * CLUSTER + 512, 512, 0xcd);
+        assert_reads(img, 3 * CLUSTER + 1024, CLUSTER - 1024, 0);
+        test_image_close(img);
+        img = test_image_open(path, "qcow2", NULL, QGUARD_OPEN_RDWR);
+    }
+    test_image_close(img);
+    g_assert_cmpint(g_unlink(path), ==, 0);
+    if (tmp) {
+        g_assert_cmpint(g_rmdir(tmp), ==, 0);
+    }
+}
+
 int main(int argc, char **argv)
 {
     int ret;
@@ -343,6 +416,10 @@ int main(int argc, char **argv)
                     test_grow_over_backing_v2);
     g_test_add_func("/zero-discard/grow/over-longer-backing-v2-last-cluster",
                     test_grow_over_backing_v2_in_last_cluster);
+    g_test_add_data_func("/zero-discard/cow-zeros/scratch", NULL,
+                         test_cow_zeros);
+    g_test_add_data_func("/zero-discard/cow-zeros/dev-shm", "/dev/shm",
+                         test_cow_zeros);
 
     ret = g_test_run();
     test_scratch_remove();
