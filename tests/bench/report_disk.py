@@ -202,10 +202,16 @@ def targets(res, ir_rows):
                       r["server"] == "qguard"), None)
             e = next((r for r in n["rows"] if r["connections"] == conns and
                       r["server"] == "qemu-nbd"), None)
+            t = next((r for r in n["rows"] if r["connections"] == conns and
+                      r["server"] == "qguard-t2"), None)
             if q and e:
                 det.append("%d conn: qguard %.0f IOPS p50 %.2f p99 %.2f ms, "
-                           "qemu-nbd %.0f IOPS p50 %.2f p99 %.2f ms" % (
+                           "%sqemu-nbd %.0f IOPS p50 %.2f p99 %.2f ms" % (
                                conns, q["iops"], q["p50_ms"], q["p99_ms"],
+                               "qguard nbdkit --threads=2 %.0f IOPS p50 "
+                               "%.2f p99 %.2f ms, " % (
+                                   t["iops"], t["p50_ms"], t["p99_ms"])
+                               if t else "",
                                e["iops"], e["p50_ms"], e["p99_ms"]))
         out.append(("NBD 4 KiB random writes, QD 16 per connection: p50/p99 "
                     "beside qemu-nbd (writes to different clusters in "
