@@ -587,22 +587,23 @@ static int begin_snapshot_op(BDRVQcow2State *s)
 }
 
 /*
- * Flush, and mark a v3 image clean again when its tables are consistent:
- * after success, or after a failure that left only leaks.
+ * Flush, and mark a v3 image clean again when its tables are consistent.
+ * A walk that stopped half-way (a refcount that would overflow, an I/O
+ * error) changed some refcounts but not the COPIED flags that follow from
+ * them, so after any failure the flags are first set from the counts; QEMU
+ * 7.2 leaves such an image corrupt.  @only_leaks: a failure of this
+ * operation can only leave counts too high (create adds references and
+ * nothing else), so the image is then clean.  Apply and delete also drop
+ * references and may have met damaged counts: they keep the dirty bit,
+ * and the next read-write open rebuilds the refcounts.
  */
-static int end_snapshot_op(BDRVQcow2State *s, int ret)
+static int end_snapshot_op(BDRVQcow2State *s, int ret, bool only_leaks)
 {
     bool consistent = ret >= 0;
     int ret2;
 
     if (ret < 0) {
-        /*
-         * A walk that stopped half-way (a refcount that would overflow,
-         * an I/O error) changed some refcounts but not the COPIED flags
-         * that follow from them.  Once the flags say what the counts are,
-         * only leaks remain.  QEMU 7.2 leaves such an image corrupt.
-         */
-        consistent = fix_copied_flags(s) >= 0;
+        consistent = fix_copied_flags(s) >= 0 && only_leaks;
     }
     ret2 = qcow2_flush_metadata(s);
     if (consistent && ret2 >= 0 && !s->use_lazy_refcounts) {
@@ -684,7 +685,7 @@ int qcow2_snapshot_create(BDRVQcow2State *s, const char *name, GError **errp)
                     QCOW2_OL_INACTIVE_L1);
     qcow2_map_inactive_l2(s, s->l1_table, s->l1_size, true);
 out:
-    return qcow2_error_propagate(end_snapshot_op(s, ret), errp);
+    return qcow2_error_propagate(end_snapshot_op(s, ret, true), errp);
 }
 
 int qcow2_snapshot_apply(BDRVQcow2State *s, const char *id_or_name,
@@ -796,7 +797,7 @@ int qcow2_snapshot_apply(BDRVQcow2State *s, const char *id_or_name,
     }
 out:
     g_free(old_l1);
-    return qcow2_error_propagate(end_snapshot_op(s, ret), errp);
+    return qcow2_error_propagate(end_snapshot_op(s, ret, false), errp);
 }
 
 int qcow2_snapshot_delete(BDRVQcow2State *s, const char *id_or_name,
@@ -861,7 +862,7 @@ int qcow2_snapshot_delete(BDRVQcow2State *s, const char *id_or_name,
         ret = fix_copied_flags(s);
     }
 out:
-    return qcow2_error_propagate(end_snapshot_op(s, ret), errp);
+    return qcow2_error_propagate(end_snapshot_op(s, ret, false), errp);
 }
 
 /*
