@@ -119,7 +119,8 @@ int qcow2_resize(QGuardImage *img, uint64_t size, bool shrink,
                     "The new size must be a multiple of 512");
         return -EINVAL;
     }
-    if (data_file_is_raw(s) && mode == QCOW2_PREALLOC_OFF) {
+    if (data_file_is_raw(s) && mode == QCOW2_PREALLOC_OFF &&
+        size > old_size) {
         /* The raw data file stays the whole disk: map what is added. */
         mode = QCOW2_PREALLOC_METADATA;
     }
