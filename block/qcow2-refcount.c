@@ -402,6 +402,36 @@ void qcow2_release_freed_clusters(BDRVQcow2State *s)
 }
 
 /*
+ * How many of the host clusters below @end have a non-zero refcount, as
+ * QEMU's metadata preallocation heuristic counts them: it stops at @limit.
+ */
+int64_t qcow2_count_used_clusters(BDRVQcow2State *s, uint64_t end,
+                                  uint64_t limit)
+{
+    uint64_t used = 0, i, j;
+
+    for (i = 0; i < s->refcount_table_size &&
+                (i << s->refcount_block_bits) < end && used < limit; i++) {
+        uint64_t first = i << s->refcount_block_bits;
+        uint64_t n = MIN((uint64_t)s->refcount_block_size, end - first);
+        void *refblock;
+        int ret = refblock_get(s, i, &refblock);
+
+        if (ret < 0) {
+            return ret;
+        }
+        if (!refblock) {
+            continue;
+        }
+        for (j = 0; j < n && used < limit; j++) {
+            used += s->get_refcount(refblock, j) != 0;
+        }
+        qcow2_cache_put(s->refcount_block_cache, &refblock);
+    }
+    return used;
+}
+
+/*
  * The free clusters described by refcount block @index (1 = free in @bits,
  * which the caller zeroed, one bit per entry), for the free-space index:
  * refcount 0 and not freed since the last flush.  No block: all free.

@@ -809,42 +809,27 @@ static int qcow2_close_flush(QGuardImage *img, GError **errp)
 }
 
 /*
- * QEMU's heuristic: more clusters in use than the file has allocated space
- * for (with a margin) means metadata preallocation, whose data clusters are
- * holes that read as zeros.  Counting stops at the threshold.
+ * QEMU's heuristic: as many clusters in use below the end of the qcow2
+ * file as it has allocated space for, plus a margin, means metadata
+ * preallocation, whose data clusters may be holes that read as zeros.
+ * Only then does QEMU ask the file holding the data (the qcow2 file or
+ * the external data file) where its holes are, so map reports the same.
  */
 static bool detect_metadata_preallocation(BDRVQcow2State *s)
 {
     int64_t allocated = host_file_allocated(s->file);
-    uint64_t real_clusters, threshold, used = 0, i;
-    g_autofree uint64_t *bits = NULL;
-    int64_t end = qcow2_host_end_cluster(s);
+    int64_t length = host_file_length(s->file);
+    uint64_t real_clusters, threshold;
+    int64_t used;
 
-    if (allocated < 0 || end < 0) {
+    if (allocated < 0 || length < 0) {
         return false;
     }
     real_clusters = allocated / s->cluster_size;
     threshold = MAX(real_clusters * 10 / 9, real_clusters + 2);
-    /*
-     * By refcount block: ranges without one are free and are skipped, so a
-     * damaged table that names a far block costs its entries, not clusters.
-     */
-    bits = g_new(uint64_t, s->refcount_block_size / 64);
-    for (i = 0; i < s->refcount_table_size &&
-                (i << s->refcount_block_bits) < (uint64_t)end &&
-                used <= threshold; i++) {
-        uint64_t nfree;
-
-        if (!(s->refcount_table[i] & REFT_OFFSET_MASK)) {
-            continue;
-        }
-        memset(bits, 0, s->refcount_block_size / 8);
-        if (qcow2_refblock_free_bits(s, i, bits, &nfree) < 0) {
-            return false;
-        }
-        used += s->refcount_block_size - nfree;
-    }
-    return used > threshold;
+    used = qcow2_count_used_clusters(s, DIV_ROUND_UP(length, s->cluster_size),
+                                     threshold);
+    return used >= 0 && (uint64_t)used >= threshold;
 }
 
 static int do_block_status(QGuardImage *img, uint64_t offset,
@@ -889,11 +874,14 @@ static int do_block_status(QGuardImage *img, uint64_t offset,
         st->flags = QGUARD_BLOCK_DATA | QGUARD_BLOCK_ALLOCATED |
                     QGUARD_BLOCK_OFFSET_VALID;
         st->host_offset = host;
+        if (!s->metadata_prealloc_checked) {
+            s->metadata_prealloc = detect_metadata_preallocation(s);
+            s->metadata_prealloc_checked = true;
+        }
+        if (!s->metadata_prealloc) {
+            break;
+        }
         if (has_data_file(s)) {
-            /*
-             * As QEMU reports it: where the data file has a hole, the
-             * cluster reads zeros.
-             */
             uint64_t n = st->bytes;
             bool hole;
 
@@ -904,13 +892,7 @@ static int do_block_status(QGuardImage *img, uint64_t offset,
                     st->flags |= QGUARD_BLOCK_ZERO;
                 }
             }
-            break;
-        }
-        if (!s->metadata_prealloc_checked) {
-            s->metadata_prealloc = detect_metadata_preallocation(s);
-            s->metadata_prealloc_checked = true;
-        }
-        if (s->metadata_prealloc) {
+        } else {
             st->flags |= BDRV_BLOCK_RECURSE;
         }
         break;

@@ -628,6 +628,8 @@ void qcow2_release_freed_clusters(BDRVQcow2State *s);
 int qcow2_refblock_free_bits(BDRVQcow2State *s, uint64_t index,
                              uint64_t *bits, uint64_t *nfree);
 int64_t qcow2_host_end_cluster(BDRVQcow2State *s);
+int64_t qcow2_count_used_clusters(BDRVQcow2State *s, uint64_t end,
+                                  uint64_t limit);
 /* qcow2-refcount-shrink.c: after a shrink, drop blocks that count nothing */
 int qcow2_shrink_reftable(BDRVQcow2State *s);
 
