@@ -4,16 +4,23 @@
 """Differential runs against QEMU 7.2's tools.
 
 For each seed, one random qcow2 image (cluster size, compat, refcount
-width, extended L2 entries, lazy refcounts, a backing file with data) is
-copied twice.  The same random steps go to both copies: qemu-io and
-qemu-img on one, qguard-io and qguard-img on the other.  A step is a batch
-of qemu-io commands (writes, zero writes with and without unmap, discards,
-compressed writes, at aligned and unaligned places) or one qemu-img
-command (resize, snapshot -c/-a/-d, amend, bitmap, convert).  After every
-step the two images must agree: the same exit status of the step, the same
-guest content (qemu-img compare), the same virtual size, compat, refcount
-width, snapshots and bitmaps (qemu-img info), and qemu-img check must
-find no corruption in qguard's image nor a leak that QEMU's lacks.
+width, extended L2 entries, lazy refcounts, zstd compression, metadata or
+falloc preallocation, an external data file, raw or not, and a backing
+file with data) is created twice, once for each tool, each copy with its
+own backing and data files.  The same random steps go to both copies:
+qemu-io and qemu-img on one, qguard-io and qguard-img on the other.  A
+step is a batch of qemu-io commands (writes, zero writes with and without
+unmap, discards, compressed writes, at aligned and unaligned places) or
+one qemu-img command (resize, snapshot -c/-a/-d, amend, bitmap, convert,
+commit with and without -d, rebase safe, unsafe and to no backing file,
+check -r).  After every step the two images must agree: the same exit
+status of the step, the same guest content (qemu-img compare), the same
+virtual size, compat, refcount width, compression type, backing and data
+file names, snapshots and bitmaps (qemu-img info); the backing files
+must hold the same data; qemu-img check must find no corruption in
+qguard's image or backing file nor a leak that QEMU's lacks; and
+qguard-img's map (both formats), info, check and measure of qguard's
+image must print what qemu-img's print.
 
 QEMU 7.2 is not always right (docs/design.md lists where it damages an
 image).  A seed stops without failing when QEMU's image fails its own
@@ -101,27 +108,45 @@ class Seed:
             opts.append("lazy_refcounts=on")
         if compat == "1.1" and r.random() < 0.3:
             opts.append("refcount_bits=%d" % r.choice([1, 2, 8, 32, 64]))
+        if compat == "1.1" and r.random() < 0.3:
+            opts.append("compression_type=zstd")
         self.size = (r.choice([1, 3, 16, 64]) << 20) + \
             r.choice([0, 0, 512, 12345 * 512])
+        self.base = None
         if r.random() < 0.4:
-            opts += ["backing_file=" + self.make_backing(),
-                     "backing_fmt=qcow2"]
+            self.base = "base"
+            self.make_backing(self.base, r.choice(
+                [self.size, self.size // 2, self.size + (1 << 20)]))
+        self.data_file = compat == "1.1" and r.random() < 0.15
+        if self.data_file and not self.base and r.random() < 0.5:
+            opts.append("data_file_raw=on")
+        if (not self.base or self.extl2) and r.random() < 0.15:
+            opts.append("preallocation=" + r.choice(["metadata", "falloc"]))
         self.img = {t: os.path.join(self.dir, t + ".qcow2")
                     for t in self.tools}
         self.pre_step = os.path.join(self.dir, "qemu-before-step.qcow2")
-        p = run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
-                 ",".join(opts), self.img["qemu"], str(self.size)])
-        if p.returncode:
-            raise Fail("qemu-img create: " + p.stderr)
-        shutil.copy(self.img["qemu"], self.img["qguard"])
+        # Each copy gets its own backing and data files, created alike, so
+        # that commit and rebase change only their own tool's chain.
+        for t in self.tools:
+            o = list(opts)
+            if self.base:
+                o += ["backing_file=" + self.chain_file(self.base, t),
+                      "backing_fmt=qcow2"]
+            if self.data_file:
+                o.append("data_file=" + self.chain_file("data", t, "raw"))
+            p = run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+                     ",".join(o), self.img[t], str(self.size)])
+            if p.returncode:
+                raise Fail("qemu-img create: " + p.stderr)
         shutil.copy(self.img["qemu"], os.path.join(self.dir, "start.qcow2"))
 
-    def make_backing(self):
+    def chain_file(self, stem, t, ext="qcow2"):
+        return os.path.join(self.dir, "%s.%s.%s" % (stem, t, ext))
+
+    def make_backing(self, stem, size):
+        """One backing file per tool, with the same random data."""
         r = self.r
-        base = os.path.join(self.dir, "base.qcow2")
-        size = r.choice([self.size, self.size // 2, self.size + (1 << 20)])
         size -= size % 512
-        run(["qemu-img", "create", "-q", "-f", "qcow2", base, str(size)])
         cmds = []
         for _ in range(r.randint(1, 8)):
             off = r.randrange(0, size) // 512 * 512
@@ -129,8 +154,10 @@ class Seed:
                     size - off)
             cmds += ["-c", "write -q -P %d %d %d" % (r.randrange(1, 255),
                                                      off, n)]
-        run(["qemu-io", "-f", "qcow2"] + cmds + [base])
-        return base
+        for t in self.tools:
+            base = self.chain_file(stem, t)
+            run(["qemu-img", "create", "-q", "-f", "qcow2", base, str(size)])
+            run(["qemu-io", "-f", "qcow2"] + cmds + [base])
 
     # ---- steps ----
 
@@ -200,15 +227,31 @@ class Seed:
                             "lazy_refcounts=off", "refcount_bits=%d" %
                             r.choice([1, 4, 16, 64])])
             return "amend", ["-o", opt], None
-        if k < 0.34:
+        if k < 0.33 and self.base:
+            return "commit", ["-d"] if r.random() < 0.5 else [], None
+        if k < 0.37:
+            c = r.random()
+            if c < 0.3:
+                return "rebase", ["-b", ""], None
+            if not os.path.exists(self.chain_file("base2", "qemu")):
+                self.make_backing("base2", r.choice(
+                    [self.size, self.size // 2, self.size + (1 << 20)]))
+            return "rebase", (["-u"] if c < 0.6 else []) + \
+                ["-b", "@base2@", "-F", "qcow2"], None
+        if k < 0.39:
+            return "check", ["-r", r.choice(["leaks", "all"])], None
+        if k < 0.43:
             name = "b%d" % r.randrange(2)
             return "bitmap", r.choice([["--add", name], ["--remove", name],
                                        ["--clear", name], ["--disable", name],
                                        ["--enable", name]]), None
         return "io", self.io_commands(), None
 
-    def command(self, tool, kind, args, img):
+    def command(self, tool, kind, args, t):
         qimg, qio = tool
+        img = self.img[t]
+        args = [self.chain_file("base2", t) if a == "@base2@" else a
+                for a in args]
         if kind == "io":
             return [qio, "-f", "qcow2"] + \
                 [x for c in args for x in ("-c", c)] + [img]
@@ -220,6 +263,8 @@ class Seed:
             return [qimg, "convert", "-f", "qcow2"] + args + [img, img + ".new"]
         if kind == "amend":
             return [qimg, "amend", "-q", "-f", "qcow2"] + args + [img]
+        if kind in ("commit", "rebase", "check"):
+            return [qimg, kind, "-q", "-f", "qcow2"] + args + [img]
         return [qimg, "bitmap", "-f", "qcow2", args[0], img] + args[1:]
 
     def step(self):
@@ -236,7 +281,7 @@ class Seed:
         status = {}
         for t, tool in (("qemu", self.tools["qemu"]),
                         ("qguard", qguard_tool)):
-            p = run(self.command(tool, kind, args, self.img[t]))
+            p = run(self.command(tool, kind, args, t))
             status[t] = p.returncode
             if kind == "convert" and p.returncode == 0:
                 os.replace(self.img[t] + ".new", self.img[t])
@@ -256,6 +301,10 @@ class Seed:
                     if kv.startswith("cluster_size="):
                         self.cs = int(kv.split("=")[1])
             self.extl2 = False
+            self.base = None
+            self.data_file = False
+        if kind == "rebase" and status["qemu"] == 0:
+            self.base = "base2" if args[-1] == "qcow2" else None
         self.compare()
 
     # ---- after every step ----
@@ -274,16 +323,48 @@ class Seed:
             raise Stop("QEMU's image fails its check, qguard's passes")
         if g.returncode == 3 and q.returncode != 3:
             raise Fail("qguard's image leaks, QEMU's does not:\n" + g.stdout)
+        if self.base:
+            self.compare_bases()
         if self.differ(self.img["qemu"]):
             if self.kind == "io" and not self.by_qemu and \
+                    not self.data_file and \
                     not self.differ(self.one_per_process()):
                 raise Stop("QEMU's content differs only when the commands "
                            "share one qemu-io (docs/design.md)")
             raise Fail("guest content differs")
+        self.compare_reports()
         info = {t: self.summary(t) for t in self.img}
         if info["qemu"] != info["qguard"]:
             raise Fail("qemu-img info differs: %r (QEMU) against %r" % (
                 info["qemu"], info["qguard"]))
+
+    def compare_bases(self):
+        """After commit, the backing files must agree as well."""
+        base = {t: self.chain_file(self.base, t) for t in self.tools}
+        g = run(["qemu-img", "check", "-f", "qcow2", base["qguard"]])
+        if g.returncode not in (0, 3) and not self.by_qemu:
+            raise Fail("qemu-img check of qguard's backing file:\n" +
+                       g.stdout + g.stderr)
+        p = run(["qemu-img", "compare", "-q", "-f", "qcow2", "-F", "qcow2",
+                 base["qemu"], base["qguard"]])
+        if p.returncode:
+            raise Fail("backing file content differs")
+
+    def compare_reports(self):
+        """qguard-img must report qguard's image as qemu-img does."""
+        img = self.img["qguard"]
+        for cmd in (["map", "--output=json"], ["map"],
+                    ["info", "--output=json"], ["check", "--output=json"],
+                    ["measure", "-O", "qcow2", "--output=json"]):
+            out = {}
+            for t in self.tools:
+                p = run([self.tools[t][0]] + cmd + ["-f", "qcow2", img])
+                name = os.path.basename(self.tools[t][0])
+                out[t] = (p.returncode, p.stdout.replace(name, "TOOL"),
+                          p.stderr.replace(name, "TOOL"))
+            if out["qemu"] != out["qguard"]:
+                raise Fail("qguard-img %s differs:\n%r\nagainst qemu-img's\n%r"
+                           % (" ".join(cmd), out["qguard"], out["qemu"]))
 
     def differ(self, qemu_img):
         p = run(["qemu-img", "compare", "-q", "-f", "qcow2", "-F", "qcow2",
@@ -304,7 +385,13 @@ class Seed:
         j = json.loads(run(["qemu-img", "info", "--output=json",
                             self.img[t]]).stdout)
         fs = j.get("format-specific", {}).get("data", {})
+
+        def own(name):
+            return name and os.path.basename(name).replace(".%s." % t,
+                                                           ".TOOL.")
         return (j.get("virtual-size"), fs.get("compat"),
+                own(j.get("backing-filename")), own(fs.get("data-file")),
+                fs.get("data-file-raw"), fs.get("compression-type"),
                 fs.get("refcount-bits"), fs.get("lazy-refcounts"),
                 sorted((b["name"], tuple(b["flags"]))
                        for b in fs.get("bitmaps", [])),
