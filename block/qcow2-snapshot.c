@@ -701,10 +701,12 @@ int qcow2_snapshot_apply(BDRVQcow2State *s, const char *id_or_name,
     int64_t new_offset;
     int ret;
 
-    if (idx < 0) {
-        g_set_error(errp, QGUARD_ERROR, ENOENT, "Failed to load snapshot: %s",
-                    g_strerror(ENOENT));
-        return -ENOENT;
+    /* QEMU refuses a data file image before it looks for the snapshot. */
+    if (has_data_file(s) || idx < 0) {
+        ret = has_data_file(s) ? -ENOTSUP : -ENOENT;
+        g_set_error(errp, QGUARD_ERROR, -ret, "Failed to load snapshot: %s",
+                    g_strerror(-ret));
+        return ret;
     }
     sn = &s->snapshots[idx];
     ret = qcow2_validate_table(s, sn->l1_table_offset, sn->l1_size, 8,
