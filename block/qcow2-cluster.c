@@ -1274,19 +1274,19 @@ static uint64_t discard_entry(BDRVQcow2State *s, uint64_t old,
         *bitmap = 0;
         return 0;
     }
-    if ((s->img->backing || cluster_is_allocated(type)) &&
-        s->qcow_version >= 3) {
-        if (has_subclusters(s)) {
-            *bitmap = QCOW_L2_BITMAP_ALL_ZEROES;
-            return 0;
-        }
-        return QCOW_OFLAG_ZERO;
+    if (!s->img->backing && !cluster_is_allocated(type)) {
+        /*
+         * It reads as zeros already.  QEMU leaves the entry as it is, so
+         * a zero cluster stays one: a backing file added later by an
+         * unsafe rebase stays hidden behind it, as behind QEMU's.
+         */
+        return old;
     }
-    if (has_subclusters(s) && !cluster_is_allocated(type)) {
-        return old;     /* unallocated, no backing: nothing to change */
+    if (has_subclusters(s)) {
+        *bitmap = QCOW_L2_BITMAP_ALL_ZEROES;
+        return 0;
     }
-    *bitmap = 0;
-    return 0;
+    return s->qcow_version >= 3 ? QCOW_OFLAG_ZERO : 0;
 }
 
 static int update_l2_range(BDRVQcow2State *s, uint64_t offset,
