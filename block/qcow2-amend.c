@@ -572,6 +572,79 @@ static int expand_zero_clusters(BDRVQcow2State *s, AmendProgress *p)
     return 0;
 }
 
+static bool l2_names_compressed(BDRVQcow2State *s, const void *l2)
+{
+    int j;
+
+    for (j = 0; j < s->l2_size; j++) {
+        if (qcow2_get_cluster_type(s, l2_get(s, l2, j)) ==
+            QCOW2_CLUSTER_COMPRESSED) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * Whether an L2 table of the active disk or of a snapshot names a
+ * compressed cluster.  QEMU 7.2 looks at the active disk only, so a
+ * snapshot's zstd clusters would be read as zlib after its downgrade.  A
+ * snapshot L1 table that is not valid is left to the zero expansion,
+ * which refuses it.
+ */
+static int find_compressed_clusters(BDRVQcow2State *s, bool *found)
+{
+    g_autofree uint8_t *buf = g_malloc(s->cluster_size);
+    g_autofree uint64_t *l1 = NULL;
+    uint32_t i, j;
+    int ret;
+
+    *found = false;
+    for (i = 0; i < s->l1_size && !*found; i++) {
+        uint64_t l2_offset = s->l1_table[i] & L1E_OFFSET_MASK;
+        void *table;
+
+        if (!l2_offset) {
+            continue;
+        }
+        ret = qcow2_cache_get(s, s->l2_table_cache, l2_offset, &table);
+        if (ret < 0) {
+            return ret;
+        }
+        *found = l2_names_compressed(s, table);
+        qcow2_cache_put(s->l2_table_cache, &table);
+    }
+    for (i = 0; i < s->nb_snapshots && !*found; i++) {
+        QCowSnapshot *sn = &s->snapshots[i];
+        g_autoptr(GError) err = NULL;
+
+        if (qcow2_validate_table(s, sn->l1_table_offset, sn->l1_size, 8,
+                                 QCOW_MAX_L1_SIZE, "Snapshot L1 table",
+                                 &err) < 0) {
+            continue;
+        }
+        l1 = g_renew(uint64_t, l1, MAX(sn->l1_size, 1));
+        ret = host_file_pread(s->file, sn->l1_table_offset, l1,
+                              (size_t)sn->l1_size * 8);
+        if (ret < 0) {
+            return ret;
+        }
+        for (j = 0; j < sn->l1_size && !*found; j++) {
+            uint64_t l2_offset = GUINT64_FROM_BE(l1[j]) & L1E_OFFSET_MASK;
+
+            if (!l2_offset || offset_into_cluster(s, l2_offset)) {
+                continue;
+            }
+            ret = host_file_pread(s->file, l2_offset, buf, s->cluster_size);
+            if (ret < 0) {
+                return ret;
+            }
+            *found = l2_names_compressed(s, buf);
+        }
+    }
+    return 0;
+}
+
 static int qcow2_downgrade(BDRVQcow2State *s, AmendProgress *p,
                            GError **errp)
 {
@@ -628,6 +701,25 @@ static int qcow2_downgrade(BDRVQcow2State *s, AmendProgress *p,
                     s->incompatible_features & ~QCOW2_INCOMPAT_COMPRESSION);
         return -ENOTSUP;
     }
+    /*
+     * A v2 header cannot say that compressed clusters are zstd.  QEMU
+     * refuses this after it has expanded the zero clusters; qguard before
+     * it changes anything.
+     */
+    if (s->incompatible_features & QCOW2_INCOMPAT_COMPRESSION) {
+        bool found;
+
+        ret = find_compressed_clusters(s, &found);
+        if (ret < 0) {
+            return bdrv_error_errno(errp, ret, "Failed to check block status");
+        }
+        if (found) {
+            g_set_error(errp, QGUARD_ERROR, ENOTSUP,
+                        "Cannot downgrade an image with zstd compression "
+                        "type and existing compressed clusters");
+            return -ENOTSUP;
+        }
+    }
 
     /* Lazy refcounts were made good when the image was marked clean. */
     s->compatible_features = 0;
@@ -653,6 +745,9 @@ static int qcow2_downgrade(BDRVQcow2State *s, AmendProgress *p,
         return bdrv_error_errno(errp, ret, "Failed to update the image header");
     }
     s->use_lazy_refcounts = false;
+    /* Nothing is compressed: the image is zlib, as the v2 header says. */
+    s->incompatible_features &= ~QCOW2_INCOMPAT_COMPRESSION;
+    s->compression_type = 0;
     return 0;
 }
 
