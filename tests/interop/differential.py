@@ -370,8 +370,10 @@ class Seed:
             out = out.replace(os.path.basename(name), "TOOL")
         out = out.replace(os.path.join(self.dir, t + "."), "IMG.") \
                  .replace(".%s." % t, ".TOOL.")
-        # QEMU names nodes it creates by a counter of its own
-        return re.sub(r"'#block[0-9]+'", "'#blockN'", out)
+        # QEMU names nodes it creates by a counter of its own, and may have
+        # put a cluster elsewhere (docs/design.md)
+        out = re.sub(r"'#block[0-9]+'", "'#blockN'", out)
+        return re.sub(r"offset 0x[0-9a-f]+", "offset 0xN", out)
 
     def compare_reports(self):
         """qguard-img must report qguard's image as qemu-img does."""
