@@ -72,9 +72,11 @@ struct HostFile {
     uint32_t zero_align;
     /*
      * host_file_zero_alloc() found that fallocate() has no
-     * FALLOC_FL_ZERO_RANGE here, or no allocation at all.
+     * FALLOC_FL_ZERO_RANGE here, no hole punching, or no allocation at
+     * all.
      */
     bool no_zero_range;
+    bool no_punch_alloc;
     bool no_zero_alloc;
     dev_t dev;
     ino_t ino;
@@ -907,6 +909,31 @@ int host_file_zero_alloc(HostFile *file, uint64_t offset, uint64_t bytes)
         return len;
     }
     if (offset < (uint64_t)len) {
+        /*
+         * Inside the file, as QEMU's file-posix does where ZERO_RANGE is
+         * missing (tmpfs): punch the range, then allocate it again.  The
+         * range is the caller's new cluster, so nothing reads it between.
+         */
+        if (__atomic_load_n(&file->no_punch_alloc, __ATOMIC_RELAXED)) {
+            return -ENOTSUP;
+        }
+        ret = begin_change(file, HOST_FILE_DISCARD, offset, bytes);
+        if (ret == 0) {
+            ret = begin_change(file, HOST_FILE_WRITE, offset, bytes);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        if (fallocate(file->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                      offset, bytes) == 0 &&
+            fallocate(file->fd, 0, offset, bytes) == 0) {
+            return 0;
+        }
+        if (errno != EOPNOTSUPP) {
+            return -errno;
+        }
+        /* The caller writes the zeros; they read as zeros meanwhile. */
+        __atomic_store_n(&file->no_punch_alloc, true, __ATOMIC_RELAXED);
         return -ENOTSUP;
     }
     /* To a recorder, as to host_file_allocate(): the file grows. */
