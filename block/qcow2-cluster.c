@@ -800,21 +800,32 @@ static void inflight_remove(BDRVQcow2State *s, uint64_t first)
     g_cond_broadcast(&s->inflight_cond);
 }
 
+typedef enum CowSource {
+    COW_SOURCE_ZERO,        /* reads as zeros in this image */
+    COW_SOURCE_BACKING,     /* reads what the backing file has there */
+    COW_SOURCE_DATA,        /* reads data of this image */
+} CowSource;
+
 /*
- * Does a cluster with L2 entry @entry read as zeros from this image alone
- * (no backing file to look through)?  Then copy-on-write from it copies
- * nothing but zeros.
+ * Where the @bytes of copy-on-write from a cluster with this entry come
+ * from.  QEMU's handle_alloc_space() zeroes the new clusters instead of
+ * copying when both ends read as zeros by their block status; an
+ * unallocated cluster over a backing file asks the backing file.
  */
-static bool cow_source_zero(BDRVQcow2State *s, uint64_t entry)
+static CowSource cow_source(BDRVQcow2State *s, uint64_t bytes,
+                            uint64_t entry)
 {
+    if (!bytes) {
+        return COW_SOURCE_ZERO;
+    }
     switch (qcow2_get_cluster_type(s, entry)) {
     case QCOW2_CLUSTER_UNALLOCATED:
-        return !s->img->backing;
+        return s->img->backing ? COW_SOURCE_BACKING : COW_SOURCE_ZERO;
     case QCOW2_CLUSTER_ZERO_PLAIN:
     case QCOW2_CLUSTER_ZERO_ALLOC:
-        return true;
+        return COW_SOURCE_ZERO;
     default:
-        return false;
+        return COW_SOURCE_DATA;
     }
 }
 
@@ -888,6 +899,7 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
     uint64_t l2_offset, entry, host, n, got, run_bytes = 0, head, tail, i;
     uint64_t last, end_in_last, cow_from, cow_to;
     bool sc_meta, zero_cow, registered = false;
+    CowSource head_src = COW_SOURCE_ZERO, tail_src = COW_SOURCE_ZERO;
     struct iovec iov[3];
     int iovcnt = 0;
     uint64_t *old_entries = NULL;
@@ -908,7 +920,7 @@ retry:
     kind = run_kind(s, entry);
     host = entry & L2E_OFFSET_MASK;
     zero_cow = kind == RUN_ALLOCATE && !has_data_file(s) &&
-               !has_subclusters(s) && cow_source_zero(s, entry);
+               !has_subclusters(s);
     for (n = 1; n < nclusters; n++) {
         uint64_t next_entry = l2_get(s, l2_table, l2_index + n);
 
@@ -919,7 +931,6 @@ retry:
             (next_entry & L2E_OFFSET_MASK) != host + (n << s->cluster_bits)) {
             break;
         }
-        zero_cow = zero_cow && cow_source_zero(s, next_entry);
     }
     if (has_subclusters(s)) {
         ret = check_subcluster_run(s, l2_table, l2_offset, l2_index, n,
@@ -1009,6 +1020,16 @@ retry:
     }
     head = in_cluster - cow_from;
     tail = cow_to - end_in_last;
+    if (zero_cow && (head || tail)) {
+        ret = qcow2_cache_get(s, s->l2_table_cache, l2_offset, &l2_table);
+        if (ret < 0) {
+            goto fail;
+        }
+        head_src = cow_source(s, head, l2_get(s, l2_table, l2_index));
+        tail_src = cow_source(s, tail, l2_get(s, l2_table, l2_index + last));
+        qcow2_cache_put(s->l2_table_cache, &l2_table);
+        zero_cow = head_src != COW_SOURCE_DATA && tail_src != COW_SOURCE_DATA;
+    }
     inflight_add(s, gfirst, gfirst + last + 1);
     registered = true;
     ret = data_write_check(s, host + cow_from, head + run_bytes + tail);
@@ -1027,7 +1048,13 @@ retry:
      * durable by the same flush as written ones (rule 2 of the write
      * order in docs/design.md).
      */
-    if (zero_cow && (head || tail)) {
+    if (zero_cow && head_src == COW_SOURCE_BACKING) {
+        ret = qcow2_range_reads_zero(s, offset - head, head, &zero_cow);
+    }
+    if (zero_cow && tail_src == COW_SOURCE_BACKING && ret >= 0) {
+        ret = qcow2_range_reads_zero(s, offset + run_bytes, tail, &zero_cow);
+    }
+    if (zero_cow && (head || tail) && ret >= 0) {
         ret = host_file_zero_alloc(s->file, host + cow_from,
                                    head + run_bytes + tail);
         if (ret == 0) {

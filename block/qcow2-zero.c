@@ -15,11 +15,15 @@
  */
 #include "qcow2.h"
 
-/* Does [offset, offset + bytes) read as zeros by its block status? */
-static int chain_reads_zero(BDRVQcow2State *s, uint64_t offset,
-                            uint64_t bytes, bool *zero)
+/*
+ * Does [offset, offset + bytes) read as zeros by its block status, as
+ * QEMU's is_zero() asks it: clamped to the disk's whole sectors, status
+ * after status, since zeros of different kinds (a zero cluster, the end
+ * of a backing file) come as separate answers.
+ */
+int qcow2_range_reads_zero(BDRVQcow2State *s, uint64_t offset,
+                           uint64_t bytes, bool *zero)
 {
-    /* QEMU clamps to the disk's whole sectors. */
     uint64_t disk_end = s->img->total_size & ~511ULL;
 
     *zero = true;
@@ -34,7 +38,7 @@ static int chain_reads_zero(BDRVQcow2State *s, uint64_t offset,
         if (ret < 0) {
             return ret;
         }
-        if (!(st.flags & QGUARD_BLOCK_ZERO)) {
+        if (!(st.flags & QGUARD_BLOCK_ZERO) || !st.bytes) {
             *zero = false;
             return 0;
         }
@@ -64,9 +68,9 @@ int qcow2_zero_partial(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
     bool zero;
     int ret;
 
-    ret = chain_reads_zero(s, start, offset - start, &zero);
+    ret = qcow2_range_reads_zero(s, start, offset - start, &zero);
     if (ret == 0 && zero) {
-        ret = chain_reads_zero(s, end, unit_end - end, &zero);
+        ret = qcow2_range_reads_zero(s, end, unit_end - end, &zero);
     }
     if (ret == 0 && zero) {
         ret = qcow2_get_host_offset(s, start, &n, &host, &type);

@@ -587,14 +587,30 @@ static int qcow2_pwrite(QGuardImage *img, uint64_t offset, uint64_t bytes,
     return qcow2_error_propagate(ret, errp);
 }
 
+/*
+ * Zeros written as data, in the pieces of QEMU's fallback for a zero
+ * write: up to the first cluster boundary, the whole clusters, the rest.
+ * Each piece decides on its own whether its copy-on-write reads zeros, so
+ * a new cluster at either end is zeroed by fallocate() as QEMU zeroes it.
+ */
 int qcow2_write_zero_buffer(BDRVQcow2State *s, uint64_t offset,
                             uint64_t bytes)
 {
-    g_autofree uint8_t *zeros = g_malloc0(MIN(bytes, (uint64_t)(1 << 20)));
+    uint64_t cs = s->cluster_size, chunk = MAX((uint64_t)1 << 20, cs);
+    g_autofree uint8_t *zeros = g_malloc0(MIN(bytes, chunk));
 
     while (bytes > 0) {
-        uint64_t cur = MIN(bytes, (uint64_t)(1 << 20));
-        int ret = qcow2_write_guest(s, offset, cur, zeros);
+        uint64_t into = offset_into_cluster(s, offset), cur;
+        int ret;
+
+        if (into) {
+            cur = MIN(bytes, cs - into);
+        } else if (bytes >= cs) {
+            cur = MIN(bytes - bytes % cs, chunk);
+        } else {
+            cur = bytes;
+        }
+        ret = qcow2_write_guest(s, offset, cur, zeros);
         if (ret < 0) {
             return ret;
         }

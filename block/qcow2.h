@@ -774,6 +774,8 @@ int qcow2_zero_subclusters(BDRVQcow2State *s, uint64_t offset,
  * subcluster with extended L2 entries), as QEMU does.  @check_only:
  * change nothing, -ENOTSUP if zeros would have to be written.
  */
+int qcow2_range_reads_zero(BDRVQcow2State *s, uint64_t offset,
+                           uint64_t bytes, bool *zero);
 int qcow2_zero_partial(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
                        bool may_unmap, bool check_only);
 /*

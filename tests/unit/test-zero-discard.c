@@ -9,9 +9,11 @@
  *
  * Copyright (c) 2026 The qguard authors
  */
+#include <fcntl.h>
 #include <glib.h>
 #include <glib/gstdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "qguard.h"
 #include "test-lib.h"
@@ -331,9 +333,9 @@ static uint64_t host_offset(QGuardImage *img, uint64_t offset)
  * also when the new cluster is a freed one that still holds old data in
  * the file (kept there by pass-discard-request=off), and after a reopen.
  * On a file system with FALLOC_FL_ZERO_RANGE (ext4, xfs) the zeros are
- * made by it; on tmpfs the reused cluster gets written zeros and the one
- * past the end of the file an fallocate().  @dir: where the image goes,
- * NULL for the scratch directory.
+ * made by it; on tmpfs the reused cluster is punched and allocated again
+ * and the one past the end of the file gets an fallocate().  @dir: where
+ * the image goes, NULL for the scratch directory.
  */
 static void test_cow_zeros(gconstpointer dir)
 {
@@ -378,7 +380,107 @@ static void test_cow_zeros(gconstpointer dir)
         img = test_image_open(path, "qcow2", NULL, QGUARD_OPEN_RDWR);
     }
     test_image_close(img);
+    if (dir) {
+        /*
+         * tmpfs has no FALLOC_FL_ZERO_RANGE: the reused cluster is punched
+         * and allocated again, as QEMU does, so what the write left alone
+         * is a hole in the file, which map reports as QEMU's does.
+         */
+        int fd = open(path, O_RDONLY);
+
+        g_assert_cmpint(fd, >=, 0);
+        g_assert_cmpint(lseek(fd, old_host, SEEK_DATA), ==, old_host + 4096);
+        g_assert_cmpint(close(fd), ==, 0);
+    }
     g_assert_cmpint(g_unlink(path), ==, 0);
+    if (tmp) {
+        g_assert_cmpint(g_rmdir(tmp), ==, 0);
+    }
+}
+
+/* Does the host file have a hole at [offset, offset + 4096)? */
+static bool host_hole(const char *path, uint64_t offset)
+{
+    int fd = open(path, O_RDONLY);
+    off_t data;
+
+    g_assert_cmpint(fd, >=, 0);
+    data = lseek(fd, offset, SEEK_DATA);
+    g_assert_cmpint(close(fd), ==, 0);
+    return data < 0 || (uint64_t)data >= offset + 4096;
+}
+
+/*
+ * Copy-on-write from a backing file that reads as zeros there makes the
+ * new cluster zeros with fallocate() (a hole in the file), as QEMU's
+ * handle_alloc_space() asks the backing chain; from backing data it
+ * copies.  A zero write that a v2 overlay writes as data is split as
+ * QEMU splits it: the piece up to the first cluster boundary decides on
+ * its own, so its cluster is zeroed even though the backing file has
+ * data after the request's end.  @dir: where the images go, NULL for the
+ * scratch directory.
+ */
+static void test_cow_zeros_over_backing(gconstpointer dir)
+{
+    static const char *const compat[] = { "1.1", "0.10" };
+    g_autofree char *tmp = NULL;
+    int i;
+
+    if (dir) {
+        if (!g_file_test(dir, G_FILE_TEST_IS_DIR)) {
+            g_test_skip("no such directory");
+            return;
+        }
+        tmp = g_build_filename(dir, "qguard-cow-backing-XXXXXX", NULL);
+        g_assert_nonnull(g_mkdtemp(tmp));
+    }
+    for (i = 0; i < 2; i++) {
+        g_autofree char *base = tmp ? g_build_filename(tmp, "b.qcow2", NULL)
+                                    : tpath("b%d.qcow2", i);
+        g_autofree char *top = tmp ? g_build_filename(tmp, "t.qcow2", NULL)
+                                   : tpath("t%d.qcow2", i);
+        g_autofree char *opts = g_strdup_printf(
+            "size=1M,compat=%s,backing_file=%s,backing_fmt=qcow2",
+            compat[i], base);
+        g_autoptr(GError) err = NULL;
+        QGuardImage *img;
+
+        test_image_new(base, "qcow2", "size=1M");
+        img = test_image_open(base, "qcow2", NULL, QGUARD_OPEN_RDWR);
+        write_pattern(img, 2 * CLUSTER, CLUSTER, 0x22);
+        write_pattern(img, 5 * CLUSTER, CLUSTER, 0x22);
+        test_image_close(img);
+        test_image_new(top, "qcow2", opts);
+        img = test_image_open(top, "qcow2", NULL, QGUARD_OPEN_RDWR);
+
+        write_pattern(img, 4096, 4096, 0xab);
+        write_pattern(img, 2 * CLUSTER + 4096, 4096, 0xcd);
+        if (i == 1) {
+            g_assert_cmpint(qguard_image_pwrite_zeroes(
+                                img, 4 * CLUSTER + 32768, CLUSTER, 0, &err),
+                            ==, 0);
+            g_assert_no_error(err);
+        }
+        /* Before any read: ext4 counts a read page of a hole as data. */
+        g_assert_true(host_hole(top, host_offset(img, 0)));
+        g_assert_false(host_hole(top, host_offset(img, 2 * CLUSTER)));
+        if (i == 1) {
+            g_assert_true(host_hole(top, host_offset(img, 4 * CLUSTER)));
+        }
+        assert_reads(img, 0, 4096, 0);
+        assert_reads(img, 4096, 4096, 0xab);
+        assert_reads(img, 8192, CLUSTER - 8192, 0);
+        assert_reads(img, 2 * CLUSTER, 4096, 0x22);
+        assert_reads(img, 2 * CLUSTER + 4096, 4096, 0xcd);
+        assert_reads(img, 2 * CLUSTER + 8192, CLUSTER - 8192, 0x22);
+        if (i == 1) {
+            assert_reads(img, 4 * CLUSTER, CLUSTER + 32768, 0);
+            assert_reads(img, 5 * CLUSTER + 32768, 32768, 0x22);
+        }
+        test_image_close(img);
+        g_assert_cmpint(g_unlink(top), ==, 0);
+        g_assert_cmpint(g_unlink(base), ==, 0);
+    }
     if (tmp) {
         g_assert_cmpint(g_rmdir(tmp), ==, 0);
     }
@@ -420,6 +522,10 @@ int main(int argc, char **argv)
                          test_cow_zeros);
     g_test_add_data_func("/zero-discard/cow-zeros/dev-shm", "/dev/shm",
                          test_cow_zeros);
+    g_test_add_data_func("/zero-discard/cow-zeros/over-backing/scratch", NULL,
+                         test_cow_zeros_over_backing);
+    g_test_add_data_func("/zero-discard/cow-zeros/over-backing/dev-shm",
+                         "/dev/shm", test_cow_zeros_over_backing);
 
     ret = g_test_run();
     test_scratch_remove();
