@@ -1023,9 +1023,9 @@ static void add_file_zero_status(QGuardImage *img, QGuardBlockStatus *st)
     }
 }
 
-int bdrv_chain_block_status(QGuardImage *img, uint64_t offset,
-                            uint64_t bytes, QGuardBlockStatus *st,
-                            GError **errp)
+static int chain_block_status(QGuardImage *img, uint64_t offset,
+                              uint64_t bytes, QGuardBlockStatus *st,
+                              bool want_zero, GError **errp)
 {
     QGuardImage *layer = img;
     int depth = 0;
@@ -1043,7 +1043,10 @@ int bdrv_chain_block_status(QGuardImage *img, uint64_t offset,
             st->filename = layer->filename;
         }
         if (st->flags & QGUARD_BLOCK_ALLOCATED) {
-            add_file_zero_status(layer, st);
+            if (want_zero) {
+                add_file_zero_status(layer, st);
+            }
+            st->flags &= ~BDRV_BLOCK_RECURSE;
             break;
         }
         bytes = st->bytes;
@@ -1061,6 +1064,20 @@ int bdrv_chain_block_status(QGuardImage *img, uint64_t offset,
         depth++;
     }
     return ret;
+}
+
+int bdrv_chain_block_status(QGuardImage *img, uint64_t offset,
+                            uint64_t bytes, QGuardBlockStatus *st,
+                            GError **errp)
+{
+    return chain_block_status(img, offset, bytes, st, true, errp);
+}
+
+int bdrv_chain_block_status_fast(QGuardImage *img, uint64_t offset,
+                                 uint64_t bytes, QGuardBlockStatus *st,
+                                 GError **errp)
+{
+    return chain_block_status(img, offset, bytes, st, false, errp);
 }
 
 int qguard_image_block_status(QGuardImage *img, uint64_t offset,

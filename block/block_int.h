@@ -226,6 +226,13 @@ bool bdrv_first_sector_looks_formatted(const uint8_t *buf, size_t len);
 int bdrv_chain_block_status(QGuardImage *img, uint64_t offset,
                             uint64_t bytes, QGuardBlockStatus *st,
                             GError **errp);
+/*
+ * The same without asking the files where their holes are (QEMU's
+ * want_zero=false): a data extent is data.
+ */
+int bdrv_chain_block_status_fast(QGuardImage *img, uint64_t offset,
+                                 uint64_t bytes, QGuardBlockStatus *st,
+                                 GError **errp);
 /* Read from the backing chain; zeros past its end. */
 int bdrv_backing_pread(QGuardImage *img, uint64_t offset, uint64_t bytes,
                        void *buf);

@@ -802,7 +802,7 @@ static void inflight_remove(BDRVQcow2State *s, uint64_t first)
 
 typedef enum CowSource {
     COW_SOURCE_ZERO,        /* reads as zeros in this image */
-    COW_SOURCE_BACKING,     /* reads what the backing file has there */
+    COW_SOURCE_CHAIN,       /* reads what its block status says */
     COW_SOURCE_DATA,        /* reads data of this image */
 } CowSource;
 
@@ -820,7 +820,7 @@ static CowSource cow_source(BDRVQcow2State *s, uint64_t bytes,
     }
     switch (qcow2_get_cluster_type(s, entry)) {
     case QCOW2_CLUSTER_UNALLOCATED:
-        return s->img->backing ? COW_SOURCE_BACKING : COW_SOURCE_ZERO;
+        return s->img->backing ? COW_SOURCE_CHAIN : COW_SOURCE_ZERO;
     case QCOW2_CLUSTER_ZERO_PLAIN:
     case QCOW2_CLUSTER_ZERO_ALLOC:
         return COW_SOURCE_ZERO;
@@ -919,8 +919,7 @@ retry:
     entry = l2_get(s, l2_table, l2_index);
     kind = run_kind(s, entry);
     host = entry & L2E_OFFSET_MASK;
-    zero_cow = kind == RUN_ALLOCATE && !has_data_file(s) &&
-               !has_subclusters(s);
+    zero_cow = kind == RUN_ALLOCATE;
     for (n = 1; n < nclusters; n++) {
         uint64_t next_entry = l2_get(s, l2_table, l2_index + n);
 
@@ -1020,7 +1019,16 @@ retry:
     }
     head = in_cluster - cow_from;
     tail = cow_to - end_in_last;
-    if (zero_cow && (head || tail)) {
+    if (has_subclusters(s) && (head || tail) && (zero_cow || sc_meta)) {
+        /*
+         * The ends lie in subclusters that this write allocates, in a new
+         * cluster or in place: the chain's block status says what they
+         * read, as QEMU asks it for every allocation it makes.
+         */
+        zero_cow = true;
+        head_src = head ? COW_SOURCE_CHAIN : COW_SOURCE_ZERO;
+        tail_src = tail ? COW_SOURCE_CHAIN : COW_SOURCE_ZERO;
+    } else if (zero_cow && (head || tail)) {
         ret = qcow2_cache_get(s, s->l2_table_cache, l2_offset, &l2_table);
         if (ret < 0) {
             goto fail;
@@ -1029,6 +1037,11 @@ retry:
         tail_src = cow_source(s, tail, l2_get(s, l2_table, l2_index + last));
         qcow2_cache_put(s->l2_table_cache, &l2_table);
         zero_cow = head_src != COW_SOURCE_DATA && tail_src != COW_SOURCE_DATA;
+    }
+    if (zero_cow && tail &&
+        offset + run_bytes + tail > (s->img->total_size & ~511ULL)) {
+        /* QEMU's status of a range past the disk's end is not zeros. */
+        zero_cow = false;
     }
     inflight_add(s, gfirst, gfirst + last + 1);
     registered = true;
@@ -1048,15 +1061,15 @@ retry:
      * durable by the same flush as written ones (rule 2 of the write
      * order in docs/design.md).
      */
-    if (zero_cow && head_src == COW_SOURCE_BACKING) {
-        ret = qcow2_range_reads_zero(s, offset - head, head, &zero_cow);
+    if (zero_cow && head_src == COW_SOURCE_CHAIN) {
+        ret = qcow2_range_is_zero_fast(s, offset - head, head, &zero_cow);
     }
-    if (zero_cow && tail_src == COW_SOURCE_BACKING && ret >= 0) {
-        ret = qcow2_range_reads_zero(s, offset + run_bytes, tail, &zero_cow);
+    if (zero_cow && tail_src == COW_SOURCE_CHAIN && ret >= 0) {
+        ret = qcow2_range_is_zero_fast(s, offset + run_bytes, tail, &zero_cow);
     }
     if (zero_cow && (head || tail) && ret >= 0) {
-        ret = host_file_zero_alloc(s->file, host + cow_from,
-                                   head + run_bytes + tail);
+        ret = host_file_zero_alloc(has_data_file(s) ? s->data_file : s->file,
+                                   host + cow_from, head + run_bytes + tail);
         if (ret == 0) {
             head = tail = 0;
         } else if (ret == -ENOTSUP) {

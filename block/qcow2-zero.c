@@ -48,6 +48,31 @@ int qcow2_range_reads_zero(BDRVQcow2State *s, uint64_t offset,
     return 0;
 }
 
+/*
+ * QEMU 7.2's bdrv_co_is_zero_fast(), with which handle_alloc_space()
+ * decides whether copy-on-write may make zeros instead of copying: one
+ * status over the whole range, files not asked for holes, and nothing at
+ * or past the end of the disk counts as zeros.
+ */
+int qcow2_range_is_zero_fast(BDRVQcow2State *s, uint64_t offset,
+                             uint64_t bytes, bool *zero)
+{
+    uint64_t disk_end = s->img->total_size & ~511ULL;
+    QGuardBlockStatus st;
+    int ret;
+
+    *zero = !bytes;
+    if (!bytes || offset >= disk_end || bytes > disk_end - offset) {
+        return 0;
+    }
+    ret = bdrv_chain_block_status_fast(s->img, offset, bytes, &st, NULL);
+    if (ret < 0) {
+        return ret;
+    }
+    *zero = (st.flags & QGUARD_BLOCK_ZERO) && st.bytes == bytes;
+    return 0;
+}
+
 static int write_zeros(BDRVQcow2State *s, uint64_t offset, uint64_t bytes)
 {
     g_autofree uint8_t *zeros = g_malloc0(bytes);

@@ -776,6 +776,8 @@ int qcow2_zero_subclusters(BDRVQcow2State *s, uint64_t offset,
  */
 int qcow2_range_reads_zero(BDRVQcow2State *s, uint64_t offset,
                            uint64_t bytes, bool *zero);
+int qcow2_range_is_zero_fast(BDRVQcow2State *s, uint64_t offset,
+                             uint64_t bytes, bool *zero);
 int qcow2_zero_partial(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
                        bool may_unmap, bool check_only);
 /*

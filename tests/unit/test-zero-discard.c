@@ -486,6 +486,98 @@ static void test_cow_zeros_over_backing(gconstpointer dir)
     }
 }
 
+/*
+ * The last cluster of a disk that ends inside it: QEMU's status of the
+ * part past the end is not zeros, so copy-on-write there copies (writes
+ * zeros) instead of zeroing with fallocate(); a cluster inside the disk
+ * is zeroed.  @dir: where the image goes, NULL for the scratch directory.
+ */
+static void test_cow_zeros_disk_end(gconstpointer dir)
+{
+    g_autofree char *tmp = NULL;
+    g_autofree char *path = NULL;
+    QGuardImage *img;
+
+    if (dir) {
+        if (!g_file_test(dir, G_FILE_TEST_IS_DIR)) {
+            g_test_skip("no such directory");
+            return;
+        }
+        tmp = g_build_filename(dir, "qguard-cow-end-XXXXXX", NULL);
+        g_assert_nonnull(g_mkdtemp(tmp));
+        path = g_build_filename(tmp, "e.qcow2", NULL);
+    } else {
+        path = tpath("e.qcow2");
+    }
+    test_image_new(path, "qcow2", "size=1049088");
+    img = test_image_open(path, "qcow2", NULL, QGUARD_OPEN_RDWR);
+    write_pattern(img, MiB, 512, 0x01);
+    write_pattern(img, 0, 512, 0x02);
+    g_assert_false(host_hole(path, host_offset(img, MiB) + 4096));
+    g_assert_true(host_hole(path, host_offset(img, 0) + 4096));
+    assert_reads(img, 0, 512, 0x02);
+    assert_reads(img, 512, MiB - 512, 0);
+    assert_reads(img, MiB, 512, 0x01);
+    test_image_close(img);
+    g_assert_cmpint(g_unlink(path), ==, 0);
+    if (tmp) {
+        g_assert_cmpint(g_rmdir(tmp), ==, 0);
+    }
+}
+
+/*
+ * Zeroing instead of copying also where QEMU does it with subclusters
+ * (only the written subclusters) and in an external data file.  @dir:
+ * where the images go, NULL for the scratch directory.
+ */
+static void test_cow_zeros_extl2_data_file(gconstpointer dir)
+{
+    g_autofree char *tmp = NULL;
+    g_autofree char *ext = NULL, *df = NULL, *data = NULL, *opts = NULL;
+    QGuardImage *img;
+
+    if (dir) {
+        if (!g_file_test(dir, G_FILE_TEST_IS_DIR)) {
+            g_test_skip("no such directory");
+            return;
+        }
+        tmp = g_build_filename(dir, "qguard-cow-ext-XXXXXX", NULL);
+        g_assert_nonnull(g_mkdtemp(tmp));
+    } else {
+        tmp = g_strdup(test_scratch_dir());
+    }
+    ext = g_build_filename(tmp, "x.qcow2", NULL);
+    df = g_build_filename(tmp, "d.qcow2", NULL);
+    data = g_build_filename(tmp, "d.data", NULL);
+
+    /* 2 MiB clusters: 64 KiB subclusters, each a whole number of blocks. */
+    test_image_new(ext, "qcow2", "size=4M,cluster_size=2M,extended_l2=on");
+    img = test_image_open(ext, "qcow2", NULL, QGUARD_OPEN_RDWR);
+    write_pattern(img, CLUSTER + 4096, 4096, 0x33);
+    g_assert_true(host_hole(ext, host_offset(img, CLUSTER)));
+    assert_reads(img, 0, CLUSTER + 4096, 0);
+    assert_reads(img, CLUSTER + 4096, 4096, 0x33);
+    assert_reads(img, CLUSTER + 8192, 4 * MiB - CLUSTER - 8192, 0);
+    test_image_close(img);
+
+    opts = g_strdup_printf("size=1M,data_file=%s", data);
+    test_image_new(df, "qcow2", opts);
+    img = test_image_open(df, "qcow2", NULL, QGUARD_OPEN_RDWR);
+    write_pattern(img, 4096, 4096, 0x44);
+    g_assert_true(host_hole(data, 0));
+    assert_reads(img, 0, 4096, 0);
+    assert_reads(img, 4096, 4096, 0x44);
+    assert_reads(img, 8192, MiB - 8192, 0);
+    test_image_close(img);
+
+    g_assert_cmpint(g_unlink(ext), ==, 0);
+    g_assert_cmpint(g_unlink(df), ==, 0);
+    g_assert_cmpint(g_unlink(data), ==, 0);
+    if (dir) {
+        g_assert_cmpint(g_rmdir(tmp), ==, 0);
+    }
+}
+
 int main(int argc, char **argv)
 {
     int ret;
@@ -526,6 +618,14 @@ int main(int argc, char **argv)
                          test_cow_zeros_over_backing);
     g_test_add_data_func("/zero-discard/cow-zeros/over-backing/dev-shm",
                          "/dev/shm", test_cow_zeros_over_backing);
+    g_test_add_data_func("/zero-discard/cow-zeros/disk-end/scratch", NULL,
+                         test_cow_zeros_disk_end);
+    g_test_add_data_func("/zero-discard/cow-zeros/disk-end/dev-shm",
+                         "/dev/shm", test_cow_zeros_disk_end);
+    g_test_add_data_func("/zero-discard/cow-zeros/extl2-data-file/scratch",
+                         NULL, test_cow_zeros_extl2_data_file);
+    g_test_add_data_func("/zero-discard/cow-zeros/extl2-data-file/dev-shm",
+                         "/dev/shm", test_cow_zeros_extl2_data_file);
 
     ret = g_test_run();
     test_scratch_remove();
