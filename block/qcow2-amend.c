@@ -604,7 +604,8 @@ static int find_compressed_clusters(BDRVQcow2State *s, bool *found)
         uint64_t l2_offset = s->l1_table[i] & L1E_OFFSET_MASK;
         void *table;
 
-        if (!l2_offset) {
+        /* An unaligned table is the zero expansion's to report. */
+        if (!l2_offset || offset_into_cluster(s, l2_offset)) {
             continue;
         }
         ret = qcow2_cache_get(s, s->l2_table_cache, l2_offset, &table);
