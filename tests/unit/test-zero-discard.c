@@ -329,6 +329,41 @@ static uint64_t host_offset(QGuardImage *img, uint64_t offset)
 }
 
 /*
+ * Where a test that also runs on tmpfs puts its images: a new directory
+ * under @dir, or the scratch directory when @dir is NULL.  NULL (and the
+ * test skipped) when @dir does not exist.
+ */
+static char *images_dir(gconstpointer dir)
+{
+    char *tmp;
+
+    if (!dir) {
+        return g_strdup(test_scratch_dir());
+    }
+    if (!g_file_test(dir, G_FILE_TEST_IS_DIR)) {
+        g_test_skip("no such directory");
+        return NULL;
+    }
+    tmp = g_build_filename(dir, "qguard-zero-discard-XXXXXX", NULL);
+    g_assert_nonnull(g_mkdtemp(tmp));
+    return tmp;
+}
+
+/* Remove the images in @tmp, and @tmp itself unless it is the scratch. */
+static void images_dir_done(gconstpointer dir, const char *tmp,
+                            const char *const *names)
+{
+    for (; *names; names++) {
+        g_autofree char *path = g_build_filename(tmp, *names, NULL);
+
+        g_assert_cmpint(g_unlink(path), ==, 0);
+    }
+    if (dir) {
+        g_assert_cmpint(g_rmdir(tmp), ==, 0);
+    }
+}
+
+/*
  * A 4 KiB write into an unallocated cluster reads as zeros around it,
  * also when the new cluster is a freed one that still holds old data in
  * the file (kept there by pass-discard-request=off), and after a reopen.
@@ -346,18 +381,12 @@ static void test_cow_zeros(gconstpointer dir)
     uint64_t old_host;
     int pass;
 
-    if (dir) {
-        if (!g_file_test(dir, G_FILE_TEST_IS_DIR)) {
-            g_test_skip("no such directory");
-            return;
-        }
-        tmp = g_build_filename(dir, "qguard-cow-zeros-XXXXXX", NULL);
-        g_assert_nonnull(g_mkdtemp(tmp));
-        path = g_build_filename(tmp, "cz.qcow2", NULL);
-        test_image_new(path, "qcow2", "size=1M");
-    } else {
-        path = create("cz.qcow2", "qcow2", "size=1M");
+    tmp = images_dir(dir);
+    if (!tmp) {
+        return;
     }
+    path = g_build_filename(tmp, "cz.qcow2", NULL);
+    test_image_new(path, "qcow2", "size=1M");
     img = test_image_open(path, "qcow2", "pass-discard-request=off",
                           QGUARD_OPEN_RDWR);
     write_pattern(img, 0, CLUSTER, 0xff);
@@ -392,10 +421,7 @@ static void test_cow_zeros(gconstpointer dir)
         g_assert_cmpint(lseek(fd, old_host, SEEK_DATA), ==, old_host + 4096);
         g_assert_cmpint(close(fd), ==, 0);
     }
-    g_assert_cmpint(g_unlink(path), ==, 0);
-    if (tmp) {
-        g_assert_cmpint(g_rmdir(tmp), ==, 0);
-    }
+    images_dir_done(dir, tmp, (const char *const[]){ "cz.qcow2", NULL });
 }
 
 /* Does the host file have a hole at [offset, offset + 4096)? */
@@ -426,19 +452,13 @@ static void test_cow_zeros_over_backing(gconstpointer dir)
     g_autofree char *tmp = NULL;
     int i;
 
-    if (dir) {
-        if (!g_file_test(dir, G_FILE_TEST_IS_DIR)) {
-            g_test_skip("no such directory");
-            return;
-        }
-        tmp = g_build_filename(dir, "qguard-cow-backing-XXXXXX", NULL);
-        g_assert_nonnull(g_mkdtemp(tmp));
+    tmp = images_dir(dir);
+    if (!tmp) {
+        return;
     }
     for (i = 0; i < 2; i++) {
-        g_autofree char *base = tmp ? g_build_filename(tmp, "b.qcow2", NULL)
-                                    : tpath("b%d.qcow2", i);
-        g_autofree char *top = tmp ? g_build_filename(tmp, "t.qcow2", NULL)
-                                   : tpath("t%d.qcow2", i);
+        g_autofree char *base = g_build_filename(tmp, "b.qcow2", NULL);
+        g_autofree char *top = g_build_filename(tmp, "t.qcow2", NULL);
         g_autofree char *opts = g_strdup_printf(
             "size=1M,compat=%s,backing_file=%s,backing_fmt=qcow2",
             compat[i], base);
@@ -478,12 +498,10 @@ static void test_cow_zeros_over_backing(gconstpointer dir)
             assert_reads(img, 5 * CLUSTER + 32768, 32768, 0x22);
         }
         test_image_close(img);
-        g_assert_cmpint(g_unlink(top), ==, 0);
-        g_assert_cmpint(g_unlink(base), ==, 0);
+        images_dir_done(NULL, tmp,
+                        (const char *const[]){ "t.qcow2", "b.qcow2", NULL });
     }
-    if (tmp) {
-        g_assert_cmpint(g_rmdir(tmp), ==, 0);
-    }
+    images_dir_done(dir, tmp, (const char *const[]){ NULL });
 }
 
 /*
@@ -498,17 +516,11 @@ static void test_cow_zeros_disk_end(gconstpointer dir)
     g_autofree char *path = NULL;
     QGuardImage *img;
 
-    if (dir) {
-        if (!g_file_test(dir, G_FILE_TEST_IS_DIR)) {
-            g_test_skip("no such directory");
-            return;
-        }
-        tmp = g_build_filename(dir, "qguard-cow-end-XXXXXX", NULL);
-        g_assert_nonnull(g_mkdtemp(tmp));
-        path = g_build_filename(tmp, "e.qcow2", NULL);
-    } else {
-        path = tpath("e.qcow2");
+    tmp = images_dir(dir);
+    if (!tmp) {
+        return;
     }
+    path = g_build_filename(tmp, "e.qcow2", NULL);
     test_image_new(path, "qcow2", "size=1049088");
     img = test_image_open(path, "qcow2", NULL, QGUARD_OPEN_RDWR);
     write_pattern(img, MiB, 512, 0x01);
@@ -519,10 +531,7 @@ static void test_cow_zeros_disk_end(gconstpointer dir)
     assert_reads(img, 512, MiB - 512, 0);
     assert_reads(img, MiB, 512, 0x01);
     test_image_close(img);
-    g_assert_cmpint(g_unlink(path), ==, 0);
-    if (tmp) {
-        g_assert_cmpint(g_rmdir(tmp), ==, 0);
-    }
+    images_dir_done(dir, tmp, (const char *const[]){ "e.qcow2", NULL });
 }
 
 /*
@@ -536,15 +545,9 @@ static void test_cow_zeros_extl2_data_file(gconstpointer dir)
     g_autofree char *ext = NULL, *df = NULL, *data = NULL, *opts = NULL;
     QGuardImage *img;
 
-    if (dir) {
-        if (!g_file_test(dir, G_FILE_TEST_IS_DIR)) {
-            g_test_skip("no such directory");
-            return;
-        }
-        tmp = g_build_filename(dir, "qguard-cow-ext-XXXXXX", NULL);
-        g_assert_nonnull(g_mkdtemp(tmp));
-    } else {
-        tmp = g_strdup(test_scratch_dir());
+    tmp = images_dir(dir);
+    if (!tmp) {
+        return;
     }
     ext = g_build_filename(tmp, "x.qcow2", NULL);
     df = g_build_filename(tmp, "d.qcow2", NULL);
@@ -570,12 +573,8 @@ static void test_cow_zeros_extl2_data_file(gconstpointer dir)
     assert_reads(img, 8192, MiB - 8192, 0);
     test_image_close(img);
 
-    g_assert_cmpint(g_unlink(ext), ==, 0);
-    g_assert_cmpint(g_unlink(df), ==, 0);
-    g_assert_cmpint(g_unlink(data), ==, 0);
-    if (dir) {
-        g_assert_cmpint(g_rmdir(tmp), ==, 0);
-    }
+    images_dir_done(dir, tmp, (const char *const[]){ "x.qcow2", "d.qcow2",
+                                                     "d.data", NULL });
 }
 
 int main(int argc, char **argv)
