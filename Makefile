@@ -76,13 +76,15 @@ FUZZ_SECONDS ?= 300
 fuzz:
 	tests/fuzz/run --seconds=$(FUZZ_SECONDS)
 
-# Random steps through QEMU 7.2's tools and qguard's on copies of one
-# image, compared after every step (tests/interop/differential.py); a few
-# seconds per seed, so not part of check.
+# Random steps through QEMU 7.2's tools and qguard's on two images made
+# alike, compared after every step (tests/interop/differential.py); a few
+# seconds per seed, so not part of check.  DIFF_OPTS: --mixed, --map.
 DIFF_SEEDS ?= 0:100
+DIFF_OPTS ?=
 .PHONY: check-differential
 check-differential: all
-	tests/interop/differential.py --build=$(BUILD) --seeds=$(DIFF_SEEDS)
+	tests/interop/differential.py --build=$(BUILD) --seeds=$(DIFF_SEEDS) \
+	    $(DIFF_OPTS)
 
 # Power-cut and I/O-error tests at every cut point and every N (slow).
 check-slow: all
