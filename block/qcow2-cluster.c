@@ -897,7 +897,7 @@ static int64_t write_run(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
     uint64_t nclusters = size_to_clusters(s, in_cluster + bytes);
     uint64_t gfirst = offset >> s->cluster_bits;
     uint64_t l2_offset, entry, host, n, got, run_bytes = 0, head, tail, i;
-    uint64_t last, end_in_last, cow_from, cow_to;
+    uint64_t last, end_in_last, cow_from, cow_to, last_entry;
     bool sc_meta, zero_cow, registered = false;
     CowSource head_src = COW_SOURCE_ZERO, tail_src = COW_SOURCE_ZERO;
     struct iovec iov[3];
@@ -920,6 +920,7 @@ retry:
     kind = run_kind(s, entry);
     host = entry & L2E_OFFSET_MASK;
     zero_cow = kind == RUN_ALLOCATE;
+    last_entry = entry;
     for (n = 1; n < nclusters; n++) {
         uint64_t next_entry = l2_get(s, l2_table, l2_index + n);
 
@@ -930,6 +931,7 @@ retry:
             (next_entry & L2E_OFFSET_MASK) != host + (n << s->cluster_bits)) {
             break;
         }
+        last_entry = next_entry;
     }
     if (has_subclusters(s)) {
         ret = check_subcluster_run(s, l2_table, l2_offset, l2_index, n,
@@ -1029,13 +1031,17 @@ retry:
         head_src = head ? COW_SOURCE_CHAIN : COW_SOURCE_ZERO;
         tail_src = tail ? COW_SOURCE_CHAIN : COW_SOURCE_ZERO;
     } else if (zero_cow && (head || tail)) {
-        ret = qcow2_cache_get(s, s->l2_table_cache, l2_offset, &l2_table);
-        if (ret < 0) {
-            goto fail;
+        /* The entries the run was scanned with, unless it was cut short. */
+        if (last + 1 != n) {
+            ret = qcow2_cache_get(s, s->l2_table_cache, l2_offset, &l2_table);
+            if (ret < 0) {
+                goto fail;
+            }
+            last_entry = l2_get(s, l2_table, l2_index + last);
+            qcow2_cache_put(s->l2_table_cache, &l2_table);
         }
-        head_src = cow_source(s, head, l2_get(s, l2_table, l2_index));
-        tail_src = cow_source(s, tail, l2_get(s, l2_table, l2_index + last));
-        qcow2_cache_put(s->l2_table_cache, &l2_table);
+        head_src = cow_source(s, head, entry);
+        tail_src = cow_source(s, tail, last_entry);
         zero_cow = head_src != COW_SOURCE_DATA && tail_src != COW_SOURCE_DATA;
     }
     if (zero_cow && tail &&
