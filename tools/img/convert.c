@@ -293,59 +293,88 @@ static int convert_write_data(ConvertState *s, uint64_t sector_num,
 }
 
 /*
- * Write a buffer of source data, leaving out runs of zeros that are at
- * least min_sparse long (aligned to the detection granularity): those stay
- * unallocated in a fresh target and are written as zeros otherwise.
+ * Whether the first sector of @buf holds data, with in *pnum how many
+ * sectors from it are alike, as qemu-img decides it: a run that does not
+ * reach the end of the buffer ends on an @alignment boundary, a data run
+ * rounded up and a zero run down, and a zero run that does not reach the
+ * boundary past its start counts as data (the data after it rewrites
+ * that block anyway).
+ */
+static bool sectors_hold_data(const uint8_t *buf, uint64_t n, uint64_t *pnum,
+                              uint64_t sector_num, uint64_t alignment)
+{
+    bool zero = sectors_are_zero(buf, 1);
+    uint64_t i = 1, tail;
+
+    while (i < n && sectors_are_zero(buf + i * SECTOR_SIZE, 1) == zero) {
+        i++;
+    }
+    tail = i < n ? (sector_num + i) & (alignment - 1) : 0;
+    if (tail) {
+        if (zero && i <= tail) {
+            zero = false;
+        }
+        i = zero ? i - tail : MIN(i + alignment - tail, n);
+    }
+    *pnum = i;
+    return !zero;
+}
+
+/*
+ * The same, but a data run also takes the zero runs shorter than
+ * min_sparse that data follows, so small holes do not split a write.
+ */
+static bool sectors_hold_data_min(const ConvertState *s, const uint8_t *buf,
+                                  uint64_t n, uint64_t *pnum,
+                                  uint64_t sector_num)
+{
+    uint64_t min = MIN(s->min_sparse, n), used, checked, k;
+
+    if (!sectors_hold_data(buf, n, pnum, sector_num, s->alignment)) {
+        return false;
+    }
+    used = checked = *pnum;
+    while (checked < n) {
+        bool data = sectors_hold_data(buf + checked * SECTOR_SIZE,
+                                      n - checked, &k, sector_num + checked,
+                                      s->alignment);
+
+        checked += k;
+        if (data) {
+            used = checked;
+        } else if (k >= min) {
+            break;
+        }
+    }
+    *pnum = used;
+    return true;
+}
+
+/*
+ * Write a buffer of source data as qemu-img does, piece by piece: data
+ * with the short holes inside it, and zeros (left out of a fresh target)
+ * where the rest begins with a hole of min_sparse sectors, or ends the
+ * buffer.
  */
 static int convert_write_sparse(ConvertState *s, uint64_t sector_num,
                                 uint64_t n)
 {
     const uint8_t *buf = s->buf;
-    uint64_t end = sector_num + n;
-    uint64_t run_start = sector_num;
-    bool run_zero = false;
-    uint64_t pos = sector_num;
-    int ret;
+    int ret = 0;
 
-    if (sectors_are_zero(buf, n)) {
-        return convert_write_zeroes(s, sector_num, n);
-    }
+    while (n > 0 && ret >= 0) {
+        uint64_t k;
 
-    while (pos < end) {
-        uint64_t block_end = MIN(end, ROUND_UP(pos + 1, s->alignment));
-        uint64_t len = block_end - pos;
-        /* Partial blocks are written: the cluster is touched anyway. */
-        bool zero = len == s->alignment &&
-                    sectors_are_zero(buf + (pos - sector_num) * SECTOR_SIZE,
-                                     len);
-
-        if (zero != run_zero && pos > run_start) {
-            /* A zero run too short to skip is written with its data. */
-            if (run_zero && pos - run_start < s->min_sparse) {
-                run_zero = zero;
-                pos = block_end;
-                continue;
-            }
-            ret = run_zero ? convert_write_zeroes(s, run_start,
-                                                  pos - run_start)
-                           : convert_write_data(s, run_start,
-                                                pos - run_start,
-                                                buf + (run_start -
-                                                       sector_num) *
-                                                      SECTOR_SIZE);
-            if (ret < 0) {
-                return ret;
-            }
-            run_start = pos;
+        if (sectors_hold_data_min(s, buf, n, &k, sector_num)) {
+            ret = convert_write_data(s, sector_num, k, buf);
+        } else {
+            ret = convert_write_zeroes(s, sector_num, k);
         }
-        run_zero = zero;
-        pos = block_end;
+        sector_num += k;
+        n -= k;
+        buf += k * SECTOR_SIZE;
     }
-    if (run_zero && end - run_start >= s->min_sparse) {
-        return convert_write_zeroes(s, run_start, end - run_start);
-    }
-    return convert_write_data(s, run_start, end - run_start,
-                              buf + (run_start - sector_num) * SECTOR_SIZE);
+    return ret;
 }
 
 /*
