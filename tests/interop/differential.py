@@ -25,16 +25,16 @@ image must print what qemu-img's print.
 QEMU 7.2 is not always right (docs/design.md lists where it damages an
 image). A seed stops without failing when QEMU's image fails its own
 check while qguard's passes, or QEMU marks its image corrupt; when
-QEMU's guest content differs only because the step's commands shared one
-qemu-io (the step rerun from the image before it, one qemu-io per
-command, agrees with qguard: QEMU's compressed writes keep state between
-commands, F20 in docs/robustness.md); when a QEMU tool hangs; when a
-qemu-img command fails but still changes QEMU's image; and at the
-documented differences of a command (a downgrade with persistent
-bitmaps, which qguard refuses; a snapshot apply with bitmaps, which QEMU
-refuses). A compressed write of several clusters that fails on one of
-them is not generated: QEMU runs its clusters as parallel tasks, so what
-it writes besides depends on their timing.
+QEMU's guest content or exit status differs only because the step's
+commands shared one qemu-io (the step rerun from the image before it,
+one qemu-io per command, agrees with qguard: QEMU's compressed writes
+keep state between commands, F20 in docs/robustness.md); when a QEMU
+tool hangs; when a qemu-img command fails but still changes QEMU's
+image; and at the documented differences of a command (a downgrade with
+persistent bitmaps, which qguard refuses; a snapshot apply with bitmaps,
+which QEMU refuses). A compressed write of several clusters that fails
+on one of them is not generated: QEMU runs its clusters as parallel
+tasks, so what it writes besides depends on their timing.
 
     tests/interop/differential.py --build=build [--seeds=0:100]
         [--mixed] [--map] [--dir=/dev/shm/qguard-differential]
@@ -287,6 +287,7 @@ class Seed:
         if kind == "io" and not args:
             return
         self.steps.append([kind, args])
+        self.kind, self.args = kind, args
         qguard_tool = self.tools["qguard"]
         self.by_qemu = self.mixed and self.r.random() < 0.5
         if self.by_qemu:
@@ -311,6 +312,11 @@ class Seed:
                 # (F20 in docs/robustness.md, by a compressed write)
                 raise Stop("QEMU marked its image corrupt")
             if t == "qguard" and (p.returncode == 0) != (status["qemu"] == 0):
+                if kind == "io" and not self.by_qemu and \
+                        not self.data_file and \
+                        self.one_per_process()[1] == (p.returncode == 0):
+                    raise Stop("QEMU's exit status differs only when the "
+                               "commands share one qemu-io")
                 raise Fail("%s: exit %d, QEMU's %d: %s" % (
                     kind, p.returncode, status["qemu"], p.stderr.strip()))
         if kind != "io" and status["qemu"] and not self.by_qemu and \
@@ -325,7 +331,6 @@ class Seed:
                 kind, output["qguard"], output["qemu"]))
         if kind == "resize" and status["qemu"] == 0:
             self.size = new_size
-        self.kind, self.args = kind, args
         if kind == "convert" and status["qemu"] == 0:
             self.cs = 65536     # qemu-img create's default
             for o in args:
@@ -360,7 +365,7 @@ class Seed:
         if self.differ(self.img["qemu"]):
             if self.kind == "io" and not self.by_qemu and \
                     not self.data_file and \
-                    not self.differ(self.one_per_process()):
+                    not self.differ(self.one_per_process()[0]):
                 raise Stop("QEMU's content differs only when the commands "
                            "share one qemu-io (docs/design.md)")
             raise Fail("guest content differs")
@@ -425,10 +430,12 @@ class Seed:
         qemu-io per command: QEMU 7.2's compressed writes damage data only
         through state kept between commands (F20 in docs/robustness.md)."""
         img = os.path.join(self.dir, "one-per-process.qcow2")
+        ok = True
         shutil.copy(self.pre_step, img)
         for c in self.args:
-            run(["qemu-io", "-f", "qcow2", "-c", c, img])
-        return img
+            ok = run(["qemu-io", "-f", "qcow2", "-c", c, img]).returncode == 0 \
+                and ok
+        return img, ok
 
     def allocation(self, img):
         """qemu-img map without host offsets: which layer holds what."""
