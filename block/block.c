@@ -1005,6 +1005,7 @@ int qguard_image_truncate(QGuardImage *img, uint64_t size, bool shrink,
  */
 static void add_file_zero_status(QGuardImage *img, QGuardBlockStatus *st)
 {
+    HostFile *file;
     uint64_t bytes = st->bytes;
     bool hole;
 
@@ -1012,9 +1013,10 @@ static void add_file_zero_status(QGuardImage *img, QGuardBlockStatus *st)
         return;
     }
     st->flags &= ~BDRV_BLOCK_RECURSE;
-    if (!(st->flags & QGUARD_BLOCK_OFFSET_VALID) ||
+    file = img->drv->data_file ? img->drv->data_file(img) : img->file;
+    if (!file || !(st->flags & QGUARD_BLOCK_OFFSET_VALID) ||
         !(st->flags & QGUARD_BLOCK_DATA) ||
-        host_file_is_hole(img->file, st->host_offset, &bytes, &hole) < 0) {
+        host_file_is_hole(file, st->host_offset, &bytes, &hole) < 0) {
         return;
     }
     st->bytes = bytes;

@@ -33,7 +33,8 @@ typedef enum BdrvDetectZeroes {
 
 /*
  * Driver-internal block status flag: the data extent may contain holes of
- * the host file that read as zeros; the generic layer asks the file.
+ * the host file that read as zeros; the generic layer asks the file the
+ * data lies in when the caller wants zeros found (QEMU's want_zero).
  */
 #define BDRV_BLOCK_RECURSE (1u << 16)
 
@@ -138,6 +139,11 @@ struct BlockDriver {
     /* Status of this layer only; ALLOCATED unset means "ask the backing". */
     int (*block_status)(QGuardImage *img, uint64_t offset, uint64_t bytes,
                         QGuardBlockStatus *st, GError **errp);
+    /*
+     * The file host offsets of guest data point into (NULL: none open);
+     * without this, the image's own file.
+     */
+    HostFile *(*data_file)(QGuardImage *img);
     int (*get_info)(QGuardImage *img, QGuardImageInfo *info, GError **errp);
     int (*check)(QGuardImage *img, unsigned fix, QGuardCheckResult *result,
                  QGuardReportFunc *report, void *opaque, GError **errp);

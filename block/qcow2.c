@@ -894,21 +894,7 @@ static int do_block_status(QGuardImage *img, uint64_t offset,
             s->metadata_prealloc = detect_metadata_preallocation(s);
             s->metadata_prealloc_checked = true;
         }
-        if (!s->metadata_prealloc) {
-            break;
-        }
-        if (has_data_file(s)) {
-            uint64_t n = st->bytes;
-            bool hole;
-
-            if (s->data_file &&
-                host_file_is_hole(s->data_file, host, &n, &hole) == 0) {
-                st->bytes = n;
-                if (hole) {
-                    st->flags |= QGUARD_BLOCK_ZERO;
-                }
-            }
-        } else {
+        if (s->metadata_prealloc) {
             st->flags |= BDRV_BLOCK_RECURSE;
         }
         break;
@@ -918,6 +904,13 @@ static int do_block_status(QGuardImage *img, uint64_t offset,
         break;
     }
     return 0;
+}
+
+static HostFile *qcow2_data_file(QGuardImage *img)
+{
+    BDRVQcow2State *s = img->opaque;
+
+    return has_data_file(s) ? s->data_file : img->file;
 }
 
 static int qcow2_truncate(QGuardImage *img, uint64_t size, bool shrink,
@@ -1199,6 +1192,7 @@ const BlockDriver bdrv_qcow2 = {
     .close_flush = qcow2_close_flush,
     .truncate = qcow2_truncate,
     .block_status = qcow2_block_status,
+    .data_file = qcow2_data_file,
     .get_info = qcow2_get_info,
     .check = qcow2_check,
     .overlap_stats = qcow2_overlap_stats,
