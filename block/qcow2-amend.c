@@ -517,9 +517,8 @@ static int expand_zeros_in_l1(BDRVQcow2State *s, const uint64_t *l1,
 
 static int expand_zero_clusters(BDRVQcow2State *s, AmendProgress *p)
 {
-    g_autofree uint64_t *l1 = NULL;
     int64_t total = s->l1_size, visited = 0;
-    uint32_t i, j;
+    uint32_t i;
     int ret;
 
     for (i = 0; i < s->nb_snapshots; i++) {
@@ -540,7 +539,7 @@ static int expand_zero_clusters(BDRVQcow2State *s, AmendProgress *p)
     }
     for (i = 0; i < s->nb_snapshots; i++) {
         QCowSnapshot *sn = &s->snapshots[i];
-
+        g_autofree uint64_t *l1 = NULL;
         g_autoptr(GError) err = NULL;
 
         ret = qcow2_validate_table(s, sn->l1_table_offset, sn->l1_size, 8,
@@ -554,14 +553,9 @@ static int expand_zero_clusters(BDRVQcow2State *s, AmendProgress *p)
             qguard_report_now(err->message);
             return ret;
         }
-        l1 = g_renew(uint64_t, l1, MAX(sn->l1_size, 1));
-        ret = host_file_pread(s->file, sn->l1_table_offset, l1,
-                              (size_t)sn->l1_size * 8);
+        ret = qcow2_read_l1_table(s, sn->l1_table_offset, sn->l1_size, &l1);
         if (ret < 0) {
             return ret;
-        }
-        for (j = 0; j < sn->l1_size; j++) {
-            l1[j] = GUINT64_FROM_BE(l1[j]);
         }
         ret = expand_zeros_in_l1(s, l1, sn->l1_size, false, &visited, total,
                                  p);
@@ -595,7 +589,6 @@ static bool l2_names_compressed(BDRVQcow2State *s, const void *l2)
 static int find_compressed_clusters(BDRVQcow2State *s, bool *found)
 {
     g_autofree uint8_t *buf = g_malloc(s->cluster_size);
-    g_autofree uint64_t *l1 = NULL;
     uint32_t i, j;
     int ret;
 
@@ -617,6 +610,7 @@ static int find_compressed_clusters(BDRVQcow2State *s, bool *found)
     }
     for (i = 0; i < s->nb_snapshots && !*found; i++) {
         QCowSnapshot *sn = &s->snapshots[i];
+        g_autofree uint64_t *l1 = NULL;
         g_autoptr(GError) err = NULL;
 
         if (qcow2_validate_table(s, sn->l1_table_offset, sn->l1_size, 8,
@@ -624,14 +618,12 @@ static int find_compressed_clusters(BDRVQcow2State *s, bool *found)
                                  &err) < 0) {
             continue;
         }
-        l1 = g_renew(uint64_t, l1, MAX(sn->l1_size, 1));
-        ret = host_file_pread(s->file, sn->l1_table_offset, l1,
-                              (size_t)sn->l1_size * 8);
+        ret = qcow2_read_l1_table(s, sn->l1_table_offset, sn->l1_size, &l1);
         if (ret < 0) {
             return ret;
         }
         for (j = 0; j < sn->l1_size && !*found; j++) {
-            uint64_t l2_offset = GUINT64_FROM_BE(l1[j]) & L1E_OFFSET_MASK;
+            uint64_t l2_offset = l1[j] & L1E_OFFSET_MASK;
 
             if (!l2_offset || offset_into_cluster(s, l2_offset)) {
                 continue;
