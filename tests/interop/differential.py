@@ -43,8 +43,8 @@ tasks, so what it writes besides depends on their timing.
 offsets): which layer holds what, and what reads as zeros or data.  Where
 QEMU leaves holes in its file (zeroed copy-on-write) qguard must too, so
 this holds the tools to the same allocation decisions; it is an option
-because the remaining differences are of map alone (see the notes in
-docs/robustness.md), not of the guest's data.
+because the remaining differences are of map alone (listed under the
+bug table of docs/robustness.md), not of the guest's data.
 
 --mixed gives each step of qguard's copy to either tool at random, so the
 tools read and change each other's images.  A failing seed keeps its
