@@ -516,6 +516,84 @@ static void pool_splice(Qcow2MetadataMap *map, OvlChunk *c, unsigned bit,
 }
 
 /*
+ * Whether n canonical fragments, which fit no slot, are compact at rest
+ * (F4): they make at most COMPACT_MAX_ENTRIES entries, and those take
+ * fewer words than the list would.  *entries is then their number.
+ */
+bool ovl_frags_compact(const uint32_t *f, unsigned n, unsigned *entries)
+{
+    uint32_t last = f[n - 1];
+    unsigned list_words = n - (frag_len(last) == 1 &&
+                               one_bit(frag_types(last)));
+    unsigned k = 0, i;
+
+    for (i = 0; i < n && k <= COMPACT_MAX_ENTRIES; i++) {
+        k += frag_len(f[i]) * __builtin_popcount(frag_types(f[i]));
+    }
+    *entries = k;
+    return k <= COMPACT_MAX_ENTRIES && compact_words(k) < list_words;
+}
+
+/* Write the compact list of n canonical fragments with k entries to out. */
+static void compact_build(const uint32_t *f, unsigned n, unsigned k,
+                          uint32_t *out)
+{
+    uint8_t *index = (uint8_t *)(out + 1);
+    OvlEntry *ent = (OvlEntry *)(out + COMPACT_HEAD_WORDS);
+    unsigned b = 0, j = 0, i, c;
+
+    out[0] = k;
+    for (i = 0; i < n; i++) {
+        unsigned start = frag_start(f[i]), end = frag_end(f[i]);
+
+        for (c = start; c < end; c++) {
+            unsigned t;
+
+            /* the first entry of each bucket up to c's fills its byte */
+            while (b <= c >> COMPACT_BUCKET_BITS) {
+                index[b++] = j;
+            }
+            for (t = frag_types(f[i]); t; t &= t - 1) {
+                ent[j++] = compact_key(c, __builtin_ctz(t));
+            }
+        }
+    }
+    while (b < COMPACT_BUCKETS) {
+        index[b++] = j;
+    }
+    while (j < (compact_words(k) - COMPACT_HEAD_WORDS) * 2) {
+        ent[j++] = COMPACT_END;
+    }
+}
+
+/*
+ * The canonical fragments of a compact list (at most COMPACT_MAX_ENTRIES);
+ * returns their number.
+ */
+unsigned ovl_compact_to_frags(const uint32_t *p, uint32_t *frags)
+{
+    const OvlEntry *ent = compact_entries(p);
+    unsigned n = compact_len(p), i = 0, k = 0;
+
+    while (i < n) {
+        unsigned c = ent[i] >> 3, m = 0;
+
+        for (; i < n && ent[i] >> 3 == c; i++) {
+            m |= 1u << (ent[i] & 7);
+        }
+        if (k && frag_end(frags[k - 1]) == c &&
+            frag_types(frags[k - 1]) == m &&
+            frag_len(frags[k - 1]) < FRAG_MAX_LEN) {
+            frags[k - 1] = frag_make(frag_start(frags[k - 1]),
+                                     frag_len(frags[k - 1]) + 1, m);
+        } else {
+            frags[k++] = frag_make(c, 1, m);
+        }
+    }
+    return k;
+}
+
+/*
  * Make n >= 1 canonical fragments the form at rest of the window at pos,
  * which holds nothing in its pool yet, and return the slot to store.  A
  * list's last fragment stays in the slot when it is one cluster of one type
@@ -527,14 +605,23 @@ uint32_t ovl_rest_store(Qcow2MetadataMap *map, OvlPos *pos,
 {
     uint32_t slot, last = frags[n - 1];
     bool tail = frag_len(last) == 1 && one_bit(frag_types(last));
-    unsigned off;
+    unsigned off, k;
 
     map->stats.fragments += n;
     if (ovl_frags_fit_slot(frags, n, &slot)) {
         return slot;
     }
-    n -= tail;
     off = pool_insert_offset(map, pos->chunk, pos->bit);
+    if (ovl_frags_compact(frags, n, &k)) {
+        uint32_t words[COMPACT_HEAD_WORDS + COMPACT_MAX_ENTRIES / 2 + 1];
+
+        compact_build(frags, n, k, words);
+        pool_splice(map, pos->chunk, pos->bit, off, 0, words,
+                    compact_words(k));
+        pos->slot = chunk_slots(pos->chunk) + pos->idx;
+        return slot_list_make(off, NULL);
+    }
+    n -= tail;
     pool_splice(map, pos->chunk, pos->bit, off, 0, frags, n);
     pos->slot = chunk_slots(pos->chunk) + pos->idx;
     list_mark(pool_list(pos->chunk, pos->bit, off), n);
@@ -544,11 +631,17 @@ uint32_t ovl_rest_store(Qcow2MetadataMap *map, OvlPos *pos,
 /* Give back the pool words of the window at pos, whose list slot is 'rest'. */
 void ovl_rest_drop(Qcow2MetadataMap *map, OvlPos *pos, uint32_t rest)
 {
-    unsigned n = list_len(pool_list(pos->chunk, pos->bit, rest));
+    const uint32_t *p = pool_list(pos->chunk, pos->bit, rest);
+    unsigned n = pool_list_words(p), frags = n + slot_list_tail(rest);
 
+    if (pool_is_compact(p)) {
+        uint32_t f[COMPACT_MAX_ENTRIES];
+
+        frags = ovl_compact_to_frags(p, f);
+    }
     pool_splice(map, pos->chunk, pos->bit, slot_list_off(rest), n, NULL, 0);
     pos->slot = chunk_slots(pos->chunk) + pos->idx;
-    map->stats.fragments -= n + slot_list_tail(rest);
+    map->stats.fragments -= frags;
 }
 
 /*
@@ -557,9 +650,12 @@ void ovl_rest_drop(Qcow2MetadataMap *map, OvlPos *pos, uint32_t rest)
  */
 unsigned ovl_list_copy(const uint32_t *pool, uint32_t rest, uint32_t *frags)
 {
-    unsigned n = list_len(pool);
-    unsigned i;
+    unsigned n, i;
 
+    if (pool_is_compact(pool)) {
+        return ovl_compact_to_frags(pool, frags);
+    }
+    n = list_len(pool);
     for (i = 0; i < n; i++) {
         frags[i] = frag_set_mark(pool[i], 0);
     }
@@ -679,10 +775,12 @@ static void verify_chunk(const Qcow2MetadataMap *map, OvlVerifyState *vs,
                 g_assert_cmpuint(slot_list_off(*rest), ==, off);
                 g_assert_cmpuint(off, <, len);
                 list = words + off;
-                plen = list_len(list);
+                plen = pool_list_words(list);
                 g_assert_cmpuint(plen, >=, 1);
                 g_assert_cmpuint(off + plen, <=, len);
-                verify_marks(list, plen);
+                if (!pool_is_compact(list)) {
+                    verify_marks(list, plen);
+                }
                 off += plen;
             }
             ovl_verify_window(map, vs, first_window + b, slot, list);

@@ -399,6 +399,85 @@ static inline unsigned list_len(const uint32_t *p)
     return n;
 }
 
+/*
+ * A compact list: one 16-bit entry per cluster and type, start (12) | type
+ * bit number (3) with the top bit clear, sorted, behind an index of the
+ * entries that come before each bucket of 64 clusters:
+ *
+ *   word 0       0 (16) | mark 0 (4) | number of entries (12)
+ *   words 1..16  the index: byte k counts the entries starting before
+ *                cluster 64 * k
+ *   then         the entries, then COMPACT_END to the end of the last word
+ *
+ * Word 0 of a list never has mark 0 (a list has at least one word), so
+ * word 0 tells the two apart.  F4 says when a window is compact.
+ */
+#define COMPACT_BUCKET_BITS 6
+#define COMPACT_BUCKETS     (WINDOW_CLUSTERS >> COMPACT_BUCKET_BITS)
+#define COMPACT_HEAD_WORDS  (1 + COMPACT_BUCKETS / 4)
+#define COMPACT_MAX_ENTRIES 255u        /* what an index byte can count */
+#define COMPACT_END         0xffffu     /* above every entry */
+
+/* Entries are read as 16-bit halves of the pool's 32-bit words. */
+typedef uint16_t __attribute__((may_alias)) OvlEntry;
+
+static inline bool pool_is_compact(const uint32_t *p)
+{
+    return !frag_mark(p[0]);
+}
+
+static inline unsigned compact_len(const uint32_t *p)
+{
+    return p[0] & FRAG_START_MASK;
+}
+
+/* Words of a compact list of n entries: the head, the entries, an end. */
+static inline unsigned compact_words(unsigned n)
+{
+    return COMPACT_HEAD_WORDS + (n + 2) / 2;
+}
+
+static inline const uint8_t *compact_index(const uint32_t *p)
+{
+    return (const uint8_t *)(p + 1);
+}
+
+static inline const OvlEntry *compact_entries(const uint32_t *p)
+{
+    return (const OvlEntry *)(p + COMPACT_HEAD_WORDS);
+}
+
+static inline unsigned compact_key(unsigned start, unsigned bit)
+{
+    return start << 3 | bit;
+}
+
+/* Words of the list or compact list at p in its pool. */
+static inline unsigned pool_list_words(const uint32_t *p)
+{
+    return pool_is_compact(p) ? compact_words(compact_len(p)) : list_len(p);
+}
+
+/*
+ * The types in clusters [s, e) of a compact list (s < e <= 4096): the
+ * index byte of s's bucket, the few entries of the bucket before s, then
+ * the entries inside the range.  COMPACT_END stops both loops.
+ */
+static inline unsigned compact_or(const uint32_t *p, unsigned s, unsigned e)
+{
+    const OvlEntry *ent = compact_entries(p);
+    unsigned i = compact_index(p)[s >> COMPACT_BUCKET_BITS];
+    unsigned lo = compact_key(s, 0), hi = compact_key(e, 0), m = 0;
+
+    while (ent[i] < lo) {
+        i++;
+    }
+    for (; ent[i] < hi; i++) {
+        m |= 1u << (ent[i] & 7);
+    }
+    return m;
+}
+
 static inline bool one_bit(unsigned m)
 {
     return m && !(m & (m - 1));
@@ -499,6 +578,8 @@ uint32_t ovl_rest_store(Qcow2MetadataMap *map, OvlPos *pos,
                         const uint32_t *frags, unsigned n);
 void ovl_rest_drop(Qcow2MetadataMap *map, OvlPos *pos, uint32_t rest);
 unsigned ovl_list_copy(const uint32_t *pool, uint32_t rest, uint32_t *frags);
+bool ovl_frags_compact(const uint32_t *f, unsigned n, unsigned *entries);
+unsigned ovl_compact_to_frags(const uint32_t *p, uint32_t *frags);
 
 void ovl_dir_free(Qcow2MetadataMap *map);
 

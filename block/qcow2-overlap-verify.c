@@ -66,6 +66,9 @@ unsigned qcow2_metadata_map_get(const Qcow2MetadataMap *map,
         return m;
     case SLOT_LIST:
         data = pool_list(pos.chunk, pos.bit, *pos.slot);
+        if (pool_is_compact(data)) {
+            return m | compact_or(data, c, c + 1);
+        }
         return m | ovl_list_or(data, list_len(data), *pos.slot, c, c + 1);
     default:
         return m |
@@ -77,7 +80,8 @@ Qcow2OverlapWindowForm
 qcow2_metadata_map_window_form(const Qcow2MetadataMap *map,
                                uint64_t window_index)
 {
-    uint32_t *slotp = ovl_window_find(map, window_index).slot;
+    OvlPos pos = ovl_window_find(map, window_index);
+    uint32_t *slotp = pos.slot;
 
     if (!slotp) {
         return QCOW2_OVERLAP_WINDOW_EMPTY;
@@ -88,7 +92,8 @@ qcow2_metadata_map_window_form(const Qcow2MetadataMap *map,
     case SLOT_PAIR:
         return QCOW2_OVERLAP_WINDOW_PAIR;
     case SLOT_LIST:
-        return QCOW2_OVERLAP_WINDOW_LIST;
+        return pool_is_compact(pool_list(pos.chunk, pos.bit, *slotp)) ?
+               QCOW2_OVERLAP_WINDOW_COMPACT : QCOW2_OVERLAP_WINDOW_LIST;
     default:
         return ((OvlBytemap *)map->handles[slot_handle(*slotp)])->permanent ?
                QCOW2_OVERLAP_WINDOW_PERMANENT : QCOW2_OVERLAP_WINDOW_CACHED;
@@ -137,15 +142,63 @@ static void verify_frags(const uint32_t *f, unsigned n)
     }
 }
 
-/* A list at rest (F1..F4) with list slot 'slot' and pool words at 'pool'. */
+/*
+ * A compact list (F4): its head, index, entries and end are exactly what
+ * storing its canonical fragments writes.
+ */
+static unsigned verify_compact(const uint32_t *pool, uint32_t *frags)
+{
+    const OvlEntry *ent = compact_entries(pool);
+    const uint8_t *index = compact_index(pool);
+    unsigned k = compact_len(pool), n, entries, i;
+
+    g_assert_cmpuint(pool[0] >> FRAG_MARK_SHIFT, ==, 0);
+    g_assert_cmpuint(k, <=, COMPACT_MAX_ENTRIES);
+    for (i = 0; i < k; i++) {
+        g_assert_cmpuint(ent[i], <, 1u << 15);
+        if (i) {
+            g_assert_cmpuint(ent[i - 1], <, ent[i]);        /* sorted, once */
+        }
+    }
+    for (; i < (compact_words(k) - COMPACT_HEAD_WORDS) * 2; i++) {
+        g_assert_cmpuint(ent[i], ==, COMPACT_END);
+    }
+    for (i = 0; i < COMPACT_BUCKETS; i++) {
+        unsigned before = 0;
+
+        while (before < k &&
+               ent[before] >> 3 < i << COMPACT_BUCKET_BITS) {
+            before++;
+        }
+        g_assert_cmpuint(index[i], ==, before);
+    }
+    n = ovl_compact_to_frags(pool, frags);
+    g_assert_true(ovl_frags_compact(frags, n, &entries));       /* F4 */
+    g_assert_cmpuint(entries, ==, k);
+    return n;
+}
+
+/*
+ * A list or compact list at rest (F1..F4) with list slot 'slot' and pool
+ * words at 'pool'.
+ */
 static void verify_list(OvlVerifyState *vs, const uint32_t *pool, uint32_t slot)
 {
     uint32_t frags[LIST_MAX_FRAGS + 1], tmp, last;
-    unsigned n;
+    unsigned n, entries;
 
     g_assert_cmpuint(slot_tag(slot), ==, SLOT_LIST);
     if (!slot_list_tail(slot)) {
         g_assert_cmpuint(slot >> LIST_OFF_BITS & 0xffff, ==, 0);
+    }
+    if (pool_is_compact(pool)) {
+        g_assert_false(slot_list_tail(slot));
+        n = verify_compact(pool, frags);
+        g_assert_cmpuint(n, >=, 2);
+        verify_frags(frags, n);
+        g_assert_false(ovl_frags_fit_slot(frags, n, &tmp));     /* F4 */
+        vs->fragments += n;
+        return;
     }
     g_assert_cmpuint(list_len(pool), >=, 1);
     g_assert_cmpuint(list_len(pool), <=, LIST_MAX_FRAGS);
@@ -154,6 +207,7 @@ static void verify_list(OvlVerifyState *vs, const uint32_t *pool, uint32_t slot)
     g_assert_cmpuint(n, <=, LIST_MAX_FRAGS);                    /* F4 */
     verify_frags(frags, n);
     g_assert_false(ovl_frags_fit_slot(frags, n, &tmp));         /* F4 */
+    g_assert_false(ovl_frags_compact(frags, n, &entries));      /* F4 */
     last = frags[n - 1];
     g_assert_cmpint(slot_list_tail(slot), ==,                   /* F4 */
                     frag_len(last) == 1 && one_bit(frag_types(last)));
@@ -323,7 +377,8 @@ void qcow2_metadata_map_verify(const Qcow2MetadataMap *map)
         g_assert_cmpuint(map->check_slot, ==, slot);
         g_assert_true(map->check_data == data);
         if (slot_tag(slot) == SLOT_LIST) {
-            g_assert_cmpuint(map->check_list_len, ==, list_len(data));
+            g_assert_cmpuint(map->check_list_len, ==,
+                             pool_is_compact(data) ? 0 : list_len(data));
         }
     }
 

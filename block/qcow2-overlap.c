@@ -522,11 +522,35 @@ unsigned ovl_bytemap_to_frags(const uint8_t *b, uint32_t *frags,
 
 /* ---- lists at rest ------------------------------------------------------ */
 
-/* Expand the list with list slot 'rest' whose pool words are at 'pool'. */
+/* Expand a compact list into 'bytes'; returns the non-zero clusters. */
+static unsigned compact_expand(const uint32_t *p, uint8_t *bytes)
+{
+    const OvlEntry *ent = compact_entries(p);
+    unsigned n = compact_len(p), pop = 0;
+    unsigned i;
+
+    memset(bytes, 0, WINDOW_CLUSTERS);
+    for (i = 0; i < n; i++) {
+        uint8_t *b = &bytes[ent[i] >> 3];
+
+        pop += !*b;
+        *b |= 1u << (ent[i] & 7);
+    }
+    return pop;
+}
+
+/*
+ * Expand the list or compact list with list slot 'rest' whose pool words
+ * are at 'pool'.
+ */
 unsigned ovl_list_expand(const uint32_t *pool, uint32_t rest, uint8_t *bytes)
 {
-    unsigned pop = frags_expand(pool, list_len(pool), bytes);
+    unsigned pop;
 
+    if (pool_is_compact(pool)) {
+        return compact_expand(pool, bytes);
+    }
+    pop = frags_expand(pool, list_len(pool), bytes);
     if (slot_list_tail(rest)) {
         bytes[slot_tail_start(rest)] = slot_tail_types(rest);
         pop++;
@@ -966,6 +990,9 @@ unsigned slot_check(Qcow2MetadataMap *map, uint32_t slot, const void *data,
                  slot_pair_types(slot, 1) : 0)) & want;
     case SLOT_LIST:
         map->stats.list_queries++;
+        if (!map->check_list_len) {
+            return compact_or(data, s, e) & want;
+        }
         if (e - s == 1) {
             return list_check_one(data, map->check_list_len, slot, s, want);
         }
@@ -1020,7 +1047,7 @@ unsigned window_check_hw(Qcow2MetadataMap *map, uint64_t w, unsigned s,
     data = NULL;
     if (slot_tag(slot) == SLOT_LIST) {
         data = pool_list(c, b, slot);
-        map->check_list_len = list_len(data);
+        map->check_list_len = pool_is_compact(data) ? 0 : list_len(data);
     } else if (slot_tag(slot) == SLOT_BYTEMAP) {
         data = map->handles[slot_handle(slot)];
     }
@@ -1390,6 +1417,12 @@ unsigned qcow2_metadata_map_check_types(Qcow2MetadataMap *map, unsigned want,
         } else if (slot_tag(map->check_slot) == SLOT_LIST && first == last) {
             /* the same flush through a window at rest (a cache of one) */
             map->stats.list_queries++;
+            if (!map->check_list_len) {
+                return compact_or(map->check_data,
+                                  first & (WINDOW_CLUSTERS - 1),
+                                  (first & (WINDOW_CLUSTERS - 1)) + 1) &
+                       want & LOW_TYPES;
+            }
             return list_check_one(map->check_data, map->check_list_len,
                                   map->check_slot,
                                   first & (WINDOW_CLUSTERS - 1),

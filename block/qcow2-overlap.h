@@ -141,6 +141,8 @@ typedef enum Qcow2OverlapWindowForm {
     /* two one-cluster, one-type fragments in the slot */
     QCOW2_OVERLAP_WINDOW_PAIR,
     QCOW2_OVERLAP_WINDOW_LIST,      /* fragment list at rest */
+    /* one 16-bit entry per cluster and type at rest, with an index */
+    QCOW2_OVERLAP_WINDOW_COMPACT,
     QCOW2_OVERLAP_WINDOW_CACHED,    /* bytemap in the LRU cache */
     /* bytemap kept outside the LRU (> 1024 fragments) */
     QCOW2_OVERLAP_WINDOW_PERMANENT,

@@ -591,6 +591,7 @@ static void compare_window(Qcow2MetadataMap *map, OvlModel *m, int region,
         }
         break;
     case QCOW2_OVERLAP_WINDOW_LIST:
+    case QCOW2_OVERLAP_WINDOW_COMPACT:
         if (n_want < 2 || n_want > 1024) {
             fuzz_fail("window %" PRIu64 " list of %u fragments", window,
                       n_want);

@@ -702,23 +702,26 @@ static unsigned expected_types(const Qcow2MetadataMap *m, uint64_t c,
 }
 
 /*
- * Checks of list windows are answered from the list where it rests: no
- * conversion, no cache slot, no allocation, no change of form.
+ * Checks of windows at rest are answered where they rest: no conversion,
+ * no cache slot, no allocation, no change of form.  A grown image with
+ * 512 B clusters has an L2 table every 65 clusters, which makes its
+ * windows compact; with 4 KiB clusters they are lists.
  */
-static void test_list_windows_answered_in_place(void)
+static void windows_answered_in_place(unsigned cb, uint64_t size,
+                                      Qcow2OverlapWindowForm at_rest)
 {
-    Qcow2MetadataMap *m = qcow2_metadata_map_new(9, 1);
-    uint64_t host = build_grown_image(m, 9, UINT64_C(64) << 20), windows, mem,
-             n = 0;
+    Qcow2MetadataMap *m = qcow2_metadata_map_new(cb, 1);
+    uint64_t host = build_grown_image(m, cb, size), windows, mem, n = 0;
     uint64_t rng = 12345;
     Qcow2MetadataMapStats s;
     uint64_t w;
     unsigned i;
 
     qcow2_metadata_map_flush(m);
-    windows = (host >> 9) / WIN;
+    windows = (host >> cb) / WIN;
+    g_assert_cmpuint(windows, >=, 4);
     for (w = 0; w < windows; w++) {
-        g_assert_cmpint(form(m, w), ==, QCOW2_OVERLAP_WINDOW_LIST);
+        g_assert_cmpint(form(m, w), ==, at_rest);
     }
     qcow2_metadata_map_reset_counters(m);
     mem = stats_of(m).mem_current;
@@ -732,7 +735,7 @@ static void test_list_windows_answered_in_place(void)
         a = (r >> 8) % WIN;
         len = 1 + (r >> 20) % (i % 4 ? 16 : WIN);
         len = MIN(len, WIN - a);
-        g_assert_cmpuint(check_c(m, 9, w * WIN + a, len, 0), ==,
+        g_assert_cmpuint(check_c(m, cb, w * WIN + a, len, 0), ==,
                          expected_types(m, w * WIN + a, len) & 0xff);
         n++;
     }
@@ -746,18 +749,138 @@ static void test_list_windows_answered_in_place(void)
     g_assert_cmpuint(s.mem_current, ==, mem);
     g_assert_cmpuint(s.mem_peak, ==, mem);
     for (w = 0; w < windows; w++) {
-        g_assert_cmpint(form(m, w), ==, QCOW2_OVERLAP_WINDOW_LIST);
+        g_assert_cmpint(form(m, w), ==, at_rest);
     }
 
     /* an edit still expands its window, and a check then reads the bytemap */
-    enter_c(m, 9, 3 * WIN + 1, 1, QCOW2_OL_INACTIVE_L2);
+    enter_c(m, cb, 3 * WIN + 1, 1, QCOW2_OL_INACTIVE_L2);
     g_assert_cmpint(form(m, 3), ==, QCOW2_OVERLAP_WINDOW_CACHED);
-    g_assert_cmpuint(check_c(m, 9, 3 * WIN, 2, 0), ==,
+    g_assert_cmpuint(check_c(m, cb, 3 * WIN, 2, 0), ==,
                      expected_types(m, 3 * WIN, 2) & 0xff);
     g_assert_cmpuint(stats_of(m).list_queries, ==, n);
     g_assert_cmpuint(stats_of(m).list_to_bytemap, ==, 1);
     qcow2_metadata_map_verify(m);
     qcow2_metadata_map_free(m);
+}
+
+static void test_list_windows_answered_in_place(void)
+{
+    windows_answered_in_place(12, UINT64_C(128) << 20,
+                              QCOW2_OVERLAP_WINDOW_LIST);
+}
+
+static void test_compact_windows_answered_in_place(void)
+{
+    windows_answered_in_place(9, UINT64_C(64) << 20,
+                              QCOW2_OVERLAP_WINDOW_COMPACT);
+}
+
+/*
+ * n lone structures spread over window 1, alternately L2 tables and
+ * refcount blocks, and cluster 'both' holding both types; 'model' gets
+ * the same content.  Returns the number of canonical fragments.
+ */
+static unsigned spread_window(Qcow2MetadataMap *m, unsigned n, unsigned both,
+                              uint8_t *model)
+{
+    unsigned i;
+
+    memset(model, 0, WIN);
+    for (i = 0; i < n; i++) {
+        unsigned c = i * (WIN / n), t = i % 2 ? RB : L2;
+
+        enter_c(m, 9, WIN + c, 1, t);
+        model[c] |= t;
+    }
+    if (both < WIN) {
+        enter_c(m, 9, WIN + both, 1, L2 | RB);
+        model[both] |= L2 | RB;
+    }
+    for (i = 0, n = 0; i < WIN; i++) {
+        n += model[i] && (!i || model[i - 1] != model[i]);
+    }
+    return n;
+}
+
+/*
+ * A window is compact at rest exactly when its entries (one per cluster
+ * and type) take fewer words than its list and number at most 255 (F4),
+ * and a compact window answers every cluster and range as the content
+ * says: across its 64-cluster index buckets, at its first and last
+ * cluster, and for a cluster of two types.
+ */
+static void test_compact_form_and_answers(void)
+{
+    static const struct {
+        unsigned n, both;
+        Qcow2OverlapWindowForm form;
+    } cases[] = {
+        /* 17 head words + 19 words of entries = 36 words, list 37 */
+        { 38, WIN, QCOW2_OVERLAP_WINDOW_LIST },
+        { 39, WIN, QCOW2_OVERLAP_WINDOW_COMPACT },
+        { 80, 4095, QCOW2_OVERLAP_WINDOW_COMPACT },
+        { 80, 0, QCOW2_OVERLAP_WINDOW_COMPACT },
+        { 254, 0, QCOW2_OVERLAP_WINDOW_COMPACT },   /* 255 entries */
+        { 255, 0, QCOW2_OVERLAP_WINDOW_LIST },      /* 256 entries */
+        { 256, WIN, QCOW2_OVERLAP_WINDOW_LIST },
+    };
+    static uint8_t model[WIN];
+    uint64_t rng = 99;
+    unsigned i;
+
+    for (i = 0; i < G_N_ELEMENTS(cases); i++) {
+        Qcow2MetadataMap *m = qcow2_metadata_map_new(9, 1);
+        uint64_t base = stats_of(m).mem_current;
+        unsigned frags = spread_window(m, cases[i].n, cases[i].both, model);
+        unsigned c, k;
+
+        qcow2_metadata_map_flush(m);
+        qcow2_metadata_map_verify(m);
+        qcow2_metadata_map_reset_counters(m);
+        g_assert_cmpint(form(m, 1), ==, cases[i].form);
+        g_assert_cmpuint(stats_of(m).fragments, ==, frags);
+        for (c = 0; c < WIN; c++) {
+            g_assert_cmpuint(check_c(m, 9, WIN + c, 1, 0), ==, model[c]);
+            g_assert_cmpuint(check_c(m, 9, WIN + c, 1, L2), ==,
+                             model[c] & ~L2);
+            g_assert_cmpuint(qcow2_metadata_map_get(m, WIN + c), ==,
+                             model[c]);
+        }
+        for (k = 0; k < 4000; k++) {
+            unsigned a, len, want = 0;
+
+            rng = rng * UINT64_C(6364136223846793005) +
+                  UINT64_C(1442695040888963407);
+            a = (rng >> 20) % WIN;
+            len = 1 + (rng >> 40) % (k % 8 ? 200 : WIN);
+            len = MIN(len, WIN - a);
+            for (c = a; c < a + len; c++) {
+                want |= model[c];
+            }
+            g_assert_cmpuint(check_c(m, 9, WIN + a, len, 0), ==, want);
+        }
+        g_assert_cmpuint(check_c(m, 9, 0, 3 * WIN, 0), ==, L2 | RB);
+        g_assert_cmpuint(stats_of(m).list_to_bytemap, ==, 0);
+        g_assert_cmpint(form(m, 1), ==, cases[i].form);
+
+        /* an edit expands it; the write-back stores the same form again */
+        enter_c(m, 9, WIN + 1, 1, L2);
+        model[1] |= L2;
+        g_assert_cmpint(form(m, 1), ==, QCOW2_OVERLAP_WINDOW_CACHED);
+        remove_c(m, 9, WIN + 1, 1, L2);
+        model[1] &= ~L2;
+        qcow2_metadata_map_flush(m);
+        qcow2_metadata_map_verify(m);
+        g_assert_cmpint(form(m, 1), ==, cases[i].form);
+        for (c = 0; c < WIN; c++) {
+            g_assert_cmpuint(check_c(m, 9, WIN + c, 1, 0), ==, model[c]);
+        }
+        remove_c(m, 9, 0, 3 * WIN, QCOW2_OL_ALL);
+        g_assert_cmpuint(stats_of(m).mem_current, ==, base);
+        g_assert_cmpuint(stats_of(m).fragments, ==, 0);
+        qcow2_metadata_map_verify(m);
+        qcow2_metadata_map_free(m);
+    }
 }
 
 /*
@@ -1029,7 +1152,7 @@ typedef struct Zone {
 typedef struct Fuzz {
     uint64_t rng, seed;
     unsigned cache, cb, round;
-    uint64_t ops, checks, permanent_seen;
+    uint64_t ops, checks, permanent_seen, compact_seen;
     Qcow2MetadataMap *map;
     Zone zone[2];
     unsigned hot_zone;
@@ -1188,6 +1311,7 @@ static void compare_zone(Fuzz *f, Zone *z)
         FUZZ_ASSERT(f, form(f->map, w) == QCOW2_OVERLAP_WINDOW_EMPTY, ==,
                     ne == 0);
         f->permanent_seen += form(f->map, w) == QCOW2_OVERLAP_WINDOW_PERMANENT;
+        f->compact_seen += form(f->map, w) == QCOW2_OVERLAP_WINDOW_COMPACT;
     }
     for (i = 0; i < ZONE_CLUSTERS; i++) {
         uint64_t off = (z->base + i) << f->cb;
@@ -1259,6 +1383,33 @@ static void fuzz_dense_burst(Fuzz *f)
     f->hot = w * WIN - zone->base;
 }
 
+/*
+ * Clear one window and put n lone structures of one type each into it, as
+ * L2 tables and refcount blocks lie with small clusters: with 39..255 of
+ * them the window is compact at rest.  Returns the window.
+ */
+static uint64_t fuzz_spread_burst(Fuzz *f, unsigned z, unsigned n)
+{
+    Zone *zone = &f->zone[z];
+    uint64_t w = zone->base / WIN + 1 + rnd(f, 4), c;
+    unsigned step = WIN / n, i;
+
+    qcow2_metadata_map_remove(f->map, (w * WIN) << f->cb,
+                              (uint64_t)WIN << f->cb, QCOW2_OL_ALL);
+    for (c = w * WIN; c < (w + 1) * WIN; c++) {
+        zone->m[c - zone->base] = 0;
+    }
+    for (i = 0; i < n; i++) {
+        /* at least one free cluster between two of them */
+        c = w * WIN + i * step + rnd(f, step - 1);
+        qcow2_metadata_map_enter(f->map, c << f->cb, UINT64_C(1) << f->cb,
+                                 1u << rnd(f, 8));
+        zone->m[c - zone->base] = qcow2_metadata_map_get(f->map, c);
+        f->ops++;
+    }
+    return w;
+}
+
 static void fuzz_round(Fuzz *f, uint64_t ops)
 {
     uint64_t space = QCOW2_OVERLAP_MAX_BYTES >> f->cb, base_mem;
@@ -1295,6 +1446,9 @@ static void fuzz_round(Fuzz *f, uint64_t ops)
         if (!rnd(f, 10000)) {
             fuzz_dense_burst(f);
         }
+        if (!rnd(f, 3000)) {
+            fuzz_spread_burst(f, rnd(f, 2), 20 + rnd(f, 250));
+        }
         if (!rnd(f, 5000)) {
             /* only permanent bytemaps stay */
             qcow2_metadata_map_flush(f->map);
@@ -1308,9 +1462,11 @@ static void fuzz_round(Fuzz *f, uint64_t ops)
                 uint64_t w;
 
                 for (w = 0; w <= ZONE_CLUSTERS / WIN + 1; w++) {
-                    f->permanent_seen +=
-                        form(f->map, f->zone[z].base / WIN + w) ==
-                        QCOW2_OVERLAP_WINDOW_PERMANENT;
+                    Qcow2OverlapWindowForm fw =
+                        form(f->map, f->zone[z].base / WIN + w);
+
+                    f->permanent_seen += fw == QCOW2_OVERLAP_WINDOW_PERMANENT;
+                    f->compact_seen += fw == QCOW2_OVERLAP_WINDOW_COMPACT;
                 }
             }
         }
@@ -1356,9 +1512,10 @@ static void test_random_vs_model(gconstpointer data)
         f.round++;
     }
     g_test_message("%" PRIu64 " operations (%" PRIu64 " checks) in %u rounds, "
-                   "%" PRIu64
-                   " permanent bytemaps seen in samples, 0 disagreements",
-                   f.ops, f.checks, f.round, f.permanent_seen);
+                   "%" PRIu64 " permanent bytemaps and %" PRIu64
+                   " compact windows seen in samples, 0 disagreements",
+                   f.ops, f.checks, f.round, f.permanent_seen,
+                   f.compact_seen);
     g_free(f.zone[0].m);
     g_free(f.zone[1].m);
 }
@@ -1394,6 +1551,7 @@ static void test_random_queries_at_rest(void)
         }
         for (batch = 0; batch < 8; batch++) {
             Qcow2MetadataMapStats s;
+            uint64_t spread;
             int i;
 
             /* a few hundred edits per window at most: no list outgrows 1024 */
@@ -1420,8 +1578,11 @@ static void test_random_queries_at_rest(void)
                 }
                 f.ops++;
             }
+            spread = fuzz_spread_burst(&f, 0, 39 + rnd(&f, 217));
             qcow2_metadata_map_flush(f.map);
             qcow2_metadata_map_verify(f.map);
+            FUZZ_ASSERT(&f, form(f.map, spread), ==,
+                        QCOW2_OVERLAP_WINDOW_COMPACT);
             qcow2_metadata_map_reset_counters(f.map);
             for (i = 0; i < 20000; i++) {
                 unsigned z, ignore = rnd(&f, 3) ? 0 : pick_types(&f),
@@ -1502,6 +1663,10 @@ int main(int argc, char **argv)
                     test_memory_within_2014_estimate);
     g_test_add_func("/qcow2-overlap/list-windows-answered-in-place",
                     test_list_windows_answered_in_place);
+    g_test_add_func("/qcow2-overlap/compact-windows-answered-in-place",
+                    test_compact_windows_answered_in_place);
+    g_test_add_func("/qcow2-overlap/compact-form-and-answers",
+                    test_compact_form_and_answers);
     g_test_add_func("/qcow2-overlap/leaf-sized-to-last-chunk",
                     test_leaf_sized_to_last_chunk);
     g_test_add_func("/qcow2-overlap/check-memo-follows-edits",
