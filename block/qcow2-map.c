@@ -315,6 +315,7 @@ int qcow2_map_build(BDRVQcow2State *s, GError **errp)
     }
     s->metadata_map = qcow2_metadata_map_new(s->cluster_bits,
                                              s->overlap_cache_size);
+    qcow2_overlap_update_check_map(s);
     if (s->overlap_check & QCOW2_OL_INACTIVE_L2) {
         s->inactive_l2_refs = g_hash_table_new(g_direct_hash,
                                                g_direct_equal);

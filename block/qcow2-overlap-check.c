@@ -150,15 +150,9 @@ int overlap_hit_bad_snapshot(BDRVQcow2State *s, unsigned chk,
     int hit;
     guint i;
 
-    if (!size) {
-        return 0;               /* an empty write overlaps nothing */
-    }
-    /* only the windowed algorithm builds a map (qcow2_map_build()) */
-    if (!s->metadata_map) {
-        return (int)qcow2_linear_overlap_check(s, chk, offset, size);
-    }
+    /* the map counts the check; an empty range overlaps nothing */
     hit = qcow2_metadata_map_check_types(s->metadata_map, chk, offset, size);
-    if (hit < 0 || (hit & before_l1)) {
+    if (!size || hit < 0 || (hit & before_l1)) {
         return hit;
     }
     for (i = 0; (chk & QCOW2_OL_INACTIVE_L1) && bad && i < bad->len; i++) {
@@ -176,10 +170,50 @@ int overlap_hit_bad_snapshot(BDRVQcow2State *s, unsigned chk,
 }
 
 /*
+ * Checks without a map to answer them alone: the linear scan, or the map
+ * while a snapshot L1 table fails validation.
+ */
+static G_GNUC_NO_INLINE
+int overlap_hit_slow(BDRVQcow2State *s, unsigned chk, uint64_t offset,
+                     uint64_t size)
+{
+    /* only the windowed algorithm builds a map (qcow2_map_build()) */
+    if (s->metadata_map) {
+        if (s->snapshot_l1_error &&
+            (chk & (QCOW2_OL_INACTIVE_L1 | QCOW2_OL_INACTIVE_L2))) {
+            return overlap_hit_bad_snapshot(s, chk, offset, size);
+        }
+        return qcow2_metadata_map_check_types(s->metadata_map, chk, offset,
+                                              size);
+    }
+    s->overlap_checks++;
+    return size ? (int)qcow2_linear_overlap_check(s, chk, offset, size) : 0;
+}
+
+void qcow2_overlap_update_check_map(BDRVQcow2State *s)
+{
+    s->check_map = s->snapshot_l1_error ? NULL : s->metadata_map;
+}
+
+/*
+ * Checks made: the map counts those it answers (its queries), the scan
+ * those it makes.
+ */
+uint64_t qcow2_overlap_checks(BDRVQcow2State *s)
+{
+    Qcow2MetadataMapStats ms = { 0 };
+
+    if (s->metadata_map) {
+        qcow2_metadata_map_get_stats(s->metadata_map, &ms);
+    }
+    return s->overlap_checks + ms.queries;
+}
+
+/*
  * The check before every write, the hot path: the mask of enabled types
  * other than @ignore that [offset, offset + size) overlaps, or a negative
- * errno.  The windowed map is asked with a tail call; the caller refuses a
- * non-zero answer with qcow2_refuse_overlap().
+ * errno.  The map is asked with a tail call, and counts the check itself;
+ * the caller refuses a non-zero answer with qcow2_refuse_overlap().
  */
 int qcow2_overlap_hit(BDRVQcow2State *s, unsigned ignore, uint64_t offset,
                       uint64_t size)
@@ -189,21 +223,11 @@ int qcow2_overlap_hit(BDRVQcow2State *s, unsigned ignore, uint64_t offset,
     if (!chk) {
         return 0;
     }
-    s->overlap_checks++;
-    if (G_UNLIKELY(s->snapshot_l1_error &&
-                   (chk & (QCOW2_OL_INACTIVE_L1 | QCOW2_OL_INACTIVE_L2)))) {
-        return overlap_hit_bad_snapshot(s, chk, offset, size);
-    }
-    /*
-     * Only the windowed algorithm builds a map (qcow2_map_build()).  An
-     * empty range overlaps nothing; each path below answers that itself,
-     * which keeps a test off the path every write takes.
-     */
-    if (G_LIKELY(s->metadata_map)) {
-        return qcow2_metadata_map_check_types(s->metadata_map, chk, offset,
+    if (G_LIKELY(s->check_map)) {
+        return qcow2_metadata_map_check_types(s->check_map, chk, offset,
                                               size);
     }
-    return size ? (int)qcow2_linear_overlap_check(s, chk, offset, size) : 0;
+    return overlap_hit_slow(s, chk, offset, size);
 }
 
 /* A write would hit metadata (@hit): refuse it as QEMU does, naming it. */

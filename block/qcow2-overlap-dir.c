@@ -132,7 +132,7 @@ static void leaf_remove(Qcow2MetadataMap *map, uint64_t li)
 OvlPos ovl_window_find(const Qcow2MetadataMap *map, uint64_t w)
 {
     OvlPos pos = { leaf_find(map, w >> LEAF_SHIFT), NULL,
-                   w & (CHUNK_WINDOWS - 1), 0, NULL };
+                   w & (CHUNK_WINDOWS - 1), 0, NULL, w };
 
     unsigned ci = (w >> CHUNK_BITS) & (LEAF_CHUNKS - 1);
 
@@ -205,6 +205,103 @@ uint64_t ovl_window_next(const Qcow2MetadataMap *map, uint64_t w)
     return NO_WINDOW;
 }
 
+/* ---- the flat table ----------------------------------------------------- */
+
+/* The flat table entry (FLAT_*) of window 'bit' of chunk c, slot *slotp. */
+static uint64_t flat_entry(const Qcow2MetadataMap *map, const OvlChunk *c,
+                           unsigned bit, const uint32_t *slotp)
+{
+    if (!slotp) {
+        return 0;
+    }
+    if (slot_tag(*slotp) == SLOT_LIST) {
+        const uint32_t *p = pool_list(c, bit, *slotp);
+
+        if (pool_is_compact(p)) {
+            return (uintptr_t)p | FLAT_COMPACT;
+        }
+    } else if (slot_tag(*slotp) == SLOT_BYTEMAP) {
+        const OvlBytemap *e = map->handles[slot_handle(*slotp)];
+
+        return (uintptr_t)e->bytes | FLAT_BYTES;
+    }
+    return (uint64_t)*slotp << 32 | FLAT_SLOT;
+}
+
+/* After the slot at pos was stored: its window's entry. */
+void ovl_flat_sync(Qcow2MetadataMap *map, const OvlPos *pos)
+{
+    if (pos->window < map->flat_cap) {
+        map->flat[pos->window] = flat_entry(map, pos->chunk, pos->bit,
+                                            pos->slot);
+    }
+}
+
+void ovl_flat_fast_update(Qcow2MetadataMap *map)
+{
+    map->fast_cap = map->hi_count ? 0 : map->flat_cap;
+}
+
+static void flat_free(Qcow2MetadataMap *map)
+{
+    ovl_free(map, map->flat, map->flat_cap * sizeof(uint64_t));
+    map->flat = NULL;
+    map->flat_cap = 0;
+    ovl_flat_fast_update(map);
+}
+
+/*
+ * Window w appeared past the table: cover it, with a quarter to spare,
+ * if a quarter of the windows covered would have metadata.  Otherwise
+ * checks of w use the tree.
+ */
+static void flat_grow(Qcow2MetadataMap *map, uint64_t w)
+{
+    uint64_t cap = w + 1 + (w + 1) / 4, v;
+
+    if (!map->flat_allowed || map->stats.windows < cap / 4) {
+        return;
+    }
+    map->flat = ovl_realloc(map, map->flat, map->flat_cap * sizeof(uint64_t),
+                            cap * sizeof(uint64_t));
+    memset(map->flat + map->flat_cap, 0,
+           (cap - map->flat_cap) * sizeof(uint64_t));
+    for (v = ovl_window_next(map, map->flat_cap); v < cap;
+         v = ovl_window_next(map, v + 1)) {
+        OvlPos pos = ovl_window_find(map, v);
+
+        map->flat[v] = flat_entry(map, pos.chunk, pos.bit, pos.slot);
+    }
+    map->flat_cap = cap;
+    ovl_flat_fast_update(map);
+}
+
+/*
+ * The lists of windows [from, end of group g) of chunk c, whose window 0
+ * is chunk_w, moved in their pool; window 'skip' is the caller's.
+ */
+static void flat_sync_group(Qcow2MetadataMap *map, const OvlChunk *c,
+                            uint64_t chunk_w, unsigned g, unsigned from,
+                            unsigned skip)
+{
+    unsigned end = (g + 1) * GROUP_WINDOWS;
+    const uint32_t *slotp;
+    unsigned b;
+
+    if (from >= end || chunk_w + from >= map->flat_cap || !c->mem) {
+        return;
+    }
+    slotp = chunk_slots(c) + chunk_slot_index(c, from);
+    for (b = from; b < end && chunk_w + b < map->flat_cap; b++) {
+        if (chunk_has(c, b)) {
+            if (b != skip) {
+                map->flat[chunk_w + b] = flat_entry(map, c, b, slotp);
+            }
+            slotp++;
+        }
+    }
+}
+
 /* ---- chunks ------------------------------------------------------------- */
 
 static unsigned chunk_count(const OvlChunk *c)
@@ -251,6 +348,7 @@ OvlPos ovl_window_insert(Qcow2MetadataMap *map, uint64_t w, uint32_t slot)
     unsigned b = w & (CHUNK_WINDOWS - 1);
     unsigned n = chunk_count(c), i = chunk_slot_index(c, b);
     uint32_t *slots;
+    OvlPos pos;
 
     c->mem = ovl_realloc(map, c->mem, chunk_mem_size(c, n),
                          chunk_mem_size(c, n + 1));
@@ -263,7 +361,12 @@ OvlPos ovl_window_insert(Qcow2MetadataMap *map, uint64_t w, uint32_t slot)
         leaf->used++;
     }
     map->stats.windows++;
-    return (OvlPos){ leaf, c, b, i, &slots[i] };
+    if (w >= map->flat_cap) {
+        flat_grow(map, w);
+    }
+    pos = (OvlPos){ leaf, c, b, i, &slots[i], w };
+    ovl_flat_sync(map, &pos);
+    return pos;
 }
 
 /* Drop window w's slot; its list or bytemap must already be gone. */
@@ -279,6 +382,11 @@ void ovl_window_delete(Qcow2MetadataMap *map, uint64_t w)
     c->present[b / 64] &= ~(UINT64_C(1) << (b % 64));
     chunk_rerank(c);
     map->stats.windows--;
+    if (map->stats.windows * 8 < map->flat_cap) {
+        flat_free(map);
+    } else if (w < map->flat_cap) {
+        map->flat[w] = 0;
+    }
     if (n > 1) {
         c->mem = ovl_realloc(map, c->mem, chunk_mem_size(c, n),
                              chunk_mem_size(c, n - 1));
@@ -457,10 +565,13 @@ static void chunk_set_pools(Qcow2MetadataMap *map, OvlChunk *c, bool on)
  * words[0..new_n), and move the offsets of the group's later lists to match.
  * May move the slot array (chunk_set_pools()).
  */
-static void pool_splice(Qcow2MetadataMap *map, OvlChunk *c, unsigned bit,
+static void pool_splice(Qcow2MetadataMap *map, const OvlPos *pos,
                         unsigned off, unsigned old_n, const uint32_t *words,
                         unsigned new_n)
 {
+    OvlChunk *c = pos->chunk;
+    unsigned bit = pos->bit;
+    uint32_t *old_words;
     unsigned g = bit / GROUP_WINDOWS, len, nlen, tail, end;
     OvlPools *p;
     uint32_t *w;
@@ -472,7 +583,7 @@ static void pool_splice(Qcow2MetadataMap *map, OvlChunk *c, unsigned bit,
     len = p->len[g];
     nlen = len - old_n + new_n;
     tail = len - off - old_n;
-    w = p->words[g];
+    w = old_words = p->words[g];
     if (nlen > len) {
         w = ovl_realloc(map, w, len * sizeof(uint32_t),
                         nlen * sizeof(uint32_t));
@@ -506,13 +617,21 @@ static void pool_splice(Qcow2MetadataMap *map, OvlChunk *c, unsigned bit,
         }
     }
     if (!nlen) {
-        for (g = 0; g < CHUNK_GROUPS && !p->len[g]; g++) {
+        unsigned k;
+
+        for (k = 0; k < CHUNK_GROUPS && !p->len[k]; k++) {
             /* any list left in the chunk? */
         }
-        if (g == CHUNK_GROUPS) {
+        if (k == CHUNK_GROUPS) {
             chunk_set_pools(map, c, false);
         }
     }
+    /*
+     * The lists after this one moved, or all of them with the pool; the
+     * caller stores the slot of pos and syncs its entry.
+     */
+    flat_sync_group(map, c, pos->window - bit, g,
+                    w == old_words ? bit + 1 : g * GROUP_WINDOWS, bit);
 }
 
 /*
@@ -527,11 +646,15 @@ bool ovl_frags_compact(const uint32_t *f, unsigned n, unsigned *entries)
                                one_bit(frag_types(last)));
     unsigned k = 0, i;
 
-    for (i = 0; i < n && k <= COMPACT_MAX_ENTRIES; i++) {
-        k += frag_len(f[i]) * __builtin_popcount(frag_types(f[i]));
+    /* each fragment makes an entry at least: stop once k is too many */
+    for (i = 0; i < n && compact_words(k + n - i) < list_words &&
+                k <= COMPACT_MAX_ENTRIES; i++) {
+        unsigned t = frag_types(f[i]);
+
+        k += frag_len(f[i]) * (one_bit(t) ? 1 : popcount64(t));
     }
     *entries = k;
-    return k <= COMPACT_MAX_ENTRIES && compact_words(k) < list_words;
+    return i == n && k <= COMPACT_MAX_ENTRIES && compact_words(k) < list_words;
 }
 
 /* Write the compact list of n canonical fragments with k entries to out. */
@@ -616,13 +739,12 @@ uint32_t ovl_rest_store(Qcow2MetadataMap *map, OvlPos *pos,
         uint32_t words[COMPACT_HEAD_WORDS + COMPACT_MAX_ENTRIES / 2 + 1];
 
         compact_build(frags, n, k, words);
-        pool_splice(map, pos->chunk, pos->bit, off, 0, words,
-                    compact_words(k));
+        pool_splice(map, pos, off, 0, words, compact_words(k));
         pos->slot = chunk_slots(pos->chunk) + pos->idx;
         return slot_list_make(off, NULL);
     }
     n -= tail;
-    pool_splice(map, pos->chunk, pos->bit, off, 0, frags, n);
+    pool_splice(map, pos, off, 0, frags, n);
     pos->slot = chunk_slots(pos->chunk) + pos->idx;
     list_mark(pool_list(pos->chunk, pos->bit, off), n);
     return slot_list_make(off, tail ? &last : NULL);
@@ -639,7 +761,7 @@ void ovl_rest_drop(Qcow2MetadataMap *map, OvlPos *pos, uint32_t rest)
 
         frags = ovl_compact_to_frags(p, f);
     }
-    pool_splice(map, pos->chunk, pos->bit, slot_list_off(rest), n, NULL, 0);
+    pool_splice(map, pos, slot_list_off(rest), n, NULL, 0);
     pos->slot = chunk_slots(pos->chunk) + pos->idx;
     map->stats.fragments -= frags;
 }
@@ -713,6 +835,9 @@ static void free_subtree(Qcow2MetadataMap *map, void *p, unsigned h)
 /* Free the whole directory and every bytemap it names. */
 void ovl_dir_free(Qcow2MetadataMap *map)
 {
+    if (map->flat) {
+        flat_free(map);
+    }
     if (map->root) {
         free_subtree(map, map->root, map->height);
         map->root = NULL;
@@ -830,9 +955,32 @@ static void verify_subtree(const Qcow2MetadataMap *map, OvlVerifyState *vs,
     vs->mem += leaf_size(leaf->chunks);
 }
 
+/*
+ * The flat table (D): each entry is what the slot says, it exists only
+ * where allowed and while one window in eight below flat_cap is present,
+ * and fast_cap follows it and the high types.
+ */
+static void verify_flat(const Qcow2MetadataMap *map, OvlVerifyState *vs)
+{
+    uint64_t w;
+
+    g_assert_true(!map->flat == !map->flat_cap);
+    g_assert_true(map->flat_allowed || !map->flat_cap);
+    g_assert_cmpuint(map->stats.windows * 8, >=, map->flat_cap);
+    g_assert_cmpuint(map->fast_cap, ==, map->hi_count ? 0 : map->flat_cap);
+    for (w = 0; w < map->flat_cap; w++) {
+        OvlPos pos = ovl_window_find(map, w);
+
+        g_assert_cmpuint(map->flat[w], ==,
+                         flat_entry(map, pos.chunk, pos.bit, pos.slot));
+    }
+    vs->mem += map->flat_cap * sizeof(uint64_t);
+}
+
 /* Directory invariants (D); every window is handed to ovl_verify_window(). */
 void ovl_dir_verify(const Qcow2MetadataMap *map, OvlVerifyState *vs)
 {
+    verify_flat(map, vs);
     if (map->root) {
         verify_subtree(map, vs, map->root, map->height, 0);
     } else {

@@ -139,7 +139,19 @@ typedef struct OvlPos {
     unsigned bit;                   /* window index within the chunk */
     unsigned idx;                   /* index of its slot, if present */
     uint32_t *slot;                 /* NULL if the window is empty */
+    uint64_t window;
 } OvlPos;
+
+/*
+ * A flat table entry: what a check needs of one window, by the low two
+ * bits.  0 is an empty window; pool words and bytemaps are 4-aligned.
+ */
+enum {
+    FLAT_SLOT = 1,      /* slot << 32: inline, pair, or a list (not read) */
+    FLAT_COMPACT = 2,   /* the address of a compact list's word 0 */
+    FLAT_BYTES = 3,     /* the address of a bytemap's bytes */
+};
+#define FLAT_TAG_MASK   3u
 
 /* No cluster of [lo, hi) holds a type outside 'types'; empty if lo >= hi. */
 typedef struct OvlClaim {
@@ -189,6 +201,20 @@ struct Qcow2MetadataMap {
      */
     uint64_t meta_end;
     uint64_t claim_lo;
+
+    /*
+     * The flat table: flat[w] for every window w below flat_cap, so that
+     * a check finds a window with one load instead of the tree.  Kept
+     * only where it is cheap next to what the windows hold (flat_allowed:
+     * 512-byte clusters) and while at least one window in eight below
+     * flat_cap has metadata.  fast_cap is flat_cap while no high types
+     * are stored, else 0, so that the check's fast path costs one compare.
+     */
+    uint64_t fast_cap;
+    uint64_t *flat;
+    uint64_t flat_cap;
+    bool flat_allowed;
+
     OvlClaim gap, fresh;
 
     void **handles;                 /* bytemaps; free entries are odd */
@@ -439,7 +465,7 @@ static inline unsigned compact_words(unsigned n)
 
 static inline const uint8_t *compact_index(const uint32_t *p)
 {
-    return (const uint8_t *)(p + 1);
+    return (const uint8_t *)p + sizeof(uint32_t);
 }
 
 static inline const OvlEntry *compact_entries(const uint32_t *p)
@@ -465,15 +491,15 @@ static inline unsigned pool_list_words(const uint32_t *p)
  */
 static inline unsigned compact_or(const uint32_t *p, unsigned s, unsigned e)
 {
-    const OvlEntry *ent = compact_entries(p);
-    unsigned i = compact_index(p)[s >> COMPACT_BUCKET_BITS];
+    const OvlEntry *ent =
+        compact_entries(p) + compact_index(p)[s >> COMPACT_BUCKET_BITS];
     unsigned lo = compact_key(s, 0), hi = compact_key(e, 0), m = 0;
 
-    while (ent[i] < lo) {
-        i++;
+    while (*ent < lo) {
+        ent++;
     }
-    for (; ent[i] < hi; i++) {
-        m |= 1u << (ent[i] & 7);
+    for (; *ent < hi; ent++) {
+        m |= 1u << (*ent & 7);
     }
     return m;
 }
@@ -582,6 +608,9 @@ bool ovl_frags_compact(const uint32_t *f, unsigned n, unsigned *entries);
 unsigned ovl_compact_to_frags(const uint32_t *p, uint32_t *frags);
 
 void ovl_dir_free(Qcow2MetadataMap *map);
+
+void ovl_flat_sync(Qcow2MetadataMap *map, const OvlPos *pos);
+void ovl_flat_fast_update(Qcow2MetadataMap *map);
 
 typedef struct OvlVerifyState {
     uint64_t mem, windows, fragments, bytemaps, handles;

@@ -701,6 +701,7 @@ static bool cache_evict(Qcow2MetadataMap *map, OvlBytemap *e)
     }
     if (e->rest) {
         *pos.slot = e->rest;
+        ovl_flat_sync(map, &pos);
     } else {
         uint32_t frags[LIST_MAX_FRAGS + 1], slot;
         unsigned n = ovl_bytemap_to_frags(e->bytes, frags, LIST_MAX_FRAGS);
@@ -712,6 +713,7 @@ static bool cache_evict(Qcow2MetadataMap *map, OvlBytemap *e)
         }
         slot = ovl_rest_store(map, &pos, frags, n);     /* may move pos.slot */
         *pos.slot = slot;
+        ovl_flat_sync(map, &pos);
         map->stats.bytemap_to_list++;
     }
     ovl_handle_free(map, e->handle);
@@ -747,6 +749,7 @@ static OvlBytemap *cache_load(Qcow2MetadataMap *map, uint64_t w)
     e->permanent = false;
     e->handle = ovl_handle_new(map, e);
     *pos.slot = slot_ref(SLOT_BYTEMAP, e->handle);
+    ovl_flat_sync(map, &pos);
     lru_push(map, e);
     memo_set(map, e);
     map->stats.list_to_bytemap++;
@@ -872,6 +875,7 @@ static void slot_edit(Qcow2MetadataMap *map, uint64_t w, OvlPos *pos,
     }
     slot = ovl_rest_store(map, pos, frags, nf); /* may move pos->slot */
     *pos->slot = slot;
+    ovl_flat_sync(map, pos);
 }
 
 /*
@@ -970,24 +974,32 @@ unsigned bytemap_check(const OvlBytemap *b, unsigned s, unsigned e,
     return bytemap_or(b->bytes, s, e) & want;
 }
 
+/* The types in clusters [s, e) of an inline or pair slot. */
+static inline unsigned slot_types_in(uint32_t slot, unsigned s, unsigned e)
+{
+    unsigned start;
+
+    if (slot_tag(slot) == SLOT_INLINE) {
+        /* the usual slot at 64 KiB clusters: a lone L2 table or refblock */
+        start = slot_inline_start(slot);
+        return start < e && s < start + slot_inline_len(slot) ?
+               slot_inline_types(slot) : 0;
+    }
+    return (slot_pair_start(slot, 0) - s < e - s ?
+            slot_pair_types(slot, 0) : 0) |
+           (slot_pair_start(slot, 1) - s < e - s ?
+            slot_pair_types(slot, 1) : 0);
+}
+
 /* The types of @want in clusters [s, e) of a window with this slot. */
 static inline __attribute__((always_inline))
 unsigned slot_check(Qcow2MetadataMap *map, uint32_t slot, const void *data,
                     unsigned s, unsigned e, unsigned want)
 {
-    unsigned start;
-
     switch (slot_tag(slot)) {
     case SLOT_INLINE:
-        /* the usual slot at 64 KiB clusters: a lone L2 table or refblock */
-        start = slot_inline_start(slot);
-        return start < e && s < start + slot_inline_len(slot) ?
-               slot_inline_types(slot) & want : 0;
     case SLOT_PAIR:
-        return ((slot_pair_start(slot, 0) - s < e - s ?
-                 slot_pair_types(slot, 0) : 0) |
-                (slot_pair_start(slot, 1) - s < e - s ?
-                 slot_pair_types(slot, 1) : 0)) & want;
+        return slot_types_in(slot, s, e) & want;
     case SLOT_LIST:
         map->stats.list_queries++;
         if (!map->check_list_len) {
@@ -1136,6 +1148,7 @@ static void hi_apply(Qcow2MetadataMap *map, uint64_t s, uint64_t e,
     }
     map->hi = res;
     map->hi_count = k;
+    ovl_flat_fast_update(map);
 }
 
 /* ---- public interface --------------------------------------------------- */
@@ -1172,6 +1185,15 @@ Qcow2MetadataMap *qcow2_metadata_map_new(unsigned cluster_bits,
     map->check_window = NO_WINDOW;
     map->claim_lo = UINT64_MAX;
     map->free_handle = NO_HANDLE;
+    /*
+     * The flat table costs 8 bytes per window.  The 2014 estimate allows
+     * 40 * 4096 / CS bytes per window of host file; the table is kept
+     * where it costs at most a 32nd of that, which is 512-byte clusters:
+     * there each window holds about 80 L2 tables and refcount blocks, and
+     * random writes look up a different window nearly every time.
+     */
+    map->flat_allowed =
+        32 * sizeof(uint64_t) <= (40u * WINDOW_CLUSTERS >> cluster_bits);
 #ifdef HAVE_CHECK_POPCNT
     map->hw_popcount = __builtin_cpu_supports("popcnt");
 #endif
@@ -1369,29 +1391,98 @@ unsigned check_popcnt(Qcow2MetadataMap *map, uint64_t first, uint64_t last,
 }
 #endif
 
+/* An empty range overlaps nothing; any other range here is a bug. */
+static __attribute__((noinline, cold))
+unsigned check_empty(uint64_t offset, uint64_t bytes)
+{
+    assert(!bytes || (offset <= QCOW2_OVERLAP_MAX_BYTES &&
+                      bytes <= QCOW2_OVERLAP_MAX_BYTES - offset));
+    return 0;
+}
+
+/*
+ * A range of window w (s < e) through its flat table entry d, when that
+ * is more than one load: a range of a compact list or bytemap, an inline
+ * or pair slot.  A list takes the lookup.
+ */
+static __attribute__((noinline))
+unsigned flat_check(Qcow2MetadataMap *map, uint64_t d, uint64_t first,
+                    uint64_t last, unsigned want)
+{
+    unsigned s = first & (WINDOW_CLUSTERS - 1), e = s + (last - first) + 1;
+
+    switch (d & FLAT_TAG_MASK) {
+    case FLAT_COMPACT:
+        map->stats.list_queries++;
+        return compact_or((const uint32_t *)(uintptr_t)(d - FLAT_COMPACT),
+                          s, e) & want;
+    case FLAT_BYTES:
+        return bytemap_or((const uint8_t *)(uintptr_t)(d - FLAT_BYTES), s,
+                          e) & want;
+    default:
+        if (slot_tag(d >> 32) != SLOT_LIST) {
+            return slot_types_in(d >> 32, s, e) & want;
+        }
+#ifdef HAVE_CHECK_POPCNT
+        if (map->hw_popcount) {
+            return check_popcnt(map, first, last, want);
+        }
+#endif
+        return check_sw(map, first, last, want);
+    }
+}
+
 /*
  * The growth end and its claims answer before the lookup and its frame:
- * most writes of a growing image stop here.
+ * most writes of a growing image stop here.  Then, with small clusters,
+ * the flat table names the window and one cluster of a compact list or
+ * bytemap is answered here too: the random writes of an image whose
+ * every window holds L2 tables.
  */
 unsigned qcow2_metadata_map_check_types(Qcow2MetadataMap *map, unsigned want,
                                         uint64_t offset, uint64_t bytes)
 {
-    uint64_t first, last;
+    uint64_t end = offset + bytes - 1, first, last;
 
     map->stats.queries++;
-    if (G_UNLIKELY(!bytes)) {
-        return 0;
+    /*
+     * bytes == 0, or a range that ends past MAX without wrapping around;
+     * one that wraps starts past MAX, which the meta_end test catches.
+     */
+    if (G_UNLIKELY((end | (bytes - 1)) >= QCOW2_OVERLAP_MAX_BYTES)) {
+        return check_empty(offset, bytes);
     }
-    assert(offset <= QCOW2_OVERLAP_MAX_BYTES &&
-           bytes <= QCOW2_OVERLAP_MAX_BYTES - offset);
     first = offset >> map->cluster_bits;
     if (first >= map->meta_end) {
+        /* meta_end <= MAX >> cluster_bits: an offset past MAX ends here */
+        assert(offset <= QCOW2_OVERLAP_MAX_BYTES);
         return 0;
     }
-    last = (offset + bytes - 1) >> map->cluster_bits;
+    last = end >> map->cluster_bits;
     if (G_UNLIKELY(first >= map->claim_lo) &&
         claims_answer(map, first, last, want)) {
         return 0;
+    }
+    if (first >> WINDOW_BITS < map->fast_cap) {
+        uint64_t d = map->flat[first >> WINDOW_BITS];
+        unsigned s = first & (WINDOW_CLUSTERS - 1);
+
+        if (first == last) {
+            switch (d & FLAT_TAG_MASK) {
+            case 0:
+                return 0;
+            case FLAT_COMPACT:
+                map->stats.list_queries++;
+                return compact_or((const uint32_t *)(uintptr_t)
+                                  (d - FLAT_COMPACT), s, s + 1) & want;
+            case FLAT_BYTES:
+                return ((const uint8_t *)(uintptr_t)(d - FLAT_BYTES))[s] &
+                       want;
+            }
+        }
+        if (!((first ^ last) >> WINDOW_BITS)) {
+            return d ? flat_check(map, d, first, last, want) : 0;
+        }
     }
     /*
      * The window the last check looked up, when it is cached or one

@@ -30,6 +30,7 @@ void qcow2_free_snapshots(BDRVQcow2State *s)
     g_free(s->snapshots);
     s->snapshots = NULL;
     s->snapshot_l1_error = 0;
+    qcow2_overlap_update_check_map(s);
     if (s->invalid_snapshot_l1s) {
         g_array_free(s->invalid_snapshot_l1s, true);
         s->invalid_snapshot_l1s = NULL;
@@ -73,6 +74,7 @@ void qcow2_note_invalid_snapshot_l1s(BDRVQcow2State *s)
             g_array_append_val(s->invalid_snapshot_l1s, range);
         }
     }
+    qcow2_overlap_update_check_map(s);
 }
 
 static int read_bytes(BDRVQcow2State *s, uint64_t offset, void *buf,

@@ -277,6 +277,8 @@ static void qcow2_free_state(BDRVQcow2State *s)
 {
     if (s->metadata_map) {
         qcow2_metadata_map_free(s->metadata_map);
+        s->metadata_map = NULL;
+        qcow2_overlap_update_check_map(s);
     }
     if (s->inactive_l2_refs) {
         g_hash_table_destroy(s->inactive_l2_refs);
@@ -525,7 +527,7 @@ static void append_overlap_stats(QGuardImage *img)
             img->filename,
             s->overlap_algorithm == QCOW2_OVERLAP_LINEAR ? "linear"
                                                          : "windowed",
-            s->overlap_check, s->overlap_cache_size, s->overlap_checks,
+            s->overlap_check, s->overlap_cache_size, qcow2_overlap_checks(s),
             s->overlap_refused, ms.list_to_bytemap, ms.bytemap_to_list,
             ms.bytemaps_freed, ms.inserts, ms.removes, ms.queries,
             ms.list_queries, ms.windows,
@@ -1014,7 +1016,7 @@ static int qcow2_overlap_stats(QGuardImage *img, QGuardOverlapStats *st)
                                                            : "windowed",
               sizeof(st->algorithm));
     st->checks_mask = s->overlap_check;
-    st->checks = s->overlap_checks;
+    st->checks = qcow2_overlap_checks(s);
     st->refused = s->overlap_refused;
     st->cache_size = s->overlap_cache_size;
     if (s->metadata_map) {

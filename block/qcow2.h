@@ -265,6 +265,11 @@ struct BDRVQcow2State {
     Qcow2OverlapAlgorithm overlap_algorithm;
     unsigned overlap_cache_size;
     Qcow2MetadataMap *metadata_map; /* windowed algorithm */
+    /*
+     * The map a check asks with nothing else to ask: metadata_map, or NULL
+     * while a snapshot L1 table fails validation (qcow2_overlap_hit()).
+     */
+    Qcow2MetadataMap *check_map;
     /* L2 table cluster -> number of snapshot L1 tables referencing it */
     GHashTable *inactive_l2_refs;
     /*
@@ -636,6 +641,8 @@ int qcow2_shrink_reftable(BDRVQcow2State *s);
 /* Overlap checking (qcow2-refcount.c dispatches to the configured algorithm) */
 int qcow2_pre_write_overlap_check(BDRVQcow2State *s, unsigned ignore,
                                   uint64_t offset, uint64_t size);
+void qcow2_overlap_update_check_map(BDRVQcow2State *s);
+uint64_t qcow2_overlap_checks(BDRVQcow2State *s);
 int qcow2_overlap_hit(BDRVQcow2State *s, unsigned ignore, uint64_t offset,
                       uint64_t size);
 int qcow2_refuse_overlap(BDRVQcow2State *s, int hit, uint64_t offset,
