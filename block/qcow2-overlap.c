@@ -47,11 +47,17 @@
  *   list        content; every form below stands for it.
  *   slot        the 32 bits the directory keeps per window with metadata;
  *               its top two bits say the window's form (BIT LAYOUTS).
- *   form        how a window is held right now: inline, pair, list or
- *               bytemap (WINDOWS below).
+ *   form        how a window is held right now: inline, pair, list,
+ *               compact list or bytemap (WINDOWS below).
+ *   compact     a window's content as one 16-bit entry per cluster and
+ *   list        type behind an index of 64 bytes (BIT LAYOUTS): the form
+ *               at rest of a window of many lone L2 tables and refcount
+ *               blocks.  It lives in the pool like a list, and the code
+ *               calls both "lists" where it does not tell them apart.
  *   at rest,    the form a window has when no bytemap of it exists: the
- *   "rest"      smallest of inline, pair and list that holds its canonical
- *               list (F4).  It is a pure function of the content.  In the
+ *   "rest"      smallest of inline, pair, list and compact list that holds
+ *               its canonical list (F4).  It is a pure function of the
+ *               content.  In the
  *               code a variable or field named 'rest' holds such a form's
  *               slot, in practice a list slot: OvlBytemap.rest is the list
  *               slot a clean bytemap kept (0 once dirty), ovl_rest_store()
@@ -88,6 +94,10 @@
  *               window keeps that bytemap, since checks read its bytes
  *               where they are.  Creating, resizing or freeing a leaf
  *               clears the leaf memo.
+ *   flat table  map->flat: for each window below flat_cap, what a check
+ *               needs of it in one 8-byte word (FLAT_* in
+ *               qcow2-overlap-int.h), so that a check of a small-cluster
+ *               image skips the tree (THE DIRECTORY).
  *   meta_end    one past the last cluster any enter touched: nothing at
  *               or after it holds a type.
  *   claims      what the last enter past meta_end showed: 'fresh', its
@@ -106,15 +116,24 @@
  *   pair       two fragments of one cluster and one type each, in the slot
  *   list       a sorted array of 2..1024 fragments in the pool, its last
  *              fragment possibly in the slot (the tail)
+ *   compact    up to 255 sorted 16-bit entries, one per cluster and type,
+ *              behind an index of the entries before each 64 clusters, in
+ *              the pool; the slot is a list slot without a tail
  *   bytemap    the slot holds a handle; cached in the LRU or permanent
  *
  * At rest (no bytemap) a window is inline if its canonical list has one
- * fragment, pair if it has two of one cluster and one type bit each, and a
- * list otherwise.  A bytemap exists only because an edit expanded the list
- * (an inline or pair window is edited in its slot and never becomes a
- * bytemap), and it goes back to its form at rest (possibly inline or pair:
- * the edit may have thinned it out) exactly when it leaves the LRU: evicted
- * as the least recently edited when another window needs the cache, or by
+ * fragment, pair if it has two of one cluster and one type bit each,
+ * compact if its entries number at most 255 and take fewer pool words
+ * than its list would, and a list otherwise.  With 512-byte clusters an
+ * L2 table lies every 65 clusters: such a window of about 80 lone
+ * structures costs 232 bytes compact against 316 as a list, and a check
+ * of one of its clusters reads an index byte and a step or two.
+ *
+ * A bytemap exists only because an edit expanded the list (an inline or
+ * pair window is edited in its slot and never becomes a bytemap), and it
+ * goes back to its form at rest (possibly inline or pair: the edit may
+ * have thinned it out) exactly when it leaves the LRU: evicted as the
+ * least recently edited when another window needs the cache, or by
  * qcow2_metadata_map_flush().  A clean one just drops the bytemap and keeps
  * its list; a dirty one is converted, unless the result would exceed 1024
  * fragments, in which case it becomes permanent (C4) until its next change
@@ -131,7 +150,19 @@
  * bits spare.  A canonical fragment has mark 0.  In a pool the marks of a
  * list's first words carry its length (list_len()): word 0 holds it if it
  * is below 15, else 15 and the length is spread over words 1..3, low
- * nibble first.
+ * nibble first.  Word 0 of a list therefore never has mark 0, which is
+ * how a compact list's word 0 differs:
+ *
+ *   compact list  word 0: 0 (16) | mark 0 (4) | entries (12)
+ *                 words 1..16: index byte k = entries starting before
+ *                 cluster 64 * k
+ *                 then the entries, 0 (1) | start (12) | type bit (3),
+ *                 sorted, then 0xffff up to the end of the last word
+ *
+ * A flat table entry is 0 for an empty window, else one of (low 2 bits)
+ * 1: the slot in the high 32 bits (inline, pair, or a list the check
+ * looks up), 2: the address of a compact list, 3: the address of a
+ * bytemap's bytes.
  *
  * A slot's top two bits (the tag) say the window's form:
  *
@@ -161,11 +192,16 @@
  * the claim's types (a structure written after it was entered, data
  * written to clusters reserved before a refcount block); and a range in
  * the cached window the check memo names is read from its bytes (cache
- * flushes, table after table).  Inline and pair slots are two comparisons
- * each.  A list is answered in place: find the last fragment
- * starting at or before the range (F1 makes starts and ends both sorted),
- * then OR it if it reaches into the range, the fragments that start inside
- * the range, and the tail kept in the slot.  The search starts where an even
+ * flushes, table after table).  Then, where the flat table covers the
+ * window, one load names it, and one cluster of a compact list or bytemap
+ * is answered without a frame: the random writes of a small-cluster
+ * image, whose every window holds L2 tables.  Inline and pair slots are
+ * two comparisons each.  A compact list is an index byte, the entries of
+ * the bucket before the range, and those inside it.  A list is answered
+ * in place: find the last fragment starting at or before the range (F1
+ * makes starts and ends both sorted), then OR it if it reaches into the
+ * range, the fragments that start inside the range, and the tail kept in
+ * the slot.  The search starts where an even
  * spread would put the range (L2 tables and refcount blocks are spread
  * evenly), probes three fragments either way and falls back to a binary
  * search: O(1 + hits) for real images, O(log n + hits) at worst.  A cached
@@ -203,6 +239,16 @@
  * skip absent subtrees, so a check of the whole 2^56-byte space costs
  * O(present windows + tree nodes), not O(2^35 windows).
  *
+ * The flat table sits beside the tree: flat[w] for every window w below
+ * flat_cap, kept equal to what the tree says at every slot store and
+ * every pool move (ovl_flat_sync(), pool_splice()).  It costs 8 bytes per
+ * window, so it exists only where that is at most a 32nd of the 2014
+ * estimate's share of a window (512-byte clusters, where a window's share
+ * is 320 bytes and its compact list about 232), and only while at least
+ * one window in eight below flat_cap has metadata: it grows to cover a
+ * new window with a quarter to spare when a quarter would be present,
+ * and goes when fewer than an eighth are.  Windows past it use the tree.
+ *
  * Lists live in pools: each chunk has, once one of its windows needs a list,
  * one pool per 16 windows holding their lists back to back in window order.
  * Slot (offset) and pool (length marks) together find a list and its length
@@ -237,10 +283,13 @@
  *   F3  maximal: two touching fragments with equal masks only exist if the
  *       first is 256 clusters long (equal runs are cut greedily from the left
  *       into 256-cluster pieces);
- *   F4  smallest form: a list is used only when the fragments fit neither
- *       inline nor pair, it is never longer than 1024 fragments, and its
- *       last fragment is the tail exactly when it is one cluster of one
- *       type.
+ *   F4  smallest form: a list or compact list is used only when the
+ *       fragments fit neither inline nor pair; compact exactly when its
+ *       entries number at most 255 and take fewer pool words than the
+ *       list (ovl_frags_compact()); a list is never longer than 1024
+ *       fragments, and its last fragment is the tail exactly when it is
+ *       one cluster of one type.  A compact list's words are exactly what
+ *       storing its canonical list writes.
  *
  * F1..F4 make the form at rest a pure function of the window's content, so
  * list -> bytemap -> list round trips never drift.
@@ -281,12 +330,16 @@
  *       windows, in window order, and nothing else.  Each list's offset in
  *       its slot is the sum of the lengths before it; the length marks in
  *       its first words are exactly the ones list_mark() writes and every
- *       other mark is zero.  A chunk has a pool table exactly while one of
+ *       other mark is zero (a compact list's word 0 has none).  A chunk
+ *       has a pool table exactly while one of
  *       its pools is non-empty.  Chunks, leaves and nodes exist only while
  *       they contain a window, and their 'used' counts are exact.  A leaf's
  *       last chunk contains a window.  Every
  *       used handle belongs to exactly one window, every other one is on the
- *       free chain.
+ *       free chain.  The flat table exists only where allowed, covers
+ *       at most eight windows per window present, and each of its entries
+ *       is what the window's slot says; fast_cap is flat_cap without high
+ *       types, else 0.
  *
  * High types:
  *
@@ -302,7 +355,11 @@
  * COMPLEXITY (c = clusters in the range, w = windows it touches, n =
  * fragments in a window's list)
  *
- *   check          per window: the check memo compare (a hit skips the
+ *   check          where the flat table covers the window: one load,
+ *                  then O(1) for an empty, inline or pair window, O(1 +
+ *                  entries in the bucket + hits) for a compact list, O(c)
+ *                  for a bytemap; a list takes the lookup below.  Else,
+ *                  per window: the check memo compare (a hit skips the
  *                  lookup), the leaf memo compare (else a tree walk of at
  *                  most 4 levels), one bit test and, if the window is
  *                  present, one popcount; then O(1) for an empty, inline
@@ -338,21 +395,25 @@
  *     4 bytes per window with metadata (its slot)
  *   + 4 bytes per fragment of a list window, less one when its last
  *     fragment sits in the slot (inline and pair windows: nothing more)
+ *   + 68 bytes plus 2 per entry and an end entry, rounded up to 4, for a
+ *     compact window
+ *   + 8 bytes per window below flat_cap (512-byte clusters only)
  *   + 8 bytes per leaf (4096 windows) with any metadata, plus 48 per chunk
  *     (256 windows) up to its last one in use; 520 per interior node
  *   + 160 bytes per chunk with a list window (its pool table)
- *   + 304 bytes for the map, and 8 bytes per cached or permanent bytemap
+ *   + 336 bytes for the map, and 8 bytes per cached or permanent bytemap
  *     in the handle table (grown by a quarter, freed when empty).
  *
  * The 2014 estimate charges 4 bytes per metadata cluster, 40 * IS / CS^2
  * bytes for an image of IS bytes with CS-byte clusters.  Here a lone L2
  * table or refcount block costs one inline slot (4 bytes), an adjacent pair
- * of them one pair slot, and a list window 4 bytes per fragment, so the
- * map at rest stays within a few percent of the estimate: 1% below it for
- * 2 GiB with 512 B clusters and 2% below for 1 TiB and 1 PiB with 64 KiB
- * clusters; 4% above for 8 GiB with 4 KiB clusters, where a budget of
- * 20 KiB must also carry the fixed cost of leaves, pool tables and the map
- * (0.9 KiB).  docs/overlap-map.md has the worked numbers.
+ * of them one pair slot, a list window 4 bytes per fragment and a compact
+ * one about 2.9, so the map at rest stays within the estimate or a few
+ * percent above it: 24% below it for 2 GiB with 512 B clusters (flat
+ * table included) and 2% below for 1 TiB and 1 PiB with 64 KiB clusters;
+ * 5% above for 8 GiB with 4 KiB clusters, where a budget of 20 KiB must
+ * also carry the fixed cost of leaves, pool tables and the map (1 KiB).
+ * docs/overlap-map.md has the worked numbers.
  */
 
 #include "qcow2-overlap-int.h"

@@ -562,14 +562,14 @@ def ir60_md(res):
            "it left (its own range, and the clusters it skipped), or in the "
            "cached window the check memo names. That covers most checks of "
            "a growing image (w2) and of a create with preallocation (w1). "
-           "Any other check pays the directory (leaf, chunk, presence bit, "
-           "rank, slot, list length) and, in a list window, the search for "
-           "its fragment: 100 or more instructions. Random writes into "
-           "preallocated clusters (w3) land between L2 tables 65 clusters "
-           "apart, where nothing answers ahead of the lookup. The entry and "
-           "the tests before the lookup take about 40 instructions and a "
-           "list search about 50, so a flatter directory would still leave "
-           "it above 100 (docs/overlap-map.md has the breakdown)." % (
+           "With 512 B clusters the flat table then names the window with "
+           "one load, and one cluster of a compact list (an index byte and "
+           "a step or two) or of a cached bytemap (one byte) is answered "
+           "without a frame: the random writes into preallocated clusters "
+           "of w3, between L2 tables 65 clusters apart. Other checks take "
+           "the directory (leaf, chunk, presence bit, rank, slot) and, in a "
+           "list window, the search for its fragment (docs/overlap-map.md "
+           "has the breakdown)." % (
                "; ".join(det), ", ".join(met) or "none",
                ", ".join(missed) or "none"))
     return out
