@@ -1452,13 +1452,16 @@ unsigned check_popcnt(Qcow2MetadataMap *map, uint64_t first, uint64_t last,
 }
 #endif
 
-/* An empty range overlaps nothing; any other range here is a bug. */
+/*
+ * An empty range overlaps nothing; any other range here is a bug, and
+ * without assertions it is refused as overlapping everything asked.
+ */
 static __attribute__((noinline, cold))
-unsigned check_empty(uint64_t offset, uint64_t bytes)
+unsigned check_empty(uint64_t offset, uint64_t bytes, unsigned want)
 {
     assert(!bytes || (offset <= QCOW2_OVERLAP_MAX_BYTES &&
                       bytes <= QCOW2_OVERLAP_MAX_BYTES - offset));
-    return 0;
+    return bytes ? want : 0;
 }
 
 /*
@@ -1511,7 +1514,7 @@ unsigned qcow2_metadata_map_check_types(Qcow2MetadataMap *map, unsigned want,
      * one that wraps starts past MAX, which the meta_end test catches.
      */
     if (G_UNLIKELY((end | (bytes - 1)) >= QCOW2_OVERLAP_MAX_BYTES)) {
-        return check_empty(offset, bytes);
+        return check_empty(offset, bytes, want);
     }
     first = offset >> map->cluster_bits;
     if (first >= map->meta_end) {
