@@ -2,17 +2,10 @@
 /* Copyright (c) 2026 The qguard authors */
 
 /*
- * Internals of the metadata overlap map, shared by its two halves:
- *
- *   qcow2-overlap.c      windows, fragments, the bytemap cache, the public
- *                        operations, introspection and verification
- *   qcow2-overlap-dir.c  the sparse radix directory: nodes, leaves, chunks
- *                        and their slot arrays, the bytemap handle table and
- *                        the list pools
- *
- * The design is described at the top of qcow2-overlap.c.  Nothing outside
- * those two files may include this header.  The lookup helpers are inline
- * here because they are the hot path of every check.
+ * Internals of the metadata overlap map, shared by its files (the list
+ * is at the top of qcow2-overlap.c, with the design).  Nothing outside
+ * them may include this header.  The lookup helpers are inline here
+ * because they are the hot path of every check.
  */
 
 #ifndef QCOW2_OVERLAP_INT_H
@@ -63,6 +56,11 @@ G_STATIC_ASSERT((GROUP_WINDOWS - 1) * LIST_MAX_FRAGS <= LIST_OFF_MASK);
 G_STATIC_ASSERT(LIST_OFF_BITS + 1 == 15);
 
 enum { SLOT_INLINE, SLOT_PAIR, SLOT_LIST, SLOT_BYTEMAP };
+
+/* Checks have a second copy built for POPCNT, chosen at run time. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_CHECK_POPCNT 1
+#endif
 
 typedef struct OvlRun {         /* [start, end) with one mask; clusters */
     uint64_t start, end;
