@@ -663,29 +663,35 @@ static void compact_build(const uint32_t *f, unsigned n, unsigned k,
 {
     uint8_t *index = (uint8_t *)(out + 1);
     OvlEntry *ent = (OvlEntry *)(out + COMPACT_HEAD_WORDS);
-    unsigned b = 0, j = 0, i, c;
+    unsigned j = 0, i, b;
 
     out[0] = k;
     for (i = 0; i < n; i++) {
         unsigned start = frag_start(f[i]), end = frag_end(f[i]);
+        unsigned types = frag_types(f[i]), c;
 
+        if (end - start == 1 && one_bit(types)) {
+            /* a lone L2 table or refcount block, nearly every fragment */
+            ent[j++] = compact_key(start, __builtin_ctz(types));
+            continue;
+        }
         for (c = start; c < end; c++) {
             unsigned t;
 
-            /* the first entry of each bucket up to c's fills its byte */
-            while (b <= c >> COMPACT_BUCKET_BITS) {
-                index[b++] = j;
-            }
-            for (t = frag_types(f[i]); t; t &= t - 1) {
+            for (t = types; t; t &= t - 1) {
                 ent[j++] = compact_key(c, __builtin_ctz(t));
             }
         }
     }
-    while (b < COMPACT_BUCKETS) {
-        index[b++] = j;
-    }
     while (j < (compact_words(k) - COMPACT_HEAD_WORDS) * 2) {
         ent[j++] = COMPACT_END;
+    }
+    /* the end entries stop the walk: they start past every bucket */
+    for (b = 0, j = 0; b < COMPACT_BUCKETS; b++) {
+        while (ent[j] >> 3 < b << COMPACT_BUCKET_BITS) {
+            j++;
+        }
+        index[b] = j;
     }
 }
 
