@@ -378,6 +378,19 @@ unsigned check_popcnt(Qcow2MetadataMap *map, uint64_t first, uint64_t last,
 }
 #endif
 
+/* The lookup, in the copy this CPU can run; inlined into a tail call. */
+static inline __attribute__((always_inline))
+unsigned check_lookup(Qcow2MetadataMap *map, uint64_t first, uint64_t last,
+                      unsigned want)
+{
+#ifdef HAVE_CHECK_POPCNT
+    if (map->hw_popcount) {
+        return check_popcnt(map, first, last, want);
+    }
+#endif
+    return check_sw(map, first, last, want);
+}
+
 /*
  * An empty range overlaps nothing; any other range here is a bug, and
  * without assertions it is refused as overlapping everything asked.
@@ -413,12 +426,7 @@ unsigned flat_check(Qcow2MetadataMap *map, uint64_t d, uint64_t first,
         if (slot_tag(d >> 32) != SLOT_LIST) {
             return slot_types_in(d >> 32, s, e) & want;
         }
-#ifdef HAVE_CHECK_POPCNT
-        if (map->hw_popcount) {
-            return check_popcnt(map, first, last, want);
-        }
-#endif
-        return check_sw(map, first, last, want);
+        return check_lookup(map, first, last, want);
     }
 }
 
@@ -510,12 +518,7 @@ unsigned qcow2_metadata_map_check_types(Qcow2MetadataMap *map, unsigned want,
                                   want & LOW_TYPES);
         }
     }
-#ifdef HAVE_CHECK_POPCNT
-    if (map->hw_popcount) {
-        return check_popcnt(map, first, last, want);
-    }
-#endif
-    return check_sw(map, first, last, want);
+    return check_lookup(map, first, last, want);
 }
 
 unsigned qcow2_metadata_map_check(Qcow2MetadataMap *map, uint64_t offset,
