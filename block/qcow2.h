@@ -382,6 +382,12 @@ static inline bool has_data_file(const BDRVQcow2State *s)
     return s->incompatible_features & QCOW2_INCOMPAT_DATA_FILE;
 }
 
+/* The file guest data lies in (NULL: an external one not open). */
+static inline HostFile *qcow2_data_host_file(const BDRVQcow2State *s)
+{
+    return has_data_file(s) ? s->data_file : s->file;
+}
+
 static inline bool has_subclusters(const BDRVQcow2State *s)
 {
     return s->incompatible_features & QCOW2_INCOMPAT_EXTL2;
@@ -638,7 +644,7 @@ int64_t qcow2_count_used_clusters(BDRVQcow2State *s, uint64_t end,
 /* qcow2-refcount-shrink.c: after a shrink, drop blocks that count nothing */
 int qcow2_shrink_reftable(BDRVQcow2State *s);
 
-/* Overlap checking (qcow2-refcount.c dispatches to the configured algorithm) */
+/* Overlap checking (qcow2-overlap-check.c asks the configured algorithm) */
 int qcow2_pre_write_overlap_check(BDRVQcow2State *s, unsigned ignore,
                                   uint64_t offset, uint64_t size);
 void qcow2_overlap_update_check_map(BDRVQcow2State *s);
@@ -777,14 +783,19 @@ uint64_t qcow2_bitmap_written(const BDRVQcow2State *s, uint64_t entry,
 int qcow2_zero_subclusters(BDRVQcow2State *s, uint64_t offset,
                            uint64_t bytes, void *l2_table, int l2_index);
 /*
- * qcow2-zero.c: zero [offset, offset + bytes), part of one cluster (one
- * subcluster with extended L2 entries), as QEMU does.  @check_only:
- * change nothing, -ENOTSUP if zeros would have to be written.
+ * qcow2-zero.c: does [offset, offset + bytes) read as zeros, by block
+ * status after block status as QEMU's is_zero(), or by one status without
+ * asking files for holes as its bdrv_co_is_zero_fast()?
  */
 int qcow2_range_reads_zero(BDRVQcow2State *s, uint64_t offset,
                            uint64_t bytes, bool *zero);
 int qcow2_range_is_zero_fast(BDRVQcow2State *s, uint64_t offset,
                              uint64_t bytes, bool *zero);
+/*
+ * Zero [offset, offset + bytes), part of one cluster (one subcluster with
+ * extended L2 entries), as QEMU does.  @check_only: change nothing,
+ * -ENOTSUP if zeros would have to be written.
+ */
 int qcow2_zero_partial(BDRVQcow2State *s, uint64_t offset, uint64_t bytes,
                        bool may_unmap, bool check_only);
 /*
