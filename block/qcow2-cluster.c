@@ -867,8 +867,7 @@ static int data_write_check(BDRVQcow2State *s, uint64_t offset, uint64_t bytes)
 static int data_write(BDRVQcow2State *s, uint64_t offset,
                       const struct iovec *iov, int iovcnt)
 {
-    return host_file_pwritev(has_data_file(s) ? s->data_file : s->file,
-                             offset, iov, iovcnt);
+    return host_file_pwritev(qcow2_data_host_file(s), offset, iov, iovcnt);
 }
 
 /*
@@ -1074,8 +1073,8 @@ retry:
         ret = qcow2_range_is_zero_fast(s, offset + run_bytes, tail, &zero_cow);
     }
     if (zero_cow && (head || tail) && ret >= 0) {
-        ret = host_file_zero_alloc(has_data_file(s) ? s->data_file : s->file,
-                                   host + cow_from, head + run_bytes + tail);
+        ret = host_file_zero_alloc(qcow2_data_host_file(s), host + cow_from,
+                                   head + run_bytes + tail);
         if (ret == 0) {
             head = tail = 0;
         } else if (ret == -ENOTSUP) {

@@ -910,9 +910,7 @@ static int do_block_status(QGuardImage *img, uint64_t offset,
 
 static HostFile *qcow2_data_file(QGuardImage *img)
 {
-    BDRVQcow2State *s = img->opaque;
-
-    return has_data_file(s) ? s->data_file : img->file;
+    return qcow2_data_host_file(img->opaque);
 }
 
 static int qcow2_truncate(QGuardImage *img, uint64_t size, bool shrink,
